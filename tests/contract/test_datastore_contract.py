@@ -110,7 +110,9 @@ def test_commit_is_all_or_nothing(store, prefix):
     with pytest.raises(ConflictError):
         store.commit([Write(prefix + "a", b"2", rev), Write(prefix + "b", b"2", 0)])
     assert store.get(prefix + "a").value == b"1"
-    rev2 = store.commit([Write(prefix + "a", b"3", rev), Write(prefix + "b", None), Write(prefix + "c", b"c", 0)])
+    rev2 = store.commit(
+        [Write(prefix + "a", b"3", rev), Write(prefix + "b", None), Write(prefix + "c", b"c", 0)]
+    )
     assert store.get(prefix + "a").mod_revision == rev2
     assert store.get(prefix + "b") is None
     assert store.get(prefix + "c").value == b"c"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 
@@ -29,7 +29,7 @@ class KeyValue:
     create_revision: int
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     PUT = "PUT"
     DELETE = "DELETE"
 

@@ -20,6 +20,7 @@ Failure semantics
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -444,15 +445,11 @@ class EtcdWatch:
 
     def _shutdown(self) -> None:
         if self._sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._sock.close()
-            except OSError:
-                pass
 
     def close(self) -> None:
         self._closed.set()
         if self._sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass

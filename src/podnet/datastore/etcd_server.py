@@ -7,6 +7,7 @@ kills it and removes the directory. It is a context manager, so a failing test s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -140,10 +141,8 @@ class EtcdServer:
                 os.killpg(self.process.pid, signal.SIGTERM)
                 self.process.wait(5)
             except (subprocess.TimeoutExpired, ProcessLookupError):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 self.process.wait(5)
         self.process = None
         if self._own_dir:
