@@ -1,0 +1,58 @@
+"""What the resource verbs share: connecting to the datastore and reading ``-f`` inputs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from podnet.errors import PodnetError
+
+YAML_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def resource_store(args: argparse.Namespace):
+    from podnet.datastore import connect
+    from podnet.datastore.resources import ResourceStore
+
+    return ResourceStore(connect(args.etcd_endpoints))
+
+
+def read_inputs(paths: list[str]) -> list[tuple[str, str]]:
+    """``(source name, text)`` for every ``-f`` argument: a file, a directory (its YAML/JSON
+    files in name order, not recursive, like kubectl) or ``-`` for standard input."""
+    out: list[tuple[str, str]] = []
+    for item in paths:
+        if item == "-":
+            out.append(("<stdin>", sys.stdin.read()))
+            continue
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix in YAML_SUFFIXES and p.is_file())
+            if not files:
+                raise PodnetError(f"{item}: no .yaml, .yml or .json files in this directory")
+            out.extend((str(p), p.read_text()) for p in files)
+        elif path.is_file():
+            out.append((str(path), path.read_text()))
+        else:
+            raise PodnetError(f"{item}: no such file or directory")
+    return out
+
+
+def load_resources(paths: list[str]):
+    """Parse and validate every document of every input; raise before anything is written."""
+    from podnet.errors import ValidationError
+    from podnet.model import load_documents, parse_documents
+
+    resources, problems, hint = [], [], None
+    for source, text in read_inputs(paths):
+        try:
+            resources.extend(parse_documents(load_documents(text, source), source))
+        except ValidationError as exc:
+            problems.extend((f"{source} {path}".strip(), msg) for path, msg in exc.problems)
+            hint = exc.hint
+    if problems:
+        raise ValidationError(problems, hint=hint, subject="nothing was applied")
+    if not resources:
+        raise PodnetError("no resources found in the input")
+    return resources

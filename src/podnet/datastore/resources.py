@@ -1,0 +1,202 @@
+"""Typed resource storage: model resources in and out of a :class:`Datastore`.
+
+What the store adds to raw keys, as the Kubernetes API server does:
+- ``metadata.resourceVersion`` is the key's etcd ``mod_revision`` (never stored, always derived);
+  a resource given with a resourceVersion is written only if it still matches (optimistic lock).
+- ``metadata.uid`` and ``metadata.creationTimestamp`` are set on creation and kept on update.
+- Namespaced kinds default to namespace ``default``.
+- :meth:`apply` writes a whole batch in one transaction: every resource was validated before it
+  gets here, and either all are written or none (a concurrent change makes the batch fail).
+- :meth:`patch` is a JSON merge patch (RFC 7386, like ``kubectl patch --type merge``), validated
+  again before it is written, compare-and-swap on the revision it was computed from.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from podnet.datastore.base import MUST_NOT_EXIST, Datastore, KeyValue, Write
+from podnet.datastore.keys import KeyLayout
+from podnet.errors import AlreadyExistsError, ConflictError, NotFoundError, PodnetError
+from podnet.model import Resource, ResourceType, parse_resource, resource_type_for
+
+# etcd refuses transactions with more operations than --max-txn-ops (default 128).
+MAX_TXN_OPS = 128
+SERVER_FIELDS = ("resourceVersion",)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    resource: Resource
+    action: str  # "created" | "configured" | "unchanged"
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge recursively, ``null`` deletes, the rest replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ResourceStore:
+    def __init__(self, store: Datastore, layout: KeyLayout | None = None) -> None:
+        self.store = store
+        self.layout = layout or KeyLayout.from_env()
+
+    # -- keys ------------------------------------------------------------------------------
+    def key(self, rtype: ResourceType, name: str, namespace: str | None = None) -> str:
+        ns = (namespace or "default") if rtype.namespaced else None
+        return self.layout.resource(rtype.key_name, name, ns)
+
+    def key_of(self, resource: Resource) -> str:
+        return self.key(self.type_of(resource), resource.metadata.name, resource.metadata.namespace)
+
+    @staticmethod
+    def type_of(resource: Resource) -> ResourceType:
+        return resource_type_for(resource.api_version, resource.kind)
+
+    # -- decoding --------------------------------------------------------------------------
+    def _decode(self, kv: KeyValue) -> Resource:
+        doc = json.loads(kv.value)
+        doc.setdefault("metadata", {})["resourceVersion"] = str(kv.mod_revision)
+        return parse_resource(doc)
+
+    @staticmethod
+    def _encode(doc: dict) -> bytes:
+        meta = doc.get("metadata") or {}
+        for name in SERVER_FIELDS:
+            meta.pop(name, None)
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    # -- reads -----------------------------------------------------------------------------
+    def get(self, rtype: ResourceType, name: str, namespace: str | None = None) -> Resource:
+        kv = self.store.get(self.key(rtype, name, namespace))
+        if kv is None:
+            where = f" in namespace {namespace or 'default'}" if rtype.namespaced else ""
+            raise NotFoundError(
+                f'{rtype.kind} "{name}" not found{where}',
+                hint=f"list what exists with: podnet get {rtype.plural}",
+            )
+        return self._decode(kv)
+
+    def list(self, rtype: ResourceType, namespace: str | None = None) -> list[Resource]:
+        ns = namespace if rtype.namespaced else None
+        items, _ = self.store.list(self.layout.resource_type_prefix(rtype.key_name, ns))
+        return [self._decode(kv) for kv in items]
+
+    # -- writes ----------------------------------------------------------------------------
+    def _prepare(self, resource: Resource, current: KeyValue | None) -> tuple[Write, str, dict]:
+        """The write for one resource, and whether it creates, changes or leaves it."""
+        rtype = self.type_of(resource)
+        doc = resource.to_dict()
+        meta = doc.setdefault("metadata", {})
+        if rtype.namespaced:
+            meta["namespace"] = meta.get("namespace") or "default"
+        wanted_version = meta.pop("resourceVersion", None)
+        key = self.key(rtype, meta["name"], meta.get("namespace"))
+        if current is None:
+            if wanted_version:
+                raise NotFoundError(f"{rtype.kind} {meta['name']!r} no longer exists")
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp", _now())
+            return Write(key, self._encode(doc), MUST_NOT_EXIST), "created", doc
+        if wanted_version and int(wanted_version) != current.mod_revision:
+            raise ConflictError(
+                f"{rtype.kind} {meta['name']!r} was modified (resourceVersion {current.mod_revision}, "
+                f"given {wanted_version})",
+                hint="get it again, re-apply your change, or drop metadata.resourceVersion",
+            )
+        old = json.loads(current.value)
+        old_meta = old.get("metadata") or {}
+        for kept in ("uid", "creationTimestamp"):
+            if old_meta.get(kept):
+                meta[kept] = old_meta[kept]
+        if "status" not in doc and "status" in old:
+            doc["status"] = old["status"]  # status belongs to podnet, not to what users apply
+        encoded = self._encode(doc)
+        action = "unchanged" if encoded == current.value else "configured"
+        return Write(key, encoded, current.mod_revision), action, doc
+
+    def apply(self, resources: Sequence[Resource]) -> list[ApplyResult]:
+        """Create or update every resource in one transaction (chunks of MAX_TXN_OPS)."""
+        keys = [self.key_of(r) for r in resources]
+        dupes = {k for k in keys if keys.count(k) > 1}
+        if dupes:
+            raise PodnetError(f"the input defines {sorted(dupes)[0]} more than once")
+        results: list[ApplyResult] = []
+        for start in range(0, len(resources), MAX_TXN_OPS):
+            chunk = resources[start : start + MAX_TXN_OPS]
+            writes, staged = [], []
+            for resource, key in zip(chunk, keys[start : start + MAX_TXN_OPS], strict=True):
+                write, action, doc = self._prepare(resource, self.store.get(key))
+                staged.append((action, doc))
+                if action != "unchanged":
+                    writes.append(write)
+            revision = self.store.commit(writes) if writes else 0
+            for action, doc in staged:
+                if action != "unchanged":
+                    doc["metadata"]["resourceVersion"] = str(revision)
+                results.append(ApplyResult(parse_resource(doc), action))
+        return results
+
+    def create(self, resource: Resource) -> Resource:
+        write, _, doc = self._prepare(resource, None)
+        try:
+            revision = self.store.commit([write])
+        except ConflictError as exc:
+            raise AlreadyExistsError(f"{resource.kind} {resource.metadata.name!r} already exists") from exc
+        doc["metadata"]["resourceVersion"] = str(revision)
+        return parse_resource(doc)
+
+    def update(self, resource: Resource) -> Resource:
+        """Write ``resource`` over the stored one; CAS on its resourceVersion if it has one."""
+        current = self.store.get(self.key_of(resource))
+        if current is None:
+            raise NotFoundError(f"{resource.kind} {resource.metadata.name!r} not found")
+        write, _, doc = self._prepare(resource, current)
+        doc["metadata"]["resourceVersion"] = str(self.store.commit([write]))
+        return parse_resource(doc)
+
+    def patch(
+        self, rtype: ResourceType, name: str, patch: dict, namespace: str | None = None, retries: int = 5
+    ) -> Resource:
+        """Merge-patch the stored resource; re-validated; retried if someone wrote in between."""
+        if not isinstance(patch, dict):
+            raise PodnetError("a merge patch must be a JSON/YAML object", hint='e.g. {"spec": {...}}')
+        for attempt in range(retries):
+            current = self.get(rtype, name, namespace)
+            doc = merge_patch(current.to_dict(), patch)
+            meta = doc.setdefault("metadata", {})
+            if meta.get("name") != name or (
+                rtype.namespaced and meta.get("namespace") != current.metadata.namespace
+            ):
+                raise PodnetError("a patch cannot change metadata.name or metadata.namespace")
+            meta["resourceVersion"] = current.metadata.resource_version
+            try:
+                return self.update(parse_resource(doc))
+            except ConflictError:
+                if attempt == retries - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def delete(self, rtype: ResourceType, name: str, namespace: str | None = None) -> None:
+        try:
+            self.store.delete(self.key(rtype, name, namespace))
+        except NotFoundError:
+            where = f" in namespace {namespace or 'default'}" if rtype.namespaced else ""
+            raise NotFoundError(f'{rtype.kind} "{name}" not found{where}') from None

@@ -1,0 +1,189 @@
+"""podnet's own ``podnet.io/v1`` ClusterConfiguration: the cluster-wide choices and the profile preset.
+
+One object, cluster-scoped, named ``default`` (the only one podnet reads; a document may omit the
+name). A **profile** is a named
+preset; every field set explicitly overrides it. Fields that depend on the profile are left unset in
+the stored object (so switching the profile later switches them too) and resolved by
+:meth:`ClusterConfiguration.effective`:
+
+    field                   calico profile        cilium profile       notes
+    ----------------------  --------------------  -------------------  ---------------------------------
+    tunnel                  disabled              vxlan                Cilium-style overlay (vxlan|disabled)
+    autoDirectNodeRoutes    false                 false                needs tunnel disabled
+    defaultIPIPMode         Always                Never                for pools that do not say
+    defaultVXLANMode        Never                 Always if tunnel     for pools that do not say
+                                                  is vxlan, else Never
+    kubeProxyReplacement    false                 true                 eBPF socket LB instead of DNAT
+
+Profile-independent defaults are applied at parse time: ``profile: calico``, ``mtu: 0`` (detect from
+the node's uplink and subtract the tunnel overhead), ``serviceClusterIPRange: 10.96.0.0/12``,
+``nodePortRange: 30000-32767``, ``policyEnforcementMode: default`` (Cilium's: ``default`` enforces
+once a policy selects an endpoint, ``always`` enforces with no policy, ``never`` never).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, Field, field_validator, model_validator
+
+from podnet.model.base import ApiModel
+from podnet.model.fields import EncapMode, NetworkCIDR
+from podnet.model.meta import ObjectMeta
+from podnet.model.problems import Problems
+from podnet.model.resource import Resource
+
+Profile = Literal["calico", "cilium"]
+Tunnel = Literal["vxlan", "disabled"]
+
+CLUSTER_CONFIGURATION_NAME = "default"
+VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
+IPIP_OVERHEAD = 20  # outer IPv4 header
+
+
+def _mtu(value: int) -> int:
+    if value != 0 and not 576 <= value <= 9000:
+        raise ValueError("must be 0 (detect) or between 576 and 9000")
+    return value
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """``"30000-32767"`` → ``(30000, 32767)``; ValueError unless 1 <= lo < hi <= 65535."""
+    match = re.fullmatch(r"(\d+)-(\d+)", text)
+    if not match:
+        raise ValueError("must be a range 'lo-hi' such as 30000-32767")
+    low, high = int(match.group(1)), int(match.group(2))
+    if not 1 <= low < high <= 65535:
+        raise ValueError("must satisfy 1 <= lo < hi <= 65535")
+    return low, high
+
+
+def _port_range(text: str) -> str:
+    parse_port_range(text)
+    return text
+
+
+@dataclass(frozen=True)
+class EffectiveClusterSettings:
+    """Every ClusterConfiguration choice with the profile's preset filled in."""
+
+    profile: Profile
+    mtu: int
+    tunnel: Tunnel
+    auto_direct_node_routes: bool
+    default_ipip_mode: EncapMode
+    default_vxlan_mode: EncapMode
+    service_cluster_ip_range: str
+    node_port_range: tuple[int, int]
+    policy_enforcement_mode: Literal["default", "always", "never"]
+    kube_proxy_replacement: bool
+
+    def tunnel_overhead(self) -> int:
+        """Bytes of encapsulation the default mode adds to a pod packet (0 without a tunnel)."""
+        if self.tunnel == "vxlan" or self.default_vxlan_mode != "Never":
+            return VXLAN_OVERHEAD
+        if self.default_ipip_mode != "Never":
+            return IPIP_OVERHEAD
+        return 0
+
+    def pod_mtu(self, link_mtu: int) -> int:
+        """The MTU to give pod interfaces: ``mtu`` if set, else the link's minus the tunnel overhead."""
+        return self.mtu if self.mtu else link_mtu - self.tunnel_overhead()
+
+
+class ClusterConfigurationSpec(ApiModel):
+    profile: Profile = "calico"
+    mtu: Annotated[int, AfterValidator(_mtu)] = 0
+    tunnel: Tunnel | None = None
+    auto_direct_node_routes: bool | None = None
+    default_ipip_mode: EncapMode | None = Field(default=None, alias="defaultIPIPMode")
+    default_vxlan_mode: EncapMode | None = Field(default=None, alias="defaultVXLANMode")
+    service_cluster_ip_range: NetworkCIDR = Field(default="10.96.0.0/12", alias="serviceClusterIPRange")
+    node_port_range: Annotated[str, AfterValidator(_port_range)] = "30000-32767"
+    policy_enforcement_mode: Literal["default", "always", "never"] = "default"
+    kube_proxy_replacement: bool | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ClusterConfigurationSpec:
+        problems = Problems()
+        effective = self.effective()
+        if effective.default_ipip_mode != "Never" and effective.default_vxlan_mode != "Never":
+            problems.add(
+                "defaultVXLANMode" if self.default_vxlan_mode is not None else "defaultIPIPMode",
+                f"defaultIPIPMode ({effective.default_ipip_mode}) and defaultVXLANMode "
+                f"({effective.default_vxlan_mode}) cannot both be enabled",
+            )
+        if effective.auto_direct_node_routes and effective.tunnel != "disabled":
+            problems.add(
+                "autoDirectNodeRoutes", "needs tunnel: disabled (direct routes replace the VXLAN tunnel)"
+            )
+        network = ipaddress.ip_network(self.service_cluster_ip_range)
+        if network.version == 4 and network.prefixlen < 12:
+            problems.add("serviceClusterIPRange", "an IPv4 service range must be /12 or smaller")
+        problems.raise_if_any()
+        return self
+
+    def effective(self) -> EffectiveClusterSettings:
+        """Resolve the profile's preset for every field left unset."""
+        cilium = self.profile == "cilium"
+        tunnel: Tunnel = self.tunnel or ("vxlan" if cilium else "disabled")
+        if cilium:
+            ipip: EncapMode = self.default_ipip_mode or "Never"
+            vxlan: EncapMode = self.default_vxlan_mode or ("Always" if tunnel == "vxlan" else "Never")
+        else:
+            ipip = self.default_ipip_mode or (
+                "Never" if self.default_vxlan_mode not in (None, "Never") else "Always"
+            )
+            vxlan = self.default_vxlan_mode or "Never"
+        return EffectiveClusterSettings(
+            profile=self.profile,
+            mtu=self.mtu,
+            tunnel=tunnel,
+            auto_direct_node_routes=bool(self.auto_direct_node_routes),
+            default_ipip_mode=ipip,
+            default_vxlan_mode=vxlan,
+            service_cluster_ip_range=self.service_cluster_ip_range,
+            node_port_range=parse_port_range(self.node_port_range),
+            policy_enforcement_mode=self.policy_enforcement_mode,
+            kube_proxy_replacement=cilium
+            if self.kube_proxy_replacement is None
+            else self.kube_proxy_replacement,
+        )
+
+
+class ClusterConfiguration(Resource):
+    """podnet's cluster-wide configuration (cluster-scoped; must be named ``default``)."""
+
+    KIND: ClassVar[str] = "ClusterConfiguration"
+    API_VERSIONS: ClassVar[tuple[str, ...]] = ("podnet.io/v1",)
+    NAMESPACED: ClassVar[bool] = False
+
+    metadata: ObjectMeta = Field(
+        default_factory=lambda: ObjectMeta(name=CLUSTER_CONFIGURATION_NAME), validate_default=True
+    )
+    spec: ClusterConfigurationSpec = Field(default_factory=ClusterConfigurationSpec)
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _default_name(cls, meta: Any) -> Any:
+        """The one ClusterConfiguration is ``default``; a document may leave the name out."""
+        if isinstance(meta, dict) and "name" not in meta:
+            return {**meta, "name": CLUSTER_CONFIGURATION_NAME}
+        if isinstance(meta, ObjectMeta) and meta.name is None:
+            return meta.model_copy(update={"name": CLUSTER_CONFIGURATION_NAME})
+        return meta
+
+    @classmethod
+    def check_kind_metadata(cls, meta: ObjectMeta, problems: Problems) -> None:
+        if meta.name is not None and meta.name != CLUSTER_CONFIGURATION_NAME:
+            problems.add(
+                "name",
+                f'must be "{CLUSTER_CONFIGURATION_NAME}" (podnet reads only the ClusterConfiguration '
+                f'named "{CLUSTER_CONFIGURATION_NAME}")',
+            )
+
+    def effective(self) -> EffectiveClusterSettings:
+        return self.spec.effective()
