@@ -42,7 +42,7 @@ def write(tmp_path: Path, name: str, text: str) -> str:
 
 
 def test_seed_pool_as_written_is_rejected_naming_both_fields(podnet, tmp_path):
-    code, out, err = podnet("apply", "-f", write(tmp_path, "seed.yaml", SEED_POOL))
+    code, _, err = podnet("apply", "-f", write(tmp_path, "seed.yaml", SEED_POOL))
     assert code == 2
     first, hint = err.splitlines()
     assert first.startswith("error: nothing was applied")
