@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
-import uuid
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -14,25 +13,11 @@ from podnet.cli.main import main
 
 pytestmark = pytest.mark.etcd
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "podnet" / "examples"
+EXAMPLES = Path(str(files("podnet") / "examples"))
+
+
 SEED_POOL = (EXAMPLES / "seed-ippool-as-written.yaml.txt").read_text()
 PATCH = '{"spec": {"ipipMode": "CrossSubnet", "natOutgoing": true}}'
-
-
-@pytest.fixture
-def podnet(etcd_server, monkeypatch, capsys):
-    """Run ``podnet ARGS`` in-process against the test etcd, in a key prefix of its own."""
-    monkeypatch.setenv("PODNET_ETCD_ENDPOINTS", etcd_server.endpoint)
-    monkeypatch.setenv("PODNET_ETCD_PREFIX", f"/test-{uuid.uuid4().hex[:8]}/")
-
-    def run(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
-        if stdin is not None:
-            monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:
