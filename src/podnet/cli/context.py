@@ -12,10 +12,17 @@ YAML_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def resource_store(args: argparse.Namespace):
+    import os
+
     from podnet.datastore import connect
     from podnet.datastore.resources import ResourceStore
 
-    return ResourceStore(connect(args.etcd_endpoints))
+    endpoints = args.etcd_endpoints or os.environ.get("PODNET_ETCD_ENDPOINTS")
+    if not endpoints:
+        from podnet.lab.cluster import running_endpoint
+
+        endpoints = running_endpoint()  # a lab that is up, else etcd's default local endpoint
+    return ResourceStore(connect(endpoints))
 
 
 def read_inputs(paths: list[str]) -> list[tuple[str, str]]:

@@ -76,7 +76,9 @@ class EtcdServer:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         return cmd
 
-    def start(self, timeout: float = 20.0) -> EtcdServer:
+    def start(self, timeout: float = 20.0, *, wait: bool = True) -> EtcdServer:
+        """Start the server; with ``wait`` (only possible when its address is reachable from
+        here, i.e. not inside a lab namespace) block until it answers."""
         Path(self.data_dir).mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         env = dict(os.environ, ETCD_UNSUPPORTED_ARCH=os.environ.get("ETCD_UNSUPPORTED_ARCH", ""))
@@ -84,13 +86,15 @@ class EtcdServer:
             self.command(), stdout=log, stderr=log, env=env, start_new_session=True
         )
         log.close()
-        self.wait_ready(timeout)
+        if wait:
+            self.wait_ready(timeout)
         return self
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float, endpoint: str | None = None) -> None:
+        """Wait until etcd answers at ``endpoint`` (default: its own; a lab passes its proxy)."""
         from podnet.datastore.etcd import EtcdDatastore
 
-        client = EtcdDatastore([self.endpoint], timeout=1.0, retry_deadline=0.5)
+        client = EtcdDatastore([endpoint or self.endpoint], timeout=1.0, retry_deadline=0.5)
         deadline = time.monotonic() + timeout
         try:
             while True:

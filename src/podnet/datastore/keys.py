@@ -6,6 +6,7 @@
     <root>ipam/affinities/<node>/<cidr>           a node's claim on a block
     <root>ipam/handles/<handle>                   the addresses held by one handle
     <root>ipam/config                             the IPAM configuration singleton
+    <root>endpoints/<node>/<containerID>.<ifname>  a pod interface wired by a node's agent
 
 ``<type>`` is the resource type's stable ``key_name`` (``ippools.projectcalico.org``).
 ``<root>`` defaults to ``/podnet/`` so several clusters can share one etcd (``PODNET_ETCD_PREFIX``).
@@ -85,3 +86,11 @@ class KeyLayout:
 
     def ipam_config(self) -> str:
         return f"{self.root}ipam/config"
+
+    # -- endpoints (pod interfaces wired by the agents) -------------------------------------
+    def endpoints_prefix(self, node: str | None = None) -> str:
+        base = f"{self.root}endpoints/"
+        return f"{base}{node}/" if node else base
+
+    def endpoint(self, node: str, container_id: str, ifname: str) -> str:
+        return f"{self.endpoints_prefix(node)}{container_id}.{ifname}"

@@ -59,6 +59,9 @@ class NamespaceStatus(ApiModel):
     conditions: Any = None
 
 
+NAME_LABEL = "kubernetes.io/metadata.name"
+
+
 class Namespace(Resource):
     """A ``v1`` Namespace (cluster-scoped; its name is a DNS-1123 label)."""
 
@@ -69,6 +72,15 @@ class Namespace(Resource):
 
     spec: NamespaceSpec | None = None
     status: NamespaceStatus | None = None
+
+    @model_validator(mode="after")
+    def _name_label(self) -> Namespace:
+        """Like the API server: every Namespace carries ``kubernetes.io/metadata.name``."""
+        if self.metadata.name:
+            labels = dict(self.metadata.labels or {})
+            labels[NAME_LABEL] = self.metadata.name
+            self.metadata.labels = labels
+        return self
 
 
 # --- Pod -------------------------------------------------------------------------------------

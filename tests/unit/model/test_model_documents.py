@@ -223,7 +223,10 @@ def test_dump_yaml_orders_keys_and_separates_documents() -> None:
     text = dump_yaml(
         [Namespace.from_dict({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}}), pool]
     )
-    assert text.startswith("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n---\n")
+    assert text.startswith(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n  labels:\n"
+        "    kubernetes.io/metadata.name: a\n---\n"
+    )
     second = text.split("---\n")[1]
     assert [line.split(":")[0] for line in second.splitlines() if not line.startswith(" ")] == [
         "apiVersion",

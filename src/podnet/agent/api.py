@@ -1,0 +1,69 @@
+"""The node agent's local API, spoken over a UNIX stream socket by the CNI plugin (and the lab).
+
+Standard library only: the CNI plugin imports this module and must start in milliseconds.
+
+Wire format: one JSON object per line each way, one request per connection.
+
+Request (plugin → agent)::
+
+    {"verb": "ADD" | "DEL" | "CHECK" | "GC" | "STATUS",
+     "containerID": "...", "netns": "/run/netns/x" | "", "ifname": "eth0",
+     "args": {"K8S_POD_NAMESPACE": "...", "K8S_POD_NAME": "...", ...},   # from CNI_ARGS
+     "config": {...}}      # the plugin's network configuration as received on stdin
+                           # (name, cniVersion, prevResult, runtimeConfig, ipam, mtu, ...)
+
+Response (agent → plugin)::
+
+    {"ok": true, "result": {...}}    # ADD: a CNI 1.1.0 result; CHECK/DEL/GC/STATUS: {}
+    {"ok": false, "code": 11, "msg": "...", "details": "..."}   # CNI error codes
+
+The plugin converts the 1.1.0 result to the cniVersion the runtime asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+DEFAULT_SOCKET = "/run/podnet/agent.sock"
+ENV_SOCKET = "PODNET_AGENT_SOCKET"
+VERBS = ("ADD", "DEL", "CHECK", "GC", "STATUS")
+
+
+class AgentUnavailable(Exception):
+    """The agent's socket is missing, refuses, or the agent did not answer in time."""
+
+
+def socket_path(config_value: str | None = None) -> str:
+    return config_value or os.environ.get(ENV_SOCKET) or DEFAULT_SOCKET
+
+
+def call(path: str, request: dict, timeout: float = 30.0) -> dict:
+    """Send one request and return the agent's response object."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise AgentUnavailable(f"podnet agent not reachable at {path}: {exc.strerror}") from exc
+        sock.sendall(json.dumps(request, separators=(",", ":")).encode() + b"\n")
+        chunks = []
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+            if data.endswith(b"\n"):
+                break
+    except TimeoutError as exc:
+        raise AgentUnavailable(f"podnet agent at {path} did not answer within {timeout:g}s") from exc
+    except OSError as exc:
+        raise AgentUnavailable(f"podnet agent at {path}: {exc}") from exc
+    finally:
+        sock.close()
+    raw = b"".join(chunks)
+    if not raw:
+        raise AgentUnavailable(f"podnet agent at {path} closed the connection without answering")
+    return json.loads(raw)

@@ -1,0 +1,41 @@
+"""The agent's UNIX-socket server for :mod:`podnet.agent.api` (one JSON line in, one out)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socketserver
+import threading
+from collections.abc import Callable
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        line = self.rfile.readline(1 << 20)
+        try:
+            doc = json.loads(line)
+            if not isinstance(doc, dict):
+                raise ValueError("request must be a JSON object")
+            response = self.server.dispatch(doc)  # type: ignore[attr-defined]
+        except ValueError as exc:
+            response = {"ok": False, "code": 6, "msg": f"bad request: {exc}", "details": ""}
+        self.wfile.write(json.dumps(response, separators=(",", ":")).encode() + b"\n")
+
+
+class _Server(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+
+def serve(path: str, dispatch: Callable[[dict], dict]) -> _Server:
+    """Listen on ``path`` (root-only permissions) in a daemon thread; ``shutdown()`` stops it."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    if os.path.exists(path):
+        os.unlink(path)  # a previous agent's socket: we are its successor
+    old_umask = os.umask(0o177)
+    try:
+        server = _Server(path, _Handler)
+    finally:
+        os.umask(old_umask)
+    server.dispatch = dispatch  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, name="cni-api", daemon=True).start()
+    return server

@@ -1,0 +1,338 @@
+"""The agent's side of CNI: ADD, DEL, CHECK, GC and STATUS for pods on this node.
+
+ADD, in order, each step undone if a later one fails (Cilium's and Calico's rule: an address is
+never left allocated for a pod that did not come up):
+
+    IPAM (handle = <network>.<containerID>.<ifname>; re-used if the handle already holds addresses,
+    so a retried ADD does not leak)  →  wire the veth (dataplane.endpoint)  →  write the endpoint
+    record to the datastore  →  register it with the route syncer  →  CNI 1.1.0 result
+
+DEL is idempotent: a missing netns, veth, record or handle is success. Requests are serialised
+per node (one lock), which also keeps IPAM's per-host block limit exact, as Calico's host lock does.
+Errors carry CNI codes: 11 (try again later) when the datastore is unreachable, 7 for bad input,
+100+ for podnet's own failures; the message names what failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from podnet.agent.log import kv
+from podnet.calc.endpoints import EndpointRecord
+from podnet.datastore.resources import ResourceStore
+from podnet.errors import DatastoreUnavailable, NotFoundError, PodnetError, ValidationError
+from podnet.ipam import (
+    IPAM,
+    handle_id,
+    pool_from_resource,
+    requested_addresses,
+    requested_pools,
+    select_pools,
+)
+from podnet.model import lookup
+
+log = logging.getLogger("podnet.agent.cni")
+
+ERR_TRY_AGAIN = 11
+ERR_INVALID_CONFIG = 7
+ERR_IPAM = 100
+ERR_WIRING = 101
+ERR_CHECK = 102
+ERR_INTERNAL = 199
+CALICO_GATEWAY = "169.254.1.1"
+
+
+class CNIFailure(Exception):
+    def __init__(self, code: int, msg: str, details: str = "") -> None:
+        super().__init__(msg)
+        self.code, self.msg, self.details = code, msg, details
+
+
+@dataclass
+class Request:
+    verb: str
+    container_id: str
+    netns: str
+    ifname: str
+    args: dict
+    config: dict
+
+    @classmethod
+    def parse(cls, doc: dict) -> Request:
+        return cls(
+            verb=str(doc.get("verb", "")).upper(),
+            container_id=str(doc.get("containerID") or ""),
+            netns=str(doc.get("netns") or ""),
+            ifname=str(doc.get("ifname") or "eth0"),
+            args=dict(doc.get("args") or {}),
+            config=dict(doc.get("config") or {}),
+        )
+
+    @property
+    def network(self) -> str:
+        return str(self.config.get("name") or "podnet")
+
+    @property
+    def namespace(self) -> str:
+        return self.args.get("K8S_POD_NAMESPACE") or "default"
+
+    @property
+    def pod(self) -> str:
+        return self.args.get("K8S_POD_NAME") or self.container_id[:12]
+
+    @property
+    def handle(self) -> str:
+        return handle_id(self.network, self.container_id, self.ifname)
+
+
+class CNIService:
+    """Serves CNI verbs. ``dataplane`` is the module-like object with the endpoint functions."""
+
+    def __init__(
+        self,
+        node: str,
+        resources: ResourceStore,
+        ipam: IPAM,
+        endpoints: dict[str, EndpointRecord],
+        on_change: Callable[[], None],
+        pod_mtu: Callable[[], int],
+        scheme: Callable[[], tuple[str, str]],  # -> (scheme, gateway)
+        ready: Callable[[], bool],
+    ) -> None:
+        self.node = node
+        self.resources = resources
+        self.ipam = ipam
+        self.endpoints = endpoints  # key -> record, shared with the syncer (the local truth)
+        self.on_change = on_change
+        self.pod_mtu = pod_mtu
+        self.scheme = scheme
+        self.ready = ready
+        self.lock = threading.Lock()
+
+    # -- dispatch --------------------------------------------------------------------------
+    def handle(self, doc: dict) -> dict:
+        started = time.monotonic()
+        req = Request.parse(doc)
+        try:
+            method = {"ADD": self.add, "DEL": self.delete, "CHECK": self.check, "GC": self.gc,
+                      "STATUS": self.status}.get(req.verb)  # fmt: skip
+            if method is None:
+                raise CNIFailure(4, f"unknown verb {req.verb!r}")
+            if req.verb in ("ADD", "DEL", "CHECK") and not req.container_id:
+                raise CNIFailure(4, "containerID is required")
+            with self.lock:
+                result = method(req)
+            kv(
+                log,
+                logging.INFO,
+                "cni",
+                verb=req.verb,
+                container=req.container_id[:12],
+                pod=f"{req.namespace}/{req.pod}",
+                ms=round((time.monotonic() - started) * 1000, 1),
+                ok=True,
+            )
+            return {"ok": True, "result": result}
+        except CNIFailure as exc:
+            failure = exc
+        except DatastoreUnavailable as exc:
+            failure = CNIFailure(ERR_TRY_AGAIN, f"datastore unavailable: {exc.message}", exc.hint or "")
+        except ValidationError as exc:
+            failure = CNIFailure(ERR_INVALID_CONFIG, exc.message, exc.hint or "")
+        except PodnetError as exc:
+            failure = CNIFailure(ERR_INTERNAL, exc.message, exc.hint or "")
+        except Exception as exc:  # a bug must still answer the runtime, not hang it
+            log.exception("CNI %s failed", req.verb)
+            failure = CNIFailure(ERR_INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        kv(
+            log,
+            logging.WARNING,
+            "cni",
+            verb=req.verb,
+            container=req.container_id[:12],
+            code=failure.code,
+            error=failure.msg,
+            ms=round((time.monotonic() - started) * 1000, 1),
+            ok=False,
+        )
+        return {"ok": False, "code": failure.code, "msg": failure.msg, "details": failure.details}
+
+    def endpoint_key(self, req: Request) -> str:
+        return self.resources.layout.endpoint(self.node, req.container_id, req.ifname)
+
+    # -- ADD -------------------------------------------------------------------------------
+    def add(self, req: Request) -> dict:
+        from podnet.dataplane import endpoint as dp
+
+        if not req.netns:
+            raise CNIFailure(4, "netns is required for ADD")
+        if not self.ready():
+            raise CNIFailure(
+                ERR_TRY_AGAIN, "the podnet agent has not synced with the datastore yet", "retry in a moment"
+            )
+        key = self.endpoint_key(req)
+        if key in self.endpoints:
+            raise CNIFailure(
+                ERR_WIRING,
+                f"{req.ifname} of container {req.container_id} is already set up",
+                "the runtime must DEL before a second ADD",
+            )
+        addresses = self._allocate(req)
+        scheme, gateway = self.scheme()
+        host_ifname = dp.host_ifname_for("lxc" if scheme == "cilium" else "cali", req.namespace, req.pod)
+        spec = dp.EndpointSpec(
+            netns=req.netns, ifname=req.ifname, host_ifname=host_ifname, addresses=tuple(addresses),
+            mtu=int(req.config.get("mtu") or 0) or self.pod_mtu(), scheme=scheme, gateway=gateway,
+        )  # fmt: skip
+        try:
+            wired = dp.wire_endpoint(spec)
+        except Exception as exc:
+            self.ipam.release_handle(req.handle)
+            raise CNIFailure(ERR_WIRING, f"wiring {req.ifname} in {req.netns} failed: {exc}") from exc
+        record = EndpointRecord(
+            node=self.node, namespace=req.namespace, pod=req.pod, container_id=req.container_id,
+            ifname=req.ifname, host_ifname=wired.host_ifname, addresses=tuple(addresses), mac=wired.mac,
+            handle=req.handle, network=req.network, netns=req.netns, scheme=scheme,
+        )  # fmt: skip
+        try:
+            self.resources.store.put(key, record.to_json())
+        except Exception:
+            dp.unwire_endpoint(wired.host_ifname, req.netns, req.ifname)
+            self.ipam.release_handle(req.handle)
+            raise
+        self.endpoints[key] = record
+        self.on_change()
+        return {
+            "cniVersion": "1.1.0",
+            "interfaces": [
+                {"name": wired.host_ifname, "mac": wired.host_mac},
+                {"name": wired.ifname, "mac": wired.mac, "mtu": wired.mtu, "sandbox": req.netns},
+            ],
+            "ips": [{"address": f"{ip}/32", "gateway": gateway, "interface": 1} for ip in addresses],
+            "routes": [{"dst": "0.0.0.0/0", "gw": gateway}],
+            "dns": {},
+        }
+
+    def _allocate(self, req: Request) -> list[str]:
+        held = self.ipam.handle_ips(req.handle)
+        if held:
+            return held  # a retried ADD after a timeout: same handle, same addresses
+        pod_annotations: dict = {}
+        ns_annotations: dict = {}
+        try:
+            pod = self.resources.get(lookup("pods"), req.pod, req.namespace)
+            pod_annotations = pod.metadata.annotations or {}
+        except NotFoundError:
+            pass
+        try:
+            ns = self.resources.get(lookup("namespaces"), req.namespace)
+            ns_annotations = ns.metadata.annotations or {}
+        except NotFoundError:
+            pass
+        node_labels: dict = {}
+        with contextlib.suppress(NotFoundError):
+            node_labels = self.resources.get(lookup("nodes"), self.node).metadata.labels or {}
+        pools = [pool_from_resource(p) for p in self.resources.list(lookup("ippools"))]
+        attrs = {
+            "node": self.node,
+            "namespace": req.namespace,
+            "pod": req.pod,
+            "containerID": req.container_id,
+        }
+        try:
+            wanted = requested_addresses(pod_annotations)
+            if wanted:
+                return [self.ipam.assign_ip(ip, req.handle, self.node, pools, attrs) for ip in wanted]
+            requested = requested_pools(pod_annotations, ns_annotations)
+            config_pools = (req.config.get("ipam") or {}).get("ipv4_pools")
+            chosen = select_pools(pools, node_labels, requested=requested or config_pools)
+            return self.ipam.auto_assign(req.handle, self.node, chosen, attrs)
+        except DatastoreUnavailable:
+            raise
+        except PodnetError as exc:
+            self.ipam.release_handle(req.handle)
+            raise CNIFailure(ERR_IPAM, f"IPAM: {exc.message}", exc.hint or "") from exc
+
+    # -- DEL -------------------------------------------------------------------------------
+    def delete(self, req: Request) -> dict:
+        from podnet.dataplane import endpoint as dp
+
+        key = self.endpoint_key(req)
+        record = self.endpoints.get(key)
+        if record is None:
+            kv_ = self.resources.store.get(key)
+            record = EndpointRecord.from_json(kv_.value) if kv_ else None
+        if record is not None:
+            host_ifname, handle = record.host_ifname, record.handle
+        else:
+            scheme, _ = self.scheme()
+            host_ifname = dp.host_ifname_for("lxc" if scheme == "cilium" else "cali", req.namespace, req.pod)
+            handle = req.handle
+        dp.unwire_endpoint(host_ifname, req.netns or None, req.ifname)
+        self.ipam.release_handle(handle)
+        with contextlib.suppress(NotFoundError):
+            self.resources.store.delete(key)
+        if self.endpoints.pop(key, None) is not None:
+            self.on_change()
+        return {}
+
+    # -- CHECK -----------------------------------------------------------------------------
+    def check(self, req: Request) -> dict:
+        from podnet.dataplane import endpoint as dp
+
+        record = self.endpoints.get(self.endpoint_key(req))
+        if record is None:
+            raise CNIFailure(ERR_CHECK, f"no endpoint for {req.ifname} of container {req.container_id}")
+        _scheme, gateway = self.scheme()
+        spec = dp.EndpointSpec(
+            netns=req.netns or record.netns, ifname=req.ifname, host_ifname=record.host_ifname,
+            addresses=record.addresses, mtu=int(req.config.get("mtu") or 0) or self.pod_mtu(),
+            scheme=record.scheme, gateway=gateway,
+        )  # fmt: skip
+        problems = dp.check_endpoint(spec)
+        held = set(self.ipam.handle_ips(record.handle))
+        missing = set(record.addresses) - held
+        if missing:
+            problems.append(f"IPAM no longer holds {', '.join(sorted(missing))} for handle {record.handle}")
+        prev = req.config.get("prevResult") or {}
+        prev_ips = {ip.get("address", "").split("/")[0] for ip in prev.get("ips") or []}
+        if prev_ips and prev_ips != set(record.addresses):
+            problems.append(f"prevResult addresses {sorted(prev_ips)} differ from {list(record.addresses)}")
+        if problems:
+            raise CNIFailure(ERR_CHECK, "; ".join(problems))
+        return {}
+
+    # -- GC --------------------------------------------------------------------------------
+    def gc(self, req: Request) -> dict:
+        valid = req.config.get("cni.dev/valid-attachments")
+        if valid is None:
+            valid = req.config.get("cni.dev/attachments") or []
+        keep = {(a.get("containerID"), a.get("ifname")) for a in valid}
+        removed = []
+        for key, record in list(self.endpoints.items()):
+            if record.network == req.network and (record.container_id, record.ifname) not in keep:
+                self.delete(Request("DEL", record.container_id, record.netns, record.ifname,
+                                    {"K8S_POD_NAMESPACE": record.namespace, "K8S_POD_NAME": record.pod},
+                                    {"name": record.network}))  # fmt: skip
+                removed.append(key)
+        # Addresses this node holds for the network without an endpoint (an ADD that died midway).
+        prefix = f"{req.network}."
+        valid_handles = {handle_id(req.network, c, i) for c, i in keep}
+        for alloc in self.ipam.snapshot().allocations():
+            if (alloc.node == self.node and alloc.handle_id.startswith(prefix)
+                    and alloc.handle_id not in valid_handles):  # fmt: skip
+                self.ipam.release_handle(alloc.handle_id)
+        kv(log, logging.INFO, "cni gc", removed=len(removed))
+        return {}
+
+    # -- STATUS ----------------------------------------------------------------------------
+    def status(self, req: Request) -> dict:
+        if not self.ready():
+            raise CNIFailure(50, "podnet agent is not in sync with the datastore")
+        self.resources.store.revision()  # raises DatastoreUnavailable -> code 11
+        return {}

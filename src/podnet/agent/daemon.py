@@ -1,0 +1,151 @@
+"""The podnet agent: the one place where a node's components are constructed and wired.
+
+etcd ──▶ Syncer (PrefixSync → ClusterCache → calc → RouteManager) ──▶ kernel routes
+  ▲                                        ▲ local endpoints
+  └── CNIService (IPAM, endpoint wiring) ◀─┴── api_server (UNIX socket) ◀── podnet-cni
+metrics + /healthz on HTTP
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+
+from podnet.agent import api_server, metrics
+from podnet.agent.cni_service import CALICO_GATEWAY, CNIService
+from podnet.agent.log import kv
+from podnet.agent.syncer import Syncer
+from podnet.calc.cluster import ClusterCache
+from podnet.calc.endpoints import EndpointRecord
+from podnet.calc.mtu import pod_mtu
+from podnet.calc.routes import RoutePlan
+from podnet.datastore import connect
+from podnet.datastore.keys import KeyLayout
+from podnet.datastore.resources import ResourceStore
+from podnet.ipam import IPAM, pool_from_resource, select_pools
+
+log = logging.getLogger("podnet.agent")
+
+ROUTER_DEVICE = "cilium_host"
+
+
+@dataclass
+class AgentConfig:
+    node: str
+    etcd_endpoints: str | None
+    socket: str
+    metrics_address: tuple[str, int] | None
+    uplink: str = "eth0"
+    refresh_seconds: float = 60.0
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        from podnet.dataplane.routes import RouteManager
+
+        self.config = config
+        self.layout = KeyLayout.from_env()
+        self.store = connect(config.etcd_endpoints)
+        self.resources = ResourceStore(self.store, self.layout)
+        self.ipam = IPAM(self.store, self.layout)
+        self.metrics = metrics.AgentMetrics()
+        self.cache = ClusterCache(self.layout)
+        self.endpoints: dict[str, EndpointRecord] = {}
+        self.routes = RouteManager()
+        self.syncer = Syncer(
+            config.node, self.store, self.cache, self.endpoints, self._apply_routes, self.metrics,
+            uplink=config.uplink, refresh_seconds=config.refresh_seconds,
+        )  # fmt: skip
+        self.syncer.on_synced.append(self._on_first_sync)
+        self.cni = CNIService(
+            config.node, self.resources, self.ipam, self.endpoints, self.syncer.trigger,
+            pod_mtu=self._pod_mtu, scheme=self._scheme, ready=self._ready,
+        )  # fmt: skip
+        self._router_ip: str | None = None
+        self._stop = threading.Event()
+        self._servers: list = []
+
+    # -- state the CNI service asks for -----------------------------------------------------
+    def _ready(self) -> bool:
+        return self.syncer.in_sync.is_set() and (self._profile() != "cilium" or self._router_ip is not None)
+
+    def _profile(self) -> str:
+        return self.cache.config.effective().profile if self.cache.config else "calico"
+
+    def _scheme(self) -> tuple[str, str]:
+        if self._profile() == "cilium":
+            return "cilium", self._router_ip or ""
+        return "calico", CALICO_GATEWAY
+
+    def _pod_mtu(self) -> int:
+        from podnet.dataplane.mtu import underlay_mtu
+
+        with self.syncer.lock:
+            return pod_mtu(underlay_mtu(), list(self.cache.pools.values()), self.cache.config)
+
+    def _on_first_sync(self) -> None:
+        if self._profile() == "cilium":
+            threading.Thread(target=self._ensure_router, name="router-ip", daemon=True).start()
+
+    def _ensure_router(self) -> None:
+        """Cilium scheme: a router address from this node's pool, on a ``cilium_host`` device."""
+        from podnet.dataplane.endpoint import ensure_router_device
+
+        handle = f"router-{self.config.node}"
+        ips = self.ipam.handle_ips(handle)
+        if not ips:
+            pools = [pool_from_resource(p) for p in self.cache.pools.values()]
+            node = self.cache.nodes.get(self.config.node)
+            chosen = select_pools(pools, node.labels if node else {})
+            ips = self.ipam.auto_assign(handle, self.config.node, chosen, {"node": self.config.node})
+        ensure_router_device(ROUTER_DEVICE, ips[0])
+        self._router_ip = ips[0]
+        kv(log, logging.INFO, "router address", device=ROUTER_DEVICE, address=ips[0])
+
+    # -- dataplane ---------------------------------------------------------------------------
+    def _apply_routes(self, plan: RoutePlan) -> dict:
+        from podnet.dataplane.routes import Route
+
+        desired = [Route(dst=r.dst, gateway=r.gateway, dev=r.dev, kind=r.kind, onlink=r.onlink)
+                   for r in plan.routes]  # fmt: skip
+        diff = self.routes.apply(desired)
+        counts = {"added": len(diff.added), "replaced": len(diff.replaced), "deleted": len(diff.deleted)}
+        for op, n in counts.items():
+            if n:
+                self.metrics.route_ops.labels(op).inc(n)
+        return counts
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def health(self) -> tuple[bool, dict]:
+        ok = self.syncer.in_sync.is_set() and self.syncer.last_error is None
+        return ok, {
+            "node": self.config.node, "inSync": self.syncer.in_sync.is_set(), "revision": self.cache.revision,
+            "endpoints": len(self.endpoints), "lastError": self.syncer.last_error,
+            "unreachable": self.syncer.last_plan.unreachable if self.syncer.last_plan else {},
+            "invalidKeys": self.cache.errors,
+        }  # fmt: skip
+
+    def start(self) -> None:
+        kv(log, logging.INFO, "starting", node=self.config.node, socket=self.config.socket,
+           etcd=",".join(getattr(self.store, "endpoints", [])))  # fmt: skip
+        self.syncer.start()
+        self._servers.append(api_server.serve(self.config.socket, self.cni.handle))
+        if self.config.metrics_address:
+            self._servers.append(metrics.serve(self.config.metrics_address, self.metrics, self.health))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.syncer.stop()
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+
+    def run_forever(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        self.start()
+        self._stop.wait()
+        kv(log, logging.INFO, "stopping (routes and pods stay as they are)")
+        self.stop()

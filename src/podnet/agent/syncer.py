@@ -1,0 +1,141 @@
+"""Datastore → calculation → kernel, for one node.
+
+    PrefixSync(root) ──events──▶ ClusterCache ──(coalesced trigger)──▶ calc.node_routes
+                                                                          │
+                                           local endpoints (CNI service) ─┤
+                                                                          ▼
+                                                            RouteManager.apply (diff vs kernel)
+
+Nothing is applied before the first snapshot is loaded (Felix's rule): an agent restarting with
+etcd down keeps every route it had. Triggers are coalesced (a burst of events is one apply); a
+failed apply is retried with back-off, and a periodic resync (``refresh_seconds``) repairs
+out-of-band changes. Each apply diffs against the kernel, so a restart with an unchanged desired
+state changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from podnet.agent.log import kv
+from podnet.agent.metrics import AgentMetrics
+from podnet.calc.cluster import ClusterCache
+from podnet.calc.endpoints import EndpointRecord
+from podnet.calc.routes import RoutePlan, node_routes
+from podnet.datastore.base import Datastore
+from podnet.datastore.sync import PrefixSync, Snapshot
+
+log = logging.getLogger("podnet.agent.sync")
+
+
+class Syncer:
+    def __init__(
+        self,
+        node: str,
+        store: Datastore,
+        cache: ClusterCache,
+        endpoints: dict[str, EndpointRecord],
+        apply_routes: Callable[[RoutePlan], dict],
+        metrics: AgentMetrics,
+        uplink: str = "eth0",
+        refresh_seconds: float = 60.0,
+        coalesce_seconds: float = 0.01,
+    ) -> None:
+        self.node = node
+        self.store = store
+        self.cache = cache
+        self.endpoints = endpoints
+        self.apply_routes = apply_routes
+        self.metrics = metrics
+        self.uplink = uplink
+        self.refresh_seconds = refresh_seconds
+        self.coalesce_seconds = coalesce_seconds
+        self.lock = threading.RLock()  # guards cache + endpoints against the apply thread
+        self.in_sync = threading.Event()
+        self._trigger = threading.Event()
+        self._stop = threading.Event()
+        self._sync = PrefixSync(store, cache.layout.root, on_error=self._datastore_error)
+        self.last_error: str | None = None
+        self.last_plan: RoutePlan | None = None
+        self.on_synced: list[Callable[[], None]] = []
+
+    def _datastore_error(self, exc: Exception) -> None:
+        self.metrics.datastore_errors.inc()
+        kv(log, logging.WARNING, "datastore", error=str(exc))
+
+    def start(self) -> None:
+        threading.Thread(target=self._watch_loop, name="watch", daemon=True).start()
+        threading.Thread(target=self._apply_loop, name="apply", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._sync.close()
+        self._trigger.set()
+
+    def trigger(self) -> None:
+        self._trigger.set()
+
+    def _watch_loop(self) -> None:
+        for item in self._sync:
+            with self.lock:
+                if isinstance(item, Snapshot):
+                    self.cache.reset(item.items, item.revision)
+                    for key, record in self.cache.endpoints.items():
+                        if record.node == self.node:
+                            self.endpoints.setdefault(key, record)
+                    first = not self.in_sync.is_set()
+                    self.in_sync.set()
+                    self.metrics.in_sync.set(1)
+                    kv(log, logging.INFO, "snapshot", revision=item.revision, keys=len(item.items))
+                    if first:
+                        for callback in self.on_synced:
+                            callback()
+                else:
+                    self.cache.update(item.key, item.value, item.revision)
+                self.metrics.revision.set(self.cache.revision)
+            self._trigger.set()
+
+    def _apply_loop(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            fired = self._trigger.wait(self.refresh_seconds)
+            if self._stop.is_set():
+                return
+            if not self.in_sync.is_set():
+                self._trigger.clear()
+                continue
+            if fired:
+                time.sleep(self.coalesce_seconds)  # let a burst of events land: one apply
+            self._trigger.clear()
+            started = time.monotonic()
+            try:
+                with self.lock:
+                    plan = node_routes(
+                        self.node, self.cache.nodes, list(self.cache.blocks.values()),
+                        list(self.endpoints.values()), self.uplink,
+                    )  # fmt: skip
+                done = self.apply_routes(plan)
+                self.last_plan, self.last_error = plan, None
+                self.metrics.syncs.labels("ok").inc()
+                self.metrics.sync_seconds.observe(time.monotonic() - started)
+                self.metrics.routes.set(len(plan.routes))
+                self.metrics.endpoints.set(len(self.endpoints))
+                if any(done.values()):
+                    kv(
+                        log,
+                        logging.INFO,
+                        "routes applied",
+                        **done,
+                        ms=round((time.monotonic() - started) * 1e3, 1),
+                    )
+                backoff = 0.1
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.metrics.syncs.labels("error").inc()
+                kv(log, logging.ERROR, "apply failed; will retry with a full resync", error=self.last_error)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self._trigger.set()

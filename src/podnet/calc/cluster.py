@@ -1,0 +1,124 @@
+"""The agent's view of the cluster: datastore keys decoded into what calculation needs.
+
+``ClusterCache`` is fed the datastore snapshot (``reset``) and then every change (``update``); it
+keeps the last good value of each key, so a corrupt or invalid value is reported (``errors``) and
+skipped without disturbing anything else. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from podnet.calc.endpoints import EndpointRecord
+from podnet.datastore.base import KeyValue
+from podnet.datastore.keys import KeyLayout, token_to_cidr
+from podnet.errors import PodnetError
+from podnet.ipam.block import Block
+from podnet.model import ClusterConfiguration, IPPool, Node, parse_resource
+
+NODE_ADDRESS_ANNOTATION = "projectcalico.org/IPv4Address"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    address: ipaddress.IPv4Interface | None  # node IP with its subnet
+    labels: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_node(cls, node: Node) -> NodeInfo:
+        annotations = node.metadata.annotations or {}
+        address = None
+        if annotations.get(NODE_ADDRESS_ANNOTATION):
+            address = ipaddress.IPv4Interface(annotations[NODE_ADDRESS_ANNOTATION])
+        else:
+            for item in node.status.addresses if node.status and node.status.addresses else []:
+                if item.type == "InternalIP" and ":" not in item.address:
+                    address = ipaddress.IPv4Interface(f"{item.address}/32")
+                    break
+        return cls(node.metadata.name, address, dict(node.metadata.labels or {}))
+
+    @property
+    def ip(self) -> str | None:
+        return str(self.address.ip) if self.address else None
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    cidr: str
+    node: str | None  # affinity
+    borrowed: dict[str, str] = field(default_factory=dict, compare=False)  # ip -> node using it
+
+
+class ClusterCache:
+    def __init__(self, layout: KeyLayout) -> None:
+        self.layout = layout
+        self.nodes: dict[str, NodeInfo] = {}
+        self.pools: dict[str, IPPool] = {}
+        self.blocks: dict[str, BlockInfo] = {}
+        self.endpoints: dict[str, EndpointRecord] = {}
+        self.config: ClusterConfiguration | None = None
+        self.errors: dict[str, str] = {}  # key -> why its value was not taken
+        self.revision = 0
+
+    def reset(self, items: Iterable[KeyValue], revision: int) -> None:
+        self.__init__(self.layout)  # type: ignore[misc]
+        for kv in items:
+            self.update(kv.key, kv.value)
+        self.revision = revision
+
+    def update(self, key: str, value: bytes | None, revision: int = 0) -> str | None:
+        """Apply one change; returns what changed ("nodes", "pools", "blocks", ...) or None."""
+        self.revision = max(self.revision, revision)
+        try:
+            kind = self._update(key, value)
+        except (PodnetError, ValueError, KeyError, TypeError) as exc:
+            self.errors[key] = str(exc)
+            return None
+        self.errors.pop(key, None)
+        return kind
+
+    def _update(self, key: str, value: bytes | None) -> str | None:
+        lay = self.layout
+        if key.startswith(lay.blocks_prefix()):
+            cidr = token_to_cidr(key.removeprefix(lay.blocks_prefix()))
+            if value is None:
+                self.blocks.pop(cidr, None)
+            else:
+                block = Block.from_json(value)
+                borrowed = {
+                    a.address: a.node for a in block.all_allocations() if a.node and a.node != block.node
+                }
+                self.blocks[cidr] = BlockInfo(block.cidr, block.node, borrowed)
+            return "blocks"
+        if key.startswith(lay.endpoints_prefix()):
+            if value is None:
+                self.endpoints.pop(key, None)
+            else:
+                self.endpoints[key] = EndpointRecord.from_json(value)
+            return "endpoints"
+        if not key.startswith(lay.resources_prefix()):
+            return None
+        type_key, _namespace, name = lay.parse_resource(key)
+        if type_key == "nodes":
+            if value is None:
+                self.nodes.pop(name, None)
+            else:
+                self.nodes[name] = NodeInfo.from_node(parse_resource(json.loads(value)))
+            return "nodes"
+        if type_key == "ippools.projectcalico.org":
+            if value is None:
+                self.pools.pop(name, None)
+            else:
+                self.pools[name] = parse_resource(json.loads(value))
+            return "pools"
+        if type_key == "clusterconfigurations.podnet.io":
+            self.config = None if value is None else parse_resource(json.loads(value))
+            return "config"
+        return None
+
+    def local_endpoints(self, node: str) -> list[EndpointRecord]:
+        return [e for e in self.endpoints.values() if e.node == node]

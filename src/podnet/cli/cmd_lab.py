@@ -1,0 +1,201 @@
+"""``podnet lab``: an emulated cluster in network namespaces on this machine (needs root).
+
+podnet lab up [--nodes N] [--profile calico|cilium] [--encapsulation none|vxlan|ipip|ipip-crosssubnet]
+              [--subnets 1|2]
+podnet lab down | clean | status
+podnet lab wait [--timeout S]                  until every pod is Running
+podnet lab exec NS/POD -- CMD...               run a command inside a pod (its netns and cgroup)
+podnet lab probe NS/POD NS/POD PORT/PROTO [--timeout S]     exit 0 if it got through, 1 if not
+podnet lab probe --matrix PORT/PROTO [-o json] [--timeout S]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from podnet.errors import PodnetError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="lab_command", metavar="SUBCOMMAND")
+    sub.required = True
+    up = sub.add_parser("up", help="bring up a lab cluster")
+    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--profile", choices=["calico", "cilium"], default="calico")
+    up.add_argument("--encapsulation", choices=["none", "vxlan", "ipip", "ipip-crosssubnet"], default="none")
+    up.add_argument("--subnets", type=int, choices=[1, 2], default=1)
+    sub.add_parser("down", help="remove exactly what the lab created")
+    sub.add_parser("clean", help="remove leftovers of a lab that crashed (by name prefix)")
+    sub.add_parser("status", help="what the lab runs")
+    wait = sub.add_parser("wait", help="wait until every pod is Running")
+    wait.add_argument("--timeout", type=float, default=60.0)
+    exec_ = sub.add_parser("exec", help="run a command in a pod")
+    exec_.add_argument("pod", metavar="NS/POD")
+    exec_.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
+    probe = sub.add_parser("probe", help="connect from one pod to another (or all pairs with --matrix)")
+    probe.add_argument("args", nargs="+", metavar="NS/POD NS/POD PORT/PROTO | --matrix PORT/PROTO")
+    probe.add_argument("--matrix", action="store_true")
+    probe.add_argument("--timeout", type=float, default=1.0)
+    probe.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"up": _up, "down": _down, "clean": _clean, "status": _status, "wait": _wait, "exec": _exec,
+            "probe": _probe}[args.lab_command](args)  # fmt: skip
+
+
+def _up(args) -> int:
+    from podnet.lab.cluster import up
+    from podnet.lab.topology import LabSpec
+
+    info = up(LabSpec(nodes=args.nodes, subnets=args.subnets, profile=args.profile,
+                      encapsulation=args.encapsulation))  # fmt: skip
+    topo = info.topology
+    print(f"lab up in {info.seconds:.1f}s: {len(topo.nodes)} nodes, profile {args.profile}, "
+          f"encapsulation {args.encapsulation}, {args.subnets} subnet(s)")  # fmt: skip
+    for host in topo.nodes:
+        print(f"  {host.name:10} netns {host.netns:14} {host.attachments[0].address}")
+    print(f"  etcd       {topo.etcd_endpoint} in netns {topo.etcd.netns}; the CLI reaches it at "
+          f"{info.etcd_endpoint}")  # fmt: skip
+    print("apply pods with `podnet apply -f FILE`; `podnet lab down` removes everything")
+    return 0
+
+
+def _down(args) -> int:
+    from podnet.lab.cluster import teardown
+
+    report = teardown()
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
+def _clean(args) -> int:
+    from podnet.lab.cleanup import clean
+    from podnet.lab.cluster import lab_names
+
+    report = clean(lab_names())
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
+
+
+def _status(args) -> int:
+    from podnet.lab.cluster import lab_names
+    from podnet.lab.netns import proc_alive
+    from podnet.lab.state import LabState
+
+    state = LabState(lab_names().state_dir)
+    if not state.exists():
+        print("no lab is up")
+        return 1
+    meta = state.meta()
+    print(f"etcd (for the CLI): {meta.get('etcd_endpoint')}")
+    for proc in state.processes():
+        alive = "running" if proc_alive(proc.pid, proc.start_time) else "DEAD"
+        print(f"  {proc.name:28} pid {proc.pid:<8} {alive:8} {proc.netns or '(root netns)'}")
+    return 0
+
+
+def _pods(args):
+    from podnet.cli.context import resource_store
+    from podnet.model import lookup
+
+    return resource_store(args).list(lookup("pods"))
+
+
+def _pod_names():
+    from podnet.lab.cluster import lab_names
+
+    return lab_names()
+
+
+def _find_pod(args, ref: str):
+    namespace, _, name = ref.rpartition("/")
+    namespace = namespace or "default"
+    for pod in _pods(args):
+        if (pod.metadata.namespace, pod.metadata.name) == (namespace, name):
+            return pod
+    raise PodnetError(f'pod "{namespace}/{name}" not found', hint="podnet get pods -A")
+
+
+def _netns_of(pod) -> str:
+    names = _pod_names()
+    if pod.spec.host_network:
+        from podnet.lab.state import LabState
+
+        return LabState(names.state_dir).meta()["nodes"][pod.spec.node_name]["netns"]
+    return names.pod_ns(pod.metadata.namespace, pod.metadata.name)
+
+
+def _wait(args) -> int:
+    import time
+
+    deadline = time.monotonic() + args.timeout
+    while True:
+        pods = _pods(args)
+        pending = [f"{p.metadata.namespace}/{p.metadata.name}" for p in pods
+                   if not (p.status and p.status.phase == "Running")]  # fmt: skip
+        if not pending:
+            print(f"{len(pods)} pods Running")
+            return 0
+        if time.monotonic() > deadline:
+            raise PodnetError(
+                f"{len(pending)} pods not Running after {args.timeout:g}s: {', '.join(pending[:10])}",
+                hint="podnet get pods -A -o wide; logs under /run/podnet-lab/",
+            )
+        time.sleep(0.1)
+
+
+def _exec(args) -> int:
+    import os
+
+    from podnet.lab.netns import IP
+
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise PodnetError("no command given", hint="podnet lab exec NS/POD -- CMD ARGS...")
+    pod = _find_pod(args, args.pod)
+    names = _pod_names()
+    cgroup = names.pod_cgroup(pod.spec.node_name, pod.metadata.uid) if pod.metadata.uid else None
+    if cgroup and os.path.isdir(cgroup):
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))  # join the pod's cgroup first: `ip netns exec` remounts /sys
+    os.execvp(IP, [IP, "netns", "exec", _netns_of(pod), *cmd])
+    return 127
+
+
+def _parse_port(text: str) -> tuple[int, str]:
+    port, _, proto = text.partition("/")
+    proto = (proto or "TCP").upper()
+    if not port.isdigit() or proto not in ("TCP", "UDP"):
+        raise PodnetError(f"bad port {text!r}", hint="PORT/TCP or PORT/UDP, e.g. 80/TCP")
+    return int(port), proto
+
+
+def _probe(args) -> int:
+    import json
+
+    from podnet.lab.probe import probe, probe_all, render_matrix, truth_table
+
+    if args.matrix:
+        if len(args.args) != 1:
+            raise PodnetError("--matrix takes one PORT/PROTO", hint="podnet lab probe --matrix 80/TCP")
+        port, proto = _parse_port(args.args[0])
+        pods = [p for p in _pods(args) if p.status and p.status.pod_ip]
+        sources = {f"{p.metadata.namespace}/{p.metadata.name}": _netns_of(p) for p in pods}
+        targets = {f"{p.metadata.namespace}/{p.metadata.name}": p.status.pod_ip for p in pods}
+        table = truth_table(probe_all(sources, targets, port, proto, args.timeout))
+        if args.output == "json":
+            print(json.dumps({"port": port, "protocol": proto, "results": table}, indent=2))
+        else:
+            print(render_matrix(table))
+        return 0 if all(all(row.values()) for row in table.values()) else 1
+    if len(args.args) != 3:
+        raise PodnetError("probe takes SRC DST PORT/PROTO", hint="podnet lab probe ns/a ns/b 80/TCP")
+    src, dst = _find_pod(args, args.args[0]), _find_pod(args, args.args[1])
+    port, proto = _parse_port(args.args[2])
+    if not (dst.status and dst.status.pod_ip):
+        raise PodnetError(f"{args.args[1]} has no IP yet", hint="podnet lab wait")
+    result = probe(_netns_of(src), dst.status.pod_ip, port, proto, args.timeout)
+    print(f"{args.args[0]} -> {args.args[1]} ({dst.status.pod_ip}:{port}/{proto}): "
+          f"{'ok' if result.ok else 'FAILED'} {result.detail} ({result.elapsed * 1000:.1f} ms)")  # fmt: skip
+    return 0 if result.ok else 1

@@ -1,0 +1,235 @@
+"""``podnet lab up`` / ``down``: a whole cluster on one machine.
+
+    root netns                         lab namespaces (prefix pn-)
+    ───────────                        ───────────────────────────────────────────────────────
+    podnet CLI ──127.0.0.1:P──▶ etcd-proxy ══setns══▶ pn-etcd: etcd 10.77.0.2:2379
+    lab kubelet (pods: netns, cgroup,                      ▲ fabric (pn-fabric: br0 [br1 + pn-router])
+       CNI via `ip netns exec pn-node-N`)                  │
+                                          pn-node-N: eth0 10.77.s.(10+N), podnet-agent,
+                                                     agent.sock ◀── podnet-cni (type "podnet")
+                                          pn-p-<pod>: eth0 <pod IP>/32, podserver
+
+Order of ``up``: fabric → etcd (+ proxy for the CLI, the only way in from the root namespace) →
+cluster resources (ClusterConfiguration, IPPool, Nodes, Namespaces) → CNI configuration per node
+→ one agent per node (waits until each answers STATUS) → the kubelet. Any failure tears down what
+was made. Everything is recorded in the lab state, so ``down`` removes exactly that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+
+from podnet.agent import api
+from podnet.datastore.etcd import EtcdDatastore
+from podnet.datastore.etcd_server import EtcdServer
+from podnet.datastore.resources import ResourceStore
+from podnet.lab.cleanup import CleanupReport, down
+from podnet.lab.etcd_proxy import start_etcd_proxy
+from podnet.lab.fabric import fabric_up
+from podnet.lab.naming import LabError, LabNames
+from podnet.lab.netns import create_cgroup, proc_start_time, spawn
+from podnet.lab.state import LabState, ProcessRecord
+from podnet.lab.topology import LabSpec, Topology
+from podnet.model import parse_resource
+
+POD_CIDR = "10.244.0.0/16"
+NETWORK_NAME = "k8s-pod-network"
+DEBIAN_CNI_DIR = "/usr/lib/cni"
+CHAINED_PLUGINS = ("portmap", "bandwidth", "loopback")
+
+# --encapsulation → (ipipMode, vxlanMode) of the default pool (Calico profile) or tunnel (Cilium).
+ENCAPSULATION_MODES = {
+    "none": ("Never", "Never"),
+    "ipip": ("Always", "Never"),
+    "ipip-crosssubnet": ("CrossSubnet", "Never"),
+    "vxlan": ("Never", "Always"),
+}
+SUPPORTED_ENCAPSULATIONS = ("none",)  # the routing issue adds the tunnels
+
+
+@dataclass(frozen=True)
+class LabInfo:
+    names: LabNames
+    topology: Topology
+    etcd_endpoint: str  # for the CLI, on root loopback through the proxy
+    seconds: float
+
+
+def lab_names(prefix: str | None = None) -> LabNames:
+    return LabNames(prefix or os.environ.get("PODNET_LAB_PREFIX", "pn-"))
+
+
+def running_endpoint(names: LabNames | None = None) -> str | None:
+    """The CLI's etcd endpoint of the lab that is up, if one is."""
+    names = names or lab_names()
+    state = LabState(names.state_dir)
+    if not state.exists():
+        return None
+    try:
+        return state.meta().get("etcd_endpoint")
+    except LabError:
+        return None
+
+
+def cluster_resources(topo: Topology) -> list[dict]:
+    spec = topo.spec
+    ipip, vxlan = ENCAPSULATION_MODES[spec.encapsulation]
+    config: dict = {"profile": spec.profile}
+    if spec.profile == "cilium":
+        config["tunnel"] = "disabled" if spec.encapsulation == "none" else "vxlan"
+    else:
+        config.update(defaultIPIPMode=ipip, defaultVXLANMode=vxlan)
+    docs: list[dict] = [
+        {"apiVersion": "podnet.io/v1", "kind": "ClusterConfiguration", "metadata": {"name": "default"},
+         "spec": config},
+        {"apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": "default-ipv4-ippool"},
+         "spec": {"cidr": POD_CIDR, "ipipMode": ipip if spec.profile == "calico" else "Never",
+                  "vxlanMode": vxlan if spec.profile == "calico" else "Never", "natOutgoing": True}},
+    ]  # fmt: skip
+    for ns in ("default", "kube-system"):
+        docs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    for host in topo.nodes:
+        docs.append({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": host.name, "labels": {
+                "kubernetes.io/hostname": host.name, "kubernetes.io/os": "linux",
+                "podnet.io/subnet": f"subnet-{host.subnet}"},
+                "annotations": {"projectcalico.org/IPv4Address": host.attachments[0].address}},
+            "status": {"addresses": [{"type": "InternalIP", "address": host.ip},
+                                     {"type": "Hostname", "address": host.name}]},
+        })  # fmt: skip
+    return docs
+
+
+def cni_bin_dir(names: LabNames) -> str:
+    return os.path.join(names.state_dir, "cni", "bin")
+
+
+def write_cni_files(names: LabNames, topo: Topology, state: LabState) -> None:
+    """A CNI_PATH directory (``podnet`` → podnet-cni, Debian's plugins) and each node's conflist."""
+    bin_dir = cni_bin_dir(names)
+    os.makedirs(bin_dir, exist_ok=True)
+    plugin = shutil.which("podnet-cni") or os.path.join(os.path.dirname(sys.executable), "podnet-cni")
+    if not os.path.exists(plugin):
+        raise LabError("podnet-cni is not installed next to this Python", hint="run scripts/setup.sh")
+    os.symlink(plugin, os.path.join(bin_dir, "podnet"))
+    for name in CHAINED_PLUGINS:
+        if os.path.exists(os.path.join(DEBIAN_CNI_DIR, name)):
+            os.symlink(os.path.join(DEBIAN_CNI_DIR, name), os.path.join(bin_dir, name))
+    state.record_dir(os.path.join(names.state_dir, "cni"))
+    for host in topo.nodes:
+        conf_dir = names.cni_conf_dir(host.name)
+        os.makedirs(conf_dir, exist_ok=True)
+        os.makedirs(names.node_log_dir(host.name), exist_ok=True)
+        plugins: list[dict] = [{
+            "type": "podnet", "agent_socket": names.agent_socket(host.name), "mtu": 0,
+            "ipam": {"type": "podnet-ipam"},
+            "log_file": os.path.join(names.node_log_dir(host.name), "cni.log"),
+        }]  # fmt: skip
+        if os.path.exists(os.path.join(bin_dir, "portmap")):
+            plugins.append({"type": "portmap", "snat": True, "capabilities": {"portMappings": True}})
+        if os.path.exists(os.path.join(bin_dir, "bandwidth")):
+            plugins.append({"type": "bandwidth", "capabilities": {"bandwidth": True}})
+        conflist = {"cniVersion": "1.0.0", "name": NETWORK_NAME, "plugins": plugins}
+        with open(os.path.join(conf_dir, "10-podnet.conflist"), "w") as f:
+            json.dump(conflist, f, indent=2)
+        state.record_dir(names.node_dir(host.name))
+
+
+def _start_etcd(names: LabNames, topo: Topology, state: LabState) -> str:
+    server = EtcdServer(
+        host=topo.etcd.ip, client_port=topo.etcd_client_port, peer_port=topo.etcd_peer_port,
+        data_dir=os.path.join(names.state_dir, "etcd"), netns=topo.etcd.netns, name="lab-etcd",
+        log_path=os.path.join(names.log_dir, "etcd.log"),
+    )  # fmt: skip
+    os.makedirs(names.log_dir, exist_ok=True)
+    server.start(wait=False)  # its address is only reachable inside the lab: wait through the proxy
+    assert server.process is not None
+    state.record_process(ProcessRecord("etcd", server.process.pid,
+                                       proc_start_time(server.process.pid) or 0, topo.etcd.netns,
+                                       cmd=tuple(server.command())))  # fmt: skip
+    proxy, endpoint = start_etcd_proxy(
+        upstream=f"{topo.etcd.ip}:{topo.etcd_client_port}", netns=topo.etcd.netns, lab_prefix=names.prefix,
+        log=os.path.join(names.log_dir, "etcd-proxy.log"),
+    )  # fmt: skip
+    state.record_process(ProcessRecord.of("etcd-proxy", proxy))
+    server.wait_ready(30.0, endpoint)
+    return endpoint
+
+
+def _start_agents(names: LabNames, topo: Topology, state: LabState, timeout: float = 30.0) -> None:
+    for host in topo.nodes:
+        cgroup = create_cgroup(names.node_cgroup(host.name))
+        state.record_cgroup(cgroup)
+        agent = spawn(
+            [sys.executable, "-m", "podnet.agent.main", "--node", host.name,
+             "--etcd-endpoints", topo.etcd_endpoint, "--socket", names.agent_socket(host.name),
+             "--metrics", "127.0.0.1:9099",
+             "--log-file", os.path.join(names.node_log_dir(host.name), "agent.log"), names.marker],
+            netns=host.netns, cgroup=cgroup, lab_prefix=names.prefix,
+            log=os.path.join(names.node_log_dir(host.name), "agent.stderr"),
+        )  # fmt: skip
+        state.record_process(ProcessRecord.of(f"agent-{host.name}", agent, node=host.name))
+    deadline = time.monotonic() + timeout
+    for host in topo.nodes:
+        while True:
+            try:
+                if api.call(names.agent_socket(host.name), {"verb": "STATUS"}, timeout=2.0).get("ok"):
+                    break
+            except api.AgentUnavailable:
+                pass
+            if time.monotonic() > deadline:
+                log = os.path.join(names.node_log_dir(host.name), "agent.stderr")
+                raise LabError(
+                    f"the agent on {host.name} did not become ready in {timeout:g}s", hint=f"see {log}"
+                )
+            time.sleep(0.05)
+
+
+def _start_kubelet(names: LabNames, endpoint: str, state: LabState) -> None:
+    kubelet = spawn(
+        [sys.executable, "-m", "podnet.lab.kubelet", "--state-dir", names.state_dir,
+         "--etcd-endpoints", endpoint, names.marker],
+        lab_prefix=names.prefix, log=os.path.join(names.log_dir, "kubelet.log"),
+    )  # fmt: skip
+    state.record_process(ProcessRecord.of("kubelet", kubelet))
+
+
+def up(spec: LabSpec, names: LabNames | None = None) -> LabInfo:
+    names = names or lab_names()
+    if spec.encapsulation not in SUPPORTED_ENCAPSULATIONS:
+        raise LabError(
+            f"--encapsulation {spec.encapsulation} is not available yet",
+            hint=f"use one of {', '.join(SUPPORTED_ENCAPSULATIONS)} (tunnels arrive with the routing work)",
+        )
+    if LabState(names.state_dir).exists():
+        raise LabError(f"a lab with prefix {names.prefix} is already up",
+                       hint="podnet lab down (or podnet lab clean after a crash)")  # fmt: skip
+    started = time.monotonic()
+    topo, state, _ = fabric_up(spec, names)
+    try:
+        endpoint = _start_etcd(names, topo, state)
+        state.set_meta(etcd_endpoint=endpoint, etcd_cluster_endpoint=topo.etcd_endpoint,
+                       nodes={h.name: {"netns": h.netns, "ip": h.ip} for h in topo.nodes})  # fmt: skip
+        store = ResourceStore(EtcdDatastore([endpoint]))
+        store.apply([parse_resource(doc) for doc in cluster_resources(topo)])
+        write_cni_files(names, topo, state)
+        _start_agents(names, topo, state)
+        _start_kubelet(names, endpoint, state)
+    except BaseException:
+        down(names.state_dir)
+        raise
+    return LabInfo(names, topo, endpoint, time.monotonic() - started)
+
+
+def teardown(names: LabNames | None = None) -> CleanupReport:
+    names = names or lab_names()
+    if not LabState(names.state_dir).exists():
+        raise LabError(f"no lab with prefix {names.prefix} is up",
+                       hint="podnet lab clean removes leftovers of a crashed lab")  # fmt: skip
+    return down(names.state_dir)

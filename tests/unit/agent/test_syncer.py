@@ -1,0 +1,127 @@
+"""The agent's sync loop on the in-memory datastore: nothing before sync, coalescing, retry."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from podnet.agent.metrics import AgentMetrics
+from podnet.agent.syncer import Syncer
+from podnet.calc.cluster import ClusterCache
+from podnet.calc.routes import RoutePlan
+from podnet.datastore.keys import KeyLayout
+from podnet.datastore.memory import MemoryDatastore
+from podnet.ipam.block import Block
+
+LAYOUT = KeyLayout("/t/")
+
+
+def node_doc(name: str, ip: str) -> bytes:
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "annotations": {"projectcalico.org/IPv4Address": ip}},
+        }
+    ).encode()
+
+
+class Recorder:
+    def __init__(self, fail_first: int = 0) -> None:
+        self.plans: list[RoutePlan] = []
+        self.fail_first = fail_first
+        self.calls = 0
+        self.event = threading.Event()
+
+    def __call__(self, plan: RoutePlan) -> dict:
+        self.calls += 1
+        if self.calls <= self.fail_first:
+            raise OSError("netlink said no")
+        self.plans.append(plan)
+        self.event.set()
+        return {"added": len(plan.routes)}
+
+    def wait(self, n: int, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.plans) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(self.plans) >= n, f"only {len(self.plans)} applies"
+
+
+def make(store, recorder, **kw) -> Syncer:
+    return Syncer("n1", store, ClusterCache(LAYOUT), {}, recorder, AgentMetrics(), **kw)
+
+
+def test_routes_follow_blocks_and_nodes():
+    store = MemoryDatastore()
+    store.put(LAYOUT.resource("nodes", "n1"), node_doc("n1", "10.77.0.11/24"))
+    store.put(LAYOUT.resource("nodes", "n2"), node_doc("n2", "10.77.0.12/24"))
+    rec = Recorder()
+    syncer = make(store, rec)
+    syncer.start()
+    try:
+        rec.wait(1)
+        assert rec.plans[-1].routes == []
+        store.put(LAYOUT.block("10.244.0.64/26"), Block.empty("10.244.0.64/26", "host:n2").to_json())
+        deadline = time.monotonic() + 5
+        while (
+            not any(r.dst == "10.244.0.64/26" for r in rec.plans[-1].routes) and time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+        [route] = rec.plans[-1].routes
+        assert (route.dst, route.gateway, route.dev) == ("10.244.0.64/26", "10.77.0.12", "eth0")
+        store.delete(LAYOUT.resource("nodes", "n2"))
+        deadline = time.monotonic() + 5
+        while rec.plans[-1].routes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert rec.plans[-1].routes == [] and "n2" in rec.plans[-1].unreachable
+    finally:
+        syncer.stop()
+
+
+def test_a_burst_of_events_is_one_apply():
+    store = MemoryDatastore()
+    store.put(LAYOUT.resource("nodes", "n1"), node_doc("n1", "10.77.0.11/24"))
+    rec = Recorder()
+    syncer = make(store, rec, coalesce_seconds=0.3)
+    syncer.start()
+    try:
+        rec.wait(1)
+        before = len(rec.plans)
+        for i in range(20):
+            store.put(LAYOUT.resource("nodes", f"x{i}"), node_doc(f"x{i}", f"10.77.0.{100 + i}/24"))
+        time.sleep(1.0)
+        assert 1 <= len(rec.plans) - before <= 3
+    finally:
+        syncer.stop()
+
+
+def test_nothing_is_applied_before_the_datastore_is_synced():
+    class Down(MemoryDatastore):
+        def list(self, prefix):
+            from podnet.errors import DatastoreUnavailable
+
+            raise DatastoreUnavailable("etcd down")
+
+    rec = Recorder()
+    syncer = make(Down(), rec, refresh_seconds=0.05)
+    syncer.start()
+    try:
+        time.sleep(0.5)
+        assert rec.calls == 0 and not syncer.in_sync.is_set()
+    finally:
+        syncer.stop()
+
+
+def test_failed_apply_is_retried():
+    store = MemoryDatastore()
+    rec = Recorder(fail_first=2)
+    syncer = make(store, rec)
+    syncer.start()
+    try:
+        rec.wait(1)
+        assert rec.calls == 3 and syncer.last_error is None
+        assert syncer.metrics.syncs.labels("error")._value.get() == 2
+    finally:
+        syncer.stop()
