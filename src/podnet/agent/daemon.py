@@ -64,6 +64,7 @@ class Agent:
             pod_mtu=self._pod_mtu, scheme=self._scheme, ready=self._ready,
         )  # fmt: skip
         self._router_ip: str | None = None
+        self._underlay_mtu: int | None = None
         self._stop = threading.Event()
         self._servers: list = []
 
@@ -80,10 +81,12 @@ class Agent:
         return "calico", CALICO_GATEWAY
 
     def _pod_mtu(self) -> int:
-        from podnet.dataplane.mtu import underlay_mtu
+        from podnet.dataplane.mtu import detect_underlay_mtu
 
+        if self._underlay_mtu is None:
+            self._underlay_mtu = detect_underlay_mtu()
         with self.syncer.lock:
-            return pod_mtu(underlay_mtu(), list(self.cache.pools.values()), self.cache.config)
+            return pod_mtu(self._underlay_mtu, list(self.cache.pools.values()), self.cache.config)
 
     def _on_first_sync(self) -> None:
         if self._profile() == "cilium":
@@ -108,10 +111,16 @@ class Agent:
     def _apply_routes(self, plan: RoutePlan) -> dict:
         from podnet.dataplane.routes import Route
 
-        desired = [Route(dst=r.dst, gateway=r.gateway, dev=r.dev, kind=r.kind, onlink=r.onlink)
-                   for r in plan.routes]  # fmt: skip
+        desired = [
+            Route(dst=r.dst, gateway=r.gateway, dev=r.dev, kind=r.kind, onlink=r.onlink,
+                  scope="link" if r.dev and not r.gateway and r.kind == "unicast" else None)
+            for r in plan.routes
+        ]  # fmt: skip
         diff = self.routes.apply(desired)
-        counts = {"added": len(diff.added), "replaced": len(diff.replaced), "deleted": len(diff.deleted)}
+        counts = {"added": len(diff.added), "replaced": len(diff.replaced), "deleted": len(diff.deleted),
+                  "failed": len(diff.failed)}  # fmt: skip
+        for route, error in diff.failed:
+            kv(log, logging.WARNING, "route not applied", dst=route.dst, error=str(error))
         for op, n in counts.items():
             if n:
                 self.metrics.route_ops.labels(op).inc(n)
@@ -130,6 +139,9 @@ class Agent:
     def start(self) -> None:
         kv(log, logging.INFO, "starting", node=self.config.node, socket=self.config.socket,
            etcd=",".join(getattr(self.store, "endpoints", [])))  # fmt: skip
+        from podnet.dataplane import sysctl
+
+        sysctl.write_many(sysctl.NODE_SYSCTLS)  # a node forwards pod traffic
         self.syncer.start()
         self._servers.append(api_server.serve(self.config.socket, self.cni.handle))
         if self.config.metrics_address:
