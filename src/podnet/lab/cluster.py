@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.etcd_server import EtcdServer
 from podnet.datastore.resources import ResourceStore
 from podnet.lab.cleanup import CleanupReport, down
+from podnet.lab.cni_runtime import install_podnet_plugin
 from podnet.lab.etcd_proxy import start_etcd_proxy
 from podnet.lab.fabric import fabric_up
 from podnet.lab.naming import LabError, LabNames
@@ -114,10 +114,7 @@ def write_cni_files(names: LabNames, topo: Topology, state: LabState) -> None:
     """A CNI_PATH directory (``podnet`` → podnet-cni, Debian's plugins) and each node's conflist."""
     bin_dir = cni_bin_dir(names)
     os.makedirs(bin_dir, exist_ok=True)
-    plugin = shutil.which("podnet-cni") or os.path.join(os.path.dirname(sys.executable), "podnet-cni")
-    if not os.path.exists(plugin):
-        raise LabError("podnet-cni is not installed next to this Python", hint="run scripts/setup.sh")
-    os.symlink(plugin, os.path.join(bin_dir, "podnet"))
+    install_podnet_plugin(bin_dir, "podnet")  # the plugin's type is its binary's name
     for name in CHAINED_PLUGINS:
         if os.path.exists(os.path.join(DEBIAN_CNI_DIR, name)):
             os.symlink(os.path.join(DEBIAN_CNI_DIR, name), os.path.join(bin_dir, name))
@@ -164,8 +161,7 @@ def _start_etcd(names: LabNames, topo: Topology, state: LabState) -> str:
 
 def _start_agents(names: LabNames, topo: Topology, state: LabState, timeout: float = 30.0) -> None:
     for host in topo.nodes:
-        cgroup = create_cgroup(names.node_cgroup(host.name))
-        state.record_cgroup(cgroup)
+        cgroup = create_cgroup(names.node_cgroup(host.name))  # exists already when the fabric made it
         agent = spawn(
             [sys.executable, "-m", "podnet.agent.main", "--node", host.name,
              "--etcd-endpoints", topo.etcd_endpoint, "--socket", names.agent_socket(host.name),
