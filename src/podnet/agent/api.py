@@ -31,6 +31,17 @@ ENV_SOCKET = "PODNET_AGENT_SOCKET"
 VERBS = ("ADD", "DEL", "CHECK", "GC", "STATUS")
 
 
+# The deletion queue (see podnet.cni.delete_queue): DELs the plugin could not hand to a stopped
+# agent, drained by the agent when it starts.
+DELETE_QUEUE_LOCK = "lock"
+DELETE_QUEUE_SUFFIX = ".delete"
+
+
+def delete_queue_dir(agent_socket: str) -> str:
+    """``/run/podnet/agent.sock`` → ``/run/podnet/delete-queue``."""
+    return os.path.join(os.path.dirname(agent_socket), "delete-queue")
+
+
 class AgentUnavailable(Exception):
     """The agent's socket is missing, refuses, or the agent did not answer in time."""
 

@@ -332,7 +332,11 @@ class CNIService:
 
     # -- STATUS ----------------------------------------------------------------------------
     def status(self, req: Request) -> dict:
+        """CNI 1.1 STATUS: 50 when ADD cannot be served (not synced, datastore unreachable)."""
         if not self.ready():
-            raise CNIFailure(50, "podnet agent is not in sync with the datastore")
-        self.resources.store.revision()  # raises DatastoreUnavailable -> code 11
+            raise CNIFailure(50, "podnet agent is not in sync with the datastore yet")
+        try:
+            self.resources.store.revision()
+        except DatastoreUnavailable as exc:
+            raise CNIFailure(50, f"datastore unavailable: {exc.message}", exc.hint or "") from exc
         return {}

@@ -14,7 +14,9 @@ import threading
 from dataclasses import dataclass
 
 from podnet.agent import api_server, metrics
+from podnet.agent.api import delete_queue_dir
 from podnet.agent.cni_service import CALICO_GATEWAY, CNIService
+from podnet.agent.delete_queue import ExclusiveQueueLock, drain
 from podnet.agent.log import kv
 from podnet.agent.syncer import Syncer
 from podnet.calc.cluster import ClusterCache
@@ -143,9 +145,25 @@ class Agent:
 
         sysctl.write_many(sysctl.NODE_SYSCTLS)  # a node forwards pod traffic
         self.syncer.start()
-        self._servers.append(api_server.serve(self.config.socket, self.cni.handle))
+        # DELs queued by the plugin while we were down: drain them, and start listening before
+        # the lock is released, so a plugin either reaches us or its entry is seen (see cni.delete_queue).
+        queue_dir = delete_queue_dir(self.config.socket)
+        with ExclusiveQueueLock(queue_dir):
+            self.syncer.in_sync.wait(5.0)
+            _, left = drain(queue_dir, self.cni.handle)
+            self._servers.append(api_server.serve(self.config.socket, self.cni.handle))
+        if left:
+            threading.Thread(
+                target=self._retry_queue, args=(queue_dir,), name="delete-queue", daemon=True
+            ).start()
         if self.config.metrics_address:
             self._servers.append(metrics.serve(self.config.metrics_address, self.metrics, self.health))
+
+    def _retry_queue(self, queue_dir: str) -> None:
+        while not self._stop.wait(5.0):
+            with ExclusiveQueueLock(queue_dir):
+                if drain(queue_dir, self.cni.handle)[1] == 0:
+                    return
 
     def stop(self) -> None:
         self._stop.set()

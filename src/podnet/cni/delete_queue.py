@@ -32,15 +32,13 @@ import json
 import os
 import time
 
-LOCK_NAME = "lock"
-SUFFIX = ".delete"
+from podnet.agent.api import DELETE_QUEUE_LOCK as LOCK_NAME
+from podnet.agent.api import DELETE_QUEUE_SUFFIX as SUFFIX
+from podnet.agent.api import delete_queue_dir
+
 MAX_ENTRIES = 256
+default_dir = delete_queue_dir  # one rule for the plugin and the agent
 LOCK_TIMEOUT_SECONDS = 10.0
-
-
-def default_dir(agent_socket: str) -> str:
-    """``/run/podnet/agent.sock`` → ``/run/podnet/delete-queue``."""
-    return os.path.join(os.path.dirname(agent_socket), "delete-queue")
 
 
 def entry_name(request: dict) -> str:
