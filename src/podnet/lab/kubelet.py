@@ -37,6 +37,7 @@ from podnet.errors import ConflictError, NotFoundError
 from podnet.lab.cluster import cni_bin_dir
 from podnet.lab.naming import LabNames
 from podnet.lab.netns import create_cgroup, create_netns, delete_netns, netns_path, remove_cgroup, spawn
+from podnet.lab.podserver import podserver_command
 from podnet.lab.state import LabState, ProcessRecord
 from podnet.model import Pod, lookup, parse_resource
 
@@ -260,7 +261,8 @@ class Kubelet:
             caps["bandwidth"] = bandwidth
         return caps
 
-    def _start_server(self, pod: Pod, rp: RunningPod) -> None:
+    def _start_server(self, pod: Pod, rp: RunningPod, timeout: float = 15.0) -> None:
+        """Run the pod's server and wait until every port is bound (the pod's readiness)."""
         ports, warnings = [], []
         for container in pod.spec.containers:
             for port in container.ports or []:
@@ -269,18 +271,27 @@ class Kubelet:
                         f"port {port.container_port}/SCTP not served: this kernel has no SCTP sockets"
                     )
                 else:
-                    ports += ["--port", f"{port.container_port}/{port.protocol}"]
+                    ports.append(f"{port.container_port}/{port.protocol}")
         rp.warnings = warnings
         if not ports:
             return
-        log_file = os.path.join(self.names.node_log_dir(rp.node), f"pod-{rp.key.replace('/', '.')}.log")
+        stem = os.path.join(self.names.node_log_dir(rp.node), f"pod-{rp.key.replace('/', '.')}")
+        ready = f"{stem}.{rp.container_id[:8]}.ready"
         spawned = spawn(
-            [sys.executable, "-m", "podnet.lab.podserver", "--name", rp.key, *ports, self.names.marker],
+            podserver_command(rp.key, ports, self.names.prefix, ready_file=ready),
             netns=rp.netns or self.nodes[rp.node]["netns"], cgroup=rp.cgroup, lab_prefix=self.names.prefix,
-            log=log_file,
+            log=f"{stem}.log",
         )  # fmt: skip
         rp.server_pid, rp.server_start = spawned.pid, spawned.start_time
         self.state.record_process(ProcessRecord.of(f"pod-{rp.key}", spawned, pod=rp.key))
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(ready):
+            if not spawned.alive():
+                raise RuntimeError(f"the pod's server exited at start (see {stem}.log)")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the pod's server did not bind its ports in {timeout:g}s")
+            time.sleep(0.01)
+        os.unlink(ready)
 
     def _set_status(self, pod: Pod, phase: str, rp: RunningPod, message: str | None = None) -> None:
         namespace, name = pod.metadata.namespace, pod.metadata.name
