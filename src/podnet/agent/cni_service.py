@@ -29,7 +29,6 @@ from podnet.errors import DatastoreUnavailable, NotFoundError, PodnetError, Vali
 from podnet.ipam import (
     IPAM,
     handle_id,
-    pool_from_resource,
     requested_addresses,
     requested_pools,
     select_pools,
@@ -103,6 +102,7 @@ class CNIService:
         pod_mtu: Callable[[], int],
         scheme: Callable[[], tuple[str, str]],  # -> (scheme, gateway)
         ready: Callable[[], bool],
+        pools_and_labels: Callable[[], tuple[list, dict]],
     ) -> None:
         self.node = node
         self.resources = resources
@@ -112,7 +112,9 @@ class CNIService:
         self.pod_mtu = pod_mtu
         self.scheme = scheme
         self.ready = ready
+        self.pools_and_labels = pools_and_labels  # from the agent's watch cache: no datastore read
         self.lock = threading.Lock()
+        self.timings: dict[str, float] = {}  # of the request being served (under the lock)
 
     # -- dispatch --------------------------------------------------------------------------
     def handle(self, doc: dict) -> dict:
@@ -126,17 +128,12 @@ class CNIService:
             if req.verb in ("ADD", "DEL", "CHECK") and not req.container_id:
                 raise CNIFailure(4, "containerID is required")
             with self.lock:
+                waited = time.monotonic() - started
+                self.timings = {}
                 result = method(req)
-            kv(
-                log,
-                logging.INFO,
-                "cni",
-                verb=req.verb,
-                container=req.container_id[:12],
-                pod=f"{req.namespace}/{req.pod}",
-                ms=round((time.monotonic() - started) * 1000, 1),
-                ok=True,
-            )
+            kv(log, logging.INFO, "cni", verb=req.verb, container=req.container_id[:12],
+               pod=f"{req.namespace}/{req.pod}", ms=round((time.monotonic() - started) * 1000, 1),
+               queued_ms=round(waited * 1e3, 1), **self.timings, ok=True)  # fmt: skip
             return {"ok": True, "result": result}
         except CNIFailure as exc:
             failure = exc
@@ -182,7 +179,9 @@ class CNIService:
                 f"{req.ifname} of container {req.container_id} is already set up",
                 "the runtime must DEL before a second ADD",
             )
+        t0 = time.monotonic()
         addresses = self._allocate(req)
+        t1 = time.monotonic()
         scheme, gateway = self.scheme()
         host_ifname = dp.host_ifname_for("lxc" if scheme == "cilium" else "cali", req.namespace, req.pod)
         spec = dp.EndpointSpec(
@@ -191,6 +190,7 @@ class CNIService:
         )  # fmt: skip
         try:
             wired = dp.wire_endpoint(spec)
+            t2 = time.monotonic()
         except Exception as exc:
             self.ipam.release_handle(req.handle)
             raise CNIFailure(ERR_WIRING, f"wiring {req.ifname} in {req.netns} failed: {exc}") from exc
@@ -207,6 +207,8 @@ class CNIService:
             raise
         self.endpoints[key] = record
         self.on_change()
+        self.timings = {"ipam_ms": round((t1 - t0) * 1e3, 1), "wire_ms": round((t2 - t1) * 1e3, 1),
+                        "record_ms": round((time.monotonic() - t2) * 1e3, 1)}  # fmt: skip
         return {
             "cniVersion": "1.1.0",
             "interfaces": [
@@ -234,10 +236,7 @@ class CNIService:
             ns_annotations = ns.metadata.annotations or {}
         except NotFoundError:
             pass
-        node_labels: dict = {}
-        with contextlib.suppress(NotFoundError):
-            node_labels = self.resources.get(lookup("nodes"), self.node).metadata.labels or {}
-        pools = [pool_from_resource(p) for p in self.resources.list(lookup("ippools"))]
+        pools, node_labels = self.pools_and_labels()
         attrs = {
             "node": self.node,
             "namespace": req.namespace,

@@ -64,6 +64,7 @@ class Agent:
         self.cni = CNIService(
             config.node, self.resources, self.ipam, self.endpoints, self.syncer.trigger,
             pod_mtu=self._pod_mtu, scheme=self._scheme, ready=self._ready,
+            pools_and_labels=self._pools_and_labels,
         )  # fmt: skip
         self._router_ip: str | None = None
         self._underlay_mtu: int | None = None
@@ -73,6 +74,13 @@ class Agent:
     # -- state the CNI service asks for -----------------------------------------------------
     def _ready(self) -> bool:
         return self.syncer.in_sync.is_set() and (self._profile() != "cilium" or self._router_ip is not None)
+
+    def _pools_and_labels(self) -> tuple[list, dict]:
+        with self.syncer.lock:
+            node = self.cache.nodes.get(self.config.node)
+            return [pool_from_resource(p) for p in self.cache.pools.values()], dict(
+                node.labels
+            ) if node else {}
 
     def _profile(self) -> str:
         return self.cache.config.effective().profile if self.cache.config else "calico"

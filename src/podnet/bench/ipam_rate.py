@@ -25,18 +25,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from podnet.bench.stats import percentile
 from podnet.datastore.base import Datastore
 from podnet.datastore.keys import KeyLayout
 from podnet.ipam import IPAM, PoolSpec, handle_id
 from podnet.ipam.records import DEFAULT_MAX_BLOCKS_PER_HOST
 
 BENCH_POOL = PoolSpec("bench", "10.128.0.0/14")  # 256k addresses in /26 blocks
-
-
-def _percentile(sorted_values: list[float], p: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[max(0, math.ceil(p * len(sorted_values)) - 1)]
 
 
 def _run_phase(jobs: list[list[Any]], call: Callable[[Any], object]) -> tuple[float, list[float]]:
@@ -119,11 +114,11 @@ def measure_allocation_rate(
         "nodes": node_count,
         "blocks_claimed": blocks,
         "allocations_per_s": round(n / assign_wall, 1),
-        "assign_p50_ms": round(_percentile(assign_lat, 0.50), 2),
-        "assign_p99_ms": round(_percentile(assign_lat, 0.99), 2),
+        "assign_p50_ms": round(percentile(assign_lat, 0.50), 2),
+        "assign_p99_ms": round(percentile(assign_lat, 0.99), 2),
         "releases_per_s": round(n / release_wall, 1),
-        "release_p50_ms": round(_percentile(release_lat, 0.50), 2),
-        "release_p99_ms": round(_percentile(release_lat, 0.99), 2),
+        "release_p50_ms": round(percentile(release_lat, 0.50), 2),
+        "release_p99_ms": round(percentile(release_lat, 0.99), 2),
         "assign_conflicts": conflicts_assign,
         "release_conflicts": conflicts_total - conflicts_assign,
     }

@@ -1,0 +1,169 @@
+"""Control-plane figures on a private lab: CNI ADD/DEL latency and pods-to-Running time.
+
+    python -m podnet.bench.control_plane [--sandboxes 50] [--concurrency 10] [--pods 30] [-o json]
+
+- CNI latency: ``--sandboxes`` pod network namespaces on one node, ADD through the node's real
+  conflist (podnet → portmap → bandwidth, each plugin run inside the node's netns, as a runtime
+  does) from ``--concurrency`` threads, then DEL the same way; once more at concurrency 1. Reported:
+  p50/p90/p99 of the whole chain and of the podnet plugin alone (per-plugin timings of the runtime).
+- Pods to Running: ``--pods`` Pod objects applied in one transaction, spread over the nodes by the
+  lab scheduler; the time until every one is Running (kubelet: netns, cgroup, CNI, pod server).
+
+The lab gets its own prefix and underlay, so it never meets a user's lab, and is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from podnet.bench.stats import latency_summary
+from podnet.datastore.etcd import EtcdDatastore
+from podnet.datastore.resources import ResourceStore
+from podnet.lab import cluster
+from podnet.lab.cni_runtime import CNIRuntime
+from podnet.lab.naming import LabNames
+from podnet.lab.netns import create_netns, delete_netns, netns_path
+from podnet.lab.topology import LabSpec
+from podnet.model import lookup, parse_resource
+
+BENCH_PREFIX = "pnbench-"
+
+
+def _runtime(names: LabNames, info: cluster.LabInfo, node: str) -> CNIRuntime:
+    return CNIRuntime(names.cni_conf_dir(node), [cluster.cni_bin_dir(names)],
+                      os.path.join(names.node_dir(node), "cni", "bench-cache"),
+                      netns_exec=info.topology.node(node).netns)  # fmt: skip
+
+
+def cni_latency(names: LabNames, info: cluster.LabInfo, sandboxes: int, concurrency: int) -> dict:
+    node = info.topology.nodes[0].name
+    runtime = _runtime(names, info, node)
+    boxes = [(uuid.uuid4().hex, names.pod_ns("bench", f"s{i}-{concurrency}")) for i in range(sandboxes)]
+    with info_state(names) as state:
+        state.record_netns_many([(ns, "pod") for _, ns in boxes])
+    for _, ns in boxes:
+        create_netns(ns)
+
+    def args(i: int) -> dict:
+        return {"K8S_POD_NAMESPACE": "bench", "K8S_POD_NAME": f"s{i}-{concurrency}"}
+
+    def timed(fn, *a):
+        started = time.perf_counter()
+        out = fn(*a)
+        return time.perf_counter() - started, out
+
+    try:
+        with ThreadPoolExecutor(concurrency) as pool:
+            adds = list(pool.map(lambda i: timed(runtime.add, boxes[i][0], netns_path(boxes[i][1]), "eth0",
+                                                 args(i)), range(sandboxes)))  # fmt: skip
+            dels = list(pool.map(lambda i: timed(runtime.delete, boxes[i][0], netns_path(boxes[i][1]), "eth0",
+                                                 args(i)), range(sandboxes)))  # fmt: skip
+    finally:
+        for _, ns in boxes:
+            delete_netns(ns)
+        with info_state(names) as state:
+            for _, ns in boxes:
+                state.forget_netns(ns)
+    podnet_add = [next(c.seconds for c in result.calls if c.plugin == "podnet") for _, result in adds]
+    podnet_del = [next(c.seconds for c in calls if c.plugin == "podnet") for _, calls in dels]
+    return {
+        "concurrency": concurrency,
+        "add_chain": latency_summary([s for s, _ in adds]),
+        "add_podnet": latency_summary(podnet_add),
+        "del_chain": latency_summary([s for s, _ in dels]),
+        "del_podnet": latency_summary(podnet_del),
+        "chain": [p["type"] for p in runtime.conflist["plugins"]],
+    }
+
+
+class info_state:
+    def __init__(self, names: LabNames) -> None:
+        from podnet.lab.state import LabState
+
+        self.state = LabState(names.state_dir)
+
+    def __enter__(self):
+        return self.state
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def pods_to_running(info: cluster.LabInfo, pods: int, timeout: float = 120.0) -> dict:
+    store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
+    docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}}] + [
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"web-{i}", "namespace": "bench"},
+         "spec": {"containers": [{"name": "web", "ports": [{"containerPort": 8080}]}]}}
+        for i in range(pods)
+    ]  # fmt: skip
+    resources = [parse_resource(d) for d in docs]
+    started = time.perf_counter()
+    store.apply(resources)
+    while True:
+        running = [p for p in store.list(lookup("pods"), "bench") if p.status and p.status.phase == "Running"]
+        if len(running) == pods:
+            return {"pods": pods, "seconds": round(time.perf_counter() - started, 3),
+                    "nodes": sorted({p.spec.node_name for p in running})}  # fmt: skip
+        if time.perf_counter() - started > timeout:
+            raise TimeoutError(f"only {len(running)}/{pods} pods Running after {timeout:g}s")
+        time.sleep(0.02)
+
+
+def run(sandboxes: int = 50, concurrency: int = 10, pods: int = 30, nodes: int = 3) -> dict:
+    names = LabNames(BENCH_PREFIX)
+    spec = LabSpec(nodes=nodes, underlay=f"10.{random.randint(100, 250)}.0.0/16")
+    info = cluster.up(spec, names)
+    try:
+        results = {
+            "lab_up_seconds": round(info.seconds, 3),
+            "cni": [cni_latency(names, info, sandboxes, concurrency), cni_latency(names, info, sandboxes, 1)],
+            "pods_to_running": pods_to_running(info, pods),
+        }
+    finally:
+        cluster.teardown(names)
+    return results
+
+
+def render(results: dict) -> str:
+    lines = [f"lab up: {results['lab_up_seconds']} s", "",
+             f"{'CNI (n per row)':32} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}"]  # fmt: skip
+    for row in results["cni"]:
+        for key, label in (
+            ("add_chain", "ADD, whole chain"),
+            ("add_podnet", "ADD, podnet plugin"),
+            ("del_chain", "DEL, whole chain"),
+            ("del_podnet", "DEL, podnet plugin"),
+        ):
+            s = row[key]
+            name = f"{label} @{row['concurrency']} ({s['n']})"
+            lines.append(
+                f"{name:32} {s['p50_ms']:8.1f} {s['p90_ms']:8.1f} {s['p99_ms']:8.1f} {s['max_ms']:8.1f}"
+            )
+    p = results["pods_to_running"]
+    lines += ["", f"{p['pods']} pods applied → all Running: {p['seconds']} s (nodes {', '.join(p['nodes'])})"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m podnet.bench.control_plane", description=__doc__.splitlines()[0]
+    )
+    ap.add_argument("--sandboxes", type=int, default=50)
+    ap.add_argument("--concurrency", type=int, default=10)
+    ap.add_argument("--pods", type=int, default=30)
+    ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    args = ap.parse_args(argv)
+    results = run(args.sandboxes, args.concurrency, args.pods, args.nodes)
+    print(json.dumps(results, indent=2) if args.output == "json" else render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,27 @@
+"""The statistics every podnet bench reports: nearest-rank percentiles and a latency summary."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of already sorted values (``p`` in 0..1); NaN when empty."""
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[max(0, math.ceil(p * len(sorted_values)) - 1)]
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
+    """``{n, p50_ms, p90_ms, p99_ms, max_ms, mean_ms}`` of a list of durations in seconds."""
+    values = sorted(seconds)
+    ms = [v * 1000 for v in values]
+    return {
+        "n": len(values),
+        "p50_ms": round(percentile(ms, 0.50), 2),
+        "p90_ms": round(percentile(ms, 0.90), 2),
+        "p99_ms": round(percentile(ms, 0.99), 2),
+        "max_ms": round(ms[-1], 2) if ms else float("nan"),
+        "mean_ms": round(sum(ms) / len(ms), 2) if ms else float("nan"),
+    }
