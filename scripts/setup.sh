@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-DEBIAN_PACKAGES=(etcd-server etcd-client nftables iproute2 iptables containernetworking-plugins tcpdump python3-venv)
+DEBIAN_PACKAGES=(etcd-server etcd-client nftables iproute2 iptables containernetworking-plugins iperf3 tcpdump python3-venv)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

@@ -60,17 +60,25 @@ def test_show_counts_blocks_per_node(podnet):
 
 
 def test_demo_runs_end_to_end_and_leaves_nothing_behind(tmp_path):
-    env = dict(os.environ, TMPDIR=str(tmp_path))
+    """The README's main command (after setup): both parts, the lab under a prefix of its own."""
+    import secrets
+
+    from podnet.lab.cleanup import snapshot_host
+
+    prefix = f"pnt{secrets.token_hex(2)}-"
+    env = dict(os.environ, TMPDIR=str(tmp_path), PODNET_LAB_PREFIX=prefix)
     env.pop("PODNET_ETCD_ENDPOINTS", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "podnet.cli.main", "demo"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "metadata.name: required" in proc.stdout and "spec.cidr: required" in proc.stdout
-    assert "1 leaked-address" in proc.stdout and "no problems found" in proc.stdout
-    assert proc.stdout.rstrip().endswith("demo finished: every step did what it should")
+    as_root = os.geteuid() == 0
+    before = snapshot_host(prefix) if as_root else None
+    cmd = [sys.executable, "-m", "podnet.cli.main", "demo"] + ([] if as_root else ["--skip-lab"])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    assert "metadata.name: required" in out and "spec.cidr: required" in out
+    assert "1 leaked-address" in out and "no problems found" in out
+    assert out.rstrip().endswith("demo finished: every step did what it should")
     assert not list(Path(tmp_path).glob("podnet-etcd-*")), "the demo must remove its etcd data"
+    if as_root:
+        assert "6 pods Running" in out
+        assert out.count("✓") == 2 * 36 and "✗" not in out, "every pod must reach every pod, TCP and UDP"
+        assert snapshot_host(prefix).diff(before) == {}, "the lab must leave nothing behind"

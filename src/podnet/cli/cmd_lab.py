@@ -146,7 +146,10 @@ def _wait(args) -> int:
 
 
 def _exec(args) -> int:
+    """Run CMD in the pod: joins the pod's cgroup first (``ip netns exec`` remounts /sys), then its
+    network namespace; stdin/stdout/stderr are the caller's; the exit code is CMD's."""
     import os
+    import subprocess
 
     from podnet.lab.netns import IP
 
@@ -156,11 +159,14 @@ def _exec(args) -> int:
     pod = _find_pod(args, args.pod)
     names = _pod_names()
     cgroup = names.pod_cgroup(pod.spec.node_name, pod.metadata.uid) if pod.metadata.uid else None
-    if cgroup and os.path.isdir(cgroup):
-        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-            f.write(str(os.getpid()))  # join the pod's cgroup first: `ip netns exec` remounts /sys
-    os.execvp(IP, [IP, "netns", "exec", _netns_of(pod), *cmd])
-    return 127
+    procs = os.path.join(cgroup, "cgroup.procs") if cgroup else None
+
+    def join_cgroup() -> None:
+        if procs and os.path.exists(procs):
+            with open(procs, "w") as f:
+                f.write("0")
+
+    return subprocess.call([IP, "netns", "exec", _netns_of(pod), *cmd], preexec_fn=join_cgroup)
 
 
 def _parse_port(text: str) -> tuple[int, str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -32,7 +33,14 @@ from podnet.lab.cni_runtime import install_podnet_plugin
 from podnet.lab.etcd_proxy import start_etcd_proxy
 from podnet.lab.fabric import fabric_up
 from podnet.lab.naming import LabError, LabNames
-from podnet.lab.netns import create_cgroup, proc_start_time, spawn
+from podnet.lab.netns import (
+    create_cgroup,
+    proc_start_time,
+    signal_process,
+    spawn,
+    stop_processes,
+    wait_gone,
+)
 from podnet.lab.state import LabState, ProcessRecord
 from podnet.lab.topology import LabSpec, Topology
 from podnet.model import parse_resource
@@ -171,20 +179,41 @@ def _start_agents(names: LabNames, topo: Topology, state: LabState, timeout: flo
             log=os.path.join(names.node_log_dir(host.name), "agent.stderr"),
         )  # fmt: skip
         state.record_process(ProcessRecord.of(f"agent-{host.name}", agent, node=host.name))
-    deadline = time.monotonic() + timeout
     for host in topo.nodes:
-        while True:
-            try:
-                if api.call(names.agent_socket(host.name), {"verb": "STATUS"}, timeout=2.0).get("ok"):
-                    break
-            except api.AgentUnavailable:
-                pass
-            if time.monotonic() > deadline:
-                log = os.path.join(names.node_log_dir(host.name), "agent.stderr")
-                raise LabError(
-                    f"the agent on {host.name} did not become ready in {timeout:g}s", hint=f"see {log}"
-                )
-            time.sleep(0.05)
+        wait_agent(names, host.name, timeout)
+
+
+def wait_agent(names: LabNames, node: str, timeout: float = 30.0) -> None:
+    """Until the node's agent answers STATUS (it is in sync with the datastore)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if api.call(names.agent_socket(node), {"verb": "STATUS"}, timeout=2.0).get("ok"):
+                return
+        except api.AgentUnavailable:
+            pass
+        if time.monotonic() > deadline:
+            log = os.path.join(names.node_log_dir(node), "agent.stderr")
+            raise LabError(f"the agent on {node} did not become ready in {timeout:g}s", hint=f"see {log}")
+        time.sleep(0.05)
+
+
+def restart_agent(names: LabNames, node: str, sig: int = signal.SIGKILL) -> float:
+    """Kill a node's agent (``kill -9`` by default) and start it again with the same command line;
+    returns the seconds until the new one answers STATUS."""
+    state = LabState(names.state_dir)
+    record = next((p for p in state.processes() if p.name == f"agent-{node}"), None)
+    if record is None:
+        raise LabError(f"no agent recorded for {node}")
+    signal_process(record.pid, record.start_time, sig, group=True)
+    if not wait_gone([(record.pid, record.start_time)], 5.0):
+        stop_processes([(record.pid, record.start_time)], timeout=2.0)
+    started = time.monotonic()
+    agent = spawn(list(record.cmd), netns=record.netns, cgroup=record.cgroup, lab_prefix=names.prefix,
+                  log=record.log)  # fmt: skip
+    state.record_process(ProcessRecord.of(record.name, agent, node=node))
+    wait_agent(names, node)
+    return time.monotonic() - started
 
 
 def _start_kubelet(names: LabNames, endpoint: str, state: LabState) -> None:

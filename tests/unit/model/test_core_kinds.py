@@ -308,7 +308,10 @@ def test_namespace_carries_its_name_label_like_the_api_server():
     ns = parse_resource({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})
     assert ns.metadata.labels == {"kubernetes.io/metadata.name": "shop"}
     forged = parse_resource(
-        {"apiVersion": "v1", "kind": "Namespace",
-         "metadata": {"name": "shop", "labels": {"kubernetes.io/metadata.name": "other", "team": "a"}}}
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": "shop", "labels": {"kubernetes.io/metadata.name": "other", "team": "a"}},
+        }
     )
     assert forged.metadata.labels == {"kubernetes.io/metadata.name": "shop", "team": "a"}
