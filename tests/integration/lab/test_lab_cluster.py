@@ -247,9 +247,46 @@ def test_cni_gc_releases_attachments_not_in_the_valid_list(lab):
         conflist={"cniVersion": "1.1.0", "name": cluster.NETWORK_NAME, "plugins": [podnet_conf]},
     )
     runtime.gc(valid)
+    # DEL after GC, twice: both succeed (the attachment is already gone; DEL is idempotent).
+    collect = running["t/collect"]
+    netns = f"/run/netns/{names.pod_ns('t', 'collect')}"
+    for _ in range(2):
+        runtime.delete(
+            collect["container_id"], netns, "eth0", {"K8S_POD_NAMESPACE": "t", "K8S_POD_NAME": "collect"}
+        )
     ipam = IPAM(store.store, store.layout)
     assert ipam.allocation(pods["t/collect"].status.pod_ip) is None
     assert ipam.allocation(pods["t/keep"].status.pod_ip) is not None
     src = info.names.pod_ns("t", "p0")
     assert probe(src, pods["t/keep"].status.pod_ip, 8080, "TCP", 2.0).ok
     assert not probe(src, pods["t/collect"].status.pod_ip, 8080, "TCP", 0.5).ok
+
+
+def test_cilium_profile_wires_pods_through_the_nodes_router_address():
+    names = LabNames(f"pnt{secrets.token_hex(2)}-")
+    spec = LabSpec(nodes=2, profile="cilium", underlay=f"10.{random.randint(100, 250)}.0.0/16")
+    info = cluster.up(spec, names)
+    try:
+        store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
+        store.apply([parse_resource({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "t"}})]
+                    + [parse_resource(pod(f"c{i}", f"node-{1 + i % 2}")) for i in range(4)])  # fmt: skip
+        pods = wait_running(store, {f"t/c{i}" for i in range(4)})
+        node1 = info.topology.node("node-1").netns
+        router = run_in_netns(node1, ["ip", "-4", "-o", "addr", "show", "dev", "cilium_host"],
+                              capture_output=True, text=True).stdout.split()[3].split("/")[0]  # fmt: skip
+        inside = run_in_netns(names.pod_ns("t", "c0"), ["ip", "route"], capture_output=True, text=True).stdout
+        assert f"default via {router} dev eth0" in inside
+        assert "lxc" in run_in_netns(node1, ["ip", "-o", "link"], capture_output=True, text=True).stdout
+        table = truth_table(
+            probe_all(
+                {k: names.pod_ns(*k.split("/")) for k in pods},
+                {k: p.status.pod_ip for k, p in pods.items()},
+                8080,
+                "TCP",
+                2.0,
+            )
+        )
+        assert all(all(row.values()) for row in table.values()), table
+    finally:
+        cluster.teardown(names)
+        clean(names)
