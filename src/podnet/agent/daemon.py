@@ -19,14 +19,15 @@ from podnet.agent.cni_service import CALICO_GATEWAY, CNIService
 from podnet.agent.delete_queue import ExclusiveQueueLock, drain
 from podnet.agent.log import kv
 from podnet.agent.syncer import Syncer
-from podnet.calc.cluster import ClusterCache
+from podnet.calc.cluster import VXLAN_ADDRESS_ANNOTATION, VXLAN_MAC_ANNOTATION, ClusterCache
 from podnet.calc.endpoints import EndpointRecord
-from podnet.calc.mtu import pod_mtu
-from podnet.calc.routes import RoutePlan
+from podnet.calc.mtu import IPIP_OVERHEAD, VXLAN_OVERHEAD, pod_mtu
+from podnet.calc.routes import VXLAN_DEVICES, RoutePlan, encap_policy
 from podnet.datastore import connect
 from podnet.datastore.keys import KeyLayout
 from podnet.datastore.resources import ResourceStore
 from podnet.ipam import IPAM, pool_from_resource, select_pools
+from podnet.model import lookup
 
 log = logging.getLogger("podnet.agent")
 
@@ -41,6 +42,13 @@ class AgentConfig:
     metrics_address: tuple[str, int] | None
     uplink: str = "eth0"
     refresh_seconds: float = 60.0
+    state_dir: str = "/var/lib/podnet"  # compiled BPF objects are cached here
+
+    def bpf_dirs(self) -> dict:
+        import os
+
+        return {"cache_dir": os.path.join(self.state_dir, "bpf"),
+                "pin_dir": f"/sys/fs/bpf/podnet/{self.node}"}  # fmt: skip
 
 
 class Agent:
@@ -67,6 +75,8 @@ class Agent:
             pools_and_labels=self._pools_and_labels,
         )  # fmt: skip
         self._router_ip: str | None = None
+        self._vxlan = None  # VXLANTunnel once this node has a VTEP
+        self._ipip = None  # IPIPTunnel once some node is reached over IPIP
         self._underlay_mtu: int | None = None
         self._stop = threading.Event()
         self._servers: list = []
@@ -118,8 +128,53 @@ class Agent:
         kv(log, logging.INFO, "router address", device=ROUTER_DEVICE, address=ips[0])
 
     # -- dataplane ---------------------------------------------------------------------------
+    def _wants_vxlan(self) -> bool:
+        """Does this cluster use VXLAN towards any node (so this node must have a VTEP)?"""
+        with self.syncer.lock:
+            policy = encap_policy(self.cache.pools.values(), self.cache.config)
+        if policy.profile == "cilium":
+            return policy.cilium_tunnel == "vxlan"
+        return any(vxlan != "Never" for _, _, vxlan in policy.pools)
+
+    def _ensure_vxlan(self) -> None:
+        """This node's VTEP: a tunnel address from IPAM, the device, and the Node annotations that
+        tell the other nodes where it is (as Calico publishes them)."""
+        from podnet.dataplane.vxlan import VXLANTunnel, vtep_mac
+
+        node = self.config.node
+        name, vni, port = VXLAN_DEVICES[self._profile()]
+        me = self.cache.nodes.get(node)
+        if me is None or me.ip is None:
+            raise RuntimeError(f"node {node} has no address in the datastore yet")
+        handle = f"vxlan-tunnel-addr-{node}"
+        ips = self.ipam.handle_ips(handle)
+        if not ips:
+            pools, labels = self._pools_and_labels()
+            chosen = select_pools(pools, labels, use="Tunnel")
+            ips = self.ipam.auto_assign(handle, node, chosen, {"node": node}, use="Tunnel")
+        mac = vtep_mac(node)
+        if self._underlay_mtu is None:
+            self._pod_mtu()
+        tunnel = VXLANTunnel(name, vni=vni, port=port, uplink=self.config.uplink, local_ip=me.ip,
+                             mtu=(self._underlay_mtu or 1500) - VXLAN_OVERHEAD)  # fmt: skip
+        tunnel.ensure(ips[0], mac)
+        if (me.vxlan_ip, me.vxlan_mac) != (ips[0], mac):
+            self.resources.patch(lookup("nodes"), node, {"metadata": {"annotations": {
+                VXLAN_ADDRESS_ANNOTATION: ips[0], VXLAN_MAC_ANNOTATION: mac}}})  # fmt: skip
+        self._vxlan = tunnel
+
     def _apply_routes(self, plan: RoutePlan) -> dict:
         from podnet.dataplane.routes import Route
+
+        if self._wants_vxlan() and self._vxlan is None:
+            self._ensure_vxlan()
+        if self._vxlan is not None:
+            self._vxlan.sync(plan.vxlan_peers)
+        if plan.ipip_map or "ipip" in plan.modes:
+            if self._ipip is None:
+                self._ipip = self._make_ipip()
+                self._ipip.ensure()
+            self._ipip.sync(plan.ipip_map)
 
         desired = [
             Route(dst=r.dst, gateway=r.gateway, dev=r.dev, kind=r.kind, onlink=r.onlink,
@@ -172,6 +227,17 @@ class Agent:
             with ExclusiveQueueLock(queue_dir):
                 if drain(queue_dir, self.cni.handle)[1] == 0:
                     return
+
+    def _make_ipip(self):
+        from podnet.dataplane.ipip import IPIPTunnel
+
+        me = self.cache.nodes.get(self.config.node)
+        if me is None or me.ip is None:
+            raise RuntimeError(f"node {self.config.node} has no address in the datastore yet")
+        if self._underlay_mtu is None:
+            self._pod_mtu()
+        mtu = (self._underlay_mtu or 1500) - IPIP_OVERHEAD
+        return IPIPTunnel(uplink=self.config.uplink, local_ip=me.ip, mtu=mtu, **self.config.bpf_dirs())
 
     def stop(self) -> None:
         self._stop.set()

@@ -24,7 +24,7 @@ from podnet.agent.log import kv
 from podnet.agent.metrics import AgentMetrics
 from podnet.calc.cluster import ClusterCache
 from podnet.calc.endpoints import EndpointRecord
-from podnet.calc.routes import RoutePlan, node_routes
+from podnet.calc.routes import RoutePlan, encap_policy, node_routes
 from podnet.datastore.base import Datastore
 from podnet.datastore.sync import PrefixSync, Snapshot
 
@@ -61,6 +61,7 @@ class Syncer:
         self.last_error: str | None = None
         self.last_plan: RoutePlan | None = None
         self.on_synced: list[Callable[[], None]] = []
+        self.bgp: Callable[[], bool] = lambda: False  # set by the agent when BIRD routes for it
 
     def _datastore_error(self, exc: Exception) -> None:
         self.metrics.datastore_errors.inc()
@@ -113,9 +114,10 @@ class Syncer:
             started = time.monotonic()
             try:
                 with self.lock:
+                    policy = encap_policy(self.cache.pools.values(), self.cache.config, self.bgp())
                     plan = node_routes(
                         self.node, self.cache.nodes, list(self.cache.blocks.values()),
-                        list(self.endpoints.values()), self.uplink,
+                        list(self.endpoints.values()), self.uplink, policy,
                     )  # fmt: skip
                 done = self.apply_routes(plan)
                 self.last_plan, self.last_error = plan, None

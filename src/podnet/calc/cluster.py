@@ -20,6 +20,8 @@ from podnet.ipam.block import Block
 from podnet.model import ClusterConfiguration, IPPool, Node, parse_resource
 
 NODE_ADDRESS_ANNOTATION = "projectcalico.org/IPv4Address"
+VXLAN_ADDRESS_ANNOTATION = "projectcalico.org/IPv4VXLANTunnelAddr"
+VXLAN_MAC_ANNOTATION = "projectcalico.org/VXLANTunnelMACAddr"
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class NodeInfo:
     name: str
     address: ipaddress.IPv4Interface | None  # node IP with its subnet
     labels: dict[str, str] = field(default_factory=dict, compare=False)
+    vxlan_ip: str | None = None  # the node's VTEP: tunnel address and MAC, published by its agent
+    vxlan_mac: str | None = None
 
     @classmethod
     def from_node(cls, node: Node) -> NodeInfo:
@@ -39,7 +43,10 @@ class NodeInfo:
                 if item.type == "InternalIP" and ":" not in item.address:
                     address = ipaddress.IPv4Interface(f"{item.address}/32")
                     break
-        return cls(node.metadata.name, address, dict(node.metadata.labels or {}))
+        return cls(
+            node.metadata.name, address, dict(node.metadata.labels or {}),
+            annotations.get(VXLAN_ADDRESS_ANNOTATION), annotations.get(VXLAN_MAC_ANNOTATION),
+        )  # fmt: skip
 
     @property
     def ip(self) -> str | None:

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "patch": ("podnet.cli.cmd_patch", "merge-patch a resource (-p JSON|YAML)"),
     "ipam": ("podnet.cli.cmd_ipam", "IP address management: show, check, release, gc"),
     "lab": ("podnet.cli.cmd_lab", "an emulated cluster in network namespaces (up, down, probe, exec)"),
+    "capture": ("podnet.cli.cmd_capture", "tcpdump on a lab node's uplink or tunnel device"),
     "etcd": ("podnet.cli.cmd_etcd", "run a private etcd server for trying podnet out"),
     "demo": ("podnet.cli.cmd_demo", "start an etcd, apply example resources, allocate addresses"),
     "version": ("podnet.cli.cmd_version", "print the podnet version"),

@@ -676,6 +676,38 @@ class Netlink:
             out = [_neigh(m) for m in ipr.neigh("dump", family=family)]
         return [n for n in out if index is None or n.index == index]
 
+    # ------------------------------------------------------------------ forwarding database (VXLAN)
+
+    def fdb_replace(self, dev: str | int, lladdr: str, dst: str) -> None:
+        """``bridge fdb replace LLADDR dev DEV dst DST self permanent``: frames for ``lladdr`` go to
+        the VTEP at ``dst``."""
+        body = codec.fdb_body(self._index(dev), lladdr, dst, NUD_PERMANENT)
+        flags = codec.NLM_F_CREATE | codec.NLM_F_REPLACE
+        self._write(f"replace fdb {lladdr} dst {dst} dev {dev}", codec.RTM_NEWNEIGH, flags, body)
+
+    def fdb_del(
+        self, dev: str | int, lladdr: str, dst: str | None = None, *, missing_ok: bool = False
+    ) -> bool:
+        try:
+            body = codec.fdb_body(self._index(dev), lladdr, dst, 0)
+            self._write(f"delete fdb {lladdr} dev {dev}", RTM_DELNEIGH, 0, body)
+        except KernelNotFound:
+            if missing_ok:
+                return False
+            raise
+        return True
+
+    def fdbs(self, dev: str | int) -> list[FdbEntry]:
+        """The permanent entries of a VXLAN device's forwarding database."""
+        index = self._index(dev)
+        with self._read("dump fdb") as ipr:
+            out = [
+                FdbEntry(m.get_attr("NDA_LLADDR"), m.get_attr("NDA_DST"))
+                for m in ipr.neigh("dump", family=codec.AF_BRIDGE)
+                if m["ifindex"] == index
+            ]
+        return [e for e in out if e.lladdr and e.dst]
+
     # ------------------------------------------------------------------ sysctls (same netns as the handle)
 
     def sysctl_set(self, key: str, value: str | int) -> None:
@@ -689,6 +721,12 @@ class Netlink:
 
     def sysctl_get_many(self, keys: list[str]) -> dict[str, str]:
         return sysctl.read_many(keys, self.netns)
+
+
+@dataclass(frozen=True)
+class FdbEntry:
+    lladdr: str
+    dst: str
 
 
 class Batch:

@@ -196,6 +196,18 @@ def route_body(
     return body + u32(RTA_TABLE, table)
 
 
+AF_BRIDGE = 7
+NTF_SELF = 0x02
+
+
+def fdb_body(index: int, lladdr: str, dst: str | None, state: int) -> bytes:
+    """A bridge-family neighbour: a forwarding entry of a VXLAN device (MAC → remote VTEP)."""
+    body = NDMSG.pack(AF_BRIDGE, index, state, NTF_SELF, 0) + mac(NDA_LLADDR, lladdr)
+    if dst is not None:
+        body += ip(NDA_DST, dst)
+    return body
+
+
 def neigh_body(index: int, address: str, lladdr: str | None, state: int) -> bytes:
     body = NDMSG.pack(family_of(address), index, state, 0, 0) + ip(NDA_DST, address)
     if lladdr is not None:

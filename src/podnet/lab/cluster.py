@@ -57,7 +57,7 @@ ENCAPSULATION_MODES = {
     "ipip-crosssubnet": ("CrossSubnet", "Never"),
     "vxlan": ("Never", "Always"),
 }
-SUPPORTED_ENCAPSULATIONS = ("none",)  # the routing issue adds the tunnels
+SUPPORTED_ENCAPSULATIONS = ("none", "vxlan")
 
 
 @dataclass(frozen=True)
