@@ -1,0 +1,91 @@
+"""Each way of crossing between nodes, end to end in a lab: pods on every node reach each other over
+TCP and UDP, and a capture on the fabric shows what is on the wire."""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import subprocess
+import time
+
+import pytest
+
+from podnet.datastore.etcd import EtcdDatastore
+from podnet.datastore.resources import ResourceStore
+from podnet.lab import cluster
+from podnet.lab.cleanup import clean
+from podnet.lab.naming import LabNames
+from podnet.lab.probe import probe_all, truth_table
+from podnet.lab.topology import LabSpec
+from podnet.model import lookup, parse_resource
+
+pytestmark = [pytest.mark.root, pytest.mark.etcd]
+
+if os.geteuid() != 0:
+    pytest.skip("lab tests need root", allow_module_level=True)
+
+
+def pods_on_every_node(store: ResourceStore, nodes: int) -> dict:
+    docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "m"}}]
+    ports = [{"containerPort": 8080}, {"containerPort": 5353, "protocol": "UDP"}]
+    for i in range(nodes):
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"p{i}", "namespace": "m"},
+                "spec": {"nodeName": f"node-{i + 1}", "containers": [{"name": "c", "ports": ports}]},
+            }
+        )
+    store.apply([parse_resource(d) for d in docs])
+    deadline = time.monotonic() + 30
+    while True:
+        pods = {f"m/{p.metadata.name}": p for p in store.list(lookup("pods"), "m")}
+        if all(p.status and p.status.phase == "Running" for p in pods.values()) and len(pods) == nodes:
+            return pods
+        assert time.monotonic() < deadline, "pods not Running"
+        time.sleep(0.05)
+
+
+def capture(netns: str, device: str, bpf_filter: str, count: int) -> subprocess.Popen:
+    return subprocess.Popen(["ip", "netns", "exec", netns, "tcpdump", "-nn", "-v", "-l", "-i", device, "-c",
+                             str(count), bpf_filter], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("profile", "encapsulation", "wire_filter", "wire_text"),
+    [
+        ("calico", "none", "tcp port 8080", "10.244."),
+        ("calico", "vxlan", "udp port 4789", "VXLAN"),
+        ("cilium", "vxlan", "udp port 8472", ".8472"),
+    ],
+)
+def test_mode_carries_pod_traffic(profile, encapsulation, wire_filter, wire_text):
+    names = LabNames(f"pnt{secrets.token_hex(2)}-")
+    spec = LabSpec(nodes=3, profile=profile, encapsulation=encapsulation,
+                   underlay=f"10.{random.randint(100, 250)}.0.0/16")  # fmt: skip
+    info = cluster.up(spec, names)
+    try:
+        store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
+        pods = pods_on_every_node(store, 3)
+        sources = {k: names.pod_ns("m", k.split("/")[1]) for k in pods}
+        targets = {k: p.status.pod_ip for k, p in pods.items()}
+        cap = capture(info.topology.fabric_ns, "br0", wire_filter, 3)
+        time.sleep(0.5)
+        for port, proto in ((8080, "TCP"), (5353, "UDP")):
+            table = truth_table(probe_all(sources, targets, port, proto, 2.0, expect_names=True))
+            assert all(all(row.values()) for row in table.values()), (proto, table)
+        out, _ = cap.communicate(timeout=10)
+        assert wire_text in out, out
+        if encapsulation == "none":
+            assert "VXLAN" not in out and "ipip" not in out.lower()
+        # Pods get the MTU the mode leaves room for.
+        mtu = 1450 if encapsulation == "vxlan" else 1500
+        link = subprocess.run(["ip", "netns", "exec", sources["m/p0"], "ip", "link", "show", "eth0"],
+                              capture_output=True, text=True).stdout  # fmt: skip
+        assert f"mtu {mtu} " in link
+    finally:
+        cluster.teardown(names)
+        clean(names)
