@@ -53,6 +53,7 @@ class AgentConfig:
 
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
+        from podnet.dataplane.nat import NatManager
         from podnet.dataplane.routes import RouteManager
 
         self.config = config
@@ -64,6 +65,7 @@ class Agent:
         self.cache = ClusterCache(self.layout)
         self.endpoints: dict[str, EndpointRecord] = {}
         self.routes = RouteManager()
+        self.nat = NatManager()
         self.syncer = Syncer(
             config.node, self.store, self.cache, self.endpoints, self._apply_routes, self.metrics,
             uplink=config.uplink, refresh_seconds=config.refresh_seconds,
@@ -170,6 +172,10 @@ class Agent:
             self._ensure_vxlan()
         if self._vxlan is not None:
             self._vxlan.sync(plan.vxlan_peers)
+        with self.syncer.lock:
+            pools = [p for p in self.cache.pools.values()]
+        self.nat.apply([p.spec.cidr for p in pools if p.spec.nat_outgoing and not p.spec.disabled],
+                       [p.spec.cidr for p in pools])  # fmt: skip
         if plan.ipip_map or "ipip" in plan.modes:
             if self._ipip is None:
                 self._ipip = self._make_ipip()

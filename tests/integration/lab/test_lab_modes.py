@@ -89,3 +89,73 @@ def test_mode_carries_pod_traffic(profile, encapsulation, wire_filter, wire_text
     finally:
         cluster.teardown(names)
         clean(names)
+
+
+SOURCE_SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(64)
+while True:
+    c, a = s.accept(); c.sendall(a[0].encode() + b"\\n"); c.close()
+"""
+
+
+def test_nat_outgoing_masquerades_only_traffic_that_leaves_the_pools():
+    """An "external" host (TEST-NET-3, 203.0.113.1) on the lab's fabric: pods reach it with their
+    node's address while the pool has natOutgoing, not at all without (it has no route back), and
+    pod-to-pod traffic keeps the pod's address."""
+    import sys
+
+    from podnet.dataplane.netlink import Netlink
+    from podnet.lab.netns import create_netns, spawn
+    from podnet.lab.probe import probe
+    from podnet.lab.state import LabState
+
+    names = LabNames(f"pnt{secrets.token_hex(2)}-")
+    spec = LabSpec(nodes=2, underlay=f"10.{random.randint(100, 250)}.0.0/16")
+    info = cluster.up(spec, names)
+    try:
+        store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
+        pods = pods_on_every_node(store, 2)
+        ext = f"{names.prefix}ext"
+        LabState(names.state_dir).record_netns(ext, "other")
+        create_netns(ext)
+        subnet = info.topology.subnets[0].cidr.rsplit(".", 2)[0]  # "10.x"
+        ext_ip = f"{subnet}.0.3"
+        with Netlink.open(info.topology.fabric_ns) as nl:
+            nl.link_add_veth("ext", "eth0", peer_netns=f"/run/netns/{ext}")
+            nl.link_set("ext", master="br0", up=True)
+        with Netlink.open(ext) as nl:
+            nl.link_set("lo", up=True)
+            nl.link_set("eth0", up=True)
+            nl.addr_add("eth0", f"{ext_ip}/24")
+            nl.addr_add("lo", "203.0.113.1/32")
+        for host in info.topology.nodes:
+            with Netlink.open(host.netns) as nl:
+                nl.route_add("203.0.113.0/24", gateway=ext_ip, dev="eth0")
+        servers = [
+            spawn([sys.executable, "-c", SOURCE_SERVER, "9000"], netns=ext),
+            spawn([sys.executable, "-c", SOURCE_SERVER, "9000"], netns=names.pod_ns("m", "p1")),
+        ]
+        try:
+            time.sleep(0.5)
+            src = names.pod_ns("m", "p0")
+            node1 = info.topology.node("node-1").ip
+            out = probe(src, "203.0.113.1", 9000, "TCP", 2.0)
+            assert out.ok and out.answer.strip() == node1, out
+            inside = probe(src, pods["m/p1"].status.pod_ip, 9000, "TCP", 2.0)
+            assert inside.ok and inside.answer.strip() == pods["m/p0"].status.pod_ip, inside
+            store.patch(lookup("ippools"), "default-ipv4-ippool", {"spec": {"natOutgoing": False}})
+            deadline = time.monotonic() + 5
+            while probe(src, "203.0.113.1", 9000, "TCP", 0.5).ok:
+                assert time.monotonic() < deadline, "natOutgoing: false did not take effect"
+            store.patch(lookup("ippools"), "default-ipv4-ippool", {"spec": {"natOutgoing": True}})
+            deadline = time.monotonic() + 5
+            while not probe(src, "203.0.113.1", 9000, "TCP", 0.5).ok:
+                assert time.monotonic() < deadline, "natOutgoing: true did not come back"
+        finally:
+            for server in servers:
+                server.stop()
+    finally:
+        cluster.teardown(names)
+        clean(names)

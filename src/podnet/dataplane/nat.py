@@ -1,0 +1,71 @@
+"""natOutgoing: pods reaching addresses outside every IP pool leave with the node's address.
+
+Calico's rule (``cali-nat-outgoing``: ``-m set --match-set masq-ipam-pools src -m set !
+--match-set all-ipam-pools dst -j MASQUERADE``) in nftables, in a table podnet owns::
+
+    table ip podnet_nat {
+        set masq_pools { type ipv4_addr; flags interval; elements = { <pools with natOutgoing> } }
+        set all_pools  { type ipv4_addr; flags interval; elements = { <every pool> } }
+        chain postrouting {
+            type nat hook postrouting priority srcnat; policy accept;
+            ip saddr @masq_pools ip daddr != @all_pools masquerade
+        }
+    }
+
+Traffic between pools and to other nodes' pods is never masqueraded. Each change is one ``nft -f``
+transaction that replaces the whole table (``add``, ``delete``, define), so there is never a
+moment without the rule, and a render identical to the last applied one is not re-applied.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterable
+
+from podnet.dataplane.errors import DataplaneError
+
+TABLE = "podnet_nat"
+
+
+def _elements(cidrs: Iterable[str]) -> str:
+    items = sorted(set(cidrs))
+    return f" elements = {{ {', '.join(items)} }};" if items else ""
+
+
+def render_nat(masq_pools: Iterable[str], all_pools: Iterable[str]) -> str:
+    """The whole table as one ``nft -f`` transaction (pure)."""
+    return (
+        f"add table ip {TABLE}\n"
+        f"delete table ip {TABLE}\n"
+        f"table ip {TABLE} {{\n"
+        f"    set masq_pools {{ type ipv4_addr; flags interval;{_elements(masq_pools)} }}\n"
+        f"    set all_pools {{ type ipv4_addr; flags interval;{_elements(all_pools)} }}\n"
+        "    chain postrouting {\n"
+        "        type nat hook postrouting priority srcnat; policy accept;\n"
+        "        ip saddr @masq_pools ip daddr != @all_pools masquerade\n"
+        "    }\n"
+        "}\n"
+    )
+
+
+class NatManager:
+    """Keeps the natOutgoing table of the caller's network namespace (or ``netns``) in shape."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self._applied: str | None = None
+
+    def apply(self, masq_pools: Iterable[str], all_pools: Iterable[str]) -> bool:
+        """Apply if the rendering changed; True when something was written."""
+        script = render_nat(masq_pools, all_pools)
+        if script == self._applied:
+            return False
+        cmd = ["nft", "-f", "-"]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        proc = subprocess.run(cmd, input=script, capture_output=True, text=True)
+        if proc.returncode != 0:
+            self._applied = None
+            raise DataplaneError(f"nft rejected the natOutgoing table: {proc.stderr.strip()}")
+        self._applied = script
+        return True
