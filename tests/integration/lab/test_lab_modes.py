@@ -159,3 +159,44 @@ def test_nat_outgoing_masquerades_only_traffic_that_leaves_the_pools():
     finally:
         cluster.teardown(names)
         clean(names)
+
+
+def test_pool_mode_change_and_node_removal_take_effect_on_running_nodes():
+    from podnet.lab.netns import run_in_netns
+
+    names = LabNames(f"pnt{secrets.token_hex(2)}-")
+    info = cluster.up(LabSpec(nodes=3, underlay=f"10.{random.randint(100, 250)}.0.0/16"), names)
+    try:
+        store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
+        pods = pods_on_every_node(store, 3)
+        node1 = info.topology.node("node-1").netns
+
+        def routes() -> str:
+            return run_in_netns(node1, ["ip", "route"], capture_output=True, text=True).stdout
+
+        def wait_for(check, what: str, timeout: float = 5.0) -> float:
+            started = time.monotonic()
+            while not check():
+                assert time.monotonic() - started < timeout, f"{what} did not happen: {routes()}"
+                time.sleep(0.02)
+            return time.monotonic() - started
+
+        # The seed's kind of tuning, live: the pool switches to VXLAN; no agent restarts.
+        store.patch(lookup("ippools"), "default-ipv4-ippool", {"spec": {"vxlanMode": "Always"}})
+        wait_for(lambda: routes().count("dev vxlan.calico") == 2, "switch to VXLAN")
+        sources = {k: names.pod_ns("m", k.split("/")[1]) for k in pods}
+        targets = {k: p.status.pod_ip for k, p in pods.items()}
+        table = truth_table(probe_all(sources, targets, 8080, "TCP", 2.0, expect_names=True))
+        assert all(all(row.values()) for row in table.values()), table
+        # A node removed from the datastore leaves every other node's routes and FDB quickly.
+        node3_vtep = store.get(lookup("nodes"), "node-3").metadata.annotations[
+            "projectcalico.org/IPv4VXLANTunnelAddr"]  # fmt: skip
+        store.delete(lookup("nodes"), "node-3")
+        seconds = wait_for(lambda: node3_vtep not in routes(), "removal of node-3's routes", 2.0)
+        fdb = run_in_netns(node1, ["bridge", "fdb", "show", "dev", "vxlan.calico"], capture_output=True,
+                           text=True).stdout  # fmt: skip
+        assert info.topology.node("node-3").ip not in fdb
+        assert seconds < 2.0
+    finally:
+        cluster.teardown(names)
+        clean(names)
