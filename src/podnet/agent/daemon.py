@@ -180,7 +180,9 @@ class Agent:
             if self._ipip is None:
                 self._ipip = self._make_ipip()
                 self._ipip.ensure()
-            self._ipip.sync(plan.ipip_map)
+            with self.syncer.lock:
+                peers = sorted(n.ip for n in self.cache.nodes.values() if n.ip and n.name != self.config.node)
+            self._ipip.sync(plan.ipip_map, peers=peers)  # only nodes may send us IPIP
 
         desired = [
             Route(dst=r.dst, gateway=r.gateway, dev=r.dev, kind=r.kind, onlink=r.onlink,

@@ -43,6 +43,16 @@ def run(args: argparse.Namespace) -> int:
         if not found:
             raise PodnetError(f"{args.node} has no tunnel device", hint="the lab runs without encapsulation")
         device = found[0]
+        from podnet.dataplane.ipip import kernel_has_ipip
+
+        if device == "tunl0" and not kernel_has_ipip():
+            # The eBPF tunl0 hands packets to eth0 at tc egress, before any capture point on it:
+            # the encapsulated packets are visible on eth0, and tcpdump decodes the inner ones.
+            print("(tunl0 is an eBPF tunnel here: capturing IP protocol 4 on eth0)", flush=True)
+            device, args.filter = (
+                "eth0",
+                ["ip", "proto", "4", *(["and", "(", *args.filter, ")"] if args.filter else [])],
+            )
     cmd = ["ip", "netns", "exec", netns, "tcpdump", "-nn", "-v", "-i", device, "-c", str(args.count)]
     cmd += ["-w", args.write] if args.write else ["-l"]
     return subprocess.call(cmd + list(args.filter))

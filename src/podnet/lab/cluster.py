@@ -57,7 +57,7 @@ ENCAPSULATION_MODES = {
     "ipip-crosssubnet": ("CrossSubnet", "Never"),
     "vxlan": ("Never", "Always"),
 }
-SUPPORTED_ENCAPSULATIONS = ("none", "vxlan")
+SUPPORTED_ENCAPSULATIONS = ("none", "vxlan", "ipip", "ipip-crosssubnet")
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ def capture(netns: str, device: str, bpf_filter: str, count: int) -> subprocess.
         ("calico", "none", "tcp port 8080", "10.244."),
         ("calico", "vxlan", "udp port 4789", "VXLAN"),
         ("cilium", "vxlan", "udp port 8472", ".8472"),
+        ("calico", "ipip", "ip proto 4", "proto IPIP (4)"),
     ],
 )
 def test_mode_carries_pod_traffic(profile, encapsulation, wire_filter, wire_text):
@@ -82,7 +83,7 @@ def test_mode_carries_pod_traffic(profile, encapsulation, wire_filter, wire_text
         if encapsulation == "none":
             assert "VXLAN" not in out and "ipip" not in out.lower()
         # Pods get the MTU the mode leaves room for.
-        mtu = 1450 if encapsulation == "vxlan" else 1500
+        mtu = {"vxlan": 1450, "ipip": 1480}.get(encapsulation, 1500)
         link = subprocess.run(["ip", "netns", "exec", sources["m/p0"], "ip", "link", "show", "eth0"],
                               capture_output=True, text=True).stdout  # fmt: skip
         assert f"mtu {mtu} " in link
@@ -197,6 +198,41 @@ def test_pool_mode_change_and_node_removal_take_effect_on_running_nodes():
                            text=True).stdout  # fmt: skip
         assert info.topology.node("node-3").ip not in fdb
         assert seconds < 2.0
+    finally:
+        cluster.teardown(names)
+        clean(names)
+
+
+def test_ipip_crosssubnet_encapsulates_only_between_subnets():
+    """4 nodes in 2 subnets joined by a router: node-1 → node-2 (same subnet) is plain IP on br0,
+    node-1 → node-3 (other subnet) is IP protocol 4 between the node addresses on br1."""
+    names = LabNames(f"pnt{secrets.token_hex(2)}-")
+    spec = LabSpec(nodes=4, subnets=2, encapsulation="ipip-crosssubnet",
+                   underlay=f"10.{random.randint(100, 250)}.0.0/16")  # fmt: skip
+    info = cluster.up(spec, names)
+    try:
+        store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
+        pods = pods_on_every_node(store, 4)
+        assert {info.topology.node(f"node-{i}").subnet for i in (1, 2)} != {
+            info.topology.node(f"node-{i}").subnet for i in (3, 4)}  # fmt: skip
+        sources = {k: names.pod_ns("m", k.split("/")[1]) for k in pods}
+        targets = {k: p.status.pod_ip for k, p in pods.items()}
+        for port, proto in ((8080, "TCP"), (5353, "UDP")):
+            table = truth_table(probe_all(sources, targets, port, proto, 2.0, expect_names=True))
+            assert all(all(row.values()) for row in table.values()), (proto, table)
+        from podnet.lab.probe import probe
+
+        same = capture(info.topology.fabric_ns, "br0", f"tcp port 8080 and host {targets['m/p1']}", 1)
+        cross = capture(info.topology.fabric_ns, "br1", "ip proto 4", 1)
+        time.sleep(0.5)
+        assert probe(sources["m/p0"], targets["m/p1"], 8080, "TCP", 2.0).ok
+        assert probe(sources["m/p0"], targets["m/p2"], 8080, "TCP", 2.0).ok
+        same_out, _ = same.communicate(timeout=10)
+        cross_out, _ = cross.communicate(timeout=10)
+        assert targets["m/p1"] in same_out and "IPIP" not in same_out
+        node1, node3 = info.topology.node("node-1").ip, info.topology.node("node-3").ip
+        assert "proto IPIP (4)" in cross_out and node1 in cross_out and node3 in cross_out
+        assert targets["m/p2"] in cross_out  # the inner packet, intact
     finally:
         cluster.teardown(names)
         clean(names)
