@@ -20,6 +20,7 @@ import subprocess
 import time
 from contextlib import ExitStack
 
+from podnet.dataplane.ipip import IPIPTunnel
 from podnet.dataplane.netlink import Netlink
 from podnet.dataplane.vxlan import VTEP, VXLANTunnel, vtep_mac
 from podnet.lab import cluster
@@ -27,7 +28,7 @@ from podnet.lab.naming import LabNames
 from podnet.lab.netns import create_netns, delete_netns, spawn
 from podnet.lab.topology import LabSpec
 
-MTU = {"none": 1500, "vxlan": 1450}
+MTU = {"none": 1500, "vxlan": 1450, "ipip": 1480}
 
 
 def iperf(client_ns: str, server_ns: str, server_ip: str, duration: float) -> float:
@@ -67,6 +68,7 @@ class HandBuilt:
         tag = secrets.token_hex(2)
         self.ns = {k: f"pnhb{tag}-{k}" for k in ("fabric", "n1", "n2", "p1", "p2")}
         self.pod_ip = {"p1": "10.250.1.2", "p2": "10.250.2.2"}
+        self.tunnels: list[IPIPTunnel] = []
 
     def __enter__(self) -> HandBuilt:
         try:
@@ -113,11 +115,28 @@ class HandBuilt:
                     nl.route_add(
                         f"{self.pod_ip[other_pod]}/32", gateway=tunnel_ip[other], dev="vxlan0", onlink=True
                     )
+            elif self.mode == "ipip":  # the same eBPF encapsulation, driven by hand
+                tunnel = IPIPTunnel(
+                    local_ip=node_ip[node],
+                    mtu=1480,
+                    netns=ns[node],
+                    pin_dir=f"/sys/fs/bpf/{ns[node]}",
+                    cache_dir="/var/cache/podnet/bpf",
+                )
+                tunnel.ensure()
+                tunnel.sync({f"{self.pod_ip[other_pod]}/32": node_ip[other]}, peers=[node_ip[other]])
+                self.tunnels.append(tunnel)
+                with Netlink.open(ns[node]) as nl:
+                    nl.route_add(
+                        f"{self.pod_ip[other_pod]}/32", gateway=node_ip[other], dev="tunl0", onlink=True
+                    )
             else:
                 with Netlink.open(ns[node]) as nl:
                     nl.route_add(f"{self.pod_ip[other_pod]}/32", gateway=node_ip[other], dev="eth0")
 
     def __exit__(self, *exc: object) -> None:
+        for tunnel in self.tunnels:
+            tunnel.remove()
         for name in self.ns.values():
             delete_netns(name)
 
@@ -167,7 +186,7 @@ def run(modes: list[str], repeats: int = 3, duration: float = 3.0) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m podnet.bench.throughput")
-    ap.add_argument("--modes", default="none,vxlan")
+    ap.add_argument("--modes", default="none,vxlan,ipip")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--duration", type=float, default=3.0)
     ap.add_argument("-o", "--output", choices=["table", "json"], default="table")
