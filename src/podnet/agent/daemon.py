@@ -43,12 +43,13 @@ class AgentConfig:
     uplink: str = "eth0"
     refresh_seconds: float = 60.0
     state_dir: str = "/var/lib/podnet"  # compiled BPF objects are cached here
+    bpf_dir: str = "/sys/fs/bpf/podnet"  # pins (on a bpffs that outlives the agent)
 
     def bpf_dirs(self) -> dict:
         import os
 
         return {"cache_dir": os.path.join(self.state_dir, "bpf"),
-                "pin_dir": f"/sys/fs/bpf/podnet/{self.node}"}  # fmt: skip
+                "pin_dir": os.path.join(self.bpf_dir, self.node, "ipip")}  # fmt: skip
 
 
 class Agent:

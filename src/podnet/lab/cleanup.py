@@ -161,6 +161,28 @@ def _remove_path(path: str, report: CleanupReport) -> None:
         report.errors.append(f"{path}: {exc}")
 
 
+def _mount_points() -> list[str]:
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return [line.split()[4] for line in f]
+    except OSError:
+        return []
+
+
+def _unmount_under(root: str, report: CleanupReport) -> None:
+    """Detach every mount at or below ``root`` (deepest first), e.g. the lab's bpffs."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    root = os.path.abspath(root)
+    points = [m for m in _mount_points() if m == root or m.startswith(root + "/")]
+    for point in sorted(points, key=lambda p: -p.count("/")):
+        if libc.umount2(os.fsencode(point), 2) != 0:  # MNT_DETACH
+            report.errors.append(f"umount {point}: {os.strerror(ctypes.get_errno())}")
+        else:
+            report.files.append(f"{point} (unmounted)")
+
+
 def down(state_dir: str, *, timeout: float = 5.0) -> CleanupReport:
     """Remove everything the state in ``state_dir`` recorded, then the state dir. Idempotent."""
     report = CleanupReport()
@@ -181,6 +203,7 @@ def down(state_dir: str, *, timeout: float = 5.0) -> CleanupReport:
     _kill_members(_members(ids, [c for c in doc["cgroups"] if os.path.isdir(c)], None), report, timeout)
 
     # 3.-5.
+    _unmount_under(state_dir, report)
     _delete_namespaces([(n["name"], n["kind"]) for n in doc["namespaces"]], report)
     _remove_cgroups(doc["cgroups"], report, timeout)
     for path in doc["files"] + sorted(doc["dirs"], key=lambda p: -p.count("/")):
@@ -207,6 +230,7 @@ def clean(names: LabNames | str, *, timeout: float = 5.0) -> CleanupReport:
     _kill_members(_members(ids, cgroups, (names.marker, names.prefix)), report, timeout)
     _delete_namespaces([(n, names.netns_kind(n) or "other") for n in namespaces], report)
     _remove_cgroups(cgroups, report, timeout)
+    _unmount_under(names.state_dir, report)
     if os.path.exists(names.state_dir):
         _remove_path(names.state_dir, report)
     with contextlib.suppress(OSError):

@@ -168,12 +168,20 @@ def _start_etcd(names: LabNames, topo: Topology, state: LabState) -> str:
 
 
 def _start_agents(names: LabNames, topo: Topology, state: LabState, timeout: float = 30.0) -> None:
+    from podnet.dataplane.bpf import ensure_bpffs
+
+    # The agents' BPF pins live on a bpffs mounted here, in the root mount namespace: an agent's own
+    # /sys (``ip netns exec`` remounts it) dies with it, and pins must outlive an agent restart.
+    bpf_dir = os.path.join(names.state_dir, "bpf")
+    state.record_mount(bpf_dir)
+    ensure_bpffs(bpf_dir)
     for host in topo.nodes:
         cgroup = create_cgroup(names.node_cgroup(host.name))  # exists already when the fabric made it
         agent = spawn(
             [sys.executable, "-m", "podnet.agent.main", "--node", host.name,
              "--etcd-endpoints", topo.etcd_endpoint, "--socket", names.agent_socket(host.name),
-             "--metrics", "127.0.0.1:9099",
+             "--metrics", "127.0.0.1:9099", "--bpf-dir", bpf_dir,
+             "--state-dir", os.path.join(names.state_dir, "agent-cache"),
              "--log-file", os.path.join(names.node_log_dir(host.name), "agent.log"), names.marker],
             netns=host.netns, cgroup=cgroup, lab_prefix=names.prefix,
             log=os.path.join(names.node_log_dir(host.name), "agent.stderr"),

@@ -33,7 +33,7 @@ from podnet.lab.naming import LabError
 STATE_VERSION = 1
 STATE_FILE = "state.json"
 LOCK_FILE = "state.lock"
-LISTS = ("namespaces", "processes", "files", "dirs", "cgroups")
+LISTS = ("namespaces", "processes", "files", "dirs", "cgroups", "mounts")
 # ``down`` deletes namespaces in this order: pods before the nodes that route them, fabric last.
 NETNS_ORDER = ("pod", "other", "node", "router", "etcd", "fabric")
 
@@ -182,6 +182,10 @@ class LabState:
 
     def record_dir(self, path: str) -> None:
         self._add("dirs", os.path.abspath(path))
+
+    def record_mount(self, path: str) -> None:
+        """A filesystem the lab mounted (e.g. the agents' bpffs); ``down`` unmounts it first."""
+        self._add("mounts", os.path.abspath(path))
 
     def record_cgroup(self, path: str) -> None:
         self._add("cgroups", os.path.abspath(path))
