@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 DEBIAN_PACKAGES=(etcd-server etcd-client nftables iproute2 iptables containernetworking-plugins iperf3 tcpdump python3-venv
-  clang libbpf-dev bpftool linux-libc-dev)  # eBPF: clang -target bpf, bpf_helpers.h, bpftool, linux/bpf.h
+  clang libbpf-dev bpftool linux-libc-dev  # eBPF: clang -target bpf, bpf_helpers.h, bpftool, linux/bpf.h
+  bird2 gobgpd)  # BGP: BIRD 2 on every node, GoBGP as the lab's external (top-of-rack) router
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

@@ -19,6 +19,10 @@ What the rendered config does, section by section (same order in the file, every
   export the block, not the /32s in it); anything else inside a pool is accepted (this node's
   borrowed /32s, and on a route reflector the blocks it reflects); everything else is rejected (the
   uplink subnet, prefixes learned from external peers).
+  ``podnet_export_own_routes``: the same without BGP-learned routes, for eBGP peers without a
+  ``nextHopMode`` (BIRD would re-announce every block with itself as next hop over a multihop
+  session, so an external router would send a block's traffic through whichever node it prefers;
+  here it hears each block from its owner; ``nextHopMode: Keep``/``Self`` re-export, as Calico does).
   ``podnet_import_from_bgp_peers``: reject a peer's announcement of one of our own blocks, accept
   the rest.
   ``podnet_kernel_programming``: only BGP-learned routes go to the kernel (never the static
@@ -64,7 +68,7 @@ from dataclasses import dataclass, field
 
 from podnet.calc.cluster import NODE_ADDRESS_ANNOTATION, BlockInfo, NodeInfo
 from podnet.errors import PodnetError
-from podnet.model.calico import BGPConfigurationSpec, BGPPeer, IPPool, parse_peer_ip
+from podnet.model.calico import BGPConfigurationSpec, BGPPeer, IPPool
 from podnet.model.calico_selector import parse_selector
 from podnet.model.core import ANNOTATION_AS_NUMBER, ANNOTATION_RR_CLUSTER_ID, Node
 
@@ -145,6 +149,7 @@ class Peering:
     allow_local_as: int | None = None
     ttl_security: int | None = None
     reachable_by: str | None = None  # a static /32 route to the peer via this gateway
+    own_routes_only: bool = False  # eBGP without nextHopMode: announce only what this node originates
     peer_node: str | None = field(default=None, compare=False)
     origin: str = field(default="", compare=False)  # "mesh" or "BGPPeer <name>"
 
@@ -245,6 +250,7 @@ def bgp_peerings(
                 passive=_ip_key(other.ip) > _ip_key(me.ip),
                 source_address=me.ip,
                 restart_time=restart,
+                own_routes_only=node_as(other) != my_as,
                 peer_node=other.name,
                 origin="mesh",
             )
@@ -260,7 +266,9 @@ def bgp_peerings(
             return [by_name[spec.node]] if spec.node in by_name else []
         return list(all_nodes)
 
-    def emit(kind: str, resource: BGPPeer, ip: str, peer_port: int | None, peer_as: int) -> None:
+    def emit(
+        kind: str, resource: BGPPeer, ip: str, peer_port: int | None, peer_as: int, reverse: bool = False
+    ) -> None:
         if ip == me.ip or ip in mesh_ips:
             return
         name = protocol_name(kind, ip, peer_port)
@@ -270,7 +278,8 @@ def bgp_peerings(
         other = by_ip.get(ip)
         passive = kind == "global" and other is not None and _ip_key(ip) > _ip_key(me.ip)
         next_hop = {"Self": "self", "Keep": "keep"}.get(spec.next_hop_mode or "")
-        if next_hop is None and spec.keep_original_next_hop and peer_as != my_as:
+        local_as = (None if reverse else spec.local_as_number) or my_as
+        if next_hop is None and spec.keep_original_next_hop and peer_as != local_as:
             next_hop = "keep"
         out[name] = Peering(
             name,
@@ -283,11 +292,12 @@ def bgp_peerings(
             source_address=None if spec.source_address == "None" else me.ip,
             restart_time=duration_seconds(spec.max_restart_time) if spec.max_restart_time else None,
             keepalive_time=duration_seconds(spec.keepalive_time) if spec.keepalive_time else None,
-            local_as=spec.local_as_number,
+            local_as=None if reverse else spec.local_as_number,
             next_hop=next_hop,
             allow_local_as=spec.num_allowed_local_as_numbers,
             ttl_security=spec.ttl_security or None,
-            reachable_by=spec.reachable_by if spec.peer_ip else None,
+            reachable_by=spec.reachable_by if spec.peer_ip and not reverse else None,
+            own_routes_only=peer_as != local_as and next_hop is None,
             peer_node=other.name if other else None,
             origin=f"BGPPeer {resource.metadata.name}",
         )
@@ -334,7 +344,7 @@ def bgp_peerings(
             continue
         for other in local_nodes(spec):
             if other.ip:
-                emit("node", resource, other.ip, port, node_as(other))
+                emit("node", resource, other.ip, port, node_as(other), reverse=True)
     return sorted(out.values())
 
 
@@ -410,7 +420,9 @@ def render_bird_config(
         + pool_rules([p for p in pools if not isinstance(p, PoolRule)], config.program_cluster_routes),
         key=lambda r: ipaddress.ip_network(r.cidr),
     )
-    reachable = sorted({(p.ip, p.reachable_by) for p in peerings if p.reachable_by}, key=lambda t: _ip_key(t[0]))
+    reachable = sorted(
+        {(p.ip, p.reachable_by) for p in peerings if p.reachable_by}, key=lambda t: _ip_key(t[0])
+    )
     listen_port = config.listen_port if config.listen_port != BGP_PORT else None
 
     lines: list[str] = [
@@ -426,12 +438,16 @@ def render_bird_config(
     lines.append("debug protocols { states };")
 
     # Filters.
-    lines += ["", "filter podnet_export_to_bgp_peers {"]
-    lines += [f"  if net ~ {r.cidr} then reject;  # disableBGPExport" for r in rules if not r.export]
+    export_rules = [f"  if net ~ {r.cidr} then reject;  # disableBGPExport" for r in rules if not r.export]
     for cidr in own:
-        lines += [f"  if net = {cidr} then accept;  # our block", f"  if net ~ {cidr} then reject;"]
-    lines += [f"  if net ~ {r.cidr} then accept;" for r in rules if r.export]
-    lines += ["  reject;", "}"]
+        export_rules += [f"  if net = {cidr} then accept;  # our block", f"  if net ~ {cidr} then reject;"]
+    export_rules += [f"  if net ~ {r.cidr} then accept;" for r in rules if r.export]
+    lines += ["", "filter podnet_export_to_bgp_peers {", *export_rules, "  reject;", "}"]
+    lines += ["", "filter podnet_export_own_routes {"]
+    lines.append(
+        "  if source = RTS_BGP then reject;  # learned: external peers hear each block from its node"
+    )
+    lines += [*export_rules, "  reject;", "}"]
 
     lines += ["", "filter podnet_import_from_bgp_peers {"]
     lines += [f"  if net = {cidr} then reject;  # our block: ours to announce" for cidr in own]
@@ -520,7 +536,11 @@ def _render_peering(p: Peering, options: BirdOptions) -> list[str]:
         out.append(f"  source address {p.source_address};")
     if p.passive:
         out.append("  passive on;  # the peer has the higher address and connects")
-    restart = p.restart_time if p.restart_time is not None else (options.mesh_restart_time if p.kind == "mesh" else None)
+    restart = (
+        p.restart_time
+        if p.restart_time is not None
+        else (options.mesh_restart_time if p.kind == "mesh" else None)
+    )
     if restart is not None:
         out.append(f"  graceful restart time {restart};")
     if p.keepalive_time is not None:
@@ -531,8 +551,11 @@ def _render_peering(p: Peering, options: BirdOptions) -> list[str]:
         out.append(f"  allow local as {p.allow_local_as};")
     if p.rr_client_cluster_id:
         out += ["  rr client;", f"  rr cluster id {p.rr_client_cluster_id};"]
-    if p.next_hop:
-        out += ["  ipv4 {", f"    next hop {p.next_hop};", "  };"]
+    channel = [f"    next hop {p.next_hop};"] if p.next_hop else []
+    if p.own_routes_only:
+        channel.append("    export filter podnet_export_own_routes;")
+    if channel:
+        out += ["  ipv4 {", *channel, "  };"]
     out.append("}")
     return out
 
@@ -545,8 +568,8 @@ def parse_protocols(text: str) -> list[dict]:
     """Parse ``birdc show protocols [all]`` output (the codes of the control socket stripped).
 
     Each protocol: ``name``, ``proto``, ``table``, ``state``, ``since``, ``info`` and, from the
-    ``all`` details when present, ``bgp_state``, ``neighbor_address``, ``neighbor_as``,
-    ``local_as``, ``neighbor_id``, ``last_error`` and ``routes`` (the channel's counts line).
+    ``all`` details when present, ``bgp_state``, ``neighbor_address``, ``neighbor_port``,
+    ``neighbor_as``, ``local_as``, ``neighbor_id``, ``last_error`` and ``routes`` (the channel's counts line).
     """
     out: list[dict] = []
     for line in text.splitlines():
@@ -581,6 +604,7 @@ def parse_protocols(text: str) -> list[dict]:
         field_name = {
             "BGP state": "bgp_state",
             "Neighbor address": "neighbor_address",
+            "Neighbor port": "neighbor_port",
             "Neighbor AS": "neighbor_as",
             "Local AS": "local_as",
             "Neighbor ID": "neighbor_id",
@@ -588,5 +612,7 @@ def parse_protocols(text: str) -> list[dict]:
             "Routes": "routes",
         }.get(key)
         if field_name and field_name not in out[-1]:
-            out[-1][field_name] = int(value) if field_name in ("neighbor_as", "local_as") else value
+            out[-1][field_name] = (
+                int(value) if field_name in ("neighbor_as", "local_as", "neighbor_port") else value
+            )
     return out

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "patch": ("podnet.cli.cmd_patch", "merge-patch a resource (-p JSON|YAML)"),
     "ipam": ("podnet.cli.cmd_ipam", "IP address management: show, check, release, gc"),
     "lab": ("podnet.cli.cmd_lab", "an emulated cluster in network namespaces (up, down, probe, exec)"),
+    "node": ("podnet.cli.cmd_node", "BGP status of a node's BIRD, like calicoctl node status"),
     "bpf": ("podnet.cli.cmd_bpf", "BPF programs on tc hooks (prog list), like cilium bpf prog list"),
     "capture": ("podnet.cli.cmd_capture", "tcpdump on a lab node's uplink or tunnel device"),
     "etcd": ("podnet.cli.cmd_etcd", "run a private etcd server for trying podnet out"),

@@ -255,11 +255,7 @@ class BirdManager:
         running = self.running()
         if running and self.current_config() == text:
             return "unchanged"
-        new = self.config_path + ".new"
-        with open(new, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        new = self._write_atomic(text, rename=False)
         try:
             if running:
                 reply = self.control.command(f'configure check "{new}"')
@@ -274,15 +270,29 @@ class BirdManager:
             with contextlib.suppress(OSError):
                 os.unlink(new)
             raise
+        previous = self.current_config()
         os.replace(new, self.config_path)
         if not running:
             self.start()
             return "started"
         reply = self.control.command(f'configure "{self.config_path}"')
         if not reply.ok:
+            if previous is not None:  # the file must say what BIRD runs, or "unchanged" would lie
+                self._write_atomic(previous)
             raise BirdError(f"BIRD could not apply {self.config_path}: {reply.text.strip()}")
         log.info("BIRD reconfigured: %s", reply.text.strip().splitlines()[-1])
         return "reconfigured"
+
+    def _write_atomic(self, text: str, rename: bool = True) -> str:
+        """Write ``bird.conf.new`` (synced); with ``rename``, move it over ``bird.conf``."""
+        new = self.config_path + ".new"
+        with open(new, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if rename:
+            os.replace(new, self.config_path)
+        return new
 
     def parse_check(self, path: str) -> None:
         """``bird -p -c PATH`` (parse only, no process left); raises :class:`BirdError` on errors."""
