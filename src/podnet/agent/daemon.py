@@ -9,6 +9,7 @@ metrics + /healthz on HTTP
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ class Agent:
             uplink=config.uplink, refresh_seconds=config.refresh_seconds,
         )  # fmt: skip
         self.syncer.on_synced.append(self._on_first_sync)
+        self.syncer.bgp = self._bgp_enabled
         self.cni = CNIService(
             config.node, self.resources, self.ipam, self.endpoints, self.syncer.trigger,
             pod_mtu=self._pod_mtu, scheme=self._scheme, ready=self._ready,
@@ -79,6 +81,7 @@ class Agent:
         )  # fmt: skip
         self._router_ip: str | None = None
         self._vxlan = None  # VXLANTunnel once this node has a VTEP
+        self._bird = None  # BirdManager while BGP is on
         self._ipip = None  # IPIPTunnel once some node is reached over IPIP
         self._underlay_mtu: int | None = None
         self._stop = threading.Event()
@@ -166,9 +169,39 @@ class Agent:
                 VXLAN_ADDRESS_ANNOTATION: ips[0], VXLAN_MAC_ANNOTATION: mac}}})  # fmt: skip
         self._vxlan = tunnel
 
+    def _bgp_enabled(self) -> bool:
+        """Calico profile with a ``default`` BGPConfiguration: BIRD distributes the routes."""
+        return self._profile() == "calico" and self.cache.bgp_config is not None
+
+    def _apply_bgp(self, plan: RoutePlan) -> None:
+        """Render this node's BIRD configuration and apply it (start, reload or nothing)."""
+        from podnet.calc.bird import BgpNode, BirdOptions, render_bird_config
+        from podnet.dataplane.bird import BirdManager
+
+        if not self._bgp_enabled():
+            if self._bird is not None:
+                self._bird.stop()
+                self._bird = None
+            return
+        with self.syncer.lock:
+            nodes = [BgpNode.from_info(info, self.cache.node_annotations.get(name))
+                     for name, info in self.cache.nodes.items() if info.ip]  # fmt: skip
+            text = render_bird_config(
+                self.config.node, nodes, list(self.cache.blocks.values()), self.cache.bgp_config.spec,
+                list(self.cache.bgp_peers.values()), list(self.cache.pools.values()),
+                no_kernel=sorted(set(plan.ipip_map) | {r.dst for r in plan.routes if r.onlink}),
+                options=BirdOptions(uplink=self.config.uplink),
+            )  # fmt: skip
+        if self._bird is None:
+            self._bird = BirdManager(os.path.dirname(os.path.abspath(self.config.socket)))
+        outcome = self._bird.apply(text)
+        if outcome != "unchanged":
+            kv(log, logging.INFO, "bird", outcome=outcome)
+
     def _apply_routes(self, plan: RoutePlan) -> dict:
         from podnet.dataplane.routes import Route
 
+        self._apply_bgp(plan)
         if self._wants_vxlan() and self._vxlan is None:
             self._ensure_vxlan()
         if self._vxlan is not None:

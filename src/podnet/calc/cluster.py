@@ -68,6 +68,9 @@ class ClusterCache:
         self.blocks: dict[str, BlockInfo] = {}
         self.endpoints: dict[str, EndpointRecord] = {}
         self.config: ClusterConfiguration | None = None
+        self.node_annotations: dict[str, dict[str, str]] = {}  # BGP reads AS / RR cluster id from them
+        self.bgp_config = None  # the BGPConfiguration named "default", if any
+        self.bgp_peers: dict[str, object] = {}
         self.errors: dict[str, str] = {}  # key -> why its value was not taken
         self.revision = 0
 
@@ -113,9 +116,22 @@ class ClusterCache:
         if type_key == "nodes":
             if value is None:
                 self.nodes.pop(name, None)
+                self.node_annotations.pop(name, None)
             else:
-                self.nodes[name] = NodeInfo.from_node(parse_resource(json.loads(value)))
+                node = parse_resource(json.loads(value))
+                self.nodes[name] = NodeInfo.from_node(node)
+                self.node_annotations[name] = dict(node.metadata.annotations or {})
             return "nodes"
+        if type_key == "bgpconfigurations.projectcalico.org":
+            if name == "default":
+                self.bgp_config = None if value is None else parse_resource(json.loads(value))
+            return "bgp"
+        if type_key == "bgppeers.projectcalico.org":
+            if value is None:
+                self.bgp_peers.pop(name, None)
+            else:
+                self.bgp_peers[name] = parse_resource(json.loads(value))
+            return "bgp"
         if type_key == "ippools.projectcalico.org":
             if value is None:
                 self.pools.pop(name, None)

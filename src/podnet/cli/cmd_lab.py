@@ -24,6 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     up.add_argument("--profile", choices=["calico", "cilium"], default="calico")
     up.add_argument("--encapsulation", choices=["none", "vxlan", "ipip", "ipip-crosssubnet"], default="none")
     up.add_argument("--subnets", type=int, choices=[1, 2], default=1)
+    up.add_argument(
+        "--bgp",
+        action="store_true",
+        help="calico profile: BIRD on every node distributes the pod blocks (node-to-node mesh)",
+    )
     sub.add_parser("down", help="remove exactly what the lab created")
     sub.add_parser("clean", help="remove leftovers of a lab that crashed (by name prefix)")
     sub.add_parser("status", help="what the lab runs")
@@ -49,10 +54,11 @@ def _up(args) -> int:
     from podnet.lab.topology import LabSpec
 
     info = up(LabSpec(nodes=args.nodes, subnets=args.subnets, profile=args.profile,
-                      encapsulation=args.encapsulation))  # fmt: skip
+                      encapsulation=args.encapsulation, bgp=args.bgp))  # fmt: skip
     topo = info.topology
+    bgp = ", BGP mesh" if args.bgp else ""
     print(f"lab up in {info.seconds:.1f}s: {len(topo.nodes)} nodes, profile {args.profile}, "
-          f"encapsulation {args.encapsulation}, {args.subnets} subnet(s)")  # fmt: skip
+          f"encapsulation {args.encapsulation}, {args.subnets} subnet(s){bgp}")  # fmt: skip
     for host in topo.nodes:
         print(f"  {host.name:10} netns {host.netns:14} {host.attachments[0].address}")
     print(f"  etcd       {topo.etcd_endpoint} in netns {topo.etcd.netns}; the CLI reaches it at "

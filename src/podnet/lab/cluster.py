@@ -99,6 +99,10 @@ def cluster_resources(topo: Topology) -> list[dict]:
          "spec": {"cidr": POD_CIDR, "ipipMode": ipip if spec.profile == "calico" else "Never",
                   "vxlanMode": vxlan if spec.profile == "calico" else "Never", "natOutgoing": True}},
     ]  # fmt: skip
+    if spec.bgp:
+        docs.append({"apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration",
+                     "metadata": {"name": "default"},
+                     "spec": {"nodeToNodeMeshEnabled": True, "asNumber": 64512}})  # fmt: skip
     for ns in ("default", "kube-system"):
         docs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     for host in topo.nodes:

@@ -44,9 +44,12 @@ class LabSpec:
     encapsulation: str = "none"
     underlay: str = DEFAULT_UNDERLAY
     mtu: int = UNDERLAY_MTU
+    bgp: bool = False  # Calico profile: BIRD on every node, node-to-node mesh
 
     def __post_init__(self) -> None:
         problems = []
+        if self.bgp and self.profile != "calico":
+            problems.append("BGP (--bgp) belongs to the calico profile")
         if not 1 <= self.nodes <= MAX_NODES:
             problems.append(f"nodes must be 1..{MAX_NODES}, not {self.nodes}")
         if self.subnets not in (1, 2):

@@ -7,6 +7,7 @@ import os
 import random
 import secrets
 import subprocess
+import sys
 import time
 
 import pytest
@@ -275,6 +276,69 @@ def test_agent_restart_keeps_tunnels_routes_and_flows(encapsulation):
             probe_all(sources, {k: p.status.pod_ip for k, p in pods.items()}, 8080, "TCP", 2.0)
         )
         assert all(all(row.values()) for row in table.values()), table
+    finally:
+        cluster.teardown(names)
+        clean(names)
+
+
+def _wait_bird_routes(netns: str, count: int, timeout: float = 20.0) -> str:
+    from podnet.lab.netns import run_in_netns
+
+    deadline = time.monotonic() + timeout
+    while True:
+        routes = run_in_netns(netns, ["ip", "route"], capture_output=True, text=True).stdout
+        if routes.count("proto bird") >= count:
+            return routes
+        assert time.monotonic() < deadline, f"BIRD did not program {count} routes: {routes}"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("reflectors", [False, True])
+def test_bgp_distributes_every_block(reflectors):
+    """BIRD on every node, full mesh — or, with the mesh off, two route reflectors (nodes with a
+    RouteReflectorClusterID) that every node peers with: every node learns every block (proto bird,
+    plain next hop, no tunnel) and pods on all nodes reach each other over TCP and UDP."""
+    names = LabNames(f"pnt{secrets.token_hex(2)}-")
+    spec = LabSpec(nodes=4, bgp=True, underlay=f"10.{random.randint(100, 250)}.0.0/16")
+    info = cluster.up(spec, names)
+    try:
+        store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
+        if reflectors:
+            for node in ("node-1", "node-2"):
+                store.patch(lookup("nodes"), node, {"metadata": {
+                    "labels": {"route-reflector": "true"},
+                    "annotations": {"projectcalico.org/RouteReflectorClusterID": "244.0.0.1"}}})  # fmt: skip
+            peer_spec = {"nodeSelector": "all()", "peerSelector": "route-reflector == 'true'"}
+            store.apply(
+                [
+                    parse_resource(
+                        {
+                            "apiVersion": "projectcalico.org/v3",
+                            "kind": "BGPPeer",
+                            "metadata": {"name": "peer-with-rrs"},
+                            "spec": peer_spec,
+                        }
+                    )
+                ]
+            )
+            store.patch(lookup("bgpconfig"), "default", {"spec": {"nodeToNodeMeshEnabled": False}})
+        pods = pods_on_every_node(store, 4)
+        for host in info.topology.nodes:
+            routes = _wait_bird_routes(host.netns, 3)
+            assert "tunl0" not in routes and "vxlan" not in routes
+        sources = {k: names.pod_ns("m", k.split("/")[1]) for k in pods}
+        targets = {k: p.status.pod_ip for k, p in pods.items()}
+        for port, proto in ((8080, "TCP"), (5353, "UDP")):
+            table = truth_table(probe_all(sources, targets, port, proto, 2.0, expect_names=True))
+            assert all(all(row.values()) for row in table.values()), (proto, table)
+        out = subprocess.run([sys.executable, "-m", "podnet.cli.main", "node", "status", "node-3"],
+                             capture_output=True, text=True,
+                             env=dict(os.environ, PODNET_LAB_PREFIX=names.prefix)).stdout  # fmt: skip
+        assert "Established" in out
+        if reflectors:  # a client peers with the two reflectors only
+            assert out.count("Established") == 2 and "node specific" in out and "mesh" not in out
+        else:
+            assert out.count("node-to-node mesh") == 3
     finally:
         cluster.teardown(names)
         clean(names)
