@@ -22,9 +22,14 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Debian's etcd package may start a system etcd on :2379; podnet runs its own, so stop that one.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
-  systemctl disable --now etcd >/dev/null 2>&1 || true
+# Debian's packages may start system daemons (etcd on :2379, bird, gobgpd); podnet runs its own
+# in the lab's namespaces, so stop those.
+if command -v systemctl >/dev/null 2>&1; then
+  for unit in etcd bird gobgpd; do
+    if systemctl is-active --quiet "$unit" 2>/dev/null; then
+      systemctl disable --now "$unit" >/dev/null 2>&1 || true
+    fi
+  done
 fi
 
 PYTHON=${PYTHON:-python3}
