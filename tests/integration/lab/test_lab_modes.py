@@ -328,9 +328,13 @@ def test_bgp_distributes_every_block(reflectors):
             assert "tunl0" not in routes and "vxlan" not in routes
         sources = {k: names.pod_ns("m", k.split("/")[1]) for k in pods}
         targets = {k: p.status.pod_ip for k, p in pods.items()}
+        wire = capture(info.topology.fabric_ns, "br0", f"tcp port 8080 and host {targets['m/p3']}", 1)
+        time.sleep(0.5)
         for port, proto in ((8080, "TCP"), (5353, "UDP")):
             table = truth_table(probe_all(sources, targets, port, proto, 2.0, expect_names=True))
             assert all(all(row.values()) for row in table.values()), (proto, table)
+        seen, _ = wire.communicate(timeout=10)
+        assert targets["m/p3"] in seen and "IPIP" not in seen  # BGP routes: plain pod packets on the wire
         out = subprocess.run([sys.executable, "-m", "podnet.cli.main", "node", "status", "node-3"],
                              capture_output=True, text=True,
                              env=dict(os.environ, PODNET_LAB_PREFIX=names.prefix)).stdout  # fmt: skip
