@@ -29,6 +29,7 @@ import pytest
 from podnet.dataplane import sysctl
 from podnet.dataplane.netlink import Netlink
 from podnet.dataplane.netns import run_in_netns
+from podnet.lab.probe import icmp_checksum
 
 SESSION = secrets.token_hex(2)
 PREFIX = f"pntest-dp-{SESSION}"  # unique per pytest session: concurrent runs do not see each other's
@@ -114,15 +115,6 @@ def node(two_nodes: tuple[Node, Node]) -> Node:
     return two_nodes[0]
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
-
-
 def icmp_ping(
     netns: str, dst: str, *, timeout: float = 2.0, size: int = 56, df: bool = False, interval: float = 0.2
 ) -> bool:
@@ -140,7 +132,7 @@ def icmp_ping(
             while (left := deadline - time.monotonic()) > 0:
                 seq += 1
                 header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-                packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq) + payload
+                packet = struct.pack("!BBHHH", 8, 0, icmp_checksum(header + payload), ident, seq) + payload
                 try:
                     s.sendto(packet, (dst, 0))
                 except OSError:
