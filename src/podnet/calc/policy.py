@@ -1,0 +1,493 @@
+"""Kubernetes NetworkPolicy compiled to a per-endpoint intermediate form, with provenance.
+
+Pure calculation: from the watch cache's view (pods, namespace labels, ``networking.k8s.io/v1``
+NetworkPolicy objects) to what one node must enforce for its LOCAL endpoints::
+
+    compile_policies(local_pods, all_pods, namespaces, policies) -> PolicyPlan
+
+The plan holds named address sets (pod ``/32``/``/128`` for selector peers; ``ipBlock`` cidr minus
+its excepts as disjoint CIDRs) and, per local endpoint, the ordered-free union of allow rules per
+direction, whether the endpoint is isolated in that direction and by which policies (the "default
+deny" provenance). Every rule records which rule of which policy produced it.
+
+Semantics are Kubernetes': a policy selects pods of its own namespace with ``podSelector``; it isolates
+them in the directions of its effective ``policyTypes``; an isolated endpoint admits a connection when
+ANY rule of ANY selecting policy matches. A peer's ``podSelector`` applies in the policy's namespace
+unless ``namespaceSelector`` is given (then: in every namespace it matches; both = AND). A missing or
+empty ``from``/``to`` means every address; missing or empty ``ports`` means every port and protocol.
+Named ports resolve against the destination: for ingress that is the local pod itself; for egress each
+destination pod, so an egress named port becomes one rule per distinct resolution, each with its own
+set of the destination pods (inside the peer) that carry that port name. A named port resolving nowhere
+matches nothing. Replies (conntrack) and node-to-pod traffic are the dataplane's concern.
+
+A set's name is a short hash of what the set means (peer, plus the resolved named port for egress), so
+identical peers share one set and recompiling identical inputs gives an identical plan; the nftables
+layer can diff sets by name.
+
+:func:`explain` evaluates a connection on the compiled form: egress of the source endpoint (if it is in
+the plan) then ingress of the destination, naming the rules that allowed or the policies whose default
+deny dropped it. For endpoints that are not local, compile with ``local_pods=all_pods``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from podnet.model.k8s_policy import IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort
+from podnet.model.selectors import LabelSelector
+
+KIND = "NetworkPolicy"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+INGRESS = "ingress"
+EGRESS = "egress"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+# ----------------------------------------------------------------------------------------------- input
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """A pod as the agent's watch cache knows it."""
+
+    namespace: str
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ips: tuple[str, ...] = ()
+    node: str = ""
+    ports: tuple[tuple[str | None, int, str], ...] = ()  # (name | None, containerPort, protocol)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def named_port(self, name: str, protocol: str) -> int | None:
+        """The containerPort called ``name`` with ``protocol``, or None."""
+        for port_name, number, port_protocol in self.ports:
+            if port_name == name and port_protocol == protocol:
+                return number
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+@dataclass(frozen=True)
+class Provenance:
+    kind: str
+    namespace: str
+    name: str
+    direction: str  # "ingress" | "egress"
+    rule: int  # index in spec.ingress / spec.egress; -1 = the policy's default deny
+
+    def __str__(self) -> str:
+        what = "default deny" if self.rule < 0 else f"{self.direction} rule {self.rule}"
+        return f"{self.kind} {self.namespace}/{self.name} {what}"
+
+
+@dataclass(frozen=True)
+class PortMatch:
+    protocol: str
+    first: int
+    last: int
+
+    def matches(self, port: int, protocol: str) -> bool:
+        return protocol == self.protocol and self.first <= port <= self.last
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    direction: str
+    peer_set: str | None  # name of a set in PolicyPlan.sets; None = any address
+    ports: tuple[PortMatch, ...]  # () = every port and protocol
+    provenance: Provenance
+
+
+@dataclass(frozen=True)
+class EndpointPolicy:
+    key: str
+    addresses: tuple[str, ...]
+    ingress_isolated: bool
+    egress_isolated: bool
+    ingress: tuple[CompiledRule, ...]
+    egress: tuple[CompiledRule, ...]
+    ingress_deniers: tuple[Provenance, ...]
+    egress_deniers: tuple[Provenance, ...]
+
+
+@dataclass(frozen=True)
+class PolicyPlan:
+    sets: dict[str, frozenset[str]]
+    endpoints: dict[str, EndpointPolicy]
+    errors: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    decided_by: str  # "ingress" | "egress" | "not isolated"
+    rules: tuple[Provenance, ...]  # allowed: matching rules (egress then ingress); denied: the deniers
+
+
+class PolicyCompileError(Exception):
+    """A policy that cannot be compiled; it still isolates what it selects but allows nothing."""
+
+
+# -------------------------------------------------------------------------------------------- compiler
+
+
+def _canonical_selector(selector: LabelSelector | None) -> Any:
+    if selector is None:
+        return None
+    return selector.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _set_name(meaning: Any) -> str:
+    digest = hashlib.sha256(json.dumps(meaning, sort_keys=True, separators=(",", ":")).encode())
+    return "pn-" + digest.hexdigest()[:16]
+
+
+def _host_cidr(ip: str) -> str:
+    address = ipaddress.ip_address(ip)
+    return f"{address}/{address.max_prefixlen}"
+
+
+def ipblock_cidrs(block: IPBlock) -> frozenset[str]:
+    """``cidr`` minus every ``except``, as disjoint CIDRs (exact, via ``address_exclude``)."""
+    network = ipaddress.ip_network(block.cidr, strict=False)
+    remaining: list[Network] = [network]
+    for text in block.except_ or []:
+        excluded = ipaddress.ip_network(text, strict=False)
+        if excluded.version != network.version or not excluded.subnet_of(network):  # type: ignore[arg-type]
+            raise PolicyCompileError(f"ipBlock except {text} is not inside cidr {block.cidr}")
+        kept: list[Network] = []
+        for net in remaining:
+            if excluded.subnet_of(net):  # type: ignore[arg-type]
+                if excluded != net:
+                    kept.extend(net.address_exclude(excluded))  # type: ignore[arg-type]
+            elif not net.subnet_of(excluded):  # type: ignore[arg-type]
+                kept.append(net)
+        remaining = kept
+    return frozenset(str(net) for net in ipaddress.collapse_addresses(remaining))  # type: ignore[arg-type]
+
+
+class _Compiler:
+    def __init__(
+        self,
+        all_pods: Sequence[PodInfo],
+        namespaces: Mapping[str, Mapping[str, str]],
+    ) -> None:
+        self.all_pods = sorted(all_pods, key=lambda p: p.key)
+        self.namespaces = namespaces
+        self.sets: dict[str, frozenset[str]] = {}
+
+    def namespace_labels(self, namespace: str) -> dict[str, str]:
+        labels = dict(self.namespaces.get(namespace, {}))
+        labels.setdefault(NAMESPACE_NAME_LABEL, namespace)
+        return labels
+
+    # A peer's meaning and the pods/CIDRs it stands for.
+
+    def peer_meaning(self, peer: NetworkPolicyPeer, policy_ns: str) -> dict[str, Any]:
+        if peer.ip_block is not None:
+            return {
+                "cidr": str(ipaddress.ip_network(peer.ip_block.cidr, strict=False)),
+                "except": sorted(peer.ip_block.except_ or []),
+            }
+        return {
+            "namespace": policy_ns if peer.namespace_selector is None else None,
+            "namespaceSelector": _canonical_selector(peer.namespace_selector),
+            "podSelector": _canonical_selector(peer.pod_selector),
+        }
+
+    def peer_pods(self, peer: NetworkPolicyPeer, policy_ns: str) -> list[PodInfo]:
+        """Pods a selector peer (not ipBlock) stands for."""
+        chosen = []
+        for pod in self.all_pods:
+            if peer.namespace_selector is None:
+                if pod.namespace != policy_ns:
+                    continue
+            elif not peer.namespace_selector.matches(self.namespace_labels(pod.namespace)):
+                continue
+            if peer.pod_selector is not None and not peer.pod_selector.matches(pod.labels):
+                continue
+            chosen.append(pod)
+        return chosen
+
+    def add_set(self, meaning: Any, cidrs: Iterable[str]) -> str:
+        name = _set_name(meaning)
+        self.sets[name] = frozenset(cidrs)
+        return name
+
+    def peer_set(self, peer: NetworkPolicyPeer, policy_ns: str) -> str:
+        meaning = self.peer_meaning(peer, policy_ns)
+        name = _set_name(meaning)
+        if name in self.sets:  # same meaning, same cluster: same members (computed once)
+            return name
+        if peer.ip_block is not None:
+            return self.add_set(meaning, ipblock_cidrs(peer.ip_block))
+        pods = self.peer_pods(peer, policy_ns)
+        return self.add_set(meaning, (_host_cidr(ip) for pod in pods for ip in pod.ips))
+
+    def named_port_sets(
+        self, peer: NetworkPolicyPeer | None, policy_ns: str, name: str, protocol: str
+    ) -> list[tuple[str, int]]:
+        """Egress named port: per resolved number, a set of the destination pods in ``peer`` with it."""
+        if peer is None:
+            candidates = self.all_pods
+            meaning: Any = {"any": True}
+            inside = None
+        elif peer.ip_block is not None:
+            candidates = self.all_pods
+            meaning = self.peer_meaning(peer, policy_ns)
+            inside = [ipaddress.ip_network(c) for c in ipblock_cidrs(peer.ip_block)]
+        else:
+            candidates = self.peer_pods(peer, policy_ns)
+            meaning = self.peer_meaning(peer, policy_ns)
+            inside = None
+        by_number: dict[int, set[str]] = {}
+        for pod in candidates:
+            number = pod.named_port(name, protocol)
+            if number is None:
+                continue
+            for ip in pod.ips:
+                if inside is not None and not any(ipaddress.ip_address(ip) in net for net in inside):
+                    continue
+                by_number.setdefault(number, set()).add(_host_cidr(ip))
+        result = []
+        for number in sorted(by_number):
+            named_meaning = {"peer": meaning, "portName": name, "protocol": protocol, "port": number}
+            result.append((self.add_set(named_meaning, by_number[number]), number))
+        return result
+
+    # Rules.
+
+    def ingress_rules(self, policy: NetworkPolicy, pod: PodInfo, ns: str) -> list[CompiledRule]:
+        rules: list[CompiledRule] = []
+        for index, rule in enumerate(policy.spec.ingress or []):
+            provenance = Provenance(KIND, ns, policy.name, INGRESS, index)
+            ports: tuple[PortMatch, ...] = ()
+            if rule.ports:
+                resolved = []
+                for port in rule.ports:
+                    match = _numeric_port(port)
+                    if match is None:  # named: resolved on this (destination) pod
+                        number = pod.named_port(str(port.port), port.protocol)
+                        if number is not None:
+                            match = PortMatch(port.protocol, number, number)
+                    if match is not None and match not in resolved:
+                        resolved.append(match)
+                if not resolved:
+                    continue  # every port is a name this pod does not have: matches nothing
+                ports = tuple(resolved)
+            peer_sets: list[str | None] = (
+                [self.peer_set(peer, ns) for peer in rule.from_] if rule.from_ else [None]
+            )
+            for name in dict.fromkeys(peer_sets):
+                rules.append(CompiledRule(INGRESS, name, ports, provenance))
+        return rules
+
+    def egress_rules(self, policy: NetworkPolicy, ns: str) -> list[CompiledRule]:
+        rules: list[CompiledRule] = []
+        for index, rule in enumerate(policy.spec.egress or []):
+            provenance = Provenance(KIND, ns, policy.name, EGRESS, index)
+            peers: list[NetworkPolicyPeer | None] = list(rule.to) if rule.to else [None]
+            numeric: list[PortMatch] = []
+            named: list[tuple[str, str]] = []
+            for port in rule.ports or []:
+                match = _numeric_port(port)
+                if match is None:
+                    if (str(port.port), port.protocol) not in named:
+                        named.append((str(port.port), port.protocol))
+                elif match not in numeric:
+                    numeric.append(match)
+            emitted: list[CompiledRule] = []
+            for peer in peers:
+                if not rule.ports or numeric:
+                    peer_set = None if peer is None else self.peer_set(peer, ns)
+                    emitted.append(CompiledRule(EGRESS, peer_set, tuple(numeric), provenance))
+                for name, protocol in named:
+                    for set_name, number in self.named_port_sets(peer, ns, name, protocol):
+                        ports = (PortMatch(protocol, number, number),)
+                        emitted.append(CompiledRule(EGRESS, set_name, ports, provenance))
+            rules.extend(dict.fromkeys(emitted))
+        return rules
+
+
+def _numeric_port(port: NetworkPolicyPort) -> PortMatch | None:
+    """A number, a range or "every port of the protocol"; None for a named port."""
+    if port.port is None:
+        return PortMatch(port.protocol, 1, 65535)
+    if isinstance(port.port, int):
+        return PortMatch(port.protocol, port.port, port.end_port or port.port)
+    return None
+
+
+def _policy_key(policy: NetworkPolicy) -> str:
+    return f"{policy.namespace or 'default'}/{policy.name}"
+
+
+def compile_policies(
+    local_pods: Iterable[PodInfo],
+    all_pods: Iterable[PodInfo],
+    namespaces: Mapping[str, Mapping[str, str]],
+    policies: Iterable[NetworkPolicy],
+) -> PolicyPlan:
+    """Compile Kubernetes NetworkPolicies for ``local_pods`` (see the module docstring)."""
+    compiler = _Compiler(list(all_pods), namespaces)
+    ordered = sorted(policies, key=_policy_key)
+    errors: dict[str, str] = {}
+    # Egress rules do not depend on the selected pod: compile each policy once.
+    egress_by_policy: dict[str, list[CompiledRule]] = {}
+    for policy in ordered:
+        key = _policy_key(policy)
+        if "Egress" in policy.effective_policy_types():
+            try:
+                egress_by_policy[key] = compiler.egress_rules(policy, key.split("/", 1)[0])
+            except (PolicyCompileError, ValueError) as exc:
+                errors[key] = str(exc)
+                egress_by_policy[key] = []
+
+    endpoints: dict[str, EndpointPolicy] = {}
+    for pod in sorted(local_pods, key=lambda p: p.key):
+        ingress: list[CompiledRule] = []
+        egress: list[CompiledRule] = []
+        ingress_deniers: list[Provenance] = []
+        egress_deniers: list[Provenance] = []
+        for policy in ordered:
+            key = _policy_key(policy)
+            ns = key.split("/", 1)[0]
+            if pod.namespace != ns or not policy.spec.pod_selector.matches(pod.labels):
+                continue
+            types = policy.effective_policy_types()
+            if "Ingress" in types:
+                ingress_deniers.append(Provenance(KIND, ns, policy.name, INGRESS, -1))
+                if key not in errors:
+                    try:
+                        ingress.extend(compiler.ingress_rules(policy, pod, ns))
+                    except (PolicyCompileError, ValueError) as exc:
+                        errors[key] = str(exc)  # its rules are dropped below
+            if "Egress" in types:
+                egress_deniers.append(Provenance(KIND, ns, policy.name, EGRESS, -1))
+                if key not in errors:
+                    egress.extend(egress_by_policy.get(key, []))
+        endpoints[pod.key] = EndpointPolicy(
+            key=pod.key,
+            addresses=tuple(pod.ips),
+            ingress_isolated=bool(ingress_deniers),
+            egress_isolated=bool(egress_deniers),
+            ingress=tuple(ingress),
+            egress=tuple(egress),
+            ingress_deniers=tuple(ingress_deniers),
+            egress_deniers=tuple(egress_deniers),
+        )
+    # A policy that failed part-way must allow nothing anywhere (fail closed).
+    if errors:
+        failed = set(errors)
+        for pod_key, endpoint in endpoints.items():
+            endpoints[pod_key] = EndpointPolicy(
+                key=endpoint.key,
+                addresses=endpoint.addresses,
+                ingress_isolated=endpoint.ingress_isolated,
+                egress_isolated=endpoint.egress_isolated,
+                ingress=tuple(r for r in endpoint.ingress if _rule_policy(r) not in failed),
+                egress=tuple(r for r in endpoint.egress if _rule_policy(r) not in failed),
+                ingress_deniers=endpoint.ingress_deniers,
+                egress_deniers=endpoint.egress_deniers,
+            )
+    used = {
+        rule.peer_set
+        for endpoint in endpoints.values()
+        for rule in endpoint.ingress + endpoint.egress
+        if rule.peer_set is not None
+    }
+    sets = {name: compiler.sets[name] for name in sorted(used)}
+    return PolicyPlan(sets=sets, endpoints=endpoints, errors=dict(sorted(errors.items())))
+
+
+def _rule_policy(rule: CompiledRule) -> str:
+    return f"{rule.provenance.namespace}/{rule.provenance.name}"
+
+
+# --------------------------------------------------------------------------------------------- explain
+
+
+def _address_of(end: PodInfo | str, version: int | None = None) -> str | None:
+    if isinstance(end, str):
+        return end
+    for ip in end.ips:
+        if version is None or ipaddress.ip_address(ip).version == version:
+            return ip
+    return None
+
+
+def _endpoint_for(plan: PolicyPlan, end: PodInfo | str, address: str | None) -> EndpointPolicy | None:
+    if isinstance(end, PodInfo):
+        return plan.endpoints.get(end.key)
+    for endpoint in plan.endpoints.values():
+        if address in endpoint.addresses:
+            return endpoint
+    return None
+
+
+def _in_set(plan: PolicyPlan, set_name: str | None, address: str) -> bool:
+    if set_name is None:
+        return True
+    ip = ipaddress.ip_address(address)
+    for cidr in plan.sets.get(set_name, frozenset()):
+        net = ipaddress.ip_network(cidr)
+        if net.version == ip.version and ip in net:
+            return True
+    return False
+
+
+def _matching(
+    plan: PolicyPlan, rules: Iterable[CompiledRule], peer: str, port: int, protocol: str
+) -> tuple[Provenance, ...]:
+    found: list[Provenance] = []
+    for rule in rules:
+        if rule.ports and not any(m.matches(port, protocol) for m in rule.ports):
+            continue
+        if not _in_set(plan, rule.peer_set, peer):
+            continue
+        if rule.provenance not in found:
+            found.append(rule.provenance)
+    return tuple(found)
+
+
+def explain(
+    plan: PolicyPlan, src: PodInfo | str, dst: PodInfo | str, port: int, protocol: str = "TCP"
+) -> Verdict:
+    """Would ``src`` reach ``dst`` on ``port/protocol``? Evaluated on the compiled plan."""
+    dst_address = _address_of(dst)
+    if dst_address is None:
+        raise ValueError(f"{getattr(dst, 'key', dst)} has no address")
+    version = ipaddress.ip_address(dst_address).version
+    src_address = _address_of(src, version)
+    if src_address is None:
+        raise ValueError(f"{getattr(src, 'key', src)} has no IPv{version} address")
+
+    allowed_by: list[Provenance] = []
+    decided_by = "not isolated"
+    source = _endpoint_for(plan, src, src_address)
+    if source is not None and source.egress_isolated:
+        matched = _matching(plan, source.egress, dst_address, port, protocol)
+        if not matched:
+            return Verdict(False, "egress", source.egress_deniers)
+        allowed_by.extend(matched)
+        decided_by = "egress"
+    destination = _endpoint_for(plan, dst, dst_address)
+    if destination is not None and destination.ingress_isolated:
+        matched = _matching(plan, destination.ingress, src_address, port, protocol)
+        if not matched:
+            return Verdict(False, "ingress", destination.ingress_deniers)
+        allowed_by.extend(matched)
+        decided_by = "ingress"
+    return Verdict(True, decided_by, tuple(allowed_by))
