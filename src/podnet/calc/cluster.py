@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from podnet.calc.endpoints import EndpointRecord
+from podnet.calc.policy import PodInfo
 from podnet.datastore.base import KeyValue
 from podnet.datastore.keys import KeyLayout, token_to_cidr
 from podnet.errors import PodnetError
@@ -71,6 +72,9 @@ class ClusterCache:
         self.node_annotations: dict[str, dict[str, str]] = {}  # BGP reads AS / RR cluster id from them
         self.bgp_config = None  # the BGPConfiguration named "default", if any
         self.bgp_peers: dict[str, object] = {}
+        self.pods: dict[str, object] = {}  # "namespace/name" -> Pod (NetworkPolicy needs labels, ports)
+        self.namespaces: dict[str, dict[str, str]] = {}  # name -> labels
+        self.netpols: dict[str, object] = {}  # "namespace/name" -> networking.k8s.io NetworkPolicy
         self.errors: dict[str, str] = {}  # key -> why its value was not taken
         self.revision = 0
 
@@ -122,6 +126,26 @@ class ClusterCache:
                 self.nodes[name] = NodeInfo.from_node(node)
                 self.node_annotations[name] = dict(node.metadata.annotations or {})
             return "nodes"
+        if type_key == "pods":
+            key = f"{_namespace}/{name}"
+            if value is None:
+                self.pods.pop(key, None)
+            else:
+                self.pods[key] = parse_resource(json.loads(value))
+            return "policy"
+        if type_key == "namespaces":
+            if value is None:
+                self.namespaces.pop(name, None)
+            else:
+                self.namespaces[name] = dict(parse_resource(json.loads(value)).metadata.labels or {})
+            return "policy"
+        if type_key == "networkpolicies.networking.k8s.io":
+            key = f"{_namespace}/{name}"
+            if value is None:
+                self.netpols.pop(key, None)
+            else:
+                self.netpols[key] = parse_resource(json.loads(value))
+            return "policy"
         if type_key == "bgpconfigurations.projectcalico.org":
             if name == "default":
                 self.bgp_config = None if value is None else parse_resource(json.loads(value))
@@ -142,6 +166,25 @@ class ClusterCache:
             self.config = None if value is None else parse_resource(json.loads(value))
             return "config"
         return None
+
+    def pod_infos(self) -> list[PodInfo]:
+        """Every pod as NetworkPolicy sees it: labels, container ports, and its addresses (from the
+        endpoint records agents write at CNI ADD, else the Pod's status)."""
+        addresses: dict[str, set[str]] = {}
+        for record in self.endpoints.values():
+            addresses.setdefault(record.pod_key, set()).update(record.addresses)
+        out = []
+        for key, pod in self.pods.items():
+            ips = addresses.get(key) or {
+                ip.ip
+                for ip in ((pod.status.pod_ips if pod.status else None) or [])
+                if getattr(ip, "ip", None)
+            }
+            ports = tuple((p.name, p.container_port, p.protocol)
+                          for c in pod.spec.containers for p in (c.ports or []))  # fmt: skip
+            out.append(PodInfo(pod.metadata.namespace, pod.metadata.name, dict(pod.metadata.labels or {}),
+                               tuple(sorted(ips)), pod.spec.node_name or "", ports))  # fmt: skip
+        return out
 
     def local_endpoints(self, node: str) -> list[EndpointRecord]:
         return [e for e in self.endpoints.values() if e.node == node]
