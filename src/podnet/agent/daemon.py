@@ -56,6 +56,7 @@ class AgentConfig:
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         from podnet.dataplane.nat import NatManager
+        from podnet.dataplane.policy import PolicyManager
         from podnet.dataplane.routes import RouteManager
 
         self.config = config
@@ -68,6 +69,7 @@ class Agent:
         self.endpoints: dict[str, EndpointRecord] = {}
         self.routes = RouteManager()
         self.nat = NatManager()
+        self.policy = PolicyManager()
         self.syncer = Syncer(
             config.node, self.store, self.cache, self.endpoints, self._apply_routes, self.metrics,
             uplink=config.uplink, refresh_seconds=config.refresh_seconds,
@@ -198,6 +200,21 @@ class Agent:
         if outcome != "unchanged":
             kv(log, logging.INFO, "bird", outcome=outcome)
 
+    def _apply_policy(self) -> None:
+        """NetworkPolicy: compile for this node's pods (pure, with provenance) and apply the
+        difference to the nftables table in one transaction; a failure leaves the previous
+        ruleset in force and the next sync resyncs it in full (the syncer retries)."""
+        from podnet.calc.policy import compile_policies
+
+        with self.syncer.lock:
+            pods = self.cache.pod_infos()
+            local = [p for p in pods if p.node == self.config.node]
+            plan = compile_policies(local, pods, self.cache.namespaces, list(self.cache.netpols.values()))
+            endpoints = {r.pod_key: (r.host_ifname, r.addresses) for r in self.endpoints.values()}
+        for policy, error in plan.errors.items():
+            kv(log, logging.WARNING, "policy not compiled; it allows nothing", policy=policy, error=error)
+        self.policy.apply(plan, endpoints)
+
     def _apply_routes(self, plan: RoutePlan) -> dict:
         from podnet.dataplane.routes import Route
 
@@ -224,6 +241,7 @@ class Agent:
             for r in plan.routes
         ]  # fmt: skip
         diff = self.routes.apply(desired)
+        self._apply_policy()
         counts = {"added": len(diff.added), "replaced": len(diff.replaced), "deleted": len(diff.deleted),
                   "failed": len(diff.failed)}  # fmt: skip
         for route, error in diff.failed:
