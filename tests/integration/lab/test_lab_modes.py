@@ -27,26 +27,34 @@ if os.geteuid() != 0:
     pytest.skip("lab tests need root", allow_module_level=True)
 
 
-def pods_on_every_node(store: ResourceStore, nodes: int) -> dict:
+def pods_on_every_node(store: ResourceStore, nodes: int, names: LabNames) -> dict:
+    """One pod per node (TCP 8080, UDP 5353), Running, and the cluster converged on them."""
     docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "m"}}]
     ports = [{"containerPort": 8080}, {"containerPort": 5353, "protocol": "UDP"}]
     for i in range(nodes):
+        spec = {"nodeName": f"node-{i + 1}", "containers": [{"name": "c", "ports": ports}]}
         docs.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": f"p{i}", "namespace": "m"},
-                "spec": {"nodeName": f"node-{i + 1}", "containers": [{"name": "c", "ports": ports}]},
-            }
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"p{i}", "namespace": "m"}, "spec": spec}
         )
     store.apply([parse_resource(d) for d in docs])
     deadline = time.monotonic() + 30
     while True:
         pods = {f"m/{p.metadata.name}": p for p in store.list(lookup("pods"), "m")}
         if all(p.status and p.status.phase == "Running" for p in pods.values()) and len(pods) == nodes:
-            return pods
+            break
         assert time.monotonic() < deadline, "pods not Running"
         time.sleep(0.05)
+    # A pod is Running before every other node has programmed the route to its block (as in any
+    # cluster): wait, bounded, until the nodes have converged; the tests then assert on fresh probes.
+    sources = {k: names.pod_ns("m", k.split("/")[1]) for k in pods}
+    targets = {k: p.status.pod_ip for k, p in pods.items()}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        table = truth_table(probe_all(sources, targets, 8080, "TCP", 1.0))
+        if all(all(row.values()) for row in table.values()):
+            break
+        time.sleep(0.1)
+    return pods
 
 
 def capture(netns: str, device: str, bpf_filter: str, count: int) -> subprocess.Popen:
@@ -71,7 +79,7 @@ def test_mode_carries_pod_traffic(profile, encapsulation, wire_filter, wire_text
     info = cluster.up(spec, names)
     try:
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
-        pods = pods_on_every_node(store, 3)
+        pods = pods_on_every_node(store, 3, names)
         sources = {k: names.pod_ns("m", k.split("/")[1]) for k in pods}
         targets = {k: p.status.pod_ip for k, p in pods.items()}
         cap = capture(info.topology.fabric_ns, "br0", wire_filter, 3)
@@ -118,7 +126,7 @@ def test_nat_outgoing_masquerades_only_traffic_that_leaves_the_pools():
     info = cluster.up(spec, names)
     try:
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
-        pods = pods_on_every_node(store, 2)
+        pods = pods_on_every_node(store, 2, names)
         ext = f"{names.prefix}ext"
         LabState(names.state_dir).record_netns(ext, "other")
         create_netns(ext)
@@ -170,7 +178,7 @@ def test_pool_mode_change_and_node_removal_take_effect_on_running_nodes():
     info = cluster.up(LabSpec(nodes=3, underlay=f"10.{random.randint(100, 250)}.0.0/16"), names)
     try:
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
-        pods = pods_on_every_node(store, 3)
+        pods = pods_on_every_node(store, 3, names)
         node1 = info.topology.node("node-1").netns
 
         def routes() -> str:
@@ -213,7 +221,7 @@ def test_ipip_crosssubnet_encapsulates_only_between_subnets():
     info = cluster.up(spec, names)
     try:
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
-        pods = pods_on_every_node(store, 4)
+        pods = pods_on_every_node(store, 4, names)
         assert {info.topology.node(f"node-{i}").subnet for i in (1, 2)} != {
             info.topology.node(f"node-{i}").subnet for i in (3, 4)}  # fmt: skip
         sources = {k: names.pod_ns("m", k.split("/")[1]) for k in pods}
@@ -252,7 +260,7 @@ def test_agent_restart_keeps_tunnels_routes_and_flows(encapsulation):
     info = cluster.up(spec, names)
     try:
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
-        pods = pods_on_every_node(store, 2)
+        pods = pods_on_every_node(store, 2, names)
         node1 = info.topology.node("node-1").netns
 
         def kernel_state() -> tuple[str, ...]:
@@ -260,9 +268,17 @@ def test_agent_restart_keeps_tunnels_routes_and_flows(encapsulation):
                     "show", "dev", "eth0", "ingress"]]  # fmt: skip
             return tuple(run_in_netns(node1, c, capture_output=True, text=True).stdout for c in cmds)
 
-        # A connection from node-1's pod to node-2's pod, open across the restart.
-        with in_netns(names.pod_ns("m", "p0")):
-            conn = socketlib.create_connection((pods["m/p1"].status.pod_ip, 8080), timeout=2)
+        # A connection from node-1's pod to node-2's pod, open across the restart (once the nodes
+        # have converged: a pod is Running before every other node has its block's route).
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with in_netns(names.pod_ns("m", "p0")):
+                    conn = socketlib.create_connection((pods["m/p1"].status.pod_ip, 8080), timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "pods never reached each other"
+                time.sleep(0.1)
         try:
             before = kernel_state()
             cluster.restart_agent(names, "node-1")
@@ -322,7 +338,7 @@ def test_bgp_distributes_every_block(reflectors):
                 ]
             )
             store.patch(lookup("bgpconfig"), "default", {"spec": {"nodeToNodeMeshEnabled": False}})
-        pods = pods_on_every_node(store, 4)
+        pods = pods_on_every_node(store, 4, names)
         for host in info.topology.nodes:
             routes = _wait_bird_routes(host.netns, 3)
             assert "tunl0" not in routes and "vxlan" not in routes
