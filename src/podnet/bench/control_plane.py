@@ -29,6 +29,7 @@ from podnet.lab import cluster
 from podnet.lab.cni_runtime import CNIRuntime
 from podnet.lab.naming import LabNames
 from podnet.lab.netns import create_netns, delete_netns, netns_path
+from podnet.lab.state import LabState
 from podnet.lab.topology import LabSpec
 from podnet.model import lookup, parse_resource
 
@@ -45,8 +46,8 @@ def cni_latency(names: LabNames, info: cluster.LabInfo, sandboxes: int, concurre
     node = info.topology.nodes[0].name
     runtime = _runtime(names, info, node)
     boxes = [(uuid.uuid4().hex, names.pod_ns("bench", f"s{i}-{concurrency}")) for i in range(sandboxes)]
-    with info_state(names) as state:
-        state.record_netns_many([(ns, "pod") for _, ns in boxes])
+    state = LabState(names.state_dir)
+    state.record_netns_many([(ns, "pod") for _, ns in boxes])
     for _, ns in boxes:
         create_netns(ns)
 
@@ -67,9 +68,8 @@ def cni_latency(names: LabNames, info: cluster.LabInfo, sandboxes: int, concurre
     finally:
         for _, ns in boxes:
             delete_netns(ns)
-        with info_state(names) as state:
-            for _, ns in boxes:
-                state.forget_netns(ns)
+        for _, ns in boxes:
+            state.forget_netns(ns)
     podnet_add = [next(c.seconds for c in result.calls if c.plugin == "podnet") for _, result in adds]
     podnet_del = [next(c.seconds for c in calls if c.plugin == "podnet") for _, calls in dels]
     return {
@@ -80,19 +80,6 @@ def cni_latency(names: LabNames, info: cluster.LabInfo, sandboxes: int, concurre
         "del_podnet": latency_summary(podnet_del),
         "chain": [p["type"] for p in runtime.conflist["plugins"]],
     }
-
-
-class info_state:
-    def __init__(self, names: LabNames) -> None:
-        from podnet.lab.state import LabState
-
-        self.state = LabState(names.state_dir)
-
-    def __enter__(self):
-        return self.state
-
-    def __exit__(self, *exc: object) -> None:
-        pass
 
 
 def pods_to_running(info: cluster.LabInfo, pods: int, timeout: float = 120.0) -> dict:

@@ -108,12 +108,6 @@ def _pods(args):
     return resource_store(args).list(lookup("pods"))
 
 
-def _pod_names():
-    from podnet.lab.cluster import lab_names
-
-    return lab_names()
-
-
 def _find_pod(args, ref: str):
     namespace, _, name = ref.rpartition("/")
     namespace = namespace or "default"
@@ -124,7 +118,9 @@ def _find_pod(args, ref: str):
 
 
 def _netns_of(pod) -> str:
-    names = _pod_names()
+    from podnet.lab.cluster import lab_names
+
+    names = lab_names()
     if pod.spec.host_network:
         from podnet.lab.state import LabState
 
@@ -163,7 +159,9 @@ def _exec(args) -> int:
     if not cmd:
         raise PodnetError("no command given", hint="podnet lab exec NS/POD -- CMD ARGS...")
     pod = _find_pod(args, args.pod)
-    names = _pod_names()
+    from podnet.lab.cluster import lab_names
+
+    names = lab_names()
     cgroup = names.pod_cgroup(pod.spec.node_name, pod.metadata.uid) if pod.metadata.uid else None
     procs = os.path.join(cgroup, "cgroup.procs") if cgroup else None
 

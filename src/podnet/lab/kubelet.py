@@ -75,6 +75,7 @@ class Kubelet:
         }
         self.desired: dict[str, Pod] = {}
         self.busy: set[str] = set()
+        self.scheduled: dict[str, str] = {}  # pod -> node chosen, until the watch shows the patch
         self.failures: dict[str, tuple[int, float]] = {}  # key -> (attempts, retry at)
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="pod")
@@ -165,12 +166,19 @@ class Kubelet:
 
     # -- operations -------------------------------------------------------------------------------
     def schedule(self, pod: Pod) -> None:
+        """The node with the fewest pods, counting decisions whose patch the watch has not yet
+        brought back (pods applied together are scheduled concurrently)."""
+        key = f"{pod.metadata.namespace}/{pod.metadata.name}"
         with self.lock:
+            self.scheduled = {k: n for k, n in self.scheduled.items()
+                              if k in self.desired and not self.desired[k].spec.node_name}  # fmt: skip
             load = {n: 0 for n in self.nodes}
-            for other in self.desired.values():
-                if other.spec.node_name in load:
-                    load[other.spec.node_name] += 1
-        node = min(sorted(load), key=lambda n: load[n])
+            for other_key, other in self.desired.items():
+                node_name = other.spec.node_name or self.scheduled.get(other_key)
+                if node_name in load and other_key != key:
+                    load[node_name] += 1
+            node = min(sorted(load), key=lambda n: load[n])
+            self.scheduled[key] = node
         with contextlib.suppress(NotFoundError, ConflictError):
             self.resources.patch(lookup("pods"), pod.metadata.name, {"spec": {"nodeName": node}},
                                  pod.metadata.namespace)  # fmt: skip
