@@ -18,6 +18,13 @@ Response (agent → plugin)::
     {"ok": false, "code": 11, "msg": "...", "details": "..."}   # CNI error codes
 
 The plugin converts the 1.1.0 result to the cniVersion the runtime asked for.
+
+One verb is not a CNI verb (and not in :data:`VERBS`): ``DROPS``, asked by ``podnet monitor --type
+drop``, answered by the agent's drop monitor (:mod:`podnet.agent.drops`), never by the CNI service::
+
+    {"verb": "DROPS", "since": N, "wait": S, "limit": L}    # drops with seq > N; wait <= 30 s for one
+    {"ok": true, "drops": [{"seq": 1, "time": "...Z", "node": ..., "src": ..., "srcPod": ..., ...}],
+     "next": N, "missed": M}                                 # next: the ``since`` of the next request
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import socket
 DEFAULT_SOCKET = "/run/podnet/agent.sock"
 ENV_SOCKET = "PODNET_AGENT_SOCKET"
 VERBS = ("ADD", "DEL", "CHECK", "GC", "STATUS")
+DROPS = "DROPS"  # the drop monitor's verb (not a CNI verb)
 
 
 # The deletion queue (see podnet.cni.delete_queue): DELs the plugin could not hand to a stopped

@@ -19,6 +19,9 @@ class _Handler(socketserver.StreamRequestHandler):
             response = self.server.dispatch(doc)  # type: ignore[attr-defined]
         except ValueError as exc:
             response = {"ok": False, "code": 6, "msg": f"bad request: {exc}", "details": ""}
+        except Exception as exc:  # a bug in a handler: answer it rather than drop the connection
+            response = {"ok": False, "code": 999, "msg": f"agent error: {type(exc).__name__}: {exc}",
+                        "details": "see the agent log"}  # fmt: skip
         self.wfile.write(json.dumps(response, separators=(",", ":")).encode() + b"\n")
 
 

@@ -15,10 +15,11 @@ import threading
 from dataclasses import dataclass
 
 from podnet.agent import api_server, metrics
-from podnet.agent.api import delete_queue_dir
+from podnet.agent.api import DROPS, delete_queue_dir
 from podnet.agent.cni_service import CALICO_GATEWAY, CNIService
 from podnet.agent.delete_queue import ExclusiveQueueLock, drain
 from podnet.agent.log import kv
+from podnet.agent.policy_status import PolicyStatusWriter, invalid_policies
 from podnet.agent.syncer import Syncer
 from podnet.calc.cluster import VXLAN_ADDRESS_ANNOTATION, VXLAN_MAC_ANNOTATION, ClusterCache
 from podnet.calc.endpoints import EndpointRecord
@@ -70,6 +71,7 @@ class Agent:
         self.routes = RouteManager()
         self.nat = NatManager()
         self.policy = PolicyManager()
+        self.policy_status = PolicyStatusWriter(self.store, self.layout, config.node)
         self.syncer = Syncer(
             config.node, self.store, self.cache, self.endpoints, self._apply_routes, self.metrics,
             uplink=config.uplink, refresh_seconds=config.refresh_seconds,
@@ -86,6 +88,8 @@ class Agent:
         self._bird = None  # BirdManager while BGP is on
         self._ipip = None  # IPIPTunnel once some node is reached over IPIP
         self._underlay_mtu: int | None = None
+        self.policy_plan = None  # the PolicyPlan last applied (the drop monitor explains drops by it)
+        self.drops = None  # DropMonitor, from start()
         self._stop = threading.Event()
         self._servers: list = []
 
@@ -211,9 +215,17 @@ class Agent:
             local = [p for p in pods if p.node == self.config.node]
             plan = compile_policies(local, pods, self.cache.namespaces, list(self.cache.netpols.values()))
             endpoints = {r.pod_key: (r.host_ifname, r.addresses) for r in self.endpoints.values()}
+            revision = self.cache.revision
+            invalid = invalid_policies(self.cache.errors, self.layout)
         for policy, error in plan.errors.items():
             kv(log, logging.WARNING, "policy not compiled; it allows nothing", policy=policy, error=error)
-        self.policy.apply(plan, endpoints)
+        try:
+            self.policy.apply(plan, endpoints)
+            self.policy_plan = plan  # in force now (the drop monitor explains drops by it)
+        except Exception as exc:
+            self.policy_status.report(revision, str(exc), plan.errors, invalid)
+            raise
+        self.policy_status.report(revision, None, plan.errors, invalid)
 
     def _apply_routes(self, plan: RoutePlan) -> dict:
         from podnet.dataplane.routes import Route
@@ -259,7 +271,18 @@ class Agent:
             "endpoints": len(self.endpoints), "lastError": self.syncer.last_error,
             "unreachable": self.syncer.last_plan.unreachable if self.syncer.last_plan else {},
             "invalidKeys": self.cache.errors,
+            "dropMonitor": self.drops.status() if self.drops else None,
         }  # fmt: skip
+
+    def _dispatch(self, doc: dict) -> dict:
+        """The API: DROPS to the drop monitor, the CNI verbs (and anything else) to the CNI service."""
+        if str(doc.get("verb", "")).upper() == DROPS and self.drops is not None:
+            return self.drops.handle(doc)
+        return self.cni.handle(doc)
+
+    def _pod_infos(self) -> list:
+        with self.syncer.lock:
+            return self.cache.pod_infos()
 
     def start(self) -> None:
         kv(log, logging.INFO, "starting", node=self.config.node, socket=self.config.socket,
@@ -267,6 +290,11 @@ class Agent:
         from podnet.dataplane import sysctl
 
         sysctl.write_many(sysctl.NODE_SYSCTLS)  # a node forwards pod traffic
+        from podnet.agent.drops import DropMonitor
+
+        self.drops = DropMonitor(self.config.node, self._pod_infos, lambda: self.policy_plan)
+        self.drops.start()  # a group it cannot bind is a warning, not a failure
+        self.policy_status.start()
         self.syncer.start()
         # DELs queued by the plugin while we were down: drain them, and start listening before
         # the lock is released, so a plugin either reaches us or its entry is seen (see cni.delete_queue).
@@ -274,7 +302,7 @@ class Agent:
         with ExclusiveQueueLock(queue_dir):
             self.syncer.in_sync.wait(5.0)
             _, left = drain(queue_dir, self.cni.handle)
-            self._servers.append(api_server.serve(self.config.socket, self.cni.handle))
+            self._servers.append(api_server.serve(self.config.socket, self._dispatch))
         if left:
             threading.Thread(
                 target=self._retry_queue, args=(queue_dir,), name="delete-queue", daemon=True
@@ -302,6 +330,9 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
         self.syncer.stop()
+        self.policy_status.stop()
+        if self.drops is not None:
+            self.drops.stop()  # answers the long polls before the server goes
         for server in self._servers:
             server.shutdown()
             server.server_close()

@@ -58,6 +58,7 @@ class Syncer:
         self._trigger = threading.Event()
         self._stop = threading.Event()
         self._sync = PrefixSync(store, cache.layout.root, on_error=self._datastore_error)
+        self._status_prefix = cache.layout.status_prefix()
         self.last_error: str | None = None
         self.last_plan: RoutePlan | None = None
         self.on_synced: list[Callable[[], None]] = []
@@ -94,6 +95,8 @@ class Syncer:
                     if first:
                         for callback in self.on_synced:
                             callback()
+                elif item.key.startswith(self._status_prefix):
+                    continue  # agents' own reports: not an input of calculation
                 else:
                     self.cache.update(item.key, item.value, item.revision)
                 self.metrics.revision.set(self.cache.revision)

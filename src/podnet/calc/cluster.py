@@ -169,12 +169,16 @@ class ClusterCache:
 
     def pod_infos(self) -> list[PodInfo]:
         """Every pod as NetworkPolicy sees it: labels, container ports, and its addresses (from the
-        endpoint records agents write at CNI ADD, else the Pod's status)."""
+        endpoint records agents write at CNI ADD, else the Pod's status). Host-network pods are
+        left out: they are their node (its address, its traffic), so no pod selector picks them
+        and no policy isolates them, as in Calico and Cilium."""
         addresses: dict[str, set[str]] = {}
         for record in self.endpoints.values():
             addresses.setdefault(record.pod_key, set()).update(record.addresses)
         out = []
         for key, pod in self.pods.items():
+            if pod.spec.host_network:
+                continue
             ips = addresses.get(key) or {
                 ip.ip
                 for ip in ((pod.status.pod_ips if pod.status else None) or [])

@@ -491,3 +491,42 @@ def explain(
         allowed_by.extend(matched)
         decided_by = "ingress"
     return Verdict(True, decided_by, tuple(allowed_by))
+
+
+@dataclass(frozen=True)
+class SideVerdict:
+    """One direction of a connection, on its own (``explain`` stops at the first deny)."""
+
+    direction: str  # "egress" (of the source) | "ingress" (of the destination)
+    endpoint: str | None  # the endpoint key on that side, None when it is not a pod of the plan
+    isolated: bool
+    allowed: bool
+    rules: tuple[Provenance, ...]  # allowed: the matching rules; denied: the default denies
+
+
+def explain_sides(
+    plan: PolicyPlan, src: PodInfo | str, dst: PodInfo | str, port: int, protocol: str = "TCP"
+) -> tuple[SideVerdict, SideVerdict]:
+    """Egress of ``src`` and ingress of ``dst``, each evaluated whatever the other says."""
+    dst_address = _address_of(dst)
+    if dst_address is None:
+        raise ValueError(f"{getattr(dst, 'key', dst)} has no address")
+    version = ipaddress.ip_address(dst_address).version
+    src_address = _address_of(src, version)
+    if src_address is None:
+        raise ValueError(f"{getattr(src, 'key', src)} has no IPv{version} address")
+    sides = []
+    ends = ((EGRESS, src, src_address, dst_address), (INGRESS, dst, dst_address, src_address))
+    for direction, end, own, peer in ends:
+        endpoint = _endpoint_for(plan, end, own)
+        isolated = endpoint is not None and (
+            endpoint.egress_isolated if direction == EGRESS else endpoint.ingress_isolated
+        )
+        if endpoint is None or not isolated:
+            sides.append(SideVerdict(direction, endpoint.key if endpoint else None, False, True, ()))
+            continue
+        rules = endpoint.egress if direction == EGRESS else endpoint.ingress
+        matched = _matching(plan, rules, peer, port, protocol)
+        deniers = endpoint.egress_deniers if direction == EGRESS else endpoint.ingress_deniers
+        sides.append(SideVerdict(direction, endpoint.key, True, bool(matched), matched or deniers))
+    return sides[0], sides[1]

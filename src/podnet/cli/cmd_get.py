@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         matches = label_filter(args.selector)
         resources = [r for r in store.list(rtype, namespace) if matches(r.metadata.labels or {})]
     docs = [r.to_dict() for r in resources]
+    if rtype.kind == "NetworkPolicy":
+        _add_policy_status(store, docs)
     if args.output in ("yaml", "json"):
         print(render(docs, args.output, single=len(args.names) == 1))
     elif args.output == "name":
@@ -86,3 +88,22 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     return 0
+
+
+def _add_policy_status(store, docs: list[dict]) -> None:
+    """``status.conditions`` of each NetworkPolicy from the node agents' reports (see
+    :mod:`podnet.calc.policy_status`); whatever a stored object says in ``status`` is replaced."""
+    from podnet.calc.policy_status import PolicyReport, conditions_for
+
+    items, _ = store.store.list(store.layout.policy_status_prefix())
+    reports = []
+    for item in items:
+        try:
+            reports.append(PolicyReport.from_json(item.value))
+        except (ValueError, KeyError, TypeError):
+            continue  # a report we cannot read says nothing about any policy
+    for doc in docs:
+        meta = doc["metadata"]
+        key = f"{meta.get('namespace') or 'default'}/{meta['name']}"
+        version = int(meta.get("resourceVersion") or 0)
+        doc["status"] = {"conditions": conditions_for(key, version, reports)}

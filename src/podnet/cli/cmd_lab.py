@@ -118,14 +118,9 @@ def _find_pod(args, ref: str):
 
 
 def _netns_of(pod) -> str:
-    from podnet.lab.cluster import lab_names
+    from podnet.lab.cluster import pod_netns
 
-    names = lab_names()
-    if pod.spec.host_network:
-        from podnet.lab.state import LabState
-
-        return LabState(names.state_dir).meta()["nodes"][pod.spec.node_name]["netns"]
-    return names.pod_ns(pod.metadata.namespace, pod.metadata.name)
+    return pod_netns(pod)
 
 
 def _wait(args) -> int:
@@ -173,23 +168,18 @@ def _exec(args) -> int:
     return subprocess.call([IP, "netns", "exec", _netns_of(pod), *cmd], preexec_fn=join_cgroup)
 
 
-def _parse_port(text: str) -> tuple[int, str]:
-    port, _, proto = text.partition("/")
-    proto = (proto or "TCP").upper()
-    if not port.isdigit() or proto not in ("TCP", "UDP"):
-        raise PodnetError(f"bad port {text!r}", hint="PORT/TCP or PORT/UDP, e.g. 80/TCP")
-    return int(port), proto
 
 
 def _probe(args) -> int:
     import json
 
+    from podnet.cli.context import parse_port
     from podnet.lab.probe import probe, probe_all, render_matrix, truth_table
 
     if args.matrix:
         if len(args.args) != 1:
             raise PodnetError("--matrix takes one PORT/PROTO", hint="podnet lab probe --matrix 80/TCP")
-        port, proto = _parse_port(args.args[0])
+        port, proto = parse_port(args.args[0])
         pods = [p for p in _pods(args) if p.status and p.status.pod_ip]
         sources = {f"{p.metadata.namespace}/{p.metadata.name}": _netns_of(p) for p in pods}
         targets = {f"{p.metadata.namespace}/{p.metadata.name}": p.status.pod_ip for p in pods}
@@ -202,7 +192,7 @@ def _probe(args) -> int:
     if len(args.args) != 3:
         raise PodnetError("probe takes SRC DST PORT/PROTO", hint="podnet lab probe ns/a ns/b 80/TCP")
     src, dst = _find_pod(args, args.args[0]), _find_pod(args, args.args[1])
-    port, proto = _parse_port(args.args[2])
+    port, proto = parse_port(args.args[2])
     if not (dst.status and dst.status.pod_ip):
         raise PodnetError(f"{args.args[1]} has no IP yet", hint="podnet lab wait")
     result = probe(_netns_of(src), dst.status.pod_ip, port, proto, args.timeout)

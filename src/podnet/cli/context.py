@@ -63,3 +63,12 @@ def load_resources(paths: list[str]):
     if not resources:
         raise PodnetError("no resources found in the input")
     return resources
+
+
+def parse_port(text: str, protocols: tuple[str, ...] = ("TCP", "UDP")) -> tuple[int, str]:
+    """``"80/TCP"`` → ``(80, "TCP")``; the protocol defaults to TCP and is case-insensitive."""
+    port, _, proto = text.strip().partition("/")
+    proto = (proto or "TCP").upper()
+    if not port.isdigit() or not 1 <= int(port) <= 65535 or proto not in protocols:
+        raise PodnetError(f"bad port {text!r}", hint=f"PORT/{'|'.join(protocols)}, e.g. 80/TCP")
+    return int(port), proto

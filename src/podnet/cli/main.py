@@ -28,10 +28,31 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "node": ("podnet.cli.cmd_node", "BGP status of a node's BIRD, like calicoctl node status"),
     "bpf": ("podnet.cli.cmd_bpf", "BPF programs on tc hooks (prog list), like cilium bpf prog list"),
     "capture": ("podnet.cli.cmd_capture", "tcpdump on a lab node's uplink or tunnel device"),
+    "policy": ("podnet.cli.cmd_policy", "NetworkPolicy: explain a verdict, test the lab against explain"),
+    "monitor": ("podnet.cli.cmd_monitor", "policy drops on lab nodes, like cilium monitor -t drop"),
     "etcd": ("podnet.cli.cmd_etcd", "run a private etcd server for trying podnet out"),
     "demo": ("podnet.cli.cmd_demo", "start an etcd, apply example resources, allocate addresses"),
     "version": ("podnet.cli.cmd_version", "print the podnet version"),
 }
+
+
+class _Parser(argparse.ArgumentParser):
+    """Lets options and names mix, as kubectl does (``get netpol -n np NAME``): a verb without
+    sub-commands parses its arguments intermixed (argparse would stop at the first option)."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        simple = self._subparsers is None and all(
+            a.nargs not in (argparse.REMAINDER, argparse.PARSER) for a in self._actions
+        )
+        if not simple or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated etcd endpoints (default: $PODNET_ETCD_ENDPOINTS or http://127.0.0.1:2379)",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for verb, (module, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(verb, help=help_text, description=help_text)

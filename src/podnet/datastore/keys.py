@@ -7,6 +7,7 @@
     <root>ipam/handles/<handle>                   the addresses held by one handle
     <root>ipam/config                             the IPAM configuration singleton
     <root>endpoints/<node>/<containerID>.<ifname>  a pod interface wired by a node's agent
+    <root>status/policy/<node>                    what a node's agent last did with NetworkPolicy
 
 ``<type>`` is the resource type's stable ``key_name`` (``ippools.projectcalico.org``).
 ``<root>`` defaults to ``/podnet/`` so several clusters can share one etcd (``PODNET_ETCD_PREFIX``).
@@ -94,3 +95,13 @@ class KeyLayout:
 
     def endpoint(self, node: str, container_id: str, ifname: str) -> str:
         return f"{self.endpoints_prefix(node)}{container_id}.{ifname}"
+
+    # -- status (written by the agents, read by the CLI; never an input of calculation) -------
+    def status_prefix(self) -> str:
+        return f"{self.root}status/"
+
+    def policy_status(self, node: str) -> str:
+        return f"{self.root}status/policy/{node}"
+
+    def policy_status_prefix(self) -> str:
+        return f"{self.root}status/policy/"

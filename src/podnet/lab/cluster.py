@@ -84,6 +84,14 @@ def running_endpoint(names: LabNames | None = None) -> str | None:
         return None
 
 
+def pod_netns(pod, names: LabNames | None = None) -> str:
+    """The network namespace a lab Pod runs in: its own, or its node's for hostNetwork pods."""
+    names = names or lab_names()
+    if pod.spec.host_network:
+        return LabState(names.state_dir).meta()["nodes"][pod.spec.node_name]["netns"]
+    return names.pod_ns(pod.metadata.namespace, pod.metadata.name)
+
+
 def cluster_resources(topo: Topology) -> list[dict]:
     spec = topo.spec
     ipip, vxlan = ENCAPSULATION_MODES[spec.encapsulation]

@@ -112,6 +112,22 @@ class NetworkPolicySpec(ApiModel):
         return list(self.policy_types) if self.policy_types else default_policy_types(self.egress)
 
 
+class PolicyCondition(ApiModel):
+    """A ``metav1.Condition`` as NetworkPolicyStatus (KEP-2943) uses it."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str | None = None
+    message: str | None = None
+    last_transition_time: str | None = None
+
+
+class NetworkPolicyStatus(ApiModel):
+    """Read-only: computed by podnet from what each node's agent reports (never stored)."""
+
+    conditions: list[PolicyCondition] | None = None
+
+
 class NetworkPolicy(Resource):
     """A Kubernetes ``networking.k8s.io/v1`` NetworkPolicy (namespaced)."""
 
@@ -120,6 +136,7 @@ class NetworkPolicy(Resource):
     NAMESPACED: ClassVar[bool] = True
 
     spec: NetworkPolicySpec
+    status: NetworkPolicyStatus | None = None
 
     def effective_policy_types(self) -> list[PolicyType]:
         return self.spec.effective_policy_types()

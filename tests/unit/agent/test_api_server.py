@@ -35,3 +35,17 @@ def test_missing_socket_is_agent_unavailable(tmp_path):
     with pytest.raises(api.AgentUnavailable) as info:
         api.call(str(tmp_path / "nope.sock"), {"verb": "ADD"})
     assert "nope.sock" in str(info.value)
+
+
+def test_a_failing_handler_still_answers(tmp_path):
+    def dispatch(doc: dict) -> dict:
+        raise RuntimeError("boom")
+
+    path = str(tmp_path / "agent.sock")
+    server = api_server.serve(path, dispatch)
+    try:
+        reply = api.call(path, {"verb": "ADD"})
+        assert reply["ok"] is False and reply["code"] == 999 and "RuntimeError: boom" in reply["msg"]
+    finally:
+        server.shutdown()
+        server.server_close()

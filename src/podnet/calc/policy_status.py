@@ -1,0 +1,109 @@
+"""NetworkPolicy status: what each node's agent reports, and the conditions a policy shows.
+
+Each agent writes one :class:`PolicyReport` per node (``<root>status/policy/<node>``) after every
+policy sync: the datastore revision it compiled, the revision its kernel ruleset last reached, the
+error of a failed ``nft`` transaction, policies that did not compile, and stored policies that are
+not valid (the agent keeps their last good version). ``podnet get netpol NAME -o yaml`` turns the
+reports into ``status.conditions`` with :func:`conditions_for` (types from Kubernetes'
+NetworkPolicyStatus, KEP-2943)::
+
+    Accepted        True  Programmed          every reporting node's ruleset includes this version
+    Accepted        False Pending             some nodes have not caught up yet (names them)
+    Failure         True  CompileFailed       the policy cannot be compiled; it allows nothing
+    Failure         True  ProgrammingFailed   nft refused a node's transaction; the previous ruleset
+                                              is in force there and the agent retries (PartialFailure
+                                              when only some nodes failed)
+    Failure         True  InvalidObject       the stored object does not validate; nodes keep its
+                                              last valid version
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PolicyReport:
+    node: str
+    time: str  # RFC 3339, when the agent last synced policy
+    revision: int  # datastore revision the last sync compiled
+    applied_revision: int  # revision of the last sync nft accepted (0: never)
+    error: str | None = None  # the last sync's nft error, if it failed
+    compile_errors: dict[str, str] = field(default_factory=dict)  # "ns/name" -> why
+    invalid: dict[str, str] = field(default_factory=dict)  # "ns/name" -> why the stored value is refused
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> PolicyReport:
+        doc = json.loads(raw)
+        return cls(
+            node=str(doc["node"]),
+            time=str(doc.get("time", "")),
+            revision=int(doc.get("revision", 0)),
+            applied_revision=int(doc.get("applied_revision", 0)),
+            error=doc.get("error"),
+            compile_errors=dict(doc.get("compile_errors") or {}),
+            invalid=dict(doc.get("invalid") or {}),
+        )
+
+
+def _condition(type_: str, status: str, reason: str, message: str, time: str) -> dict[str, Any]:
+    return {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": time}
+
+
+def _nodes(reports: Iterable[PolicyReport]) -> str:
+    return ", ".join(sorted(r.node for r in reports))
+
+
+def conditions_for(
+    policy: str, resource_version: int, reports: Sequence[PolicyReport]
+) -> list[dict[str, Any]]:
+    """``status.conditions`` of the policy ``ns/name`` at ``resource_version``, from every node's report."""
+    if not reports:
+        return [_condition("Accepted", "Unknown", "NoAgents", "no node agent has reported yet", "")]
+    latest = max(r.time for r in reports)
+    conditions = []
+    invalid = [r for r in reports if policy in r.invalid]
+    if invalid:
+        why = invalid[0].invalid[policy]
+        conditions.append(_condition(
+            "Failure", "True", "InvalidObject",
+            f"{why} (seen by {_nodes(invalid)}); the nodes keep enforcing its last valid version", latest,
+        ))  # fmt: skip
+    broken = [r for r in reports if policy in r.compile_errors]
+    if broken:
+        why = broken[0].compile_errors[policy]
+        conditions.append(_condition(
+            "Failure", "True", "CompileFailed",
+            f"{why} (on {_nodes(broken)}); it isolates the pods it selects and allows nothing", latest,
+        ))  # fmt: skip
+    refused = [r for r in reports if r.error and r.applied_revision < resource_version]
+    if refused:
+        kind = "Failure" if len(refused) == len(reports) else "PartialFailure"
+        details = "; ".join(f"{r.node}: {r.error}" for r in sorted(refused, key=lambda r: r.node))
+        conditions.append(_condition(
+            kind, "True", "ProgrammingFailed",
+            f"{details} — the previous ruleset stays in force there and the agent retries", latest,
+        ))  # fmt: skip
+    done = [r for r in reports if r.applied_revision >= resource_version]
+    pending = [r for r in reports if r.applied_revision < resource_version and r not in refused]
+    if conditions:
+        conditions.insert(0, _condition("Accepted", "False", conditions[0]["reason"],
+                                        conditions[0]["message"], latest))  # fmt: skip
+    elif pending:
+        conditions.append(_condition(
+            "Accepted", "False", "Pending",
+            f"not yet programmed on {_nodes(pending)}" + (f"; programmed on {_nodes(done)}" if done else ""),
+            latest,
+        ))  # fmt: skip
+    else:
+        message = f"programmed on {_nodes(done)}"
+        conditions.append(_condition("Accepted", "True", "Programmed", message, latest))
+    return conditions

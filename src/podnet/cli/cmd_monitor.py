@@ -1,0 +1,215 @@
+"""``podnet monitor --type drop [--node N] [--follow]``: policy drops, like ``cilium monitor -t drop``.
+
+Each node's agent reads the drops its policy table logs (NFLOG) and keeps the last few thousand,
+annotated with the pods and the policies (:mod:`podnet.agent.drops`); this command asks the agents
+over their API sockets (verb ``DROPS``), every node of the lab or only ``--node``::
+
+    17:20:01.123 node-1 DROP TCP np/far 10.244.3.4 -> np/api 10.244.1.2:8080 ingress: default deny of
+    NetworkPolicy np/api-from-friends      (one line: time, node, protocol, source -> destination, reason)
+
+Times are UTC. An address that is no pod's is shown alone. ``-o json`` prints the agent's record,
+one JSON object per line. Without ``--follow`` it prints the drops buffered now (all nodes merged
+by time) and exits; with ``--follow`` it prints those, then each new drop as it comes (one long
+poll per node), until Ctrl-C. The lab: ``--lab-prefix`` or ``$PODNET_LAB_PREFIX`` (default ``pn-``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from podnet.errors import PodnetError
+
+WAIT = 10.0  # seconds of one long poll (the agent caps it at 30)
+RETRY = 1.0  # seconds between tries to reach an agent that went away while following
+LIMIT = 1000
+OLD_AGENT_HINT = "restart the lab with this podnet (its agent has no drop monitor)"
+HINT = "podnet lab status shows the agents; --lab-prefix or $PODNET_LAB_PREFIX picks the lab"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-t", "--type", required=True, choices=["drop"], help="the events to show: drop")
+    parser.add_argument("--node", help="only this lab node (default: every node)")
+    parser.add_argument("-f", "--follow", action="store_true", help="keep printing new drops until Ctrl-C")
+    parser.add_argument("--lab-prefix", help="the lab's prefix (default: $PODNET_LAB_PREFIX or pn-)")
+    parser.add_argument("-o", "--output", choices=["text", "json"], default="text")
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+def _endpoint(pod: str | None, ip: str, port: int | None = None) -> str:
+    address = f"{ip}:{port}" if port is not None else ip
+    return f"{pod} {address}" if pod else address
+
+
+def _clock(stamp: str) -> str:
+    try:
+        return dt.datetime.fromisoformat(stamp).strftime("%H:%M:%S.%f")[:-3]
+    except ValueError:
+        return stamp
+
+
+def format_text(drop: dict[str, Any]) -> str:
+    """One line: time (UTC), node, protocol, source -> destination:port, direction and reason."""
+    src = _endpoint(drop.get("srcPod"), drop.get("src", "?"))
+    dst = _endpoint(drop.get("dstPod"), drop.get("dst", "?"), drop.get("dport"))
+    return (f"{_clock(drop.get('time', ''))} {drop.get('node', '?')} DROP {drop.get('protocol', '?')} "
+            f"{src} -> {dst} {drop.get('direction', 'unknown')}: {drop.get('reason', '')}")  # fmt: skip
+
+
+def format_drop(drop: dict[str, Any], output: str) -> str:
+    return json.dumps(drop) if output == "json" else format_text(drop)
+
+
+def _natural(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+# ------------------------------------------------------------------------------------------ agents
+
+
+def agent_sockets(prefix: str | None, node: str | None) -> dict[str, str]:
+    """Node → its agent's socket: every node of the running lab, or only ``node``."""
+    from podnet.lab.cluster import lab_names
+    from podnet.lab.naming import LabError
+    from podnet.lab.state import LabState
+
+    names = lab_names(prefix)
+    state = LabState(names.state_dir)
+    if not state.exists():
+        raise LabError(f"no lab with prefix {names.prefix} is up", hint=HINT)
+    nodes = sorted(state.meta().get("nodes") or {}, key=_natural)
+    if node is not None:
+        if node not in nodes:
+            raise LabError(f"no node {node} in the lab with prefix {names.prefix}", hint=HINT)
+        nodes = [node]
+    return {n: names.agent_socket(n) for n in nodes}
+
+
+def ask(node: str, path: str, since: int, wait: float = 0.0) -> dict[str, Any]:
+    """One DROPS request; a :class:`PodnetError` naming the node and socket when it fails."""
+    from podnet.agent import api
+
+    try:
+        reply = api.call(path, {"verb": api.DROPS, "since": since, "wait": wait, "limit": LIMIT},
+                         timeout=wait + 5.0)  # fmt: skip
+    except api.AgentUnavailable as exc:
+        raise PodnetError(f"{node}: {exc}", hint=HINT) from None
+    except ValueError as exc:  # not JSON
+        raise PodnetError(f"{node}: the agent at {path} answered nonsense: {exc}") from None
+    if not reply.get("ok"):
+        msg = str(reply.get("msg", reply))
+        old = "unknown verb" in msg  # an agent from before the drop monitor
+        raise PodnetError(f"{node}: agent at {path}: {msg}", hint=OLD_AGENT_HINT if old else None)
+    return reply
+
+
+def buffered(node: str, path: str) -> tuple[list[dict[str, Any]], int]:
+    """Every drop the node's agent holds now, and the ``since`` that follows them."""
+    drops: list[dict[str, Any]] = []
+    since = 0
+    while True:
+        reply = ask(node, path, since)
+        drops += reply["drops"]
+        since = int(reply["next"])
+        if len(reply["drops"]) < LIMIT:
+            return drops, since
+
+
+Emit = Callable[[str, Any], None]
+
+
+def _follow(node: str, path: str, since: int, emit: Emit, stop: threading.Event) -> None:
+    down = False
+    while not stop.is_set():
+        try:
+            reply = ask(node, path, since, WAIT)
+        except PodnetError as exc:
+            if not down:
+                emit("error", f"{exc.message} (retrying)")
+            down = True
+            stop.wait(RETRY)
+            continue
+        if down:
+            emit("error", f"{node}: agent reachable again")
+            down = False
+        if reply.get("missed") and since:
+            emit("error", f"{node}: {reply['missed']} drops were missed (the agent's buffer is full)")
+        since = int(reply["next"])
+        for drop in reply["drops"]:
+            emit("drop", drop)
+
+
+def follow(sockets: dict[str, str], start: dict[str, int], wait: float = 0.5) -> Iterator[tuple[str, Any]]:
+    """``("drop", record)`` and ``("error", text)`` as they come from every node, until closed."""
+    import queue
+
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
+    stop = threading.Event()
+
+    def emit(kind: str, value: Any) -> None:
+        events.put((kind, value))
+
+    threads = [
+        threading.Thread(target=_follow, args=(node, path, start[node], emit, stop), name=f"monitor-{node}",
+                         daemon=True)
+        for node, path in sockets.items()
+    ]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    try:
+        while True:
+            try:
+                yield events.get(timeout=wait)
+            except queue.Empty:
+                continue
+    finally:
+        stop.set()
+
+
+# --------------------------------------------------------------------------------------------- run
+
+
+def run(args: argparse.Namespace) -> int:
+    sockets = agent_sockets(args.lab_prefix, args.node)
+    if not sockets:
+        raise PodnetError("the lab has no nodes", hint=HINT)
+    drops: list[dict[str, Any]] = []
+    start: dict[str, int] = {}
+    failures: list[PodnetError] = []
+    for node, path in sockets.items():
+        try:
+            got, start[node] = buffered(node, path)
+        except PodnetError as exc:
+            if len(sockets) == 1 or args.follow:
+                raise
+            failures.append(exc)
+            continue
+        drops += got
+    if failures and len(failures) == len(sockets):
+        raise failures[0]
+    for drop in sorted(drops, key=lambda d: (d.get("time", ""), _natural(d.get("node", "")), d.get("seq"))):
+        print(format_drop(drop, args.output))
+    sys.stdout.flush()
+    for exc in failures:
+        print(f"error: {exc.message}", file=sys.stderr)
+    if failures:
+        return 1
+    if not args.follow:
+        return 0
+    try:
+        for kind, value in follow(sockets, start):
+            if kind == "drop":
+                print(format_drop(value, args.output), flush=True)
+            else:
+                print(f"warning: {value}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        return 0
+    return 0

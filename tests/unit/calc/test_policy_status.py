@@ -1,0 +1,66 @@
+"""NetworkPolicy status conditions from the node agents' reports."""
+
+from __future__ import annotations
+
+from podnet.calc.policy_status import PolicyReport, conditions_for
+
+
+def report(node: str, revision: int, applied: int, **kw) -> PolicyReport:  # type: ignore[no-untyped-def]
+    return PolicyReport(node=node, time=f"2026-11-25T10:00:0{revision % 10}Z", revision=revision,
+                        applied_revision=applied, **kw)  # fmt: skip
+
+
+def by_type(conditions: list[dict]) -> dict[str, dict]:
+    return {c["type"]: c for c in conditions}
+
+
+def test_report_round_trips_through_json() -> None:
+    r = report("node-1", 7, 5, error="boom", compile_errors={"a/b": "x"}, invalid={"a/c": "y"})
+    assert PolicyReport.from_json(r.to_json()) == r
+
+
+def test_programmed_on_every_node_once_each_reached_the_version() -> None:
+    c = by_type(conditions_for("np/p", 10, [report("node-1", 12, 12), report("node-2", 10, 10)]))
+    assert c["Accepted"]["status"] == "True" and c["Accepted"]["reason"] == "Programmed"
+    assert "node-1, node-2" in c["Accepted"]["message"]
+    assert set(c) == {"Accepted"}
+
+
+def test_pending_names_the_nodes_behind() -> None:
+    c = by_type(conditions_for("np/p", 10, [report("node-1", 12, 12), report("node-2", 9, 9)]))
+    assert (c["Accepted"]["status"], c["Accepted"]["reason"]) == ("False", "Pending")
+    assert "not yet programmed on node-2" in c["Accepted"]["message"]
+
+
+def test_nft_refusal_is_a_partial_failure_when_other_nodes_did_it() -> None:
+    reports = [report("node-1", 12, 12), report("node-2", 12, 9, error="nft rejected: Error: x")]
+    c = by_type(conditions_for("np/p", 10, reports))
+    assert c["PartialFailure"]["reason"] == "ProgrammingFailed"
+    assert "node-2: nft rejected: Error: x" in c["PartialFailure"]["message"]
+    assert "previous ruleset stays in force" in c["PartialFailure"]["message"]
+    assert (c["Accepted"]["status"], c["Accepted"]["reason"]) == ("False", "ProgrammingFailed")
+    # the same error on every node is a Failure
+    both = [report("node-1", 12, 9, error="e"), report("node-2", 12, 9, error="e")]
+    assert by_type(conditions_for("np/p", 10, both))["Failure"]["reason"] == "ProgrammingFailed"
+
+
+def test_an_old_nft_error_does_not_taint_a_version_programmed_before_it() -> None:
+    c = by_type(conditions_for("np/p", 5, [report("node-1", 12, 9, error="later trouble")]))
+    assert "ProgrammingFailed" not in {x.get("reason") for x in c.values()} - {c["Accepted"]["reason"]}
+    assert c["Accepted"]["reason"] == "Programmed"
+
+
+def test_compile_errors_and_invalid_objects_are_failures_naming_the_policy_only() -> None:
+    reports = [report("node-1", 12, 12, compile_errors={"np/p": "bad cidr"}, invalid={"np/q": "spec: extra"})]
+    c = by_type(conditions_for("np/p", 10, reports))
+    assert c["Failure"]["reason"] == "CompileFailed" and "bad cidr" in c["Failure"]["message"]
+    assert "allows nothing" in c["Failure"]["message"]
+    q = by_type(conditions_for("np/q", 10, reports))
+    assert q["Failure"]["reason"] == "InvalidObject" and "last valid version" in q["Failure"]["message"]
+    other = by_type(conditions_for("np/r", 10, reports))
+    assert other["Accepted"]["status"] == "True"
+
+
+def test_no_reports_is_unknown() -> None:
+    (c,) = conditions_for("np/p", 1, [])
+    assert (c["type"], c["status"], c["reason"]) == ("Accepted", "Unknown", "NoAgents")
