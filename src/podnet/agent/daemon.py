@@ -46,6 +46,7 @@ class AgentConfig:
     refresh_seconds: float = 60.0
     state_dir: str = "/var/lib/podnet"  # compiled BPF objects are cached here
     bpf_dir: str = "/sys/fs/bpf/podnet"  # pins (on a bpffs that outlives the agent)
+    cgroup: str | None = None  # the pods' cgroup v2 directory (eBPF socket load balancing)
 
     def bpf_dirs(self) -> dict:
         import os

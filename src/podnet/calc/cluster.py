@@ -75,6 +75,7 @@ class ClusterCache:
         self.pods: dict[str, object] = {}  # "namespace/name" -> Pod (NetworkPolicy needs labels, ports)
         self.namespaces: dict[str, dict[str, str]] = {}  # name -> labels
         self.netpols: dict[str, object] = {}  # "namespace/name" -> networking.k8s.io NetworkPolicy
+        self.services: dict[str, object] = {}  # "namespace/name" -> v1 Service
         self.errors: dict[str, str] = {}  # key -> why its value was not taken
         self.revision = 0
 
@@ -146,6 +147,13 @@ class ClusterCache:
             else:
                 self.netpols[key] = parse_resource(json.loads(value))
             return "policy"
+        if type_key == "services":
+            key = f"{_namespace}/{name}"
+            if value is None:
+                self.services.pop(key, None)
+            else:
+                self.services[key] = parse_resource(json.loads(value))
+            return "services"
         if type_key == "bgpconfigurations.projectcalico.org":
             if name == "default":
                 self.bgp_config = None if value is None else parse_resource(json.loads(value))

@@ -5,13 +5,14 @@ podnet lab up [--nodes N] [--profile calico|cilium] [--encapsulation none|vxlan|
 podnet lab down | clean | status
 podnet lab wait [--timeout S]                  until every pod is Running
 podnet lab exec NS/POD -- CMD...               run a command inside a pod (its netns and cgroup)
-podnet lab probe NS/POD NS/POD PORT/PROTO [--timeout S]     exit 0 if it got through, 1 if not
+podnet lab probe NS/POD NS/POD|svc/NS/NAME|IP PORT/PROTO [--timeout S]   exit 0 if it got through
 podnet lab probe --matrix PORT/PROTO [-o json] [--timeout S]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from podnet.errors import PodnetError
 
@@ -190,12 +191,33 @@ def _probe(args) -> int:
             print(render_matrix(table))
         return 0 if all(all(row.values()) for row in table.values()) else 1
     if len(args.args) != 3:
-        raise PodnetError("probe takes SRC DST PORT/PROTO", hint="podnet lab probe ns/a ns/b 80/TCP")
-    src, dst = _find_pod(args, args.args[0]), _find_pod(args, args.args[1])
+        hint = "podnet lab probe ns/a ns/b 80/TCP (DST: NS/POD, svc/NS/NAME or an IP)"
+        raise PodnetError("probe takes SRC DST PORT/PROTO", hint=hint)
+    src = _find_pod(args, args.args[0])
+    address = _destination(args, args.args[1])
     port, proto = parse_port(args.args[2])
-    if not (dst.status and dst.status.pod_ip):
-        raise PodnetError(f"{args.args[1]} has no IP yet", hint="podnet lab wait")
-    result = probe(_netns_of(src), dst.status.pod_ip, port, proto, args.timeout)
-    print(f"{args.args[0]} -> {args.args[1]} ({dst.status.pod_ip}:{port}/{proto}): "
+    result = probe(_netns_of(src), address, port, proto, args.timeout)
+    print(f"{args.args[0]} -> {args.args[1]} ({address}:{port}/{proto}): "
           f"{'ok' if result.ok else 'FAILED'} {result.detail} ({result.elapsed * 1000:.1f} ms)")  # fmt: skip
     return 0 if result.ok else 1
+
+
+def _destination(args, ref: str) -> str:
+    """The address to probe: a pod's, a service's ClusterIP (``svc/NS/NAME``) or an IP as given."""
+    import ipaddress
+
+    from podnet.cli.context import resource_store
+    from podnet.model import lookup
+
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(ref))
+    if ref.startswith("svc/"):
+        namespace, _, name = ref.removeprefix("svc/").rpartition("/")
+        service = resource_store(args).get(lookup("services"), name, namespace or "default")
+        if not service.spec.cluster_ip or service.spec.cluster_ip == "None":
+            raise PodnetError(f"service {ref} has no ClusterIP", hint="headless services are not probed")
+        return service.spec.cluster_ip
+    dst = _find_pod(args, ref)
+    if not (dst.status and dst.status.pod_ip):
+        raise PodnetError(f"{ref} has no IP yet", hint="podnet lab wait")
+    return dst.status.pod_ip

@@ -61,14 +61,10 @@ class ClusterPolicy:
 
 def load(store) -> ClusterPolicy:
     """Read the resources and endpoint records as an agent does, and compile for every pod."""
-    from podnet.calc.cluster import ClusterCache
     from podnet.calc.policy import compile_policies
+    from podnet.cli.context import cluster_cache
 
-    layout = store.layout
-    resources, rev1 = store.store.list(layout.resources_prefix())
-    endpoints, rev2 = store.store.list(layout.endpoints_prefix())
-    cache = ClusterCache(layout)
-    cache.reset([*resources, *endpoints], max(rev1, rev2))
+    cache = cluster_cache(store)
     pods = {p.key: p for p in cache.pod_infos()}
     plan = compile_policies(pods.values(), pods.values(), cache.namespaces, list(cache.netpols.values()))
     return ClusterPolicy(cache, pods, plan)

@@ -72,3 +72,15 @@ def parse_port(text: str, protocols: tuple[str, ...] = ("TCP", "UDP")) -> tuple[
     if not port.isdigit() or not 1 <= int(port) <= 65535 or proto not in protocols:
         raise PodnetError(f"bad port {text!r}", hint=f"PORT/{'|'.join(protocols)}, e.g. 80/TCP")
     return int(port), proto
+
+
+def cluster_cache(store):  # type: ignore[no-untyped-def]
+    """The resources and endpoint records read into a ClusterCache, as an agent's watch sees them."""
+    from podnet.calc.cluster import ClusterCache
+
+    layout = store.layout
+    resources, rev1 = store.store.list(layout.resources_prefix())
+    endpoints, rev2 = store.store.list(layout.endpoints_prefix())
+    cache = ClusterCache(layout)
+    cache.reset([*resources, *endpoints], max(rev1, rev2))
+    return cache

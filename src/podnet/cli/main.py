@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bpf": ("podnet.cli.cmd_bpf", "BPF programs on tc hooks (prog list), like cilium bpf prog list"),
     "capture": ("podnet.cli.cmd_capture", "tcpdump on a lab node's uplink or tunnel device"),
     "policy": ("podnet.cli.cmd_policy", "NetworkPolicy: explain a verdict, test the lab against explain"),
+    "service": ("podnet.cli.cmd_service", "services and their backends (list), like cilium service list"),
     "monitor": ("podnet.cli.cmd_monitor", "policy drops on lab nodes, like cilium monitor -t drop"),
     "etcd": ("podnet.cli.cmd_etcd", "run a private etcd server for trying podnet out"),
     "demo": ("podnet.cli.cmd_demo", "start an etcd, apply example resources, allocate addresses"),

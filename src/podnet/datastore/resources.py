@@ -100,8 +100,27 @@ class ResourceStore:
         return [self._decode(kv) for kv in items]
 
     # -- writes ----------------------------------------------------------------------------
-    def _prepare(self, resource: Resource, current: KeyValue | None) -> tuple[Write, str, dict]:
-        """The write for one resource, and whether it creates, changes or leaves it."""
+    def _allocator(self):  # type: ignore[no-untyped-def]
+        """A ServiceAllocator for one batch (ranges from the ClusterConfiguration, read lazily)."""
+        from podnet.datastore.service_alloc import DEFAULT_NODE_PORTS, DEFAULT_SERVICE_RANGE, ServiceAllocator
+        from podnet.model import lookup
+        from podnet.model.cluster import parse_port_range
+
+        def ranges() -> tuple[str, tuple[int, int]]:
+            try:
+                config = self.get(lookup("clusterconfigurations"), "default")
+            except NotFoundError:
+                return DEFAULT_SERVICE_RANGE, DEFAULT_NODE_PORTS
+            spec = config.spec
+            return spec.service_cluster_ip_range, parse_port_range(spec.node_port_range)
+
+        return ServiceAllocator(self.store, self.layout, ranges)
+
+    def _prepare(
+        self, resource: Resource, current: KeyValue | None, allocator=None  # type: ignore[no-untyped-def]
+    ) -> tuple[Write, str, dict, list[Write]]:
+        """The write for one resource, whether it creates, changes or leaves it, and the writes
+        that must go with it (a Service's ClusterIP and NodePort allocations)."""
         rtype = self.type_of(resource)
         doc = resource.to_dict()
         meta = doc.setdefault("metadata", {})
@@ -114,7 +133,8 @@ class ResourceStore:
                 raise NotFoundError(f"{rtype.kind} {meta['name']!r} no longer exists")
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", _now())
-            return Write(key, self._encode(doc), MUST_NOT_EXIST), "created", doc
+            extra = self._admit(rtype, doc, None, allocator)
+            return Write(key, self._encode(doc), MUST_NOT_EXIST), "created", doc, extra
         if wanted_version and int(wanted_version) != current.mod_revision:
             raise ConflictError(
                 f"{rtype.kind} {meta['name']!r} was modified (resourceVersion {current.mod_revision}, "
@@ -128,9 +148,15 @@ class ResourceStore:
                 meta[kept] = old_meta[kept]
         if "status" not in doc and "status" in old:
             doc["status"] = old["status"]  # status belongs to podnet, not to what users apply
+        extra = self._admit(rtype, doc, old, allocator)
         encoded = self._encode(doc)
         action = "unchanged" if encoded == current.value else "configured"
-        return Write(key, encoded, current.mod_revision), action, doc
+        return Write(key, encoded, current.mod_revision), action, doc, extra
+
+    def _admit(self, rtype: ResourceType, doc: dict, old: dict | None, allocator) -> list[Write]:  # type: ignore[no-untyped-def]
+        if rtype.kind != "Service":
+            return []
+        return (allocator or self._allocator()).admit(doc, old)
 
     def apply(self, resources: Sequence[Resource]) -> list[ApplyResult]:
         """Create or update every resource in one transaction (chunks of MAX_TXN_OPS)."""
@@ -142,11 +168,13 @@ class ResourceStore:
         for start in range(0, len(resources), MAX_TXN_OPS):
             chunk = resources[start : start + MAX_TXN_OPS]
             writes, staged = [], []
+            allocator = self._allocator()
             for resource, key in zip(chunk, keys[start : start + MAX_TXN_OPS], strict=True):
-                write, action, doc = self._prepare(resource, self.store.get(key))
+                write, action, doc, extra = self._prepare(resource, self.store.get(key), allocator)
                 staged.append((action, doc))
                 if action != "unchanged":
                     writes.append(write)
+                writes.extend(extra)
             revision = self.store.commit(writes) if writes else 0
             for action, doc in staged:
                 if action != "unchanged":
@@ -155,9 +183,9 @@ class ResourceStore:
         return results
 
     def create(self, resource: Resource) -> Resource:
-        write, _, doc = self._prepare(resource, None)
+        write, _, doc, extra = self._prepare(resource, None)
         try:
-            revision = self.store.commit([write])
+            revision = self.store.commit([write, *extra])
         except ConflictError as exc:
             raise AlreadyExistsError(f"{resource.kind} {resource.metadata.name!r} already exists") from exc
         doc["metadata"]["resourceVersion"] = str(revision)
@@ -168,8 +196,8 @@ class ResourceStore:
         current = self.store.get(self.key_of(resource))
         if current is None:
             raise NotFoundError(f"{resource.kind} {resource.metadata.name!r} not found")
-        write, _, doc = self._prepare(resource, current)
-        doc["metadata"]["resourceVersion"] = str(self.store.commit([write]))
+        write, _, doc, extra = self._prepare(resource, current)
+        doc["metadata"]["resourceVersion"] = str(self.store.commit([write, *extra]))
         return parse_resource(doc)
 
     def patch(
@@ -195,8 +223,17 @@ class ResourceStore:
         raise AssertionError("unreachable")
 
     def delete(self, rtype: ResourceType, name: str, namespace: str | None = None) -> None:
+        """Delete the resource (a Service's ClusterIP and NodePorts are released with it)."""
+        key = self.key(rtype, name, namespace)
         try:
-            self.store.delete(self.key(rtype, name, namespace))
+            if rtype.kind == "Service":
+                current = self.store.get(key)
+                if current is None:
+                    raise NotFoundError(key)
+                release = self._allocator().release(json.loads(current.value))
+                self.store.commit([Write(key, None, current.mod_revision), *release])
+                return
+            self.store.delete(key)
         except NotFoundError:
             where = f" in namespace {namespace or 'default'}" if rtype.namespaced else ""
             raise NotFoundError(f'{rtype.kind} "{name}" not found{where}') from None

@@ -192,7 +192,7 @@ def _start_agents(names: LabNames, topo: Topology, state: LabState, timeout: flo
         agent = spawn(
             [sys.executable, "-m", "podnet.agent.main", "--node", host.name,
              "--etcd-endpoints", topo.etcd_endpoint, "--socket", names.agent_socket(host.name),
-             "--metrics", "127.0.0.1:9099", "--bpf-dir", bpf_dir,
+             "--metrics", "127.0.0.1:9099", "--bpf-dir", bpf_dir, "--cgroup", cgroup,
              "--state-dir", os.path.join(names.state_dir, "agent-cache"),
              "--log-file", os.path.join(names.node_log_dir(host.name), "agent.log"), names.marker],
             netns=host.netns, cgroup=cgroup, lab_prefix=names.prefix,
