@@ -14,6 +14,12 @@ model: one owned table, one transaction per sync, partial syncs, a full resync a
             iifname vmap @egress_dispatch                 # FROM a local pod: anti-spoofing + egress
             oifname vmap @ingress_dispatch                # TO a local pod: ingress
         }
+        chain input {                                     # FROM a local pod TO this node
+            type filter hook input priority filter; policy accept;
+            ct state established,related accept          # replies to what the node opened
+            icmpv6 type { nd-router-solicit, … } accept   # link control (like ARP), not policy
+            iifname vmap @egress_dispatch                 # the same egress chains as forward
+        }
         chain ep-<h>-eg {                                 # every local pod has one (anti-spoofing)
             ip saddr != { <pod addresses> } counter log group 7 prefix "pns:<h>:spoof" drop
             meta nfproto ipv6 counter drop                # the pod has no IPv6 address
@@ -35,10 +41,18 @@ ends the packet's traversal of the hook, so a pod-to-pod packet on one node woul
 destination's ingress chain. Egress rules therefore ``return`` to ``forward``, which goes on to the
 ``oifname`` dispatch; ingress rules may ``accept``.
 
-**Node to pod.** The hook is ``forward``: traffic the node itself originates to its pods (kubelet
-health probes) goes through OUTPUT, and a pod's replies to it through INPUT, so it is never filtered
-here, as Kubernetes requires. Traffic from other nodes and pods is forwarded and is filtered.
+**Node to pod.** Traffic the node itself originates to its pods (kubelet health probes) goes
+through OUTPUT and is never filtered here, as Kubernetes requires; the pod's replies come back
+through INPUT as ``established``. Traffic from other nodes and pods is forwarded and is filtered.
 Host-network pods have no veth: they are node traffic and are not isolated by this table.
+
+**Pod to its own node.** A pod's packets to an address of its own node (the node's IP, its
+host-network pods, node services) are not forwarded: they meet the INPUT hook, not FORWARD. Egress
+isolation covers every destination in Kubernetes (only replies pass), so an ``input`` chain
+dispatches on ``iifname`` into the SAME egress chains (anti-spoofing + egress rules, which
+``return`` to ``input``, whose policy accepts). Only ICMPv6 neighbour discovery and multicast
+listener reports are let through before the dispatch: link control, like ARP, that a pod without
+an IPv6 address would otherwise have dropped (and logged) by its anti-spoofing rule.
 
 **Syncs.** :class:`PolicyManager` keeps the rendering it last applied (sets, chains, map entries).
 The first apply, and the one after any failure, is one full transaction
@@ -56,6 +70,7 @@ netns) and parses each logged packet into :class:`Drop` (prefix, IPv4 src/dst, p
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import os
@@ -91,6 +106,22 @@ FORWARD_CHAIN = (
     "ct state invalid drop",
     f"iifname vmap @{EGRESS_MAP}",
     f"oifname vmap @{INGRESS_MAP}",
+)
+#: ICMPv6 a pod sends its own host that is link control, not traffic policy governs.
+LINK_CONTROL_ICMPV6 = (
+    "nd-router-solicit",
+    "nd-neighbor-solicit",
+    "nd-neighbor-advert",
+    "mld-listener-report",
+    "mld2-listener-report",
+)
+#: A pod's traffic to its own node (see "Pod to its own node"): no ``ct state invalid drop`` and no
+#: ingress dispatch here, this hook also carries the node's own traffic from everywhere else.
+INPUT_CHAIN = (
+    "type filter hook input priority filter; policy accept;",
+    "ct state established,related accept",
+    f"icmpv6 type {{ {', '.join(LINK_CONTROL_ICMPV6)} }} accept",
+    f"iifname vmap @{EGRESS_MAP}",
 )
 
 
@@ -148,7 +179,9 @@ class Rendering:
     ingress_map: dict[str, str] = field(default_factory=dict)
 
 
+@functools.lru_cache(maxsize=16384)
 def _v4_elements(cidrs: frozenset[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The IPv4 members as nft elements, collapsed (memoised: most sets are unchanged each sync)."""
     nets = []
     for cidr in cidrs:
         net = ipaddress.ip_network(cidr, strict=False)
@@ -240,9 +273,11 @@ def render_full(rendering: Rendering) -> str:
         out.append("    }")
     out.append(f"    {_map_decl(EGRESS_MAP, rendering.egress_map)}")
     out.append(f"    {_map_decl(INGRESS_MAP, rendering.ingress_map)}")
-    out.append("    chain forward {")
-    out += [f"        {rule}" for rule in FORWARD_CHAIN]
-    out += ["    }", "}"]
+    for name, rules in (("forward", FORWARD_CHAIN), ("input", INPUT_CHAIN)):
+        out.append(f"    chain {name} {{")
+        out += [f"        {rule}" for rule in rules]
+        out.append("    }")
+    out.append("}")
     return "\n".join(out) + "\n"
 
 

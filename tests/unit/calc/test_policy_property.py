@@ -1,109 +1,20 @@
 """Property test: ``explain`` on the compiled plan agrees with a reference evaluator.
 
-The reference reads the NetworkPolicy model objects directly, following the Kubernetes API text
-(``networking.k8s.io/v1`` NetworkPolicySpec docs); it shares nothing with the compiler except
-``LabelSelector.matches``.
+The reference (``tests/netpol_reference.py``, shared with the lab truth-table suite) reads the
+NetworkPolicy model objects directly, following the Kubernetes API text (``networking.k8s.io/v1``
+NetworkPolicySpec docs); it shares nothing with the compiler.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from netpol_reference import reference_allowed
 from podnet.calc.policy import PodInfo, compile_policies, explain
 from podnet.model.k8s_policy import NetworkPolicy
-
-# ------------------------------------------------------------------------------- reference evaluator
-
-
-def _ns_labels(namespaces: dict[str, dict[str, str]], name: str) -> dict[str, str]:
-    return {"kubernetes.io/metadata.name": name, **namespaces.get(name, {})}
-
-
-def _pod_at(pods: list[PodInfo], address: str) -> PodInfo | None:
-    return next((p for p in pods if address in p.ips), None)
-
-
-def _peer_matches(peer: Any, policy_ns: str, address: str, pods, namespaces) -> bool:  # type: ignore[no-untyped-def]
-    if peer.ip_block is not None:
-        ip = ipaddress.ip_address(address)
-        if ip not in ipaddress.ip_network(peer.ip_block.cidr, strict=False):
-            return False
-        return not any(ip in ipaddress.ip_network(e, strict=False) for e in peer.ip_block.except_ or [])
-    pod = _pod_at(pods, address)
-    if pod is None:
-        return False
-    if peer.namespace_selector is None:
-        namespace_ok = pod.namespace == policy_ns
-    else:
-        namespace_ok = peer.namespace_selector.matches(_ns_labels(namespaces, pod.namespace))
-    pod_ok = peer.pod_selector is None or peer.pod_selector.matches(pod.labels)
-    return namespace_ok and pod_ok
-
-
-def _port_matches(ports, port: int, protocol: str, destination: PodInfo | None) -> bool:  # type: ignore[no-untyped-def]
-    if not ports:
-        return True
-    for p in ports:
-        if p.protocol != protocol:
-            continue
-        if p.port is None:
-            return True
-        if isinstance(p.port, int):
-            if p.port <= port <= (p.end_port or p.port):
-                return True
-            continue
-        if destination is not None:
-            for name, number, proto in destination.ports:
-                if name == p.port and proto == protocol and number == port:
-                    return True
-    return False
-
-
-def reference_allowed(src, dst, port, protocol, pods, namespaces, policies) -> bool:  # type: ignore[no-untyped-def]
-    src_pod = src if isinstance(src, PodInfo) else _pod_at(pods, src)
-    dst_pod = dst if isinstance(dst, PodInfo) else _pod_at(pods, dst)
-    src_addr = src if isinstance(src, str) else src.ips[0]
-    dst_addr = dst if isinstance(dst, str) else dst.ips[0]
-
-    def selecting(pod: PodInfo, kind: str) -> list[NetworkPolicy]:
-        return [
-            pol
-            for pol in policies
-            if pol.namespace == pod.namespace
-            and pol.spec.pod_selector.matches(pod.labels)
-            and kind in pol.effective_policy_types()
-        ]
-
-    if src_pod is not None:
-        egress = selecting(src_pod, "Egress")
-        if egress and not any(
-            (
-                not rule.to
-                or any(_peer_matches(pe, pol.namespace, dst_addr, pods, namespaces) for pe in rule.to)
-            )
-            and _port_matches(rule.ports, port, protocol, dst_pod)
-            for pol in egress
-            for rule in pol.spec.egress or []
-        ):
-            return False
-    if dst_pod is not None:
-        ingress = selecting(dst_pod, "Ingress")
-        if ingress and not any(
-            (
-                not rule.from_
-                or any(_peer_matches(pe, pol.namespace, src_addr, pods, namespaces) for pe in rule.from_)
-            )
-            and _port_matches(rule.ports, port, protocol, dst_pod)
-            for pol in ingress
-            for rule in pol.spec.ingress or []
-        ):
-            return False
-    return True
-
 
 # ---------------------------------------------------------------------------------------- strategies
 
