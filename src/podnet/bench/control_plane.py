@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +29,7 @@ from podnet.lab.cni_runtime import CNIRuntime
 from podnet.lab.naming import LabNames
 from podnet.lab.netns import create_netns, delete_netns, netns_path
 from podnet.lab.state import LabState
-from podnet.lab.topology import LabSpec
+from podnet.lab.topology import LabSpec, random_underlay
 from podnet.model import lookup, parse_resource
 
 BENCH_PREFIX = "pnbench-"
@@ -104,7 +103,7 @@ def pods_to_running(info: cluster.LabInfo, pods: int, timeout: float = 120.0) ->
 
 def run(sandboxes: int = 50, concurrency: int = 10, pods: int = 30, nodes: int = 3) -> dict:
     names = LabNames(BENCH_PREFIX)
-    spec = LabSpec(nodes=nodes, underlay=f"10.{random.randint(100, 250)}.0.0/16")
+    spec = LabSpec(nodes=nodes, underlay=random_underlay())
     info = cluster.up(spec, names)
     try:
         results = {

@@ -26,7 +26,7 @@ from podnet.dataplane.vxlan import VTEP, VXLANTunnel, vtep_mac
 from podnet.lab import cluster
 from podnet.lab.naming import LabNames
 from podnet.lab.netns import create_netns, delete_netns, spawn
-from podnet.lab.topology import LabSpec
+from podnet.lab.topology import LabSpec, random_underlay
 
 MTU = {"none": 1500, "vxlan": 1450, "ipip": 1480}
 
@@ -145,7 +145,7 @@ def run(modes: list[str], repeats: int = 3, duration: float = 3.0) -> dict:
     results = {}
     for mode in modes:
         names = LabNames(f"pntp{secrets.token_hex(2)}-")
-        spec = LabSpec(nodes=2, encapsulation=mode, underlay=f"10.{random.randint(100, 250)}.0.0/16")
+        spec = LabSpec(nodes=2, encapsulation=mode, underlay=random_underlay())
         with ExitStack() as stack:
             info = cluster.up(spec, names)
             stack.callback(cluster.teardown, names)

@@ -178,6 +178,14 @@ def _host_dict(host: Host) -> dict:
     }
 
 
+def random_underlay() -> str:
+    """A random ``10.x.0.0/16`` for a throw-away lab (tests, benchmarks) that meets neither the
+    default pod pool (10.244.0.0/16) nor the default service range (10.96.0.0/12 = 10.96 to 10.111)."""
+    import random
+
+    return f"10.{random.choice([x for x in range(112, 251) if x != 244])}.0.0/16"
+
+
 def subnet_cidr(underlay: str, index: int) -> ipaddress.IPv4Network:
     """The ``index``-th /24 of the underlay: 10.77.0.0/16, 1 → 10.77.1.0/24."""
     return list(ipaddress.IPv4Network(underlay).subnets(new_prefix=24))[index]

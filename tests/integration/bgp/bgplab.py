@@ -18,7 +18,6 @@ end BIRDs and ToRs are stopped by their recorded pids, then ``down`` and ``clean
 from __future__ import annotations
 
 import os
-import random
 import secrets
 import socket
 import time
@@ -35,7 +34,7 @@ from podnet.lab.naming import LabNames
 from podnet.lab.netns import in_netns, run_in_netns, spawn
 from podnet.lab.podserver import podserver_command
 from podnet.lab.state import LabState, ProcessRecord
-from podnet.lab.topology import LabSpec, Topology
+from podnet.lab.topology import LabSpec, Topology, random_underlay
 from podnet.lab.tor import Tor, attach_tor, start_tor
 from podnet.model import parse_resource
 
@@ -233,7 +232,7 @@ def prepare_node(lab: BgpLab, node: str) -> None:
 def new_lab(nodes: int = 3) -> BgpLab:
     """Fabric, pod addresses, blackholes and pod servers (see the module notes)."""
     names = LabNames(f"pnbgp{secrets.token_hex(2)[:3]}-")
-    spec = LabSpec(nodes=nodes, underlay=f"10.{random.randint(100, 250)}.0.0/16")
+    spec = LabSpec(nodes=nodes, underlay=random_underlay())
     topo, state, _ = fabric_up(spec, names)
     lab = BgpLab(names, topo, state)
     try:

@@ -8,7 +8,6 @@ whatever the test did.
 from __future__ import annotations
 
 import os
-import random
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from podnet.lab.cleanup import clean, down
 from podnet.lab.fabric import FabricReport, fabric_up
 from podnet.lab.naming import LabNames
 from podnet.lab.state import LabState
-from podnet.lab.topology import LabSpec, Topology
+from podnet.lab.topology import LabSpec, Topology, random_underlay
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +43,7 @@ def new_names() -> LabNames:
 
 
 def new_spec(**kwargs) -> LabSpec:
-    return LabSpec(underlay=f"10.{random.randint(100, 250)}.0.0/16", **kwargs)
+    return LabSpec(underlay=random_underlay(), **kwargs)
 
 
 @pytest.fixture

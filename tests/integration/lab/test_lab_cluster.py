@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import secrets
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from podnet.lab.cni_runtime import CNIError, CNIRuntime
 from podnet.lab.naming import LabNames
 from podnet.lab.netns import run_in_netns, spawn
 from podnet.lab.probe import probe, probe_all, truth_table
-from podnet.lab.topology import LabSpec
+from podnet.lab.topology import LabSpec, random_underlay
 from podnet.model import lookup, parse_resource
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
@@ -49,7 +48,7 @@ def pod(name: str, node: str | None = None, ports=((8080, "TCP"), (5353, "UDP"))
 def lab() -> Iterator[tuple[cluster.LabInfo, ResourceStore]]:
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
     before = snapshot_host(names)
-    spec = LabSpec(nodes=3, underlay=f"10.{random.randint(100, 250)}.0.0/16")
+    spec = LabSpec(nodes=3, underlay=random_underlay())
     info = cluster.up(spec, names)
     store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
     try:
@@ -264,7 +263,7 @@ def test_cni_gc_releases_attachments_not_in_the_valid_list(lab):
 
 def test_cilium_profile_wires_pods_through_the_nodes_router_address():
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
-    spec = LabSpec(nodes=2, profile="cilium", underlay=f"10.{random.randint(100, 250)}.0.0/16")
+    spec = LabSpec(nodes=2, profile="cilium", underlay=random_underlay())
     info = cluster.up(spec, names)
     try:
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))

@@ -4,7 +4,6 @@ TCP and UDP, and a capture on the fabric shows what is on the wire."""
 from __future__ import annotations
 
 import os
-import random
 import secrets
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from podnet.lab import cluster
 from podnet.lab.cleanup import clean
 from podnet.lab.naming import LabNames
 from podnet.lab.probe import probe_all, truth_table
-from podnet.lab.topology import LabSpec
+from podnet.lab.topology import LabSpec, random_underlay
 from podnet.model import lookup, parse_resource
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
@@ -75,7 +74,7 @@ def capture(netns: str, device: str, bpf_filter: str, count: int) -> subprocess.
 def test_mode_carries_pod_traffic(profile, encapsulation, wire_filter, wire_text):
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
     spec = LabSpec(nodes=3, profile=profile, encapsulation=encapsulation,
-                   underlay=f"10.{random.randint(100, 250)}.0.0/16")  # fmt: skip
+                   underlay=random_underlay())  # fmt: skip
     info = cluster.up(spec, names)
     try:
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
@@ -122,7 +121,7 @@ def test_nat_outgoing_masquerades_only_traffic_that_leaves_the_pools():
     from podnet.lab.state import LabState
 
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
-    spec = LabSpec(nodes=2, underlay=f"10.{random.randint(100, 250)}.0.0/16")
+    spec = LabSpec(nodes=2, underlay=random_underlay())
     info = cluster.up(spec, names)
     try:
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
@@ -175,7 +174,7 @@ def test_pool_mode_change_and_node_removal_take_effect_on_running_nodes():
     from podnet.lab.netns import run_in_netns
 
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
-    info = cluster.up(LabSpec(nodes=3, underlay=f"10.{random.randint(100, 250)}.0.0/16"), names)
+    info = cluster.up(LabSpec(nodes=3, underlay=random_underlay()), names)
     try:
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
         pods = pods_on_every_node(store, 3, names)
@@ -217,7 +216,7 @@ def test_ipip_crosssubnet_encapsulates_only_between_subnets():
     node-1 → node-3 (other subnet) is IP protocol 4 between the node addresses on br1."""
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
     spec = LabSpec(nodes=4, subnets=2, encapsulation="ipip-crosssubnet",
-                   underlay=f"10.{random.randint(100, 250)}.0.0/16")  # fmt: skip
+                   underlay=random_underlay())  # fmt: skip
     info = cluster.up(spec, names)
     try:
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
@@ -256,7 +255,7 @@ def test_agent_restart_keeps_tunnels_routes_and_flows(encapsulation):
     from podnet.lab.netns import in_netns, run_in_netns
 
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
-    spec = LabSpec(nodes=2, encapsulation=encapsulation, underlay=f"10.{random.randint(100, 250)}.0.0/16")
+    spec = LabSpec(nodes=2, encapsulation=encapsulation, underlay=random_underlay())
     info = cluster.up(spec, names)
     try:
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
@@ -315,7 +314,7 @@ def test_bgp_distributes_every_block(reflectors):
     RouteReflectorClusterID) that every node peers with: every node learns every block (proto bird,
     plain next hop, no tunnel) and pods on all nodes reach each other over TCP and UDP."""
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
-    spec = LabSpec(nodes=4, bgp=True, underlay=f"10.{random.randint(100, 250)}.0.0/16")
+    spec = LabSpec(nodes=4, bgp=True, underlay=random_underlay())
     info = cluster.up(spec, names)
     try:
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))

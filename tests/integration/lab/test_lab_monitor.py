@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import secrets
 import select
 import signal
@@ -22,7 +21,7 @@ from podnet.lab import cluster
 from podnet.lab.cleanup import clean
 from podnet.lab.naming import LabNames
 from podnet.lab.probe import probe_all
-from podnet.lab.topology import LabSpec
+from podnet.lab.topology import LabSpec, random_underlay
 from podnet.model import lookup, parse_resource
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
@@ -54,7 +53,7 @@ def read_line(proc: subprocess.Popen, deadline: float) -> str | None:
 
 def test_monitor_shows_policy_drops_with_pods_port_and_policy():
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
-    info = cluster.up(LabSpec(nodes=2, underlay=f"10.{random.randint(100, 250)}.0.0/16"), names)
+    info = cluster.up(LabSpec(nodes=2, underlay=random_underlay()), names)
     try:
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
         docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "np"}}]

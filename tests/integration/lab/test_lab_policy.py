@@ -5,7 +5,6 @@ and the policy's removal (first slice of the truth-table suite)."""
 from __future__ import annotations
 
 import os
-import random
 import secrets
 import time
 
@@ -17,7 +16,7 @@ from podnet.lab import cluster
 from podnet.lab.cleanup import clean
 from podnet.lab.naming import LabNames
 from podnet.lab.probe import probe_all, truth_table
-from podnet.lab.topology import LabSpec
+from podnet.lab.topology import LabSpec, random_underlay
 from podnet.model import lookup, parse_resource
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
@@ -53,7 +52,7 @@ def wait_table(names, pods, port, proto, want, timeout=5.0) -> None:
 
 def test_policy_isolates_allows_by_label_follows_relabels_and_goes_away():
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
-    info = cluster.up(LabSpec(nodes=3, underlay=f"10.{random.randint(100, 250)}.0.0/16"), names)
+    info = cluster.up(LabSpec(nodes=3, underlay=random_underlay()), names)
     try:
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
         docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "np"}}]

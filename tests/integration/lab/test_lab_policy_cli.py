@@ -8,7 +8,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import random
 import secrets
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from podnet.datastore.resources import ResourceStore
 from podnet.lab import cluster
 from podnet.lab.cleanup import clean
 from podnet.lab.naming import LabNames
-from podnet.lab.topology import LabSpec
+from podnet.lab.topology import LabSpec, random_underlay
 from podnet.model import lookup, parse_resource
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
@@ -77,7 +76,7 @@ def set_elements(names: LabNames, node: str) -> dict[str, list]:
 
 def test_policy_test_explain_status_and_a_refused_transaction_repaired():
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
-    cluster.up(LabSpec(nodes=3, underlay=f"10.{random.randint(100, 250)}.0.0/16"), names)
+    cluster.up(LabSpec(nodes=3, underlay=random_underlay()), names)
     try:
         store = ResourceStore(EtcdDatastore([cluster.running_endpoint(names)]))
         docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "np"}}]
