@@ -75,7 +75,7 @@ class Agent:
         self.policy_status = PolicyStatusWriter(self.store, self.layout, config.node)
         self.syncer = Syncer(
             config.node, self.store, self.cache, self.endpoints, self._apply_routes, self.metrics,
-            uplink=config.uplink, refresh_seconds=config.refresh_seconds,
+            uplink=config.uplink, refresh_seconds=config.refresh_seconds, apply_partial=self._apply_partial,
         )  # fmt: skip
         self.syncer.on_synced.append(self._on_first_sync)
         self.syncer.bgp = self._bgp_enabled
@@ -227,6 +227,12 @@ class Agent:
             self.policy_status.report(revision, str(exc), plan.errors, invalid)
             raise
         self.policy_status.report(revision, None, plan.errors, invalid)
+
+    def _apply_partial(self, kinds: set[str]) -> dict:
+        """Only pods, namespaces, policies or services changed: no route, tunnel or BGP work."""
+        if kinds & {"pods", "namespaces", "policy"}:
+            self._apply_policy()
+        return {}
 
     def _apply_routes(self, plan: RoutePlan) -> dict:
         from podnet.dataplane.routes import Route

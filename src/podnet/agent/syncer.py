@@ -7,7 +7,11 @@
                                                             RouteManager.apply (diff vs kernel)
 
 Nothing is applied before the first snapshot is loaded (Felix's rule): an agent restarting with
-etcd down keeps every route it had. Triggers are coalesced (a burst of events is one apply); a
+etcd down keeps every route it had. Each event marks what it touched (the kind ``ClusterCache.update``
+returns); a burst that touched only pods, namespaces, policies or services runs ``apply_partial``
+(policy and services, no route work) instead of the whole apply — a policy change does not pay for
+a dump of every link and route. A snapshot, a CNI request, the periodic resync and a retry after a
+failure run everything. Triggers are coalesced (a burst of events is one apply); a
 failed apply is retried with back-off, and a periodic resync (``refresh_seconds``) repairs
 out-of-band changes. Each apply diffs against the kernel, so a restart with an unchanged desired
 state changes nothing.
@@ -30,6 +34,9 @@ from podnet.datastore.sync import PrefixSync, Snapshot
 
 log = logging.getLogger("podnet.agent.sync")
 
+FULL = "all"  # a dirty mark that means: apply everything
+PARTIAL_KINDS = frozenset({"pods", "namespaces", "policy", "services"})  # no route work needed
+
 
 class Syncer:
     def __init__(
@@ -43,12 +50,15 @@ class Syncer:
         uplink: str = "eth0",
         refresh_seconds: float = 60.0,
         coalesce_seconds: float = 0.01,
+        apply_partial: Callable[[set[str]], dict] | None = None,
     ) -> None:
         self.node = node
         self.store = store
         self.cache = cache
         self.endpoints = endpoints
         self.apply_routes = apply_routes
+        self.apply_partial = apply_partial
+        self._dirty: set[str] = {FULL}  # what changed since the last apply (guarded by lock)
         self.metrics = metrics
         self.uplink = uplink
         self.refresh_seconds = refresh_seconds
@@ -78,6 +88,9 @@ class Syncer:
         self._trigger.set()
 
     def trigger(self) -> None:
+        """Something outside the datastore changed (a pod wired or unwired): apply everything."""
+        with self.lock:
+            self._dirty.add(FULL)
         self._trigger.set()
 
     def _watch_loop(self) -> None:
@@ -85,6 +98,7 @@ class Syncer:
             with self.lock:
                 if isinstance(item, Snapshot):
                     self.cache.reset(item.items, item.revision)
+                    self._dirty.add(FULL)
                     for key, record in self.cache.endpoints.items():
                         if record.node == self.node:
                             self.endpoints.setdefault(key, record)
@@ -98,7 +112,13 @@ class Syncer:
                 elif item.key.startswith(self._status_prefix):
                     continue  # agents' own reports: not an input of calculation
                 else:
-                    self.cache.update(item.key, item.value, item.revision)
+                    kind = self.cache.update(item.key, item.value, item.revision)
+                    if kind is not None:
+                        self._dirty.add(kind)
+                    elif item.key in self.cache.errors:
+                        self._dirty.add("policy")  # refused values are reported with policy status
+                    else:
+                        continue  # nothing the dataplane depends on (IPAM handles, affinities, ...)
                 self.metrics.revision.set(self.cache.revision)
             self._trigger.set()
 
@@ -114,8 +134,18 @@ class Syncer:
             if fired:
                 time.sleep(self.coalesce_seconds)  # let a burst of events land: one apply
             self._trigger.clear()
+            with self.lock:
+                dirty, self._dirty = (self._dirty if fired else {FULL}), set()
+            if not dirty:
+                continue
             started = time.monotonic()
             try:
+                if self.apply_partial is not None and dirty <= PARTIAL_KINDS:
+                    self.apply_partial(dirty)
+                    self.metrics.syncs.labels("ok").inc()
+                    self.metrics.sync_seconds.observe(time.monotonic() - started)
+                    backoff = 0.1
+                    continue
                 with self.lock:
                     policy = encap_policy(self.cache.pools.values(), self.cache.config, self.bgp())
                     plan = node_routes(
@@ -143,4 +173,4 @@ class Syncer:
                 kv(log, logging.ERROR, "apply failed; will retry with a full resync", error=self.last_error)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
-                self._trigger.set()
+                self.trigger()

@@ -133,13 +133,13 @@ class ClusterCache:
                 self.pods.pop(key, None)
             else:
                 self.pods[key] = parse_resource(json.loads(value))
-            return "policy"
+            return "pods"
         if type_key == "namespaces":
             if value is None:
                 self.namespaces.pop(name, None)
             else:
                 self.namespaces[name] = dict(parse_resource(json.loads(value)).metadata.labels or {})
-            return "policy"
+            return "namespaces"
         if type_key == "networkpolicies.networking.k8s.io":
             key = f"{_namespace}/{name}"
             if value is None:

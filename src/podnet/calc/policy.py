@@ -31,6 +31,7 @@ deny dropped it. For endpoints that are not local, compile with ``local_pods=all
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -161,6 +162,13 @@ def _host_cidr(ip: str) -> str:
 
 def ipblock_cidrs(block: IPBlock) -> frozenset[str]:
     """``cidr`` minus every ``except``, as disjoint CIDRs (exact, via ``address_exclude``)."""
+    return _cidr_minus(block.cidr, tuple(block.except_ or ()))
+
+
+@functools.lru_cache(maxsize=4096)
+def _cidr_minus(cidr: str, excepts: tuple[str, ...]) -> frozenset[str]:
+    """Pure and asked again on every sync for the same blocks: memoised."""
+    block = IPBlock(cidr=cidr, except_=list(excepts) or None)
     network = ipaddress.ip_network(block.cidr, strict=False)
     remaining: list[Network] = [network]
     for text in block.except_ or []:
@@ -187,6 +195,12 @@ class _Compiler:
         self.all_pods = sorted(all_pods, key=lambda p: p.key)
         self.namespaces = namespaces
         self.sets: dict[str, frozenset[str]] = {}
+        self.by_namespace: dict[str, list[PodInfo]] = {}
+        for pod in self.all_pods:
+            self.by_namespace.setdefault(pod.namespace, []).append(pod)
+        self._namespace_matches: dict[str, list[str]] = {}  # namespaceSelector (canonical) -> names
+        self._named: dict[str, list[tuple[str, int]]] = {}  # named_port_sets results by meaning
+        self._peer_sets: dict[tuple[int, str], str] = {}  # (id(peer), namespace) -> set name
 
     def namespace_labels(self, namespace: str) -> dict[str, str]:
         labels = dict(self.namespaces.get(namespace, {}))
@@ -207,19 +221,23 @@ class _Compiler:
             "podSelector": _canonical_selector(peer.pod_selector),
         }
 
+    def matching_namespaces(self, selector: LabelSelector) -> list[str]:
+        """Names of the namespaces (that have pods) whose labels ``selector`` matches, memoised."""
+        key = json.dumps(_canonical_selector(selector), sort_keys=True)
+        if key not in self._namespace_matches:
+            self._namespace_matches[key] = [ns for ns in self.by_namespace
+                                            if selector.matches(self.namespace_labels(ns))]  # fmt: skip
+        return self._namespace_matches[key]
+
     def peer_pods(self, peer: NetworkPolicyPeer, policy_ns: str) -> list[PodInfo]:
-        """Pods a selector peer (not ipBlock) stands for."""
-        chosen = []
-        for pod in self.all_pods:
-            if peer.namespace_selector is None:
-                if pod.namespace != policy_ns:
-                    continue
-            elif not peer.namespace_selector.matches(self.namespace_labels(pod.namespace)):
-                continue
-            if peer.pod_selector is not None and not peer.pod_selector.matches(pod.labels):
-                continue
-            chosen.append(pod)
-        return chosen
+        """Pods a selector peer (not ipBlock) stands for, in ``all_pods`` order."""
+        if peer.namespace_selector is None:
+            namespaces = [policy_ns]
+        else:
+            namespaces = self.matching_namespaces(peer.namespace_selector)
+        chosen = [pod for ns in namespaces for pod in self.by_namespace.get(ns, ())
+                  if peer.pod_selector is None or peer.pod_selector.matches(pod.labels)]  # fmt: skip
+        return sorted(chosen, key=lambda p: p.key) if len(namespaces) > 1 else chosen
 
     def add_set(self, meaning: Any, cidrs: Iterable[str]) -> str:
         name = _set_name(meaning)
@@ -227,19 +245,35 @@ class _Compiler:
         return name
 
     def peer_set(self, peer: NetworkPolicyPeer, policy_ns: str) -> str:
+        # The same peer object is asked once per selected pod: remember its answer (the peer
+        # objects live as long as the compile does, so their ids are stable keys).
+        memo = (id(peer), policy_ns)
+        if memo in self._peer_sets:
+            return self._peer_sets[memo]
         meaning = self.peer_meaning(peer, policy_ns)
         name = _set_name(meaning)
-        if name in self.sets:  # same meaning, same cluster: same members (computed once)
-            return name
-        if peer.ip_block is not None:
-            return self.add_set(meaning, ipblock_cidrs(peer.ip_block))
-        pods = self.peer_pods(peer, policy_ns)
-        return self.add_set(meaning, (_host_cidr(ip) for pod in pods for ip in pod.ips))
+        if name not in self.sets:  # same meaning, same cluster: same members (computed once)
+            if peer.ip_block is not None:
+                self.add_set(meaning, ipblock_cidrs(peer.ip_block))
+            else:
+                pods = self.peer_pods(peer, policy_ns)
+                self.add_set(meaning, (_host_cidr(ip) for pod in pods for ip in pod.ips))
+        self._peer_sets[memo] = name
+        return name
 
     def named_port_sets(
         self, peer: NetworkPolicyPeer | None, policy_ns: str, name: str, protocol: str
     ) -> list[tuple[str, int]]:
         """Egress named port: per resolved number, a set of the destination pods in ``peer`` with it."""
+        memo = json.dumps([None if peer is None else self.peer_meaning(peer, policy_ns), name, protocol],
+                          sort_keys=True)  # fmt: skip
+        if memo not in self._named:
+            self._named[memo] = self._named_port_sets(peer, policy_ns, name, protocol)
+        return self._named[memo]
+
+    def _named_port_sets(
+        self, peer: NetworkPolicyPeer | None, policy_ns: str, name: str, protocol: str
+    ) -> list[tuple[str, int]]:
         if peer is None:
             candidates = self.all_pods
             meaning: Any = {"any": True}
@@ -355,18 +389,22 @@ def compile_policies(
                 errors[key] = str(exc)
                 egress_by_policy[key] = []
 
+    # Per namespace, its policies in order, each with its key and directions computed once.
+    by_namespace: dict[str, list[tuple[NetworkPolicy, str, list[str]]]] = {}
+    for policy in ordered:
+        key = _policy_key(policy)
+        types = policy.effective_policy_types()
+        by_namespace.setdefault(key.split("/", 1)[0], []).append((policy, key, types))
     endpoints: dict[str, EndpointPolicy] = {}
     for pod in sorted(local_pods, key=lambda p: p.key):
         ingress: list[CompiledRule] = []
         egress: list[CompiledRule] = []
         ingress_deniers: list[Provenance] = []
         egress_deniers: list[Provenance] = []
-        for policy in ordered:
-            key = _policy_key(policy)
-            ns = key.split("/", 1)[0]
-            if pod.namespace != ns or not policy.spec.pod_selector.matches(pod.labels):
+        ns = pod.namespace
+        for policy, key, types in by_namespace.get(ns, ()):
+            if not policy.spec.pod_selector.matches(pod.labels):
                 continue
-            types = policy.effective_policy_types()
             if "Ingress" in types:
                 ingress_deniers.append(Provenance(KIND, ns, policy.name, INGRESS, -1))
                 if key not in errors:

@@ -125,3 +125,34 @@ def test_failed_apply_is_retried():
         assert syncer.metrics.syncs.labels("error")._value.get() == 2
     finally:
         syncer.stop()
+
+
+def test_policy_only_changes_skip_the_route_work():
+    store = MemoryDatastore()
+    store.put(LAYOUT.resource("nodes", "n1"), node_doc("n1", "10.77.0.11/24"))
+    rec = Recorder()
+    partial: list[set[str]] = []
+    syncer = Syncer("n1", store, ClusterCache(LAYOUT), {}, rec, AgentMetrics(), apply_partial=partial.append)
+    syncer.start()
+    try:
+        rec.wait(1)
+        full = rec.calls
+        netpol = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                  "metadata": {"name": "deny", "namespace": "shop"}, "spec": {"podSelector": {}}}  # fmt: skip
+        key = LAYOUT.resource("networkpolicies.networking.k8s.io", "deny", "shop")
+        store.put(key, json.dumps(netpol).encode())
+        deadline = time.monotonic() + 5
+        while not partial and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert partial == [{"policy"}] and rec.calls == full
+        # an IPAM handle is nothing the dataplane reads: no apply at all
+        store.put(LAYOUT.handle("h1"), b"{}")
+        time.sleep(0.2)
+        assert len(partial) == 1 and rec.calls == full
+        # a node change (or a CNI request) is a full apply
+        store.put(LAYOUT.resource("nodes", "n2"), node_doc("n2", "10.77.0.12/24"))
+        rec.wait(full + 1)
+        syncer.trigger()
+        rec.wait(full + 2)
+    finally:
+        syncer.stop()

@@ -20,14 +20,14 @@ def test_pods_namespaces_and_policies_feed_pod_infos():
         "spec": {"nodeName": "n1", "containers": containers},
         "status": {"podIP": "10.244.0.9", "podIPs": [{"ip": "10.244.0.9"}]},
     }  # fmt: skip
-    assert put(cache, LAYOUT.resource("pods", "web", "shop"), pod) == "policy"
+    assert put(cache, LAYOUT.resource("pods", "web", "shop"), pod) == "pods"
     assert (
         put(
             cache,
             LAYOUT.resource("namespaces", "shop"),
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
         )
-        == "policy"
+        == "namespaces"
     )
     netpol = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
               "metadata": {"name": "deny", "namespace": "shop"}, "spec": {"podSelector": {}}}  # fmt: skip
