@@ -54,12 +54,19 @@ class AgentConfig:
         return {"cache_dir": os.path.join(self.state_dir, "bpf"),
                 "pin_dir": os.path.join(self.bpf_dir, self.node, "ipip")}  # fmt: skip
 
+    def sock_lb_pin_dir(self) -> str:
+        """Where the socket load balancer's programs and maps are pinned (``podnet bpf lb list``)."""
+        import os
+
+        return os.path.join(self.bpf_dir, self.node, "sock_lb")
+
 
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         from podnet.dataplane.nat import NatManager
         from podnet.dataplane.policy import PolicyManager
         from podnet.dataplane.routes import RouteManager
+        from podnet.dataplane.services_nft import ServiceProxy
 
         self.config = config
         self.layout = KeyLayout.from_env()
@@ -72,6 +79,9 @@ class Agent:
         self.routes = RouteManager()
         self.nat = NatManager()
         self.policy = PolicyManager()
+        self.services = ServiceProxy()
+        self._services_on = False  # the services table exists (created with the first service)
+        self._sock_lb = None  # SocketLB while the Cilium profile balances at connect()
         self.policy_status = PolicyStatusWriter(self.store, self.layout, config.node)
         self.syncer = Syncer(
             config.node, self.store, self.cache, self.endpoints, self._apply_routes, self.metrics,
@@ -228,10 +238,62 @@ class Agent:
             raise
         self.policy_status.report(revision, None, plan.errors, invalid)
 
+    def _apply_services(self) -> None:
+        """Services: backends per frontend for this node (pure), then the Calico profile's
+        nftables proxier, or (Cilium profile, ``kubeProxyReplacement``) eBPF socket load balancing
+        at ``connect()`` for ClusterIPs with the nftables table for NodePorts from outside."""
+        from podnet.calc.services import service_plan
+
+        with self.syncer.lock:
+            settings = self._settings()
+            me = self.cache.nodes.get(self.config.node)
+            plan = service_plan(
+                self.config.node, list(self.cache.services.values()), list(self.cache.pods.values()),
+                [me.ip] if me and me.ip else [], settings.service_cluster_ip_range,
+            )  # fmt: skip
+            pod_cidrs = [p.spec.cidr for p in self.cache.pools.values()]
+        for service, why in plan.errors.items():
+            kv(log, logging.WARNING, "service not served", service=service, error=why)
+        socket_lb = settings.kube_proxy_replacement and self.config.cgroup is not None
+        self._apply_socket_lb(plan if socket_lb else None)
+        if not plan.frontends and not self._services_on:
+            return  # no service yet: no table, no hooks
+        outcome = self.services.apply(plan, pod_cidrs, nodeport_only=socket_lb)
+        self._services_on = True
+        if outcome["mode"] != "noop":
+            kv(log, logging.INFO, "services applied", mode=outcome["mode"], statements=outcome["statements"],
+               ms=round(outcome["seconds"] * 1e3, 1))  # fmt: skip
+
+    def _apply_socket_lb(self, plan) -> None:  # type: ignore[no-untyped-def]
+        """eBPF socket load balancing for ``plan`` (None: off; detached if it was on). The programs
+        and maps outlive the agent: a restart re-adopts them without a flush."""
+        from podnet.dataplane.sock_lb import SocketLB
+
+        if plan is None:
+            if self._sock_lb is not None:
+                self._sock_lb.detach()
+                self._sock_lb = None
+            return
+        if self._sock_lb is None:
+            cache_dir = self.config.bpf_dirs()["cache_dir"]
+            lb = SocketLB(self.config.cgroup, self.config.sock_lb_pin_dir(), cache_dir)
+            lb.ensure()
+            self._sock_lb = lb
+        changed = self._sock_lb.sync(plan)
+        if any(n for what, n in changed.items() if what != "skipped"):
+            kv(log, logging.INFO, "socket load balancer synced", **changed)
+
+    def _settings(self):  # type: ignore[no-untyped-def]
+        from podnet.model.cluster import ClusterConfigurationSpec
+
+        return self.cache.config.effective() if self.cache.config else ClusterConfigurationSpec().effective()
+
     def _apply_partial(self, kinds: set[str]) -> dict:
         """Only pods, namespaces, policies or services changed: no route, tunnel or BGP work."""
         if kinds & {"pods", "namespaces", "policy"}:
             self._apply_policy()
+        if kinds & {"pods", "services"}:
+            self._apply_services()
         return {}
 
     def _apply_routes(self, plan: RoutePlan) -> dict:
@@ -261,6 +323,7 @@ class Agent:
         ]  # fmt: skip
         diff = self.routes.apply(desired)
         self._apply_policy()
+        self._apply_services()
         counts = {"added": len(diff.added), "replaced": len(diff.replaced), "deleted": len(diff.deleted),
                   "failed": len(diff.failed)}  # fmt: skip
         for route, error in diff.failed:

@@ -5,7 +5,8 @@ podnet lab up [--nodes N] [--profile calico|cilium] [--encapsulation none|vxlan|
 podnet lab down | clean | status
 podnet lab wait [--timeout S]                  until every pod is Running
 podnet lab exec NS/POD -- CMD...               run a command inside a pod (its netns and cgroup)
-podnet lab probe NS/POD NS/POD|svc/NS/NAME|IP PORT/PROTO [--timeout S]   exit 0 if it got through
+podnet lab probe NS/POD|ext|NODE  NS/POD|svc/NS/NAME|NODE|IP  PORT/PROTO [--timeout S]
+                                               exit 0 if it got through, 1 if not
 podnet lab probe --matrix PORT/PROTO [-o json] [--timeout S]
 """
 
@@ -175,7 +176,7 @@ def _probe(args) -> int:
     import json
 
     from podnet.cli.context import parse_port
-    from podnet.lab.probe import probe, probe_all, render_matrix, truth_table
+    from podnet.lab.probe import probe_all, probe_in_pod, render_matrix, truth_table
 
     if args.matrix:
         if len(args.args) != 1:
@@ -193,17 +194,33 @@ def _probe(args) -> int:
     if len(args.args) != 3:
         hint = "podnet lab probe ns/a ns/b 80/TCP (DST: NS/POD, svc/NS/NAME or an IP)"
         raise PodnetError("probe takes SRC DST PORT/PROTO", hint=hint)
-    src = _find_pod(args, args.args[0])
     address = _destination(args, args.args[1])
     port, proto = parse_port(args.args[2])
-    result = probe(_netns_of(src), address, port, proto, args.timeout)
+    netns, cgroup = _source(args, args.args[0])
+    result = probe_in_pod(netns, cgroup, address, port, proto, 1, args.timeout)[0]
     print(f"{args.args[0]} -> {args.args[1]} ({address}:{port}/{proto}): "
           f"{'ok' if result.ok else 'FAILED'} {result.detail} ({result.elapsed * 1000:.1f} ms)")  # fmt: skip
     return 0 if result.ok else 1
 
 
+def _source(args, ref: str) -> tuple[str, str | None]:
+    """Where a probe starts: a pod (its netns, after joining its cgroup, as its own processes do),
+    ``ext`` (the lab's client outside the cluster) or a node name (its netns)."""
+    from podnet.lab.cluster import lab_names
+    from podnet.lab.state import LabState
+
+    names = lab_names()
+    if ref == "ext":
+        return names.ext_ns, None
+    if ref in (LabState(names.state_dir).meta().get("nodes") or {}):
+        return names.node_ns(ref), None
+    pod = _find_pod(args, ref)
+    uid = pod.metadata.uid
+    return _netns_of(pod), names.pod_cgroup(pod.spec.node_name, uid) if uid and pod.spec.node_name else None
+
+
 def _destination(args, ref: str) -> str:
-    """The address to probe: a pod's, a service's ClusterIP (``svc/NS/NAME``) or an IP as given."""
+    """The address to probe: a pod's, a service's ClusterIP (``svc/NS/NAME``), a lab node's, or an IP."""
     import ipaddress
 
     from podnet.cli.context import resource_store
@@ -211,6 +228,12 @@ def _destination(args, ref: str) -> str:
 
     with contextlib.suppress(ValueError):
         return str(ipaddress.ip_address(ref))
+    from podnet.lab.cluster import lab_names
+    from podnet.lab.state import LabState
+
+    nodes = LabState(lab_names().state_dir).meta().get("nodes") or {}
+    if ref in nodes:
+        return nodes[ref]["ip"]
     if ref.startswith("svc/"):
         namespace, _, name = ref.removeprefix("svc/").rpartition("/")
         service = resource_store(args).get(lookup("services"), name, namespace or "default")

@@ -100,6 +100,11 @@ class LabNames:
     def etcd_ns(self) -> str:
         return f"{self.prefix}etcd"
 
+    @property
+    def ext_ns(self) -> str:
+        """A client outside the cluster (NodePort tests, like a user's machine on the node LAN)."""
+        return f"{self.prefix}ext"
+
     def node_ns(self, node: str) -> str:
         return f"{self.prefix}{node}"
 
@@ -117,7 +122,7 @@ class LabNames:
         return netns.startswith(self.prefix)
 
     def netns_kind(self, netns: str) -> str | None:
-        """``pod``, ``node``, ``router``, ``etcd``, ``fabric``, ``other`` (lab-owned), None if not ours."""
+        """``pod``, ``node``, ``router``, ``etcd``, ``ext``, ``fabric``, ``other``; None if not ours."""
         if not self.owns_netns(netns):
             return None
         rest = netns[len(self.prefix) :]
@@ -125,7 +130,7 @@ class LabNames:
             return "pod"
         if rest.startswith("node-"):
             return "node"
-        return rest if rest in ("router", "etcd", "fabric") else "other"
+        return rest if rest in ("router", "etcd", "ext", "fabric") else "other"
 
     # -- processes ---------------------------------------------------------------------------
     @property

@@ -341,3 +341,58 @@ def render_matrix(table: Mapping[str, Mapping[str, bool | ProbeResult]]) -> str:
         lines.append(f"{s:<{width}}  " + "  ".join(cells))
     lines += [f"{i + 1:>{width + 4}} = {d}" for i, d in enumerate(targets)]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------ probes from inside a pod
+
+
+def probe_in_pod(
+    netns: str,
+    cgroup: str | None,
+    dst_ip: str,
+    port: int,
+    proto: str = "TCP",
+    count: int = 1,
+    timeout: float = 1.0,
+) -> list[ProbeResult]:
+    """``count`` concurrent probes from a process that joined the pod's ``cgroup`` first and then
+    entered its ``netns`` — as the pod's own processes do, so cgroup eBPF programs (socket load
+    balancing) see its sockets; a probe from a thread that only entered the netns would bypass them.
+    """
+    import json
+    import subprocess
+    import sys
+
+    from podnet.lab.netns import IP
+
+    procs = os.path.join(cgroup, "cgroup.procs") if cgroup else None
+
+    def join_cgroup() -> None:
+        if procs and os.path.exists(procs):
+            with open(procs, "w") as f:
+                f.write("0")
+
+    cmd = [IP, "netns", "exec", netns, sys.executable, "-m", "podnet.lab.probe",
+           dst_ip, str(port), proto, str(count), str(timeout)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=join_cgroup,
+                         timeout=timeout * 3 + 30)  # fmt: skip
+    if out.returncode != 0:
+        raise OSError(f"probe in {netns} failed: {out.stderr.strip()[-500:]}")
+    return [ProbeResult(**r) for r in json.loads(out.stdout)]
+
+
+def _main(argv: Sequence[str]) -> int:
+    """``python -m podnet.lab.probe DST PORT PROTO COUNT TIMEOUT``: JSON results on stdout."""
+    import json
+    from dataclasses import asdict
+
+    dst, port, proto, count, timeout = argv
+    results = run_probes([Probe(None, dst, int(port), proto)] * int(count), float(timeout))
+    print(json.dumps([asdict(r) for r in results]))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))

@@ -35,7 +35,7 @@ STATE_FILE = "state.json"
 LOCK_FILE = "state.lock"
 LISTS = ("namespaces", "processes", "files", "dirs", "cgroups", "mounts")
 # ``down`` deletes namespaces in this order: pods before the nodes that route them, fabric last.
-NETNS_ORDER = ("pod", "other", "node", "router", "etcd", "fabric")
+NETNS_ORDER = ("pod", "other", "node", "router", "etcd", "ext", "fabric")
 
 
 class StateCorrupt(LabError):

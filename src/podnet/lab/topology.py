@@ -3,8 +3,8 @@
 As in Mininet, the topology is a value; :mod:`podnet.lab.fabric` makes it real and
 :mod:`podnet.lab.cleanup` removes it. ``--subnets 2 --nodes 4`` (underlay 10.77.0.0/16)::
 
-      pn-node-1            pn-node-2           pn-etcd         pn-node-3            pn-node-4
-     eth0 .0.11           eth0 .0.12          eth0 .0.2       eth0 .1.13           eth0 .1.14
+      pn-node-1            pn-node-2      pn-etcd  pn-ext      pn-node-3            pn-node-4
+     eth0 .0.11           eth0 .0.12     eth0 .0.2 eth0 .0.3  eth0 .1.13           eth0 .1.14
         │                    │                   │               │                    │
    ┌────┴────────────────────┴───────────────────┴──┐       ┌────┴────────────────────┴───┐
    │ br0  10.77.0.0/24            pn-fabric         │       │ br1  10.77.1.0/24            │
@@ -105,10 +105,10 @@ class Attachment:
 
 @dataclass(frozen=True)
 class Host:
-    """A namespace attached to the fabric: a node, the router or the etcd host."""
+    """A namespace attached to the fabric: a node, the router, the etcd host or the external client."""
 
-    name: str  # node-1, router, etcd
-    kind: str  # node | router | etcd
+    name: str  # node-1, router, etcd, ext
+    kind: str  # node | router | etcd | ext
     netns: str
     subnet: int  # the subnet of the first attachment
     attachments: tuple[Attachment, ...]
@@ -129,14 +129,16 @@ class Topology:
     nodes: tuple[Host, ...]
     etcd: Host
     router: Host | None = None
+    external: Host | None = None  # a client outside the cluster, on subnet 0
     mtu: int = UNDERLAY_MTU
     etcd_client_port: int = ETCD_CLIENT_PORT
     etcd_peer_port: int = ETCD_PEER_PORT
 
     @property
     def hosts(self) -> tuple[Host, ...]:
-        """Every attached namespace: router first (if any), then etcd, then the nodes."""
-        return ((self.router,) if self.router else ()) + (self.etcd, *self.nodes)
+        """Every attached namespace: router first (if any), then etcd, the external client, the nodes."""
+        return (((self.router,) if self.router else ()) + (self.etcd,)
+                + ((self.external,) if self.external else ()) + tuple(self.nodes))  # fmt: skip
 
     @property
     def namespaces(self) -> list[tuple[str, str]]:
@@ -162,6 +164,7 @@ class Topology:
             "subnets": [asdict(s) for s in self.subnets],
             "router": _host_dict(self.router) if self.router else None,
             "etcd": _host_dict(self.etcd) | {"endpoint": self.etcd_endpoint},
+            "external": _host_dict(self.external) if self.external else None,
             "nodes": [_host_dict(h) for h in self.nodes],
             "mtu": self.mtu,
         }
@@ -232,6 +235,14 @@ def build_topology(spec: LabSpec | None = None, names: LabNames | None = None) -
         attachments=(Attachment("eth0", "etcd", "br0", addr(0, 2)),),
         gateway=gw(0),
     )
+    external = Host(
+        name="ext",
+        kind="ext",
+        netns=names.ext_ns,
+        subnet=0,
+        attachments=(Attachment("eth0", link_name("ext"), "br0", addr(0, 3)),),
+        gateway=gw(0),
+    )
     nodes = []
     for i in range(1, spec.nodes + 1):
         s = node_subnet(spec, i)
@@ -257,5 +268,6 @@ def build_topology(spec: LabSpec | None = None, names: LabNames | None = None) -
         nodes=tuple(nodes),
         etcd=etcd,
         router=router,
+        external=external,
         mtu=spec.mtu,
     )

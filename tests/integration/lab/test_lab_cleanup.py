@@ -59,10 +59,10 @@ def test_down_leaves_the_host_as_before(lab_names, lab_spec, tmp_path):
     topo, state, _ = fabric_up(lab_spec(nodes=3, subnets=2), names)
     procs = _populate(names, topo, state, tmp_path)
     during = snapshot_host(names)
-    assert len(during.netns) == 3 + 3 + 1 and during.processes and during.cgroups
+    assert len(during.netns) == 3 + 4 + 1 and during.processes and during.cgroups  # nodes, infra, pod
     removed = down(names.state_dir)
     assert removed.ok, removed.errors
-    assert len(removed.processes) == len(procs) and len(removed.namespaces) == 7
+    assert len(removed.processes) == len(procs) and len(removed.namespaces) == 8
     assert not any(sp.alive() for sp in procs.values())
     assert not (tmp_path / "outside.txt").exists()
     assert snapshot_host(names).diff(before) == {}
@@ -85,7 +85,7 @@ def test_clean_after_a_crash(lab_names, lab_spec, tmp_path, crash):
             down(names.state_dir)
     removed = clean(names)
     assert removed.ok, removed.errors
-    assert len(removed.namespaces) == 1 + 2 + 1 + 1  # fabric, etcd, nodes, pod
+    assert len(removed.namespaces) == 1 + 1 + 2 + 1 + 1  # fabric, etcd, ext, nodes, pod
     alive = [name for name, sp in procs.items() if sp.alive()]
     assert alive == []
     assert any("PODNET_LAB_MARKER" in p for p in removed.processes)  # the env-marked helper
@@ -129,7 +129,7 @@ def test_state_records_the_lab(make_lab):
     doc = LabState(lab.names.state_dir).load()
     assert doc["prefix"] == lab.names.prefix
     kinds = {n["kind"] for n in doc["namespaces"]}
-    assert kinds == {"fabric", "etcd", "node"}
+    assert kinds == {"fabric", "etcd", "ext", "node"}
     assert doc["cgroups"] == [lab.names.cgroup_dir]
     assert doc["meta"]["topology"]["etcd"]["endpoint"] == lab.topo.etcd_endpoint
     json.dumps(doc)

@@ -24,7 +24,8 @@ def test_default_one_subnet_three_nodes():
     assert t.etcd_endpoint == "http://10.77.0.2:2379"
     assert t.mtu == 1500
     assert t.namespaces[0] == ("pn-fabric", "fabric")
-    assert [k for _, k in t.namespaces] == ["fabric", "etcd", "node", "node", "node"]
+    assert [k for _, k in t.namespaces] == ["fabric", "etcd", "ext", "node", "node", "node"]
+    assert (t.external.netns, t.external.ip) == ("pn-ext", "10.77.0.3")  # a client outside the cluster
 
 
 def test_two_subnets_split_nodes_and_route_via_router():
@@ -47,7 +48,7 @@ def test_two_subnets_split_nodes_and_route_via_router():
         ("eth1", "router-1", "br1", "10.77.1.1/24"),
     ]
     assert t.etcd.gateway == "10.77.0.1"
-    assert [k for _, k in t.namespaces] == ["fabric", "router", "etcd"] + ["node"] * 5
+    assert [k for _, k in t.namespaces] == ["fabric", "router", "etcd", "ext"] + ["node"] * 5
 
 
 def test_node_subnet_halves():
