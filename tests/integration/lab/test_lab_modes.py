@@ -116,9 +116,8 @@ def test_nat_outgoing_masquerades_only_traffic_that_leaves_the_pools():
     import sys
 
     from podnet.dataplane.netlink import Netlink
-    from podnet.lab.netns import create_netns, spawn
+    from podnet.lab.netns import spawn
     from podnet.lab.probe import probe
-    from podnet.lab.state import LabState
 
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
     spec = LabSpec(nodes=2, underlay=random_underlay())
@@ -126,18 +125,9 @@ def test_nat_outgoing_masquerades_only_traffic_that_leaves_the_pools():
     try:
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
         pods = pods_on_every_node(store, 2, names)
-        ext = f"{names.prefix}ext"
-        LabState(names.state_dir).record_netns(ext, "other")
-        create_netns(ext)
-        subnet = info.topology.subnets[0].cidr.rsplit(".", 2)[0]  # "10.x"
-        ext_ip = f"{subnet}.0.3"
-        with Netlink.open(info.topology.fabric_ns) as nl:
-            nl.link_add_veth("ext", "eth0", peer_netns=f"/run/netns/{ext}")
-            nl.link_set("ext", master="br0", up=True)
+        ext = names.ext_ns  # the lab's client outside the cluster, on the nodes' subnet
+        ext_ip = info.topology.external.ip
         with Netlink.open(ext) as nl:
-            nl.link_set("lo", up=True)
-            nl.link_set("eth0", up=True)
-            nl.addr_add("eth0", f"{ext_ip}/24")
             nl.addr_add("lo", "203.0.113.1/32")
         for host in info.topology.nodes:
             with Netlink.open(host.netns) as nl:
