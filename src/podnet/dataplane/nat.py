@@ -19,10 +19,9 @@ moment without the rule, and a render identical to the last applied one is not r
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterable
 
-from podnet.dataplane.errors import DataplaneError
+from podnet.dataplane.nft import kernel_matches, run_nft
 
 TABLE = "podnet_nat"
 
@@ -54,18 +53,18 @@ class NatManager:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self._applied: str | None = None
+        self._adopt = True  # the first apply may adopt the kernel's table (an agent restart)
 
     def apply(self, masq_pools: Iterable[str], all_pools: Iterable[str]) -> bool:
         """Apply if the rendering changed; True when something was written."""
         script = render_nat(masq_pools, all_pools)
         if script == self._applied:
             return False
-        cmd = ["nft", "-f", "-"]
-        if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]
-        proc = subprocess.run(cmd, input=script, capture_output=True, text=True)
-        if proc.returncode != 0:
-            self._applied = None
-            raise DataplaneError(f"nft rejected the natOutgoing table: {proc.stderr.strip()}")
+        adopt, self._adopt = self._adopt, False
+        if adopt and kernel_matches(script, "ip", TABLE, self.netns):
+            self._applied = script  # a restarted agent: the kernel already has this table
+            return False
+        self._applied = None
+        run_nft(script, self.netns, "natOutgoing")
         self._applied = script
         return True

@@ -76,7 +76,6 @@ import ipaddress
 import os
 import socket
 import struct
-import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -85,6 +84,7 @@ from typing import Any
 from podnet.calc.policy import CompiledRule, EndpointPolicy, PolicyPlan, Provenance
 from podnet.dataplane.errors import DataplaneError
 from podnet.dataplane.netns import run_in_netns
+from podnet.dataplane.nft import kernel_matches, run_nft
 
 TABLE = "podnet_policy"
 FAMILY = "inet"
@@ -350,6 +350,7 @@ class PolicyManager:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self._applied: Rendering | None = None  # None: the next apply is a full resync
+        self._adopt = True  # the first apply may adopt the kernel's table (an agent restart)
         self.last_script: str | None = None
         self.last_mode: str | None = None
 
@@ -358,15 +359,8 @@ class PolicyManager:
         return self._applied is None
 
     def _run_nft(self, script: str) -> None:
-        cmd = ["nft", "-f", "-"]
-        if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]
-        proc = subprocess.run(cmd, input=script, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise DataplaneError(
-                f"nft rejected the {TABLE} transaction: {proc.stderr.strip()}",
-                hint="the previous policy ruleset is still in force; the next sync is a full resync",
-            )
+        hint = "the previous policy ruleset is still in force; the next sync is a full resync"
+        run_nft(script, self.netns, TABLE, hint=hint)
 
     def apply(self, plan: PolicyPlan, endpoints: Endpoints) -> dict[str, Any]:
         """Make the table enforce ``plan``: ``{"mode": "full"|"partial"|"noop", "statements": n,
@@ -375,6 +369,10 @@ class PolicyManager:
         rendering = build_rendering(plan, endpoints)
         if self._applied is None:
             mode, script = "full", render_full(rendering)
+            adopt, self._adopt = self._adopt, False
+            if adopt and kernel_matches(script, FAMILY, TABLE, self.netns):
+                self._applied = rendering  # a restarted agent: the kernel already says this
+                return {"mode": "adopted", "statements": 0, "seconds": time.perf_counter() - started}
         else:
             script = render_diff(self._applied, rendering)
             mode = "partial" if script else "noop"

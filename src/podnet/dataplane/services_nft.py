@@ -101,15 +101,14 @@ import logging
 import re
 import socket
 import struct
-import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from podnet.calc.services import CLUSTER_IP, EXTERNAL_IP, NODE_PORT, Backend, Frontend, ServicePlan
-from podnet.dataplane.errors import DataplaneError
 from podnet.dataplane.netns import run_in_netns
+from podnet.dataplane.nft import kernel_matches, run_nft
 
 log = logging.getLogger(__name__)
 
@@ -578,6 +577,7 @@ class ServiceProxy:
         self.nodeport_only = nodeport_only
         self._applied: Rendering | None = None  # None: the next apply is a full resync
         self._ever_applied: Rendering | None = None  # for conntrack: what the kernel last had
+        self._adopt = True  # the first apply may adopt the kernel's table (an agent restart)
         self.last_script: str | None = None
         self.last_mode: str | None = None
 
@@ -586,15 +586,8 @@ class ServiceProxy:
         return self._applied is None
 
     def _run_nft(self, script: str) -> None:
-        cmd = ["nft", "-f", "-"]
-        if self.netns:
-            cmd = ["ip", "netns", "exec", self.netns, *cmd]
-        proc = subprocess.run(cmd, input=script, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise DataplaneError(
-                f"nft rejected the {TABLE} transaction: {proc.stderr.strip()}",
-                hint="the previous service ruleset is still in force; the next sync is a full resync",
-            )
+        hint = "the previous service ruleset is still in force; the next sync is a full resync"
+        run_nft(script, self.netns, TABLE, hint=hint)
 
     def apply(
         self,
@@ -616,6 +609,12 @@ class ServiceProxy:
             script = render_diff(self._applied, rendering)
         if script is None:
             mode, script = "full", render_full(rendering)
+            adopt, self._adopt = self._adopt, False
+            if adopt and self._applied is None and kernel_matches(script, "ip", TABLE, self.netns):
+                self._applied = self._ever_applied = rendering  # a restarted agent: nothing to write
+                return {"mode": "adopted", "statements": 0, "seconds": time.perf_counter() - started,
+                        "nft_seconds": 0.0, "conntrack_deleted": 0,
+                        "skipped": list(rendering.skipped)}  # fmt: skip
         else:
             mode = "partial" if script else "noop"
         if script:

@@ -1,0 +1,87 @@
+"""What podnet's nftables managers share: running one ``nft -f`` transaction, and adopting a table
+that is already in the kernel.
+
+**Adoption.** A restarted agent must not flush and rebuild a table that already says what it
+wants (traffic must not notice a restart, and nothing should even be rewritten). So the first
+sync of a manager asks :func:`kernel_matches`: the full script is loaded into a throw-away network
+namespace (``unshare --net``), both tables are listed statelessly as JSON (``nft -j -s``: no
+counters), put in a canonical form (no handles; sets, maps and chains by name; each chain's rules
+in order; set elements sorted; elements of dynamic sets — affinity timeouts — left out, they are
+traffic state) and compared. Equal: the manager takes the kernel's table as applied and goes on
+with partial syncs; different or absent: one full transaction, as before.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+from podnet.dataplane.errors import DataplaneError
+
+NFT_TIMEOUT = 60.0
+
+
+def _in_netns(cmd: list[str], netns: str | None) -> list[str]:
+    return ["ip", "netns", "exec", netns, *cmd] if netns else cmd
+
+
+def run_nft(script: str, netns: str | None, what: str, hint: str | None = None) -> None:
+    """Apply ``script`` as one atomic ``nft -f`` transaction; DataplaneError with nft's message."""
+    proc = subprocess.run(_in_netns(["nft", "-f", "-"], netns), input=script, capture_output=True,
+                          text=True, timeout=NFT_TIMEOUT)  # fmt: skip
+    if proc.returncode != 0:
+        raise DataplaneError(f"nft rejected the {what} transaction: {proc.stderr.strip()}", hint=hint)
+
+
+def canonical(doc: dict[str, Any]) -> dict[str, Any]:
+    """A listing (``nft -j -s list table``) in a form that does not depend on creation order."""
+    out: dict[str, Any] = {"table": None, "set": {}, "map": {}, "chain": {}, "rule": {}}
+    for item in doc.get("nftables", []):
+        kind, body = next(iter(item.items()))
+        if kind == "metainfo":
+            continue
+        body = {k: v for k, v in body.items() if k != "handle"}
+        if kind == "table":
+            out["table"] = body
+        elif kind in ("set", "map"):
+            flags = body.get("flags") or []
+            if "dynamic" in flags or "timeout" in flags:
+                body.pop("elem", None)  # traffic state (affinity), not configuration
+            elif "elem" in body:
+                body["elem"] = sorted(body["elem"], key=lambda e: json.dumps(e, sort_keys=True))
+            out[kind][body["name"]] = body
+        elif kind == "chain":
+            out["chain"][body["name"]] = body
+        elif kind == "rule":
+            out["rule"].setdefault(body["chain"], []).append(body)
+    return out
+
+
+def list_table(family: str, table: str, netns: str | None) -> dict[str, Any] | None:
+    """The table as ``nft -j -s`` lists it, or None when it does not exist."""
+    proc = subprocess.run(_in_netns(["nft", "-j", "-s", "list", "table", family, table], netns),
+                          capture_output=True, text=True, timeout=NFT_TIMEOUT)  # fmt: skip
+    return json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout.strip() else None
+
+
+def scratch_listing(script: str, family: str, table: str) -> dict[str, Any]:
+    """``script`` loaded into a throw-away network namespace, listed as :func:`list_table` does."""
+    shell = f"nft -f - && nft -j -s list table {family} {table}"
+    proc = subprocess.run(["unshare", "--net", "sh", "-c", shell], input=script, capture_output=True,
+                          text=True, timeout=NFT_TIMEOUT)  # fmt: skip
+    if proc.returncode != 0:
+        raise DataplaneError(f"nft rejected the {table} table in a scratch namespace: {proc.stderr.strip()}")
+    return json.loads(proc.stdout)
+
+
+def kernel_matches(script: str, family: str, table: str, netns: str | None) -> bool:
+    """Does the kernel's ``family table`` already hold exactly what ``script`` (a full
+    transaction) would make? False when the table is absent or anything fails."""
+    try:
+        current = list_table(family, table, netns)
+        if current is None:
+            return False
+        return canonical(current) == canonical(scratch_listing(script, family, table))
+    except (DataplaneError, OSError, ValueError, subprocess.TimeoutExpired):
+        return False
