@@ -8,6 +8,7 @@ podnet lab exec NS/POD -- CMD...               run a command inside a pod (its n
 podnet lab probe NS/POD|ext|NODE  NS/POD|svc/NS/NAME|NODE|IP  PORT/PROTO [--timeout S]
                                                exit 0 if it got through, 1 if not
 podnet lab probe --matrix PORT/PROTO [-o json] [--timeout S]
+podnet lab chaos kill-agent|kill-all-agents|agent-upgrade|etcd-outage [--node N] [--seconds S] [-o json]
 """
 
 from __future__ import annotations
@@ -44,11 +45,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     probe.add_argument("--matrix", action="store_true")
     probe.add_argument("--timeout", type=float, default=1.0)
     probe.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    from podnet.lab.chaos import SCENARIOS
+
+    chaos = sub.add_parser("chaos", help="a fault with the traffic witness running (kill-agent, ...)")
+    chaos.add_argument("scenario", choices=SCENARIOS)
+    chaos.add_argument("--node", help="kill-agent: the node (default: node-2)")
+    chaos.add_argument("--seconds", type=float, default=10.0, help="etcd-outage: how long etcd is down")
+    chaos.add_argument("-o", "--output", choices=["text", "json"], default="text")
 
 
 def run(args: argparse.Namespace) -> int:
     return {"up": _up, "down": _down, "clean": _clean, "status": _status, "wait": _wait, "exec": _exec,
-            "probe": _probe}[args.lab_command](args)  # fmt: skip
+            "probe": _probe, "chaos": _chaos}[args.lab_command](args)  # fmt: skip
 
 
 def _up(args) -> int:
@@ -244,3 +252,19 @@ def _destination(args, ref: str) -> str:
     if not (dst.status and dst.status.pod_ip):
         raise PodnetError(f"{ref} has no IP yet", hint="podnet lab wait")
     return dst.status.pod_ip
+
+
+def _chaos(args) -> int:
+    """Run a fault scenario on the lab that is up; exit 1 if a flow was interrupted or podnet's
+    kernel state changed."""
+    import json
+
+    from podnet.cli.context import resource_store
+    from podnet.lab.chaos import ChaosLab, render, run_scenario
+    from podnet.lab.cluster import lab_names
+
+    names = lab_names()
+    report = run_scenario(ChaosLab(names, resource_store(args)), args.scenario, args.node, args.seconds)
+    print(json.dumps(report, indent=2) if args.output == "json" else render(report))
+    changed = any(report["kernel_changes"].values()) or report["bpf_maps_changed"]
+    return 0 if report["witness"]["interrupted_flows"] == 0 and not changed else 1

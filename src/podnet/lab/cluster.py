@@ -218,20 +218,34 @@ def wait_agent(names: LabNames, node: str, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def restart_agent(names: LabNames, node: str, sig: int = signal.SIGKILL) -> float:
-    """Kill a node's agent (``kill -9`` by default) and start it again with the same command line;
-    returns the seconds until the new one answers STATUS."""
+def stop_process(names: LabNames, name: str, sig: int = signal.SIGTERM) -> ProcessRecord:
+    """Stop a recorded lab process (``agent-node-1``, ``etcd``, …) and return its record, so that
+    :func:`start_process` can start it again."""
     state = LabState(names.state_dir)
-    record = next((p for p in state.processes() if p.name == f"agent-{node}"), None)
+    record = next((p for p in state.processes() if p.name == name), None)
     if record is None:
-        raise LabError(f"no agent recorded for {node}")
+        raise LabError(f"no process {name!r} recorded in this lab", hint="podnet lab status")
     signal_process(record.pid, record.start_time, sig, group=True)
     if not wait_gone([(record.pid, record.start_time)], 5.0):
         stop_processes([(record.pid, record.start_time)], timeout=2.0)
+    return record
+
+
+def start_process(names: LabNames, record: ProcessRecord, cmd: list[str] | None = None) -> None:
+    """Start a stopped lab process again as recorded (or with ``cmd``), and record the new one."""
+    process = spawn(cmd or list(record.cmd), netns=record.netns, cgroup=record.cgroup,
+                    lab_prefix=names.prefix, log=record.log)  # fmt: skip
+    LabState(names.state_dir).record_process(ProcessRecord.of(record.name, process, **record.meta))
+
+
+def restart_agent(
+    names: LabNames, node: str, sig: int = signal.SIGKILL, extra_args: tuple[str, ...] = ()
+) -> float:
+    """Kill a node's agent (``kill -9`` by default) and start it again with the same command line
+    (plus ``extra_args``: a changed configuration); returns the seconds until it answers STATUS."""
+    record = stop_process(names, f"agent-{node}", sig)
     started = time.monotonic()
-    agent = spawn(list(record.cmd), netns=record.netns, cgroup=record.cgroup, lab_prefix=names.prefix,
-                  log=record.log)  # fmt: skip
-    state.record_process(ProcessRecord.of(record.name, agent, node=node))
+    start_process(names, record, [*record.cmd, *extra_args] if extra_args else None)
     wait_agent(names, node)
     return time.monotonic() - started
 

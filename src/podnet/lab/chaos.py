@@ -1,0 +1,193 @@
+"""Fault scenarios on a running lab, with the traffic witness running (``podnet lab chaos``).
+
+Every scenario runs the same way::
+
+    workload (namespace "chaos": echo servers on node-2 and node-3, clients on node-1 and node-3,
+              a ClusterIP over the servers)          — created once, re-used
+    witness flows: pod→pod across nodes, and through the ClusterIP (a request every 50 ms each)
+    snapshot of podnet's BPF maps; kernel change monitors on every node (routes, FDB, nft, …)
+    THE FAULT
+    settle; stop the monitors, the witness; compare
+
+and returns a report: the witness's longest gap and interrupted flows, every kernel change seen on
+each node, the BPF maps that differ, and scenario figures (restart times, agent CPU, …).
+
+Scenarios:
+
+- ``kill-agent``: ``kill -9`` the agent of one node (default: the servers' node-2), start it again.
+- ``kill-all-agents``: the same on every node at once.
+- ``agent-upgrade``: restart every agent, one by one, with a changed configuration (the same code
+  with another ``--refresh-seconds``: what an in-place upgrade exercises).
+- ``etcd-outage``: stop etcd for ``seconds`` (default 10; the issue's figure is 60), then start it;
+  reports the agents' CPU use meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from podnet.lab import cluster
+from podnet.lab.kernel_watch import KernelWatch, bpf_maps
+from podnet.lab.naming import LabError, LabNames
+from podnet.lab.state import LabState
+from podnet.lab.witness import Flow, Witness, summarize
+
+NAMESPACE = "chaos"
+PORT = 8080
+SCENARIOS = ("kill-agent", "kill-all-agents", "agent-upgrade", "etcd-outage")
+FLOW_FIELDS = ("replies", "interrupted", "max_gap_ms", "gaps_over_limit", "errors")
+FIGURES = ("restart_seconds", "outage_seconds", "agent_cpu_percent_during_outage", "back_in_sync_seconds")
+
+
+def workload_docs(nodes: list[str]) -> list[dict]:
+    """Servers on the second and third node, clients on the first and last (cross-node flows)."""
+    server_nodes = nodes[1:3] or nodes[:1]
+    client_nodes = [nodes[0], nodes[-1]] if len(nodes) > 1 else nodes[:1]
+    ports = [{"name": "http", "containerPort": PORT}]
+    docs: list[dict] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}]
+    for i, node in enumerate(server_nodes, start=1):
+        meta = {"name": f"echo-{i}", "namespace": NAMESPACE, "labels": {"app": "echo"}}
+        spec = {"nodeName": node, "containers": [{"name": "c", "ports": ports}]}
+        docs.append({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
+    for i, node in enumerate(dict.fromkeys(client_nodes), start=1):
+        meta = {"name": f"client-{i}", "namespace": NAMESPACE}
+        spec = {"nodeName": node, "containers": [{"name": "c"}]}
+        docs.append({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
+    spec = {"selector": {"app": "echo"}, "ports": [{"port": 80, "targetPort": "http"}]}
+    docs.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo", "namespace": NAMESPACE},
+                 "spec": spec})  # fmt: skip
+    return docs
+
+
+@dataclass
+class ChaosLab:
+    names: LabNames
+    store: Any  # ResourceStore
+
+    @property
+    def nodes(self) -> list[str]:
+        return sorted(LabState(self.names.state_dir).meta()["nodes"])
+
+    def ensure_workload(self, timeout: float = 60.0) -> None:
+        from podnet.model import lookup, parse_resource
+
+        self.store.apply([parse_resource(d) for d in workload_docs(self.nodes)])
+        deadline = time.monotonic() + timeout
+        while True:
+            pods = self.store.list(lookup("pods"), NAMESPACE)
+            if pods and all(p.status and p.status.phase == "Running" for p in pods):
+                return
+            if time.monotonic() > deadline:
+                hint = "podnet get pods -n chaos"
+                raise LabError(f"the chaos workload is not Running after {timeout:g}s", hint=hint)
+            time.sleep(0.1)
+
+    def flows(self) -> list[Flow]:
+        from podnet.model import lookup
+
+        pods = {p.metadata.name: p for p in self.store.list(lookup("pods"), NAMESPACE)}
+        vip = self.store.get(lookup("services"), "echo", NAMESPACE).spec.cluster_ip
+        out = []
+        for client in sorted(n for n in pods if n.startswith("client-")):
+            c = pods[client]
+            netns = self.names.pod_ns(NAMESPACE, client)
+            cgroup = self.names.pod_cgroup(c.spec.node_name, c.metadata.uid)
+            for server in sorted(n for n in pods if n.startswith("echo-")):
+                s = pods[server]
+                if s.spec.node_name != c.spec.node_name:
+                    label = f"{client}({c.spec.node_name})→{server}({s.spec.node_name})"
+                    out.append(Flow(label, netns, cgroup, s.status.pod_ip, PORT))
+            out.append(Flow(f"{client}({c.spec.node_name})→svc/echo", netns, cgroup, vip, 80))
+        return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _agent_pids(names: LabNames) -> dict[str, int]:
+    return {p.name.removeprefix("agent-"): p.pid for p in LabState(names.state_dir).processes()
+            if p.name.startswith("agent-")}  # fmt: skip
+
+
+def _kill_agents(lab: ChaosLab, nodes: list[str], extra_args: tuple[str, ...] = ()) -> dict[str, Any]:
+    seconds = {node: cluster.restart_agent(lab.names, node, signal.SIGKILL, extra_args) for node in nodes}
+    return {"restart_seconds": {node: round(s, 2) for node, s in seconds.items()}}
+
+
+def _etcd_outage(lab: ChaosLab, seconds: float) -> dict[str, Any]:
+    pids = _agent_pids(lab.names)
+    before = {node: _cpu_seconds(pid) for node, pid in pids.items()}
+    record = cluster.stop_process(lab.names, "etcd")
+    started = time.monotonic()
+    time.sleep(seconds)
+    outage = time.monotonic() - started
+    cpu = {node: round((_cpu_seconds(pid) - before[node]) / outage * 100, 1) for node, pid in pids.items()}
+    cluster.start_process(lab.names, record)
+    for node in pids:
+        cluster.wait_agent(lab.names, node, timeout=60.0)
+    return {"outage_seconds": round(outage, 1), "agent_cpu_percent_during_outage": cpu,
+            "back_in_sync_seconds": round(time.monotonic() - started - outage, 2)}  # fmt: skip
+
+
+def run_scenario(lab: ChaosLab, scenario: str, node: str | None = None, seconds: float = 10.0,
+                 settle: float = 1.5) -> dict[str, Any]:  # fmt: skip
+    """Run one scenario with the witness and the kernel monitors (see the module docstring)."""
+    nodes = lab.nodes
+    faults: dict[str, Callable[[], dict[str, Any]]] = {
+        "kill-agent": lambda: _kill_agents(lab, [node or nodes[min(1, len(nodes) - 1)]]),
+        "kill-all-agents": lambda: _kill_agents(lab, nodes),
+        "agent-upgrade": lambda: _kill_agents(lab, nodes, ("--refresh-seconds", "45")),
+        "etcd-outage": lambda: _etcd_outage(lab, seconds),
+    }
+    if scenario not in faults:
+        raise LabError(f"unknown scenario {scenario!r}", hint=", ".join(SCENARIOS))
+    lab.ensure_workload()
+    witness = Witness(os.path.join(lab.names.state_dir, "witness", scenario), lab.names.prefix)
+    witness.start(lab.flows())
+    try:
+        witness.settle(1.0)
+        bpf_dir = os.path.join(lab.names.state_dir, "bpf")
+        maps_before = bpf_maps(bpf_dir)
+        watch = KernelWatch([lab.names.node_ns(n) for n in nodes]).start()
+        figures = faults[scenario]()
+        time.sleep(settle)
+        events = watch.stop()
+        maps_after = bpf_maps(bpf_dir)
+    finally:
+        flows = witness.stop()
+    changed = sorted(k for k in set(maps_before) | set(maps_after) if maps_before.get(k) != maps_after.get(k))
+    return {
+        "scenario": scenario,
+        "witness": summarize(flows),
+        "flows": {label: {k: r.get(k) for k in FLOW_FIELDS} for label, r in flows.items()},
+        "kernel_changes": {ns.removeprefix(lab.names.prefix): lines for ns, lines in events.items()},
+        "bpf_maps_changed": changed,
+        "bpf_maps_checked": len(maps_before),
+        **figures,
+    }  # fmt: skip
+
+
+def render(report: dict[str, Any]) -> str:
+    w = report["witness"]
+    lines = [f"scenario {report['scenario']}: {w['flows']} flows, {w['replies']} replies, "
+             f"longest gap {w['max_gap_ms']:.0f} ms, interrupted flows {w['interrupted_flows']}"]  # fmt: skip
+    for label, flow in report["flows"].items():
+        lines.append(f"  {label:38} replies {flow['replies']:5}  longest gap {flow['max_gap_ms']:7.1f} ms  "
+                     f"interrupted {flow['interrupted']}")  # fmt: skip
+    changes = sum(len(v) for v in report["kernel_changes"].values())
+    shown = [f"\n  {node}: {line}" for node, v in report["kernel_changes"].items() for line in v[:10]]
+    lines.append(f"kernel changes to podnet's state: {changes}" + "".join(shown))
+    lines.append(f"BPF maps changed: {len(report['bpf_maps_changed'])} of {report['bpf_maps_checked']}"
+                 + "".join(f"\n  {m}" for m in report["bpf_maps_changed"]))  # fmt: skip
+    for key in FIGURES:
+        if key in report:
+            lines.append(f"{key.replace('_', ' ')}: {report[key]}")
+    return "\n".join(lines)
