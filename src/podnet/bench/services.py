@@ -316,19 +316,6 @@ def workload_docs() -> list[dict]:
                _service_doc(SERVICES["service1"], {"pod": BACKENDS[0]})])  # fmt: skip
 
 
-def _join(cgroup: str):
-    path = os.path.join(cgroup, "cgroup.procs").encode()
-
-    def preexec() -> None:  # between fork and exec: plain syscalls only
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.write(fd, b"0")
-        finally:
-            os.close(fd)
-
-    return preexec
-
-
 def wrk_command(url: str, duration: int, threads: int, connections: int, close: bool) -> list[str]:
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "2s"]
     return [*cmd, *(["-H", "Connection: close"] if close else []), url]
@@ -338,11 +325,12 @@ def wrk_in_pod(netns: str, cgroup: str, url: str, duration: int, threads: int, c
                close: bool) -> WrkResult:  # fmt: skip
     """wrk from a process that joined the pod's cgroup and then entered its netns (as the pod's own
     processes do: socket load balancing sees its connects)."""
-    from podnet.lab.netns import IP
+    from podnet.lab.netns import IP, join_cgroup
 
     cmd = [IP, "netns", "exec", netns, *wrk_command(url, duration, threads, connections, close)]
     before = syn_retransmits(netns)
-    out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_join(cgroup), timeout=duration + 30)
+    out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=join_cgroup(cgroup),
+                         timeout=duration + 30)  # fmt: skip
     if out.returncode != 0:
         raise RuntimeError(f"wrk {url} in {netns} failed: {(out.stderr or out.stdout).strip()[-500:]}")
     result = parse_wrk(out.stdout)
@@ -362,11 +350,11 @@ def syn_retransmits(netns: str) -> int:
 def curl_in_pod(netns: str, cgroup: str, url: str, count: int = 1) -> list[str]:
     """The bodies of ``count`` GETs of ``url``, each on a new connection (``Connection: close``),
     from the pod's cgroup and netns; [] when nothing answers."""
-    from podnet.lab.netns import IP
+    from podnet.lab.netns import IP, join_cgroup
 
     cmd = [IP, "netns", "exec", netns, "curl", "-s", "--max-time", "2", "-H", "Connection: close",
            *[url] * count]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_join(cgroup), timeout=30)
+    out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=join_cgroup(cgroup), timeout=30)
     return out.stdout.split()
 
 

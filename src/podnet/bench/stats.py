@@ -1,8 +1,10 @@
-"""The statistics every podnet bench reports: nearest-rank percentiles and a latency summary."""
+"""The statistics every podnet bench reports: nearest-rank percentiles, a latency summary and the
+median/min/max summary of repeated samples."""
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 
 
@@ -24,4 +26,18 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
         "p99_ms": round(percentile(ms, 0.99), 2),
         "max_ms": round(ms[-1], 2) if ms else float("nan"),
         "mean_ms": round(sum(ms) / len(ms), 2) if ms else float("nan"),
+    }
+
+
+def sample_summary(values: Sequence[float]) -> dict[str, float]:
+    """``{n, median, min, max, mean}`` of repeated samples (any unit); NaN figures when empty."""
+    if not values:
+        nan = float("nan")
+        return {"n": 0, "median": nan, "min": nan, "max": nan, "mean": nan}
+    return {
+        "n": len(values),
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "mean": statistics.fmean(values),
     }

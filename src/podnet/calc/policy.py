@@ -466,6 +466,18 @@ def _address_of(end: PodInfo | str, version: int | None = None) -> str | None:
     return None
 
 
+def _addresses(src: PodInfo | str, dst: PodInfo | str) -> tuple[str, str]:
+    """The source and destination addresses of a connection (the source's of the same family)."""
+    dst_address = _address_of(dst)
+    if dst_address is None:
+        raise ValueError(f"{getattr(dst, 'key', dst)} has no address")
+    version = ipaddress.ip_address(dst_address).version
+    src_address = _address_of(src, version)
+    if src_address is None:
+        raise ValueError(f"{getattr(src, 'key', src)} has no IPv{version} address")
+    return src_address, dst_address
+
+
 def _endpoint_for(plan: PolicyPlan, end: PodInfo | str, address: str | None) -> EndpointPolicy | None:
     if isinstance(end, PodInfo):
         return plan.endpoints.get(end.key)
@@ -504,13 +516,7 @@ def explain(
     plan: PolicyPlan, src: PodInfo | str, dst: PodInfo | str, port: int, protocol: str = "TCP"
 ) -> Verdict:
     """Would ``src`` reach ``dst`` on ``port/protocol``? Evaluated on the compiled plan."""
-    dst_address = _address_of(dst)
-    if dst_address is None:
-        raise ValueError(f"{getattr(dst, 'key', dst)} has no address")
-    version = ipaddress.ip_address(dst_address).version
-    src_address = _address_of(src, version)
-    if src_address is None:
-        raise ValueError(f"{getattr(src, 'key', src)} has no IPv{version} address")
+    src_address, dst_address = _addresses(src, dst)
 
     allowed_by: list[Provenance] = []
     decided_by = "not isolated"
@@ -546,13 +552,7 @@ def explain_sides(
     plan: PolicyPlan, src: PodInfo | str, dst: PodInfo | str, port: int, protocol: str = "TCP"
 ) -> tuple[SideVerdict, SideVerdict]:
     """Egress of ``src`` and ingress of ``dst``, each evaluated whatever the other says."""
-    dst_address = _address_of(dst)
-    if dst_address is None:
-        raise ValueError(f"{getattr(dst, 'key', dst)} has no address")
-    version = ipaddress.ip_address(dst_address).version
-    src_address = _address_of(src, version)
-    if src_address is None:
-        raise ValueError(f"{getattr(src, 'key', src)} has no IPv{version} address")
+    src_address, dst_address = _addresses(src, dst)
     sides = []
     ends = ((EGRESS, src, src_address, dst_address), (INGRESS, dst, dst_address, src_address))
     for direction, end, own, peer in ends:

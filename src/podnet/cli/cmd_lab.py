@@ -158,7 +158,7 @@ def _exec(args) -> int:
     import os
     import subprocess
 
-    from podnet.lab.netns import IP
+    from podnet.lab.netns import IP, join_cgroup
 
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
@@ -168,14 +168,8 @@ def _exec(args) -> int:
 
     names = lab_names()
     cgroup = names.pod_cgroup(pod.spec.node_name, pod.metadata.uid) if pod.metadata.uid else None
-    procs = os.path.join(cgroup, "cgroup.procs") if cgroup else None
-
-    def join_cgroup() -> None:
-        if procs and os.path.exists(procs):
-            with open(procs, "w") as f:
-                f.write("0")
-
-    return subprocess.call([IP, "netns", "exec", _netns_of(pod), *cmd], preexec_fn=join_cgroup)
+    cgroup = cgroup if cgroup and os.path.isdir(cgroup) else None
+    return subprocess.call([IP, "netns", "exec", _netns_of(pod), *cmd], preexec_fn=join_cgroup(cgroup))
 
 
 

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "policy": ("podnet.cli.cmd_policy", "NetworkPolicy: explain a verdict, test the lab against explain"),
     "service": ("podnet.cli.cmd_service", "services and their backends (list), like cilium service list"),
     "monitor": ("podnet.cli.cmd_monitor", "policy drops on lab nodes, like cilium monitor -t drop"),
+    "bench": ("podnet.cli.cmd_bench", "the seed article's benchmark table, measured on this machine's lab"),
     "etcd": ("podnet.cli.cmd_etcd", "run a private etcd server for trying podnet out"),
     "demo": ("podnet.cli.cmd_demo", "start an etcd, apply example resources, allocate addresses"),
     "version": ("podnet.cli.cmd_version", "print the podnet version"),

@@ -258,7 +258,12 @@ class Spawned:
             wait_gone([(self.pid, self.start_time)], 2.0, self.popen)
 
 
-def _join_cgroup(cgroup: str):
+def join_cgroup(cgroup: str | None):
+    """A ``preexec_fn`` that moves the child into ``cgroup`` (None: stays where it is) before it
+    execs: a process must join its pod's cgroup before it enters the pod's network namespace
+    (``ip netns exec`` remounts /sys), so that cgroup eBPF programs see its sockets."""
+    if cgroup is None:
+        return None
     path = os.path.join(cgroup, "cgroup.procs").encode()
 
     def preexec() -> None:  # runs in the child between fork and exec: plain syscalls only
@@ -307,7 +312,7 @@ def spawn(
             env=child_env,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_join_cgroup(cgroup) if cgroup else None,
+            preexec_fn=join_cgroup(cgroup),
         )
     except subprocess.SubprocessError as exc:
         raise LabError(f"could not start {cmd[0]}: {exc}", hint=f"cgroup={cgroup} netns={netns}") from exc

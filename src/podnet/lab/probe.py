@@ -363,18 +363,11 @@ def probe_in_pod(
     import subprocess
     import sys
 
-    from podnet.lab.netns import IP
-
-    procs = os.path.join(cgroup, "cgroup.procs") if cgroup else None
-
-    def join_cgroup() -> None:
-        if procs and os.path.exists(procs):
-            with open(procs, "w") as f:
-                f.write("0")
+    from podnet.lab.netns import IP, join_cgroup
 
     cmd = [IP, "netns", "exec", netns, sys.executable, "-m", "podnet.lab.probe",
            dst_ip, str(port), proto, str(count), str(timeout)]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=join_cgroup,
+    out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=join_cgroup(cgroup),
                          timeout=timeout * 3 + 30)  # fmt: skip
     if out.returncode != 0:
         raise OSError(f"probe in {netns} failed: {out.stderr.strip()[-500:]}")
