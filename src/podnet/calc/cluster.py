@@ -90,7 +90,8 @@ class ClusterCache:
         self.revision = max(self.revision, revision)
         try:
             kind = self._update(key, value)
-        except (PodnetError, ValueError, KeyError, TypeError) as exc:
+        except (PodnetError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            # RecursionError: json.loads of a value nested thousands deep ("[[[[...").
             self.errors[key] = str(exc)
             return None
         self.errors.pop(key, None)

@@ -31,10 +31,30 @@ class EndpointRecord:
 
     @classmethod
     def from_json(cls, raw: bytes) -> EndpointRecord:
+        """Read a stored record; a value of the wrong shape raises ValueError (the cache reports it)."""
         doc = json.loads(raw)
-        doc["addresses"] = tuple(doc.get("addresses") or ())
+        if not isinstance(doc, dict):
+            raise ValueError(f"endpoint record must be a JSON object, not {type(doc).__name__}")
+        doc["addresses"] = doc.get("addresses") or ()
+        checks = {"addresses": _is_str_list, "labels": _is_str_map}
+        for name, value in doc.items():
+            if not checks.get(name, _is_str)(value):
+                raise ValueError(f"endpoint record field {name!r} has the wrong type")
+        doc["addresses"] = tuple(doc["addresses"])
         return cls(**doc)
 
     @property
     def pod_key(self) -> str:
         return f"{self.namespace}/{self.pod}"
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _is_str_list(value: object) -> bool:
+    return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+
+
+def _is_str_map(value: object) -> bool:
+    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())

@@ -26,6 +26,8 @@ def parse_patch(text: str) -> dict:
         patch = yaml.safe_load(text)  # JSON is YAML
     except yaml.YAMLError as exc:
         raise ValidationError([("patch", f"not valid JSON or YAML: {exc}")]) from None
+    except RecursionError:  # PyYAML recurses per nesting level
+        raise ValidationError([("patch", "not valid JSON or YAML: nested too deeply")]) from None
     if not isinstance(patch, dict):
         raise ValidationError([("patch", "must be an object, e.g. '{\"spec\": {...}}'")])
     return patch

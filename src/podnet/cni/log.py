@@ -33,7 +33,8 @@ class Log:
         line = f"{stamp} {level.upper()} podnet-cni[{os.getpid()}] {self.context}{message}\n"
         if self.path:
             try:
-                with open(self.path, "a", encoding="utf-8") as handle:
+                # backslashreplace: CNI_* values that were not UTF-8 arrive as lone surrogates.
+                with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as handle:
                     handle.write(line)
                 return
             except OSError as exc:

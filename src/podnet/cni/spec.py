@@ -112,7 +112,11 @@ def interface_name_problem(name: str) -> str | None:
     """Why ``name`` cannot be a Linux interface name (``skel``'s four rules), or None."""
     if not name:
         return "interface name is empty"
-    if len(name.encode()) > MAX_IFNAME_BYTES:
+    try:
+        encoded = name.encode()
+    except UnicodeEncodeError:  # bytes that are not UTF-8 reach os.environ as lone surrogates
+        return f"interface name {name!r} is not valid UTF-8"
+    if len(encoded) > MAX_IFNAME_BYTES:
         return f"interface name {name!r} is too long (at most {MAX_IFNAME_BYTES} bytes)"
     if name in (".", ".."):
         return f"interface name {name!r} is . or .."
@@ -308,6 +312,8 @@ def decode_config(data: bytes) -> dict:
         raw = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CNIError(ERR_DECODING, f"error unmarshalling network config: {exc}") from None
+    except RecursionError:  # json's C scanner recurses per nesting level: "[[[[..." exhausts the stack
+        raise CNIError(ERR_DECODING, "error unmarshalling network config: nested too deeply") from None
     if not isinstance(raw, dict):
         raise CNIError(
             ERR_DECODING,

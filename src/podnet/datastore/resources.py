@@ -159,24 +159,33 @@ class ResourceStore:
         return (allocator or self._allocator()).admit(doc, old)
 
     def apply(self, resources: Sequence[Resource]) -> list[ApplyResult]:
-        """Create or update every resource in one transaction (chunks of MAX_TXN_OPS)."""
+        """Create or update every resource in one transaction (chunks of MAX_TXN_OPS).
+
+        The whole batch is prepared before anything is written, so a resource that is refused (a
+        stale resourceVersion, an object that vanished, an address already taken) stops the batch
+        with nothing written, however many chunks it has. Only another writer changing a key of a
+        later chunk between two chunk commits can still leave a batch larger than one transaction
+        partly applied (etcd's --max-txn-ops bounds one transaction).
+        """
         keys = [self.key_of(r) for r in resources]
         dupes = {k for k in keys if keys.count(k) > 1}
         if dupes:
             raise PodnetError(f"the input defines {sorted(dupes)[0]} more than once")
+        allocator = self._allocator()  # one for the batch: it remembers what the batch took
+        prepared = [
+            self._prepare(resource, self.store.get(key), allocator)
+            for resource, key in zip(resources, keys, strict=True)
+        ]
         results: list[ApplyResult] = []
-        for start in range(0, len(resources), MAX_TXN_OPS):
-            chunk = resources[start : start + MAX_TXN_OPS]
-            writes, staged = [], []
-            allocator = self._allocator()
-            for resource, key in zip(chunk, keys[start : start + MAX_TXN_OPS], strict=True):
-                write, action, doc, extra = self._prepare(resource, self.store.get(key), allocator)
-                staged.append((action, doc))
+        for start in range(0, len(prepared), MAX_TXN_OPS):
+            chunk = prepared[start : start + MAX_TXN_OPS]
+            writes = []
+            for write, action, _, extra in chunk:
                 if action != "unchanged":
                     writes.append(write)
                 writes.extend(extra)
             revision = self.store.commit(writes) if writes else 0
-            for action, doc in staged:
+            for _, action, doc, _ in chunk:
                 if action != "unchanged":
                     doc["metadata"]["resourceVersion"] = str(revision)
                 results.append(ApplyResult(parse_resource(doc), action))

@@ -105,6 +105,12 @@ class Block:
     def from_json(cls, raw: bytes) -> Block:
         try:
             doc = json.loads(raw)
+            affinity, attributes = doc.get("affinity"), list(doc.get("attributes") or [])
+            if not isinstance(doc["cidr"], str) or not isinstance(affinity, str | None):
+                raise TypeError("cidr and affinity must be strings")
+            if not all(isinstance(a, dict) and isinstance(a.get("secondary") or {}, dict)
+                       for a in attributes):  # fmt: skip
+                raise TypeError("attributes must be objects")
             block = cls(
                 cidr=doc["cidr"],
                 affinity=doc.get("affinity"),
@@ -117,7 +123,7 @@ class Block:
                 },
                 deleted=bool(doc.get("deleted", False)),
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
             raise CorruptRecord(f"IPAM block record is not valid: {exc}") from exc
         problems = block.validate()
         if problems:

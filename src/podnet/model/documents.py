@@ -107,6 +107,8 @@ def load_documents(text: str, source: str = "<input>") -> list[dict[str, Any]]:
         raise ValidationError([(where, problem or "invalid YAML")], hint=hint, subject=source) from None
     except yaml.YAMLError as exc:
         raise ValidationError([("", f"invalid YAML: {exc}")], subject=source) from None
+    except RecursionError:  # PyYAML's composer recurses per nesting level: "[[[[..." exhausts the stack
+        raise ValidationError([("", "invalid YAML: nested too deeply")], subject=source) from None
     documents: list[dict[str, Any]] = []
     problems: list[tuple[str, str]] = []
     for index, document in enumerate(raw, start=1):

@@ -205,7 +205,10 @@ def check_annotation_map(value: Any) -> Any:
         key_problem = qualified_name_problem(key)
         if key_problem:
             problems.add(f"[{key}]", f"invalid key: {key_problem}")
-        total += len(key) + len(item.encode())
+        try:
+            total += len(key) + len(item.encode())
+        except UnicodeEncodeError:  # "\uD800" in YAML: not text that can be stored or printed
+            problems.add(f"[{key}]", "must be valid Unicode text (no lone surrogates)")
     if total > MAX_ANNOTATIONS_BYTES:
         problems.add("", f"annotations must be at most {MAX_ANNOTATIONS_BYTES} bytes in total")
     problems.raise_if_any()

@@ -200,7 +200,11 @@ def problems_from_pydantic(
 ) -> list[tuple[str, str]]:
     """Translate every error of ``exc`` into ``(path, message)``; ``root`` enables name suggestions."""
     problems: list[tuple[str, str]] = []
-    for error in exc.errors(include_url=False):
+    try:
+        errors = exc.errors(include_url=False)
+    except UnicodeEncodeError:  # a key holds a lone surrogate ("\uD800" in YAML): pydantic cannot say which
+        return [("", "contains a lone surrogate (\\uD800-\\uDFFF), which is not valid Unicode text")]
+    for error in errors:
         base = loc_to_path(error["loc"])
         if error["type"] == PROBLEMS_ERROR_TYPE:
             for path, message in error["ctx"]["problems"]:
