@@ -58,15 +58,33 @@ def socket_path(config_value: str | None = None) -> str:
     return config_value or os.environ.get(ENV_SOCKET) or DEFAULT_SOCKET
 
 
+def _connect(sock: socket.socket, path: str, timeout: float) -> None:
+    """Connect; a full listen queue (EAGAIN on a UNIX socket: the agent is busy with a burst of
+    requests) is waited out with short pauses, up to ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise AgentUnavailable(f"podnet agent not reachable at {path}: {exc.strerror}") from exc
+        except BlockingIOError as exc:
+            if time.monotonic() + pause > deadline:
+                why = f"podnet agent at {path} is too busy to accept: {exc.strerror}"
+                raise AgentUnavailable(why) from exc
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+
+
 def call(path: str, request: dict, timeout: float = 30.0) -> dict:
     """Send one request and return the agent's response object."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        try:
-            sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise AgentUnavailable(f"podnet agent not reachable at {path}: {exc.strerror}") from exc
+        _connect(sock, path, timeout)
         sock.sendall(json.dumps(request, separators=(",", ":")).encode() + b"\n")
         chunks = []
         while True:

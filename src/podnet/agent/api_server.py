@@ -27,6 +27,7 @@ class _Handler(socketserver.StreamRequestHandler):
 
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
+    request_queue_size = 128  # socketserver's default of 5 refuses a burst of CNI calls (EAGAIN)
 
 
 def serve(path: str, dispatch: Callable[[dict], dict]) -> _Server:

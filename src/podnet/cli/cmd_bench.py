@@ -181,16 +181,22 @@ def run(args: argparse.Namespace) -> int:
             opts["quick"],
             progress=bar.phase_of("data path"),
         )
+        report.write_json(result, os.path.join(out, "bench.json"))  # kept even if what follows fails
         if not (args.skip_footprint and args.skip_control_plane):
             from podnet.bench import footprint
 
-            result["footprint"] = footprint.run(
-                opts["profiles"],
-                opts["quick"],
-                memory=not args.skip_footprint,
-                control_plane=not args.skip_control_plane,
-                progress=bar.phase_of("footprint"),
-            )
+            try:
+                result["footprint"] = footprint.run(
+                    opts["profiles"],
+                    opts["quick"],
+                    memory=not args.skip_footprint,
+                    control_plane=not args.skip_control_plane,
+                    progress=bar.phase_of("footprint"),
+                )
+            except Exception as exc:  # the data path's figures stand on their own: report, go on
+                result["footprint_error"] = f"{type(exc).__name__}: {exc}"
+                print(f"podnet bench: footprint/control plane failed: {result['footprint_error']}",
+                      file=sys.stderr)  # fmt: skip
     finally:
         bar.close()
     result.setdefault("settings", {}).setdefault("wall_s", round(time.monotonic() - started, 1))

@@ -49,3 +49,42 @@ def test_a_failing_handler_still_answers(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_full_listen_queue_is_waited_out(tmp_path):
+    """EAGAIN from connect() (the agent's backlog is full during a burst) is not 'agent down'."""
+    import json
+    import socket
+    import threading
+    import time
+
+    path = str(tmp_path / "busy.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(0)
+    queued = []
+    while True:  # fill the backlog
+        extra = socket.socket(socket.AF_UNIX)
+        extra.setblocking(False)
+        try:
+            extra.connect(path)
+            queued.append(extra)
+        except BlockingIOError:
+            extra.close()
+            break
+
+    def serve() -> None:
+        time.sleep(0.2)
+        for _ in range(len(queued) + 1):
+            conn, _ = listener.accept()
+            if conn.recv(65536):
+                conn.sendall(json.dumps({"ok": True}).encode() + b"\n")
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    for extra in queued:
+        extra.close()  # their connections stay queued (empty requests) until accepted
+    try:
+        assert api.call(path, {"verb": "STATUS"}, timeout=5.0) == {"ok": True}
+    finally:
+        listener.close()
