@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from podnet.errors import PodnetError
+from podnet.errors import PodnetError, ValidationError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,14 +123,25 @@ def _check(args, ipam, resources) -> int:
     return 0 if report.ok else 1
 
 
+def _address(text: str) -> str:
+    """An ``--ip`` value as an address, or a ValidationError naming the flag (not exit 70)."""
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValidationError([("--ip", f"{text!r} is not an IPv4 or IPv6 address")]) from None
+
+
 def _release(args, ipam, resources) -> int:
     if not args.handle and not args.ip:
         raise PodnetError("nothing to release", hint="give --handle HANDLE and/or --ip ADDRESS")
+    addresses = [_address(ip) for ip in args.ip]  # all checked before anything is released
     for handle in args.handle:
         released = ipam.release_handle(handle)
         print(f"handle {handle}: released {', '.join(released) if released else 'nothing (unknown handle)'}")
-    if args.ip:
-        released = ipam.release_ips(args.ip)
+    if addresses:
+        released = ipam.release_ips(addresses)
         print(f"released {', '.join(released) if released else 'nothing'}")
     return 0
 
@@ -180,7 +191,7 @@ def _assign(args, ipam, resources) -> int:
         attrs.update(namespace=namespace or "default", pod=name)
     pools = _pools(resources)
     if args.ip:
-        print(ipam.assign_ip(args.ip, args.handle, args.node, pools, attrs))
+        print(ipam.assign_ip(_address(args.ip), args.handle, args.node, pools, attrs))
         return 0
     chosen = select_pools(pools, node.metadata.labels or {}, requested=args.pool)
     for address in ipam.auto_assign(args.handle, args.node, chosen, attrs, num=args.num):

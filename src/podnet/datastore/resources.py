@@ -22,7 +22,7 @@ from typing import Any
 
 from podnet.datastore.base import MUST_NOT_EXIST, Datastore, KeyValue, Write
 from podnet.datastore.keys import KeyLayout
-from podnet.errors import AlreadyExistsError, ConflictError, NotFoundError, PodnetError
+from podnet.errors import AlreadyExistsError, ConflictError, NotFoundError, PodnetError, ValidationError
 from podnet.model import Resource, ResourceType, parse_resource, resource_type_for
 
 # etcd refuses transactions with more operations than --max-txn-ops (default 128).
@@ -53,6 +53,20 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _stored_name(resource: Resource) -> str:
+    """The name a resource is stored under. The model accepts ``generateName`` in place of a name
+    (``kubectl get -o yaml`` output has both), but the store does not generate names: like
+    ``kubectl apply``, refuse such a document instead of failing on the missing name."""
+    name = resource.metadata.name
+    if not name:
+        raise ValidationError(
+            [("metadata.name", "required: podnet does not generate names from generateName")],
+            hint="give the resource a metadata.name",
+            subject=resource.describe(),
+        )
+    return name
+
+
 class ResourceStore:
     def __init__(self, store: Datastore, layout: KeyLayout | None = None) -> None:
         self.store = store
@@ -64,7 +78,7 @@ class ResourceStore:
         return self.layout.resource(rtype.key_name, name, ns)
 
     def key_of(self, resource: Resource) -> str:
-        return self.key(self.type_of(resource), resource.metadata.name, resource.metadata.namespace)
+        return self.key(self.type_of(resource), _stored_name(resource), resource.metadata.namespace)
 
     @staticmethod
     def type_of(resource: Resource) -> ResourceType:
@@ -122,6 +136,7 @@ class ResourceStore:
         """The write for one resource, whether it creates, changes or leaves it, and the writes
         that must go with it (a Service's ClusterIP and NodePort allocations)."""
         rtype = self.type_of(resource)
+        _stored_name(resource)
         doc = resource.to_dict()
         meta = doc.setdefault("metadata", {})
         if rtype.namespaced:

@@ -6,12 +6,42 @@
 - camelCase aliases (the YAML names) generated from snake_case attributes; acronyms that the real
   APIs spell differently (``hostIP``, ``podCIDR``, ``toFQDNs``) set their alias explicitly.
 - ``populate_by_name``: Python code may construct objects with attribute names.
+- Opaque fields (typed ``Any``: Kubernetes fields podnet keeps but does not interpret) must hold
+  JSON values: ``.inf``/``.nan`` or a non-string key would not survive ``to_dict`` and the datastore.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic.alias_generators import to_camel
+
+from podnet.model.problems import Problems, join_path
+
+
+def _not_json(value: Any) -> tuple[str, str] | None:
+    """Where and why ``value`` is not a JSON value (``None`` when it is one)."""
+    if value is None or isinstance(value, bool | int | str):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else ("", "must be a finite number (JSON has no inf or nan)")
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _not_json(item)
+            if found:
+                return join_path(f"[{index}]", found[0]), found[1]
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"[{key}]", "key must be a string (quote it in YAML)"
+            found = _not_json(item)
+            if found:
+                return join_path(f"[{key}]", found[0]), found[1]
+        return None
+    return "", "must be a JSON value (a string, number, boolean, list or mapping)"
 
 
 class ApiModel(BaseModel):
@@ -23,3 +53,14 @@ class ApiModel(BaseModel):
         populate_by_name=True,
         alias_generator=to_camel,
     )
+
+    @model_validator(mode="after")
+    def _opaque_values_are_json(self) -> Any:
+        problems = Problems()
+        for name, field in type(self).model_fields.items():
+            if field.annotation is Any:
+                found = _not_json(getattr(self, name))
+                if found:
+                    problems.add(join_path(field.alias or name, found[0]), found[1])
+        problems.raise_if_any()
+        return self

@@ -561,7 +561,8 @@ def calico_default_types(ingress: object, egress: object) -> list[PolicyType]:
 
 class _PolicySpec(ApiModel):
     tier: str = "default"
-    order: float | None = None
+    # finite: inf/nan are not JSON (the datastore stores strict JSON) and nan != nan breaks round trips
+    order: Annotated[float, Field(allow_inf_nan=False)] | None = None
     selector: CalicoSelector = "all()"
     types: list[PolicyType] | None = None
     ingress: list[Rule] | None = None

@@ -67,8 +67,13 @@ class _Dumper(yaml.SafeDumper):
     """SafeDumper writing multi-line strings as ``|`` blocks."""
 
 
+# Line breaks to YAML that PyYAML writes raw inside quotes, where the loader folds them: '\x85' would
+# read back as ' '. Double quotes escape them (\N, \L, \P).
+_BREAKS = ("\x85", "\u2028", "\u2029")
+
+
 def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
-    style = "|" if "\n" in value else None
+    style = '"' if any(b in value for b in _BREAKS) else "|" if "\n" in value else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 

@@ -41,7 +41,7 @@ class Problems:
         self.items: list[tuple[str, str]] = []
 
     def add(self, path: str, message: str) -> None:
-        self.items.append((path, message))
+        self.items.append((printable(path), printable(message)))
 
     def extend(self, prefix: str, items: Iterable[tuple[str, str]]) -> None:
         for path, message in items:
@@ -57,6 +57,12 @@ class Problems:
             raise PydanticCustomError(
                 PROBLEMS_ERROR_TYPE, "{summary}", {"summary": summary, "problems": tuple(self.items)}
             )
+
+
+def printable(text: str) -> str:
+    """``text`` with lone surrogates (a YAML ``"\\uD800"`` key) escaped as ``\\ud800``: such a key
+    still gets named in a path, and pydantic (and a UTF-8 terminal) can carry the result."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def join_path(base: str, relative: str) -> str:
@@ -206,7 +212,15 @@ def problems_from_pydantic(
         return [("", "contains a lone surrogate (\\uD800-\\uDFFF), which is not valid Unicode text")]
     for error in errors:
         base = loc_to_path(error["loc"])
-        if error["type"] == PROBLEMS_ERROR_TYPE:
+        if error["type"] == "string_unicode" and isinstance(error.get("input"), str):
+            # pydantic's only use of it here: a key of the object at loc is not valid Unicode text
+            problems.append(
+                (
+                    join_path(base, printable(error["input"])),
+                    "key is not valid Unicode text (it holds a lone surrogate, \\uD800-\\uDFFF)",
+                )
+            )
+        elif error["type"] == PROBLEMS_ERROR_TYPE:
             for path, message in error["ctx"]["problems"]:
                 problems.append((join_path(base, path), message))
         else:

@@ -342,7 +342,10 @@ PYDANTIC_JARGON = re.compile(
 
 
 def normalise(path: str) -> str:
-    """``spec.labels[app]`` and ``spec.labels.app`` are the same place."""
+    """``spec.labels[app]`` and ``spec.labels.app`` are the same place. A key that is not valid
+    Unicode (a lone surrogate, as ``"\\uD800"`` in YAML) is named escaped, ``\\ud800``: the raw
+    character cannot be printed, so the blamed path is escaped the same way before comparing."""
+    path = path.encode("utf-8", "backslashreplace").decode("utf-8")
     return path.replace("[", ".").replace("]", "").strip(".")
 
 
@@ -350,13 +353,21 @@ def related(problem: str, message: str, blamed: str) -> bool:
     """Does the problem name the blamed field? Its path is the field, inside it, or an enclosing
     object of it other than the root; or, for a cross-field rule, somewhere in the object that holds
     the field (dropping ``clusterIP: None`` makes ``spec.ports`` required; dropping a rule's
-    ``protocol`` makes its ``destination.ports`` invalid); or the message says the field's name."""
+    ``protocol`` makes its ``destination.ports`` invalid); or, for a rule across the items of a list,
+    another item of the innermost list that holds the field (dropping ``ports[0].protocol`` makes it
+    TCP, and ``ports[1]``, already 53/TCP, is the duplicate: the later item is the one reported, as
+    Kubernetes does); or the message says the field's name."""
     p, b = normalise(problem), normalise(blamed)
     if p and (p == b or p.startswith(b + ".") or b.startswith(p + ".")):
         return True
     parent, _, leaf = b.rpartition(".")
     if parent and p.startswith(parent + "."):
         return True
+    indices = list(re.finditer(r"\[\d+\]", blamed))
+    if indices:
+        items = normalise(blamed[: indices[-1].start()]) + "."
+        if p.startswith(items) and p[len(items) :].split(".")[0].isdigit():
+            return True
     return bool(leaf) and not leaf.isdigit() and leaf in message
 
 

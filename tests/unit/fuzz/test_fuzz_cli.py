@@ -260,6 +260,8 @@ def check_outcome(argv: list[str], rc: int, out: str, err: str) -> None:
 @given(argv=argvs(), text=file_texts())
 @example(argv=["patch", "ippool", "default-ipv4-ippool", "-p", "[" * 3000], text="")
 @example(argv=["apply", "-f", FILE], text="[" * 3000)
+@example(argv=["ipam", "release", "--ip="], text="")  # exited 70 (ValueError), long mode
+@example(argv=["ipam", "assign", "--node", "node-1", "--handle", "h", "--ip", "x"], text="")
 def test_fuzzed_command_lines(
     memory_store: dict[str, ResourceStore], fuzz_file: Path, argv: list[str], text: str
 ) -> None:
@@ -272,6 +274,12 @@ def test_fuzzed_command_lines(
 
 @fuzz_settings(quick=100, long=4000)
 @given(text=file_texts(), via_stdin=st.booleans(), dry_run=st.booleans())
+# generateName without a name parses, and apply failed on the missing name (exit 70)
+@example(
+    text="apiVersion: v1\nkind: Pod\nmetadata: {generateName: dns-}\nspec: {containers: [{name: a}]}\n",
+    via_stdin=False,
+    dry_run=False,
+)
 def test_apply_fuzzed_files(
     memory_store: dict[str, ResourceStore], fuzz_file: Path, text: str, via_stdin: bool, dry_run: bool
 ) -> None:
