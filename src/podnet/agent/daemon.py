@@ -379,6 +379,16 @@ class Agent:
             ).start()
         if self.config.metrics_address:
             self._servers.append(metrics.serve(self.config.metrics_address, self.metrics, self.health))
+        threading.Thread(target=self._watch_bird, name="bird-watch", daemon=True).start()
+
+    def _watch_bird(self, interval: float = 1.0) -> None:
+        """BIRD is the agent's child: if it exits (a crash, a graceful restart), the next apply
+        starts it again (with ``-R``, graceful restart recovery, while its routes are in the kernel)."""
+        while not self._stop.wait(interval):
+            bird = self._bird
+            if bird is not None and not bird.process_alive():
+                kv(log, logging.WARNING, "BIRD is not running; starting it again")
+                self.syncer.trigger()
 
     def _retry_queue(self, queue_dir: str) -> None:
         while not self._stop.wait(5.0):

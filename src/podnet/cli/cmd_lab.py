@@ -8,7 +8,7 @@ podnet lab exec NS/POD -- CMD...               run a command inside a pod (its n
 podnet lab probe NS/POD|ext|NODE  NS/POD|svc/NS/NAME|NODE|IP  PORT/PROTO [--timeout S]
                                                exit 0 if it got through, 1 if not
 podnet lab probe --matrix PORT/PROTO [-o json] [--timeout S]
-podnet lab chaos kill-agent|kill-all-agents|agent-upgrade|etcd-outage [--node N] [--seconds S] [-o json]
+podnet lab chaos kill-agent|kill-all-agents|agent-upgrade|etcd-outage|bird-restart [--node N] [--seconds S]
 """
 
 from __future__ import annotations
@@ -260,5 +260,8 @@ def _chaos(args) -> int:
     names = lab_names()
     report = run_scenario(ChaosLab(names, resource_store(args)), args.scenario, args.node, args.seconds)
     print(json.dumps(report, indent=2) if args.output == "json" else render(report))
-    changed = any(report["kernel_changes"].values()) or report["bpf_maps_changed"]
+    if args.scenario == "bird-restart":  # BIRD re-announces its routes: only deletions count
+        changed = report.get("routes_deleted", 0) > 0
+    else:
+        changed = any(report["kernel_changes"].values()) or report["bpf_maps_changed"]
     return 0 if report["witness"]["interrupted_flows"] == 0 and not changed else 1

@@ -20,6 +20,10 @@ Scenarios:
   with another ``--refresh-seconds``: what an in-place upgrade exercises).
 - ``etcd-outage``: stop etcd for ``seconds`` (default 10; the issue's figure is 60), then start it;
   reports the agents' CPU use meanwhile.
+- ``bird-restart`` (a lab with ``--bgp``): BIRD on one node (default node-2) stops with ``graceful
+  restart``; its agent starts it again (``bird -R``); its peers keep its routes meanwhile. Reports
+  when BIRD answered again and when every BGP session was up; the routes must never be deleted
+  (BIRD re-announcing them is expected, so for this scenario only deletions count).
 """
 
 from __future__ import annotations
@@ -39,9 +43,10 @@ from podnet.lab.witness import Flow, Witness, summarize
 
 NAMESPACE = "chaos"
 PORT = 8080
-SCENARIOS = ("kill-agent", "kill-all-agents", "agent-upgrade", "etcd-outage")
+SCENARIOS = ("kill-agent", "kill-all-agents", "agent-upgrade", "etcd-outage", "bird-restart")
 FLOW_FIELDS = ("replies", "interrupted", "max_gap_ms", "gaps_over_limit", "errors")
-FIGURES = ("restart_seconds", "outage_seconds", "agent_cpu_percent_during_outage", "back_in_sync_seconds")
+FIGURES = ("restart_seconds", "outage_seconds", "agent_cpu_percent_during_outage", "back_in_sync_seconds",
+           "bird_back_seconds", "sessions_up_seconds", "routes_deleted")
 
 
 def workload_docs(nodes: list[str]) -> list[dict]:
@@ -137,6 +142,31 @@ def _etcd_outage(lab: ChaosLab, seconds: float) -> dict[str, Any]:
             "back_in_sync_seconds": round(time.monotonic() - started - outage, 2)}  # fmt: skip
 
 
+def _bird_restart(lab: ChaosLab, node: str, timeout: float = 60.0) -> dict[str, Any]:
+    from podnet.dataplane.bird import BirdControl, BirdError, show_protocols
+
+    sock = os.path.join(lab.names.node_dir(node), "bird.ctl")
+    if not os.path.exists(sock):
+        raise LabError(f"no BIRD on {node}", hint="bird-restart needs a BGP lab: podnet lab up --bgp")
+    started = time.monotonic()
+    BirdControl(sock).command("graceful restart")
+    time.sleep(0.2)
+    back = None
+    while True:
+        now = time.monotonic() - started
+        try:
+            sessions = [p for p in show_protocols(sock) if p.get("proto") == "BGP"]
+        except (BirdError, OSError):
+            sessions = []
+        else:
+            back = back if back is not None else now
+        if sessions and all(p.get("state") == "up" for p in sessions):
+            return {"bird_back_seconds": round(back or now, 2), "sessions_up_seconds": round(now, 2)}
+        if now > timeout:
+            raise LabError(f"BIRD on {node} did not bring its sessions up within {timeout:g}s")
+        time.sleep(0.1)
+
+
 def run_scenario(lab: ChaosLab, scenario: str, node: str | None = None, seconds: float = 10.0,
                  settle: float = 1.5) -> dict[str, Any]:  # fmt: skip
     """Run one scenario with the witness and the kernel monitors (see the module docstring)."""
@@ -146,6 +176,7 @@ def run_scenario(lab: ChaosLab, scenario: str, node: str | None = None, seconds:
         "kill-all-agents": lambda: _kill_agents(lab, nodes),
         "agent-upgrade": lambda: _kill_agents(lab, nodes, ("--refresh-seconds", "45")),
         "etcd-outage": lambda: _etcd_outage(lab, seconds),
+        "bird-restart": lambda: _bird_restart(lab, node or nodes[min(1, len(nodes) - 1)]),
     }
     if scenario not in faults:
         raise LabError(f"unknown scenario {scenario!r}", hint=", ".join(SCENARIOS))
@@ -164,6 +195,9 @@ def run_scenario(lab: ChaosLab, scenario: str, node: str | None = None, seconds:
     finally:
         flows = witness.stop()
     changed = sorted(k for k in set(maps_before) | set(maps_after) if maps_before.get(k) != maps_after.get(k))
+    if scenario == "bird-restart":  # re-announced routes are expected; deleted ones are not
+        figures["routes_deleted"] = sum(1 for lines in events.values() for line in lines
+                                        if line.startswith("route: Deleted"))  # fmt: skip
     return {
         "scenario": scenario,
         "witness": summarize(flows),

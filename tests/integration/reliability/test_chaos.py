@@ -60,3 +60,21 @@ def test_fault_leaves_traffic_and_kernel_state_alone(lab: ChaosLab, scenario: st
     assert report["bpf_maps_changed"] == [] and report["bpf_maps_checked"] > 0
     if scenario == "etcd-outage":
         assert all(cpu < 10 for cpu in report["agent_cpu_percent_during_outage"].values()), report
+
+
+def test_bird_restart_keeps_routes_and_traffic() -> None:
+    """BIRD on the servers' node stops with a graceful restart; its agent starts it again; its
+    peers keep its routes meanwhile: no flow interrupted, no route deleted, sessions back."""
+    names = LabNames(f"pnt{secrets.token_hex(2)}-")
+    try:
+        info = cluster.up(LabSpec(nodes=3, bgp=True, underlay=random_underlay()), names)
+        lab = ChaosLab(names, ResourceStore(EtcdDatastore([info.etcd_endpoint])))
+        report = run_scenario(lab, "bird-restart")
+        print("\n" + render(report))
+        assert report["witness"]["interrupted_flows"] == 0, report["flows"]
+        assert report["witness"]["max_gap_ms"] < GAP_BOUND_MS, report["flows"]
+        assert report["routes_deleted"] == 0, report["kernel_changes"]
+        assert report["sessions_up_seconds"] < 60
+    finally:
+        cluster.teardown(names)
+        clean(names)
