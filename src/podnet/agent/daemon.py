@@ -34,6 +34,9 @@ from podnet.model import lookup
 log = logging.getLogger("podnet.agent")
 
 ROUTER_DEVICE = "cilium_host"
+# How long one datastore request retries unreachable endpoints: a CNI ADD while etcd is down must
+# fail (code 11, "try again later") within 5 s, as kubelet then retries.
+DATASTORE_RETRY_SECONDS = 3.0
 
 
 @dataclass
@@ -70,7 +73,7 @@ class Agent:
 
         self.config = config
         self.layout = KeyLayout.from_env()
-        self.store = connect(config.etcd_endpoints)
+        self.store = connect(config.etcd_endpoints, retry_deadline=DATASTORE_RETRY_SECONDS)
         self.resources = ResourceStore(self.store, self.layout)
         self.ipam = IPAM(self.store, self.layout)
         self.metrics = metrics.AgentMetrics()

@@ -8,8 +8,9 @@ from podnet.datastore.keys import KeyLayout
 __all__ = ["Datastore", "EventType", "KeyLayout", "KeyValue", "WatchEvent", "Write", "connect"]
 
 
-def connect(endpoints: str | None = None) -> Datastore:
-    """The etcd datastore at ``endpoints``, else ``PODNET_ETCD_ENDPOINTS``, else localhost."""
+def connect(endpoints: str | None = None, **options: float) -> Datastore:
+    """The etcd datastore at ``endpoints``, else ``PODNET_ETCD_ENDPOINTS``, else localhost
+    (``options``: EtcdDatastore's ``timeout``, ``retry_deadline``)."""
     from podnet.datastore.etcd import EtcdDatastore
 
-    return EtcdDatastore(endpoints)
+    return EtcdDatastore(endpoints, **options)

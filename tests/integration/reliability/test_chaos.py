@@ -60,6 +60,8 @@ def test_fault_leaves_traffic_and_kernel_state_alone(lab: ChaosLab, scenario: st
     assert report["bpf_maps_changed"] == [] and report["bpf_maps_checked"] > 0
     if scenario == "etcd-outage":
         assert all(cpu < 10 for cpu in report["agent_cpu_percent_during_outage"].values()), report
+        add = report["cni_add_during_outage"]  # kubelet creating a pod meanwhile: "try again later"
+        assert add["code"] == 11 and "datastore" in add["message"] and add["seconds"] < 5.0, add
 
 
 def test_bird_restart_keeps_routes_and_traffic() -> None:
