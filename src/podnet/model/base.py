@@ -18,12 +18,23 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic.alias_generators import to_camel
 
-from podnet.model.problems import Problems, join_path
+from podnet.model.problems import Problems, join_path, printable
+
+
+def _is_text(text: str) -> bool:
+    """Encodable as UTF-8 (JSON, etcd and YAML output need it; a lone surrogate is not)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _not_json(value: Any) -> tuple[str, str] | None:
     """Where and why ``value`` is not a JSON value (``None`` when it is one)."""
-    if value is None or isinstance(value, bool | int | str):
+    if isinstance(value, str):
+        return None if _is_text(value) else ("", "is not valid Unicode text (a lone surrogate)")
+    if value is None or isinstance(value, bool | int):
         return None
     if isinstance(value, float):
         return None if math.isfinite(value) else ("", "must be a finite number (JSON has no inf or nan)")
@@ -37,6 +48,8 @@ def _not_json(value: Any) -> tuple[str, str] | None:
         for key, item in value.items():
             if not isinstance(key, str):
                 return f"[{key}]", "key must be a string (quote it in YAML)"
+            if not _is_text(key):
+                return f"[{printable(key)}]", "key is not valid Unicode text (a lone surrogate)"
             found = _not_json(item)
             if found:
                 return join_path(f"[{key}]", found[0]), found[1]

@@ -155,6 +155,13 @@ PINNED_NEAR_VALID = [
         "replace",
         id="pod-opaque-nel-key",
     ),
+    # an opaque Container field (env[0]) with a lone-surrogate key parsed, then to_dict() raised
+    pytest.param(
+        _changed("pods", "frontend-7d9c6b5f4-x2k8p", ("spec", "containers", 0, "env", 0, "\ud800"), ""),
+        "spec.containers[0].env[0].\ud800",
+        "extra",
+        id="pod-opaque-surrogate-key",
+    ),
 ]
 
 
