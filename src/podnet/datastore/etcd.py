@@ -15,6 +15,10 @@ Failure semantics
 - When every endpoint failed, :class:`DatastoreUnavailable` names them all and the last error.
 - A watch whose stream goes silent checks the server's health every ``watch_idle_check`` seconds,
   so a black-holed etcd ends the watch with :class:`DatastoreUnavailable` instead of a hang.
+- Connecting has its own short ``connect_timeout`` (a handshake takes a round trip, not seconds):
+  while etcd is black-holed each attempt gives up quickly, so the first attempt after it comes
+  back is never stuck behind a long SYN timeout (a policy written meanwhile reaches the agents
+  within a few seconds of the return).
 """
 
 from __future__ import annotations
@@ -112,6 +116,7 @@ class EtcdDatastore:
         timeout: float = 5.0,
         retry_deadline: float = 5.0,
         watch_idle_check: float = 5.0,
+        connect_timeout: float = 1.0,
     ) -> None:
         self.endpoints = (
             endpoints_from(endpoints) if endpoints is None or isinstance(endpoints, str) else list(endpoints)
@@ -119,6 +124,7 @@ class EtcdDatastore:
         self.timeout = timeout
         self.retry_deadline = retry_deadline
         self.watch_idle_check = watch_idle_check
+        self.connect_timeout = min(connect_timeout, timeout)
         self._preferred = 0
         self._local = threading.local()
 
@@ -142,7 +148,10 @@ class EtcdDatastore:
         payload = json.dumps(body).encode()
         if conn.sock is None:
             try:
+                conn.timeout = self.connect_timeout
                 conn.connect()
+                conn.timeout = self.timeout
+                conn.sock.settimeout(self.timeout)
             except OSError as exc:
                 self._drop_connection(endpoint)
                 raise _Unsent(str(exc)) from exc
@@ -330,7 +339,9 @@ class EtcdWatch:
         for endpoint in self._store.endpoints:
             parts = urlsplit(endpoint)
             try:
-                sock = socket.create_connection((parts.hostname, parts.port or 2379), self._store.timeout)
+                sock = socket.create_connection((parts.hostname, parts.port or 2379),
+                                                self._store.connect_timeout)
+                sock.settimeout(self._store.timeout)
                 sock.sendall(
                     b"POST /v3/watch HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                     b"Content-Length: %d\r\n\r\n%s" % (parts.netloc.encode(), len(payload), payload)
