@@ -8,13 +8,16 @@ podnet lab exec NS/POD -- CMD...               run a command inside a pod (its n
 podnet lab probe NS/POD|ext|NODE  NS/POD|svc/NS/NAME|NODE|IP  PORT/PROTO [--timeout S]
                                                exit 0 if it got through, 1 if not
 podnet lab probe --matrix PORT/PROTO [-o json] [--timeout S]
-podnet lab chaos kill-agent|kill-all-agents|agent-upgrade|etcd-outage|bird-restart [--node N] [--seconds S]
+podnet lab chaos SCENARIO [--node N] [--seconds S] [--policies N] [-o json]
+                 kill-agent | kill-all-agents | agent-upgrade | etcd-outage | etcd-blackhole |
+                 kill-agent-mid-policy-sync | bird-restart
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 
 from podnet.errors import PodnetError
 
@@ -50,7 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     chaos = sub.add_parser("chaos", help="a fault with the traffic witness running (kill-agent, ...)")
     chaos.add_argument("scenario", choices=SCENARIOS)
     chaos.add_argument("--node", help="kill-agent: the node (default: node-2)")
-    chaos.add_argument("--seconds", type=float, default=10.0, help="etcd-outage: how long etcd is down")
+    chaos.add_argument("--seconds", type=float, default=10.0,
+                       help="etcd-outage, etcd-blackhole: how long etcd is away")
+    chaos.add_argument("--policies", type=int, default=300, help="kill-agent-mid-policy-sync: batch size")
     chaos.add_argument("-o", "--output", choices=["text", "json"], default="text")
 
 
@@ -249,19 +254,19 @@ def _destination(args, ref: str) -> str:
 
 
 def _chaos(args) -> int:
-    """Run a fault scenario on the lab that is up; exit 1 if a flow was interrupted or podnet's
-    kernel state changed."""
+    """Run a fault scenario on the lab that is up; exit 1 (each failure printed) if its promise
+    broke: a flow interrupted, podnet's kernel state changed, a policy late or incomplete."""
     import json
 
     from podnet.cli.context import resource_store
-    from podnet.lab.chaos import ChaosLab, render, run_scenario
+    from podnet.lab.chaos import ChaosLab, problems, render, run_scenario
     from podnet.lab.cluster import lab_names
 
     names = lab_names()
-    report = run_scenario(ChaosLab(names, resource_store(args)), args.scenario, args.node, args.seconds)
+    report = run_scenario(ChaosLab(names, resource_store(args)), args.scenario, args.node, args.seconds,
+                          policies=args.policies)  # fmt: skip
     print(json.dumps(report, indent=2) if args.output == "json" else render(report))
-    if args.scenario == "bird-restart":  # BIRD re-announces its routes: only deletions count
-        changed = report.get("routes_deleted", 0) > 0
-    else:
-        changed = any(report["kernel_changes"].values()) or report["bpf_maps_changed"]
-    return 0 if report["witness"]["interrupted_flows"] == 0 and not changed else 1
+    failed = problems(report)
+    for line in failed:
+        print(f"FAILED: {line}", file=sys.stderr)
+    return 1 if failed else 0

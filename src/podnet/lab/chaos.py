@@ -20,10 +20,24 @@ Scenarios:
   with another ``--refresh-seconds``: what an in-place upgrade exercises).
 - ``etcd-outage``: stop etcd for ``seconds`` (default 10; the issue's figure is 60), then start it;
   reports the agents' CPU use meanwhile.
+- ``etcd-blackhole``: etcd black-holed for the agents for ``seconds`` (their packets to it
+  dropped inside etcd's namespace; the API side — CLI, kubelet — still reaches it, as in Calico's
+  test); meanwhile a NetworkPolicy denying the ``guarded`` pod is applied. Reports that the
+  agents kept the last good state (the pod still answered at the end of the outage), their CPU,
+  a CNI ADD meanwhile, and how long after etcd came back the policy was enforced (real probes).
+- ``kill-agent-mid-policy-sync``: apply a batch of policies (``--policies``, default 300, two rules
+  each, all on the ``guarded`` pod); a first round times apply → the node's kernel, then three
+  rounds ``kill -9`` the guarded pod's node agent at 0.5, 0.9 and 1.2 times that; report what
+  the kernel held at the kill — it must be a state the datastore had (``apply`` writes a batch in
+  transactions of 128; each sync is one atomic nft transaction), every policy whole — and when,
+  after the restart, it held every rule.
 - ``bird-restart`` (a lab with ``--bgp``): BIRD on one node (default node-2) stops with ``graceful
   restart``; its agent starts it again (``bird -R``); its peers keep its routes meanwhile. Reports
   when BIRD answered again and when every BGP session was up; the routes must never be deleted
   (BIRD re-announcing them is expected, so for this scenario only deletions count).
+
+The two policy scenarios change podnet's nftables table on purpose; for them only route, FDB and
+neighbour changes count as kernel changes, and the nft events are reported as ``policy_changes``.
 """
 
 from __future__ import annotations
@@ -43,14 +57,23 @@ from podnet.lab.witness import Flow, Witness, summarize
 
 NAMESPACE = "chaos"
 PORT = 8080
-SCENARIOS = ("kill-agent", "kill-all-agents", "agent-upgrade", "etcd-outage", "bird-restart")
+SCENARIOS = ("kill-agent", "kill-all-agents", "agent-upgrade", "etcd-outage", "etcd-blackhole",
+             "kill-agent-mid-policy-sync", "bird-restart")
+POLICY_SCENARIOS = ("etcd-blackhole", "kill-agent-mid-policy-sync")
+GUARDED = "guarded"
+ENFORCE_WITHIN = 5.0  # seconds from etcd's return to a policy written meanwhile being enforced
+POLICY_TABLE = "podnet_policy"
+
 FLOW_FIELDS = ("replies", "interrupted", "max_gap_ms", "gaps_over_limit", "errors")
 FIGURES = ("restart_seconds", "outage_seconds", "agent_cpu_percent_during_outage", "back_in_sync_seconds",
-           "cni_add_during_outage", "bird_back_seconds", "sessions_up_seconds", "routes_deleted")
+           "cni_add_during_outage", "policy_open_at_end_of_outage", "policy_enforced_seconds",
+           "batch_to_kernel_seconds", "rounds", "policy_changes", "bird_back_seconds", "sessions_up_seconds",
+           "routes_deleted")
 
 
 def workload_docs(nodes: list[str]) -> list[dict]:
-    """Servers on the second and third node, clients on the first and last (cross-node flows)."""
+    """Servers on the second and third node, clients on the first and last (cross-node flows),
+    and a ``guarded`` pod beside the first server that the policy scenarios put policies on."""
     server_nodes = nodes[1:3] or nodes[:1]
     client_nodes = [nodes[0], nodes[-1]] if len(nodes) > 1 else nodes[:1]
     ports = [{"name": "http", "containerPort": PORT}]
@@ -59,6 +82,9 @@ def workload_docs(nodes: list[str]) -> list[dict]:
         meta = {"name": f"echo-{i}", "namespace": NAMESPACE, "labels": {"app": "echo"}}
         spec = {"nodeName": node, "containers": [{"name": "c", "ports": ports}]}
         docs.append({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
+    meta = {"name": GUARDED, "namespace": NAMESPACE, "labels": {"app": GUARDED}}
+    spec = {"nodeName": server_nodes[0], "containers": [{"name": "c", "ports": ports}]}
+    docs.append({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
     for i, node in enumerate(dict.fromkeys(client_nodes), start=1):
         meta = {"name": f"client-{i}", "namespace": NAMESPACE}
         spec = {"nodeName": node, "containers": [{"name": "c"}]}
@@ -217,8 +243,163 @@ def _bird_restart(lab: ChaosLab, node: str, timeout: float = 60.0) -> dict[str, 
         time.sleep(0.1)
 
 
+def _guarded_probe(lab: ChaosLab) -> Callable[[], bool]:
+    """A probe from ``client-1`` (another node) to the guarded pod: True if it answered."""
+    from podnet.lab.probe import probe
+    from podnet.model import lookup
+
+    ip = lab.store.get(lookup("pods"), GUARDED, NAMESPACE).status.pod_ip
+    netns = lab.names.pod_ns(NAMESPACE, "client-1")
+    return lambda: probe(netns, ip, PORT, "TCP", timeout=0.3).ok
+
+
+def _wait(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> float | None:
+    """Seconds until ``condition()`` held (polled), or None after ``timeout``."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            return None
+        time.sleep(interval)
+    return time.monotonic() - started
+
+
+def _policy_doc(name: str, ingress: list[dict]) -> dict:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"podSelector": {"matchLabels": {"app": GUARDED}}, "policyTypes": ["Ingress"],
+                     "ingress": ingress}}  # fmt: skip
+
+
+def _delete_policies(lab: ChaosLab, names: list[str]) -> None:
+    """Delete NetworkPolicies in a few transactions (one event burst, as ``kubectl delete -f``)."""
+    from podnet.datastore.base import Write
+    from podnet.datastore.resources import MAX_TXN_OPS
+    from podnet.model import lookup
+
+    keys = [lab.store.key(lookup("networkpolicies"), n, NAMESPACE) for n in names]
+    for start in range(0, len(keys), MAX_TXN_OPS):
+        lab.store.store.commit([Write(k, None) for k in keys[start : start + MAX_TXN_OPS]])
+
+
+def _blackhole(names: LabNames, on: bool) -> None:
+    """Drop every packet to and from etcd's client port except on loopback (the CLI's proxy)."""
+    from urllib.parse import urlsplit
+
+    from podnet.dataplane.nft import run_nft
+
+    port = urlsplit(LabState(names.state_dir).meta()["etcd_cluster_endpoint"]).port or 2379
+    table = "table inet podnet_chaos_blackhole"
+    script = (f"{table} {{\n chain input {{ type filter hook input priority -10; policy accept;\n"
+              f'  iifname != "lo" tcp dport {port} drop\n }}\n'
+              f" chain output {{ type filter hook output priority -10; policy accept;\n"
+              f'  oifname != "lo" tcp sport {port} drop\n }}\n}}\n') if on else ""  # fmt: skip
+    run_nft(f"{table}\ndelete {table}\n{script}", names.etcd_ns, "black-hole")
+
+
+def _etcd_blackhole(lab: ChaosLab, seconds: float) -> dict[str, Any]:
+    from podnet.model import parse_resource
+
+    answers = _guarded_probe(lab)
+    if _wait(answers, 10.0) is None:
+        raise LabError("the guarded pod does not answer before the fault", hint="podnet get netpol -n chaos")
+    pids = _agent_pids(lab.names)
+    before = {node: _cpu_seconds(pid) for node, pid in pids.items()}
+    sandbox = _Sandbox(lab.names, lab.nodes[0])
+    _blackhole(lab.names, True)
+    started = time.monotonic()
+    try:
+        time.sleep(min(1.0, seconds / 2))
+        lab.store.apply([parse_resource(_policy_doc("deny-guarded", []))])  # the API server is up
+        add_seconds, add_code, add_message = sandbox.add()
+        time.sleep(max(0.0, seconds - (time.monotonic() - started)))
+        still_open = answers()  # the agents cannot know: the last good state is in force
+        outage = time.monotonic() - started
+        cpu = {node: round((_cpu_seconds(pid) - before[node]) / outage * 100, 1)
+               for node, pid in pids.items()}  # fmt: skip
+    finally:
+        _blackhole(lab.names, False)
+    enforced = _wait(lambda: not answers(), 60.0)
+    _delete_policies(lab, ["deny-guarded"])
+    reopened = _wait(answers, 30.0)
+    sandbox.remove()
+    if reopened is None:
+        raise LabError("the guarded pod stayed closed after its policy was deleted")
+    return {"outage_seconds": round(outage, 1), "agent_cpu_percent_during_outage": cpu,
+            "cni_add_during_outage": {"seconds": round(add_seconds, 2), "code": add_code,
+                                      "message": add_message[:200]},
+            "policy_open_at_end_of_outage": still_open,
+            "policy_enforced_seconds": None if enforced is None else round(enforced, 2)}  # fmt: skip
+
+
+def _kernel_policy_rules(lab: ChaosLab, node: str, prefix: str) -> dict[str, int]:
+    """Rules in the node's policy table per policy named ``prefix…`` (from the rules' provenance)."""
+    import re
+    import subprocess
+    from collections import Counter
+
+    out = subprocess.run(["ip", "netns", "exec", lab.names.node_ns(node), "nft", "list", "table", "inet",
+                          POLICY_TABLE], capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return Counter(re.findall(rf'comment "knp:{NAMESPACE}/({re.escape(prefix)}[^:"]*):', out))
+
+
+def _whole_states(policies: int) -> set[int]:
+    """How many of a batch's policies the datastore held at some revision (it is written in
+    transactions of MAX_TXN_OPS): the kernel may hold only one of these, each policy whole."""
+    from podnet.datastore.resources import MAX_TXN_OPS
+
+    return {min(n, policies) for n in range(0, policies + MAX_TXN_OPS, MAX_TXN_OPS)}
+
+
+def _kill_mid_policy_sync(lab: ChaosLab, node: str | None, policies: int,
+                          fractions: tuple[float, ...] = (0.5, 0.9, 1.2)) -> dict[str, Any]:  # fmt: skip
+    """A calibration round measures how long a batch takes from ``apply`` to the node's kernel;
+    then one round per fraction kills the agent that far into that time (inside the sync)."""
+    from podnet.model import lookup, parse_resource
+
+    node = node or lab.store.get(lookup("pods"), GUARDED, NAMESPACE).spec.node_name
+    expected = 2 * policies
+    rounds: list[dict[str, Any]] = []
+    sync_seconds = 0.0
+    for i, fraction in enumerate((None, *fractions)):
+        prefix = f"sync-{i}-"
+        names = [f"{prefix}{k}" for k in range(policies)]
+        docs = [_policy_doc(n, [{"from": [{"ipBlock": {"cidr": f"172.16.{k // 250}.{k % 250 + 1}/32"}}],
+                                 "ports": [{"port": 8000 + k % 1000}]},
+                                {"from": [{"podSelector": {"matchLabels": {"policy": n}}}]}])
+                for k, n in enumerate(names)]  # fmt: skip
+        started = time.monotonic()
+        lab.store.apply([parse_resource(d) for d in docs])
+        complete = lambda p=prefix: sum(_kernel_policy_rules(lab, node, p).values()) == expected  # noqa: E731
+        if fraction is None:
+            took = _wait(complete, 60.0, 0.02)
+            if took is None:
+                raise LabError(f"{policies} policies did not reach {node}'s kernel within 60 s")
+            sync_seconds = time.monotonic() - started
+        else:
+            time.sleep(max(0.0, started + fraction * sync_seconds - time.monotonic()))
+            record = cluster.stop_process(lab.names, f"agent-{node}", signal.SIGKILL)
+            killed_at = time.monotonic() - started
+            time.sleep(0.2)  # an nft child of the killed agent finishes (or not) its transaction
+            held = _kernel_policy_rules(lab, node, prefix)
+            whole = all(n == 2 for n in held.values()) and set(held) == set(names[: len(held)])
+            restarted = time.monotonic()
+            cluster.start_process(lab.names, record)
+            cluster.wait_agent(lab.names, node)
+            took = _wait(complete, 60.0, 0.1)
+            rounds.append({"killed_after_seconds": round(killed_at, 3),
+                           "policies_in_kernel_at_kill": len(held),
+                           "whole_datastore_state_at_kill": whole and len(held) in _whole_states(policies),
+                           "rules_expected": expected,
+                           "complete_after_restart_seconds": None if took is None
+                           else round(time.monotonic() - restarted, 2)})  # fmt: skip
+        _delete_policies(lab, names)
+        if _wait(lambda p=prefix: not _kernel_policy_rules(lab, node, p), 60.0, 0.1) is None:
+            raise LabError(f"the {prefix}* policies stayed in {node}'s kernel after their deletion")
+    return {"batch_to_kernel_seconds": round(sync_seconds, 3), "rounds": rounds}
+
+
 def run_scenario(lab: ChaosLab, scenario: str, node: str | None = None, seconds: float = 10.0,
-                 settle: float = 1.5) -> dict[str, Any]:  # fmt: skip
+                 settle: float = 1.5, policies: int = 300) -> dict[str, Any]:  # fmt: skip
     """Run one scenario with the witness and the kernel monitors (see the module docstring)."""
     nodes = lab.nodes
     faults: dict[str, Callable[[], dict[str, Any]]] = {
@@ -226,6 +407,8 @@ def run_scenario(lab: ChaosLab, scenario: str, node: str | None = None, seconds:
         "kill-all-agents": lambda: _kill_agents(lab, nodes),
         "agent-upgrade": lambda: _kill_agents(lab, nodes, ("--refresh-seconds", "45")),
         "etcd-outage": lambda: _etcd_outage(lab, seconds),
+        "etcd-blackhole": lambda: _etcd_blackhole(lab, seconds),
+        "kill-agent-mid-policy-sync": lambda: _kill_mid_policy_sync(lab, node, policies),
         "bird-restart": lambda: _bird_restart(lab, node or nodes[min(1, len(nodes) - 1)]),
     }
     if scenario not in faults:
@@ -245,6 +428,10 @@ def run_scenario(lab: ChaosLab, scenario: str, node: str | None = None, seconds:
     finally:
         flows = witness.stop()
     changed = sorted(k for k in set(maps_before) | set(maps_after) if maps_before.get(k) != maps_after.get(k))
+    if scenario in POLICY_SCENARIOS:  # these change the policy table on purpose
+        figures["policy_changes"] = sum(1 for lines in events.values() for line in lines
+                                        if line.startswith("nft"))  # fmt: skip
+        events = {ns: [line for line in lines if not line.startswith("nft")] for ns, lines in events.items()}
     if scenario == "bird-restart":  # re-announced routes are expected; deleted ones are not
         figures["routes_deleted"] = sum(1 for lines in events.values() for line in lines
                                         if line.startswith("route: Deleted"))  # fmt: skip
@@ -257,6 +444,34 @@ def run_scenario(lab: ChaosLab, scenario: str, node: str | None = None, seconds:
         "bpf_maps_checked": len(maps_before),
         **figures,
     }  # fmt: skip
+
+
+def problems(report: dict[str, Any]) -> list[str]:
+    """What in a report breaks the scenario's promise (empty: it held) — the CLI's exit status."""
+    out = []
+    w = report["witness"]
+    if w["interrupted_flows"]:
+        out.append(f"{w['interrupted_flows']} flow(s) interrupted")
+    if report["scenario"] == "bird-restart":  # BIRD re-announces its routes: only deletions count
+        if report.get("routes_deleted", 0):
+            out.append(f"{report['routes_deleted']} route(s) deleted")
+    elif any(report["kernel_changes"].values()):
+        out.append("podnet's kernel state changed")
+    if report["bpf_maps_changed"]:
+        out.append(f"BPF maps changed: {', '.join(report['bpf_maps_changed'])}")
+    if report["scenario"] == "etcd-blackhole":
+        if not report["policy_open_at_end_of_outage"]:
+            out.append("the agents dropped their last good state during the outage")
+        enforced = report["policy_enforced_seconds"]
+        if enforced is None or enforced > ENFORCE_WITHIN:
+            out.append(f"the policy written during the outage was enforced after {enforced} s "
+                       f"(promise: {ENFORCE_WITHIN:g} s)")  # fmt: skip
+    for r in report.get("rounds", []):
+        if not r["whole_datastore_state_at_kill"]:
+            out.append(f"the kernel held a state the datastore never had at the kill: {r}")
+        if r["complete_after_restart_seconds"] is None:
+            out.append(f"the ruleset was not complete after the restart: {r}")
+    return out
 
 
 def render(report: dict[str, Any]) -> str:

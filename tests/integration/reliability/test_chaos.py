@@ -1,10 +1,14 @@
 """Faults with the traffic witness running, on a lab per profile (``podnet lab chaos`` does the
 same by hand): kill -9 one agent, all agents, an in-place restart with a changed configuration,
-and etcd stopped (10 s here; ``PODNET_LONG=1`` makes it the issue's 60 s).
+etcd stopped, etcd black-holed for the agents while a policy is written (10 s here;
+``PODNET_LONG=1`` makes both the issue's 60 s), and kill -9 inside a policy sync.
 
 Each must interrupt no flow (pod→pod across nodes and through a ClusterIP, a request every 50 ms),
 leave every route, FDB/neighbour entry, nftables object and BPF map of podnet's untouched (the
-kernel's own change monitors see nothing), and, during the etcd outage, keep the agents idle."""
+kernel's own change monitors see nothing; the policy scenarios change the policy table on
+purpose), and keep its scenario's promise (:func:`podnet.lab.chaos.problems`): agents idle while
+etcd is away, the last good state kept, a policy written meanwhile enforced within 5 s of etcd's
+return, a policy batch never half in the kernel and complete after the restart."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import pytest
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
 from podnet.lab import cluster
-from podnet.lab.chaos import ChaosLab, render, run_scenario
+from podnet.lab.chaos import ChaosLab, problems, render, run_scenario
 from podnet.lab.cleanup import clean
 from podnet.lab.naming import LabNames
 from podnet.lab.topology import LabSpec, random_underlay
@@ -49,19 +53,28 @@ def lab(request) -> Iterator[ChaosLab]:  # type: ignore[no-untyped-def]
         clean(names)
 
 
-@pytest.mark.parametrize("scenario", ["kill-agent", "kill-all-agents", "agent-upgrade", "etcd-outage"])
+SCENARIOS = ["kill-agent", "kill-all-agents", "agent-upgrade", "etcd-outage", "etcd-blackhole",
+             "kill-agent-mid-policy-sync"]  # fmt: skip
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
 def test_fault_leaves_traffic_and_kernel_state_alone(lab: ChaosLab, scenario: str) -> None:
     report = run_scenario(lab, scenario, seconds=OUTAGE)
     print("\n" + render(report))
+    assert problems(report) == [], report
     assert report["witness"]["flows"] >= 4 and report["witness"]["replies"] > 0
     assert report["witness"]["interrupted_flows"] == 0, report["flows"]
     assert report["witness"]["max_gap_ms"] < GAP_BOUND_MS, report["flows"]
     assert not any(report["kernel_changes"].values()), report["kernel_changes"]
     assert report["bpf_maps_changed"] == [] and report["bpf_maps_checked"] > 0
-    if scenario == "etcd-outage":
+    if scenario in ("etcd-outage", "etcd-blackhole"):
         assert all(cpu < 10 for cpu in report["agent_cpu_percent_during_outage"].values()), report
         add = report["cni_add_during_outage"]  # kubelet creating a pod meanwhile: "try again later"
         assert add["code"] == 11 and "datastore" in add["message"] and add["seconds"] < 5.0, add
+    if scenario == "etcd-blackhole":
+        assert report["policy_open_at_end_of_outage"] and report["policy_enforced_seconds"] <= 5.0
+    if scenario == "kill-agent-mid-policy-sync":
+        assert len(report["rounds"]) == 3 and report["policy_changes"] > 0
 
 
 def test_bird_restart_keeps_routes_and_traffic() -> None:
