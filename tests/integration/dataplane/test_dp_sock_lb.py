@@ -339,7 +339,8 @@ def test_tcp_to_the_vip_spreads_over_every_backend_without_nat(env: Env, capsys)
     client = env.new_client()
     answers = client("tcp", ip=VIP, port=80, n=60)
     counts = Counter(name_of(a) for a in answers)
-    assert set(counts) == set(BACKENDS), counts  # 60 random picks out of 3: all of them
+    # 60 random picks out of 3: all of them (on failure, every raw answer and the servers' logs)
+    assert set(counts) == set(BACKENDS), (counts, answers, {n: s.seen for n, s in env.servers.items()})
     for a in answers:
         name, local = a["answer"].split()
         # The server accepted a connection addressed to its own address (not the VIP), and the
