@@ -24,6 +24,7 @@ from podnet.agent.syncer import Syncer
 from podnet.calc.cluster import VXLAN_ADDRESS_ANNOTATION, VXLAN_MAC_ANNOTATION, ClusterCache
 from podnet.calc.endpoints import EndpointRecord
 from podnet.calc.mtu import IPIP_OVERHEAD, VXLAN_OVERHEAD, pod_mtu
+from podnet.calc.policy import BGP_PORT, ControlPlane, control_plane
 from podnet.calc.routes import VXLAN_DEVICES, RoutePlan, encap_policy
 from podnet.datastore import connect
 from podnet.datastore.keys import KeyLayout
@@ -228,18 +229,28 @@ class Agent:
             pods = self.cache.pod_infos()
             local = [p for p in pods if p.node == self.config.node]
             plan = compile_policies(local, pods, self.cache.namespaces, list(self.cache.netpols.values()))
-            endpoints = {r.pod_key: (r.host_ifname, r.addresses) for r in self.endpoints.values()}
+            endpoints = {r.pod_key: (r.host_ifname, r.addresses, r.mac) for r in self.endpoints.values()}
+            control = self._control_plane()
             revision = self.cache.revision
             invalid = invalid_policies(self.cache.errors, self.layout)
         for policy, error in plan.errors.items():
             kv(log, logging.WARNING, "policy not compiled; it allows nothing", policy=policy, error=error)
         try:
-            self.policy.apply(plan, endpoints)
+            self.policy.apply(plan, endpoints, control)
             self.policy_plan = plan  # in force now (the drop monitor explains drops by it)
         except Exception as exc:
             self.policy_status.report(revision, str(exc), plan.errors, invalid)
             raise
         self.policy_status.report(revision, None, plan.errors, invalid)
+
+    def _control_plane(self) -> ControlPlane:
+        """What no pod may reach (calc.policy.control_plane): BGP's listen port, this agent's metrics
+        port (every agent gets the same flags), every node's addresses, the datastore endpoints."""
+        bgp_spec = getattr(self.cache.bgp_config, "spec", None)
+        addresses = [a for n in self.cache.nodes.values() for a in (n.ip, n.vxlan_ip)]
+        metrics_port = self.config.metrics_address[1] if self.config.metrics_address else None
+        return control_plane(addresses, getattr(self.store, "endpoints", []),
+                             getattr(bgp_spec, "listen_port", BGP_PORT), metrics_port)  # fmt: skip
 
     def _apply_services(self) -> None:
         """Services: backends per frontend for this node (pure), then the Calico profile's

@@ -42,6 +42,8 @@ DEFAULT_LIMIT = 1000
 RETRY_SECONDS = 10.0
 INDEX_SECONDS = 1.0  # the address → pod index is rebuilt at most this often (unless the plan changes)
 SPOOF_REASON = "anti-spoofing: source address is not the pod's"
+MAC_SPOOF_REASON = "anti-spoofing: source MAC is not the pod's own"
+CONTROL_REASON = "node control plane (BGP, agent metrics, datastore): closed to pods"
 _DIRECTIONS = {"in": "ingress", "eg": "egress"}
 ERR_BAD_REQUEST, ERR_TRY_AGAIN = 6, 11  # CNI error codes, as the rest of the API uses
 
@@ -167,8 +169,11 @@ class DropMonitor:
         src_pod, dst_pod = self._by_ip.get(drop.src), self._by_ip.get(drop.dst)
         policies: list[Provenance] = []
         if kind == "pns":
-            direction, reason = "egress", SPOOF_REASON
+            direction, reason = "egress", MAC_SPOOF_REASON if rest == "mac" else SPOOF_REASON
             src_pod = owner  # the pod whose interface sent it (the address is not its own)
+        elif kind == "pnc":
+            direction, reason = "egress", CONTROL_REASON
+            src_pod = owner
         elif kind == "pnd":
             direction = _DIRECTIONS.get(rest.split(":", 1)[0], "unknown")
             policies = self._reasons.get(drop.prefix, [])

@@ -27,6 +27,10 @@ layer can diff sets by name.
 :func:`explain` evaluates a connection on the compiled form: egress of the source endpoint (if it is in
 the plan) then ingress of the destination, naming the rules that allowed or the policies whose default
 deny dropped it. For endpoints that are not local, compile with ``local_pods=all_pods``.
+
+:func:`control_plane` computes what NO pod may reach whatever NetworkPolicy says (the node control
+plane: BGP, the agent's metrics/health port, the datastore): ``local`` ports on any address of the
+pod's own node, ``remote`` (address, protocol, port) triples on the other nodes and the datastore.
 """
 
 from __future__ import annotations
@@ -38,11 +42,14 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from podnet.model.k8s_policy import IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort
 from podnet.model.selectors import LabelSelector
 
 KIND = "NetworkPolicy"
+BGP_PORT = 179
+ETCD_CLIENT_PORT = 2379
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 INGRESS = "ingress"
 EGRESS = "egress"
@@ -568,3 +575,58 @@ def explain_sides(
         deniers = endpoint.egress_deniers if direction == EGRESS else endpoint.ingress_deniers
         sides.append(SideVerdict(direction, endpoint.key, True, bool(matched), matched or deniers))
     return sides[0], sides[1]
+
+
+# --------------------------------------------------------------------------------------- control plane
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    """Node control-plane services closed to every pod, before (and whatever) NetworkPolicy says.
+
+    ``local``: (protocol, port) on ANY address of the pod's own node (its IP, VTEP, router IP, …).
+    ``remote``: (IPv4 address, protocol, port) anywhere else: other nodes' addresses, the datastore.
+    ``skipped``: datastore endpoints whose host is not an IPv4 literal (names are not resolved here).
+    """
+
+    local: tuple[tuple[str, int], ...] = ()
+    remote: tuple[tuple[str, str, int], ...] = ()
+    skipped: tuple[str, ...] = ()
+
+
+def datastore_address(endpoint: str) -> tuple[str, int] | None:
+    """``http://10.77.0.2:2379`` / ``10.77.0.2:2379`` / ``10.77.0.2`` → (IPv4, port); None when the
+    host is not an IPv4 literal."""
+    parts = urlsplit(endpoint if "//" in endpoint else f"//{endpoint}")
+    try:
+        address = ipaddress.ip_address(parts.hostname or "")
+        port = parts.port or ETCD_CLIENT_PORT
+    except ValueError:
+        return None
+    return (str(address), port) if address.version == 4 else None
+
+
+def control_plane(
+    node_addresses: Iterable[str | None],
+    datastore_endpoints: Iterable[str],
+    bgp_port: int = BGP_PORT,
+    metrics_port: int | None = None,
+) -> ControlPlane:
+    """The control plane of a cluster whose nodes have ``node_addresses`` (underlay IPs, VTEPs;
+    Nones and IPv6 are ignored), whose BIRD listens on ``bgp_port``, whose agents serve metrics
+    and health on ``metrics_port`` (the same flag on every node) and whose datastore is at
+    ``datastore_endpoints`` (pure)."""
+    ports = sorted({("tcp", bgp_port)} | ({("tcp", metrics_port)} if metrics_port else set()))
+    remote: set[tuple[str, str, int]] = set()
+    for text in node_addresses:
+        if text and ipaddress.ip_address(text).version == 4:
+            remote.update((text, protocol, port) for protocol, port in ports)
+    skipped = []
+    for endpoint in datastore_endpoints:
+        found = datastore_address(endpoint)
+        if found is None:
+            skipped.append(endpoint)
+        else:
+            remote.add((found[0], "tcp", found[1]))
+    order = sorted(remote, key=lambda r: (ipaddress.ip_address(r[0]), r[1], r[2]))
+    return ControlPlane(local=tuple(ports), remote=tuple(order), skipped=tuple(skipped))

@@ -5,13 +5,21 @@ model: one owned table, one transaction per sync, partial syncs, a full resync a
 
     table inet podnet_policy {
         set pn-<hash> { type ipv4_addr; flags interval; elements = { 10.244.1.5/32, ... } }   # plan.sets
+        set control_ports { type inet_proto . inet_service; elements = { tcp . 179, tcp . 9099 } }
+        set control_hosts { type ipv4_addr . inet_proto . inet_service;           # other nodes, etcd
+                            elements = { 10.77.0.11 . tcp . 179, 10.77.0.2 . tcp . 2379, ... } }
+        map source_dispatch  { type ifname : verdict; elements = { "cali…" : jump ep-<h>-src, ... } }
         map egress_dispatch  { type ifname : verdict; elements = { "cali…" : jump ep-<h>-eg, ... } }
         map ingress_dispatch { type ifname : verdict; elements = { "cali…" : jump ep-<h>-in, ... } }
+        chain prerouting {                                # EVERY packet from a local pod, first
+            type filter hook prerouting priority raw; policy accept;
+            iifname vmap @source_dispatch                 # anti-spoofing: MAC, then IP
+        }
         chain forward {
             type filter hook forward priority filter; policy accept;
             ct state established,related accept          # replies of allowed connections
             ct state invalid drop
-            iifname vmap @egress_dispatch                 # FROM a local pod: anti-spoofing + egress
+            iifname vmap @egress_dispatch                 # FROM a local pod: control plane + egress
             oifname vmap @ingress_dispatch                # TO a local pod: ingress
         }
         chain input {                                     # FROM a local pod TO this node
@@ -20,9 +28,15 @@ model: one owned table, one transaction per sync, partial syncs, a full resync a
             icmpv6 type { nd-router-solicit, … } accept   # link control (like ARP), not policy
             iifname vmap @egress_dispatch                 # the same egress chains as forward
         }
-        chain ep-<h>-eg {                                 # every local pod has one (anti-spoofing)
+        chain ep-<h>-src {                                # every local pod has one
+            ether saddr != <pod eth0 MAC> counter log group 7 prefix "pns:<h>:mac" drop
+            ip6 saddr { ::, fe80::/10 } icmpv6 type { nd-…, mld-… } return   # link control
             ip saddr != { <pod addresses> } counter log group 7 prefix "pns:<h>:spoof" drop
-            meta nfproto ipv6 counter drop                # the pod has no IPv6 address
+            meta nfproto ipv6 counter log … drop          # the pod has no IPv6 address
+        }
+        chain ep-<h>-eg {                                 # every local pod has one (control plane)
+            meta l4proto . th dport @control_ports fib daddr type local counter log … "pnc:<h>:control" drop
+            ip daddr . meta l4proto . th dport @control_hosts counter log … "pnc:<h>:control" drop
             # only when egress-isolated:
             ip daddr @pn-… meta l4proto tcp th dport 80 counter return comment "knp:ns/name:egress:0"
             counter log group 7 prefix "pnd:<h>:eg:ns/pod" drop
@@ -32,6 +46,24 @@ model: one owned table, one transaction per sync, partial syncs, a full resync a
             counter log group 7 prefix "pnd:<h>:in:ns/pod" drop
         }
     }
+
+**Anti-spoofing** runs in ``prerouting`` at priority ``raw``, before conntrack: a packet whose
+source MAC is not the pod's eth0 MAC (recorded at wiring, :attr:`EndpointRecord.mac`; both
+profiles' pods get a stable MAC, and proxy ARP does not change what the pod sends) or whose source
+IP is not one of the pod's is dropped and logged, whatever hook it was heading for and even when
+its addresses match an established connection (a ``ct state established accept`` first would let
+a spoofed packet of a known 5-tuple through). ICMPv6 link control from ``::``/link-local (ND, MLD)
+passes the IP check only; the MAC check applies to it too. ARP is not IP and this table does not see
+it: a pod's ARP can only teach its own host veth a neighbour entry, which routing never uses for
+another pod (each pod has its own /32 route via its own veth).
+
+**Control plane.** :class:`podnet.calc.policy.ControlPlane` (computed from the BGP listen port, the
+agent's metrics port, every node's addresses and the datastore endpoints) is rendered as two sets.
+Every endpoint's egress chain starts with two drops, BEFORE any NetworkPolicy rule (a policy cannot
+open them): a control port on any local address (``fib daddr type local``: the node IP, VTEP, router
+IP; reached through ``input``), and an (address, protocol, port) of another node or the datastore
+(reached through ``forward``). Node traffic (BIRD's sessions, the CLI, host-network pods) never
+arrives on a pod interface and is not touched.
 
 The cost per packet does not depend on the number of policies: one verdict-map lookup per
 direction, then the endpoint's own rules (set lookups are hashes/interval trees).
@@ -49,10 +81,10 @@ Host-network pods have no veth: they are node traffic and are not isolated by th
 **Pod to its own node.** A pod's packets to an address of its own node (the node's IP, its
 host-network pods, node services) are not forwarded: they meet the INPUT hook, not FORWARD. Egress
 isolation covers every destination in Kubernetes (only replies pass), so an ``input`` chain
-dispatches on ``iifname`` into the SAME egress chains (anti-spoofing + egress rules, which
+dispatches on ``iifname`` into the SAME egress chains (control plane + egress rules, which
 ``return`` to ``input``, whose policy accepts). Only ICMPv6 neighbour discovery and multicast
-listener reports are let through before the dispatch: link control, like ARP, that a pod without
-an IPv6 address would otherwise have dropped (and logged) by its anti-spoofing rule.
+listener reports are let through before the dispatch: link control, like ARP, that an
+egress-isolated pod's default deny would otherwise drop (anti-spoofing let it pass in prerouting).
 
 **Syncs.** :class:`PolicyManager` keeps the rendering it last applied (sets, chains, map entries).
 The first apply, and the one after any failure, is one full transaction
@@ -81,7 +113,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from podnet.calc.policy import CompiledRule, EndpointPolicy, PolicyPlan, Provenance
+from podnet.calc.policy import CompiledRule, ControlPlane, EndpointPolicy, PolicyPlan, Provenance
 from podnet.dataplane.errors import DataplaneError
 from podnet.dataplane.netns import run_in_netns
 from podnet.dataplane.nft import kernel_matches, run_nft
@@ -94,11 +126,22 @@ EGRESS_MAP = "egress_dispatch"
 INGRESS_MAP = "ingress_dispatch"
 MAX_PREFIX = 63
 MAX_COMMENT = 127
-_DIRECTIONS = {"ingress": "in", "egress": "eg"}
+_DIRECTIONS = {"ingress": "in", "egress": "eg", "source": "src"}
 _PROTOCOLS = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
 
-#: endpoint key -> (host interface name, pod addresses)
-Endpoints = Mapping[str, tuple[str, tuple[str, ...]]]
+SOURCE_MAP = "source_dispatch"
+CONTROL_SETS = {
+    "control_ports": "inet_proto . inet_service",
+    "control_hosts": "ipv4_addr . inet_proto . inet_service",
+}
+
+#: endpoint key -> (host interface name, pod addresses[, pod eth0 MAC]); no MAC: no MAC check
+Endpoints = Mapping[str, tuple[str, tuple[str, ...]] | tuple[str, tuple[str, ...], str]]
+
+PREROUTING_CHAIN = (
+    "type filter hook prerouting priority raw; policy accept;",
+    f"iifname vmap @{SOURCE_MAP}",
+)
 
 FORWARD_CHAIN = (
     "type filter hook forward priority filter; policy accept;",
@@ -146,6 +189,14 @@ def spoof_prefix(key: str) -> str:
     return f"pns:{endpoint_hash(key)}:spoof"
 
 
+def mac_spoof_prefix(key: str) -> str:
+    return f"pns:{endpoint_hash(key)}:mac"
+
+
+def control_prefix(key: str) -> str:
+    return f"pnc:{endpoint_hash(key)}:control"
+
+
 def deny_reasons(plan: PolicyPlan) -> dict[str, list[Provenance]]:
     """NFLOG prefix -> the policies whose default deny that drop stands for."""
     reasons: dict[str, list[Provenance]] = {}
@@ -177,6 +228,8 @@ class Rendering:
     chains: dict[str, tuple[str, ...]] = field(default_factory=dict)  # endpoint chain -> rules
     egress_map: dict[str, str] = field(default_factory=dict)  # ifname -> chain
     ingress_map: dict[str, str] = field(default_factory=dict)
+    source_map: dict[str, str] = field(default_factory=dict)
+    control: dict[str, tuple[str, ...]] = field(default_factory=dict)  # CONTROL_SETS name -> elements
 
 
 @functools.lru_cache(maxsize=16384)
@@ -204,17 +257,33 @@ def _rule_lines(rule: CompiledRule, verdict: str) -> list[str]:
     return lines
 
 
-def _egress_chain(key: str, addresses: tuple[str, ...], policy: EndpointPolicy | None) -> tuple[str, ...]:
+def _source_chain(key: str, addresses: tuple[str, ...], mac: str) -> tuple[str, ...]:
+    """Anti-spoofing: the pod's MAC (when known), then its addresses."""
     v4 = sorted({str(a) for a in map(ipaddress.ip_address, addresses) if a.version == 4})
     v6 = sorted({str(a) for a in map(ipaddress.ip_address, addresses) if a.version == 6})
     log = f'log group {NFLOG_GROUP} prefix "{spoof_prefix(key)}"'
-    lines = [
+    lines = []
+    if mac:
+        mac_log = f'log group {NFLOG_GROUP} prefix "{mac_spoof_prefix(key)}"'
+        lines.append(f"ether saddr != {mac.lower()} counter {mac_log} drop")
+    lines += [
+        f"ip6 saddr {{ ::, fe80::/10 }} icmpv6 type {{ {', '.join(LINK_CONTROL_ICMPV6)} }} return",
         f"ip saddr != {{ {', '.join(v4)} }} counter {log} drop"
         if v4
         else f"meta nfproto ipv4 counter {log} drop",
         f"ip6 saddr != {{ {', '.join(v6)} }} counter {log} drop"
         if v6
         else f"meta nfproto ipv6 counter {log} drop",
+    ]
+    return tuple(lines)
+
+
+def _egress_chain(key: str, policy: EndpointPolicy | None) -> tuple[str, ...]:
+    """Control plane first (no policy opens it), then the egress policy when isolated."""
+    log = f'counter log group {NFLOG_GROUP} prefix "{control_prefix(key)}" drop'
+    lines = [
+        f"meta l4proto . th dport @control_ports fib daddr type local {log}",
+        f"ip daddr . meta l4proto . th dport @control_hosts {log}",
     ]
     if policy is not None and policy.egress_isolated:
         for rule in policy.egress:
@@ -231,15 +300,31 @@ def _ingress_chain(key: str, policy: EndpointPolicy) -> tuple[str, ...]:
     return tuple(lines)
 
 
-def build_rendering(plan: PolicyPlan, endpoints: Endpoints) -> Rendering:
+def control_elements(control: ControlPlane | None) -> dict[str, tuple[str, ...]]:
+    """The two control-plane sets' elements (empty sets without ``control``)."""
+    if control is None:
+        return {name: () for name in CONTROL_SETS}
+    return {
+        "control_ports": tuple(f"{proto} . {port}" for proto, port in control.local),
+        "control_hosts": tuple(f"{ip} . {proto} . {port}" for ip, proto, port in control.remote),
+    }
+
+
+def build_rendering(plan: PolicyPlan, endpoints: Endpoints, control: ControlPlane | None = None) -> Rendering:
     """The table for ``plan`` over the LOCAL ``endpoints`` (pure). Plan endpoints without an
     interface here are skipped (nothing to dispatch on); local endpoints without a plan entry get
-    anti-spoofing only."""
-    rendering = Rendering(sets={name: _v4_elements(cidrs) for name, cidrs in sorted(plan.sets.items())})
-    for key, (ifname, addresses) in sorted(endpoints.items()):
+    anti-spoofing and the control-plane drops only."""
+    rendering = Rendering(
+        sets={name: _v4_elements(cidrs) for name, cidrs in sorted(plan.sets.items())},
+        control=control_elements(control),
+    )
+    for key, (ifname, addresses, *rest) in sorted(endpoints.items()):
         policy = plan.endpoints.get(key)
+        source = chain_name(key, "source")
+        rendering.chains[source] = _source_chain(key, addresses, rest[0] if rest else "")
+        rendering.source_map[ifname] = source
         egress = chain_name(key, "egress")
-        rendering.chains[egress] = _egress_chain(key, addresses, policy)
+        rendering.chains[egress] = _egress_chain(key, policy)
         rendering.egress_map[ifname] = egress
         if policy is not None and policy.ingress_isolated:
             ingress = chain_name(key, "ingress")
@@ -266,14 +351,19 @@ def render_full(rendering: Rendering) -> str:
     """The whole table as one transaction that replaces whatever podnet_policy held."""
     out = [f"add table {QUALIFIED}", f"delete table {QUALIFIED}", f"table {QUALIFIED} {{"]
     out += [f"    {_set_decl(name, elements)}" for name, elements in sorted(rendering.sets.items())]
+    for name, kind in CONTROL_SETS.items():
+        elements = rendering.control.get(name, ())
+        body = f" elements = {{ {', '.join(elements)} }};" if elements else ""
+        out.append(f"    set {name} {{ type {kind};{body} }}")
     # Chains before the maps that jump to them, maps before the forward chain that uses them.
     for name, rules in sorted(rendering.chains.items()):
         out.append(f"    chain {name} {{")
         out += [f"        {rule}" for rule in rules]
         out.append("    }")
+    out.append(f"    {_map_decl(SOURCE_MAP, rendering.source_map)}")
     out.append(f"    {_map_decl(EGRESS_MAP, rendering.egress_map)}")
     out.append(f"    {_map_decl(INGRESS_MAP, rendering.ingress_map)}")
-    for name, rules in (("forward", FORWARD_CHAIN), ("input", INPUT_CHAIN)):
+    for name, rules in (("prerouting", PREROUTING_CHAIN), ("forward", FORWARD_CHAIN), ("input", INPUT_CHAIN)):
         out.append(f"    chain {name} {{")
         out += [f"        {rule}" for rule in rules]
         out.append("    }")
@@ -281,9 +371,9 @@ def render_full(rendering: Rendering) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_policy(plan: PolicyPlan, endpoints: Endpoints) -> str:
+def render_policy(plan: PolicyPlan, endpoints: Endpoints, control: ControlPlane | None = None) -> str:
     """The full ``nft -f`` transaction for ``plan`` on this node's ``endpoints`` (pure)."""
-    return render_full(build_rendering(plan, endpoints))
+    return render_full(build_rendering(plan, endpoints, control))
 
 
 def _chunks(items: list[str], size: int = 1000) -> list[list[str]]:
@@ -305,6 +395,12 @@ def render_diff(old: Rendering, new: Rendering) -> str:
             out.append(f"delete element {QUALIFIED} {name} {{ {', '.join(part)} }}")
         for part in _chunks(sorted(after - before)):
             out.append(f"add element {QUALIFIED} {name} {{ {', '.join(part)} }}")
+    for name in CONTROL_SETS:  # always declared: only their members change
+        before, after = set(old.control.get(name, ())), set(new.control.get(name, ()))
+        if before - after:
+            out.append(f"delete element {QUALIFIED} {name} {{ {', '.join(sorted(before - after))} }}")
+        if after - before:
+            out.append(f"add element {QUALIFIED} {name} {{ {', '.join(sorted(after - before))} }}")
     # 2. chains: new ones filled, changed ones flushed and refilled.
     for name, rules in sorted(new.chains.items()):
         if old.chains.get(name) == rules:
@@ -316,6 +412,7 @@ def render_diff(old: Rendering, new: Rendering) -> str:
         out += [f"add rule {QUALIFIED} {name} {rule}" for rule in rules]
     # 3. dispatch maps.
     for map_name, before_map, after_map in (
+        (SOURCE_MAP, old.source_map, new.source_map),
         (EGRESS_MAP, old.egress_map, new.egress_map),
         (INGRESS_MAP, old.ingress_map, new.ingress_map),
     ):
@@ -335,10 +432,15 @@ def render_diff(old: Rendering, new: Rendering) -> str:
 
 
 def diff_policy(
-    old_plan: PolicyPlan, old_endpoints: Endpoints, plan: PolicyPlan, endpoints: Endpoints
+    old_plan: PolicyPlan,
+    old_endpoints: Endpoints,
+    plan: PolicyPlan,
+    endpoints: Endpoints,
+    control: ControlPlane | None = None,
 ) -> str:
     """The partial transaction from one plan to the next (pure; what :class:`PolicyManager` sends)."""
-    return render_diff(build_rendering(old_plan, old_endpoints), build_rendering(plan, endpoints))
+    old = build_rendering(old_plan, old_endpoints, control)
+    return render_diff(old, build_rendering(plan, endpoints, control))
 
 
 # ----------------------------------------------------------------------------------------- manager
@@ -362,11 +464,14 @@ class PolicyManager:
         hint = "the previous policy ruleset is still in force; the next sync is a full resync"
         run_nft(script, self.netns, TABLE, hint=hint)
 
-    def apply(self, plan: PolicyPlan, endpoints: Endpoints) -> dict[str, Any]:
-        """Make the table enforce ``plan``: ``{"mode": "full"|"partial"|"noop", "statements": n,
-        "seconds": t}``. Raises :class:`DataplaneError` (nothing applied) when nft refuses."""
+    def apply(
+        self, plan: PolicyPlan, endpoints: Endpoints, control: ControlPlane | None = None
+    ) -> dict[str, Any]:
+        """Make the table enforce ``plan`` (and close ``control`` to every pod): ``{"mode":
+        "full"|"partial"|"noop"|"adopted", "statements": n, "seconds": t}``. Raises
+        :class:`DataplaneError` (nothing applied) when nft refuses."""
         started = time.perf_counter()
-        rendering = build_rendering(plan, endpoints)
+        rendering = build_rendering(plan, endpoints, control)
         if self._applied is None:
             mode, script = "full", render_full(rendering)
             adopt, self._adopt = self._adopt, False

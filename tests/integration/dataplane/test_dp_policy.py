@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -80,6 +81,7 @@ class Pod:
     info: PodInfo
     netns: str
     host_ifname: str
+    mac: str = ""
 
     @property
     def ip(self) -> str:
@@ -96,8 +98,8 @@ class Cluster:
         infos = list((pods or {k: p.info for k, p in self.pods.items()}).values())
         return compile_policies(infos, infos, {"default": {}}, POLICIES)
 
-    def endpoints(self) -> dict[str, tuple[str, tuple[str, ...]]]:
-        return {p.info.key: (p.host_ifname, p.info.ips) for p in self.pods.values()}
+    def endpoints(self) -> dict[str, tuple[str, tuple[str, ...], str]]:
+        return {p.info.key: (p.host_ifname, p.info.ips, p.mac) for p in self.pods.values()}
 
     def reach(self, src: str, dst: str, port: str) -> bool:
         number, proto = port.split("/")
@@ -121,12 +123,12 @@ def cluster(make_netns: Callable[[str], str]) -> Iterator[Cluster]:
             path = make_netns(name)
             ip = f"10.244.1.{10 + i}"
             host_ifname = host_ifname_for("cali", "default", name)
-            wire_endpoint(
+            wired = wire_endpoint(
                 EndpointSpec(path, "eth0", host_ifname, (ip,), 1500, "calico", CALICO_GATEWAY),
                 host_netns=node_path,
             )
             info = PodInfo("default", name, pod_labels, (ip,), "node-1", NAMED)
-            pods[name] = Pod(info, path, host_ifname)
+            pods[name] = Pod(info, path, host_ifname, wired.mac)
             ready = f"/tmp/{os.path.basename(path)}.ready"
             cmd = [sys.executable, "-m", "podnet.lab.podserver", "--name", info.key, "--ready-file", ready]
             for port in PORTS:
@@ -207,6 +209,34 @@ def _spoof_arrives(c: Cluster, src: str, dst: str, spoofed: str) -> bool:
     return False
 
 
+def _mac_spoof_arrives(c: Cluster, src: str, dst: str, src_mac: str) -> bool:
+    """A UDP datagram from ``src`` (its own IP) with Ethernet source ``src_mac``, written with an
+    AF_PACKET socket, to a fresh listener in ``dst``."""
+    with in_netns(c.pods[dst].netns):
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with in_netns(c.pods[src].netns):
+        tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    with rx, tx:
+        rx.bind(("0.0.0.0", 7001))
+        rx.settimeout(0.3)
+        tx.bind(("eth0", 0))
+        udp = struct.pack("!HHHH", 40000, 7001, 12, 0) + b"mac!"
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0,
+                         socket.inet_aton(c.pods[src].ip), socket.inet_aton(c.pods[dst].ip))  # fmt: skip
+        words = sum(struct.unpack("!10H", ip))
+        words = (words >> 16) + (words & 0xFFFF)
+        ip = ip[:10] + struct.pack("!H", ~(words + (words >> 16)) & 0xFFFF) + ip[12:]
+        eth = bytes.fromhex("eeeeeeeeeeee") + bytes.fromhex(src_mac.replace(":", "")) + b"\x08\x00"
+        for _ in range(3):
+            tx.send(eth + ip + udp)
+            try:
+                if rx.recv(100) == b"mac!":
+                    return True
+            except TimeoutError:
+                continue
+    return False
+
+
 def _nft(c: Cluster, *args: str) -> str:
     return subprocess.run(
         ["ip", "netns", "exec", c.node, "nft", *args], capture_output=True, text=True, check=True
@@ -237,8 +267,15 @@ def test_policy_truth_table_incremental_and_failure(cluster: Cluster, monkeypatc
         # anti-spoofing: the same datagram is now dropped, and the spoof rule counted it
         assert not _spoof_arrives(c, "client", "other", spoofed)
         assert _spoof_arrives(c, "client", "other", c.pods["client"].ip)
-        client_eg = _nft(c, "list", "chain", "inet", "podnet_policy", chain_name("default/client", "egress"))
-        assert "packets 0 " not in client_eg.splitlines()[2]  # the ip saddr != { … } drop rule
+        client_src = _nft(c, "list", "chain", "inet", "podnet_policy", chain_name("default/client", "source"))
+        spoof_rule = next(line for line in client_src.splitlines() if "ip saddr !=" in line)
+        assert "packets 0 " not in spoof_rule
+        # MAC anti-spoofing: the pod's own address from another MAC is dropped, from its own MAC not
+        assert _mac_spoof_arrives(c, "client", "other", c.pods["client"].mac)
+        assert not _mac_spoof_arrives(c, "client", "other", "02:00:5e:01:02:03")
+        client_src = _nft(c, "list", "chain", "inet", "podnet_policy", chain_name("default/client", "source"))
+        mac_rule = next(line for line in client_src.splitlines() if "ether saddr !=" in line)
+        assert "packets 0 " not in mac_rule
         # counters and provenance in the kernel
         web_in = _nft(c, "list", "chain", "inet", "podnet_policy", chain_name("default/web", "ingress"))
         assert 'comment "knp:default/web-allow-clients:ingress:0"' in web_in

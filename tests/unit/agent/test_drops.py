@@ -7,9 +7,9 @@ import threading
 import time
 
 from podnet.agent import api, api_server
-from podnet.agent.drops import SPOOF_REASON, DropMonitor
+from podnet.agent.drops import CONTROL_REASON, MAC_SPOOF_REASON, SPOOF_REASON, DropMonitor
 from podnet.calc.policy import EndpointPolicy, PodInfo, PolicyPlan, Provenance
-from podnet.dataplane.policy import Drop, deny_prefix, spoof_prefix
+from podnet.dataplane.policy import Drop, control_prefix, deny_prefix, mac_spoof_prefix, spoof_prefix
 
 API = PodInfo("np", "api", {"app": "api"}, ("10.244.1.2",), "node-1")
 FAR = PodInfo("np", "far", {}, ("10.244.3.4",), "node-3")
@@ -110,6 +110,15 @@ def test_spoof_reason_names_the_sending_pod():
     assert record["reason"] == SPOOF_REASON == "anti-spoofing: source address is not the pod's"
     assert (record["direction"], record["srcPod"], record["dstPod"]) == ("egress", "np/api", "np/far")
     assert record["policies"] == []
+
+
+def test_mac_spoof_and_control_plane_drops_name_the_sending_pod():
+    m = monitor(plan())
+    m.add([Drop(mac_spoof_prefix("np/api"), "10.244.3.4", "10.244.1.2", "TCP", 80),
+           Drop(control_prefix("np/api"), "10.244.3.4", "10.77.0.2", "TCP", 2379)])  # fmt: skip
+    mac, control = m.query()["drops"]
+    assert mac["reason"] == MAC_SPOOF_REASON and control["reason"] == CONTROL_REASON
+    assert all((d["direction"], d["srcPod"]) == ("egress", "np/api") for d in (mac, control))
 
 
 def test_unknown_prefix_is_shown_as_is():

@@ -143,18 +143,22 @@ def test_diff_one_chain_and_endpoint_removal():
     lines = diff_policy(old, ENDPOINTS, new, ENDPOINTS).splitlines()
     assert lines[0] == f"flush chain inet podnet_policy {db_eg}"
     assert all(line.startswith(f"add rule inet podnet_policy {db_eg} ") for line in lines[1:])
-    assert len(lines) == 4  # two anti-spoofing rules + the deny
+    assert len(lines) == 4  # two control-plane drops + the deny
     # the web pod leaves the node: its chains and map entries go, after the entries that jump to them
     only_db = {"default/db": ENDPOINTS["default/db"]}
     lines = diff_policy(old, ENDPOINTS, old, only_db).splitlines()
     web_in, web_eg = chain_name("default/web", "ingress"), chain_name("default/web", "egress")
+    web_src = chain_name("default/web", "source")
     assert lines == [
+        'delete element inet podnet_policy source_dispatch { "cali1111111111a" }',
         'delete element inet podnet_policy egress_dispatch { "cali1111111111a" }',
         'delete element inet podnet_policy ingress_dispatch { "cali1111111111a" }',
         f"flush chain inet podnet_policy {web_eg}",
         f"delete chain inet podnet_policy {web_eg}",
         f"flush chain inet podnet_policy {web_in}",
         f"delete chain inet podnet_policy {web_in}",
+        f"flush chain inet podnet_policy {web_src}",
+        f"delete chain inet podnet_policy {web_src}",
     ]
 
 
