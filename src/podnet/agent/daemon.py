@@ -68,7 +68,7 @@ class AgentConfig:
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
         from podnet.dataplane.nat import NatManager
-        from podnet.dataplane.policy import PolicyManager
+        from podnet.dataplane.policy import HostEndpointManager, PolicyManager
         from podnet.dataplane.routes import RouteManager
         from podnet.dataplane.services_nft import ServiceProxy
 
@@ -83,6 +83,7 @@ class Agent:
         self.routes = RouteManager()
         self.nat = NatManager()
         self.policy = PolicyManager()
+        self.host_endpoints = HostEndpointManager()  # Calico HostEndpoints: default deny + failsafe
         self.services = ServiceProxy()
         self._services_on = False  # the services table exists (created with the first service)
         self._sock_lb = None  # SocketLB while the Cilium profile balances at connect()
@@ -238,10 +239,43 @@ class Agent:
         try:
             self.policy.apply(plan, endpoints, control)
             self.policy_plan = plan  # in force now (the drop monitor explains drops by it)
+            self._apply_host_endpoints()
         except Exception as exc:
             self.policy_status.report(revision, str(exc), plan.errors, invalid)
             raise
         self.policy_status.report(revision, None, plan.errors, invalid)
+
+    def _apply_host_endpoints(self) -> None:
+        """Calico HostEndpoints of this node: their default deny with the failsafe ports, tunnel
+        traffic of known nodes and local pods let through (calc.host_endpoints), as one transaction."""
+        from podnet.calc.host_endpoints import host_endpoint_plan
+
+        with self.syncer.lock:
+            heps = list(self.cache.host_endpoints.values())
+            settings = self._settings()
+            nodes = [n.ip for n in self.cache.nodes.values() if n.name != self.config.node]
+            pods = [a for r in self.endpoints.values() for a in r.addresses]
+        mine = [h for h in heps if h.spec.node == self.config.node]
+        interfaces = self._interface_addresses() if any(not h.spec.interface_name for h in mine) else None
+        plan = host_endpoint_plan(self.config.node, mine, settings.failsafe_inbound,
+                                  settings.failsafe_outbound, nodes, pods, interfaces)  # fmt: skip
+        for name, error in plan.errors.items():
+            kv(log, logging.WARNING, "host endpoint not enforced", hostEndpoint=name, error=error)
+        if self.host_endpoints.apply(plan) != "noop":
+            covered = ",".join(sorted(plan.interfaces)) or "-"
+            kv(log, logging.INFO, "host endpoints applied", interfaces=covered)
+
+    @staticmethod
+    def _interface_addresses() -> dict[str, list[str]]:
+        """This node's interfaces and their addresses (HostEndpoints by expectedIPs)."""
+        from podnet.dataplane.netlink import Netlink
+
+        with Netlink.open() as nl:
+            names = {link.index: link.name for link in nl.links()}
+            out: dict[str, list[str]] = {}
+            for address in nl.addrs():
+                out.setdefault(names.get(address.index, ""), []).append(address.address)
+        return out
 
     def _control_plane(self) -> ControlPlane:
         """What no pod may reach (calc.policy.control_plane): BGP's listen port, this agent's metrics

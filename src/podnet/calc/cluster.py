@@ -75,6 +75,7 @@ class ClusterCache:
         self.pods: dict[str, object] = {}  # "namespace/name" -> Pod (NetworkPolicy needs labels, ports)
         self.namespaces: dict[str, dict[str, str]] = {}  # name -> labels
         self.netpols: dict[str, object] = {}  # "namespace/name" -> networking.k8s.io NetworkPolicy
+        self.host_endpoints: dict[str, object] = {}  # name -> Calico HostEndpoint (host policy)
         self.services: dict[str, object] = {}  # "namespace/name" -> v1 Service
         self.errors: dict[str, str] = {}  # key -> why its value was not taken
         self.revision = 0
@@ -147,6 +148,12 @@ class ClusterCache:
                 self.netpols.pop(key, None)
             else:
                 self.netpols[key] = parse_resource(json.loads(value))
+            return "policy"
+        if type_key == "hostendpoints.projectcalico.org":
+            if value is None:
+                self.host_endpoints.pop(name, None)
+            else:
+                self.host_endpoints[name] = parse_resource(json.loads(value))
             return "policy"
         if type_key == "services":
             key = f"{_namespace}/{name}"

@@ -25,6 +25,7 @@ from podnet.model.calico import (
     BGPPeer,
     CalicoNetworkPolicy,
     GlobalNetworkPolicy,
+    HostEndpoint,
     IPPool,
 )
 from podnet.model.calico_selector import Selector, SelectorSyntaxError, parse_selector
@@ -58,6 +59,7 @@ __all__ = [
     "EffectiveClusterSettings",
     "EndpointSelector",
     "GlobalNetworkPolicy",
+    "HostEndpoint",
     "IPPool",
     "LabelSelector",
     "Namespace",

@@ -1,4 +1,5 @@
-"""``projectcalico.org/v3`` kinds: IPPool, BGPConfiguration, BGPPeer, NetworkPolicy, GlobalNetworkPolicy.
+"""``projectcalico.org/v3`` kinds: IPPool, BGPConfiguration, BGPPeer, NetworkPolicy, GlobalNetworkPolicy,
+HostEndpoint.
 
 Rules follow Calico's validator (``libcalico-go/lib/validator/v3``) and docs; defaults follow Calico:
 
@@ -10,6 +11,8 @@ Rules follow Calico's validator (``libcalico-go/lib/validator/v3``) and docs; de
     (Global)NetworkPolicy  tier default; selector all(); types Egress if only egress rules,
                          Ingress and Egress if both, else Ingress; doNotTrack, preDNAT,
                          applyOnForward false (GlobalNetworkPolicy)
+    HostEndpoint         node required; interfaceName ("*" = every host interface) or expectedIPs
+                         required (no interfaceName: the interface holding one of expectedIPs)
 
 Selector fields hold Calico selector expressions (see :mod:`podnet.model.calico_selector`); they are
 validated when parsed and kept as written. ``parsed_*`` helpers return the parsed form.
@@ -40,7 +43,12 @@ from podnet.model.fields import (
     ip_address_problem,
     parse_network,
 )
-from podnet.model.names import NameRule, dns1123_label_problem, iana_svc_name_problem
+from podnet.model.names import (
+    NameRule,
+    dns1123_label_problem,
+    dns1123_subdomain_problem,
+    iana_svc_name_problem,
+)
 from podnet.model.problems import Problems
 from podnet.model.resource import Resource
 
@@ -672,3 +680,64 @@ class GlobalNetworkPolicy(Resource):
     NAME_RULE: ClassVar[NameRule] = "calico-policy"
 
     spec: GlobalNetworkPolicySpec = Field(default_factory=GlobalNetworkPolicySpec)
+
+
+# --- HostEndpoint ----------------------------------------------------------------------------
+
+_HOST_INTERFACE = re.compile(r"[a-zA-Z0-9_.@:-]{1,15}")
+
+
+def _host_interface(text: str) -> str:
+    if text != "*" and not _HOST_INTERFACE.fullmatch(text):
+        raise ValueError('must be "*" (every interface) or an interface name of at most 15 characters')
+    return text
+
+
+def _iana_name(text: str) -> str:
+    problem = iana_svc_name_problem(text)
+    if problem:
+        raise ValueError(problem)
+    return text
+
+
+def _node_name(text: str) -> str:
+    problem = dns1123_subdomain_problem(text)
+    if problem:
+        raise ValueError(problem)
+    return text
+
+
+class EndpointPort(ApiModel):
+    """A named port of a host endpoint (Calico ``EndpointPort``: name, protocol, port)."""
+
+    name: Annotated[str, AfterValidator(_iana_name)]
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+    port: PortNumber
+
+
+class HostEndpointSpec(ApiModel):
+    node: Annotated[str, AfterValidator(_node_name)]
+    interface_name: Annotated[str, AfterValidator(_host_interface)] | None = None
+    expected_ips: list[IPAddressStr] | None = Field(default=None, alias="expectedIPs")
+    profiles: list[str] | None = None
+    ports: list[EndpointPort] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> HostEndpointSpec:
+        problems = Problems()
+        if not self.interface_name and not self.expected_ips:
+            problems.add("interfaceName", "required: set interfaceName (a name or \"*\") or expectedIPs")
+        problems.raise_if_any()
+        return self
+
+
+class HostEndpoint(Resource):
+    """A Calico host endpoint (cluster-scoped): puts a node's own traffic through ``interfaceName``
+    under host policy. podnet enforces its default deny and Felix's failsafe ports (see
+    :mod:`podnet.calc.host_endpoints`); policies selecting host endpoints are not applied yet."""
+
+    KIND: ClassVar[str] = "HostEndpoint"
+    API_VERSIONS: ClassVar[tuple[str, ...]] = (API_VERSION,)
+    NAMESPACED: ClassVar[bool] = False
+
+    spec: HostEndpointSpec

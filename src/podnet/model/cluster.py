@@ -18,7 +18,11 @@ the stored object (so switching the profile later switches them too) and resolve
 Profile-independent defaults are applied at parse time: ``profile: calico``, ``mtu: 0`` (detect from
 the node's uplink and subtract the tunnel overhead), ``serviceClusterIPRange: 10.96.0.0/12``,
 ``nodePortRange: 30000-32767``, ``policyEnforcementMode: default`` (Cilium's: ``default`` enforces
-once a policy selects an endpoint, ``always`` enforces with no policy, ``never`` never).
+once a policy selects an endpoint, ``always`` enforces with no policy, ``never`` never), and Felix's
+``failsafeInboundHostPorts`` (TCP 22, UDP 68, TCP 179, 2379, 2380, 5473, 6443, 6666, 6667) and
+``failsafeOutboundHostPorts`` (UDP 53, 67, TCP 179, 2379, 2380, 5473, 6443, 6666, 6667): what a
+HostEndpoint's default deny never blocks (``[]`` turns failsafe off), as ``[{protocol: TCP, port: 22}]``;
+left unset they stay unset in the stored object and :meth:`effective` fills in the defaults.
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ IPIP_OVERHEAD = 20  # outer IPv4 header
 def _mtu(value: int) -> int:
     if value != 0 and not 576 <= value <= 9000:
         raise ValueError("must be 0 (detect) or between 576 and 9000")
+    return value
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError("must be between 1 and 65535")
     return value
 
 
@@ -80,6 +90,8 @@ class EffectiveClusterSettings:
     node_port_range: tuple[int, int]
     policy_enforcement_mode: Literal["default", "always", "never"]
     kube_proxy_replacement: bool
+    failsafe_inbound: tuple[Failsafe, ...] = ()
+    failsafe_outbound: tuple[Failsafe, ...] = ()
 
     def tunnel_overhead(self) -> int:
         """Bytes of encapsulation the default mode adds to a pod packet (0 without a tunnel)."""
@@ -94,6 +106,33 @@ class EffectiveClusterSettings:
         return self.mtu if self.mtu else link_mtu - self.tunnel_overhead()
 
 
+class ProtoPort(ApiModel):
+    """A failsafe port in Calico's format: ``{protocol: TCP, port: 179}`` (optional ``net``: only
+    from / to that network)."""
+
+    protocol: Literal["TCP", "UDP"] = "TCP"
+    port: Annotated[int, AfterValidator(_port)]
+    net: NetworkCIDR | None = None
+
+
+#: ``(protocol, port, net or None)``: a failsafe port as calculation uses it.
+Failsafe = tuple[str, int, str | None]
+
+
+def _failsafe(ports: list[ProtoPort] | None, defaults: tuple[str, ...]) -> tuple[Failsafe, ...]:
+    if ports is None:
+        return tuple((p.upper(), int(n), None) for p, _, n in (d.partition(":") for d in defaults))
+    return tuple((p.protocol, p.port, p.net) for p in ports)
+
+
+#: Felix's FailsafeInboundHostPorts / FailsafeOutboundHostPorts defaults (SSH, DHCP, BGP, etcd,
+#: Typha, the Kubernetes API server, kube-proxy / calico-node health).
+DEFAULT_FAILSAFE_INBOUND = ("tcp:22", "udp:68", "tcp:179", "tcp:2379", "tcp:2380", "tcp:5473", "tcp:6443",
+                            "tcp:6666", "tcp:6667")  # fmt: skip
+DEFAULT_FAILSAFE_OUTBOUND = ("udp:53", "udp:67", "tcp:179", "tcp:2379", "tcp:2380", "tcp:5473", "tcp:6443",
+                             "tcp:6666", "tcp:6667")  # fmt: skip
+
+
 class ClusterConfigurationSpec(ApiModel):
     profile: Profile = "calico"
     mtu: Annotated[int, AfterValidator(_mtu)] = 0
@@ -105,6 +144,8 @@ class ClusterConfigurationSpec(ApiModel):
     node_port_range: Annotated[str, AfterValidator(_port_range)] = "30000-32767"
     policy_enforcement_mode: Literal["default", "always", "never"] = "default"
     kube_proxy_replacement: bool | None = None
+    failsafe_inbound_host_ports: list[ProtoPort] | None = None  # None: Felix's defaults
+    failsafe_outbound_host_ports: list[ProtoPort] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ClusterConfigurationSpec:
@@ -151,6 +192,8 @@ class ClusterConfigurationSpec(ApiModel):
             kube_proxy_replacement=cilium
             if self.kube_proxy_replacement is None
             else self.kube_proxy_replacement,
+            failsafe_inbound=_failsafe(self.failsafe_inbound_host_ports, DEFAULT_FAILSAFE_INBOUND),
+            failsafe_outbound=_failsafe(self.failsafe_outbound_host_ports, DEFAULT_FAILSAFE_OUTBOUND),
         )
 
 

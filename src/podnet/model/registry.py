@@ -12,6 +12,7 @@
     BGPPeer                         projectcalico.org   no          bgppeer, bgpp
     NetworkPolicy                   projectcalico.org   yes         cnetpol, calicopolicy
     GlobalNetworkPolicy             projectcalico.org   no          gnp, globalnetpol, globalpolicy
+    HostEndpoint                    projectcalico.org   no          hep, heps
     CiliumNetworkPolicy             cilium.io           yes         cnp, ciliumnp
     CiliumClusterwideNetworkPolicy  cilium.io           no          ccnp
     ClusterConfiguration            podnet.io           no          clusterconfig
@@ -30,7 +31,14 @@ import difflib
 from dataclasses import dataclass, field
 
 from podnet.errors import ValidationError
-from podnet.model.calico import BGPConfiguration, BGPPeer, CalicoNetworkPolicy, GlobalNetworkPolicy, IPPool
+from podnet.model.calico import (
+    BGPConfiguration,
+    BGPPeer,
+    CalicoNetworkPolicy,
+    GlobalNetworkPolicy,
+    HostEndpoint,
+    IPPool,
+)
 from podnet.model.cilium import CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy
 from podnet.model.cluster import ClusterConfiguration
 from podnet.model.core import Namespace, Node, Pod, Service
@@ -105,6 +113,7 @@ RESOURCE_TYPES: list[ResourceType] = [
         "globalnetworkpolicies",
         ("gnp", "globalnetpol", "globalpolicy", "globalpolicies"),
     ),
+    _type(HostEndpoint, "hostendpoints", ("hep", "heps")),
     _type(CiliumNetworkPolicy, "ciliumnetworkpolicies", ("cnp", "ciliumnp")),
     _type(CiliumClusterwideNetworkPolicy, "ciliumclusterwidenetworkpolicies", ("ccnp",)),
     _type(ClusterConfiguration, "clusterconfigurations", ("clusterconfig", "clusterconfigs")),

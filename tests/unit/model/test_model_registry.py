@@ -125,7 +125,7 @@ def test_resource_type_for_names_the_right_api_version() -> None:
         (
             "kind",
             'apiVersion: projectcalico.org/v3 has no kind "Pod"; its kinds are IPPool, BGPConfiguration, '
-            "BGPPeer, NetworkPolicy, GlobalNetworkPolicy",
+            "BGPPeer, NetworkPolicy, GlobalNetworkPolicy, HostEndpoint",
         )
     ]
     assert info.value.hint == "kind Pod uses apiVersion v1"
