@@ -7,6 +7,11 @@ never left allocated for a pod that did not come up):
     so a retried ADD does not leak)  →  wire the veth (dataplane.endpoint)  →  write the endpoint
     record to the datastore  →  register it with the route syncer  →  CNI 1.1.0 result
 
+Before an ADD, a DEL of the same attachment that the plugin queued while the agent was down is
+served first (:func:`podnet.agent.delete_queue.serve_queued`): queued earlier, it must not run
+after the ADD (it would unwire the new pod and free its address); if it cannot be served, the ADD
+fails with 11.
+
 DEL is idempotent: a missing netns, veth, record or handle is success. Requests are serialised
 per node (one lock), which also keeps IPAM's per-host block limit exact, as Calico's host lock does.
 Errors carry CNI codes: 11 (try again later) when the datastore is unreachable, 7 for bad input,
@@ -103,6 +108,7 @@ class CNIService:
         scheme: Callable[[], tuple[str, str]],  # -> (scheme, gateway)
         ready: Callable[[], bool],
         pools_and_labels: Callable[[], tuple[list, dict]],
+        queue_dir: str | None = None,
     ) -> None:
         self.node = node
         self.resources = resources
@@ -113,6 +119,7 @@ class CNIService:
         self.scheme = scheme
         self.ready = ready
         self.pools_and_labels = pools_and_labels  # from the agent's watch cache: no datastore read
+        self.queue_dir = queue_dir  # the deletion queue; None: where the request's plugin queues
         self.lock = threading.Lock()
         self.timings: dict[str, float] = {}  # of the request being served (under the lock)
 
@@ -127,6 +134,8 @@ class CNIService:
                 raise CNIFailure(4, f"unknown verb {req.verb!r}")
             if req.verb in ("ADD", "DEL", "CHECK") and not req.container_id:
                 raise CNIFailure(4, "containerID is required")
+            if req.verb == "ADD":
+                self._serve_queued_delete(doc, req)
             with self.lock:
                 waited = time.monotonic() - started
                 self.timings = {}
@@ -158,6 +167,22 @@ class CNIService:
             ok=False,
         )
         return {"ok": False, "code": failure.code, "msg": failure.msg, "details": failure.details}
+
+    def _serve_queued_delete(self, doc: dict, req: Request) -> None:
+        """A DEL of this attachment queued while we were down comes before this ADD: serve it now."""
+        from podnet.agent.api import delete_queue_dir, socket_path
+        from podnet.agent.delete_queue import serve_queued
+
+        queue_dir = (self.queue_dir or req.config.get("delete_queue_dir")
+                     or delete_queue_dir(socket_path(req.config.get("agent_socket"))))  # fmt: skip
+        response = serve_queued(str(queue_dir), {**doc, "ifname": req.ifname}, self.handle)
+        if response is not None and not response.get("ok"):
+            raise CNIFailure(
+                ERR_TRY_AGAIN,
+                f"a DEL of {req.ifname} of container {req.container_id} queued while the agent was down "
+                f"cannot be served yet: {response.get('msg')}",
+                "the ADD is retried by the runtime; the queued DEL must be served first",
+            )
 
     def endpoint_key(self, req: Request) -> str:
         return self.resources.layout.endpoint(self.node, req.container_id, req.ifname)

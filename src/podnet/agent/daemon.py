@@ -97,7 +97,7 @@ class Agent:
         self.cni = CNIService(
             config.node, self.resources, self.ipam, self.endpoints, self.syncer.trigger,
             pod_mtu=self._pod_mtu, scheme=self._scheme, ready=self._ready,
-            pools_and_labels=self._pools_and_labels,
+            pools_and_labels=self._pools_and_labels, queue_dir=delete_queue_dir(config.socket),
         )  # fmt: skip
         self._router_ip: str | None = None
         self._vxlan = None  # VXLANTunnel once this node has a VTEP

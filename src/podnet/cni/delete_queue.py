@@ -35,6 +35,7 @@ import time
 from podnet.agent.api import DELETE_QUEUE_LOCK as LOCK_NAME
 from podnet.agent.api import DELETE_QUEUE_SUFFIX as SUFFIX
 from podnet.agent.api import delete_queue_dir
+from podnet.agent.delete_queue import entry_name as agent_entry_name
 
 MAX_ENTRIES = 256
 default_dir = delete_queue_dir  # one rule for the plugin and the agent
@@ -42,9 +43,9 @@ LOCK_TIMEOUT_SECONDS = 10.0
 
 
 def entry_name(request: dict) -> str:
-    """One entry per attachment: a repeated DEL replaces the earlier one (DEL is idempotent)."""
-    network = request.get("config", {}).get("name", "")
-    return f"{network}-{request['containerID']}-{request['ifname']}{SUFFIX}"
+    """One entry per attachment: a repeated DEL replaces the earlier one (DEL is idempotent). The
+    agent's rule (it looks the entry up before an ADD of the same attachment)."""
+    return agent_entry_name(request)
 
 
 class SharedLock:
