@@ -10,7 +10,9 @@ podnet lab probe NS/POD|ext|NODE  NS/POD|svc/NS/NAME|NODE|IP  PORT/PROTO [--time
 podnet lab probe --matrix PORT/PROTO [-o json] [--timeout S]
 podnet lab chaos SCENARIO [--node N] [--seconds S] [--policies N] [-o json]
                  kill-agent | kill-all-agents | agent-upgrade | etcd-outage | etcd-blackhole |
-                 kill-agent-mid-policy-sync | bird-restart
+                 kill-agent-mid-policy-sync | bird-restart      (with the traffic witness)
+podnet lab chaos kill-agent-mid-cni [--node N] [--pods 30] [--outage-seconds S]
+podnet lab chaos ipam-under-fire [--pods 1000] [--fault kill:NODE|kill-all|etcd:S|kill-in-outage:NODE:S]...
 """
 
 from __future__ import annotations
@@ -48,14 +50,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     probe.add_argument("--matrix", action="store_true")
     probe.add_argument("--timeout", type=float, default=1.0)
     probe.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    from podnet.lab.chaos import SCENARIOS
+    from podnet.lab import chaos as witnessed
+    from podnet.lab import pod_churn
 
-    chaos = sub.add_parser("chaos", help="a fault with the traffic witness running (kill-agent, ...)")
-    chaos.add_argument("scenario", choices=SCENARIOS)
+    chaos = sub.add_parser("chaos", help="a fault scenario on the lab (kill-agent, ipam-under-fire, ...)")
+    chaos.add_argument("scenario", choices=[*witnessed.SCENARIOS, *pod_churn.SCENARIOS])
     chaos.add_argument("--node", help="kill-agent: the node (default: node-2)")
     chaos.add_argument("--seconds", type=float, default=10.0,
                        help="etcd-outage, etcd-blackhole: how long etcd is away")
     chaos.add_argument("--policies", type=int, default=300, help="kill-agent-mid-policy-sync: batch size")
+    chaos.add_argument("--pods", type=int, help="kill-agent-mid-cni (default 30), ipam-under-fire (1000)")
+    chaos.add_argument("--outage-seconds", type=float, default=0.0,
+                       help="kill-agent-mid-cni: the last kill inside an etcd outage this long")
+    chaos.add_argument("--fault", action="append",
+                       help=f"ipam-under-fire, repeatable: {pod_churn.FAULT_HINT}")
     chaos.add_argument("-o", "--output", choices=["text", "json"], default="text")
 
 
@@ -259,14 +267,19 @@ def _chaos(args) -> int:
     import json
 
     from podnet.cli.context import resource_store
-    from podnet.lab.chaos import ChaosLab, problems, render, run_scenario
+    from podnet.lab import chaos, pod_churn
     from podnet.lab.cluster import lab_names
 
-    names = lab_names()
-    report = run_scenario(ChaosLab(names, resource_store(args)), args.scenario, args.node, args.seconds,
-                          policies=args.policies)  # fmt: skip
-    print(json.dumps(report, indent=2) if args.output == "json" else render(report))
-    failed = problems(report)
+    lab = chaos.ChaosLab(lab_names(), resource_store(args))
+    if args.scenario in pod_churn.SCENARIOS:
+        report = pod_churn.run_scenario(lab, args.scenario, args.node, args.pods, args.outage_seconds,
+                                        args.fault)  # fmt: skip
+        module = pod_churn
+    else:
+        report = chaos.run_scenario(lab, args.scenario, args.node, args.seconds, policies=args.policies)
+        module = chaos  # type: ignore[assignment]
+    print(json.dumps(report, indent=2, default=str) if args.output == "json" else module.render(report))
+    failed = module.problems(report)
     for line in failed:
         print(f"FAILED: {line}", file=sys.stderr)
     return 1 if failed else 0
