@@ -42,7 +42,7 @@ import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -656,6 +656,22 @@ def render(r: dict) -> str:
     return "\n".join(lines)
 
 
+def overlay(opts: Any, args: argparse.Namespace, names: Sequence[str], defaults: dict[str, Any]) -> None:
+    """Each option in ``names`` from the command line, else from ``defaults`` (``--quick``), else
+    the dataclass default (the focused benchmarks' ``main``)."""
+    for name in names:
+        value = getattr(args, name)
+        setattr(opts, name, value if value is not None else defaults.get(name, getattr(opts, name)))
+
+
+def emit(results: dict, json_path: str | None, render_fn: Callable[[dict], str]) -> None:
+    """Write the results as JSON when asked, then print their table."""
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(results, f, indent=2)
+    print(render_fn(results))
+
+
 QUICK = {"pods": 30, "policies": 100, "rules_per_policy": 5, "changes": 3, "repeats": 1, "duration": 1.0}
 
 
@@ -677,16 +693,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="per phase")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
-    defaults = QUICK if args.quick else {}
     opts = Options(nodes=args.nodes, seed=args.seed, timeout=args.timeout)
-    for name in ("pods", "policies", "rules_per_policy", "changes", "repeats", "duration"):
-        value = getattr(args, name)
-        setattr(opts, name, value if value is not None else defaults.get(name, getattr(opts, name)))
-    results = run(opts)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-    print(render(results))
+    overlay(opts, args, ("pods", "policies", "rules_per_policy", "changes", "repeats", "duration"),
+            QUICK if args.quick else {})  # fmt: skip
+    emit(run(opts), args.json, render)
     return 0
 
 
