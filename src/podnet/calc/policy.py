@@ -35,7 +35,6 @@ pod's own node, ``remote`` (address, protocol, port) triples on the other nodes 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import ipaddress
 import json
@@ -44,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from podnet.calc.memo import GenerationMemo
 from podnet.model.k8s_policy import IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort
 from podnet.model.selectors import LabelSelector
 
@@ -169,12 +169,11 @@ def _host_cidr(ip: str) -> str:
 
 def ipblock_cidrs(block: IPBlock) -> frozenset[str]:
     """``cidr`` minus every ``except``, as disjoint CIDRs (exact, via ``address_exclude``)."""
-    return _cidr_minus(block.cidr, tuple(block.except_ or ()))
+    return CIDR_MINUS((block.cidr, tuple(block.except_ or ())))
 
 
-@functools.lru_cache(maxsize=4096)
-def _cidr_minus(cidr: str, excepts: tuple[str, ...]) -> frozenset[str]:
-    """Pure and asked again on every sync for the same blocks: memoised."""
+def _cidr_minus(question: tuple[str, tuple[str, ...]]) -> frozenset[str]:
+    cidr, excepts = question
     block = IPBlock(cidr=cidr, except_=list(excepts) or None)
     network = ipaddress.ip_network(block.cidr, strict=False)
     remaining: list[Network] = [network]
@@ -375,6 +374,10 @@ def _policy_key(policy: NetworkPolicy) -> str:
     return f"{policy.namespace or 'default'}/{policy.name}"
 
 
+# Pure and asked again on every sync for the same blocks: memoised for the syncs that ask.
+CIDR_MINUS: GenerationMemo[tuple[str, tuple[str, ...]], frozenset[str]] = GenerationMemo(_cidr_minus)
+
+
 def compile_policies(
     local_pods: Iterable[PodInfo],
     all_pods: Iterable[PodInfo],
@@ -382,6 +385,7 @@ def compile_policies(
     policies: Iterable[NetworkPolicy],
 ) -> PolicyPlan:
     """Compile Kubernetes NetworkPolicies for ``local_pods`` (see the module docstring)."""
+    CIDR_MINUS.new_generation()
     compiler = _Compiler(list(all_pods), namespaces)
     ordered = sorted(policies, key=_policy_key)
     errors: dict[str, str] = {}

@@ -103,7 +103,6 @@ netns) and parses each logged packet into :class:`Drop` (prefix, IPv4 src/dst, p
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import ipaddress
 import os
@@ -115,6 +114,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from podnet.calc.host_endpoints import WILDCARD, WORKLOAD_PREFIXES, HostEndpointPlan
+from podnet.calc.memo import GenerationMemo
 from podnet.calc.policy import CompiledRule, ControlPlane, EndpointPolicy, PolicyPlan, Provenance
 from podnet.dataplane.errors import DataplaneError
 from podnet.dataplane.netns import run_in_netns
@@ -234,9 +234,8 @@ class Rendering:
     control: dict[str, tuple[str, ...]] = field(default_factory=dict)  # CONTROL_SETS name -> elements
 
 
-@functools.lru_cache(maxsize=16384)
 def _v4_elements(cidrs: frozenset[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """The IPv4 members as nft elements, collapsed (memoised: most sets are unchanged each sync)."""
+    """The IPv4 members as nft elements, collapsed."""
     nets = []
     for cidr in cidrs:
         net = ipaddress.ip_network(cidr, strict=False)
@@ -312,12 +311,17 @@ def control_elements(control: ControlPlane | None) -> dict[str, tuple[str, ...]]
     }
 
 
+# Most sets are unchanged from one sync to the next: memoised for the renderings that ask.
+V4_ELEMENTS: GenerationMemo[frozenset[str] | tuple[str, ...], tuple[str, ...]] = GenerationMemo(_v4_elements)
+
+
 def build_rendering(plan: PolicyPlan, endpoints: Endpoints, control: ControlPlane | None = None) -> Rendering:
     """The table for ``plan`` over the LOCAL ``endpoints`` (pure). Plan endpoints without an
     interface here are skipped (nothing to dispatch on); local endpoints without a plan entry get
     anti-spoofing and the control-plane drops only."""
+    V4_ELEMENTS.new_generation()
     rendering = Rendering(
-        sets={name: _v4_elements(cidrs) for name, cidrs in sorted(plan.sets.items())},
+        sets={name: V4_ELEMENTS(cidrs) for name, cidrs in sorted(plan.sets.items())},
         control=control_elements(control),
     )
     for key, (ifname, addresses, *rest) in sorted(endpoints.items()):
