@@ -4,9 +4,9 @@
 By default the quick size (4 cycles x 150 pods x 60 policies): every figure is produced, every
 cycle is taken in by every agent (fences, nft read back at the peak and the trough), and a loose
 growth bound that only a gross leak breaks. ``PODNET_LONG=1`` runs the issue's 20 x 1,000 x 500
-and holds the bar: RSS grows less than 1 % per cycle after the first. (Measured 2.98 %/cycle:
-the entry-bounded memo caches ``dataplane.policy._v4_elements`` and ``calc.policy._cidr_minus``
-keep every distinct set seen; with both bounded to 256 entries the same run gives 0.20 %/cycle.)"""
+and holds the bar: RSS grows less than 1 % per cycle after the first. (Measured 0.16 %/cycle on
+the worst node; it was 2.98 %/cycle while the policy memos were lru_caches keyed by set contents,
+see :mod:`podnet.calc.memo`.)"""
 
 from __future__ import annotations
 
