@@ -261,7 +261,7 @@ class Agent:
                                   settings.failsafe_outbound, nodes, pods, interfaces)  # fmt: skip
         for name, error in plan.errors.items():
             kv(log, logging.WARNING, "host endpoint not enforced", hostEndpoint=name, error=error)
-        if self.host_endpoints.apply(plan) != "noop":
+        if self.host_endpoints.apply(plan) == "applied":
             covered = ",".join(sorted(plan.interfaces)) or "-"
             kv(log, logging.INFO, "host endpoints applied", interfaces=covered)
 

@@ -118,7 +118,7 @@ from podnet.calc.memo import GenerationMemo
 from podnet.calc.policy import CompiledRule, ControlPlane, EndpointPolicy, PolicyPlan, Provenance
 from podnet.dataplane.errors import DataplaneError
 from podnet.dataplane.netns import run_in_netns
-from podnet.dataplane.nft import kernel_matches, run_nft
+from podnet.dataplane.nft import kernel_matches, list_table, run_nft
 
 TABLE = "podnet_policy"
 FAMILY = "inet"
@@ -609,15 +609,26 @@ class HostEndpointManager:
         self._applied: str | None = None  # None: unknown (first sync, or after a failure)
 
     def apply(self, plan: HostEndpointPlan) -> str:
-        """``"applied"`` or ``"noop"``; raises :class:`DataplaneError` (nothing applied) on refusal."""
+        """``"applied"``, ``"adopted"`` or ``"noop"``; raises :class:`DataplaneError` (nothing
+        applied) on refusal. On the first sync (a restarted agent) the kernel's table is adopted
+        when it is already what the plan needs (absent for no host endpoint, or identical), so a
+        restart rewrites nothing."""
         script = render_host_table(plan)
         if script == self._applied:
             return "noop"
+        if self._applied is None and self._kernel_has(plan, script):
+            self._applied = script
+            return "adopted"
         self._applied = None
         hint = "the previous host-endpoint ruleset is still in force"
         run_nft(script, self.netns, HOST_TABLE, hint=hint)
         self._applied = script
         return "applied"
+
+    def _kernel_has(self, plan: HostEndpointPlan, script: str) -> bool:
+        if not plan.interfaces:
+            return list_table("inet", HOST_TABLE, self.netns) is None
+        return kernel_matches(script, "inet", HOST_TABLE, self.netns)
 
     def remove(self) -> None:
         """Delete the table (absent is fine)."""
