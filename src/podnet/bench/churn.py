@@ -323,7 +323,6 @@ def run(opts: Options, progress=print) -> dict:  # type: ignore[no-untyped-def]
     from podnet.datastore.etcd import EtcdDatastore
     from podnet.datastore.resources import ResourceStore
     from podnet.lab import cluster
-    from podnet.lab.cleanup import clean
     from podnet.lab.state import LabState
     from podnet.lab.topology import LabSpec, random_underlay
     from podnet.model import parse_resource
@@ -381,11 +380,7 @@ def run(opts: Options, progress=print) -> dict:  # type: ignore[no-untyped-def]
         try:
             _stop_kubelet(kubelet)
         finally:
-            try:
-                if LabState(names.state_dir).exists():
-                    cluster.teardown(names)
-            finally:
-                clean(names)
+            cluster.remove(names)
     results["wall_s"] = round(time.perf_counter() - wall, 1)
     return results
 

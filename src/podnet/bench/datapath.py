@@ -449,18 +449,6 @@ def build_baseline(stack: ExitStack, path: str, workdir: str, marker: str) -> tu
     return side, pod_mtu(hand.ns["p1"])
 
 
-def _lab_down(names: LabNames) -> None:
-    from podnet.lab import cluster
-    from podnet.lab.cleanup import clean
-    from podnet.lab.state import LabState
-
-    try:
-        if LabState(names.state_dir).exists():
-            cluster.teardown(names)
-    finally:
-        clean(names)
-
-
 def build_lab(stack: ExitStack, name: str) -> tuple[Side, LabSpec, int]:
     """Profile ``name``'s lab with the two bench pods Running and nginx answering in the server."""
     from podnet.datastore.etcd import EtcdDatastore
@@ -470,7 +458,7 @@ def build_lab(stack: ExitStack, name: str) -> tuple[Side, LabSpec, int]:
 
     spec = profile_spec(name)
     names = LabNames(f"{BENCH_PREFIX[:-1]}{secrets.token_hex(2)}-")
-    stack.callback(_lab_down, names)
+    stack.callback(cluster.remove, names)
     info = cluster.up(spec, names)
     store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
     docs: list[dict] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}]

@@ -382,8 +382,6 @@ def _one_lab(
     from podnet.datastore.etcd import EtcdDatastore
     from podnet.datastore.resources import ResourceStore
     from podnet.lab import cluster
-    from podnet.lab.cleanup import clean
-    from podnet.lab.state import LabState
     from podnet.lab.topology import random_underlay
 
     spec = lab_spec(profile, random_underlay())
@@ -429,11 +427,7 @@ def _one_lab(
             cp["policy_change"] = policy_changes(store, workload, node_ns, sizes.changes, sizes.timeout)
     finally:
         step(f"{profile}: lab down")
-        try:
-            if LabState(names.state_dir).exists():
-                cluster.teardown(names)
-        finally:
-            clean(names)
+        cluster.remove(names)
     if control_plane:
         out["control_plane"] = cp
     return out

@@ -500,7 +500,6 @@ def run(opts: Options) -> dict:
     from podnet.datastore.etcd import EtcdDatastore
     from podnet.datastore.resources import ResourceStore
     from podnet.lab import cluster
-    from podnet.lab.cleanup import clean
     from podnet.lab.topology import LabSpec, random_underlay
 
     workload = generate_workload(opts.pods, opts.policies, opts.rules_per_policy, nodes=opts.nodes,
@@ -606,13 +605,7 @@ def run(opts: Options) -> dict:
     finally:
         for monitor in monitors:
             monitor.close()
-        try:
-            from podnet.lab.state import LabState
-
-            if LabState(names.state_dir).exists():
-                cluster.teardown(names)
-        finally:
-            clean(names)
+        cluster.remove(names)
     results["wall_s"] = round(time.perf_counter() - wall, 1)
     return results
 

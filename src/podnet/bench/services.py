@@ -415,9 +415,7 @@ def _run_profile(profile: str, opts: Options) -> dict[str, Any]:
     from podnet.datastore.etcd import EtcdDatastore
     from podnet.datastore.resources import ResourceStore
     from podnet.lab import cluster
-    from podnet.lab.cleanup import clean
     from podnet.lab.netns import list_netns
-    from podnet.lab.state import LabState
     from podnet.lab.topology import LabSpec, random_underlay
     from podnet.model import lookup, parse_resource
 
@@ -483,11 +481,7 @@ def _run_profile(profile: str, opts: Options) -> dict[str, Any]:
         for mode in MODES:
             out[mode] = mode_figures(runs[mode])
     finally:
-        try:
-            if LabState(names.state_dir).exists():
-                cluster.teardown(names)
-        finally:
-            clean(names)
+        cluster.remove(names)
     out["nginx_processes"] = len(nginx)
     cgroups = [names.cgroup_dir] if os.path.isdir(names.cgroup_dir) else []  # wrk ran in a pod cgroup
     out["leftovers"] = survivors(nginx) + list_netns(names.prefix) + cgroups

@@ -8,8 +8,9 @@ podnet lab exec NS/POD -- CMD...               run a command inside a pod (its n
 podnet lab probe NS/POD|ext|NODE  NS/POD|svc/NS/NAME|NODE|IP  PORT/PROTO [--timeout S]
                                                exit 0 if it got through, 1 if not
 podnet lab probe --matrix PORT/PROTO [-o json] [--timeout S]
-podnet lab chaos SCENARIO [--node N] [--seconds S] [--policies N] [-o json]
-                 kill-agent | kill-all-agents | agent-upgrade | etcd-outage | etcd-blackhole |
+podnet lab chaos SCENARIO [--node N] [--seconds S] [--policies N] [--version REF] [-o json]
+                 kill-agent | kill-all-agents | agent-upgrade | agent-downgrade-upgrade |
+                 etcd-outage | etcd-blackhole |
                  kill-agent-mid-policy-sync | bird-restart      (with the traffic witness)
 podnet lab chaos kill-agent-mid-cni [--node N] [--pods 30] [--outage-seconds S]
 podnet lab chaos ipam-under-fire [--pods 1000] [--fault kill:NODE|kill-all|etcd:S|kill-in-outage:NODE:S]...
@@ -59,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     chaos.add_argument("--seconds", type=float, default=10.0,
                        help="etcd-outage, etcd-blackhole: how long etcd is away")
     chaos.add_argument("--policies", type=int, default=300, help="kill-agent-mid-policy-sync: batch size")
+    chaos.add_argument("--version", default=witnessed.PREVIOUS_VERSION,
+                       help="agent-downgrade-upgrade: the other version (a git commit of this checkout)")
     chaos.add_argument("--pods", type=int, help="kill-agent-mid-cni (default 30), ipam-under-fire (1000)")
     chaos.add_argument("--outage-seconds", type=float, default=0.0,
                        help="kill-agent-mid-cni: the last kill inside an etcd outage this long")
@@ -276,7 +279,8 @@ def _chaos(args) -> int:
                                         args.fault)  # fmt: skip
         module = pod_churn
     else:
-        report = chaos.run_scenario(lab, args.scenario, args.node, args.seconds, policies=args.policies)
+        report = chaos.run_scenario(lab, args.scenario, args.node, args.seconds, policies=args.policies,
+                                    version=args.version)  # fmt: skip
         module = chaos  # type: ignore[assignment]
     print(json.dumps(report, indent=2, default=str) if args.output == "json" else module.render(report))
     failed = module.problems(report)

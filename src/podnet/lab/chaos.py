@@ -18,6 +18,12 @@ Scenarios:
 - ``kill-all-agents``: the same on every node at once.
 - ``agent-upgrade``: restart every agent, one by one, with a changed configuration (the same code
   with another ``--refresh-seconds``: what an in-place upgrade exercises).
+- ``agent-downgrade-upgrade``: every agent, one by one, stopped (SIGTERM, as a rollout does) and
+  started on another version of podnet (``--version REF``, a git commit of this checkout, default
+  the last commit of the previous release :data:`PREVIOUS_VERSION`; its ``src`` exported under the
+  lab's state dir and put first on ``PYTHONPATH``), then back to this checkout the same way. Two
+  versions may render a table differently (then the new one replaces it in one transaction), so
+  here kernel changes are reported, not refused: the promise is that no flow is interrupted.
 - ``etcd-outage``: stop etcd for ``seconds`` (default 10; the issue's figure is 60), then start it;
   reports the agents' CPU use meanwhile.
 - ``etcd-blackhole``: etcd black-holed for the agents for ``seconds`` (their packets to it
@@ -57,15 +63,18 @@ from podnet.lab.witness import Flow, Witness, summarize
 
 NAMESPACE = "chaos"
 PORT = 8080
-SCENARIOS = ("kill-agent", "kill-all-agents", "agent-upgrade", "etcd-outage", "etcd-blackhole",
-             "kill-agent-mid-policy-sync", "bird-restart")
+SCENARIOS = ("kill-agent", "kill-all-agents", "agent-upgrade", "agent-downgrade-upgrade", "etcd-outage",
+             "etcd-blackhole", "kill-agent-mid-policy-sync", "bird-restart")
+PREVIOUS_VERSION = "afc4f76"  # the agent as it was at the end of the services/bench issues
 POLICY_SCENARIOS = ("etcd-blackhole", "kill-agent-mid-policy-sync")
 GUARDED = "guarded"
 ENFORCE_WITHIN = 5.0  # seconds from etcd's return to a policy written meanwhile being enforced
 POLICY_TABLE = "podnet_policy"
 
 FLOW_FIELDS = ("replies", "interrupted", "max_gap_ms", "gaps_over_limit", "errors")
-FIGURES = ("restart_seconds", "outage_seconds", "agent_cpu_percent_during_outage", "back_in_sync_seconds",
+FIGURES = ("restart_seconds", "version", "downgrade_seconds", "upgrade_seconds", "agents_ran_from",
+           "outage_seconds",
+           "agent_cpu_percent_during_outage", "back_in_sync_seconds",
            "cni_add_during_outage", "policy_open_at_end_of_outage", "policy_enforced_seconds",
            "batch_to_kernel_seconds", "rounds", "policy_changes", "bird_back_seconds", "sessions_up_seconds",
            "routes_deleted")
@@ -153,7 +162,7 @@ def _kill_agents(lab: ChaosLab, nodes: list[str], extra_args: tuple[str, ...] = 
     return {"restart_seconds": {node: round(s, 2) for node, s in seconds.items()}}
 
 
-class _Sandbox:
+class Sandbox:
     """A pod sandbox wired by hand through the node's real CNI chain (as kubelet would)."""
 
     def __init__(self, names: LabNames, node: str) -> None:
@@ -194,10 +203,66 @@ class _Sandbox:
             LabState(self.names.state_dir).forget_netns(self.netns)
 
 
+def _agent_source(names: LabNames, ref: str) -> str:
+    """The ``src`` directory of podnet at git ``ref`` of this checkout (exported once under the
+    lab's state dir): what ``PYTHONPATH`` needs to run that version's agent."""
+    import subprocess
+
+    import podnet
+
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", "-C", os.path.dirname(podnet.__file__), *args],
+                              capture_output=True, text=True)  # fmt: skip
+        if proc.returncode != 0:
+            raise LabError(f"git {' '.join(args)}: {proc.stderr.strip()}",
+                           hint="agent versions come from this checkout's git history")  # fmt: skip
+        return proc.stdout.strip()
+
+    commit = git("rev-parse", "--verify", f"{ref}^{{commit}}")
+    dest = os.path.join(names.state_dir, "versions", commit[:12])
+    if not os.path.isdir(os.path.join(dest, "src", "podnet")):
+        os.makedirs(dest, exist_ok=True)
+        archive = subprocess.run(["git", "-C", git("rev-parse", "--show-toplevel"), "archive", commit, "src"],
+                                 capture_output=True, check=True).stdout  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
+    return os.path.join(dest, "src")
+
+
+def _switch_agents(lab: ChaosLab, source: str | None) -> dict[str, float]:
+    """Every agent, one by one: SIGTERM, then started on ``source`` (None: this checkout)."""
+    seconds = {}
+    for node in lab.nodes:
+        record = cluster.stop_process(lab.names, f"agent-{node}", signal.SIGTERM)
+        started = time.monotonic()
+        cmd = list(record.cmd[2:] if record.cmd[0] == "env" else record.cmd)
+        cluster.start_process(lab.names, record, ["env", f"PYTHONPATH={source}", *cmd] if source else cmd)
+        cluster.wait_agent(lab.names, node)
+        seconds[node] = round(time.monotonic() - started, 2)
+    return seconds
+
+
+def _downgrade_upgrade(lab: ChaosLab, ref: str, dwell: float = 3.0) -> dict[str, Any]:
+    source = _agent_source(lab.names, ref)
+    down = _switch_agents(lab, source)
+    running = {node: _pythonpath(pid) for node, pid in _agent_pids(lab.names).items()}
+    time.sleep(dwell)  # the other version syncs, and rewrites what it renders differently
+    up = _switch_agents(lab, None)
+    after = {node: _pythonpath(pid) for node, pid in _agent_pids(lab.names).items()}
+    return {"version": ref, "downgrade_seconds": down, "upgrade_seconds": up,
+            "agents_ran_from": {"downgraded": running, "upgraded": after}}  # fmt: skip
+
+
+def _pythonpath(pid: int) -> str:
+    """Where a running agent imports podnet from: its PYTHONPATH, or "" (this checkout)."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+    return env.get(b"PYTHONPATH", b"").decode()
+
+
 def _etcd_outage(lab: ChaosLab, seconds: float) -> dict[str, Any]:
     pids = _agent_pids(lab.names)
     before = {node: _cpu_seconds(pid) for node, pid in pids.items()}
-    sandbox = _Sandbox(lab.names, lab.nodes[0])
+    sandbox = Sandbox(lab.names, lab.nodes[0])
     record = cluster.stop_process(lab.names, "etcd")
     started = time.monotonic()
     try:
@@ -304,7 +369,7 @@ def _etcd_blackhole(lab: ChaosLab, seconds: float) -> dict[str, Any]:
         raise LabError("the guarded pod does not answer before the fault", hint="podnet get netpol -n chaos")
     pids = _agent_pids(lab.names)
     before = {node: _cpu_seconds(pid) for node, pid in pids.items()}
-    sandbox = _Sandbox(lab.names, lab.nodes[0])
+    sandbox = Sandbox(lab.names, lab.nodes[0])
     _blackhole(lab.names, True)
     started = time.monotonic()
     try:
@@ -399,13 +464,15 @@ def _kill_mid_policy_sync(lab: ChaosLab, node: str | None, policies: int,
 
 
 def run_scenario(lab: ChaosLab, scenario: str, node: str | None = None, seconds: float = 10.0,
-                 settle: float = 1.5, policies: int = 300) -> dict[str, Any]:  # fmt: skip
+                 settle: float = 1.5, policies: int = 300,
+                 version: str = PREVIOUS_VERSION) -> dict[str, Any]:  # fmt: skip
     """Run one scenario with the witness and the kernel monitors (see the module docstring)."""
     nodes = lab.nodes
     faults: dict[str, Callable[[], dict[str, Any]]] = {
         "kill-agent": lambda: _kill_agents(lab, [node or nodes[min(1, len(nodes) - 1)]]),
         "kill-all-agents": lambda: _kill_agents(lab, nodes),
         "agent-upgrade": lambda: _kill_agents(lab, nodes, ("--refresh-seconds", "45")),
+        "agent-downgrade-upgrade": lambda: _downgrade_upgrade(lab, version),
         "etcd-outage": lambda: _etcd_outage(lab, seconds),
         "etcd-blackhole": lambda: _etcd_blackhole(lab, seconds),
         "kill-agent-mid-policy-sync": lambda: _kill_mid_policy_sync(lab, node, policies),
@@ -455,9 +522,11 @@ def problems(report: dict[str, Any]) -> list[str]:
     if report["scenario"] == "bird-restart":  # BIRD re-announces its routes: only deletions count
         if report.get("routes_deleted", 0):
             out.append(f"{report['routes_deleted']} route(s) deleted")
+    elif report["scenario"] == "agent-downgrade-upgrade":
+        pass  # two versions may render a table differently: reported, not refused
     elif any(report["kernel_changes"].values()):
         out.append("podnet's kernel state changed")
-    if report["bpf_maps_changed"]:
+    if report["bpf_maps_changed"] and report["scenario"] != "agent-downgrade-upgrade":
         out.append(f"BPF maps changed: {', '.join(report['bpf_maps_changed'])}")
     if report["scenario"] == "etcd-blackhole":
         if not report["policy_open_at_end_of_outage"]:

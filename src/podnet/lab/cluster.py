@@ -28,7 +28,7 @@ from podnet.agent import api
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.etcd_server import EtcdServer
 from podnet.datastore.resources import ResourceStore
-from podnet.lab.cleanup import CleanupReport, down
+from podnet.lab.cleanup import CleanupReport, clean, down
 from podnet.lab.cni_runtime import install_podnet_plugin
 from podnet.lab.etcd_proxy import start_etcd_proxy
 from podnet.lab.fabric import fabric_up
@@ -292,3 +292,13 @@ def teardown(names: LabNames | None = None) -> CleanupReport:
         raise LabError(f"no lab with prefix {names.prefix} is up",
                        hint="podnet lab clean removes leftovers of a crashed lab")  # fmt: skip
     return down(names.state_dir)
+
+
+def remove(names: LabNames) -> None:
+    """Everything of the lab ``names``, whatever state it is in: what it recorded (teardown),
+    then whatever carries its prefix (clean: also what a half-made lab left)."""
+    try:
+        if LabState(names.state_dir).exists():
+            teardown(names)
+    finally:
+        clean(names)

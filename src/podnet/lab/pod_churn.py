@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from podnet.lab import cluster
-from podnet.lab.chaos import ChaosLab, _Sandbox
+from podnet.lab.chaos import ChaosLab, Sandbox
 from podnet.lab.naming import LabError, LabNames
 from podnet.lab.state import LabState
 
@@ -123,8 +123,8 @@ def fault_schedule(nodes: Sequence[str], etcd_seconds: float = 4.0) -> list[str]
 # ---------------------------------------------------------------------- the kubelet side
 
 
-class ChurnSandbox(_Sandbox):
-    """:class:`~podnet.lab.chaos._Sandbox` with the kubelet's retry rules and the ADD's address."""
+class ChurnSandbox(Sandbox):
+    """:class:`~podnet.lab.chaos.Sandbox` with the kubelet's retry rules and the ADD's address."""
 
     def __init__(self, names: LabNames, node: str) -> None:
         super().__init__(names, node)

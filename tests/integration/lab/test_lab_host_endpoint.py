@@ -9,12 +9,11 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+from tcp_check import TcpServer, connect, wait_connect
 
 from podnet.agent import api
 from podnet.dataplane.bird import SOCKET_FILE, show_protocols
@@ -24,7 +23,6 @@ from podnet.errors import NotFoundError
 from podnet.lab import cluster
 from podnet.lab.cleanup import clean
 from podnet.lab.naming import LabNames
-from podnet.lab.netns import in_netns
 from podnet.lab.topology import LabSpec, random_underlay
 from podnet.model import lookup, parse_resource
 
@@ -41,53 +39,6 @@ HEP = {"apiVersion": "projectcalico.org/v3", "kind": "HostEndpoint",
        "spec": {"node": "node-1", "interfaceName": "eth0"}}  # fmt: skip
 
 
-def connect(netns: str, ip: str, port: int, timeout: float = 1.0) -> str:
-    """``ok`` | ``refused`` | ``timeout`` | another error, for one TCP connect from ``netns``."""
-    with in_netns(netns):
-        sock = socket.socket()
-    with sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect((ip, port))
-            return "ok"
-        except TimeoutError:
-            return "timeout"
-        except ConnectionRefusedError:
-            return "refused"
-        except OSError as exc:
-            return exc.strerror or str(exc)
-
-
-def wait_connect(netns: str, ip: str, port: int, want: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while (got := connect(netns, ip, port)) != want:
-        assert time.monotonic() < deadline, f"{netns} -> {ip}:{port}: {got}, want {want}"
-        time.sleep(0.2)
-
-
-class TcpServer:
-    """Accepts (and closes) connections on ``ip:port`` in ``netns`` until closed."""
-
-    def __init__(self, netns: str, ip: str, port: int) -> None:
-        with in_netns(netns):
-            self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((ip, port))
-        self.sock.listen(64)
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            conn.close()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self.sock.close()
 
 
 def wait_drop(names: LabNames, node: str, start: str, timeout: float = 10.0) -> None:
@@ -150,8 +101,10 @@ def test_host_endpoint_denies_host_traffic_but_keeps_failsafe(lab):
     try:
         for origin in outside:  # before: node-1's host is open
             assert connect(origin.netns, node1.ip, HOST_PORT) == "ok", origin.name
-        sessions = bgp_established(names, "node-1")
-        assert sessions, "no BGP session Established before the host endpoint"
+        deadline = time.monotonic() + 30  # BIRD opens its sessions a few seconds after lab up
+        while not (sessions := bgp_established(names, "node-1")):
+            assert time.monotonic() < deadline, "no BGP session Established before the host endpoint"
+            time.sleep(0.5)
 
         store.apply([parse_resource(HEP)])
         for origin in outside:  # (a) a non-failsafe port of node-1's host: denied, logged

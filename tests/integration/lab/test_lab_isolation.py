@@ -6,6 +6,7 @@ NetworkPolicy egress exactly as Kubernetes says (open, default deny, ipBlock all
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import os
 import secrets
@@ -13,11 +14,11 @@ import socket
 import stat
 import struct
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+from tcp_check import TcpServer, connect, wait_connect
 
 from podnet.agent import api
 from podnet.datastore.etcd import EtcdDatastore
@@ -26,6 +27,7 @@ from podnet.lab import cluster
 from podnet.lab.cleanup import clean
 from podnet.lab.naming import LabNames
 from podnet.lab.netns import in_netns
+from podnet.lab.probe import probe
 from podnet.lab.topology import LabSpec, random_underlay
 from podnet.model import lookup, parse_resource
 
@@ -97,52 +99,6 @@ def received(sock: socket.socket, seconds: float) -> set[bytes]:
     return got
 
 
-def connect(netns: str, ip: str, port: int, timeout: float = 1.0) -> str:
-    """``ok`` | ``refused`` | ``timeout`` | another error, for one TCP connect from ``netns``."""
-    with in_netns(netns):
-        sock = socket.socket()
-    with sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect((ip, port))
-            return "ok"
-        except TimeoutError:
-            return "timeout"
-        except ConnectionRefusedError:
-            return "refused"
-        except OSError as exc:
-            return exc.strerror or str(exc)
-
-
-def wait_connect(netns: str, ip: str, port: int, want: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while (got := connect(netns, ip, port)) != want:
-        assert time.monotonic() < deadline, f"{netns} -> {ip}:{port}: {got}, want {want}"
-        time.sleep(0.2)
-
-
-class TcpServer:
-    """Accepts (and closes) connections on ``ip:port`` in ``netns`` until closed."""
-
-    def __init__(self, netns: str, ip: str, port: int) -> None:
-        with in_netns(netns):
-            self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((ip, port))
-        self.sock.listen(64)
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(): the port is free again
-        self.sock.close()
 
 
 def drops(names: LabNames, node: str) -> list[str]:
@@ -189,6 +145,11 @@ def lab(request: pytest.FixtureRequest) -> Iterator[tuple[LabNames, object, Reso
                 break
             assert time.monotonic() < deadline, ips
             time.sleep(0.05)
+        # routes between the nodes (BIRD's sessions come up a few seconds after lab up): every pod
+        # pings every other before a test counts what arrived
+        for src, dst in itertools.permutations(ips, 2):
+            while not probe(names.pod_ns("iso", src), ips[dst], 0, "ICMP", timeout=0.5).ok:
+                assert time.monotonic() < deadline + 30, f"{src} never reached {dst}"
         yield names, info.topology, store, ips
     finally:
         cluster.teardown(names)

@@ -100,7 +100,8 @@ def test_monitor_shows_policy_drops_with_pods_port_and_policy():
         # --follow: a drop made after it started (another port) comes out as a line of its own.
         cmd = [PODNET, "monitor", "--type", "drop", "--node", "node-1", "--lab-prefix", names.prefix,
                "--follow", "-o", "json"]  # fmt: skip
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env = dict(os.environ, PYTHONFAULTHANDLER="1")  # SIGABRT dumps every thread's stack
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         try:
             time.sleep(0.5)  # its long poll is in place (a drop before it would be buffered anyway)
             assert not probe_all(far, api, 9090, "TCP", 0.5)["np/far"]["np/api"].ok
@@ -115,7 +116,12 @@ def test_monitor_shows_policy_drops_with_pods_port_and_policy():
             assert (found["srcPod"], found["dstPod"], found["protocol"]) == ("np/far", "np/api", "TCP")
             assert "np/api-deny-all" in found["reason"]
             proc.send_signal(signal.SIGINT)  # Ctrl-C: quiet, exit 0
-            _, err = proc.communicate(timeout=10)
+            try:
+                _, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:  # seen once in CI: show where it hung
+                proc.send_signal(signal.SIGABRT)
+                _, err = proc.communicate(timeout=10)
+                raise AssertionError(f"monitor --follow ignored Ctrl-C for 10 s:\n{err}") from None
             assert proc.returncode == 0, err
             assert "Traceback" not in err
         finally:
