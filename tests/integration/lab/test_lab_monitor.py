@@ -101,7 +101,10 @@ def test_monitor_shows_policy_drops_with_pods_port_and_policy():
         cmd = [PODNET, "monitor", "--type", "drop", "--node", "node-1", "--lab-prefix", names.prefix,
                "--follow", "-o", "json"]  # fmt: skip
         env = dict(os.environ, PYTHONFAULTHANDLER="1")  # SIGABRT dumps every thread's stack
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        # As from a terminal: SIGINT at its default (a test run started in the background inherits
+        # it ignored, and Python then installs no KeyboardInterrupt: Ctrl-C would be ignored).
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
         try:
             time.sleep(0.5)  # its long poll is in place (a drop before it would be buffered anyway)
             assert not probe_all(far, api, 9090, "TCP", 0.5)["np/far"]["np/api"].ok
@@ -118,7 +121,7 @@ def test_monitor_shows_policy_drops_with_pods_port_and_policy():
             proc.send_signal(signal.SIGINT)  # Ctrl-C: quiet, exit 0
             try:
                 _, err = proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:  # seen once in CI: show where it hung
+            except subprocess.TimeoutExpired:  # show where it hung
                 proc.send_signal(signal.SIGABRT)
                 _, err = proc.communicate(timeout=10)
                 raise AssertionError(f"monitor --follow ignored Ctrl-C for 10 s:\n{err}") from None
