@@ -13,6 +13,7 @@ calculation has its own tests); the proxy is :class:`ServiceProxy` on the node n
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import socket
 import subprocess
@@ -184,7 +185,9 @@ def cluster(make_netns: Callable[[str], str]) -> Iterator[Cluster]:
         yield c
         c.proxy.remove()
     finally:
-        if listener is not None:
+        if listener is not None:  # shutdown wakes its blocked accept(); a bare close() would not,
+            with contextlib.suppress(OSError):  # and the thread would accept() on a reused fd number
+                listener.shutdown(socket.SHUT_RDWR)
             listener.close()
         for proc in procs:
             proc.terminate()
