@@ -60,7 +60,6 @@ from podnet.bench.policy_scale import (
     CONTROL_NS,
     Workload,
     _wait_running,
-    agent_pids,
     emit,
     generate_workload,
     kernel_rules,
@@ -233,6 +232,8 @@ def _kernel(netns: str) -> dict[str, Any]:
 
 
 def _rss(names: LabNames) -> dict[str, float]:
+    from podnet.lab.cluster import agent_pids
+
     return {node: proc_memory(pid)["rss_mib"] for node, pid in sorted(agent_pids(names).items())}
 
 

@@ -9,7 +9,7 @@ whatever happens), in this order::
            ─▶ 6 memory, loaded ─▶ 7 policy change → kernel ─▶ teardown
 
 **Memory** is ``VmRSS`` (and the peak, ``VmHWM``) of each node's agent, found through the lab
-state (:func:`podnet.bench.policy_scale.agent_pids`), and of each node's BIRD when the profile runs
+state (:func:`podnet.lab.cluster.agent_pids`), and of each node's BIRD when the profile runs
 BGP (found the way the agent itself adopts it: ``bird.pid`` in the node directory, checked against
 the control socket on its command line). Seed comparison: "about 150 MB per node" for calico-node
 (Felix + BIRD + confd) and "about 300 MB" for cilium-agent, so per node we report agent + BIRD.
@@ -62,7 +62,6 @@ from podnet.bench.policy_scale import (
     RuleMonitor,
     Workload,
     _wait_running,
-    agent_pids,
     chain_has,
     generate_workload,
     node_targets,
@@ -143,6 +142,8 @@ def bird_pid(names: LabNames, node: str) -> int | None:
 def node_memory(names: LabNames, bgp: bool) -> dict[str, dict]:
     """Per node: the agent's RSS/peak, BIRD's (None without BGP) and their RSS sum, in MiB."""
     out = {}
+    from podnet.lab.cluster import agent_pids
+
     for node, pid in sorted(agent_pids(names).items()):
         agent = proc_memory(pid)
         bird = None

@@ -412,13 +412,6 @@ def proc_memory(pid: int) -> dict[str, float]:
     return {"rss_mib": out.get("VmRSS", 0.0), "peak_mib": out.get("VmHWM", 0.0)}
 
 
-def agent_pids(names: LabNames) -> dict[str, int]:
-    from podnet.lab.state import LabState
-
-    return {p.name.removeprefix("agent-"): p.pid for p in LabState(names.state_dir).processes()
-            if p.name.startswith("agent-")}  # fmt: skip
-
-
 def parse_sync_histogram(text: str) -> dict[str, float]:
     """``podnet_dataplane_sync_seconds`` count and sum from a Prometheus exposition."""
     out = {"count": 0.0, "sum": 0.0}
@@ -493,6 +486,8 @@ def _throughput(names: LabNames, ips: dict[str, str], pairs: dict[str, tuple[str
 
 
 def _memory(names: LabNames) -> dict[str, dict]:
+    from podnet.lab.cluster import agent_pids
+
     return {node: proc_memory(pid) for node, pid in sorted(agent_pids(names).items())}
 
 

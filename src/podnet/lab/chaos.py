@@ -152,9 +152,18 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _agent_pids(names: LabNames) -> dict[str, int]:
-    return {p.name.removeprefix("agent-"): p.pid for p in LabState(names.state_dir).processes()
-            if p.name.startswith("agent-")}  # fmt: skip
+def _cpu_meter(names: LabNames) -> Callable[[], dict[str, float]]:
+    """From now on: the returned function gives each agent's CPU use since, in % of one core."""
+    pids = cluster.agent_pids(names)
+    before = {node: _cpu_seconds(pid) for node, pid in pids.items()}
+    started = time.monotonic()
+
+    def percent() -> dict[str, float]:
+        elapsed = time.monotonic() - started
+        return {node: round((_cpu_seconds(pid) - before[node]) / elapsed * 100, 1)
+                for node, pid in pids.items()}  # fmt: skip
+
+    return percent
 
 
 def _kill_agents(lab: ChaosLab, nodes: list[str], extra_args: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -244,10 +253,10 @@ def _switch_agents(lab: ChaosLab, source: str | None) -> dict[str, float]:
 def _downgrade_upgrade(lab: ChaosLab, ref: str, dwell: float = 3.0) -> dict[str, Any]:
     source = _agent_source(lab.names, ref)
     down = _switch_agents(lab, source)
-    running = {node: _pythonpath(pid) for node, pid in _agent_pids(lab.names).items()}
+    running = {node: _pythonpath(pid) for node, pid in cluster.agent_pids(lab.names).items()}
     time.sleep(dwell)  # the other version syncs, and rewrites what it renders differently
     up = _switch_agents(lab, None)
-    after = {node: _pythonpath(pid) for node, pid in _agent_pids(lab.names).items()}
+    after = {node: _pythonpath(pid) for node, pid in cluster.agent_pids(lab.names).items()}
     return {"version": ref, "downgrade_seconds": down, "upgrade_seconds": up,
             "agents_ran_from": {"downgraded": running, "upgraded": after}}  # fmt: skip
 
@@ -260,8 +269,7 @@ def _pythonpath(pid: int) -> str:
 
 
 def _etcd_outage(lab: ChaosLab, seconds: float) -> dict[str, Any]:
-    pids = _agent_pids(lab.names)
-    before = {node: _cpu_seconds(pid) for node, pid in pids.items()}
+    agent_cpu = _cpu_meter(lab.names)
     sandbox = Sandbox(lab.names, lab.nodes[0])
     record = cluster.stop_process(lab.names, "etcd")
     started = time.monotonic()
@@ -270,11 +278,10 @@ def _etcd_outage(lab: ChaosLab, seconds: float) -> dict[str, Any]:
         add_seconds, add_code, add_message = sandbox.add()  # kubelet creating a pod meanwhile
         time.sleep(max(0.0, seconds - (time.monotonic() - started)))
         outage = time.monotonic() - started
-        cpu = {node: round((_cpu_seconds(pid) - before[node]) / outage * 100, 1)
-               for node, pid in pids.items()}  # fmt: skip
+        cpu = agent_cpu()
     finally:
         cluster.start_process(lab.names, record)
-        for node in pids:
+        for node in lab.nodes:
             cluster.wait_agent(lab.names, node, timeout=60.0)
         sandbox.remove()
     return {"outage_seconds": round(outage, 1), "agent_cpu_percent_during_outage": cpu,
@@ -367,8 +374,7 @@ def _etcd_blackhole(lab: ChaosLab, seconds: float) -> dict[str, Any]:
     answers = _guarded_probe(lab)
     if _wait(answers, 10.0) is None:
         raise LabError("the guarded pod does not answer before the fault", hint="podnet get netpol -n chaos")
-    pids = _agent_pids(lab.names)
-    before = {node: _cpu_seconds(pid) for node, pid in pids.items()}
+    agent_cpu = _cpu_meter(lab.names)
     sandbox = Sandbox(lab.names, lab.nodes[0])
     _blackhole(lab.names, True)
     started = time.monotonic()
@@ -379,8 +385,7 @@ def _etcd_blackhole(lab: ChaosLab, seconds: float) -> dict[str, Any]:
         time.sleep(max(0.0, seconds - (time.monotonic() - started)))
         still_open = answers()  # the agents cannot know: the last good state is in force
         outage = time.monotonic() - started
-        cpu = {node: round((_cpu_seconds(pid) - before[node]) / outage * 100, 1)
-               for node, pid in pids.items()}  # fmt: skip
+        cpu = agent_cpu()
     finally:
         _blackhole(lab.names, False)
     enforced = _wait(lambda: not answers(), 60.0)
@@ -398,13 +403,14 @@ def _etcd_blackhole(lab: ChaosLab, seconds: float) -> dict[str, Any]:
 
 def _kernel_policy_rules(lab: ChaosLab, node: str, prefix: str) -> dict[str, int]:
     """Rules in the node's policy table per policy named ``prefix…`` (from the rules' provenance)."""
-    import re
-    import subprocess
     from collections import Counter
 
-    out = subprocess.run(["ip", "netns", "exec", lab.names.node_ns(node), "nft", "list", "table", "inet",
-                          POLICY_TABLE], capture_output=True, text=True, check=True).stdout  # fmt: skip
-    return Counter(re.findall(rf'comment "knp:{NAMESPACE}/({re.escape(prefix)}[^:"]*):', out))
+    from podnet.dataplane.nft import list_table
+
+    listing = list_table("inet", POLICY_TABLE, lab.names.node_ns(node)) or {"nftables": []}
+    origin = f"knp:{NAMESPACE}/{prefix}"
+    comments = (item["rule"].get("comment", "") for item in listing["nftables"] if "rule" in item)
+    return Counter(c.split(":")[1].split("/", 1)[1] for c in comments if c.startswith(origin))
 
 
 def _whole_states(policies: int) -> set[int]:

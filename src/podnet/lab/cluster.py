@@ -302,3 +302,9 @@ def remove(names: LabNames) -> None:
             teardown(names)
     finally:
         clean(names)
+
+
+def agent_pids(names: LabNames) -> dict[str, int]:
+    """Node name -> PID of its agent, as the lab recorded them."""
+    return {p.name.removeprefix("agent-"): p.pid for p in LabState(names.state_dir).processes()
+            if p.name.startswith("agent-")}  # fmt: skip

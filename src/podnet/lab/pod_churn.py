@@ -261,34 +261,24 @@ def kill_agents(names: LabNames, nodes: Sequence[str]) -> float:
     return time.monotonic() - started
 
 
-def etcd_outage(names: LabNames, nodes: Sequence[str], seconds: float) -> float:
-    """Stop etcd for ``seconds``, start it again; seconds until every agent answers STATUS again."""
+def etcd_outage(names: LabNames, nodes: Sequence[str], seconds: float, kill: str | None = None) -> float:
+    """Stop etcd for ``seconds``, start it again; seconds until every agent answers STATUS again.
+
+    ``kill``: that node's agent is also ``kill -9``ed and started while etcd is down (it cannot
+    sync): the DELs the plugin queues meanwhile cannot be served when it drains its queue."""
     record = cluster.stop_process(names, "etcd")
     try:
+        if kill is not None:
+            agent = cluster.stop_process(names, f"agent-{kill}", signal.SIGKILL)
+            time.sleep(min(0.5, seconds / 2))
+            cluster.start_process(names, agent)
+            seconds = max(0.0, seconds - 0.5)
         time.sleep(seconds)
     finally:
         cluster.start_process(names, record)
     started = time.monotonic()
     for node in nodes:
         cluster.wait_agent(names, node, timeout=60.0)
-    return time.monotonic() - started
-
-
-def kill_in_outage(names: LabNames, nodes: Sequence[str], node: str, seconds: float) -> float:
-    """Stop etcd, ``kill -9`` ``node``'s agent and start it (it cannot sync), start etcd after
-    ``seconds``; seconds until every agent answers again. DELs meanwhile are queued by the plugin
-    and cannot be served when the agent drains its queue at start-up (the datastore is down)."""
-    record = cluster.stop_process(names, "etcd")
-    try:
-        agent = cluster.stop_process(names, f"agent-{node}", signal.SIGKILL)
-        time.sleep(min(0.5, seconds / 2))
-        cluster.start_process(names, agent)
-        time.sleep(max(0.0, seconds - 0.5))
-    finally:
-        cluster.start_process(names, record)
-    started = time.monotonic()
-    for n in nodes:
-        cluster.wait_agent(names, n, timeout=60.0)
     return time.monotonic() - started
 
 
@@ -307,7 +297,7 @@ def inject(lab: ChaosLab, fault: str) -> dict[str, Any]:
         back = etcd_outage(lab.names, lab.nodes, float(arg or 4))
     elif kind == "kill-in-outage":
         node, _, seconds = arg.partition(":")
-        back = kill_in_outage(lab.names, lab.nodes, node, float(seconds or 4))
+        back = etcd_outage(lab.names, lab.nodes, float(seconds or 4), kill=node)
     else:
         raise LabError(f"unknown fault {fault!r}", hint=FAULT_HINT)
     return {"fault": fault, "seconds": round(time.monotonic() - started, 2), "back_seconds": round(back, 2)}
@@ -444,7 +434,7 @@ def kill_agent_mid_cni(
                 entry: dict[str, Any] = {"at": at, "phase": phase, "adds_in_flight": busy}
                 try:
                     if outage_seconds and phase == "ADD" and k == count - 1:
-                        back = kill_in_outage(lab.names, lab.nodes, node, outage_seconds)
+                        back = etcd_outage(lab.names, lab.nodes, outage_seconds, kill=node)
                     else:
                         back = kill_agents(lab.names, [node])
                     entry["back_seconds"] = round(back, 2)
