@@ -45,6 +45,13 @@ DELETE_QUEUE_LOCK = "lock"
 DELETE_QUEUE_SUFFIX = ".delete"
 
 
+def delete_queue_entry(request: dict) -> str:
+    """One entry per attachment (``<network>-<containerID>-<ifname>.delete``): a repeated DEL
+    replaces the earlier one. The plugin writes under this name, an ADD looks for it."""
+    network = (request.get("config") or {}).get("name", "")
+    return f"{network}-{request['containerID']}-{request['ifname']}{DELETE_QUEUE_SUFFIX}"
+
+
 def delete_queue_dir(agent_socket: str) -> str:
     """``/run/podnet/agent.sock`` → ``/run/podnet/delete-queue``."""
     return os.path.join(os.path.dirname(agent_socket), "delete-queue")

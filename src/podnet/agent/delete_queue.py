@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Callable
 
-from podnet.agent.api import DELETE_QUEUE_LOCK, DELETE_QUEUE_SUFFIX
+from podnet.agent.api import DELETE_QUEUE_LOCK, DELETE_QUEUE_SUFFIX, delete_queue_entry
 from podnet.agent.log import kv
 
 log = logging.getLogger("podnet.agent.delete_queue")
@@ -36,13 +36,6 @@ class ExclusiveQueueLock:
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
-
-
-def entry_name(request: dict) -> str:
-    """One entry per attachment (``<network>-<containerID>-<ifname>.delete``): a repeated DEL
-    replaces the earlier one. The plugin writes under this name, an ADD looks for it."""
-    network = (request.get("config") or {}).get("name", "")
-    return f"{network}-{request['containerID']}-{request['ifname']}{DELETE_QUEUE_SUFFIX}"
 
 
 def _serve(path: str, handle: Callable[[dict], dict]) -> dict | None:
@@ -69,7 +62,7 @@ def _serve(path: str, handle: Callable[[dict], dict]) -> dict | None:
 def serve_queued(queue_dir: str, request: dict, handle: Callable[[dict], dict]) -> dict | None:
     """Before an ADD: serve the DEL queued for the same attachment, if any (under the exclusive
     lock, so a drain pass cannot serve it after the ADD). Returns the DEL's response, None if none."""
-    path = os.path.join(queue_dir, entry_name(request))
+    path = os.path.join(queue_dir, delete_queue_entry(request))
     if not os.path.exists(path):
         return None  # the common case: one stat, no lock
     with ExclusiveQueueLock(queue_dir):

@@ -34,18 +34,11 @@ import time
 
 from podnet.agent.api import DELETE_QUEUE_LOCK as LOCK_NAME
 from podnet.agent.api import DELETE_QUEUE_SUFFIX as SUFFIX
-from podnet.agent.api import delete_queue_dir
-from podnet.agent.delete_queue import entry_name as agent_entry_name
+from podnet.agent.api import delete_queue_dir, delete_queue_entry
 
 MAX_ENTRIES = 256
 default_dir = delete_queue_dir  # one rule for the plugin and the agent
 LOCK_TIMEOUT_SECONDS = 10.0
-
-
-def entry_name(request: dict) -> str:
-    """One entry per attachment: a repeated DEL replaces the earlier one (DEL is idempotent). The
-    agent's rule (it looks the entry up before an ADD of the same attachment)."""
-    return agent_entry_name(request)
 
 
 class SharedLock:
@@ -79,7 +72,7 @@ class SharedLock:
 def enqueue(queue_dir: str, request: dict) -> str:
     """Write ``request`` as a queue entry (caller holds :class:`SharedLock`); return its path."""
     entries = [n for n in os.listdir(queue_dir) if n.endswith(SUFFIX)]
-    path = os.path.join(queue_dir, entry_name(request))
+    path = os.path.join(queue_dir, delete_queue_entry(request))
     if len(entries) >= MAX_ENTRIES and not os.path.exists(path):
         raise OSError(f"the deletion queue {queue_dir} already holds {len(entries)} entries")
     tmp = f"{path}.{os.getpid()}.tmp"

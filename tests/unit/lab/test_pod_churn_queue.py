@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import os
 
-from podnet.agent.delete_queue import drain, entry_name, serve_queued
+from podnet.agent.api import delete_queue_entry
+from podnet.agent.delete_queue import drain, serve_queued
 from podnet.cni import delete_queue as plugin_queue
 
 REQUEST = {"verb": "ADD", "containerID": "c0ffee", "netns": "/run/netns/x", "ifname": "eth0", "args": {},
@@ -32,8 +33,10 @@ def _queue(tmp_path) -> str:  # type: ignore[no-untyped-def]
     return queue_dir
 
 
-def test_the_plugin_and_the_agent_agree_on_the_entry_name() -> None:
-    assert plugin_queue.entry_name(REQUEST) == entry_name(REQUEST) == "k8s-pod-network-c0ffee-eth0.delete"
+def test_the_plugin_queues_under_the_name_an_add_looks_for(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    queue_dir = _queue(tmp_path)
+    assert plugin_queue.pending(queue_dir) == [os.path.join(queue_dir, "k8s-pod-network-c0ffee-eth0.delete")]
+    assert delete_queue_entry(REQUEST) == "k8s-pod-network-c0ffee-eth0.delete"
 
 
 def test_an_add_serves_its_queued_del_first_and_removes_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
