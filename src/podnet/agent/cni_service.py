@@ -21,10 +21,11 @@ Errors carry CNI codes: 11 (try again later) when the datastore is unreachable, 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from podnet.agent.log import kv
@@ -94,6 +95,11 @@ class Request:
         return handle_id(self.network, self.container_id, self.ifname)
 
 
+def _host_net(address: str) -> str:
+    """``10.244.1.5`` -> ``10.244.1.5/32``: the destination of a pod's route, as calc writes it."""
+    return str(ipaddress.ip_network(address))
+
+
 class CNIService:
     """Serves CNI verbs. ``dataplane`` is the module-like object with the endpoint functions."""
 
@@ -122,6 +128,7 @@ class CNIService:
         self.queue_dir = queue_dir  # the deletion queue; None: where the request's plugin queues
         self.lock = threading.Lock()
         self.timings: dict[str, float] = {}  # of the request being served (under the lock)
+        self._wiring: frozenset[str] = frozenset()  # pod /32s the request being served is changing
 
     # -- dispatch --------------------------------------------------------------------------
     def handle(self, doc: dict) -> dict:
@@ -187,6 +194,23 @@ class CNIService:
     def endpoint_key(self, req: Request) -> str:
         return self.resources.layout.endpoint(self.node, req.container_id, req.ifname)
 
+    def settling(self, planned: frozenset[str]) -> set[str]:
+        """Pod /32s whose kernel routes a route plan built from ``planned`` may be stale about:
+        those an ADD or DEL is wiring now, and those wired or unwired since (their next apply,
+        which the ADD or DEL triggers, knows them). See ``RouteManager.apply(settling=...)``."""
+        wiring = self._wiring  # read first: a request clears it only after updating endpoints
+        now = {_host_net(a) for record in list(self.endpoints.values()) for a in record.addresses}
+        return set(wiring) | (now ^ planned)
+
+    @contextlib.contextmanager
+    def _changing(self, addresses: tuple[str, ...] | list[str]) -> Iterator[None]:
+        """Mark ``addresses`` as being wired or unwired by this request (see ``settling``)."""
+        self._wiring = frozenset(_host_net(a) for a in addresses)
+        try:
+            yield
+        finally:
+            self._wiring = frozenset()
+
     # -- ADD -------------------------------------------------------------------------------
     def add(self, req: Request) -> dict:
         from podnet.dataplane import endpoint as dp
@@ -213,24 +237,25 @@ class CNIService:
             netns=req.netns, ifname=req.ifname, host_ifname=host_ifname, addresses=tuple(addresses),
             mtu=int(req.config.get("mtu") or 0) or self.pod_mtu(), scheme=scheme, gateway=gateway,
         )  # fmt: skip
-        try:
-            wired = dp.wire_endpoint(spec)
-            t2 = time.monotonic()
-        except Exception as exc:
-            self.ipam.release_handle(req.handle)
-            raise CNIFailure(ERR_WIRING, f"wiring {req.ifname} in {req.netns} failed: {exc}") from exc
-        record = EndpointRecord(
-            node=self.node, namespace=req.namespace, pod=req.pod, container_id=req.container_id,
-            ifname=req.ifname, host_ifname=wired.host_ifname, addresses=tuple(addresses), mac=wired.mac,
-            handle=req.handle, network=req.network, netns=req.netns, scheme=scheme,
-        )  # fmt: skip
-        try:
-            self.resources.store.put(key, record.to_json())
-        except Exception:
-            dp.unwire_endpoint(wired.host_ifname, req.netns, req.ifname)
-            self.ipam.release_handle(req.handle)
-            raise
-        self.endpoints[key] = record
+        with self._changing(addresses):  # a route apply meanwhile leaves these alone
+            try:
+                wired = dp.wire_endpoint(spec)
+                t2 = time.monotonic()
+            except Exception as exc:
+                self.ipam.release_handle(req.handle)
+                raise CNIFailure(ERR_WIRING, f"wiring {req.ifname} in {req.netns} failed: {exc}") from exc
+            record = EndpointRecord(
+                node=self.node, namespace=req.namespace, pod=req.pod, container_id=req.container_id,
+                ifname=req.ifname, host_ifname=wired.host_ifname, addresses=tuple(addresses), mac=wired.mac,
+                handle=req.handle, network=req.network, netns=req.netns, scheme=scheme,
+            )  # fmt: skip
+            try:
+                self.resources.store.put(key, record.to_json())
+            except Exception:
+                dp.unwire_endpoint(wired.host_ifname, req.netns, req.ifname)
+                self.ipam.release_handle(req.handle)
+                raise
+            self.endpoints[key] = record
         self.on_change()
         self.timings = {"ipam_ms": round((t1 - t0) * 1e3, 1), "wire_ms": round((t2 - t1) * 1e3, 1),
                         "record_ms": round((time.monotonic() - t2) * 1e3, 1)}  # fmt: skip
@@ -297,11 +322,13 @@ class CNIService:
             scheme, _ = self.scheme()
             host_ifname = dp.host_ifname_for("lxc" if scheme == "cilium" else "cali", req.namespace, req.pod)
             handle = req.handle
-        dp.unwire_endpoint(host_ifname, req.netns or None, req.ifname)
-        self.ipam.release_handle(handle)
-        with contextlib.suppress(NotFoundError):
-            self.resources.store.delete(key)
-        if self.endpoints.pop(key, None) is not None:
+        with self._changing(record.addresses if record is not None else ()):
+            dp.unwire_endpoint(host_ifname, req.netns or None, req.ifname)
+            self.ipam.release_handle(handle)
+            with contextlib.suppress(NotFoundError):
+                self.resources.store.delete(key)
+            popped = self.endpoints.pop(key, None) is not None
+        if popped:
             self.on_change()
         return {}
 

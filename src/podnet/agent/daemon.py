@@ -369,7 +369,7 @@ class Agent:
                   scope="link" if r.dev and not r.gateway and r.kind == "unicast" else None)
             for r in plan.routes
         ]  # fmt: skip
-        diff = self.routes.apply(desired)
+        diff = self.routes.apply(desired, settling=lambda: self.cni.settling(plan.endpoint_dsts))
         self._apply_policy()
         self._apply_services()
         counts = {"added": len(diff.added), "replaced": len(diff.replaced), "deleted": len(diff.deleted),

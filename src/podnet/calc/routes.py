@@ -81,6 +81,7 @@ class RoutePlan:
     ipip_map: dict[str, str] = field(default_factory=dict)  # remote CIDR -> remote node IP
     bird_cidrs: set[str] = field(default_factory=set)  # remote CIDRs BIRD programs (no encapsulation)
     modes: set[str] = field(default_factory=set)  # the encapsulations in use towards some node
+    endpoint_dsts: frozenset[str] = frozenset()  # the local pods' /32s the plan was computed from
 
 
 TUNL_DEVICE = "tunl0"
@@ -144,11 +145,14 @@ def node_routes(
         for ip, user in block.borrowed.items():
             if user not in (local, block.node):
                 route_to(f"{ip}/32", user, f"address borrowed by {user}")
+    local: set[str] = set()
     for ep in endpoints:
         for ip in ep.addresses:
             dst = str(ipaddress.ip_network(ip))
             routes[dst] = RouteSpec(dst, None, ep.host_ifname, reason=f"pod {ep.pod_key}")
+            local.add(dst)
     plan.routes = sorted(routes.values())
+    plan.endpoint_dsts = frozenset(local)
     return plan
 
 

@@ -29,7 +29,7 @@ import errno
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from podnet.dataplane.errors import KernelError, KernelExists, KernelNotFound, kernel_error
@@ -134,6 +134,7 @@ class RouteDiff:
     deleted: list[Route] = field(default_factory=list)
     unchanged: int = 0
     failed: list[tuple[Route, KernelError]] = field(default_factory=list)
+    settling: list[Route] = field(default_factory=list)  # left alone: their owner was changing them
 
     @property
     def operations(self) -> int:
@@ -148,6 +149,7 @@ class RouteDiff:
             f"{len(self.added)} added, {len(self.replaced)} replaced, {len(self.deleted)} deleted, "
             f"{self.unchanged} unchanged"
         )
+        text += f", {len(self.settling)} left to their CNI request" if self.settling else ""
         return text + (f", {len(self.failed)} failed" if self.failed else "")
 
 
@@ -258,16 +260,42 @@ class RouteManager:
         odd = [(r, kr.metric) for r, kr in current if kr.metric != DEFAULT_METRIC[r.family]]
         return plan_routes(desired, normal), odd
 
-    def apply(self, desired: Iterable[Route]) -> RouteDiff:
+    @staticmethod
+    def _spare(
+        plan: RoutePlan, odd: list[tuple[Route, int]], dsts: Collection[str], diff: RouteDiff
+    ) -> tuple[RoutePlan, list[tuple[Route, int]]]:
+        """``plan`` without any write to the destinations in ``dsts`` (recorded in ``diff``)."""
+        hold = {str(ipaddress.ip_network(d, strict=False)) for d in dsts}
+        if not hold:
+            return plan, odd
+        diff.settling = [r for r in (*plan.add, *(r for _, r in plan.replace), *plan.delete) if r.dst in hold]
+        return RoutePlan(
+            add=tuple(r for r in plan.add if r.dst not in hold),
+            replace=tuple(pair for pair in plan.replace if pair[1].dst not in hold),
+            delete=tuple(r for r in plan.delete if r.dst not in hold),
+            unchanged=plan.unchanged,
+        ), [(r, m) for r, m in odd if r.dst not in hold]
+
+    def apply(
+        self, desired: Iterable[Route], settling: Callable[[], Collection[str]] | None = None
+    ) -> RouteDiff:
         """Make the kernel match ``desired`` in one netlink batch.
 
         Failures (a missing device, a route with the same key owned by another protocol) are
         collected in ``RouteDiff.failed`` and logged, not raised: the other routes still apply.
+
+        ``settling`` names destinations another writer is changing while ``desired`` may be
+        stale about them (the agent: pod routes a CNI ADD or DEL is wiring now, or has wired since
+        ``desired`` was computed). It is called after the kernel is read, so a route written
+        before the read is either in the answer or was already desired; those destinations are
+        neither added, replaced nor deleted (``RouteDiff.settling``), and the next apply sees them.
         """
         diff = RouteDiff()
         with Netlink.open(self.netns) as nl:
             links = nl.links()
             plan, odd = self._plan(nl, {link.index: link.name for link in links}, list(desired))
+            if settling is not None:
+                plan, odd = self._spare(plan, odd, settling(), diff)
             index = {link.name: link.index for link in links}
             diff.unchanged = plan.unchanged
             batch = nl.batch()
@@ -306,7 +334,7 @@ class RouteManager:
                 )
             else:
                 diff.failed.append((route, error))
-        if diff.operations or diff.failed:
+        if diff.operations or diff.failed or diff.settling:
             log.info("routes in %s: %s", self.netns or "own netns", diff)
         for route, exc in diff.failed:
             log.warning("route %s: %s", route, exc)

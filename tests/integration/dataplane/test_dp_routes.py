@@ -126,3 +126,24 @@ def test_other_table(host):
     assert "default via 10.0.0.2 dev eth0 table 1000 proto 112" in kernel_routes(host.netns)
     assert RouteManager(netns=host.netns).current() == []  # the main table has none of ours
     assert manager.apply([Route("default", gateway="10.0.0.2", dev="eth0")]).operations == 0
+
+
+def test_settling_destinations_are_left_alone(host):
+    """A CNI ADD wired 10.244.1.6 and a DEL unwired 10.244.1.7 after the desired set was computed:
+    the stale set neither deletes the new pod's route nor re-adds the old one, and is read only
+    after the kernel (the callback sees what the kernel showed)."""
+    manager = RouteManager(netns=host.netns)
+    manager.apply([Route("10.244.1.5/32", dev="side0"), Route("10.244.1.7/32", dev="side0")])
+    with Netlink.open(host.netns) as nl:  # what the CNI service does meanwhile
+        nl.route_del("10.244.1.7/32", protocol=PODNET_RTPROTO)
+        nl.route_add("10.244.1.6/32", dev="side0", scope="link", protocol=PODNET_RTPROTO)
+    stale = [Route("10.244.1.5/32", dev="side0"), Route("10.244.1.7/32", dev="side1"),
+             Route("10.244.9.0/24", kind="blackhole")]  # fmt: skip
+    diff = manager.apply(stale, settling=lambda: {"10.244.1.6", "10.244.1.7/32"})
+    assert {r.dst for r in diff.settling} == {"10.244.1.6/32", "10.244.1.7/32"}
+    assert [r.dst for r in diff.added] == ["10.244.9.0/24"] and not diff.deleted and diff.ok
+    assert {r.dst for r in manager.current()} == {"10.244.1.5/32", "10.244.1.6/32", "10.244.9.0/24"}
+    # without the callback the same stale set is applied whole: the next apply's view
+    diff = manager.apply(stale)
+    assert [r.dst for r in diff.deleted] == ["10.244.1.6/32"]
+    assert [r.dst for r in diff.added] == ["10.244.1.7/32"]
