@@ -35,11 +35,14 @@ def serve(path: str, dispatch: Callable[[dict], dict]) -> _Server:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     if os.path.exists(path):
         os.unlink(path)  # a previous agent's socket: we are its successor
-    old_umask = os.umask(0o177)
+    server = _Server(path, _Handler, bind_and_activate=False)
     try:
-        server = _Server(path, _Handler)
-    finally:
-        os.umask(old_umask)
+        server.server_bind()
+        os.chmod(path, 0o600)  # before listen(): nobody can connect while it is wider
+        server.server_activate()
+    except BaseException:
+        server.server_close()
+        raise
     server.dispatch = dispatch  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, name="cni-api", daemon=True).start()
     return server

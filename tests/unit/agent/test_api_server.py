@@ -88,3 +88,20 @@ def test_a_full_listen_queue_is_waited_out(tmp_path):
         assert api.call(path, {"verb": "STATUS"}, timeout=5.0) == {"ok": True}
     finally:
         listener.close()
+
+
+def test_socket_is_owner_only_whatever_the_umask(tmp_path):
+    import os
+    import stat
+
+    before = os.umask(0o022)
+    try:
+        path = str(tmp_path / "agent.sock")
+        server = api_server.serve(path, lambda doc: {"ok": True, "result": {}})
+        try:
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        finally:
+            server.shutdown()
+            server.server_close()
+    finally:
+        os.umask(before)
