@@ -37,7 +37,8 @@ import shutil
 import struct
 import subprocess
 import tempfile
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -452,15 +453,68 @@ class BpfMap:
 # ---------------------------------------------------------------------- load with bpftool
 
 
-def load_object(obj: str, prog_dir: str, map_dir: str, reuse: dict[str, str] | None = None) -> None:
+def _layout(info: MapInfo) -> tuple[int, int, int, int, int]:
+    return (info.type, info.key_size, info.value_size, info.max_entries, info.flags)
+
+
+def load_object(
+    obj: str, prog_dir: str, map_dir: str, reuse: Mapping[str, str] | None = None, *,
+    prog_type: str | None = "classifier",
+) -> None:  # fmt: skip
     """``bpftool prog loadall``: pin every program of ``obj`` under ``prog_dir`` and its maps under
     ``map_dir`` (both must not exist yet); maps named in ``reuse`` (name -> pinned path) are the
-    existing ones, contents and all, instead of new ones."""
-    argv = [BPFTOOL, "prog", "loadall", obj, prog_dir, "type", "classifier"]
+    existing ones, contents and all, instead of new ones. ``prog_type`` None: libbpf takes each
+    program's type and attach type from its section name (``cgroup/connect4`` ...)."""
+    argv = [BPFTOOL, "prog", "loadall", obj, prog_dir] + (["type", prog_type] if prog_type else [])
     for name, path in sorted((reuse or {}).items()):
         argv += ["map", "name", name, "pinned", path]
     argv += ["pinmaps", map_dir]
     run_tool(argv)
+
+
+def ensure_objects(
+    obj: str, pin_dir: str, key: str, maps: Sequence[str], programs: Sequence[str],
+    adopt: Callable[[set[str]], dict[str, str]], *, prog_type: str | None = "classifier",
+) -> dict[str, str]:  # fmt: skip
+    """The programs of ``obj`` pinned under ``pin_dir/prog-<key>`` (name -> pin), using the maps
+    pinned as ``pin_dir/<name>``: reused when they are there (contents kept), else re-pinned from
+    programs still attached (``adopt(missing)`` -> name -> pin), else new. Already loaded against
+    those very maps: nothing is done. A pinned map whose type, key, value, size or flags differ
+    from the object's (a new layout; libbpf would reuse it as is) is replaced by a new, empty one,
+    with a warning. Loading goes through a scratch directory renamed into place, so a crash never
+    leaves half a program set under ``prog-<key>``."""
+    pinned = {name: os.path.join(pin_dir, name) for name in maps}
+    found = {name: path for name, path in pinned.items() if os.path.exists(path)}
+    if len(found) < len(maps):
+        found.update(adopt(set(maps) - set(found)))
+    prog_dir = os.path.join(pin_dir, f"prog-{key}")
+    progs = {name: os.path.join(prog_dir, name) for name in programs}
+    if len(found) == len(maps) and all(os.path.exists(p) for p in progs.values()):
+        map_ids = {map_info(pinned=p).id for p in found.values()}
+        if all(set(prog_info(pinned=p).map_ids) <= map_ids for p in progs.values()):
+            return progs
+    tmp = os.path.join(pin_dir, f"load-{uuid.uuid4().hex[:8]}")  # bpffs names may not contain dots
+    try:
+        os.makedirs(tmp)  # bpftool wants the parent of a pin path to exist on bpffs
+        load_object(obj, f"{tmp}/progs", f"{tmp}/maps", prog_type=prog_type)  # all new: the layouts
+        wanted = {name: _layout(map_info(pinned=f"{tmp}/maps/{name}")) for name in found}
+        reuse = {name: path for name, path in found.items() if _layout(map_info(pinned=path)) == wanted[name]}
+        if set(found) - set(reuse):
+            log.warning("pinned maps %s do not fit %s (another layout): replaced by new, empty ones",
+                        ", ".join(sorted(set(found) - set(reuse))), obj)  # fmt: skip
+        if reuse:
+            unpin_tree(tmp)
+            os.makedirs(tmp)
+            load_object(obj, f"{tmp}/progs", f"{tmp}/maps", reuse, prog_type=prog_type)
+        fresh = set(maps) - set(reuse)
+        for name in fresh:
+            os.replace(f"{tmp}/maps/{name}", pinned[name])
+        unpin_tree(prog_dir)
+        os.rename(f"{tmp}/progs", prog_dir)
+    finally:
+        unpin_tree(tmp)
+    log.info("loaded %s into %s (new maps: %s)", obj, prog_dir, ", ".join(sorted(fresh)) or "none")
+    return progs
 
 
 # ---------------------------------------------------------------------- tc hooks

@@ -57,7 +57,6 @@ import os
 import socket
 import struct
 import subprocess
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,7 +251,8 @@ class IPIPTunnel:
             local = self.local_ip or _uplink_address(nl, uplink)
             self._ensure_device(nl, self.mtu or uplink.mtu - IPIP_OVERHEAD)
             _relax_rp_filter(nl, self.uplink)
-        progs = self._ensure_objects(obj, key)
+        progs = bpf.ensure_objects(obj, self.pin_dir, key, MAPS, (ENCAP_PROG, DECAP_PROG),
+                                   self._adopt_attached_maps)  # fmt: skip
         with bpf.BpfMap(self._pin(CONFIG_MAP)) as cfg:
             want = encode_config(local, uplink.index)
             if cfg.lookup(bytes(4)) != want:
@@ -310,39 +310,6 @@ class IPIPTunnel:
                 raise DataplaneError(f"{TUNNEL_DEVICE} exists as a {link.kind or 'plain'} device, not ipip")
             if link.mtu != mtu or not link.up:
                 nl.link_set(link.index, mtu=mtu, up=True)
-
-    def _ensure_objects(self, obj: str, key: str) -> dict[str, str]:
-        """Maps pinned (reused, adopted or new) and the programs of ``obj`` pinned and using them."""
-        maps = {name: self._pin(name) for name in MAPS if os.path.exists(self._pin(name))}
-        if len(maps) < len(MAPS):
-            maps.update(self._adopt_attached_maps(set(MAPS) - set(maps)))
-        prog_dir = self._pin(f"prog-{key}")
-        progs = {name: os.path.join(prog_dir, name) for name in (ENCAP_PROG, DECAP_PROG)}
-        if len(maps) == len(MAPS) and all(os.path.exists(p) for p in progs.values()):
-            map_ids = {bpf.map_info(pinned=p).id for p in maps.values()}
-            if all(set(bpf.prog_info(pinned=p).map_ids) <= map_ids for p in progs.values()):
-                return progs
-        tmp = self._pin(f"load-{uuid.uuid4().hex[:8]}")  # bpffs names may not contain dots
-        os.makedirs(tmp)  # bpftool wants the parent of a pin path to exist on bpffs
-        try:
-            try:
-                bpf.load_object(obj, f"{tmp}/progs", f"{tmp}/maps", reuse=maps)
-                fresh = set(MAPS) - set(maps)
-            except bpf.BpfError as exc:
-                if not maps:
-                    raise
-                log.warning("existing maps do not fit %s (%s): loading with new, empty maps", obj, exc)
-                bpf.unpin_tree(tmp)
-                bpf.load_object(obj, f"{tmp}/progs", f"{tmp}/maps")
-                fresh = set(MAPS)
-            for name in fresh:
-                os.replace(f"{tmp}/maps/{name}", self._pin(name))
-            bpf.unpin_tree(prog_dir)
-            os.rename(f"{tmp}/progs", prog_dir)
-        finally:
-            bpf.unpin_tree(tmp)
-        log.info("loaded %s into %s (new maps: %s)", obj, prog_dir, ", ".join(sorted(fresh)) or "none")
-        return progs
 
     def _adopt_attached_maps(self, missing: set[str]) -> dict[str, str]:
         """Re-pin the missing maps of our attached programs (pins lost, programs still running)."""

@@ -70,7 +70,6 @@ import json
 import logging
 import os
 import struct
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -505,7 +504,8 @@ class SocketLB:
         self._ensure_bpffs()
         obj = bpf.compile_program(self.source, self.cache_dir)
         key = Path(obj).stem.rsplit("-", 1)[-1]
-        progs = self._ensure_objects(obj, key)
+        progs = bpf.ensure_objects(obj, self.pin_dir, key, MAPS, tuple(HOOKS), self._adopt_attached_maps,
+                                   prog_type=None)  # fmt: skip
         self._attach_all(progs)
         self._drop_stale(f"prog-{key}")
 
@@ -544,50 +544,6 @@ class SocketLB:
         except ValueError as exc:
             raise SockLBError(f"bpftool cgroup show {self.cgroup} printed no JSON: {out[:200]!r}") from exc
         return [r for r in rows if isinstance(r, dict)]
-
-    def _ensure_objects(self, obj: str, key: str) -> dict[str, str]:
-        """Maps pinned (reused, adopted or new) and the programs of ``obj`` pinned and using them."""
-        maps = {name: self._pin(name) for name in MAPS if os.path.exists(self._pin(name))}
-        if len(maps) < len(MAPS):
-            maps.update(self._adopt_attached_maps(set(MAPS) - set(maps)))
-        prog_dir = self._pin(f"prog-{key}")
-        progs = {name: os.path.join(prog_dir, name) for name in HOOKS}
-        if len(maps) == len(MAPS) and all(os.path.exists(p) for p in progs.values()):
-            map_ids = {bpf.map_info(pinned=p).id for p in maps.values()}
-            if all(set(bpf.prog_info(pinned=p).map_ids) <= map_ids for p in progs.values()):
-                return progs
-        tmp = self._pin(f"load-{uuid.uuid4().hex[:8]}")  # bpffs names may not contain dots
-        os.makedirs(tmp)
-        try:
-            try:
-                self._load(obj, f"{tmp}/progs", f"{tmp}/maps", maps)
-                fresh = set(MAPS) - set(maps)
-            except bpf.BpfError as exc:
-                if not maps:
-                    raise
-                log.warning("existing maps do not fit %s (%s): loading with new, empty maps", obj, exc)
-                bpf.unpin_tree(tmp)
-                os.makedirs(tmp)
-                self._load(obj, f"{tmp}/progs", f"{tmp}/maps", {})
-                fresh = set(MAPS)
-            for name in fresh:
-                os.replace(f"{tmp}/maps/{name}", self._pin(name))
-            bpf.unpin_tree(prog_dir)
-            os.rename(f"{tmp}/progs", prog_dir)
-        finally:
-            bpf.unpin_tree(tmp)
-        log.info("loaded %s into %s (new maps: %s)", obj, prog_dir, ", ".join(sorted(fresh)) or "none")
-        return progs
-
-    @staticmethod
-    def _load(obj: str, prog_dir: str, map_dir: str, reuse: Mapping[str, str]) -> None:
-        # No "type": libbpf takes each program's type and attach type from its section name
-        # (cgroup/connect4 ...); bpf.load_object is for tc classifiers.
-        argv = [bpf.BPFTOOL, "prog", "loadall", obj, prog_dir]
-        for name, path in sorted(reuse.items()):
-            argv += ["map", "name", name, "pinned", path]
-        argv += ["pinmaps", map_dir]
-        bpf.run_tool(argv)
 
     def _adopt_attached_maps(self, missing: set[str]) -> dict[str, str]:
         """Re-pin the missing maps of our programs attached to the cgroup (pins lost)."""

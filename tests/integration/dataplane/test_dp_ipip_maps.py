@@ -22,7 +22,7 @@ import pytest
 from podnet.cli import cmd_bpf
 from podnet.dataplane import bpf
 from podnet.dataplane.errors import DataplaneError
-from podnet.dataplane.ipip import TC_PREF, IPIPTunnel
+from podnet.dataplane.ipip import PEERS_MAP, ROUTES_MAP, TC_PREF, IPIPTunnel
 from podnet.dataplane.netlink import Netlink
 from podnet.lab.netns import create_netns, delete_netns, list_netns, read_sysctl, write_sysctl
 
@@ -125,6 +125,35 @@ def test_sync_writes_only_the_differences_and_is_fast(scratch: Scratch) -> None:
         f"30 changes {delta * 1000:.1f} ms, 5000 entries (from 500) {large * 1000:.1f} ms"
     )
     assert full < 1.0 and resync < 1.0
+
+
+def test_maps_of_an_old_layout_are_replaced_by_new_empty_ones(scratch: Scratch, caplog) -> None:
+    """A pinned map that no longer fits the program (an upgrade changed its layout): ensure loads
+    with new maps instead of failing, pins them in place, and leaves no scratch directory."""
+    tunnel = scratch.tunnel()
+    tunnel.ensure()
+    tunnel.sync({"10.244.9.0/26": "10.0.7.3"})
+    routes_pin = os.path.join(scratch.pin_dir, ROUTES_MAP)
+    right = bpf.map_info(pinned=routes_pin)
+    os.unlink(routes_pin)
+    bpf.run_tool([bpf.BPFTOOL, "map", "create", routes_pin, "type", "hash", "key", "4", "value", "4",
+                  "entries", "8", "name", ROUTES_MAP])  # fmt: skip
+    assert bpf.map_info(pinned=routes_pin).key_size == 4 != right.key_size
+
+    [key] = [n[5:] for n in os.listdir(scratch.pin_dir) if n.startswith("prog-")]
+    peers_id = bpf.map_info(pinned=os.path.join(scratch.pin_dir, PEERS_MAP)).id
+    scratch.tunnel().ensure()
+    assert bpf.map_info(pinned=os.path.join(scratch.pin_dir, PEERS_MAP)).id == peers_id  # kept: it fits
+    assert tunnel.peers() == {"10.0.7.3"}
+    now = bpf.map_info(pinned=routes_pin)
+    assert (now.key_size, now.value_size, now.type) == (right.key_size, right.value_size, right.type)
+    assert "do not fit" in caplog.text
+    assert [n for n in os.listdir(scratch.pin_dir) if n.startswith(("prog-", "load-"))] == [f"prog-{key}"]
+    attached = [f for f in bpf.tc_filters("tunl0", "egress", scratch.node) if f.pref == TC_PREF]
+    assert attached and now.id in bpf.prog_info(prog_id=attached[0].prog_id).map_ids
+    assert tunnel.entries() == {}  # new, empty: the next sync refills them
+    tunnel.sync({"10.244.9.0/26": "10.0.7.3"})
+    assert tunnel.entries() == {"10.244.9.0/26": "10.0.7.3"}
 
 
 def _snapshot(ns: str) -> dict[str, str]:
