@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from podnet.dataplane.nft import kernel_matches, run_nft
+from podnet.dataplane.nft import TableSync
 
 TABLE = "podnet_nat"
 
@@ -52,19 +52,10 @@ class NatManager:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        self._applied: str | None = None
-        self._adopt = True  # the first apply may adopt the kernel's table (an agent restart)
+        self.table: TableSync[str] = TableSync("ip", TABLE, netns, full=lambda script: script,
+                                               what="natOutgoing")  # fmt: skip
 
     def apply(self, masq_pools: Iterable[str], all_pools: Iterable[str]) -> bool:
         """Apply if the rendering changed; True when something was written."""
-        script = render_nat(masq_pools, all_pools)
-        if script == self._applied:
-            return False
-        adopt, self._adopt = self._adopt, False
-        if adopt and kernel_matches(script, "ip", TABLE, self.netns):
-            self._applied = script  # a restarted agent: the kernel already has this table
-            return False
-        self._applied = None
-        run_nft(script, self.netns, "natOutgoing")
-        self._applied = script
-        return True
+        mode, _ = self.table.sync(render_nat(masq_pools, all_pools))
+        return mode == "full"

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from podnet.dataplane.errors import DataplaneError
 
 NFT_TIMEOUT = 60.0
+R = TypeVar("R")
 
 
 def _in_netns(cmd: list[str], netns: str | None) -> list[str]:
@@ -85,3 +87,58 @@ def kernel_matches(script: str, family: str, table: str, netns: str | None) -> b
         return canonical(current) == canonical(scratch_listing(script, family, table))
     except (DataplaneError, OSError, ValueError, subprocess.TimeoutExpired):
         return False
+
+
+class TableSync(Generic[R]):
+    """Keeps one nftables table equal to a rendering (any value ``full`` turns into a transaction
+    that replaces the whole table), what every podnet table manager does:
+
+    - the first sync adopts the kernel's table when it already is what the full script makes
+      (``matches``, by default :func:`kernel_matches`): a restarted agent writes nothing;
+    - later syncs send ``diff(applied, new)``: ``""`` is a no-op, ``None`` asks for a full one;
+    - each write is one ``nft -f`` transaction; while it runs, and after nft refuses one, nothing
+      counts as applied, so the next sync is a full resync (the kernel kept the last good table).
+    """
+
+    def __init__(
+        self, family: str, table: str, netns: str | None, *, full: Callable[[R], str],
+        diff: Callable[[R, R], str | None] | None = None, matches: Callable[[str], bool] | None = None,
+        what: str | None = None, hint: str | None = None,
+    ) -> None:  # fmt: skip
+        self.family, self.table, self.netns = family, table, netns
+        self.full = full
+        self.diff = diff or (lambda old, new: "" if old == new else None)
+        self.matches = matches or (lambda script: kernel_matches(script, family, table, netns))
+        self.what, self.hint = what or table, hint
+        self.applied: R | None = None  # None: the next sync is a full resync
+        self._adopt = True  # only the first sync may adopt (an agent restart)
+        self.last_script: str | None = None
+        self.last_mode: str | None = None
+
+    def run(self, script: str) -> None:
+        run_nft(script, self.netns, self.what, hint=self.hint)
+
+    def sync(self, rendering: R) -> tuple[str, int]:
+        """``(mode, statements)``: mode ``full``, ``partial``, ``noop`` or ``adopted``. Raises
+        :class:`DataplaneError` (nothing applied) when nft refuses."""
+        script = None if self.applied is None else self.diff(self.applied, rendering)
+        if script is None:
+            mode, script = "full", self.full(rendering)
+            adopt, self._adopt = self._adopt, False
+            if adopt and self.matches(script):
+                self.applied = rendering
+                return "adopted", 0
+        else:
+            mode = "partial" if script else "noop"
+        if script:
+            self.last_script, self.last_mode = script, mode
+            self.applied = None
+            self.run(script)
+        self.applied = rendering
+        return mode, len(script.splitlines()) if script else 0
+
+    def remove(self) -> None:
+        """Delete the table (absent is fine); the next sync is a full one."""
+        self.applied = None
+        qualified = f"{self.family} {self.table}"
+        self.run(f"add table {qualified}\ndelete table {qualified}\n")

@@ -118,7 +118,7 @@ from podnet.calc.memo import GenerationMemo
 from podnet.calc.policy import CompiledRule, ControlPlane, EndpointPolicy, PolicyPlan, Provenance
 from podnet.dataplane.errors import DataplaneError
 from podnet.dataplane.netns import run_in_netns
-from podnet.dataplane.nft import kernel_matches, list_table, run_nft
+from podnet.dataplane.nft import TableSync, kernel_matches, list_table
 
 TABLE = "podnet_policy"
 FAMILY = "inet"
@@ -453,22 +453,23 @@ def diff_policy(
 
 
 class PolicyManager:
-    """Keeps ``table inet podnet_policy`` of the caller's network namespace (or ``netns``) in shape."""
+    """Keeps ``table inet podnet_policy`` of the caller's network namespace (or ``netns``) in shape:
+    full transaction first (or the kernel's table adopted), then partial ones (:class:`TableSync`)."""
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        self._applied: Rendering | None = None  # None: the next apply is a full resync
-        self._adopt = True  # the first apply may adopt the kernel's table (an agent restart)
-        self.last_script: str | None = None
-        self.last_mode: str | None = None
+        self.table: TableSync[Rendering] = TableSync(
+            FAMILY, TABLE, netns, full=render_full, diff=render_diff,
+            hint="the previous policy ruleset is still in force; the next sync is a full resync",
+        )  # fmt: skip
 
     @property
     def needs_full_resync(self) -> bool:
-        return self._applied is None
+        return self.table.applied is None
 
-    def _run_nft(self, script: str) -> None:
-        hint = "the previous policy ruleset is still in force; the next sync is a full resync"
-        run_nft(script, self.netns, TABLE, hint=hint)
+    @property
+    def last_script(self) -> str | None:
+        return self.table.last_script
 
     def apply(
         self, plan: PolicyPlan, endpoints: Endpoints, control: ControlPlane | None = None
@@ -477,34 +478,19 @@ class PolicyManager:
         "full"|"partial"|"noop"|"adopted", "statements": n, "seconds": t}``. Raises
         :class:`DataplaneError` (nothing applied) when nft refuses."""
         started = time.perf_counter()
-        rendering = build_rendering(plan, endpoints, control)
-        if self._applied is None:
-            mode, script = "full", render_full(rendering)
-            adopt, self._adopt = self._adopt, False
-            if adopt and kernel_matches(script, FAMILY, TABLE, self.netns):
-                self._applied = rendering  # a restarted agent: the kernel already says this
-                return {"mode": "adopted", "statements": 0, "seconds": time.perf_counter() - started}
-        else:
-            script = render_diff(self._applied, rendering)
-            mode = "partial" if script else "noop"
-        if script:
-            self.last_script, self.last_mode = script, mode
-            self._applied = None  # until nft says yes: a failure means a full resync next time
-            self._run_nft(script)
-        self._applied = rendering
-        statements = 0 if not script else len(script.splitlines())
+        mode, statements = self.table.sync(build_rendering(plan, endpoints, control))
         return {"mode": mode, "statements": statements, "seconds": time.perf_counter() - started}
 
     def remove(self) -> None:
         """Delete the table (absent is fine)."""
-        self._applied = None
-        self._run_nft(f"add table {QUALIFIED}\ndelete table {QUALIFIED}\n")
+        self.table.remove()
 
 
 # -------------------------------------------------------------------------------- host endpoints
 
 HOST_TABLE = "podnet_host"
 HOST_QUALIFIED = f"{FAMILY} {HOST_TABLE}"
+HOST_RESET = f"add table {HOST_QUALIFIED}\ndelete table {HOST_QUALIFIED}\n"  # also: no host endpoint
 _HOST_DIRECTIONS = {"in": ("iifname", "saddr"), "out": ("oifname", "daddr")}
 
 
@@ -572,10 +558,9 @@ def render_host_table(plan: HostEndpointPlan) -> str:
     Base chains of other tables on the same hooks still see the packet (an ``accept`` here ends only
     this table's verdict); forwarded traffic never meets ``input``/``output``.
     """
-    reset = f"add table {HOST_QUALIFIED}\ndelete table {HOST_QUALIFIED}\n"
     if not plan.active:
-        return reset
-    out = [reset.rstrip("\n"), f"table {HOST_QUALIFIED} {{"]
+        return HOST_RESET
+    out = [HOST_RESET.rstrip("\n"), f"table {HOST_QUALIFIED} {{"]
     for name, elements in (("tunnel_peers", plan.tunnel_peers), ("local_pods", plan.local_pods)):
         body = f" elements = {{ {', '.join(elements)} }};" if elements else ""
         out.append(f"    set {name} {{ type ipv4_addr;{body} }}")
@@ -606,34 +591,27 @@ class HostEndpointManager:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        self._applied: str | None = None  # None: unknown (first sync, or after a failure)
+        self.table: TableSync[str] = TableSync(
+            FAMILY, HOST_TABLE, netns, full=lambda script: script, matches=self._kernel_has,
+            hint="the previous host-endpoint ruleset is still in force",
+        )  # fmt: skip
 
     def apply(self, plan: HostEndpointPlan) -> str:
         """``"applied"``, ``"adopted"`` or ``"noop"``; raises :class:`DataplaneError` (nothing
         applied) on refusal. On the first sync (a restarted agent) the kernel's table is adopted
         when it is already what the plan needs (absent for no host endpoint, or identical), so a
         restart rewrites nothing."""
-        script = render_host_table(plan)
-        if script == self._applied:
-            return "noop"
-        if self._applied is None and self._kernel_has(plan, script):
-            self._applied = script
-            return "adopted"
-        self._applied = None
-        hint = "the previous host-endpoint ruleset is still in force"
-        run_nft(script, self.netns, HOST_TABLE, hint=hint)
-        self._applied = script
-        return "applied"
+        mode, _ = self.table.sync(render_host_table(plan))
+        return "applied" if mode == "full" else mode
 
-    def _kernel_has(self, plan: HostEndpointPlan, script: str) -> bool:
-        if not plan.interfaces:
-            return list_table("inet", HOST_TABLE, self.netns) is None
-        return kernel_matches(script, "inet", HOST_TABLE, self.netns)
+    def _kernel_has(self, script: str) -> bool:
+        if script == HOST_RESET:
+            return list_table(FAMILY, HOST_TABLE, self.netns) is None  # no host endpoint: absent
+        return kernel_matches(script, FAMILY, HOST_TABLE, self.netns)
 
     def remove(self) -> None:
         """Delete the table (absent is fine)."""
-        self._applied = None
-        run_nft(f"add table {HOST_QUALIFIED}\ndelete table {HOST_QUALIFIED}\n", self.netns, HOST_TABLE)
+        self.table.remove()
 
 
 # ------------------------------------------------------------------------------------------- NFLOG

@@ -108,7 +108,7 @@ from typing import Any
 
 from podnet.calc.services import CLUSTER_IP, EXTERNAL_IP, NODE_PORT, Backend, Frontend, ServicePlan
 from podnet.dataplane.netns import run_in_netns
-from podnet.dataplane.nft import kernel_matches, run_nft
+from podnet.dataplane.nft import TableSync
 
 log = logging.getLogger(__name__)
 
@@ -570,24 +570,22 @@ def _local_addresses() -> set[str]:
 
 
 class ServiceProxy:
-    """Keeps ``table ip podnet_services`` of the caller's network namespace (or ``netns``) in shape."""
+    """Keeps ``table ip podnet_services`` of the caller's network namespace (or ``netns``) in shape:
+    full transaction first (or the kernel's table adopted), then partial ones (:class:`TableSync`);
+    UDP flows to backends that left are deleted from conntrack."""
 
     def __init__(self, netns: str | None = None, *, nodeport_only: bool = False) -> None:
         self.netns = netns
         self.nodeport_only = nodeport_only
-        self._applied: Rendering | None = None  # None: the next apply is a full resync
+        self.table: TableSync[Rendering] = TableSync(
+            FAMILY, TABLE, netns, full=render_full, diff=render_diff,
+            hint="the previous service ruleset is still in force; the next sync is a full resync",
+        )  # fmt: skip
         self._ever_applied: Rendering | None = None  # for conntrack: what the kernel last had
-        self._adopt = True  # the first apply may adopt the kernel's table (an agent restart)
-        self.last_script: str | None = None
-        self.last_mode: str | None = None
 
     @property
     def needs_full_resync(self) -> bool:
-        return self._applied is None
-
-    def _run_nft(self, script: str) -> None:
-        hint = "the previous service ruleset is still in force; the next sync is a full resync"
-        run_nft(script, self.netns, TABLE, hint=hint)
+        return self.table.applied is None
 
     def apply(
         self,
@@ -598,33 +596,17 @@ class ServiceProxy:
     ) -> dict[str, Any]:
         """Make the table serve ``plan``. ``cluster_cidrs``: the pod CIDRs (traffic to a ClusterIP
         from outside them is masqueraded; empty: only hairpin/external traffic is).
-        Returns ``{"mode": "full"|"partial"|"noop", "statements", "seconds", "conntrack_deleted",
-        "skipped"}``. Raises :class:`DataplaneError` (nothing applied) when nft refuses."""
+        Returns ``{"mode": "full"|"partial"|"noop"|"adopted", "statements", "seconds",
+        "nft_seconds", "conntrack_deleted", "skipped"}``. Raises :class:`DataplaneError` (nothing
+        applied) when nft refuses."""
         started = time.perf_counter()
         if nodeport_only is not None:
             self.nodeport_only = nodeport_only
         rendering = build_rendering(plan, cluster_cidrs, nodeport_only=self.nodeport_only)
-        script: str | None = None
-        if self._applied is not None:
-            script = render_diff(self._applied, rendering)
-        if script is None:
-            mode, script = "full", render_full(rendering)
-            adopt, self._adopt = self._adopt, False
-            if adopt and self._applied is None and kernel_matches(script, "ip", TABLE, self.netns):
-                self._applied = self._ever_applied = rendering  # a restarted agent: nothing to write
-                return {"mode": "adopted", "statements": 0, "seconds": time.perf_counter() - started,
-                        "nft_seconds": 0.0, "conntrack_deleted": 0,
-                        "skipped": list(rendering.skipped)}  # fmt: skip
-        else:
-            mode = "partial" if script else "noop"
-        if script:
-            self.last_script, self.last_mode = script, mode
-            self._applied = None  # until nft says yes: a failure means a full resync next time
-            self._run_nft(script)
-        self._applied = rendering
+        mode, statements = self.table.sync(rendering)
         nft_seconds = time.perf_counter() - started
         deleted = 0
-        flows = stale_udp_flows(self._ever_applied, rendering) if mode != "noop" else []
+        flows = stale_udp_flows(self._ever_applied, rendering) if mode not in ("noop", "adopted") else []
         if flows:
             try:
                 deleted = run_in_netns(self.netns, lambda: delete_udp_flows(flows, _local_addresses()))
@@ -633,18 +615,17 @@ class ServiceProxy:
         self._ever_applied = rendering
         return {
             "mode": mode,
-            "statements": 0 if not script else len(script.splitlines()),
+            "statements": statements,
             "seconds": time.perf_counter() - started,
-            "nft_seconds": nft_seconds,
+            "nft_seconds": 0.0 if mode == "adopted" else nft_seconds,
             "conntrack_deleted": deleted,
             "skipped": list(rendering.skipped),
         }
 
     def remove(self) -> None:
         """Delete the table (absent is fine)."""
-        self._applied = None
         self._ever_applied = None
-        self._run_nft(f"add table {QUALIFIED}\ndelete table {QUALIFIED}\n")
+        self.table.remove()
 
 
 __all__ = [

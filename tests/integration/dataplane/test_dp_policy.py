@@ -313,7 +313,7 @@ def test_policy_truth_table_incremental_and_failure(cluster: Cluster, monkeypatc
         # Injected failure: the label goes away again, but the kernel rejects the transaction (a
         # delete of an element that does not exist, appended to the real diff). nft is atomic: the
         # previous ruleset (other may reach web) stays; the manager asks for a full resync.
-        real_run = manager._run_nft
+        real_run = manager.table.run
         calls: list[str] = []
 
         def failing_once(script: str) -> None:
@@ -322,7 +322,7 @@ def test_policy_truth_table_incremental_and_failure(cluster: Cluster, monkeypatc
                 script += f"delete element inet podnet_policy {_client_set(c.plan())} {{ 192.0.2.1/32 }}\n"
             real_run(script)
 
-        monkeypatch.setattr(manager, "_run_nft", failing_once)
+        monkeypatch.setattr(manager.table, "run", failing_once)
         with pytest.raises(DataplaneError, match="podnet_policy"):
             manager.apply(c.plan(), c.endpoints())
         assert manager.needs_full_resync
