@@ -29,8 +29,10 @@ from podnet.calc.routes import VXLAN_DEVICES, RoutePlan, encap_policy
 from podnet.datastore import connect
 from podnet.datastore.keys import KeyLayout
 from podnet.datastore.resources import ResourceStore
+from podnet.errors import PodnetError
 from podnet.ipam import IPAM, pool_from_resource, select_pools
 from podnet.model import lookup
+from podnet.model.core import ANNOTATION_CILIUM_HOST
 
 log = logging.getLogger("podnet.agent")
 
@@ -153,6 +155,7 @@ class Agent:
             ips = self.ipam.auto_assign(handle, self.config.node, chosen, {"node": self.config.node})
         ensure_router_device(ROUTER_DEVICE, ips[0])
         self._router_ip = ips[0]
+        self.syncer.trigger()  # the next apply publishes it (_publish_router_ip)
         kv(log, logging.INFO, "router address", device=ROUTER_DEVICE, address=ips[0])
 
     # -- dataplane ---------------------------------------------------------------------------
@@ -190,6 +193,19 @@ class Agent:
             self.resources.patch(lookup("nodes"), node, {"metadata": {"annotations": {
                 VXLAN_ADDRESS_ANNOTATION: ips[0], VXLAN_MAC_ANNOTATION: mac}}})  # fmt: skip
         self._vxlan = tunnel
+
+    def _publish_router_ip(self) -> None:
+        """Cilium scheme: this node's router IP as a Node annotation, as Cilium publishes it, so
+        every node closes it to pods with the rest of the control plane. Retried by each full apply
+        until the datastore has it."""
+        me = self.cache.nodes.get(self.config.node)
+        if self._router_ip is None or me is None or me.router_ip == self._router_ip:
+            return
+        try:
+            patch = {"metadata": {"annotations": {ANNOTATION_CILIUM_HOST: self._router_ip}}}
+            self.resources.patch(lookup("nodes"), self.config.node, patch)
+        except PodnetError as exc:
+            kv(log, logging.WARNING, "router address not published yet", error=str(exc))
 
     def _bgp_enabled(self) -> bool:
         """Calico profile with a ``default`` BGPConfiguration: BIRD distributes the routes."""
@@ -281,7 +297,7 @@ class Agent:
         """What no pod may reach (calc.policy.control_plane): BGP's listen port, this agent's metrics
         port (every agent gets the same flags), every node's addresses, the datastore endpoints."""
         bgp_spec = getattr(self.cache.bgp_config, "spec", None)
-        addresses = [a for n in self.cache.nodes.values() for a in (n.ip, n.vxlan_ip)]
+        addresses = [a for n in self.cache.nodes.values() for a in (n.ip, n.vxlan_ip, n.router_ip)]
         metrics_port = self.config.metrics_address[1] if self.config.metrics_address else None
         return control_plane(addresses, getattr(self.store, "endpoints", []),
                              getattr(bgp_spec, "listen_port", BGP_PORT), metrics_port)  # fmt: skip
@@ -370,6 +386,7 @@ class Agent:
             for r in plan.routes
         ]  # fmt: skip
         diff = self.routes.apply(desired, settling=lambda: self.cni.settling(plan.endpoint_dsts))
+        self._publish_router_ip()
         self._apply_policy()
         self._apply_services()
         counts = {"added": len(diff.added), "replaced": len(diff.replaced), "deleted": len(diff.deleted),

@@ -19,6 +19,7 @@ from podnet.datastore.keys import KeyLayout, token_to_cidr
 from podnet.errors import PodnetError
 from podnet.ipam.block import Block
 from podnet.model import ClusterConfiguration, IPPool, Node, parse_resource
+from podnet.model.core import ANNOTATION_CILIUM_HOST, ANNOTATION_CILIUM_HOST_ALIAS
 
 NODE_ADDRESS_ANNOTATION = "projectcalico.org/IPv4Address"
 VXLAN_ADDRESS_ANNOTATION = "projectcalico.org/IPv4VXLANTunnelAddr"
@@ -32,6 +33,7 @@ class NodeInfo:
     labels: dict[str, str] = field(default_factory=dict, compare=False)
     vxlan_ip: str | None = None  # the node's VTEP: tunnel address and MAC, published by its agent
     vxlan_mac: str | None = None
+    router_ip: str | None = None  # Cilium scheme: the pods' gateway on cilium_host, published by its agent
 
     @classmethod
     def from_node(cls, node: Node) -> NodeInfo:
@@ -47,6 +49,7 @@ class NodeInfo:
         return cls(
             node.metadata.name, address, dict(node.metadata.labels or {}),
             annotations.get(VXLAN_ADDRESS_ANNOTATION), annotations.get(VXLAN_MAC_ANNOTATION),
+            annotations.get(ANNOTATION_CILIUM_HOST) or annotations.get(ANNOTATION_CILIUM_HOST_ALIAS),
         )  # fmt: skip
 
     @property

@@ -342,6 +342,8 @@ ANNOTATION_AS_NUMBER = "projectcalico.org/ASNumber"
 ANNOTATION_RR_CLUSTER_ID = "projectcalico.org/RouteReflectorClusterID"
 ANNOTATION_IPIP_TUNNEL_ADDR = "projectcalico.org/IPv4IPIPTunnelAddr"
 ANNOTATION_VXLAN_TUNNEL_ADDR = "projectcalico.org/IPv4VXLANTunnelAddr"
+ANNOTATION_CILIUM_HOST = "network.cilium.io/ipv4-cilium-host"  # the router IP on cilium_host
+ANNOTATION_CILIUM_HOST_ALIAS = "io.cilium.network.ipv4-cilium-host"  # the name older Cilium writes
 
 
 def _node_address_with_prefix_problem(value: str, version: int) -> str | None:
@@ -383,6 +385,8 @@ class Node(Resource):
             ANNOTATION_RR_CLUSTER_ID: _ipv4_problem,
             ANNOTATION_IPIP_TUNNEL_ADDR: _ipv4_problem,
             ANNOTATION_VXLAN_TUNNEL_ADDR: _ipv4_problem,
+            ANNOTATION_CILIUM_HOST: _ipv4_problem,
+            ANNOTATION_CILIUM_HOST_ALIAS: _ipv4_problem,
         }
         for key, check in checks.items():
             if key in annotations:

@@ -5,6 +5,7 @@ NetworkPolicy egress exactly as Kubernetes says (open, default deny, ipBlock all
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
 import json
@@ -23,6 +24,7 @@ from tcp_check import TcpServer, connect, wait_connect
 from podnet.agent import api
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
+from podnet.errors import NotFoundError
 from podnet.lab import cluster
 from podnet.lab.cleanup import clean
 from podnet.lab.naming import LabNames
@@ -30,6 +32,7 @@ from podnet.lab.netns import in_netns
 from podnet.lab.probe import probe
 from podnet.lab.topology import LabSpec, random_underlay
 from podnet.model import lookup, parse_resource
+from podnet.model.core import ANNOTATION_CILIUM_HOST
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd]
 
@@ -190,6 +193,17 @@ def test_pods_send_only_their_own_ip_and_mac(lab):
     assert any(p.endswith(":mac") for p in prefixes) and any(p.endswith(":spoof") for p in prefixes), prefixes
 
 
+def router_ip(store: ResourceStore, node: str, timeout: float = 10.0) -> str:
+    """The node's router IP as its agent published it (``network.cilium.io/ipv4-cilium-host``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        annotations = store.get(lookup("nodes"), node).metadata.annotations or {}
+        if annotations.get(ANNOTATION_CILIUM_HOST):
+            return annotations[ANNOTATION_CILIUM_HOST]
+        assert time.monotonic() < deadline, f"{node}'s agent never published its router IP"
+        time.sleep(0.1)
+
+
 def test_control_plane_closed_to_pods_but_not_to_nodes(lab):
     names, topo, store, _ = lab
     pod_ns = names.pod_ns("iso", "a")
@@ -203,6 +217,11 @@ def test_control_plane_closed_to_pods_but_not_to_nodes(lab):
         targets = [(node1.ip, METRICS_PORT), (node2.ip, METRICS_PORT), (topo.etcd.ip, topo.etcd_client_port)]
         if topo.spec.bgp:
             targets += [(node1.ip, 179), (node2.ip, 179)]
+        if topo.spec.profile == "cilium":  # each node's router IP (cilium_host), published as Cilium does
+            for host in (node1, node2):
+                router = router_ip(store, host.name)
+                servers.append(TcpServer(host.netns, router, METRICS_PORT))
+                targets.append((router, METRICS_PORT))
         for ip, port in targets:
             for origin in (node1, node2):  # the nodes themselves (own node and the other) reach it
                 assert connect(origin.netns, ip, port) == "ok", (origin.name, ip, port)
@@ -216,7 +235,8 @@ def test_control_plane_closed_to_pods_but_not_to_nodes(lab):
         for ip, port in targets:
             assert connect(pod_ns, ip, port) == "timeout", (ip, port)
     finally:
-        store.delete(lookup("netpol"), "allow-all", "iso")
+        with contextlib.suppress(NotFoundError):  # not applied yet if an assertion before it failed
+            store.delete(lookup("netpol"), "allow-all", "iso")
         for server in servers:
             server.close()
 

@@ -48,3 +48,24 @@ def test_pods_namespaces_and_policies_feed_pod_infos():
     assert cache.pod_infos()[0].ips == ("10.244.0.10",)
     cache.update(LAYOUT.resource("pods", "web", "shop"), None)
     assert cache.pod_infos() == []
+
+
+def test_router_ip_is_read_from_either_cilium_annotation_and_validated():
+    import pytest
+
+    from podnet.calc.cluster import NodeInfo
+    from podnet.calc.policy import control_plane
+    from podnet.errors import ValidationError
+    from podnet.model import parse_resource
+
+    def node(annotations: dict) -> dict:
+        return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n2", "annotations": annotations}}
+
+    new = NodeInfo.from_node(parse_resource(node({"network.cilium.io/ipv4-cilium-host": "10.244.2.64"})))
+    old = NodeInfo.from_node(parse_resource(node({"io.cilium.network.ipv4-cilium-host": "10.244.2.65"})))
+    assert (new.router_ip, old.router_ip) == ("10.244.2.64", "10.244.2.65")
+    assert NodeInfo.from_node(parse_resource(node({}))).router_ip is None
+    with pytest.raises(ValidationError, match="ipv4-cilium-host"):
+        parse_resource(node({"network.cilium.io/ipv4-cilium-host": "10.244.2.0/26"}))
+    closed = control_plane([new.ip, new.router_ip], [], metrics_port=9099).remote
+    assert ("10.244.2.64", "tcp", 9099) in closed
