@@ -38,7 +38,7 @@ import struct
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -472,13 +472,28 @@ def load_object(
     run_tool(argv)
 
 
+def _repin_maps(prog_ids: Iterable[int], missing: set[str], pin_dir: str) -> dict[str, str]:
+    """Pin the maps named in ``missing`` that the programs ``prog_ids`` use (pins lost, programs
+    still running) as ``pin_dir/<name>``: name -> pin."""
+    adopted: dict[str, str] = {}
+    for prog_id in prog_ids:
+        for map_id in prog_info(prog_id=prog_id).map_ids:
+            name = map_info(map_id=map_id).name
+            if name in missing and name not in adopted:
+                adopted[name] = os.path.join(pin_dir, name)
+                pin_map_id(map_id, adopted[name])
+    if adopted:
+        log.warning("re-pinned maps of attached programs: %s", ", ".join(sorted(adopted)))
+    return adopted
+
+
 def ensure_objects(
     obj: str, pin_dir: str, key: str, maps: Sequence[str], programs: Sequence[str],
-    adopt: Callable[[set[str]], dict[str, str]], *, prog_type: str | None = "classifier",
+    attached: Callable[[], Iterable[int]], *, prog_type: str | None = "classifier",
 ) -> dict[str, str]:  # fmt: skip
     """The programs of ``obj`` pinned under ``pin_dir/prog-<key>`` (name -> pin), using the maps
     pinned as ``pin_dir/<name>``: reused when they are there (contents kept), else re-pinned from
-    programs still attached (``adopt(missing)`` -> name -> pin), else new. Already loaded against
+    the programs still attached (``attached()``: their ids), else new. Already loaded against
     those very maps: nothing is done. A pinned map whose type, key, value, size or flags differ
     from the object's (a new layout; libbpf would reuse it as is) is replaced by a new, empty one,
     with a warning. Loading goes through a scratch directory renamed into place, so a crash never
@@ -486,7 +501,7 @@ def ensure_objects(
     pinned = {name: os.path.join(pin_dir, name) for name in maps}
     found = {name: path for name, path in pinned.items() if os.path.exists(path)}
     if len(found) < len(maps):
-        found.update(adopt(set(maps) - set(found)))
+        found.update(_repin_maps(attached(), set(maps) - set(found), pin_dir))
     prog_dir = os.path.join(pin_dir, f"prog-{key}")
     progs = {name: os.path.join(prog_dir, name) for name in programs}
     if len(found) == len(maps) and all(os.path.exists(p) for p in progs.values()):

@@ -252,7 +252,7 @@ class IPIPTunnel:
             self._ensure_device(nl, self.mtu or uplink.mtu - IPIP_OVERHEAD)
             _relax_rp_filter(nl, self.uplink)
         progs = bpf.ensure_objects(obj, self.pin_dir, key, MAPS, (ENCAP_PROG, DECAP_PROG),
-                                   self._adopt_attached_maps)  # fmt: skip
+                                   self._attached_prog_ids)  # fmt: skip
         with bpf.BpfMap(self._pin(CONFIG_MAP)) as cfg:
             want = encode_config(local, uplink.index)
             if cfg.lookup(bytes(4)) != want:
@@ -311,22 +311,12 @@ class IPIPTunnel:
             if link.mtu != mtu or not link.up:
                 nl.link_set(link.index, mtu=mtu, up=True)
 
-    def _adopt_attached_maps(self, missing: set[str]) -> dict[str, str]:
-        """Re-pin the missing maps of our attached programs (pins lost, programs still running)."""
-        adopted: dict[str, str] = {}
+    def _attached_prog_ids(self) -> list[int]:
+        """Our programs attached to the tunnel's hooks (their maps outlive lost pins)."""
         hooks = ((TUNNEL_DEVICE, "egress", ENCAP_PROG), (self.uplink, "ingress", DECAP_PROG))
-        for dev, direction, name in hooks:
-            for flt in bpf.tc_filters(dev, direction, self.netns):
-                if flt.pref != TC_PREF or flt.prog_name != name or flt.prog_id is None:
-                    continue
-                for map_id in bpf.prog_info(prog_id=flt.prog_id).map_ids:
-                    info = bpf.map_info(map_id=map_id)
-                    if info.name in missing and info.name not in adopted:
-                        bpf.pin_map_id(map_id, self._pin(info.name))
-                        adopted[info.name] = self._pin(info.name)
-        if adopted:
-            log.warning("re-pinned maps of attached programs: %s", ", ".join(sorted(adopted)))
-        return adopted
+        return [flt.prog_id for dev, direction, name in hooks
+                for flt in bpf.tc_filters(dev, direction, self.netns)
+                if flt.pref == TC_PREF and flt.prog_name == name and flt.prog_id is not None]  # fmt: skip
 
     def _attach_all(self, progs: dict[str, str]) -> None:
         """Attach what is not attached yet; refuse (before touching anything) a foreign program."""

@@ -504,7 +504,7 @@ class SocketLB:
         self._ensure_bpffs()
         obj = bpf.compile_program(self.source, self.cache_dir)
         key = Path(obj).stem.rsplit("-", 1)[-1]
-        progs = bpf.ensure_objects(obj, self.pin_dir, key, MAPS, tuple(HOOKS), self._adopt_attached_maps,
+        progs = bpf.ensure_objects(obj, self.pin_dir, key, MAPS, tuple(HOOKS), self._attached_prog_ids,
                                    prog_type=None)  # fmt: skip
         self._attach_all(progs)
         self._drop_stale(f"prog-{key}")
@@ -545,24 +545,13 @@ class SocketLB:
             raise SockLBError(f"bpftool cgroup show {self.cgroup} printed no JSON: {out[:200]!r}") from exc
         return [r for r in rows if isinstance(r, dict)]
 
-    def _adopt_attached_maps(self, missing: set[str]) -> dict[str, str]:
-        """Re-pin the missing maps of our programs attached to the cgroup (pins lost)."""
-        adopted: dict[str, str] = {}
+    def _attached_prog_ids(self) -> list[int]:
+        """Our programs attached to the cgroup (their maps outlive lost pins)."""
         try:
             rows = self._attached()
         except bpf.BpfError:
-            return adopted
-        for row in rows:
-            if row.get("name") not in HOOKS or row.get("id") is None:
-                continue
-            for map_id in bpf.prog_info(prog_id=int(row["id"])).map_ids:
-                info = bpf.map_info(map_id=map_id)
-                if info.name in missing and info.name not in adopted:
-                    bpf.pin_map_id(map_id, self._pin(info.name))
-                    adopted[info.name] = self._pin(info.name)
-        if adopted:
-            log.warning("re-pinned maps of attached programs: %s", ", ".join(sorted(adopted)))
-        return adopted
+            return []
+        return [int(row["id"]) for row in rows if row.get("name") in HOOKS and row.get("id") is not None]
 
     def _attach_all(self, progs: Mapping[str, str]) -> None:
         """Attach each program unless it is; then detach older versions of it (same name and hook)."""
