@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
-echo "== ruff"; ruff check src tests
+echo "== ruff"; ruff check src tests; ruff format --check src tests
 echo "== import layers"; lint-imports
 echo "== pytest"
 set +e

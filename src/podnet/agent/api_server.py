@@ -20,8 +20,12 @@ class _Handler(socketserver.StreamRequestHandler):
         except ValueError as exc:
             response = {"ok": False, "code": 6, "msg": f"bad request: {exc}", "details": ""}
         except Exception as exc:  # a bug in a handler: answer it rather than drop the connection
-            response = {"ok": False, "code": 999, "msg": f"agent error: {type(exc).__name__}: {exc}",
-                        "details": "see the agent log"}  # fmt: skip
+            response = {
+                "ok": False,
+                "code": 999,
+                "msg": f"agent error: {type(exc).__name__}: {exc}",
+                "details": "see the agent log",
+            }
         self.wfile.write(json.dumps(response, separators=(",", ":")).encode() + b"\n")
 
 

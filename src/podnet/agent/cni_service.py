@@ -135,8 +135,13 @@ class CNIService:
         started = time.monotonic()
         req = Request.parse(doc)
         try:
-            method = {"ADD": self.add, "DEL": self.delete, "CHECK": self.check, "GC": self.gc,
-                      "STATUS": self.status}.get(req.verb)  # fmt: skip
+            method = {
+                "ADD": self.add,
+                "DEL": self.delete,
+                "CHECK": self.check,
+                "GC": self.gc,
+                "STATUS": self.status,
+            }.get(req.verb)
             if method is None:
                 raise CNIFailure(4, f"unknown verb {req.verb!r}")
             if req.verb in ("ADD", "DEL", "CHECK") and not req.container_id:
@@ -147,9 +152,18 @@ class CNIService:
                 waited = time.monotonic() - started
                 self.timings = {}
                 result = method(req)
-            kv(log, logging.INFO, "cni", verb=req.verb, container=req.container_id[:12],
-               pod=f"{req.namespace}/{req.pod}", ms=round((time.monotonic() - started) * 1000, 1),
-               queued_ms=round(waited * 1e3, 1), **self.timings, ok=True)  # fmt: skip
+            kv(
+                log,
+                logging.INFO,
+                "cni",
+                verb=req.verb,
+                container=req.container_id[:12],
+                pod=f"{req.namespace}/{req.pod}",
+                ms=round((time.monotonic() - started) * 1000, 1),
+                queued_ms=round(waited * 1e3, 1),
+                **self.timings,
+                ok=True,
+            )
             return {"ok": True, "result": result}
         except CNIFailure as exc:
             failure = exc
@@ -180,8 +194,11 @@ class CNIService:
         from podnet.agent.api import delete_queue_dir, socket_path
         from podnet.agent.delete_queue import serve_queued
 
-        queue_dir = (self.queue_dir or req.config.get("delete_queue_dir")
-                     or delete_queue_dir(socket_path(req.config.get("agent_socket"))))  # fmt: skip
+        queue_dir = (
+            self.queue_dir
+            or req.config.get("delete_queue_dir")
+            or delete_queue_dir(socket_path(req.config.get("agent_socket")))
+        )
         response = serve_queued(str(queue_dir), {**doc, "ifname": req.ifname}, self.handle)
         if response is not None and not response.get("ok"):
             raise CNIFailure(
@@ -234,9 +251,14 @@ class CNIService:
         scheme, gateway = self.scheme()
         host_ifname = dp.host_ifname_for("lxc" if scheme == "cilium" else "cali", req.namespace, req.pod)
         spec = dp.EndpointSpec(
-            netns=req.netns, ifname=req.ifname, host_ifname=host_ifname, addresses=tuple(addresses),
-            mtu=int(req.config.get("mtu") or 0) or self.pod_mtu(), scheme=scheme, gateway=gateway,
-        )  # fmt: skip
+            netns=req.netns,
+            ifname=req.ifname,
+            host_ifname=host_ifname,
+            addresses=tuple(addresses),
+            mtu=int(req.config.get("mtu") or 0) or self.pod_mtu(),
+            scheme=scheme,
+            gateway=gateway,
+        )
         with self._changing(addresses):  # a route apply meanwhile leaves these alone
             try:
                 wired = dp.wire_endpoint(spec)
@@ -245,10 +267,19 @@ class CNIService:
                 self.ipam.release_handle(req.handle)
                 raise CNIFailure(ERR_WIRING, f"wiring {req.ifname} in {req.netns} failed: {exc}") from exc
             record = EndpointRecord(
-                node=self.node, namespace=req.namespace, pod=req.pod, container_id=req.container_id,
-                ifname=req.ifname, host_ifname=wired.host_ifname, addresses=tuple(addresses), mac=wired.mac,
-                handle=req.handle, network=req.network, netns=req.netns, scheme=scheme,
-            )  # fmt: skip
+                node=self.node,
+                namespace=req.namespace,
+                pod=req.pod,
+                container_id=req.container_id,
+                ifname=req.ifname,
+                host_ifname=wired.host_ifname,
+                addresses=tuple(addresses),
+                mac=wired.mac,
+                handle=req.handle,
+                network=req.network,
+                netns=req.netns,
+                scheme=scheme,
+            )
             try:
                 self.resources.store.put(key, record.to_json())
             except Exception:
@@ -257,8 +288,11 @@ class CNIService:
                 raise
             self.endpoints[key] = record
         self.on_change()
-        self.timings = {"ipam_ms": round((t1 - t0) * 1e3, 1), "wire_ms": round((t2 - t1) * 1e3, 1),
-                        "record_ms": round((time.monotonic() - t2) * 1e3, 1)}  # fmt: skip
+        self.timings = {
+            "ipam_ms": round((t1 - t0) * 1e3, 1),
+            "wire_ms": round((t2 - t1) * 1e3, 1),
+            "record_ms": round((time.monotonic() - t2) * 1e3, 1),
+        }
         return {
             "cniVersion": "1.1.0",
             "interfaces": [
@@ -341,10 +375,14 @@ class CNIService:
             raise CNIFailure(ERR_CHECK, f"no endpoint for {req.ifname} of container {req.container_id}")
         _scheme, gateway = self.scheme()
         spec = dp.EndpointSpec(
-            netns=req.netns or record.netns, ifname=req.ifname, host_ifname=record.host_ifname,
-            addresses=record.addresses, mtu=int(req.config.get("mtu") or 0) or self.pod_mtu(),
-            scheme=record.scheme, gateway=gateway,
-        )  # fmt: skip
+            netns=req.netns or record.netns,
+            ifname=req.ifname,
+            host_ifname=record.host_ifname,
+            addresses=record.addresses,
+            mtu=int(req.config.get("mtu") or 0) or self.pod_mtu(),
+            scheme=record.scheme,
+            gateway=gateway,
+        )
         problems = dp.check_endpoint(spec)
         held = set(self.ipam.handle_ips(record.handle))
         missing = set(record.addresses) - held
@@ -367,16 +405,26 @@ class CNIService:
         removed = []
         for key, record in list(self.endpoints.items()):
             if record.network == req.network and (record.container_id, record.ifname) not in keep:
-                self.delete(Request("DEL", record.container_id, record.netns, record.ifname,
-                                    {"K8S_POD_NAMESPACE": record.namespace, "K8S_POD_NAME": record.pod},
-                                    {"name": record.network}))  # fmt: skip
+                self.delete(
+                    Request(
+                        "DEL",
+                        record.container_id,
+                        record.netns,
+                        record.ifname,
+                        {"K8S_POD_NAMESPACE": record.namespace, "K8S_POD_NAME": record.pod},
+                        {"name": record.network},
+                    )
+                )
                 removed.append(key)
         # Addresses this node holds for the network without an endpoint (an ADD that died midway).
         prefix = f"{req.network}."
         valid_handles = {handle_id(req.network, c, i) for c, i in keep}
         for alloc in self.ipam.snapshot().allocations():
-            if (alloc.node == self.node and alloc.handle_id.startswith(prefix)
-                    and alloc.handle_id not in valid_handles):  # fmt: skip
+            if (
+                alloc.node == self.node
+                and alloc.handle_id.startswith(prefix)
+                and alloc.handle_id not in valid_handles
+            ):
                 self.ipam.release_handle(alloc.handle_id)
         kv(log, logging.INFO, "cni gc", removed=len(removed))
         return {}

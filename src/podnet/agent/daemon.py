@@ -57,8 +57,10 @@ class AgentConfig:
     def bpf_dirs(self) -> dict:
         import os
 
-        return {"cache_dir": os.path.join(self.state_dir, "bpf"),
-                "pin_dir": os.path.join(self.bpf_dir, self.node, "ipip")}  # fmt: skip
+        return {
+            "cache_dir": os.path.join(self.state_dir, "bpf"),
+            "pin_dir": os.path.join(self.bpf_dir, self.node, "ipip"),
+        }
 
     def sock_lb_pin_dir(self) -> str:
         """Where the socket load balancer's programs and maps are pinned (``podnet bpf lb list``)."""
@@ -91,16 +93,30 @@ class Agent:
         self._sock_lb = None  # SocketLB while the Cilium profile balances at connect()
         self.policy_status = PolicyStatusWriter(self.store, self.layout, config.node)
         self.syncer = Syncer(
-            config.node, self.store, self.cache, self.endpoints, self._apply_routes, self.metrics,
-            uplink=config.uplink, refresh_seconds=config.refresh_seconds, apply_partial=self._apply_partial,
-        )  # fmt: skip
+            config.node,
+            self.store,
+            self.cache,
+            self.endpoints,
+            self._apply_routes,
+            self.metrics,
+            uplink=config.uplink,
+            refresh_seconds=config.refresh_seconds,
+            apply_partial=self._apply_partial,
+        )
         self.syncer.on_synced.append(self._on_first_sync)
         self.syncer.bgp = self._bgp_enabled
         self.cni = CNIService(
-            config.node, self.resources, self.ipam, self.endpoints, self.syncer.trigger,
-            pod_mtu=self._pod_mtu, scheme=self._scheme, ready=self._ready,
-            pools_and_labels=self._pools_and_labels, queue_dir=delete_queue_dir(config.socket),
-        )  # fmt: skip
+            config.node,
+            self.resources,
+            self.ipam,
+            self.endpoints,
+            self.syncer.trigger,
+            pod_mtu=self._pod_mtu,
+            scheme=self._scheme,
+            ready=self._ready,
+            pools_and_labels=self._pools_and_labels,
+            queue_dir=delete_queue_dir(config.socket),
+        )
         self._router_ip: str | None = None
         self._vxlan = None  # VXLANTunnel once this node has a VTEP
         self._bird = None  # BirdManager while BGP is on
@@ -186,12 +202,21 @@ class Agent:
         mac = vtep_mac(node)
         if self._underlay_mtu is None:
             self._pod_mtu()
-        tunnel = VXLANTunnel(name, vni=vni, port=port, uplink=self.config.uplink, local_ip=me.ip,
-                             mtu=(self._underlay_mtu or 1500) - VXLAN_OVERHEAD)  # fmt: skip
+        tunnel = VXLANTunnel(
+            name,
+            vni=vni,
+            port=port,
+            uplink=self.config.uplink,
+            local_ip=me.ip,
+            mtu=(self._underlay_mtu or 1500) - VXLAN_OVERHEAD,
+        )
         tunnel.ensure(ips[0], mac)
         if (me.vxlan_ip, me.vxlan_mac) != (ips[0], mac):
-            self.resources.patch(lookup("nodes"), node, {"metadata": {"annotations": {
-                VXLAN_ADDRESS_ANNOTATION: ips[0], VXLAN_MAC_ANNOTATION: mac}}})  # fmt: skip
+            self.resources.patch(
+                lookup("nodes"),
+                node,
+                {"metadata": {"annotations": {VXLAN_ADDRESS_ANNOTATION: ips[0], VXLAN_MAC_ANNOTATION: mac}}},
+            )
         self._vxlan = tunnel
 
     def _publish_router_ip(self) -> None:
@@ -222,14 +247,21 @@ class Agent:
                 self._bird = None
             return
         with self.syncer.lock:
-            nodes = [BgpNode.from_info(info, self.cache.node_annotations.get(name))
-                     for name, info in self.cache.nodes.items() if info.ip]  # fmt: skip
+            nodes = [
+                BgpNode.from_info(info, self.cache.node_annotations.get(name))
+                for name, info in self.cache.nodes.items()
+                if info.ip
+            ]
             text = render_bird_config(
-                self.config.node, nodes, list(self.cache.blocks.values()), self.cache.bgp_config.spec,
-                list(self.cache.bgp_peers.values()), list(self.cache.pools.values()),
+                self.config.node,
+                nodes,
+                list(self.cache.blocks.values()),
+                self.cache.bgp_config.spec,
+                list(self.cache.bgp_peers.values()),
+                list(self.cache.pools.values()),
                 no_kernel=sorted(set(plan.ipip_map) | {r.dst for r in plan.routes if r.onlink}),
                 options=BirdOptions(uplink=self.config.uplink),
-            )  # fmt: skip
+            )
         if self._bird is None:
             self._bird = BirdManager(os.path.dirname(os.path.abspath(self.config.socket)))
         outcome = self._bird.apply(text)
@@ -273,8 +305,15 @@ class Agent:
             pods = [a for r in self.endpoints.values() for a in r.addresses]
         mine = [h for h in heps if h.spec.node == self.config.node]
         interfaces = self._interface_addresses() if any(not h.spec.interface_name for h in mine) else None
-        plan = host_endpoint_plan(self.config.node, mine, settings.failsafe_inbound,
-                                  settings.failsafe_outbound, nodes, pods, interfaces)  # fmt: skip
+        plan = host_endpoint_plan(
+            self.config.node,
+            mine,
+            settings.failsafe_inbound,
+            settings.failsafe_outbound,
+            nodes,
+            pods,
+            interfaces,
+        )
         for name, error in plan.errors.items():
             kv(log, logging.WARNING, "host endpoint not enforced", hostEndpoint=name, error=error)
         if self.host_endpoints.apply(plan) == "applied":
@@ -299,8 +338,12 @@ class Agent:
         bgp_spec = getattr(self.cache.bgp_config, "spec", None)
         addresses = [a for n in self.cache.nodes.values() for a in (n.ip, n.vxlan_ip, n.router_ip)]
         metrics_port = self.config.metrics_address[1] if self.config.metrics_address else None
-        return control_plane(addresses, getattr(self.store, "endpoints", []),
-                             getattr(bgp_spec, "listen_port", BGP_PORT), metrics_port)  # fmt: skip
+        return control_plane(
+            addresses,
+            getattr(self.store, "endpoints", []),
+            getattr(bgp_spec, "listen_port", BGP_PORT),
+            metrics_port,
+        )
 
     def _apply_services(self) -> None:
         """Services: backends per frontend for this node (pure), then the Calico profile's
@@ -312,9 +355,12 @@ class Agent:
             settings = self._settings()
             me = self.cache.nodes.get(self.config.node)
             plan = service_plan(
-                self.config.node, list(self.cache.services.values()), list(self.cache.pods.values()),
-                [me.ip] if me and me.ip else [], settings.service_cluster_ip_range,
-            )  # fmt: skip
+                self.config.node,
+                list(self.cache.services.values()),
+                list(self.cache.pods.values()),
+                [me.ip] if me and me.ip else [],
+                settings.service_cluster_ip_range,
+            )
             pod_cidrs = [p.spec.cidr for p in self.cache.pools.values()]
         for service, why in plan.errors.items():
             kv(log, logging.WARNING, "service not served", service=service, error=why)
@@ -325,8 +371,14 @@ class Agent:
         outcome = self.services.apply(plan, pod_cidrs, nodeport_only=socket_lb)
         self._services_on = True
         if outcome["mode"] != "noop":
-            kv(log, logging.INFO, "services applied", mode=outcome["mode"], statements=outcome["statements"],
-               ms=round(outcome["seconds"] * 1e3, 1))  # fmt: skip
+            kv(
+                log,
+                logging.INFO,
+                "services applied",
+                mode=outcome["mode"],
+                statements=outcome["statements"],
+                ms=round(outcome["seconds"] * 1e3, 1),
+            )
 
     def _apply_socket_lb(self, plan) -> None:  # type: ignore[no-untyped-def]
         """eBPF socket load balancing for ``plan`` (None: off; detached if it was on). The programs
@@ -370,8 +422,10 @@ class Agent:
             self._vxlan.sync(plan.vxlan_peers)
         with self.syncer.lock:
             pools = [p for p in self.cache.pools.values()]
-        self.nat.apply([p.spec.cidr for p in pools if p.spec.nat_outgoing and not p.spec.disabled],
-                       [p.spec.cidr for p in pools])  # fmt: skip
+        self.nat.apply(
+            [p.spec.cidr for p in pools if p.spec.nat_outgoing and not p.spec.disabled],
+            [p.spec.cidr for p in pools],
+        )
         if plan.ipip_map or "ipip" in plan.modes:
             if self._ipip is None:
                 self._ipip = self._make_ipip()
@@ -381,16 +435,26 @@ class Agent:
             self._ipip.sync(plan.ipip_map, peers=peers)  # only nodes may send us IPIP
 
         desired = [
-            Route(dst=r.dst, gateway=r.gateway, dev=r.dev, kind=r.kind, onlink=r.onlink,
-                  scope="link" if r.dev and not r.gateway and r.kind == "unicast" else None)
+            Route(
+                dst=r.dst,
+                gateway=r.gateway,
+                dev=r.dev,
+                kind=r.kind,
+                onlink=r.onlink,
+                scope="link" if r.dev and not r.gateway and r.kind == "unicast" else None,
+            )
             for r in plan.routes
-        ]  # fmt: skip
+        ]
         diff = self.routes.apply(desired, settling=lambda: self.cni.settling(plan.endpoint_dsts))
         self._publish_router_ip()
         self._apply_policy()
         self._apply_services()
-        counts = {"added": len(diff.added), "replaced": len(diff.replaced), "deleted": len(diff.deleted),
-                  "failed": len(diff.failed)}  # fmt: skip
+        counts = {
+            "added": len(diff.added),
+            "replaced": len(diff.replaced),
+            "deleted": len(diff.deleted),
+            "failed": len(diff.failed),
+        }
         for route, error in diff.failed:
             kv(log, logging.WARNING, "route not applied", dst=route.dst, error=str(error))
         for op, n in counts.items():
@@ -402,12 +466,15 @@ class Agent:
     def health(self) -> tuple[bool, dict]:
         ok = self.syncer.in_sync.is_set() and self.syncer.last_error is None
         return ok, {
-            "node": self.config.node, "inSync": self.syncer.in_sync.is_set(), "revision": self.cache.revision,
-            "endpoints": len(self.endpoints), "lastError": self.syncer.last_error,
+            "node": self.config.node,
+            "inSync": self.syncer.in_sync.is_set(),
+            "revision": self.cache.revision,
+            "endpoints": len(self.endpoints),
+            "lastError": self.syncer.last_error,
             "unreachable": self.syncer.last_plan.unreachable if self.syncer.last_plan else {},
             "invalidKeys": self.cache.errors,
             "dropMonitor": self.drops.status() if self.drops else None,
-        }  # fmt: skip
+        }
 
     def _dispatch(self, doc: dict) -> dict:
         """The API: DROPS to the drop monitor, the CNI verbs (and anything else) to the CNI service."""
@@ -420,8 +487,14 @@ class Agent:
             return self.cache.pod_infos()
 
     def start(self) -> None:
-        kv(log, logging.INFO, "starting", node=self.config.node, socket=self.config.socket,
-           etcd=",".join(getattr(self.store, "endpoints", [])))  # fmt: skip
+        kv(
+            log,
+            logging.INFO,
+            "starting",
+            node=self.config.node,
+            socket=self.config.socket,
+            etcd=",".join(getattr(self.store, "endpoints", [])),
+        )
         from podnet.dataplane import sysctl
 
         sysctl.write_many(sysctl.NODE_SYSCTLS)  # a node forwards pod traffic

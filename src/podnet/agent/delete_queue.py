@@ -54,8 +54,13 @@ def _serve(path: str, handle: Callable[[dict], dict]) -> dict | None:
     if response.get("ok"):
         os.unlink(path)
     else:
-        kv(log, logging.WARNING, "queued DEL failed; kept for later", file=os.path.basename(path),
-           error=response.get("msg"))  # fmt: skip
+        kv(
+            log,
+            logging.WARNING,
+            "queued DEL failed; kept for later",
+            file=os.path.basename(path),
+            error=response.get("msg"),
+        )
     return response
 
 

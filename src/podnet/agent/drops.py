@@ -111,16 +111,25 @@ class DropMonitor:
 
     def status(self) -> dict[str, Any]:
         with self._cond:
-            return {"reading": self._reader is not None, "error": self.error, "seq": self._seq,
-                    "readErrors": self.read_errors}  # fmt: skip
+            return {
+                "reading": self._reader is not None,
+                "error": self.error,
+                "seq": self._seq,
+                "readErrors": self.read_errors,
+            }
 
     def _bind(self) -> bool:
         try:
             self._reader = self._open_reader()
         except Exception as exc:  # DataplaneError (EBUSY, EPERM) or OSError: the agent goes on
             if self.error != str(exc):
-                kv(log, logging.WARNING, "drop monitor cannot read NFLOG; no drops will be shown",
-                   error=str(exc), retry_seconds=RETRY_SECONDS)  # fmt: skip
+                kv(
+                    log,
+                    logging.WARNING,
+                    "drop monitor cannot read NFLOG; no drops will be shown",
+                    error=str(exc),
+                    retry_seconds=RETRY_SECONDS,
+                )
             self.error = str(exc)
             return False
         if self.error is not None:
@@ -235,6 +244,10 @@ class DropMonitor:
         except (TypeError, ValueError) as exc:
             return {"ok": False, "code": ERR_BAD_REQUEST, "msg": f"bad DROPS request: {exc}", "details": ""}
         if self._reader is None and self.error is not None:
-            return {"ok": False, "code": ERR_TRY_AGAIN, "msg": f"the drop monitor is not reading NFLOG: "
-                    f"{self.error}", "details": ""}  # fmt: skip
+            return {
+                "ok": False,
+                "code": ERR_TRY_AGAIN,
+                "msg": f"the drop monitor is not reading NFLOG: {self.error}",
+                "details": "",
+            }
         return self.query(since, wait, limit)

@@ -18,9 +18,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--uplink", default="eth0", help="the node's interface towards other nodes")
     p.add_argument("--state-dir", default="/var/lib/podnet", help="cache of compiled BPF objects")
     p.add_argument("--bpf-dir", default="/sys/fs/bpf/podnet", help="where BPF maps and programs are pinned")
-    p.add_argument("--cgroup", default=None,
-                   help="cgroup v2 directory of the pods, for eBPF socket load balancing (Cilium profile); "
-                        "default: none, services then go through nftables only")  # fmt: skip
+    p.add_argument(
+        "--cgroup",
+        default=None,
+        help="cgroup v2 directory of the pods, for eBPF socket load balancing (Cilium profile); "
+        "default: none, services then go through nftables only",
+    )
     p.add_argument("--refresh-seconds", type=float, default=60.0, help="periodic full resync")
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-file", default=None)
@@ -39,8 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics != "off":
         host, _, port = args.metrics.rpartition(":")
         metrics_address = (host or "127.0.0.1", int(port))
-    config = AgentConfig(args.node, args.etcd_endpoints, args.socket, metrics_address, args.uplink,
-                         args.refresh_seconds, args.state_dir, args.bpf_dir, args.cgroup)  # fmt: skip
+    config = AgentConfig(
+        args.node,
+        args.etcd_endpoints,
+        args.socket,
+        metrics_address,
+        args.uplink,
+        args.refresh_seconds,
+        args.state_dir,
+        args.bpf_dir,
+        args.cgroup,
+    )
     try:
         Agent(config).run_forever()
     except PodnetError as exc:

@@ -57,10 +57,14 @@ class PolicyStatusWriter:
         if error is None:
             self.applied_revision = revision
         self._pending = PolicyReport(
-            node=self.node, time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), revision=revision,
-            applied_revision=self.applied_revision, error=error,
-            compile_errors=dict(compile_errors), invalid=dict(invalid),
-        )  # fmt: skip
+            node=self.node,
+            time=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            revision=revision,
+            applied_revision=self.applied_revision,
+            error=error,
+            compile_errors=dict(compile_errors),
+            invalid=dict(invalid),
+        )
         self._wake.set()
 
     def start(self) -> None:
@@ -76,7 +80,12 @@ class PolicyStatusWriter:
         if a is None or b is None:
             return a is b
         return (a.revision, a.applied_revision, a.error, a.compile_errors, a.invalid) == (
-            b.revision, b.applied_revision, b.error, b.compile_errors, b.invalid)  # fmt: skip
+            b.revision,
+            b.applied_revision,
+            b.error,
+            b.compile_errors,
+            b.invalid,
+        )
 
     def flush(self) -> bool:
         """Write the newest report if it is new; False when the datastore refused (retry later)."""

@@ -149,9 +149,13 @@ class Syncer:
                 with self.lock:
                     policy = encap_policy(self.cache.pools.values(), self.cache.config, self.bgp())
                     plan = node_routes(
-                        self.node, self.cache.nodes, list(self.cache.blocks.values()),
-                        list(self.endpoints.values()), self.uplink, policy,
-                    )  # fmt: skip
+                        self.node,
+                        self.cache.nodes,
+                        list(self.cache.blocks.values()),
+                        list(self.endpoints.values()),
+                        self.uplink,
+                        policy,
+                    )
                 done = self.apply_routes(plan)
                 self.last_plan, self.last_error = plan, None
                 self.metrics.syncs.labels("ok").inc()

@@ -126,8 +126,9 @@ def cycle_workload(cycle: int, opts: Options, host_ips: dict[str, str] | None = 
     written Running with a 100.64/10 address and the datastore-only annotation."""
     if not 0 <= opts.real_pods <= opts.pods:
         raise ValueError("need 0 <= real-pods <= pods")
-    base = generate_workload(opts.pods, opts.policies, opts.rules_per_policy, nodes=opts.nodes,
-                             seed=opts.seed + cycle)  # fmt: skip
+    base = generate_workload(
+        opts.pods, opts.policies, opts.rules_per_policy, nodes=opts.nodes, seed=opts.seed + cycle
+    )
     prefix = f"c{cycle:02d}-"
     pods, real = [], []
     for i, doc in enumerate(p for p in base.pods if p["metadata"]["namespace"] != CONTROL_NS):
@@ -138,8 +139,12 @@ def cycle_workload(cycle: int, opts: Options, host_ips: dict[str, str] | None = 
         else:
             ip = virtual_ip(cycle, i, opts.pods)
             doc["metadata"]["annotations"] = {VIRTUAL_ANNOTATION: VIRTUAL_VALUE}
-            doc["status"] = {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-                             "conditions": [{"type": "Ready", "status": "True"}]}  # fmt: skip
+            doc["status"] = {
+                "phase": "Running",
+                "podIP": ip,
+                "podIPs": [{"ip": ip}],
+                "conditions": [{"type": "Ready", "status": "True"}],
+            }
             if host_ips and doc["spec"]["nodeName"] in host_ips:
                 doc["status"]["hostIP"] = host_ips[doc["spec"]["nodeName"]]
         pods.append(doc)
@@ -168,13 +173,21 @@ def growth(rss: Sequence[float]) -> dict[str, float | None]:
     increase from cycle 2 on (MiB and %; negative when RSS only fell). None without 2 such cycles."""
     after = list(rss[1:])
     if len(after) < 2:
-        return {"slope_mib_per_cycle": None, "slope_pct_per_cycle": None, "max_delta_mib": None,
-                "max_delta_pct": None}  # fmt: skip
+        return {
+            "slope_mib_per_cycle": None,
+            "slope_pct_per_cycle": None,
+            "max_delta_mib": None,
+            "max_delta_pct": None,
+        }
     slope = least_squares_slope(after)
     delta = max(b - a for a, b in itertools.pairwise(after))
     ref = after[0]
-    return {"slope_mib_per_cycle": round(slope, 3), "slope_pct_per_cycle": round(100 * slope / ref, 3),
-            "max_delta_mib": round(delta, 2), "max_delta_pct": round(100 * delta / ref, 3)}  # fmt: skip
+    return {
+        "slope_mib_per_cycle": round(slope, 3),
+        "slope_pct_per_cycle": round(100 * slope / ref, 3),
+        "max_delta_mib": round(delta, 2),
+        "max_delta_pct": round(100 * delta / ref, 3),
+    }
 
 
 def summarize(samples: dict[str, list[float]]) -> dict[str, Any]:
@@ -182,9 +195,12 @@ def summarize(samples: dict[str, list[float]]) -> dict[str, Any]:
     per_node = {node: growth(values) for node, values in sorted(samples.items())}
     slopes = [g["slope_pct_per_cycle"] for g in per_node.values() if g["slope_pct_per_cycle"] is not None]
     deltas = [g["max_delta_pct"] for g in per_node.values() if g["max_delta_pct"] is not None]
-    return {"per_node": per_node, "worst_slope_pct_per_cycle": max(slopes) if slopes else None,
-            "worst_max_delta_pct": max(deltas) if deltas else None,
-            "bound_pct_per_cycle": BOUND_PCT_PER_CYCLE}  # fmt: skip
+    return {
+        "per_node": per_node,
+        "worst_slope_pct_per_cycle": max(slopes) if slopes else None,
+        "worst_max_delta_pct": max(deltas) if deltas else None,
+        "bound_pct_per_cycle": BOUND_PCT_PER_CYCLE,
+    }
 
 
 def count_addresses_in(doc: dict, net: ipaddress.IPv4Network = VIRTUAL_NET) -> int:
@@ -406,29 +422,35 @@ def render_row(row: dict) -> str:
     peak = " ".join(f"{v:7.1f}" for _, v in sorted(row["rss_peak_mib"].items()))
     sets = "/".join(str(k["virtual_addresses"]) for _, k in sorted(row["peak_kernel"].items()))
     rules = "/".join(str(k["policy_rules"]) for _, k in sorted(row["peak_kernel"].items()))
-    return (f"{row['cycle']:5} {rss}   {peak}   {row['up_s']:6.1f} {row['down_s']:6.1f}   "
-            f"{rules:>17} {sets:>17}")  # fmt: skip
+    return (
+        f"{row['cycle']:5} {rss}   {peak}   {row['up_s']:6.1f} {row['down_s']:6.1f}   {rules:>17} {sets:>17}"
+    )
 
 
 def render(r: dict) -> str:
     p = r["params"]
     nodes = sorted(r["rss_idle_mib"])
-    lines = [f"Agent memory under churn: {p['cycles']} cycles x {p['pods']} pods ({p['real_pods']} real, the "
-             f"rest datastore-only) and {p['policies']} NetworkPolicies, {p['nodes']} nodes",
-             f"lab up {r['lab_up_s']} s; idle RSS (MiB) "
-             + ", ".join(f"{n} {r['rss_idle_mib'][n]}" for n in nodes), "",
-             f"{'cycle':5} {'RSS after delete (MiB)':>{8 * len(nodes) - 1}}   "
-             f"{'RSS at peak (MiB)':>{8 * len(nodes) - 1}}   {'up s':>6} {'down s':>6}   "
-             f"{'policy rules':>17} {'100.64 addrs':>17}"]  # fmt: skip
+    lines = [
+        f"Agent memory under churn: {p['cycles']} cycles x {p['pods']} pods ({p['real_pods']} real, the "
+        f"rest datastore-only) and {p['policies']} NetworkPolicies, {p['nodes']} nodes",
+        f"lab up {r['lab_up_s']} s; idle RSS (MiB) "
+        + ", ".join(f"{n} {r['rss_idle_mib'][n]}" for n in nodes),
+        "",
+        f"{'cycle':5} {'RSS after delete (MiB)':>{8 * len(nodes) - 1}}   "
+        f"{'RSS at peak (MiB)':>{8 * len(nodes) - 1}}   {'up s':>6} {'down s':>6}   "
+        f"{'policy rules':>17} {'100.64 addrs':>17}",
+    ]
     lines += [render_row(row) for row in r["cycles"]]
     g = r.get("growth")
     if g:
         lines.append("")
         lines.append("growth per cycle after the first (least squares over cycles 2..N; max step):")
         for node, s in g["per_node"].items():
-            lines.append(f"  {node:10} slope {s['slope_mib_per_cycle']} MiB = "
-                         f"{s['slope_pct_per_cycle']} %/cycle; "
-                         f"max step {s['max_delta_mib']} MiB = {s['max_delta_pct']} %")  # fmt: skip
+            lines.append(
+                f"  {node:10} slope {s['slope_mib_per_cycle']} MiB = "
+                f"{s['slope_pct_per_cycle']} %/cycle; "
+                f"max step {s['max_delta_mib']} MiB = {s['max_delta_pct']} %"
+            )
         lines.append(
             f"  worst node: {g['worst_slope_pct_per_cycle']} %/cycle (bar: < {g['bound_pct_per_cycle']} %)"
         )
@@ -453,8 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=Options.timeout, help="per wait")
     ap.add_argument("--json", metavar="FILE", help="also write every sample as JSON")
     args = ap.parse_args(argv)
-    opts = Options(rules_per_policy=args.rules_per_policy, seed=args.seed, settle=args.settle,
-                   timeout=args.timeout)  # fmt: skip
+    opts = Options(
+        rules_per_policy=args.rules_per_policy, seed=args.seed, settle=args.settle, timeout=args.timeout
+    )
     overlay(opts, args, ("cycles", "pods", "policies", "real_pods"), QUICK if args.quick else {})
     emit(run(opts), args.json, render)
     return 0

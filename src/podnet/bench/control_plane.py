@@ -36,9 +36,12 @@ BENCH_PREFIX = "pnbench-"
 
 
 def _runtime(names: LabNames, info: cluster.LabInfo, node: str) -> CNIRuntime:
-    return CNIRuntime(names.cni_conf_dir(node), [cluster.cni_bin_dir(names)],
-                      os.path.join(names.node_dir(node), "cni", "bench-cache"),
-                      netns_exec=info.topology.node(node).netns)  # fmt: skip
+    return CNIRuntime(
+        names.cni_conf_dir(node),
+        [cluster.cni_bin_dir(names)],
+        os.path.join(names.node_dir(node), "cni", "bench-cache"),
+        netns_exec=info.topology.node(node).netns,
+    )
 
 
 def cni_latency(names: LabNames, info: cluster.LabInfo, sandboxes: int, concurrency: int) -> dict:
@@ -60,10 +63,18 @@ def cni_latency(names: LabNames, info: cluster.LabInfo, sandboxes: int, concurre
 
     try:
         with ThreadPoolExecutor(concurrency) as pool:
-            adds = list(pool.map(lambda i: timed(runtime.add, boxes[i][0], netns_path(boxes[i][1]), "eth0",
-                                                 args(i)), range(sandboxes)))  # fmt: skip
-            dels = list(pool.map(lambda i: timed(runtime.delete, boxes[i][0], netns_path(boxes[i][1]), "eth0",
-                                                 args(i)), range(sandboxes)))  # fmt: skip
+            adds = list(
+                pool.map(
+                    lambda i: timed(runtime.add, boxes[i][0], netns_path(boxes[i][1]), "eth0", args(i)),
+                    range(sandboxes),
+                )
+            )
+            dels = list(
+                pool.map(
+                    lambda i: timed(runtime.delete, boxes[i][0], netns_path(boxes[i][1]), "eth0", args(i)),
+                    range(sandboxes),
+                )
+            )
     finally:
         for _, ns in boxes:
             delete_netns(ns)
@@ -84,18 +95,25 @@ def cni_latency(names: LabNames, info: cluster.LabInfo, sandboxes: int, concurre
 def pods_to_running(info: cluster.LabInfo, pods: int, timeout: float = 120.0) -> dict:
     store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
     docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}}] + [
-        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"web-{i}", "namespace": "bench"},
-         "spec": {"containers": [{"name": "web", "ports": [{"containerPort": 8080}]}]}}
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"web-{i}", "namespace": "bench"},
+            "spec": {"containers": [{"name": "web", "ports": [{"containerPort": 8080}]}]},
+        }
         for i in range(pods)
-    ]  # fmt: skip
+    ]
     resources = [parse_resource(d) for d in docs]
     started = time.perf_counter()
     store.apply(resources)
     while True:
         running = [p for p in store.list(lookup("pods"), "bench") if p.status and p.status.phase == "Running"]
         if len(running) == pods:
-            return {"pods": pods, "seconds": round(time.perf_counter() - started, 3),
-                    "nodes": sorted({p.spec.node_name for p in running})}  # fmt: skip
+            return {
+                "pods": pods,
+                "seconds": round(time.perf_counter() - started, 3),
+                "nodes": sorted({p.spec.node_name for p in running}),
+            }
         if time.perf_counter() - started > timeout:
             raise TimeoutError(f"only {len(running)}/{pods} pods Running after {timeout:g}s")
         time.sleep(0.02)
@@ -117,8 +135,11 @@ def run(sandboxes: int = 50, concurrency: int = 10, pods: int = 30, nodes: int =
 
 
 def render(results: dict) -> str:
-    lines = [f"lab up: {results['lab_up_seconds']} s", "",
-             f"{'CNI (n per row)':32} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}"]  # fmt: skip
+    lines = [
+        f"lab up: {results['lab_up_seconds']} s",
+        "",
+        f"{'CNI (n per row)':32} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8}",
+    ]
     for row in results["cni"]:
         for key, label in (
             ("add_chain", "ADD, whole chain"),

@@ -298,9 +298,14 @@ class Side:
 def run_client(side: Side, cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
     """``cmd`` in the client pod: its cgroup first (if any), then its netns."""
     env = dict(os.environ, **{MARKER_ENV: side.marker})
-    return subprocess.run([IP, "netns", "exec", side.client_ns, *cmd], capture_output=True, text=True,
-                          timeout=timeout, env=env,
-                          preexec_fn=join_cgroup(side.client_cgroup))  # fmt: skip
+    return subprocess.run(
+        [IP, "netns", "exec", side.client_ns, *cmd],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        preexec_fn=join_cgroup(side.client_cgroup),
+    )
 
 
 def read_proc_stat() -> tuple[int, int]:
@@ -323,12 +328,26 @@ def whole_seconds(duration: float) -> int:
 def iperf(side: Side, duration: float, streams: int = 1) -> IperfResult:
     """iperf3 client pod -> server pod, ``streams`` parallel TCP streams."""
     port = str(random.randint(20000, 40000))
-    server = spawn(["iperf3", "-s", "-1", "-p", port], netns=side.server_ns, cgroup=side.server_cgroup,
-                   lab_prefix=side.marker)  # fmt: skip
+    server = spawn(
+        ["iperf3", "-s", "-1", "-p", port],
+        netns=side.server_ns,
+        cgroup=side.server_cgroup,
+        lab_prefix=side.marker,
+    )
     try:
         time.sleep(0.2)
-        cmd = ["iperf3", "-c", side.server_ip, "-p", port, "-t", str(whole_seconds(duration)),
-               "-P", str(streams), "-J"]  # fmt: skip
+        cmd = [
+            "iperf3",
+            "-c",
+            side.server_ip,
+            "-p",
+            port,
+            "-t",
+            str(whole_seconds(duration)),
+            "-P",
+            str(streams),
+            "-J",
+        ]
         for attempt in range(5):
             hz = os.sysconf("SC_CLK_TCK")
             before = read_proc_stat()
@@ -339,18 +358,21 @@ def iperf(side: Side, duration: float, streams: int = 1) -> IperfResult:
                 time.sleep(0.3)
                 continue
             if "error" in doc or "end" not in doc:
-                raise RuntimeError(f"iperf3 {side.name} -> {side.server_ip}: "
-                                   f"{doc.get('error', out.stderr.strip())}")  # fmt: skip
+                raise RuntimeError(
+                    f"iperf3 {side.name} -> {side.server_ip}: {doc.get('error', out.stderr.strip())}"
+                )
             received = doc["end"]["sum_received"]
-            return IperfResult(received["bits_per_second"] / 1e9, received["seconds"],
-                               cpu_seconds(before, after, hz))  # fmt: skip
+            return IperfResult(
+                received["bits_per_second"] / 1e9, received["seconds"], cpu_seconds(before, after, hz)
+            )
         raise AssertionError("unreachable")
     finally:
         server.stop()
 
 
-def wrk(side: Side, duration: float, connections: int, *, close: bool = False,
-        script: str | None = None) -> WrkResult:  # fmt: skip
+def wrk(
+    side: Side, duration: float, connections: int, *, close: bool = False, script: str | None = None
+) -> WrkResult:
     """wrk in the client pod against nginx in the server pod."""
     url = f"http://{side.server_ip}:{NGINX_PORT}/"
     cmd = services_wrk_command(url, whole_seconds(duration), WRK_THREADS, connections, close)
@@ -397,12 +419,18 @@ def measure(side: Side, measurement: str, duration: float, script: str) -> dict[
         return {measurement: r.gbps}
     if measurement == "paced":
         w = wrk(side, duration, PACED_CONNECTIONS, script=script)
-        return {"latency_p50": w.latency_ms["p50"], "latency_p99": w.latency_ms["p99"],
-                "_rate": w.requests_per_s}  # fmt: skip
+        return {
+            "latency_p50": w.latency_ms["p50"],
+            "latency_p99": w.latency_ms["p99"],
+            "_rate": w.requests_per_s,
+        }
     if measurement == "saturated":
         w = wrk(side, duration, SATURATION_CONNECTIONS)
-        return {"latency_sat_p50": w.latency_ms["p50"], "latency_sat_p99": w.latency_ms["p99"],
-                "_rate": w.requests_per_s}  # fmt: skip
+        return {
+            "latency_sat_p50": w.latency_ms["p50"],
+            "latency_sat_p99": w.latency_ms["p99"],
+            "_rate": w.requests_per_s,
+        }
     if measurement == "conn_rate":
         return {"conn_rate": wrk(side, duration, CONN_RATE_CONNECTIONS, close=True).requests_per_s}
     raise ValueError(f"unknown measurement {measurement!r}")
@@ -441,8 +469,12 @@ def build_baseline(stack: ExitStack, path: str, workdir: str, marker: str) -> tu
     os.makedirs(os.path.join(directory, "tmp"), exist_ok=True)
     with open(os.path.join(directory, "nginx.conf"), "w") as f:
         f.write(nginx_config(directory, body=f"baseline-{path}"))
-    nginx: Spawned = spawn(nginx_command(directory), netns=hand.ns["p2"], lab_prefix=marker,
-                           log=os.path.join(directory, "stdout.log"))  # fmt: skip
+    nginx: Spawned = spawn(
+        nginx_command(directory),
+        netns=hand.ns["p2"],
+        lab_prefix=marker,
+        log=os.path.join(directory, "stdout.log"),
+    )
     stack.callback(nginx.stop)  # runs before HandBuilt removes the namespaces
     side = Side(baseline_side(path), marker, hand.ns["p1"], hand.ns["p2"], hand.pod_ip["p2"])
     wait_nginx(side)
@@ -463,8 +495,14 @@ def build_lab(stack: ExitStack, name: str) -> tuple[Side, LabSpec, int]:
     store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
     docs: list[dict] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}]
     for pod, node in ((CLIENT, CLIENT_NODE), (SERVER, SERVER_NODE)):
-        docs.append({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": NAMESPACE},
-                     "spec": {"nodeName": node, "containers": [{"name": "c"}]}})  # fmt: skip
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": pod, "namespace": NAMESPACE},
+                "spec": {"nodeName": node, "containers": [{"name": "c"}]},
+            }
+        )
     store.apply([parse_resource(d) for d in docs])
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
@@ -479,8 +517,15 @@ def build_lab(stack: ExitStack, name: str) -> tuple[Side, LabSpec, int]:
     client_ns, server_ns = names.pod_ns(NAMESPACE, CLIENT), names.pod_ns(NAMESPACE, SERVER)
     server_cg = names.pod_cgroup(SERVER_NODE, pods[SERVER].metadata.uid)
     start_nginx(names, SERVER, server_ns, server_cg)  # recorded in the lab state: teardown stops it
-    side = Side(name, names.prefix, client_ns, server_ns, pods[SERVER].status.pod_ip,
-                names.pod_cgroup(CLIENT_NODE, pods[CLIENT].metadata.uid), server_cg)  # fmt: skip
+    side = Side(
+        name,
+        names.prefix,
+        client_ns,
+        server_ns,
+        pods[SERVER].status.pod_ip,
+        names.pod_cgroup(CLIENT_NODE, pods[CLIENT].metadata.uid),
+        server_cg,
+    )
     wait_nginx(side)
     return side, spec, pod_mtu(client_ns)
 
@@ -495,8 +540,13 @@ def check_tools() -> None:
         raise RuntimeError(f"{', '.join(missing)} not installed")
 
 
-def run(profiles: Sequence[str], repeats: int = DEFAULTS["repeats"], duration: float = DEFAULTS["duration"],
-        quick: bool = False, progress: ProgressFn | None = None) -> dict:  # fmt: skip
+def run(
+    profiles: Sequence[str],
+    repeats: int = DEFAULTS["repeats"],
+    duration: float = DEFAULTS["duration"],
+    quick: bool = False,
+    progress: ProgressFn | None = None,
+) -> dict:
     """Measure ``profiles`` and their baselines, interleaved; see the module docstring."""
     if repeats < 1 or duration <= 0:
         raise ValueError("repeats must be >= 1 and duration > 0")
@@ -506,19 +556,29 @@ def run(profiles: Sequence[str], repeats: int = DEFAULTS["repeats"], duration: f
     warmup_s = 1.0 if quick else 2.0
     started = time.monotonic()
     result: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
-                    "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+        },
         "settings": {
-            "repeats": repeats, "duration": duration, "quick": quick,
-            "run_seconds": whole_seconds(duration), "warmup_s": warmup_s,
-            "paced": {"connections": PACED_CONNECTIONS, "delay_ms": PACED_DELAY_MS,
-                      "target_per_s": round(paced_rate(PACED_CONNECTIONS, PACED_DELAY_MS))},
+            "repeats": repeats,
+            "duration": duration,
+            "quick": quick,
+            "run_seconds": whole_seconds(duration),
+            "warmup_s": warmup_s,
+            "paced": {
+                "connections": PACED_CONNECTIONS,
+                "delay_ms": PACED_DELAY_MS,
+                "target_per_s": round(paced_rate(PACED_CONNECTIONS, PACED_DELAY_MS)),
+            },
             "saturation_connections": SATURATION_CONNECTIONS,
-            "conn_rate_connections": CONN_RATE_CONNECTIONS, "wrk_threads": WRK_THREADS,
+            "conn_rate_connections": CONN_RATE_CONNECTIONS,
+            "wrk_threads": WRK_THREADS,
         },
         "baselines": {},
         "profiles": {},
-    }  # fmt: skip
+    }
     marker = f"{BENCH_PREFIX[:-1]}{secrets.token_hex(2)}-"  # the hand-built side's processes
     sides: dict[str, Side] = {}
     scenarios: dict[str, dict[str, dict[str, Any]]] = {}
@@ -542,8 +602,12 @@ def run(profiles: Sequence[str], repeats: int = DEFAULTS["repeats"], duration: f
                 side, spec, mtu = build_lab(path_stack, step.side)
                 sides[step.side] = side
                 scenarios[step.side] = empty_scenarios()
-                result["profiles"][step.side] = {"path": step.path, "spec": spec.to_dict(), "pod_mtu": mtu,
-                                                 "scenarios": scenarios[step.side]}  # fmt: skip
+                result["profiles"][step.side] = {
+                    "path": step.path,
+                    "spec": spec.to_dict(),
+                    "pod_mtu": mtu,
+                    "scenarios": scenarios[step.side],
+                }
             elif step.kind == "warmup":
                 warm_up(sides[step.side], warmup_s)
             elif step.kind == "measure":
@@ -560,9 +624,16 @@ def run(profiles: Sequence[str], repeats: int = DEFAULTS["repeats"], duration: f
 
 # ------------------------------------------------------------------------------------ the table
 
-SHORT = {"tcp_1": "tcp 1", "tcp_4": "tcp 4", "latency_p50": "lat p50", "latency_p99": "lat p99",
-         "latency_sat_p50": "sat p50", "latency_sat_p99": "sat p99", "conn_rate": "conn/s",
-         "cpu_per_gbit": "CPUs/Gb"}  # fmt: skip
+SHORT = {
+    "tcp_1": "tcp 1",
+    "tcp_4": "tcp 4",
+    "latency_p50": "lat p50",
+    "latency_p99": "lat p99",
+    "latency_sat_p50": "sat p50",
+    "latency_sat_p99": "sat p99",
+    "conn_rate": "conn/s",
+    "cpu_per_gbit": "CPUs/Gb",
+}
 
 
 def _fmt(value: float) -> str:
@@ -574,9 +645,11 @@ def _fmt(value: float) -> str:
 def render(result: dict) -> str:
     """A plain table: medians per side, and each profile's ratio to its path's baseline."""
     s = result["settings"]
-    head = (f"medians of {s['repeats']} x {s['run_seconds']} s, interleaved with the hand-built baseline "
-            f"of the same data path; latency paced at {s['paced']['connections']} conn x "
-            f"{s['paced']['delay_ms']} ms delay (<= {s['paced']['target_per_s']} req/s)")  # fmt: skip
+    head = (
+        f"medians of {s['repeats']} x {s['run_seconds']} s, interleaved with the hand-built baseline "
+        f"of the same data path; latency paced at {s['paced']['connections']} conn x "
+        f"{s['paced']['delay_ms']} ms delay (<= {s['paced']['target_per_s']} req/s)"
+    )
     width = 9
     cols = "".join(f"{SHORT[k]:>{width}}" for k in SCENARIOS)
     units = "".join(f"{SCENARIOS[k].split('/')[0][: width - 1]:>{width}}" for k in SCENARIOS)
@@ -595,14 +668,22 @@ def render(result: dict) -> str:
             pmed = [median_or_nan(prof["scenarios"][k]["samples"]) for k in SCENARIOS]
             lines.append(row(f"  {name} (mtu {prof.get('pod_mtu', '?')})", pmed))
             ratios = [p / b if b and b == b else float("nan") for p, b in zip(pmed, bmed, strict=True)]
-            lines.append(f"{'    ratio to baseline':{label}}" + "".join(
-                f"{(f'{r:.2f}' if r == r else '-'):>{width}}" for r in ratios))  # fmt: skip
-    rates = [f"{name} {median_or_nan(p['scenarios']['latency_p50'].get('rate_per_s', [])):.0f}"
-             for name, p in [*((f"baseline {k}", v) for k, v in result["baselines"].items()),
-                             *result["profiles"].items()]]  # fmt: skip
+            lines.append(
+                f"{'    ratio to baseline':{label}}"
+                + "".join(f"{(f'{r:.2f}' if r == r else '-'):>{width}}" for r in ratios)
+            )
+    rates = [
+        f"{name} {median_or_nan(p['scenarios']['latency_p50'].get('rate_per_s', [])):.0f}"
+        for name, p in [
+            *((f"baseline {k}", v) for k, v in result["baselines"].items()),
+            *result["profiles"].items(),
+        ]
+    ]
     lines += ["", "paced req/s achieved: " + ", ".join(rates)]
-    lines.append("ratios are profile / baseline: above 1 is better for tcp and conn/s, worse for latency "
-                 "and CPU per Gbit")  # fmt: skip
+    lines.append(
+        "ratios are profile / baseline: above 1 is better for tcp and conn/s, worse for latency "
+        "and CPU per Gbit"
+    )
     if "wall_s" in result:
         lines.append(f"wall time {result['wall_s']} s")
     return "\n".join(lines)

@@ -99,10 +99,18 @@ class Sizes:
     timeout: float  # per phase
 
 
-FULL = Sizes(pods=100, policies=1000, rules_per_policy=5, changes=20, sandboxes=50, ipam_allocations=2000,
-             timeout=600.0)  # fmt: skip
-QUICK = Sizes(pods=30, policies=100, rules_per_policy=5, changes=3, sandboxes=10, ipam_allocations=200,
-              timeout=180.0)  # fmt: skip
+FULL = Sizes(
+    pods=100,
+    policies=1000,
+    rules_per_policy=5,
+    changes=20,
+    sandboxes=50,
+    ipam_allocations=2000,
+    timeout=600.0,
+)
+QUICK = Sizes(
+    pods=30, policies=100, rules_per_policy=5, changes=3, sandboxes=10, ipam_allocations=200, timeout=180.0
+)
 
 
 def lab_spec(profile: str, underlay: str | None = None) -> LabSpec:
@@ -157,8 +165,17 @@ def node_memory(names: LabNames, bgp: bool) -> dict[str, dict]:
 # ------------------------------------------------------------------------------ route convergence
 
 
-_NOT_FORWARDING = ("Deleted", "blackhole", "unreachable", "prohibit", "throw", "local", "broadcast",
-                   "multicast", "anycast")  # fmt: skip
+_NOT_FORWARDING = (
+    "Deleted",
+    "blackhole",
+    "unreachable",
+    "prohibit",
+    "throw",
+    "local",
+    "broadcast",
+    "multicast",
+    "anycast",
+)
 
 
 def parse_route_line(line: str) -> ipaddress.IPv4Network | None:
@@ -248,8 +265,11 @@ def route_convergence(names: LabNames, info, store, timeout: float = 120.0, sett
 
     topo = info.topology
     joiner, others = topo.nodes[-1], topo.nodes[:-1]
-    node_doc = next(d for d in cluster.cluster_resources(topo)
-                    if d["kind"] == "Node" and d["metadata"]["name"] == joiner.name)  # fmt: skip
+    node_doc = next(
+        d
+        for d in cluster.cluster_resources(topo)
+        if d["kind"] == "Node" and d["metadata"]["name"] == joiner.name
+    )
     record = next(p for p in LabState(names.state_dir).processes() if p.name == f"agent-{joiner.name}")
 
     # leave
@@ -276,8 +296,12 @@ def route_convergence(names: LabNames, info, store, timeout: float = 120.0, sett
         store.apply([parse_resource(node_doc)])
         cluster.restart_agent(names, joiner.name, sig=signal.SIGTERM)
         t_ready = time.perf_counter()
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "join-probe", "namespace": "default"},
-               "spec": {"nodeName": joiner.name, "containers": [{"name": "c"}]}}  # fmt: skip
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "join-probe", "namespace": "default"},
+            "spec": {"nodeName": joiner.name, "containers": [{"name": "c"}]},
+        }
         t_pod = time.perf_counter()
         store.apply([parse_resource(pod)])
         ip = _wait_pod_ip(store, "default", "join-probe", timeout)
@@ -338,9 +362,14 @@ def load_workload(store, workload: Workload, node_ns: dict[str, str], timeout: f
                 f"policies not programmed on {sorted(set(targets) - set(done))} after {timeout:g}s"
             )
         time.sleep(0.05)
-    return {"pods": len(workload.pods), "policies": len(workload.policies), "rules": workload.rule_count,
-            "pods_running_s": round(pods_s, 2), "policies_programmed_s": round(max(done.values()), 2),
-            "ips": ips}  # fmt: skip
+    return {
+        "pods": len(workload.pods),
+        "policies": len(workload.policies),
+        "rules": workload.rule_count,
+        "pods_running_s": round(pods_s, 2),
+        "policies_programmed_s": round(max(done.values()), 2),
+        "ips": ips,
+    }
 
 
 def policy_changes(store, workload: Workload, node_ns: dict[str, str], count: int, timeout: float) -> dict:
@@ -368,8 +397,11 @@ def policy_changes(store, workload: Workload, node_ns: dict[str, str], count: in
     finally:
         for monitor in monitors.values():
             monitor.close()
-    return {"first_node": latency_summary(first), "all_nodes": latency_summary(last),
-            "samples_ms": [round(x * 1e3, 1) for x in last]}  # fmt: skip
+    return {
+        "first_node": latency_summary(first),
+        "all_nodes": latency_summary(last),
+        "samples_ms": [round(x * 1e3, 1) for x in last],
+    }
 
 
 # --------------------------------------------------------------------------------------- the run
@@ -387,8 +419,15 @@ def _one_lab(
 
     spec = lab_spec(profile, random_underlay())
     names = LabNames(f"{BENCH_PREFIX[:-1]}{secrets.token_hex(2)}-")
-    out: dict[str, Any] = {"lab": {"nodes": spec.nodes, "profile": spec.profile, "subnets": spec.subnets,
-                                   "encapsulation": spec.encapsulation, "bgp": spec.bgp}}  # fmt: skip
+    out: dict[str, Any] = {
+        "lab": {
+            "nodes": spec.nodes,
+            "profile": spec.profile,
+            "subnets": spec.subnets,
+            "encapsulation": spec.encapsulation,
+            "bgp": spec.bgp,
+        }
+    }
     cp: dict[str, Any] = {}
     try:
         step(f"{profile}: lab up")
@@ -437,8 +476,14 @@ def _one_lab(
 STEPS_PER_LAB = 9
 
 
-def run(profiles: Sequence[str], quick: bool = False, *, memory: bool = True, control_plane: bool = True,
-        progress: Progress | None = None) -> dict:  # fmt: skip
+def run(
+    profiles: Sequence[str],
+    quick: bool = False,
+    *,
+    memory: bool = True,
+    control_plane: bool = True,
+    progress: Progress | None = None,
+) -> dict:
     """Footprint and control-plane figures for the profiles :func:`footprint_profiles` picks."""
     if os.geteuid() != 0:
         from podnet.lab.naming import LabError
@@ -461,7 +506,16 @@ def run(profiles: Sequence[str], quick: bool = False, *, memory: bool = True, co
         results[profile] = _one_lab(profile, sizes, memory, control_plane, step)
     if progress is not None:
         progress("footprint and control plane done", total, total)
-    return {"settings": {"quick": quick, "nodes": NODES, "pods": sizes.pods, "policies": sizes.policies,
-                         "rules_per_policy": sizes.rules_per_policy, "changes": sizes.changes,
-                         "cni_sandboxes": sizes.sandboxes, "ipam_allocations": sizes.ipam_allocations},
-            "profiles": results}  # fmt: skip
+    return {
+        "settings": {
+            "quick": quick,
+            "nodes": NODES,
+            "pods": sizes.pods,
+            "policies": sizes.policies,
+            "rules_per_policy": sizes.rules_per_policy,
+            "changes": sizes.changes,
+            "cni_sandboxes": sizes.sandboxes,
+            "ipam_allocations": sizes.ipam_allocations,
+        },
+        "profiles": results,
+    }

@@ -100,9 +100,12 @@ def _ns(i: int) -> str:
 
 
 def _pod_doc(name: str, namespace: str, node: str, labels: dict) -> dict:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels},
-            "spec": {"nodeName": node, "containers": [{"name": "c", "ports": CONTAINER_PORTS}]}}  # fmt: skip
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "ports": CONTAINER_PORTS}]},
+    }
 
 
 def _key(doc: dict) -> str:
@@ -111,21 +114,33 @@ def _key(doc: dict) -> str:
 
 def _ingress_rule(kind: int, rng: random.Random, apps: int) -> dict:
     if kind == 0:  # same-namespace pods by app, numeric port
-        return {"from": [{"podSelector": {"matchLabels": {"app": f"a{rng.randrange(apps)}"}}}],
-                "ports": [{"port": 8080}]}  # fmt: skip
+        return {
+            "from": [{"podSelector": {"matchLabels": {"app": f"a{rng.randrange(apps)}"}}}],
+            "ports": [{"port": 8080}],
+        }
     if kind == 1:  # pods of a tier in the namespaces of a team, named port
-        return {"from": [{"namespaceSelector": {"matchLabels": {"team": rng.choice(TEAMS)}},
-                          "podSelector": {"matchLabels": {"tier": rng.choice(TIERS)}}}],
-                "ports": [{"port": "http"}]}  # fmt: skip
+        return {
+            "from": [
+                {
+                    "namespaceSelector": {"matchLabels": {"team": rng.choice(TEAMS)}},
+                    "podSelector": {"matchLabels": {"tier": rng.choice(TIERS)}},
+                }
+            ],
+            "ports": [{"port": "http"}],
+        }
     if kind == 2:  # an address block with a hole, a port range
         x = rng.randrange(1, 250)
         first = rng.randrange(9000, 9500)
         block = {"cidr": f"10.{x}.0.0/16", "except": [f"10.{x}.{rng.randrange(256)}.0/24"]}
-        return {"from": [{"ipBlock": block}],
-                "ports": [{"port": first, "endPort": first + rng.randrange(1, 100)}]}  # fmt: skip
+        return {
+            "from": [{"ipBlock": block}],
+            "ports": [{"port": first, "endPort": first + rng.randrange(1, 100)}],
+        }
     # every pod of the prod namespaces, a named port and a UDP port
-    return {"from": [{"namespaceSelector": {"matchLabels": {"env": "prod"}}}],
-            "ports": [{"port": "metrics"}, {"port": 5353, "protocol": "UDP"}]}  # fmt: skip
+    return {
+        "from": [{"namespaceSelector": {"matchLabels": {"env": "prod"}}}],
+        "ports": [{"port": "metrics"}, {"port": 5353, "protocol": "UDP"}],
+    }
 
 
 def _egress_rule(kind: int, rng: random.Random, apps: int) -> dict:
@@ -137,12 +152,17 @@ def _egress_rule(kind: int, rng: random.Random, apps: int) -> dict:
     if kind == 1:  # DNS-like: an address block with a hole, UDP and TCP 53
         x = rng.randrange(16, 32)
         block = {"cidr": f"172.{x}.0.0/16", "except": [f"172.{x}.{rng.randrange(256)}.0/24"]}
-        return {"to": [{"ipBlock": block}],
-                "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53}]}  # fmt: skip
+        return {"to": [{"ipBlock": block}], "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53}]}
     # an app in the namespaces of a team, named port (resolved per destination pod)
-    return {"to": [{"namespaceSelector": {"matchLabels": {"team": rng.choice(TEAMS)}},
-                    "podSelector": {"matchLabels": {"app": f"a{rng.randrange(apps)}"}}}],
-            "ports": [{"port": "http"}]}  # fmt: skip
+    return {
+        "to": [
+            {
+                "namespaceSelector": {"matchLabels": {"team": rng.choice(TEAMS)}},
+                "podSelector": {"matchLabels": {"app": f"a{rng.randrange(apps)}"}},
+            }
+        ],
+        "ports": [{"port": "http"}],
+    }
 
 
 def _split(rules: int) -> tuple[int, int]:
@@ -151,31 +171,47 @@ def _split(rules: int) -> tuple[int, int]:
     return rules - egress, egress
 
 
-def generate_workload(pods: int = 300, policies: int = 1000, rules_per_policy: int = 5, *, nodes: int = 3,
-                      seed: int = 1) -> Workload:  # fmt: skip
+def generate_workload(
+    pods: int = 300, policies: int = 1000, rules_per_policy: int = 5, *, nodes: int = 3, seed: int = 1
+) -> Workload:
     """The pods and policies of one run, the same for the same arguments (``seed``)."""
     if pods < 2 * nodes or policies < 1 or rules_per_policy < 2 or nodes < 2:
         raise ValueError("need pods >= 2*nodes, policies >= 1, rules-per-policy >= 2 and nodes >= 2")
     rng = random.Random(seed)
     namespaces = min(NAMESPACES, pods // 2)
     apps = max(1, pods // (namespaces * PODS_PER_APP))
-    ns_docs = [{"apiVersion": "v1", "kind": "Namespace",
-                "metadata": {"name": _ns(i), "labels": {"team": TEAMS[i % len(TEAMS)],
-                                                        "env": "prod" if i % 2 == 0 else "dev"}}}
-               for i in range(namespaces)]  # fmt: skip
+    ns_docs = [
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": _ns(i),
+                "labels": {"team": TEAMS[i % len(TEAMS)], "env": "prod" if i % 2 == 0 else "dev"},
+            },
+        }
+        for i in range(namespaces)
+    ]
     ns_docs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CONTROL_NS}})
     pod_docs = []
     for i in range(pods):
         name = f"p{i:04d}"
-        labels = {"app": f"a{(i // namespaces) % apps}", "tier": rng.choice(TIERS), "pod": name,
-                  "version": f"v{rng.randrange(3)}"}  # fmt: skip
+        labels = {
+            "app": f"a{(i // namespaces) % apps}",
+            "tier": rng.choice(TIERS),
+            "pod": name,
+            "version": f"v{rng.randrange(3)}",
+        }
         pod_docs.append(_pod_doc(name, _ns(i % namespaces), f"node-{i % nodes + 1}", labels))
     control = [_pod_doc(f"ctl-{k}", CONTROL_NS, f"node-{k + 1}", {"app": "ctl"}) for k in range(2)]
     # The measured pair: pods 0 and `namespaces` share namespace 0 and sit on nodes 1 and 2 (or so).
     client, server = pod_docs[0], pod_docs[namespaces]
     if client["spec"]["nodeName"] == server["spec"]["nodeName"]:
-        server = next(p for p in pod_docs if p["metadata"]["namespace"] == client["metadata"]["namespace"]
-                      and p["spec"]["nodeName"] != client["spec"]["nodeName"])  # fmt: skip
+        server = next(
+            p
+            for p in pod_docs
+            if p["metadata"]["namespace"] == client["metadata"]["namespace"]
+            and p["spec"]["nodeName"] != client["spec"]["nodeName"]
+        )
     n_in, n_eg = _split(rules_per_policy)
     low, high = IPERF_PORTS
     policy_docs = []
@@ -192,27 +228,47 @@ def generate_workload(pods: int = 300, policies: int = 1000, rules_per_policy: i
             namespace = client["metadata"]["namespace"]
             pair = [client["metadata"]["name"], server["metadata"]["name"]]
             selector = {"matchExpressions": [{"key": "pod", "operator": "In", "values": pair}]}
-            ingress[0] = {"from": [{"podSelector": {"matchLabels": {"pod": pair[0]}}}],
-                          "ports": [{"port": low, "endPort": high}]}  # fmt: skip
-            egress[0] = {"to": [{"podSelector": {"matchLabels": {"pod": pair[1]}}}],
-                         "ports": [{"port": low, "endPort": high}]}  # fmt: skip
-        spec: dict[str, Any] = {"podSelector": selector, "policyTypes": ["Ingress", "Egress"] if egress else
-                                ["Ingress"], "ingress": ingress}  # fmt: skip
+            ingress[0] = {
+                "from": [{"podSelector": {"matchLabels": {"pod": pair[0]}}}],
+                "ports": [{"port": low, "endPort": high}],
+            }
+            egress[0] = {
+                "to": [{"podSelector": {"matchLabels": {"pod": pair[1]}}}],
+                "ports": [{"port": low, "endPort": high}],
+            }
+        spec: dict[str, Any] = {
+            "podSelector": selector,
+            "policyTypes": ["Ingress", "Egress"] if egress else ["Ingress"],
+            "ingress": ingress,
+        }
         if egress:
             spec["egress"] = egress
         meta = {"name": f"np-{j:04d}", "namespace": namespace}
-        policy_docs.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta,
-                            "spec": spec})  # fmt: skip
-    return Workload(ns_docs, pod_docs + control, policy_docs, _key(client), _key(server),
-                    (_key(control[0]), _key(control[1])), seed, rules_per_policy)  # fmt: skip
+        policy_docs.append(
+            {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta, "spec": spec}
+        )
+    return Workload(
+        ns_docs,
+        pod_docs + control,
+        policy_docs,
+        _key(client),
+        _key(server),
+        (_key(control[0]), _key(control[1])),
+        seed,
+        rules_per_policy,
+    )
 
 
 def selected_pods(policy: dict, pods: Iterable[dict]) -> list[dict]:
     """The pods a NetworkPolicy document selects (its namespace, its podSelector)."""
     model = parse_resource(policy)
     assert isinstance(model, NetworkPolicy)
-    return [p for p in pods if p["metadata"]["namespace"] == policy["metadata"]["namespace"]
-            and model.spec.pod_selector.matches(p["metadata"].get("labels") or {})]  # fmt: skip
+    return [
+        p
+        for p in pods
+        if p["metadata"]["namespace"] == policy["metadata"]["namespace"]
+        and model.spec.pod_selector.matches(p["metadata"].get("labels") or {})
+    ]
 
 
 @dataclass(frozen=True)
@@ -264,12 +320,22 @@ def pod_infos(pods: Sequence[dict], ips: dict[str, str]) -> list[PodInfo]:
     """PodInfo (as the agents' cache builds it) from pod documents and their addresses."""
     out = []
     for doc in pods:
-        ports = tuple((p.get("name"), p["containerPort"], p.get("protocol", "TCP"))
-                      for c in doc["spec"]["containers"] for p in c.get("ports", []))  # fmt: skip
+        ports = tuple(
+            (p.get("name"), p["containerPort"], p.get("protocol", "TCP"))
+            for c in doc["spec"]["containers"]
+            for p in c.get("ports", [])
+        )
         ip = ips.get(_key(doc))
-        out.append(PodInfo(doc["metadata"]["namespace"], doc["metadata"]["name"],
-                           dict(doc["metadata"].get("labels") or {}), (ip,) if ip else (),
-                           doc["spec"]["nodeName"], ports))  # fmt: skip
+        out.append(
+            PodInfo(
+                doc["metadata"]["namespace"],
+                doc["metadata"]["name"],
+                dict(doc["metadata"].get("labels") or {}),
+                (ip,) if ip else (),
+                doc["spec"]["nodeName"],
+                ports,
+            )
+        )
     return out
 
 
@@ -306,8 +372,9 @@ def node_targets(workload: Workload, ips: dict[str, str], nodes: Sequence[str]) 
                         best = (rank, key, direction, provenance_comment(p))
         if best is not None:
             rank, key, direction, comment = best
-            targets[node] = NodeTarget(node, _key(workload.policies[rank]), chain_name(key, direction),
-                                       comment, lines)  # fmt: skip
+            targets[node] = NodeTarget(
+                node, _key(workload.policies[rank]), chain_name(key, direction), comment, lines
+            )
     return targets
 
 
@@ -337,8 +404,9 @@ def count_kernel_rules(doc: dict) -> dict[str, int]:
 
 
 def nft(netns: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", "netns", "exec", netns, "nft", *args], capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, "nft", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def kernel_rules(netns: str) -> dict[str, Any]:
@@ -435,8 +503,11 @@ def sync_delta(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dic
     for node, b in before.items():
         a = after[node]
         n = a["count"] - b["count"]
-        out[node] = {"syncs": int(n), "mean_s": round((a["sum"] - b["sum"]) / n, 3) if n else 0.0,
-                     "total_s": round(a["sum"] - b["sum"], 2)}  # fmt: skip
+        out[node] = {
+            "syncs": int(n),
+            "mean_s": round((a["sum"] - b["sum"]) / n, 3) if n else 0.0,
+            "total_s": round(a["sum"] - b["sum"], 2),
+        }
     return out
 
 
@@ -475,13 +546,23 @@ def _wait_running(store, workload: Workload, timeout: float) -> tuple[float, dic
         time.sleep(0.5)
 
 
-def _throughput(names: LabNames, ips: dict[str, str], pairs: dict[str, tuple[str, str]], repeats: int,
-                duration: float) -> dict[str, list[float]]:  # fmt: skip
+def _throughput(
+    names: LabNames, ips: dict[str, str], pairs: dict[str, tuple[str, str]], repeats: int, duration: float
+) -> dict[str, list[float]]:
     runs: dict[str, list[float]] = {side: [] for side in pairs}
     for _ in range(repeats):  # interleaved: drift on the (shared) machine hits both pairs alike
         for side, (client, server) in pairs.items():
-            runs[side].append(round(iperf(names.pod_ns(*client.split("/")), names.pod_ns(*server.split("/")),
-                                          ips[server], duration), 3))  # fmt: skip
+            runs[side].append(
+                round(
+                    iperf(
+                        names.pod_ns(*client.split("/")),
+                        names.pod_ns(*server.split("/")),
+                        ips[server],
+                        duration,
+                    ),
+                    3,
+                )
+            )
     return runs
 
 
@@ -497,15 +578,25 @@ def run(opts: Options) -> dict:
     from podnet.lab import cluster
     from podnet.lab.topology import LabSpec, random_underlay
 
-    workload = generate_workload(opts.pods, opts.policies, opts.rules_per_policy, nodes=opts.nodes,
-                                 seed=opts.seed)  # fmt: skip
+    workload = generate_workload(
+        opts.pods, opts.policies, opts.rules_per_policy, nodes=opts.nodes, seed=opts.seed
+    )
     changes = plan_changes(workload, opts.changes)
     results: dict[str, Any] = {
-        "params": {"pods": opts.pods, "control_pods": 2, "namespaces": len(workload.namespaces) - 1,
-                   "policies": len(workload.policies), "rules": workload.rule_count,
-                   "rules_per_policy": opts.rules_per_policy, "changes": opts.changes, "nodes": opts.nodes,
-                   "repeats": opts.repeats, "duration_s": opts.duration, "seed": opts.seed},
-    }  # fmt: skip
+        "params": {
+            "pods": opts.pods,
+            "control_pods": 2,
+            "namespaces": len(workload.namespaces) - 1,
+            "policies": len(workload.policies),
+            "rules": workload.rule_count,
+            "rules_per_policy": opts.rules_per_policy,
+            "changes": opts.changes,
+            "nodes": opts.nodes,
+            "repeats": opts.repeats,
+            "duration_s": opts.duration,
+            "seed": opts.seed,
+        },
+    }
     names = LabNames(f"{BENCH_PREFIX[:-1]}{secrets.token_hex(2)}-")
     wall = time.perf_counter()
     monitors: list[RuleMonitor] = []
@@ -548,9 +639,13 @@ def run(opts: Options) -> dict:
         kernel = {n: kernel_rules(ns) for n, ns in node_ns.items()}
         for node, counts in kernel.items():
             counts["expected_policy_rules"] = targets[node].rule_lines if node in targets else 0
-        results["cold"] = {"apply_s": round(applied, 2), "programmed_s": round(cold, 2),
-                           "per_node_s": {n: round(s, 2) for n, s in sorted(done.items())},
-                           "kernel": kernel, "syncs": sync_delta(hist0, hist1)}  # fmt: skip
+        results["cold"] = {
+            "apply_s": round(applied, 2),
+            "programmed_s": round(cold, 2),
+            "per_node_s": {n: round(s, 2) for n, s in sorted(done.items())},
+            "kernel": kernel,
+            "syncs": sync_delta(hist0, hist1),
+        }
 
         # 5. change to enforcement
         monitors = [RuleMonitor(ns) for ns in node_ns.values()]
@@ -573,11 +668,16 @@ def run(opts: Options) -> dict:
             last.append(max(seen))
             time.sleep(0.2)
         hist2 = {n: sync_histogram(ns) for n, ns in node_ns.items()}
-        results["change"] = {"first_node": latency_summary(first), "all_nodes": latency_summary(last),
-                             "apply": latency_summary(apply_s),
-                             "syncs": sync_delta(hist1, hist2),
-                             "samples_ms": {"first_node": [round(x * 1e3, 1) for x in first],
-                                            "all_nodes": [round(x * 1e3, 1) for x in last]}}  # fmt: skip
+        results["change"] = {
+            "first_node": latency_summary(first),
+            "all_nodes": latency_summary(last),
+            "apply": latency_summary(apply_s),
+            "syncs": sync_delta(hist1, hist2),
+            "samples_ms": {
+                "first_node": [round(x * 1e3, 1) for x in first],
+                "all_nodes": [round(x * 1e3, 1) for x in last],
+            },
+        }
         for monitor in monitors:
             monitor.close()
         monitors = []
@@ -586,10 +686,15 @@ def run(opts: Options) -> dict:
         time.sleep(1.0)
         results["memory_loaded"] = _memory(names)
         after = _throughput(names, ips, pairs, opts.repeats, opts.duration)
-        med = {k: statistics.median(v) for k, v in (("measured_without", before["measured"]),
-                                                     ("control_without", before["control"]),
-                                                     ("measured_with", after["measured"]),
-                                                     ("control_with", after["control"]))}  # fmt: skip
+        med = {
+            k: statistics.median(v)
+            for k, v in (
+                ("measured_without", before["measured"]),
+                ("control_without", before["control"]),
+                ("measured_with", after["measured"]),
+                ("control_with", after["control"]),
+            )
+        }
         results["throughput"] = {
             "gbps": {k: round(v, 2) for k, v in med.items()},
             "ratio_with_vs_without": round(med["measured_with"] / med["measured_without"], 3),
@@ -607,22 +712,29 @@ def run(opts: Options) -> dict:
 
 def render(r: dict) -> str:
     p = r["params"]
-    lines = [f"NetworkPolicy scale: {p['policies']} policies / {p['rules']} rules, {p['pods']} pods "
-             f"(+2 control) in {p['namespaces']} namespaces on {p['nodes']} nodes (seed {p['seed']})",
-             f"lab up {r['lab_up_s']} s; {p['pods'] + 2} pods applied -> all Running: "
-             f"{r['pods_running_s']} s", ""]  # fmt: skip
+    lines = [
+        f"NetworkPolicy scale: {p['policies']} policies / {p['rules']} rules, {p['pods']} pods "
+        f"(+2 control) in {p['namespaces']} namespaces on {p['nodes']} nodes (seed {p['seed']})",
+        f"lab up {r['lab_up_s']} s; {p['pods'] + 2} pods applied -> all Running: {r['pods_running_s']} s",
+        "",
+    ]
     c = r["cold"]
     lines.append(f"{'cold program':44} {c['programmed_s']:>8.2f} s  (apply to etcd {c['apply_s']} s)")
     for node, k in sorted(c["kernel"].items()):
         s = c["syncs"][node]
         at = c["per_node_s"].get(node, float("nan"))
-        lines.append(f"  {node:12} programmed {at:7.2f} s  rules {k.get('rules', 0):6} "
-                     f"(policy {k.get('policy_rules', 0)}, expected {k['expected_policy_rules']})  "
-                     f"sets {k.get('sets', 0)}  syncs {s['syncs']} x {s['mean_s']} s")  # fmt: skip
+        lines.append(
+            f"  {node:12} programmed {at:7.2f} s  rules {k.get('rules', 0):6} "
+            f"(policy {k.get('policy_rules', 0)}, expected {k['expected_policy_rules']})  "
+            f"sets {k.get('sets', 0)}  syncs {s['syncs']} x {s['mean_s']} s"
+        )
     ch = r["change"]
     lines += ["", f"{'change -> kernel (ms)':32} {'n':>4} {'p50':>8} {'p90':>8} {'p99':>8} {'max':>8}"]
-    for key, label in (("first_node", "first node"), ("all_nodes", "all selected nodes"),
-                       ("apply", "the apply itself")):  # fmt: skip
+    for key, label in (
+        ("first_node", "first node"),
+        ("all_nodes", "all selected nodes"),
+        ("apply", "the apply itself"),
+    ):
         s = ch[key]
         cells = " ".join(f"{s[k]:8.1f}" for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms"))
         lines.append(f"{label:32} {s['n']:4} {cells}")
@@ -634,13 +746,17 @@ def render(r: dict) -> str:
         lines.append(f"{node:16} {idle['rss_mib']:9.1f} {loaded['rss_mib']:11.1f} {loaded['peak_mib']:8.1f}")
     t = r["throughput"]
     g = t["gbps"]
-    lines += ["", f"throughput (Gbit/s, median of {p['repeats']} x {p['duration_s']} s, interleaved)",
-              f"  measured pair {t['pairs']['measured'][0]} -> {t['pairs']['measured'][1]}: "
-              f"no policies {g['measured_without']:.2f}, with policies {g['measured_with']:.2f}, "
-              f"ratio {t['ratio_with_vs_without']:.3f}",
-              f"  control pair (never selected): {g['control_without']:.2f} / {g['control_with']:.2f}; "
-              f"measured / control with policies: {t['ratio_with_vs_control']:.3f}",
-              "", f"wall time {r['wall_s']} s"]  # fmt: skip
+    lines += [
+        "",
+        f"throughput (Gbit/s, median of {p['repeats']} x {p['duration_s']} s, interleaved)",
+        f"  measured pair {t['pairs']['measured'][0]} -> {t['pairs']['measured'][1]}: "
+        f"no policies {g['measured_without']:.2f}, with policies {g['measured_with']:.2f}, "
+        f"ratio {t['ratio_with_vs_without']:.3f}",
+        f"  control pair (never selected): {g['control_without']:.2f} / {g['control_with']:.2f}; "
+        f"measured / control with policies: {t['ratio_with_vs_control']:.3f}",
+        "",
+        f"wall time {r['wall_s']} s",
+    ]
     return "\n".join(lines)
 
 
@@ -682,8 +798,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
     opts = Options(nodes=args.nodes, seed=args.seed, timeout=args.timeout)
-    overlay(opts, args, ("pods", "policies", "rules_per_policy", "changes", "repeats", "duration"),
-            QUICK if args.quick else {})  # fmt: skip
+    overlay(
+        opts,
+        args,
+        ("pods", "policies", "rules_per_policy", "changes", "repeats", "duration"),
+        QUICK if args.quick else {},
+    )
     emit(run(opts), args.json, render)
     return 0
 

@@ -90,8 +90,10 @@ def nginx_config(directory: str, port: int = NGINX_PORT, body: str = "ok") -> st
         raise ValueError(f"nginx dir must be an absolute path without spaces or quotes: {directory!r}")
     if not re.fullmatch(r"[A-Za-z0-9_./-]*", body):
         raise ValueError(f"body must be plain text: {body!r}")
-    temps = "\n".join(f"    {kind}_temp_path {directory}/tmp/{kind};"
-                      for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))  # fmt: skip
+    temps = "\n".join(
+        f"    {kind}_temp_path {directory}/tmp/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     return f"""# podnet.bench.services: one backend of the ClusterIP benchmark
 worker_processes 1;
 daemon off;
@@ -180,8 +182,14 @@ def parse_wrk(text: str) -> WrkResult:
     if sock:
         errors = {k: int(v) for k, v in re.findall(r"(\w+) (\d+)", sock.group(1))}
     non = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    return WrkResult(float(rps.group(1)), int(total.group(1)), round(duration_ms(total.group(2)) / 1e3, 3),
-                     latency, errors, int(non.group(1)) if non else 0)  # fmt: skip
+    return WrkResult(
+        float(rps.group(1)),
+        int(total.group(1)),
+        round(duration_ms(total.group(2)) / 1e3, 3),
+        latency,
+        errors,
+        int(non.group(1)) if non else 0,
+    )
 
 
 # ----------------------------------------------------------------------------------- figures
@@ -191,8 +199,12 @@ def summarize(samples: Sequence[float]) -> dict[str, float]:
     """``{n, median, min, max}`` of requests/s samples (rounded to 0.1)."""
     if not samples:
         raise ValueError("no samples")
-    return {"n": len(samples), "median": round(statistics.median(samples), 1),
-            "min": round(min(samples), 1), "max": round(max(samples), 1)}  # fmt: skip
+    return {
+        "n": len(samples),
+        "median": round(statistics.median(samples), 1),
+        "min": round(min(samples), 1),
+        "max": round(max(samples), 1),
+    }
 
 
 def ratio(numerator: float, denominator: float) -> float:
@@ -207,13 +219,15 @@ def mode_figures(runs: dict[str, list[WrkResult]]) -> dict[str, Any]:
         keys = sorted({k for r in results for k in r.latency_ms}, key=lambda k: float(k[1:]))
         out[target] = {
             "per_s": summarize([r.requests_per_s for r in results]),
-            "latency_ms": {k: round(statistics.median(r.latency_ms[k] for r in results
-                                                      if k in r.latency_ms), 3) for k in keys},
+            "latency_ms": {
+                k: round(statistics.median(r.latency_ms[k] for r in results if k in r.latency_ms), 3)
+                for k in keys
+            },
             "requests": sum(r.requests for r in results),
             "errors": sum(r.error_count for r in results),
             "syn_retrans": sum(r.syn_retrans or 0 for r in results),
             "samples": [asdict(r) for r in results],
-        }  # fmt: skip
+        }
     out["ratio"] = ratio(out["service"]["per_s"]["median"], out["direct"]["per_s"]["median"])
     if "service1" in out:
         out["ratio_one_backend"] = ratio(out["service1"]["per_s"]["median"], out["direct"]["per_s"]["median"])
@@ -237,25 +251,30 @@ def _lat(fig: dict) -> str:
 
 def render(r: dict) -> str:
     p = r["params"]
-    head = (f"new connections/s, wrk -t{p['threads']} -c{p['connections']} 'Connection: close', "
-            f"median (min-max) of {p['repeats']} x {p['duration_s']} s, interleaved; "
-            f"2 backends on {BACKEND_NODE}, clients on {CLIENT_NODE}")  # fmt: skip
+    head = (
+        f"new connections/s, wrk -t{p['threads']} -c{p['connections']} 'Connection: close', "
+        f"median (min-max) of {p['repeats']} x {p['duration_s']} s, interleaved; "
+        f"2 backends on {BACKEND_NODE}, clients on {CLIENT_NODE}"
+    )
     cols = f"{'to ClusterIP conn/s':>25} | {'to pod conn/s':>25} | {'ratio':>6} | {'1-backend ClusterIP':>25}"
     lines = [head, "", f"{'profile':8} | {cols} | {'ratio':>6}"]
     lines.append("-" * len(lines[-1]))
     for profile, pr in r["profiles"].items():
         c = pr["close"]
         cells = f"{_cell(c['service']['per_s']):>25} | {_cell(c['direct']['per_s']):>25} | {c['ratio']:6.3f}"
-        lines.append(f"{profile:8} | {cells} | {_cell(c['service1']['per_s']):>25} | "
-                     f"{c['ratio_one_backend']:6.3f}")  # fmt: skip
+        lines.append(
+            f"{profile:8} | {cells} | {_cell(c['service1']['per_s']):>25} | {c['ratio_one_backend']:6.3f}"
+        )
     lines += [
         "",
         "wrk latency p50/p99 ms, request sent -> response (connect not included), Connection: close:",
     ]
     for profile, pr in r["profiles"].items():
         c = pr["close"]
-        lines.append(f"  {profile:8} ClusterIP {_lat(c['service'])}, "
-                     f"1-backend ClusterIP {_lat(c['service1'])}, pod {_lat(c['direct'])}")  # fmt: skip
+        lines.append(
+            f"  {profile:8} ClusterIP {_lat(c['service'])}, "
+            f"1-backend ClusterIP {_lat(c['service1'])}, pod {_lat(c['direct'])}"
+        )
     lines.append(
         "keep-alive requests/s (context: 16 connections reused), ClusterIP / 1-backend / pod = ratio:"
     )
@@ -263,11 +282,17 @@ def render(r: dict) -> str:
         k = pr["keepalive"]
         med = [k[t]["per_s"]["median"] for t in ("service", "service1", "direct")]
         lines.append(f"  {profile:8} {med[0]:.0f} / {med[1]:.0f} / {med[2]:.0f} = {k['ratio']:.3f}")
-    for key, label in (("syn_retrans", "client SYN retransmits (1 s stalls)"),
-                       ("errors", "wrk errors (socket + non-2xx)")):  # fmt: skip
-        found = {f"{profile} {mode} {target}": pr[mode][target].get(key)
-                 for profile, pr in r["profiles"].items() for mode in MODES for target in TARGETS
-                 if pr[mode][target].get(key)}  # fmt: skip
+    for key, label in (
+        ("syn_retrans", "client SYN retransmits (1 s stalls)"),
+        ("errors", "wrk errors (socket + non-2xx)"),
+    ):
+        found = {
+            f"{profile} {mode} {target}": pr[mode][target].get(key)
+            for profile, pr in r["profiles"].items()
+            for mode in MODES
+            for target in TARGETS
+            if pr[mode][target].get(key)
+        }
         if found:
             lines.append(f"{label}: " + ", ".join(f"{k} {v}" for k, v in found.items()))
     left = f"; LEFT BEHIND: {r['leftovers']}" if r.get("leftovers") else "; nothing left behind"
@@ -297,23 +322,37 @@ def check_tools() -> None:
 
 def _pod_doc(name: str, node: str, labels: dict) -> dict:
     meta = {"name": name, "namespace": NAMESPACE, "labels": labels}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
-            "spec": {"nodeName": node, "containers": [
-                {"name": "c", "ports": [{"name": "http", "containerPort": PODSERVER_PORT}]}]}}  # fmt: skip
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": PODSERVER_PORT}]}],
+        },
+    }
 
 
 def _service_doc(name: str, selector: dict) -> dict:
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {"type": "ClusterIP", "selector": selector, "ports": [
-                {"name": "nginx", "port": SERVICE_PORT, "targetPort": NGINX_PORT}]}}  # fmt: skip
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector,
+            "ports": [{"name": "nginx", "port": SERVICE_PORT, "targetPort": NGINX_PORT}],
+        },
+    }
 
 
 def workload_docs() -> list[dict]:
-    return ([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}]
-            + [_pod_doc(b, BACKEND_NODE, {**WEB, "pod": b}) for b in BACKENDS]
-            + [_pod_doc(c, CLIENT_NODE, {}) for c in CLIENTS.values()]
-            + [_service_doc(SERVICES["service"], WEB),
-               _service_doc(SERVICES["service1"], {"pod": BACKENDS[0]})])  # fmt: skip
+    return (
+        [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}]
+        + [_pod_doc(b, BACKEND_NODE, {**WEB, "pod": b}) for b in BACKENDS]
+        + [_pod_doc(c, CLIENT_NODE, {}) for c in CLIENTS.values()]
+        + [_service_doc(SERVICES["service"], WEB), _service_doc(SERVICES["service1"], {"pod": BACKENDS[0]})]
+    )
 
 
 def wrk_command(url: str, duration: int, threads: int, connections: int, close: bool) -> list[str]:
@@ -321,16 +360,18 @@ def wrk_command(url: str, duration: int, threads: int, connections: int, close: 
     return [*cmd, *(["-H", "Connection: close"] if close else []), url]
 
 
-def wrk_in_pod(netns: str, cgroup: str, url: str, duration: int, threads: int, connections: int,
-               close: bool) -> WrkResult:  # fmt: skip
+def wrk_in_pod(
+    netns: str, cgroup: str, url: str, duration: int, threads: int, connections: int, close: bool
+) -> WrkResult:
     """wrk from a process that joined the pod's cgroup and then entered its netns (as the pod's own
     processes do: socket load balancing sees its connects)."""
     from podnet.lab.netns import IP, join_cgroup
 
     cmd = [IP, "netns", "exec", netns, *wrk_command(url, duration, threads, connections, close)]
     before = syn_retransmits(netns)
-    out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=join_cgroup(cgroup),
-                         timeout=duration + 30)  # fmt: skip
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, preexec_fn=join_cgroup(cgroup), timeout=duration + 30
+    )
     if out.returncode != 0:
         raise RuntimeError(f"wrk {url} in {netns} failed: {(out.stderr or out.stdout).strip()[-500:]}")
     result = parse_wrk(out.stdout)
@@ -352,8 +393,19 @@ def curl_in_pod(netns: str, cgroup: str, url: str, count: int = 1) -> list[str]:
     from the pod's cgroup and netns; [] when nothing answers."""
     from podnet.lab.netns import IP, join_cgroup
 
-    cmd = [IP, "netns", "exec", netns, "curl", "-s", "--max-time", "2", "-H", "Connection: close",
-           *[url] * count]  # fmt: skip
+    cmd = [
+        IP,
+        "netns",
+        "exec",
+        netns,
+        "curl",
+        "-s",
+        "--max-time",
+        "2",
+        "-H",
+        "Connection: close",
+        *[url] * count,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=join_cgroup(cgroup), timeout=30)
     return out.stdout.split()
 
@@ -405,8 +457,13 @@ def start_nginx(names: LabNames, pod: str, netns: str, cgroup: str) -> str:
         f.write(nginx_config(directory, body=f"{NAMESPACE}/{pod}"))
     state = LabState(names.state_dir)
     state.record_dir(os.path.join(names.state_dir, "bench-services"))
-    spawned = spawn(nginx_command(directory), netns=netns, cgroup=cgroup, lab_prefix=names.prefix,
-                    log=os.path.join(directory, "stdout.log"))  # fmt: skip
+    spawned = spawn(
+        nginx_command(directory),
+        netns=netns,
+        cgroup=cgroup,
+        lab_prefix=names.prefix,
+        log=os.path.join(directory, "stdout.log"),
+    )
     state.record_process(ProcessRecord.of(f"bench-nginx-{pod}", spawned, pod=f"{NAMESPACE}/{pod}"))
     return directory
 
@@ -438,8 +495,10 @@ def _run_profile(profile: str, opts: Options) -> dict[str, Any]:
             t: store.get(lookup("services"), name, NAMESPACE).spec.cluster_ip for t, name in SERVICES.items()
         }
         ips = {name: p.status.pod_ip for name, p in pods.items()}
-        client = {t: (names.pod_ns(NAMESPACE, c), names.pod_cgroup(CLIENT_NODE, pods[c].metadata.uid))
-                  for t, c in CLIENTS.items()}  # fmt: skip
+        client = {
+            t: (names.pod_ns(NAMESPACE, c), names.pod_cgroup(CLIENT_NODE, pods[c].metadata.uid))
+            for t, c in CLIENTS.items()
+        }
         backend_cg = {b: names.pod_cgroup(BACKEND_NODE, pods[b].metadata.uid) for b in BACKENDS}
         for backend in BACKENDS:
             start_nginx(names, backend, names.pod_ns(NAMESPACE, backend), backend_cg[backend])
@@ -454,11 +513,16 @@ def _run_profile(profile: str, opts: Options) -> dict[str, Any]:
         urls = {t: f"http://{vip}:{SERVICE_PORT}/" for t, vip in vips.items()}
         urls["direct"] = f"http://{ips[BACKENDS[0]]}:{NGINX_PORT}/"
         want = {f"{NAMESPACE}/{b}" for b in BACKENDS}  # 30 connections: P(one backend missed) ~ 2e-9
-        _until("both backends behind the ClusterIP", lambda: answers("service", urls["service"], 30) == want,
-               opts.timeout)  # fmt: skip
-        _until("web-1 behind the 1-backend ClusterIP",
-               lambda: answers("service1", urls["service1"], 4) == {f"{NAMESPACE}/{BACKENDS[0]}"},
-               opts.timeout)  # fmt: skip
+        _until(
+            "both backends behind the ClusterIP",
+            lambda: answers("service", urls["service"], 30) == want,
+            opts.timeout,
+        )
+        _until(
+            "web-1 behind the 1-backend ClusterIP",
+            lambda: answers("service1", urls["service1"], 4) == {f"{NAMESPACE}/{BACKENDS[0]}"},
+            opts.timeout,
+        )
 
         def wrk(target: str, duration: int, close: bool) -> WrkResult:
             return wrk_in_pod(*client[target], urls[target], duration, opts.threads, opts.connections, close)
@@ -492,13 +556,20 @@ def run(opts: Options) -> dict:
     check_tools()
     wall = time.perf_counter()
     results: dict[str, Any] = {
-        "params": {"profiles": list(opts.profiles), "repeats": opts.repeats, "duration_s": opts.duration,
-                   "warmup_s": opts.warmup, "threads": opts.threads, "connections": opts.connections,
-                   "backends": dict.fromkeys(BACKENDS, BACKEND_NODE),
-                   "clients": dict.fromkeys(CLIENTS.values(), CLIENT_NODE),
-                   "service_port": SERVICE_PORT, "target_port": NGINX_PORT},
+        "params": {
+            "profiles": list(opts.profiles),
+            "repeats": opts.repeats,
+            "duration_s": opts.duration,
+            "warmup_s": opts.warmup,
+            "threads": opts.threads,
+            "connections": opts.connections,
+            "backends": dict.fromkeys(BACKENDS, BACKEND_NODE),
+            "clients": dict.fromkeys(CLIENTS.values(), CLIENT_NODE),
+            "service_port": SERVICE_PORT,
+            "target_port": NGINX_PORT,
+        },
         "profiles": {},
-    }  # fmt: skip
+    }
     for profile in opts.profiles:  # one lab at a time: they would compete for the 2 cores
         results["profiles"][profile] = _run_profile(profile, opts)
     results["leftovers"] = [x for pr in results["profiles"].values() for x in pr["leftovers"]]

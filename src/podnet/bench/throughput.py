@@ -154,9 +154,19 @@ def run(modes: list[str], repeats: int = 3, duration: float = 3.0) -> dict:
             from podnet.model import lookup, parse_resource
 
             store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
-            store.apply([parse_resource({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"t{i}"},
-                                         "spec": {"nodeName": f"node-{i}", "containers": [{"name": "c"}]}})
-                         for i in (1, 2)])  # fmt: skip
+            store.apply(
+                [
+                    parse_resource(
+                        {
+                            "apiVersion": "v1",
+                            "kind": "Pod",
+                            "metadata": {"name": f"t{i}"},
+                            "spec": {"nodeName": f"node-{i}", "containers": [{"name": "c"}]},
+                        }
+                    )
+                    for i in (1, 2)
+                ]
+            )
             deadline = time.monotonic() + 30
             while True:
                 pods = {p.metadata.name: p for p in store.list(lookup("pods"), "default")}
@@ -179,8 +189,11 @@ def run(modes: list[str], repeats: int = 3, duration: float = 3.0) -> dict:
                 for side, (client, server, ip) in paths.items():
                     runs[side].append(iperf(client, server, ip, duration))
             med = {k: statistics.median(v) for k, v in runs.items()}
-            results[mode] = {"gbps": {k: round(v, 2) for k, v in med.items()},
-                             "ratio": round(med["podnet"] / med["baseline"], 3), "samples": runs}  # fmt: skip
+            results[mode] = {
+                "gbps": {k: round(v, 2) for k, v in med.items()},
+                "ratio": round(med["podnet"] / med["baseline"], 3),
+                "samples": runs,
+            }
     return results
 
 

@@ -47,10 +47,13 @@ class NodeInfo:
                     address = ipaddress.IPv4Interface(f"{item.address}/32")
                     break
         return cls(
-            node.metadata.name, address, dict(node.metadata.labels or {}),
-            annotations.get(VXLAN_ADDRESS_ANNOTATION), annotations.get(VXLAN_MAC_ANNOTATION),
+            node.metadata.name,
+            address,
+            dict(node.metadata.labels or {}),
+            annotations.get(VXLAN_ADDRESS_ANNOTATION),
+            annotations.get(VXLAN_MAC_ANNOTATION),
             annotations.get(ANNOTATION_CILIUM_HOST) or annotations.get(ANNOTATION_CILIUM_HOST_ALIAS),
-        )  # fmt: skip
+        )
 
     @property
     def ip(self) -> str | None:
@@ -203,10 +206,19 @@ class ClusterCache:
                 for ip in ((pod.status.pod_ips if pod.status else None) or [])
                 if getattr(ip, "ip", None)
             }
-            ports = tuple((p.name, p.container_port, p.protocol)
-                          for c in pod.spec.containers for p in (c.ports or []))  # fmt: skip
-            out.append(PodInfo(pod.metadata.namespace, pod.metadata.name, dict(pod.metadata.labels or {}),
-                               tuple(sorted(ips)), pod.spec.node_name or "", ports))  # fmt: skip
+            ports = tuple(
+                (p.name, p.container_port, p.protocol) for c in pod.spec.containers for p in (c.ports or [])
+            )
+            out.append(
+                PodInfo(
+                    pod.metadata.namespace,
+                    pod.metadata.name,
+                    dict(pod.metadata.labels or {}),
+                    tuple(sorted(ips)),
+                    pod.spec.node_name or "",
+                    ports,
+                )
+            )
         return out
 
     def local_endpoints(self, node: str) -> list[EndpointRecord]:

@@ -231,8 +231,9 @@ class _Compiler:
         """Names of the namespaces (that have pods) whose labels ``selector`` matches, memoised."""
         key = json.dumps(_canonical_selector(selector), sort_keys=True)
         if key not in self._namespace_matches:
-            self._namespace_matches[key] = [ns for ns in self.by_namespace
-                                            if selector.matches(self.namespace_labels(ns))]  # fmt: skip
+            self._namespace_matches[key] = [
+                ns for ns in self.by_namespace if selector.matches(self.namespace_labels(ns))
+            ]
         return self._namespace_matches[key]
 
     def peer_pods(self, peer: NetworkPolicyPeer, policy_ns: str) -> list[PodInfo]:
@@ -241,8 +242,12 @@ class _Compiler:
             namespaces = [policy_ns]
         else:
             namespaces = self.matching_namespaces(peer.namespace_selector)
-        chosen = [pod for ns in namespaces for pod in self.by_namespace.get(ns, ())
-                  if peer.pod_selector is None or peer.pod_selector.matches(pod.labels)]  # fmt: skip
+        chosen = [
+            pod
+            for ns in namespaces
+            for pod in self.by_namespace.get(ns, ())
+            if peer.pod_selector is None or peer.pod_selector.matches(pod.labels)
+        ]
         return sorted(chosen, key=lambda p: p.key) if len(namespaces) > 1 else chosen
 
     def add_set(self, meaning: Any, cidrs: Iterable[str]) -> str:
@@ -271,8 +276,9 @@ class _Compiler:
         self, peer: NetworkPolicyPeer | None, policy_ns: str, name: str, protocol: str
     ) -> list[tuple[str, int]]:
         """Egress named port: per resolved number, a set of the destination pods in ``peer`` with it."""
-        memo = json.dumps([None if peer is None else self.peer_meaning(peer, policy_ns), name, protocol],
-                          sort_keys=True)  # fmt: skip
+        memo = json.dumps(
+            [None if peer is None else self.peer_meaning(peer, policy_ns), name, protocol], sort_keys=True
+        )
         if memo not in self._named:
             self._named[memo] = self._named_port_sets(peer, policy_ns, name, protocol)
         return self._named[memo]

@@ -73,36 +73,57 @@ def conditions_for(
     invalid = [r for r in reports if policy in r.invalid]
     if invalid:
         why = invalid[0].invalid[policy]
-        conditions.append(_condition(
-            "Failure", "True", "InvalidObject",
-            f"{why} (seen by {_nodes(invalid)}); the nodes keep enforcing its last valid version", latest,
-        ))  # fmt: skip
+        conditions.append(
+            _condition(
+                "Failure",
+                "True",
+                "InvalidObject",
+                f"{why} (seen by {_nodes(invalid)}); the nodes keep enforcing its last valid version",
+                latest,
+            )
+        )
     broken = [r for r in reports if policy in r.compile_errors]
     if broken:
         why = broken[0].compile_errors[policy]
-        conditions.append(_condition(
-            "Failure", "True", "CompileFailed",
-            f"{why} (on {_nodes(broken)}); it isolates the pods it selects and allows nothing", latest,
-        ))  # fmt: skip
+        conditions.append(
+            _condition(
+                "Failure",
+                "True",
+                "CompileFailed",
+                f"{why} (on {_nodes(broken)}); it isolates the pods it selects and allows nothing",
+                latest,
+            )
+        )
     refused = [r for r in reports if r.error and r.applied_revision < resource_version]
     if refused:
         kind = "Failure" if len(refused) == len(reports) else "PartialFailure"
         details = "; ".join(f"{r.node}: {r.error}" for r in sorted(refused, key=lambda r: r.node))
-        conditions.append(_condition(
-            kind, "True", "ProgrammingFailed",
-            f"{details} — the previous ruleset stays in force there and the agent retries", latest,
-        ))  # fmt: skip
+        conditions.append(
+            _condition(
+                kind,
+                "True",
+                "ProgrammingFailed",
+                f"{details} — the previous ruleset stays in force there and the agent retries",
+                latest,
+            )
+        )
     done = [r for r in reports if r.applied_revision >= resource_version]
     pending = [r for r in reports if r.applied_revision < resource_version and r not in refused]
     if conditions:
-        conditions.insert(0, _condition("Accepted", "False", conditions[0]["reason"],
-                                        conditions[0]["message"], latest))  # fmt: skip
+        conditions.insert(
+            0, _condition("Accepted", "False", conditions[0]["reason"], conditions[0]["message"], latest)
+        )
     elif pending:
-        conditions.append(_condition(
-            "Accepted", "False", "Pending",
-            f"not yet programmed on {_nodes(pending)}" + (f"; programmed on {_nodes(done)}" if done else ""),
-            latest,
-        ))  # fmt: skip
+        conditions.append(
+            _condition(
+                "Accepted",
+                "False",
+                "Pending",
+                f"not yet programmed on {_nodes(pending)}"
+                + (f"; programmed on {_nodes(done)}" if done else ""),
+                latest,
+            )
+        )
     else:
         message = f"programmed on {_nodes(done)}"
         conditions.append(_condition("Accepted", "True", "Programmed", message, latest))

@@ -116,8 +116,13 @@ def _target(pod, target: int | str | None, protocol: str, default: int) -> int |
 def service_endpoints(service, pods: Iterable) -> dict[tuple[str, str], list[Backend]]:  # type: ignore[no-untyped-def]
     """``{(port name, protocol): [Backend, ...]}`` for every port of ``service`` (EndpointSlice)."""
     namespace = service.metadata.namespace or "default"
-    chosen = [p for p in pods if (p.metadata.namespace or "default") == namespace
-              and _selects(service.spec.selector, p.metadata.labels) and _ready(p)]  # fmt: skip
+    chosen = [
+        p
+        for p in pods
+        if (p.metadata.namespace or "default") == namespace
+        and _selects(service.spec.selector, p.metadata.labels)
+        and _ready(p)
+    ]
     out: dict[tuple[str, str], list[Backend]] = {}
     for port in service.spec.ports or []:
         backends = []
@@ -164,17 +169,40 @@ def service_plan(
             everyone = endpoints.get((port.name or "", port.protocol), [])
             local = [b for b in everyone if b.node == node]
             internal = local if node is not None and spec.internal_traffic_policy == "Local" else everyone
-            common = {"service": key, "port_name": port.name or "", "protocol": port.protocol,
-                      "affinity_seconds": affinity}  # fmt: skip
-            frontends.append(Frontend(kind=CLUSTER_IP, ip=spec.cluster_ip, port=port.port,
-                                      backends=tuple(internal), **common))  # fmt: skip
+            common = {
+                "service": key,
+                "port_name": port.name or "",
+                "protocol": port.protocol,
+                "affinity_seconds": affinity,
+            }
+            frontends.append(
+                Frontend(
+                    kind=CLUSTER_IP, ip=spec.cluster_ip, port=port.port, backends=tuple(internal), **common
+                )
+            )
             for external in spec.external_ips or []:
-                frontends.append(Frontend(kind=EXTERNAL_IP, ip=external, port=port.port,
-                                          backends=tuple(internal), **common))  # fmt: skip
+                frontends.append(
+                    Frontend(
+                        kind=EXTERNAL_IP, ip=external, port=port.port, backends=tuple(internal), **common
+                    )
+                )
             if spec.type in ("NodePort", "LoadBalancer") and port.node_port:
                 local_only = spec.external_traffic_policy == "Local"
                 chosen = local if node is not None and local_only else everyone
-                frontends.append(Frontend(kind=NODE_PORT, ip=None, port=port.node_port, local_only=local_only,
-                                          backends=tuple(chosen), **common))  # fmt: skip
-    return ServicePlan(node=node, frontends=tuple(sorted(frontends)), node_ips=tuple(sorted(node_ips)),
-                       service_cidr=service_cidr, errors=errors)  # fmt: skip
+                frontends.append(
+                    Frontend(
+                        kind=NODE_PORT,
+                        ip=None,
+                        port=port.node_port,
+                        local_only=local_only,
+                        backends=tuple(chosen),
+                        **common,
+                    )
+                )
+    return ServicePlan(
+        node=node,
+        frontends=tuple(sorted(frontends)),
+        node_ips=tuple(sorted(node_ips)),
+        service_cidr=service_cidr,
+        errors=errors,
+    )

@@ -195,8 +195,10 @@ def run(args: argparse.Namespace) -> int:
                 )
             except Exception as exc:  # the data path's figures stand on their own: report, go on
                 result["footprint_error"] = f"{type(exc).__name__}: {exc}"
-                print(f"podnet bench: footprint/control plane failed: {result['footprint_error']}",
-                      file=sys.stderr)  # fmt: skip
+                print(
+                    f"podnet bench: footprint/control plane failed: {result['footprint_error']}",
+                    file=sys.stderr,
+                )
     finally:
         bar.close()
     result.setdefault("settings", {}).setdefault("wall_s", round(time.monotonic() - started, 1))

@@ -90,8 +90,13 @@ def _story(folder: str) -> None:
     _podnet("get", "ippools", "-o", "wide")
 
     _step("tune the pool as the seed does (IPIP only across subnets, NAT outgoing)")
-    _podnet("patch", "ippool", "default-ipv4-ippool", "-p",
-            '{"spec": {"ipipMode": "CrossSubnet", "natOutgoing": true}}')  # fmt: skip
+    _podnet(
+        "patch",
+        "ippool",
+        "default-ipv4-ippool",
+        "-p",
+        '{"spec": {"ipipMode": "CrossSubnet", "natOutgoing": true}}',
+    )
     _podnet("get", "ippool", "default-ipv4-ippool", "-o", "yaml")
 
     _step("allocate pod addresses as the CNI plugin does: one per pod, from its node's block")
@@ -136,6 +141,8 @@ def lab_cluster(keep: bool) -> None:
                 _step("remove the lab: namespaces, processes, cgroups, files")
                 _podnet("lab", "down")
     if keep:
-        print("\nthe lab is still up: try `.venv/bin/podnet get pods -A -o wide` or "
-              "`.venv/bin/podnet lab exec demo/echo-1 -- ip route`;\n"
-              "`.venv/bin/podnet lab down` removes it")  # fmt: skip
+        print(
+            "\nthe lab is still up: try `.venv/bin/podnet get pods -A -o wide` or "
+            "`.venv/bin/podnet lab exec demo/echo-1 -- ip route`;\n"
+            "`.venv/bin/podnet lab down` removes it"
+        )

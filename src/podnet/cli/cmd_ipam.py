@@ -48,9 +48,13 @@ def run(args: argparse.Namespace) -> int:
     resources = resource_store(args)
     ipam = IPAM(resources.store, resources.layout)
     return {
-        "show": _show, "check": _check, "release": _release, "gc": _gc, "assign": _assign,
+        "show": _show,
+        "check": _check,
+        "release": _release,
+        "gc": _gc,
+        "assign": _assign,
         "configure": _configure,
-    }[args.ipam_command](args, ipam, resources)  # fmt: skip
+    }[args.ipam_command](args, ipam, resources)
 
 
 def _pools(resources):
@@ -69,10 +73,23 @@ def _show(args, ipam, resources) -> int:
 
     usage = ipam.usage(_pools(resources))
     if args.output == "json":
-        print(json.dumps([
-            {"name": u.name, "cidr": u.cidr, "disabled": u.disabled, "size": u.size, "allocated": u.allocated,
-             "free": u.free, "blocks": [b.__dict__ for b in u.blocks] if args.show_blocks else None}
-            for u in usage], indent=2))  # fmt: skip
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": u.name,
+                        "cidr": u.cidr,
+                        "disabled": u.disabled,
+                        "size": u.size,
+                        "allocated": u.allocated,
+                        "free": u.free,
+                        "blocks": [b.__dict__ for b in u.blocks] if args.show_blocks else None,
+                    }
+                    for u in usage
+                ],
+                indent=2,
+            )
+        )
         return 0
     rows = [("GROUPING", "CIDR", "IPS TOTAL", "IPS IN USE", "IPS FREE", "AFFINITY")]
     for u in usage:

@@ -57,38 +57,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     chaos = sub.add_parser("chaos", help="a fault scenario on the lab (kill-agent, ipam-under-fire, ...)")
     chaos.add_argument("scenario", choices=[*witnessed.SCENARIOS, *pod_churn.SCENARIOS])
     chaos.add_argument("--node", help="kill-agent: the node (default: node-2)")
-    chaos.add_argument("--seconds", type=float, default=10.0,
-                       help="etcd-outage, etcd-blackhole: how long etcd is away")
+    chaos.add_argument(
+        "--seconds", type=float, default=10.0, help="etcd-outage, etcd-blackhole: how long etcd is away"
+    )
     chaos.add_argument("--policies", type=int, default=300, help="kill-agent-mid-policy-sync: batch size")
-    chaos.add_argument("--version", default=witnessed.PREVIOUS_VERSION,
-                       help="agent-downgrade-upgrade: the other version (a git commit of this checkout)")
+    chaos.add_argument(
+        "--version",
+        default=witnessed.PREVIOUS_VERSION,
+        help="agent-downgrade-upgrade: the other version (a git commit of this checkout)",
+    )
     chaos.add_argument("--pods", type=int, help="kill-agent-mid-cni (default 30), ipam-under-fire (1000)")
-    chaos.add_argument("--outage-seconds", type=float, default=0.0,
-                       help="kill-agent-mid-cni: the last kill inside an etcd outage this long")
-    chaos.add_argument("--fault", action="append",
-                       help=f"ipam-under-fire, repeatable: {pod_churn.FAULT_HINT}")
+    chaos.add_argument(
+        "--outage-seconds",
+        type=float,
+        default=0.0,
+        help="kill-agent-mid-cni: the last kill inside an etcd outage this long",
+    )
+    chaos.add_argument(
+        "--fault", action="append", help=f"ipam-under-fire, repeatable: {pod_churn.FAULT_HINT}"
+    )
     chaos.add_argument("-o", "--output", choices=["text", "json"], default="text")
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"up": _up, "down": _down, "clean": _clean, "status": _status, "wait": _wait, "exec": _exec,
-            "probe": _probe, "chaos": _chaos}[args.lab_command](args)  # fmt: skip
+    return {
+        "up": _up,
+        "down": _down,
+        "clean": _clean,
+        "status": _status,
+        "wait": _wait,
+        "exec": _exec,
+        "probe": _probe,
+        "chaos": _chaos,
+    }[args.lab_command](args)
 
 
 def _up(args) -> int:
     from podnet.lab.cluster import up
     from podnet.lab.topology import LabSpec
 
-    info = up(LabSpec(nodes=args.nodes, subnets=args.subnets, profile=args.profile,
-                      encapsulation=args.encapsulation, bgp=args.bgp))  # fmt: skip
+    info = up(
+        LabSpec(
+            nodes=args.nodes,
+            subnets=args.subnets,
+            profile=args.profile,
+            encapsulation=args.encapsulation,
+            bgp=args.bgp,
+        )
+    )
     topo = info.topology
     bgp = ", BGP mesh" if args.bgp else ""
-    print(f"lab up in {info.seconds:.1f}s: {len(topo.nodes)} nodes, profile {args.profile}, "
-          f"encapsulation {args.encapsulation}, {args.subnets} subnet(s){bgp}")  # fmt: skip
+    print(
+        f"lab up in {info.seconds:.1f}s: {len(topo.nodes)} nodes, profile {args.profile}, "
+        f"encapsulation {args.encapsulation}, {args.subnets} subnet(s){bgp}"
+    )
     for host in topo.nodes:
         print(f"  {host.name:10} netns {host.netns:14} {host.attachments[0].address}")
-    print(f"  etcd       {topo.etcd_endpoint} in netns {topo.etcd.netns}; the CLI reaches it at "
-          f"{info.etcd_endpoint}")  # fmt: skip
+    print(
+        f"  etcd       {topo.etcd_endpoint} in netns {topo.etcd.netns}; the CLI reaches it at "
+        f"{info.etcd_endpoint}"
+    )
     print("apply pods with `podnet apply -f FILE`; `podnet lab down` removes everything")
     return 0
 
@@ -155,8 +183,11 @@ def _wait(args) -> int:
     deadline = time.monotonic() + args.timeout
     while True:
         pods = _pods(args)
-        pending = [f"{p.metadata.namespace}/{p.metadata.name}" for p in pods
-                   if not (p.status and p.status.phase == "Running")]  # fmt: skip
+        pending = [
+            f"{p.metadata.namespace}/{p.metadata.name}"
+            for p in pods
+            if not (p.status and p.status.phase == "Running")
+        ]
         if not pending:
             print(f"{len(pods)} pods Running")
             return 0
@@ -188,8 +219,6 @@ def _exec(args) -> int:
     return subprocess.call([IP, "netns", "exec", _netns_of(pod), *cmd], preexec_fn=join_cgroup(cgroup))
 
 
-
-
 def _probe(args) -> int:
     import json
 
@@ -216,8 +245,10 @@ def _probe(args) -> int:
     port, proto = parse_port(args.args[2])
     netns, cgroup = _source(args, args.args[0])
     result = probe_in_pod(netns, cgroup, address, port, proto, 1, args.timeout)[0]
-    print(f"{args.args[0]} -> {args.args[1]} ({address}:{port}/{proto}): "
-          f"{'ok' if result.ok else 'FAILED'} {result.detail} ({result.elapsed * 1000:.1f} ms)")  # fmt: skip
+    print(
+        f"{args.args[0]} -> {args.args[1]} ({address}:{port}/{proto}): "
+        f"{'ok' if result.ok else 'FAILED'} {result.detail} ({result.elapsed * 1000:.1f} ms)"
+    )
     return 0 if result.ok else 1
 
 
@@ -275,12 +306,14 @@ def _chaos(args) -> int:
 
     lab = chaos.ChaosLab(lab_names(), resource_store(args))
     if args.scenario in pod_churn.SCENARIOS:
-        report = pod_churn.run_scenario(lab, args.scenario, args.node, args.pods, args.outage_seconds,
-                                        args.fault)  # fmt: skip
+        report = pod_churn.run_scenario(
+            lab, args.scenario, args.node, args.pods, args.outage_seconds, args.fault
+        )
         module = pod_churn
     else:
-        report = chaos.run_scenario(lab, args.scenario, args.node, args.seconds, policies=args.policies,
-                                    version=args.version)  # fmt: skip
+        report = chaos.run_scenario(
+            lab, args.scenario, args.node, args.seconds, policies=args.policies, version=args.version
+        )
         module = chaos  # type: ignore[assignment]
     print(json.dumps(report, indent=2, default=str) if args.output == "json" else module.render(report))
     failed = module.problems(report)

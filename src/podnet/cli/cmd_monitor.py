@@ -60,8 +60,10 @@ def format_text(drop: dict[str, Any]) -> str:
     """One line: time (UTC), node, protocol, source -> destination:port, direction and reason."""
     src = _endpoint(drop.get("srcPod"), drop.get("src", "?"))
     dst = _endpoint(drop.get("dstPod"), drop.get("dst", "?"), drop.get("dport"))
-    return (f"{_clock(drop.get('time', ''))} {drop.get('node', '?')} DROP {drop.get('protocol', '?')} "
-            f"{src} -> {dst} {drop.get('direction', 'unknown')}: {drop.get('reason', '')}")  # fmt: skip
+    return (
+        f"{_clock(drop.get('time', ''))} {drop.get('node', '?')} DROP {drop.get('protocol', '?')} "
+        f"{src} -> {dst} {drop.get('direction', 'unknown')}: {drop.get('reason', '')}"
+    )
 
 
 def format_drop(drop: dict[str, Any], output: str) -> str:
@@ -98,8 +100,9 @@ def ask(node: str, path: str, since: int, wait: float = 0.0) -> dict[str, Any]:
     from podnet.agent import api
 
     try:
-        reply = api.call(path, {"verb": api.DROPS, "since": since, "wait": wait, "limit": LIMIT},
-                         timeout=wait + 5.0)  # fmt: skip
+        reply = api.call(
+            path, {"verb": api.DROPS, "since": since, "wait": wait, "limit": LIMIT}, timeout=wait + 5.0
+        )
     except api.AgentUnavailable as exc:
         raise PodnetError(f"{node}: {exc}", hint=HINT) from None
     except ValueError as exc:  # not JSON
@@ -158,10 +161,11 @@ def follow(sockets: dict[str, str], start: dict[str, int], wait: float = 0.5) ->
         events.put((kind, value))
 
     threads = [
-        threading.Thread(target=_follow, args=(node, path, start[node], emit, stop), name=f"monitor-{node}",
-                         daemon=True)
+        threading.Thread(
+            target=_follow, args=(node, path, start[node], emit, stop), name=f"monitor-{node}", daemon=True
+        )
         for node, path in sockets.items()
-    ]  # fmt: skip
+    ]
     for thread in threads:
         thread.start()
     try:

@@ -132,17 +132,29 @@ def explain_doc(view: ClusterPolicy, src, dst, port: int, proto: str) -> dict[st
     doc: dict[str, Any] = {
         "from": src if isinstance(src, str) else src.key,
         "to": dst if isinstance(dst, str) else dst.key,
-        "port": port, "protocol": proto,
+        "port": port,
+        "protocol": proto,
         "verdict": "allowed" if verdict.allowed else "denied",
         "decidedBy": verdict.decided_by,
         "rules": [str(p) for p in verdict.rules],
-    }  # fmt: skip
+    }
     for side in sides:
         doc[side.direction] = {
-            "endpoint": side.endpoint, "isolated": side.isolated, "allowed": side.allowed,
-            "rules": [{"policy": f"{p.namespace}/{p.name}", "kind": p.kind, "direction": p.direction,
-                       "rule": p.rule, "text": str(p), "spec": rule_text(view, p)} for p in side.rules],
-        }  # fmt: skip
+            "endpoint": side.endpoint,
+            "isolated": side.isolated,
+            "allowed": side.allowed,
+            "rules": [
+                {
+                    "policy": f"{p.namespace}/{p.name}",
+                    "kind": p.kind,
+                    "direction": p.direction,
+                    "rule": p.rule,
+                    "text": str(p),
+                    "spec": rule_text(view, p),
+                }
+                for p in side.rules
+            ],
+        }
     return doc
 
 
@@ -189,8 +201,12 @@ def _explain(args: argparse.Namespace) -> int:
 
 def declared_ports(view: ClusterPolicy, keys: list[str]) -> list[tuple[int, str]]:
     """Every distinct (containerPort, protocol) the pods declare, TCP and UDP only."""
-    found = {(number, proto) for key in keys for _, number, proto in view.pods[key].ports
-             if proto in ("TCP", "UDP")}  # fmt: skip
+    found = {
+        (number, proto)
+        for key in keys
+        for _, number, proto in view.pods[key].ports
+        if proto in ("TCP", "UDP")
+    }
     return sorted(found, key=lambda p: (p[1], p[0]))
 
 
@@ -203,11 +219,18 @@ def compare(
         for dst, result in row.items():
             reached = result.ok or result.detail in REACHED_DETAILS
             verdict = predict(view, view.pods[src], view.pods[dst], port, proto)
-            pairs.append({
-                "from": src, "to": dst, "probed": reached, "detail": result.detail,
-                "explained": verdict.allowed, "decidedBy": verdict.decided_by,
-                "rules": [str(p) for p in verdict.rules], "agree": reached == verdict.allowed,
-            })  # fmt: skip
+            pairs.append(
+                {
+                    "from": src,
+                    "to": dst,
+                    "probed": reached,
+                    "detail": result.detail,
+                    "explained": verdict.allowed,
+                    "decidedBy": verdict.decided_by,
+                    "rules": [str(p) for p in verdict.rules],
+                    "agree": reached == verdict.allowed,
+                }
+            )
     return pairs
 
 
@@ -219,8 +242,10 @@ def render_comparison(port: int, proto: str, pairs: list[dict[str, Any]]) -> str
     width = max([len(s) for s in sources] + [len(f"{port}/{proto}")])
     cols = " ".join(f"{i + 1:>3}" for i in range(len(targets)))
     grid_width = len(cols)
-    lines = [f"{f'{port}/{proto}':<{width}}  {'probed':<{grid_width}}    explain",
-             f"{'':<{width}}  {cols}    {cols}"]  # fmt: skip
+    lines = [
+        f"{f'{port}/{proto}':<{width}}  {'probed':<{grid_width}}    explain",
+        f"{'':<{width}}  {cols}    {cols}",
+    ]
     for s in sources:
         probed, explained = [], []
         for d in targets:
@@ -240,8 +265,10 @@ def render_comparison(port: int, proto: str, pairs: list[dict[str, Any]]) -> str
         said = "allowed" if p["explained"] else "denied"
         probed = "reached" if p["probed"] else "blocked"
         rules = ", ".join(p["rules"]) or "-"
-        lines.append(f"  ! {p['from']} -> {p['to']}: probed {probed} ({p['detail']}), "
-                     f"explain says {said} ({p['decidedBy']}: {rules})")  # fmt: skip
+        lines.append(
+            f"  ! {p['from']} -> {p['to']}: probed {probed} ({p['detail']}), "
+            f"explain says {said} ({p['decidedBy']}: {rules})"
+        )
     return "\n".join(lines)
 
 
@@ -277,6 +304,8 @@ def _test(args: argparse.Namespace) -> int:
         print(json.dumps({"ports": report, "disagreements": disagreements}, indent=2))
     else:
         total = sum(len(r["pairs"]) for r in report)
-        print(f"{total - disagreements}/{total} probes agree with explain"
-              + ("" if not disagreements else f"; {disagreements} disagree (marked !)"))  # fmt: skip
+        print(
+            f"{total - disagreements}/{total} probes agree with explain"
+            + ("" if not disagreements else f"; {disagreements} disagree (marked !)")
+        )
     return 0 if disagreements == 0 else 1

@@ -45,11 +45,19 @@ def frontend_rows(plan) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     rows = []
     for index, f in enumerate(plan.frontends, start=1):
         flags = [x for x, on in (("affinity", f.affinity_seconds > 0), ("local", f.local_only)) if on]
-        rows.append({
-            "id": index, "service": f.service, "portName": f.port_name, "type": f.kind,
-            "frontend": f"{f.ip or '*'}:{f.port}/{f.protocol}", "flags": flags,
-            "backends": [{"address": f"{b.ip}:{b.port}", "pod": b.pod, "node": b.node} for b in f.backends],
-        })  # fmt: skip
+        rows.append(
+            {
+                "id": index,
+                "service": f.service,
+                "portName": f.port_name,
+                "type": f.kind,
+                "frontend": f"{f.ip or '*'}:{f.port}/{f.protocol}",
+                "flags": flags,
+                "backends": [
+                    {"address": f"{b.ip}:{b.port}", "pod": b.pod, "node": b.node} for b in f.backends
+                ],
+            }
+        )
     return rows
 
 

@@ -458,9 +458,13 @@ def _layout(info: MapInfo) -> tuple[int, int, int, int, int]:
 
 
 def load_object(
-    obj: str, prog_dir: str, map_dir: str, reuse: Mapping[str, str] | None = None, *,
+    obj: str,
+    prog_dir: str,
+    map_dir: str,
+    reuse: Mapping[str, str] | None = None,
+    *,
     prog_type: str | None = "classifier",
-) -> None:  # fmt: skip
+) -> None:
     """``bpftool prog loadall``: pin every program of ``obj`` under ``prog_dir`` and its maps under
     ``map_dir`` (both must not exist yet); maps named in ``reuse`` (name -> pinned path) are the
     existing ones, contents and all, instead of new ones. ``prog_type`` None: libbpf takes each
@@ -488,9 +492,15 @@ def _repin_maps(prog_ids: Iterable[int], missing: set[str], pin_dir: str) -> dic
 
 
 def ensure_objects(
-    obj: str, pin_dir: str, key: str, maps: Sequence[str], programs: Sequence[str],
-    attached: Callable[[], Iterable[int]], *, prog_type: str | None = "classifier",
-) -> dict[str, str]:  # fmt: skip
+    obj: str,
+    pin_dir: str,
+    key: str,
+    maps: Sequence[str],
+    programs: Sequence[str],
+    attached: Callable[[], Iterable[int]],
+    *,
+    prog_type: str | None = "classifier",
+) -> dict[str, str]:
     """The programs of ``obj`` pinned under ``pin_dir/prog-<key>`` (name -> pin), using the maps
     pinned as ``pin_dir/<name>``: reused when they are there (contents kept), else re-pinned from
     the programs still attached (``attached()``: their ids), else new. Already loaded against
@@ -515,8 +525,11 @@ def ensure_objects(
         wanted = {name: _layout(map_info(pinned=f"{tmp}/maps/{name}")) for name in found}
         reuse = {name: path for name, path in found.items() if _layout(map_info(pinned=path)) == wanted[name]}
         if set(found) - set(reuse):
-            log.warning("pinned maps %s do not fit %s (another layout): replaced by new, empty ones",
-                        ", ".join(sorted(set(found) - set(reuse))), obj)  # fmt: skip
+            log.warning(
+                "pinned maps %s do not fit %s (another layout): replaced by new, empty ones",
+                ", ".join(sorted(set(found) - set(reuse))),
+                obj,
+            )
         if reuse:
             unpin_tree(tmp)
             os.makedirs(tmp)
@@ -604,10 +617,24 @@ def attach_tc(
     """Attach (or atomically replace) the pinned program at ``dev`` ``direction`` ``pref``/``handle``."""
     ensure_clsact(dev, netns)
     run_tool(
-        [TC, "filter", "replace", "dev", dev, direction, "pref", str(pref), "handle", hex(handle),
-         "bpf", "direct-action", "object-pinned", pinned_prog],
+        [
+            TC,
+            "filter",
+            "replace",
+            "dev",
+            dev,
+            direction,
+            "pref",
+            str(pref),
+            "handle",
+            hex(handle),
+            "bpf",
+            "direct-action",
+            "object-pinned",
+            pinned_prog,
+        ],
         netns,
-    )  # fmt: skip
+    )
 
 
 def detach_tc(dev: str, direction: str, *, pref: int, handle: int = 1, netns: str | None = None) -> None:

@@ -251,8 +251,9 @@ class IPIPTunnel:
             local = self.local_ip or _uplink_address(nl, uplink)
             self._ensure_device(nl, self.mtu or uplink.mtu - IPIP_OVERHEAD)
             _relax_rp_filter(nl, self.uplink)
-        progs = bpf.ensure_objects(obj, self.pin_dir, key, MAPS, (ENCAP_PROG, DECAP_PROG),
-                                   self._attached_prog_ids)  # fmt: skip
+        progs = bpf.ensure_objects(
+            obj, self.pin_dir, key, MAPS, (ENCAP_PROG, DECAP_PROG), self._attached_prog_ids
+        )
         with bpf.BpfMap(self._pin(CONFIG_MAP)) as cfg:
             want = encode_config(local, uplink.index)
             if cfg.lookup(bytes(4)) != want:
@@ -314,9 +315,12 @@ class IPIPTunnel:
     def _attached_prog_ids(self) -> list[int]:
         """Our programs attached to the tunnel's hooks (their maps outlive lost pins)."""
         hooks = ((TUNNEL_DEVICE, "egress", ENCAP_PROG), (self.uplink, "ingress", DECAP_PROG))
-        return [flt.prog_id for dev, direction, name in hooks
-                for flt in bpf.tc_filters(dev, direction, self.netns)
-                if flt.pref == TC_PREF and flt.prog_name == name and flt.prog_id is not None]  # fmt: skip
+        return [
+            flt.prog_id
+            for dev, direction, name in hooks
+            for flt in bpf.tc_filters(dev, direction, self.netns)
+            if flt.pref == TC_PREF and flt.prog_name == name and flt.prog_id is not None
+        ]
 
     def _attach_all(self, progs: dict[str, str]) -> None:
         """Attach what is not attached yet; refuse (before touching anything) a foreign program."""

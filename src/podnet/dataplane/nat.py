@@ -52,8 +52,9 @@ class NatManager:
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
-        self.table: TableSync[str] = TableSync("ip", TABLE, netns, full=lambda script: script,
-                                               what="natOutgoing")  # fmt: skip
+        self.table: TableSync[str] = TableSync(
+            "ip", TABLE, netns, full=lambda script: script, what="natOutgoing"
+        )
 
     def apply(self, masq_pools: Iterable[str], all_pools: Iterable[str]) -> bool:
         """Apply if the rendering changed; True when something was written."""

@@ -560,9 +560,18 @@ class Netlink:
         ``global``; ``protocol`` defaults to ``boot`` (3), as with ip-route.
         """
         op, rtm, flags, body = self._route_request(
-            "add", dst, gateway=gateway, dev=dev, kind=kind, scope=scope, onlink=onlink,
-            table=table, protocol=protocol, metric=metric, src=src,
-        )  # fmt: skip
+            "add",
+            dst,
+            gateway=gateway,
+            dev=dev,
+            kind=kind,
+            scope=scope,
+            onlink=onlink,
+            table=table,
+            protocol=protocol,
+            metric=metric,
+            src=src,
+        )
         self._write(op, rtm, flags, body)
 
     def route_replace(
@@ -581,9 +590,18 @@ class Netlink:
     ) -> None:
         """Create or overwrite the route with this key (dst, table, metric), the route of *any* owner."""
         op, rtm, flags, body = self._route_request(
-            "replace", dst, gateway=gateway, dev=dev, kind=kind, scope=scope, onlink=onlink,
-            table=table, protocol=protocol, metric=metric, src=src,
-        )  # fmt: skip
+            "replace",
+            dst,
+            gateway=gateway,
+            dev=dev,
+            kind=kind,
+            scope=scope,
+            onlink=onlink,
+            table=table,
+            protocol=protocol,
+            metric=metric,
+            src=src,
+        )
         self._write(op, rtm, flags, body)
 
     def route_del(

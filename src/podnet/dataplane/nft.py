@@ -30,8 +30,13 @@ def _in_netns(cmd: list[str], netns: str | None) -> list[str]:
 
 def run_nft(script: str, netns: str | None, what: str, hint: str | None = None) -> None:
     """Apply ``script`` as one atomic ``nft -f`` transaction; DataplaneError with nft's message."""
-    proc = subprocess.run(_in_netns(["nft", "-f", "-"], netns), input=script, capture_output=True,
-                          text=True, timeout=NFT_TIMEOUT)  # fmt: skip
+    proc = subprocess.run(
+        _in_netns(["nft", "-f", "-"], netns),
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=NFT_TIMEOUT,
+    )
     if proc.returncode != 0:
         raise DataplaneError(f"nft rejected the {what} transaction: {proc.stderr.strip()}", hint=hint)
 
@@ -62,16 +67,25 @@ def canonical(doc: dict[str, Any]) -> dict[str, Any]:
 
 def list_table(family: str, table: str, netns: str | None) -> dict[str, Any] | None:
     """The table as ``nft -j -s`` lists it, or None when it does not exist."""
-    proc = subprocess.run(_in_netns(["nft", "-j", "-s", "list", "table", family, table], netns),
-                          capture_output=True, text=True, timeout=NFT_TIMEOUT)  # fmt: skip
+    proc = subprocess.run(
+        _in_netns(["nft", "-j", "-s", "list", "table", family, table], netns),
+        capture_output=True,
+        text=True,
+        timeout=NFT_TIMEOUT,
+    )
     return json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout.strip() else None
 
 
 def scratch_listing(script: str, family: str, table: str) -> dict[str, Any]:
     """``script`` loaded into a throw-away network namespace, listed as :func:`list_table` does."""
     shell = f"nft -f - && nft -j -s list table {family} {table}"
-    proc = subprocess.run(["unshare", "--net", "sh", "-c", shell], input=script, capture_output=True,
-                          text=True, timeout=NFT_TIMEOUT)  # fmt: skip
+    proc = subprocess.run(
+        ["unshare", "--net", "sh", "-c", shell],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=NFT_TIMEOUT,
+    )
     if proc.returncode != 0:
         raise DataplaneError(f"nft rejected the {table} table in a scratch namespace: {proc.stderr.strip()}")
     return json.loads(proc.stdout)
@@ -101,10 +115,17 @@ class TableSync(Generic[R]):
     """
 
     def __init__(
-        self, family: str, table: str, netns: str | None, *, full: Callable[[R], str],
-        diff: Callable[[R, R], str | None] | None = None, matches: Callable[[str], bool] | None = None,
-        what: str | None = None, hint: str | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        family: str,
+        table: str,
+        netns: str | None,
+        *,
+        full: Callable[[R], str],
+        diff: Callable[[R, R], str | None] | None = None,
+        matches: Callable[[str], bool] | None = None,
+        what: str | None = None,
+        hint: str | None = None,
+    ) -> None:
         self.family, self.table, self.netns = family, table, netns
         self.full = full
         self.diff = diff or (lambda old, new: "" if old == new else None)

@@ -459,9 +459,13 @@ class PolicyManager:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self.table: TableSync[Rendering] = TableSync(
-            FAMILY, TABLE, netns, full=render_full, diff=render_diff,
+            FAMILY,
+            TABLE,
+            netns,
+            full=render_full,
+            diff=render_diff,
             hint="the previous policy ruleset is still in force; the next sync is a full resync",
-        )  # fmt: skip
+        )
 
     @property
     def needs_full_resync(self) -> bool:
@@ -592,9 +596,13 @@ class HostEndpointManager:
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self.table: TableSync[str] = TableSync(
-            FAMILY, HOST_TABLE, netns, full=lambda script: script, matches=self._kernel_has,
+            FAMILY,
+            HOST_TABLE,
+            netns,
+            full=lambda script: script,
+            matches=self._kernel_has,
             hint="the previous host-endpoint ruleset is still in force",
-        )  # fmt: skip
+        )
 
     def apply(self, plan: HostEndpointPlan) -> str:
         """``"applied"``, ``"adopted"`` or ``"noop"``; raises :class:`DataplaneError` (nothing

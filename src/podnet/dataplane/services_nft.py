@@ -493,8 +493,12 @@ def _tuple(raw: bytes) -> tuple[str, str, int, int, int] | None:
     )
 
 
-def _matches(flow: StaleFlow, orig: tuple[str, str, int, int, int], reply: tuple[str, str, int, int, int],
-             local: set[str]) -> bool:  # fmt: skip
+def _matches(
+    flow: StaleFlow,
+    orig: tuple[str, str, int, int, int],
+    reply: tuple[str, str, int, int, int],
+    local: set[str],
+) -> bool:
     if orig[2] != socket.IPPROTO_UDP or orig[4] != flow.port:
         return False
     if flow.dst is not None and orig[1] != flow.dst:
@@ -578,9 +582,13 @@ class ServiceProxy:
         self.netns = netns
         self.nodeport_only = nodeport_only
         self.table: TableSync[Rendering] = TableSync(
-            FAMILY, TABLE, netns, full=render_full, diff=render_diff,
+            FAMILY,
+            TABLE,
+            netns,
+            full=render_full,
+            diff=render_diff,
             hint="the previous service ruleset is still in force; the next sync is a full resync",
-        )  # fmt: skip
+        )
         self._ever_applied: Rendering | None = None  # for conntrack: what the kernel last had
 
     @property

@@ -504,8 +504,9 @@ class SocketLB:
         self._ensure_bpffs()
         obj = bpf.compile_program(self.source, self.cache_dir)
         key = Path(obj).stem.rsplit("-", 1)[-1]
-        progs = bpf.ensure_objects(obj, self.pin_dir, key, MAPS, tuple(HOOKS), self._attached_prog_ids,
-                                   prog_type=None)  # fmt: skip
+        progs = bpf.ensure_objects(
+            obj, self.pin_dir, key, MAPS, tuple(HOOKS), self._attached_prog_ids, prog_type=None
+        )
         self._attach_all(progs)
         self._drop_stale(f"prog-{key}")
 

@@ -58,9 +58,15 @@ class VXLANTunnel:
             if link is None:
                 uplink = nl.link_get(self.uplink)
                 nl.link_add(
-                    self.name, "vxlan", vxlan_id=self.vni, vxlan_port=self.port, vxlan_local=self.local_ip,
-                    vxlan_learning=0, vxlan_link=uplink.index, address=mac,
-                )  # fmt: skip
+                    self.name,
+                    "vxlan",
+                    vxlan_id=self.vni,
+                    vxlan_port=self.port,
+                    vxlan_local=self.local_ip,
+                    vxlan_learning=0,
+                    vxlan_link=uplink.index,
+                    address=mac,
+                )
                 link = nl.link_get(self.name)
             if (link.mac or "").lower() != mac.lower():
                 nl.link_set(self.name, mac=mac)
@@ -77,8 +83,9 @@ class VXLANTunnel:
         with Netlink.open(self.netns) as nl:
             want_neigh = {p.tunnel_ip: p.mac.lower() for p in peers.values()}
             want_fdb = {p.mac.lower(): p.node_ip for p in peers.values()}
-            have_neigh = {n.address: (n.lladdr or "").lower() for n in nl.neighs(self.name)
-                          if n.state == "permanent"}  # fmt: skip
+            have_neigh = {
+                n.address: (n.lladdr or "").lower() for n in nl.neighs(self.name) if n.state == "permanent"
+            }
             have_fdb = {e.lladdr.lower(): e.dst for e in nl.fdbs(self.name)}
             for mac, dst in want_fdb.items():
                 if have_fdb.get(mac) != dst:

@@ -339,8 +339,9 @@ class EtcdWatch:
         for endpoint in self._store.endpoints:
             parts = urlsplit(endpoint)
             try:
-                sock = socket.create_connection((parts.hostname, parts.port or 2379),
-                                                self._store.connect_timeout)
+                sock = socket.create_connection(
+                    (parts.hostname, parts.port or 2379), self._store.connect_timeout
+                )
                 sock.settimeout(self._store.timeout)
                 sock.sendall(
                     b"POST /v3/watch HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"

@@ -61,17 +61,27 @@ class EtcdServer:
             )
         cmd = [
             ETCD_BINARY,
-            "--name", self.name,
-            "--data-dir", os.path.join(self.data_dir, "data"),
-            "--listen-client-urls", self.endpoint,
-            "--advertise-client-urls", self.endpoint,
-            "--listen-peer-urls", f"http://{self.host}:{self.peer_port}",
-            "--initial-advertise-peer-urls", f"http://{self.host}:{self.peer_port}",
-            "--initial-cluster", f"{self.name}=http://{self.host}:{self.peer_port}",
-            "--initial-cluster-state", "new",
-            "--log-level", "warn",
-            "--logger", "zap",
-        ]  # fmt: skip
+            "--name",
+            self.name,
+            "--data-dir",
+            os.path.join(self.data_dir, "data"),
+            "--listen-client-urls",
+            self.endpoint,
+            "--advertise-client-urls",
+            self.endpoint,
+            "--listen-peer-urls",
+            f"http://{self.host}:{self.peer_port}",
+            "--initial-advertise-peer-urls",
+            f"http://{self.host}:{self.peer_port}",
+            "--initial-cluster",
+            f"{self.name}=http://{self.host}:{self.peer_port}",
+            "--initial-cluster-state",
+            "new",
+            "--log-level",
+            "warn",
+            "--logger",
+            "zap",
+        ]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         return cmd

@@ -131,7 +131,10 @@ class ResourceStore:
         return ServiceAllocator(self.store, self.layout, ranges)
 
     def _prepare(
-        self, resource: Resource, current: KeyValue | None, allocator=None  # type: ignore[no-untyped-def]
+        self,
+        resource: Resource,
+        current: KeyValue | None,
+        allocator=None,  # type: ignore[no-untyped-def]
     ) -> tuple[Write, str, dict, list[Write]]:
         """The write for one resource, whether it creates, changes or leaves it, and the writes
         that must go with it (a Service's ClusterIP and NodePort allocations)."""

@@ -99,8 +99,9 @@ class ServiceAllocator:
             if spec.get("clusterIP") and spec.get("clusterIPs") is None and spec["clusterIP"] != "None":
                 spec["clusterIPs"] = [spec["clusterIP"]]
 
-        kept = {(p.get("port"), p.get("protocol", "TCP")): p.get("nodePort")
-                for p in old_spec.get("ports") or []}  # fmt: skip
+        kept = {
+            (p.get("port"), p.get("protocol", "TCP")): p.get("nodePort") for p in old_spec.get("ports") or []
+        }
         wants_node_ports = spec.get("type") in ("NodePort", "LoadBalancer")
         using: set[int] = set()
         for i, port in enumerate(spec.get("ports") or [] if wants_node_ports else []):

@@ -108,8 +108,9 @@ class Block:
             affinity, attributes = doc.get("affinity"), list(doc.get("attributes") or [])
             if not isinstance(doc["cidr"], str) or not isinstance(affinity, str | None):
                 raise TypeError("cidr and affinity must be strings")
-            if not all(isinstance(a, dict) and isinstance(a.get("secondary") or {}, dict)
-                       for a in attributes):  # fmt: skip
+            if not all(
+                isinstance(a, dict) and isinstance(a.get("secondary") or {}, dict) for a in attributes
+            ):
                 raise TypeError("attributes must be objects")
             block = cls(
                 cidr=doc["cidr"],

@@ -63,8 +63,16 @@ from podnet.lab.witness import Flow, Witness, summarize
 
 NAMESPACE = "chaos"
 PORT = 8080
-SCENARIOS = ("kill-agent", "kill-all-agents", "agent-upgrade", "agent-downgrade-upgrade", "etcd-outage",
-             "etcd-blackhole", "kill-agent-mid-policy-sync", "bird-restart")
+SCENARIOS = (
+    "kill-agent",
+    "kill-all-agents",
+    "agent-upgrade",
+    "agent-downgrade-upgrade",
+    "etcd-outage",
+    "etcd-blackhole",
+    "kill-agent-mid-policy-sync",
+    "bird-restart",
+)
 PREVIOUS_VERSION = "afc4f76"  # the agent as it was at the end of the services/bench issues
 POLICY_SCENARIOS = ("etcd-blackhole", "kill-agent-mid-policy-sync")
 GUARDED = "guarded"
@@ -72,12 +80,25 @@ ENFORCE_WITHIN = 5.0  # seconds from etcd's return to a policy written meanwhile
 POLICY_TABLE = "podnet_policy"
 
 FLOW_FIELDS = ("replies", "interrupted", "max_gap_ms", "gaps_over_limit", "errors")
-FIGURES = ("restart_seconds", "version", "downgrade_seconds", "upgrade_seconds", "agents_ran_from",
-           "outage_seconds",
-           "agent_cpu_percent_during_outage", "back_in_sync_seconds",
-           "cni_add_during_outage", "policy_open_at_end_of_outage", "policy_enforced_seconds",
-           "batch_to_kernel_seconds", "rounds", "policy_changes", "bird_back_seconds", "sessions_up_seconds",
-           "routes_deleted")
+FIGURES = (
+    "restart_seconds",
+    "version",
+    "downgrade_seconds",
+    "upgrade_seconds",
+    "agents_ran_from",
+    "outage_seconds",
+    "agent_cpu_percent_during_outage",
+    "back_in_sync_seconds",
+    "cni_add_during_outage",
+    "policy_open_at_end_of_outage",
+    "policy_enforced_seconds",
+    "batch_to_kernel_seconds",
+    "rounds",
+    "policy_changes",
+    "bird_back_seconds",
+    "sessions_up_seconds",
+    "routes_deleted",
+)
 
 
 def workload_docs(nodes: list[str]) -> list[dict]:
@@ -99,8 +120,14 @@ def workload_docs(nodes: list[str]) -> list[dict]:
         spec = {"nodeName": node, "containers": [{"name": "c"}]}
         docs.append({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
     spec = {"selector": {"app": "echo"}, "ports": [{"port": 80, "targetPort": "http"}]}
-    docs.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo", "namespace": NAMESPACE},
-                 "spec": spec})  # fmt: skip
+    docs.append(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "echo", "namespace": NAMESPACE},
+            "spec": spec,
+        }
+    )
     return docs
 
 
@@ -160,8 +187,9 @@ def _cpu_meter(names: LabNames) -> Callable[[], dict[str, float]]:
 
     def percent() -> dict[str, float]:
         elapsed = time.monotonic() - started
-        return {node: round((_cpu_seconds(pid) - before[node]) / elapsed * 100, 1)
-                for node, pid in pids.items()}  # fmt: skip
+        return {
+            node: round((_cpu_seconds(pid) - before[node]) / elapsed * 100, 1) for node, pid in pids.items()
+        }
 
     return percent
 
@@ -181,9 +209,12 @@ class Sandbox:
         from podnet.lab.netns import create_netns, netns_path
 
         meta = LabState(names.state_dir).meta()["nodes"][node]
-        self.runtime = CNIRuntime(names.cni_conf_dir(node), [cluster.cni_bin_dir(names)],
-                                  os.path.join(names.node_dir(node), "cni", "chaos-cache"),
-                                  netns_exec=meta["netns"])  # fmt: skip
+        self.runtime = CNIRuntime(
+            names.cni_conf_dir(node),
+            [cluster.cni_bin_dir(names)],
+            os.path.join(names.node_dir(node), "cni", "chaos-cache"),
+            netns_exec=meta["netns"],
+        )
         self.names, self.id = names, uuid.uuid4().hex
         self.netns = names.pod_ns(NAMESPACE, f"sandbox-{self.id[:8]}")
         LabState(names.state_dir).record_netns(self.netns, "pod")
@@ -220,19 +251,25 @@ def _agent_source(names: LabNames, ref: str) -> str:
     import podnet
 
     def git(*args: str) -> str:
-        proc = subprocess.run(["git", "-C", os.path.dirname(podnet.__file__), *args],
-                              capture_output=True, text=True)  # fmt: skip
+        proc = subprocess.run(
+            ["git", "-C", os.path.dirname(podnet.__file__), *args], capture_output=True, text=True
+        )
         if proc.returncode != 0:
-            raise LabError(f"git {' '.join(args)}: {proc.stderr.strip()}",
-                           hint="agent versions come from this checkout's git history")  # fmt: skip
+            raise LabError(
+                f"git {' '.join(args)}: {proc.stderr.strip()}",
+                hint="agent versions come from this checkout's git history",
+            )
         return proc.stdout.strip()
 
     commit = git("rev-parse", "--verify", f"{ref}^{{commit}}")
     dest = os.path.join(names.state_dir, "versions", commit[:12])
     if not os.path.isdir(os.path.join(dest, "src", "podnet")):
         os.makedirs(dest, exist_ok=True)
-        archive = subprocess.run(["git", "-C", git("rev-parse", "--show-toplevel"), "archive", commit, "src"],
-                                 capture_output=True, check=True).stdout  # fmt: skip
+        archive = subprocess.run(
+            ["git", "-C", git("rev-parse", "--show-toplevel"), "archive", commit, "src"],
+            capture_output=True,
+            check=True,
+        ).stdout
         subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
     return os.path.join(dest, "src")
 
@@ -257,8 +294,12 @@ def _downgrade_upgrade(lab: ChaosLab, ref: str, dwell: float = 3.0) -> dict[str,
     time.sleep(dwell)  # the other version syncs, and rewrites what it renders differently
     up = _switch_agents(lab, None)
     after = {node: _pythonpath(pid) for node, pid in cluster.agent_pids(lab.names).items()}
-    return {"version": ref, "downgrade_seconds": down, "upgrade_seconds": up,
-            "agents_ran_from": {"downgraded": running, "upgraded": after}}  # fmt: skip
+    return {
+        "version": ref,
+        "downgrade_seconds": down,
+        "upgrade_seconds": up,
+        "agents_ran_from": {"downgraded": running, "upgraded": after},
+    }
 
 
 def _pythonpath(pid: int) -> str:
@@ -284,10 +325,16 @@ def _etcd_outage(lab: ChaosLab, seconds: float) -> dict[str, Any]:
         for node in lab.nodes:
             cluster.wait_agent(lab.names, node, timeout=60.0)
         sandbox.remove()
-    return {"outage_seconds": round(outage, 1), "agent_cpu_percent_during_outage": cpu,
-            "back_in_sync_seconds": round(time.monotonic() - started - outage, 2),
-            "cni_add_during_outage": {"seconds": round(add_seconds, 2), "code": add_code,
-                                      "message": add_message[:200]}}  # fmt: skip
+    return {
+        "outage_seconds": round(outage, 1),
+        "agent_cpu_percent_during_outage": cpu,
+        "back_in_sync_seconds": round(time.monotonic() - started - outage, 2),
+        "cni_add_during_outage": {
+            "seconds": round(add_seconds, 2),
+            "code": add_code,
+            "message": add_message[:200],
+        },
+    }
 
 
 def _bird_restart(lab: ChaosLab, node: str, timeout: float = 60.0) -> dict[str, Any]:
@@ -336,10 +383,16 @@ def _wait(condition: Callable[[], bool], timeout: float, interval: float = 0.05)
 
 
 def _policy_doc(name: str, ingress: list[dict]) -> dict:
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {"podSelector": {"matchLabels": {"app": GUARDED}}, "policyTypes": ["Ingress"],
-                     "ingress": ingress}}  # fmt: skip
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": GUARDED}},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }
 
 
 def _delete_policies(lab: ChaosLab, names: list[str]) -> None:
@@ -361,10 +414,16 @@ def _blackhole(names: LabNames, on: bool) -> None:
 
     port = urlsplit(LabState(names.state_dir).meta()["etcd_cluster_endpoint"]).port or 2379
     table = "table inet podnet_chaos_blackhole"
-    script = (f"{table} {{\n chain input {{ type filter hook input priority -10; policy accept;\n"
-              f'  iifname != "lo" tcp dport {port} drop\n }}\n'
-              f" chain output {{ type filter hook output priority -10; policy accept;\n"
-              f'  oifname != "lo" tcp sport {port} drop\n }}\n}}\n') if on else ""  # fmt: skip
+    script = (
+        (
+            f"{table} {{\n chain input {{ type filter hook input priority -10; policy accept;\n"
+            f'  iifname != "lo" tcp dport {port} drop\n }}\n'
+            f" chain output {{ type filter hook output priority -10; policy accept;\n"
+            f'  oifname != "lo" tcp sport {port} drop\n }}\n}}\n'
+        )
+        if on
+        else ""
+    )
     run_nft(f"{table}\ndelete {table}\n{script}", names.etcd_ns, "black-hole")
 
 
@@ -394,11 +453,17 @@ def _etcd_blackhole(lab: ChaosLab, seconds: float) -> dict[str, Any]:
     sandbox.remove()
     if reopened is None:
         raise LabError("the guarded pod stayed closed after its policy was deleted")
-    return {"outage_seconds": round(outage, 1), "agent_cpu_percent_during_outage": cpu,
-            "cni_add_during_outage": {"seconds": round(add_seconds, 2), "code": add_code,
-                                      "message": add_message[:200]},
-            "policy_open_at_end_of_outage": still_open,
-            "policy_enforced_seconds": None if enforced is None else round(enforced, 2)}  # fmt: skip
+    return {
+        "outage_seconds": round(outage, 1),
+        "agent_cpu_percent_during_outage": cpu,
+        "cni_add_during_outage": {
+            "seconds": round(add_seconds, 2),
+            "code": add_code,
+            "message": add_message[:200],
+        },
+        "policy_open_at_end_of_outage": still_open,
+        "policy_enforced_seconds": None if enforced is None else round(enforced, 2),
+    }
 
 
 def _kernel_policy_rules(lab: ChaosLab, node: str, prefix: str) -> dict[str, int]:
@@ -421,8 +486,9 @@ def _whole_states(policies: int) -> set[int]:
     return {min(n, policies) for n in range(0, policies + MAX_TXN_OPS, MAX_TXN_OPS)}
 
 
-def _kill_mid_policy_sync(lab: ChaosLab, node: str | None, policies: int,
-                          fractions: tuple[float, ...] = (0.5, 0.9, 1.2)) -> dict[str, Any]:  # fmt: skip
+def _kill_mid_policy_sync(
+    lab: ChaosLab, node: str | None, policies: int, fractions: tuple[float, ...] = (0.5, 0.9, 1.2)
+) -> dict[str, Any]:
     """A calibration round measures how long a batch takes from ``apply`` to the node's kernel;
     then one round per fraction kills the agent that far into that time (inside the sync)."""
     from podnet.model import lookup, parse_resource
@@ -434,10 +500,19 @@ def _kill_mid_policy_sync(lab: ChaosLab, node: str | None, policies: int,
     for i, fraction in enumerate((None, *fractions)):
         prefix = f"sync-{i}-"
         names = [f"{prefix}{k}" for k in range(policies)]
-        docs = [_policy_doc(n, [{"from": [{"ipBlock": {"cidr": f"172.16.{k // 250}.{k % 250 + 1}/32"}}],
-                                 "ports": [{"port": 8000 + k % 1000}]},
-                                {"from": [{"podSelector": {"matchLabels": {"policy": n}}}]}])
-                for k, n in enumerate(names)]  # fmt: skip
+        docs = [
+            _policy_doc(
+                n,
+                [
+                    {
+                        "from": [{"ipBlock": {"cidr": f"172.16.{k // 250}.{k % 250 + 1}/32"}}],
+                        "ports": [{"port": 8000 + k % 1000}],
+                    },
+                    {"from": [{"podSelector": {"matchLabels": {"policy": n}}}]},
+                ],
+            )
+            for k, n in enumerate(names)
+        ]
         started = time.monotonic()
         lab.store.apply([parse_resource(d) for d in docs])
         complete = lambda p=prefix: sum(_kernel_policy_rules(lab, node, p).values()) == expected  # noqa: E731
@@ -457,21 +532,32 @@ def _kill_mid_policy_sync(lab: ChaosLab, node: str | None, policies: int,
             cluster.start_process(lab.names, record)
             cluster.wait_agent(lab.names, node)
             took = _wait(complete, 60.0, 0.1)
-            rounds.append({"killed_after_seconds": round(killed_at, 3),
-                           "policies_in_kernel_at_kill": len(held),
-                           "whole_datastore_state_at_kill": whole and len(held) in _whole_states(policies),
-                           "rules_expected": expected,
-                           "complete_after_restart_seconds": None if took is None
-                           else round(time.monotonic() - restarted, 2)})  # fmt: skip
+            rounds.append(
+                {
+                    "killed_after_seconds": round(killed_at, 3),
+                    "policies_in_kernel_at_kill": len(held),
+                    "whole_datastore_state_at_kill": whole and len(held) in _whole_states(policies),
+                    "rules_expected": expected,
+                    "complete_after_restart_seconds": None
+                    if took is None
+                    else round(time.monotonic() - restarted, 2),
+                }
+            )
         _delete_policies(lab, names)
         if _wait(lambda p=prefix: not _kernel_policy_rules(lab, node, p), 60.0, 0.1) is None:
             raise LabError(f"the {prefix}* policies stayed in {node}'s kernel after their deletion")
     return {"batch_to_kernel_seconds": round(sync_seconds, 3), "rounds": rounds}
 
 
-def run_scenario(lab: ChaosLab, scenario: str, node: str | None = None, seconds: float = 10.0,
-                 settle: float = 1.5, policies: int = 300,
-                 version: str = PREVIOUS_VERSION) -> dict[str, Any]:  # fmt: skip
+def run_scenario(
+    lab: ChaosLab,
+    scenario: str,
+    node: str | None = None,
+    seconds: float = 10.0,
+    settle: float = 1.5,
+    policies: int = 300,
+    version: str = PREVIOUS_VERSION,
+) -> dict[str, Any]:
     """Run one scenario with the witness and the kernel monitors (see the module docstring)."""
     nodes = lab.nodes
     faults: dict[str, Callable[[], dict[str, Any]]] = {
@@ -502,12 +588,14 @@ def run_scenario(lab: ChaosLab, scenario: str, node: str | None = None, seconds:
         flows = witness.stop()
     changed = sorted(k for k in set(maps_before) | set(maps_after) if maps_before.get(k) != maps_after.get(k))
     if scenario in POLICY_SCENARIOS:  # these change the policy table on purpose
-        figures["policy_changes"] = sum(1 for lines in events.values() for line in lines
-                                        if line.startswith("nft"))  # fmt: skip
+        figures["policy_changes"] = sum(
+            1 for lines in events.values() for line in lines if line.startswith("nft")
+        )
         events = {ns: [line for line in lines if not line.startswith("nft")] for ns, lines in events.items()}
     if scenario == "bird-restart":  # re-announced routes are expected; deleted ones are not
-        figures["routes_deleted"] = sum(1 for lines in events.values() for line in lines
-                                        if line.startswith("route: Deleted"))  # fmt: skip
+        figures["routes_deleted"] = sum(
+            1 for lines in events.values() for line in lines if line.startswith("route: Deleted")
+        )
     return {
         "scenario": scenario,
         "witness": summarize(flows),
@@ -516,7 +604,7 @@ def run_scenario(lab: ChaosLab, scenario: str, node: str | None = None, seconds:
         "bpf_maps_changed": changed,
         "bpf_maps_checked": len(maps_before),
         **figures,
-    }  # fmt: skip
+    }
 
 
 def problems(report: dict[str, Any]) -> list[str]:
@@ -539,8 +627,10 @@ def problems(report: dict[str, Any]) -> list[str]:
             out.append("the agents dropped their last good state during the outage")
         enforced = report["policy_enforced_seconds"]
         if enforced is None or enforced > ENFORCE_WITHIN:
-            out.append(f"the policy written during the outage was enforced after {enforced} s "
-                       f"(promise: {ENFORCE_WITHIN:g} s)")  # fmt: skip
+            out.append(
+                f"the policy written during the outage was enforced after {enforced} s "
+                f"(promise: {ENFORCE_WITHIN:g} s)"
+            )
     for r in report.get("rounds", []):
         if not r["whole_datastore_state_at_kill"]:
             out.append(f"the kernel held a state the datastore never had at the kill: {r}")
@@ -551,16 +641,22 @@ def problems(report: dict[str, Any]) -> list[str]:
 
 def render(report: dict[str, Any]) -> str:
     w = report["witness"]
-    lines = [f"scenario {report['scenario']}: {w['flows']} flows, {w['replies']} replies, "
-             f"longest gap {w['max_gap_ms']:.0f} ms, interrupted flows {w['interrupted_flows']}"]  # fmt: skip
+    lines = [
+        f"scenario {report['scenario']}: {w['flows']} flows, {w['replies']} replies, "
+        f"longest gap {w['max_gap_ms']:.0f} ms, interrupted flows {w['interrupted_flows']}"
+    ]
     for label, flow in report["flows"].items():
-        lines.append(f"  {label:38} replies {flow['replies']:5}  longest gap {flow['max_gap_ms']:7.1f} ms  "
-                     f"interrupted {flow['interrupted']}")  # fmt: skip
+        lines.append(
+            f"  {label:38} replies {flow['replies']:5}  longest gap {flow['max_gap_ms']:7.1f} ms  "
+            f"interrupted {flow['interrupted']}"
+        )
     changes = sum(len(v) for v in report["kernel_changes"].values())
     shown = [f"\n  {node}: {line}" for node, v in report["kernel_changes"].items() for line in v[:10]]
     lines.append(f"kernel changes to podnet's state: {changes}" + "".join(shown))
-    lines.append(f"BPF maps changed: {len(report['bpf_maps_changed'])} of {report['bpf_maps_checked']}"
-                 + "".join(f"\n  {m}" for m in report["bpf_maps_changed"]))  # fmt: skip
+    lines.append(
+        f"BPF maps changed: {len(report['bpf_maps_changed'])} of {report['bpf_maps_checked']}"
+        + "".join(f"\n  {m}" for m in report["bpf_maps_changed"])
+    )
     for key in FIGURES:
         if key in report:
             lines.append(f"{key.replace('_', ' ')}: {report[key]}")

@@ -101,28 +101,57 @@ def cluster_resources(topo: Topology) -> list[dict]:
     else:
         config.update(defaultIPIPMode=ipip, defaultVXLANMode=vxlan)
     docs: list[dict] = [
-        {"apiVersion": "podnet.io/v1", "kind": "ClusterConfiguration", "metadata": {"name": "default"},
-         "spec": config},
-        {"apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": "default-ipv4-ippool"},
-         "spec": {"cidr": POD_CIDR, "ipipMode": ipip if spec.profile == "calico" else "Never",
-                  "vxlanMode": vxlan if spec.profile == "calico" else "Never", "natOutgoing": True}},
-    ]  # fmt: skip
+        {
+            "apiVersion": "podnet.io/v1",
+            "kind": "ClusterConfiguration",
+            "metadata": {"name": "default"},
+            "spec": config,
+        },
+        {
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "IPPool",
+            "metadata": {"name": "default-ipv4-ippool"},
+            "spec": {
+                "cidr": POD_CIDR,
+                "ipipMode": ipip if spec.profile == "calico" else "Never",
+                "vxlanMode": vxlan if spec.profile == "calico" else "Never",
+                "natOutgoing": True,
+            },
+        },
+    ]
     if spec.bgp:
-        docs.append({"apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration",
-                     "metadata": {"name": "default"},
-                     "spec": {"nodeToNodeMeshEnabled": True, "asNumber": 64512}})  # fmt: skip
+        docs.append(
+            {
+                "apiVersion": "projectcalico.org/v3",
+                "kind": "BGPConfiguration",
+                "metadata": {"name": "default"},
+                "spec": {"nodeToNodeMeshEnabled": True, "asNumber": 64512},
+            }
+        )
     for ns in ("default", "kube-system"):
         docs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     for host in topo.nodes:
-        docs.append({
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": host.name, "labels": {
-                "kubernetes.io/hostname": host.name, "kubernetes.io/os": "linux",
-                "podnet.io/subnet": f"subnet-{host.subnet}"},
-                "annotations": {"projectcalico.org/IPv4Address": host.attachments[0].address}},
-            "status": {"addresses": [{"type": "InternalIP", "address": host.ip},
-                                     {"type": "Hostname", "address": host.name}]},
-        })  # fmt: skip
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": host.name,
+                    "labels": {
+                        "kubernetes.io/hostname": host.name,
+                        "kubernetes.io/os": "linux",
+                        "podnet.io/subnet": f"subnet-{host.subnet}",
+                    },
+                    "annotations": {"projectcalico.org/IPv4Address": host.attachments[0].address},
+                },
+                "status": {
+                    "addresses": [
+                        {"type": "InternalIP", "address": host.ip},
+                        {"type": "Hostname", "address": host.name},
+                    ]
+                },
+            }
+        )
     return docs
 
 
@@ -143,11 +172,15 @@ def write_cni_files(names: LabNames, topo: Topology, state: LabState) -> None:
         conf_dir = names.cni_conf_dir(host.name)
         os.makedirs(conf_dir, exist_ok=True)
         os.makedirs(names.node_log_dir(host.name), exist_ok=True)
-        plugins: list[dict] = [{
-            "type": "podnet", "agent_socket": names.agent_socket(host.name), "mtu": 0,
-            "ipam": {"type": "podnet-ipam"},
-            "log_file": os.path.join(names.node_log_dir(host.name), "cni.log"),
-        }]  # fmt: skip
+        plugins: list[dict] = [
+            {
+                "type": "podnet",
+                "agent_socket": names.agent_socket(host.name),
+                "mtu": 0,
+                "ipam": {"type": "podnet-ipam"},
+                "log_file": os.path.join(names.node_log_dir(host.name), "cni.log"),
+            }
+        ]
         if os.path.exists(os.path.join(bin_dir, "portmap")):
             plugins.append({"type": "portmap", "snat": True, "capabilities": {"portMappings": True}})
         if os.path.exists(os.path.join(bin_dir, "bandwidth")):
@@ -160,20 +193,32 @@ def write_cni_files(names: LabNames, topo: Topology, state: LabState) -> None:
 
 def _start_etcd(names: LabNames, topo: Topology, state: LabState) -> str:
     server = EtcdServer(
-        host=topo.etcd.ip, client_port=topo.etcd_client_port, peer_port=topo.etcd_peer_port,
-        data_dir=os.path.join(names.state_dir, "etcd"), netns=topo.etcd.netns, name="lab-etcd",
+        host=topo.etcd.ip,
+        client_port=topo.etcd_client_port,
+        peer_port=topo.etcd_peer_port,
+        data_dir=os.path.join(names.state_dir, "etcd"),
+        netns=topo.etcd.netns,
+        name="lab-etcd",
         log_path=os.path.join(names.log_dir, "etcd.log"),
-    )  # fmt: skip
+    )
     os.makedirs(names.log_dir, exist_ok=True)
     server.start(wait=False)  # its address is only reachable inside the lab: wait through the proxy
     assert server.process is not None
-    state.record_process(ProcessRecord("etcd", server.process.pid,
-                                       proc_start_time(server.process.pid) or 0, topo.etcd.netns,
-                                       cmd=tuple(server.command())))  # fmt: skip
+    state.record_process(
+        ProcessRecord(
+            "etcd",
+            server.process.pid,
+            proc_start_time(server.process.pid) or 0,
+            topo.etcd.netns,
+            cmd=tuple(server.command()),
+        )
+    )
     proxy, endpoint = start_etcd_proxy(
-        upstream=f"{topo.etcd.ip}:{topo.etcd_client_port}", netns=topo.etcd.netns, lab_prefix=names.prefix,
+        upstream=f"{topo.etcd.ip}:{topo.etcd_client_port}",
+        netns=topo.etcd.netns,
+        lab_prefix=names.prefix,
         log=os.path.join(names.log_dir, "etcd-proxy.log"),
-    )  # fmt: skip
+    )
     state.record_process(ProcessRecord.of("etcd-proxy", proxy))
     server.wait_ready(30.0, endpoint)
     return endpoint
@@ -190,14 +235,33 @@ def _start_agents(names: LabNames, topo: Topology, state: LabState, timeout: flo
     for host in topo.nodes:
         cgroup = create_cgroup(names.node_cgroup(host.name))  # exists already when the fabric made it
         agent = spawn(
-            [sys.executable, "-m", "podnet.agent.main", "--node", host.name,
-             "--etcd-endpoints", topo.etcd_endpoint, "--socket", names.agent_socket(host.name),
-             "--metrics", "127.0.0.1:9099", "--bpf-dir", bpf_dir, "--cgroup", cgroup,
-             "--state-dir", os.path.join(names.state_dir, "agent-cache"),
-             "--log-file", os.path.join(names.node_log_dir(host.name), "agent.log"), names.marker],
-            netns=host.netns, cgroup=cgroup, lab_prefix=names.prefix,
+            [
+                sys.executable,
+                "-m",
+                "podnet.agent.main",
+                "--node",
+                host.name,
+                "--etcd-endpoints",
+                topo.etcd_endpoint,
+                "--socket",
+                names.agent_socket(host.name),
+                "--metrics",
+                "127.0.0.1:9099",
+                "--bpf-dir",
+                bpf_dir,
+                "--cgroup",
+                cgroup,
+                "--state-dir",
+                os.path.join(names.state_dir, "agent-cache"),
+                "--log-file",
+                os.path.join(names.node_log_dir(host.name), "agent.log"),
+                names.marker,
+            ],
+            netns=host.netns,
+            cgroup=cgroup,
+            lab_prefix=names.prefix,
             log=os.path.join(names.node_log_dir(host.name), "agent.stderr"),
-        )  # fmt: skip
+        )
         state.record_process(ProcessRecord.of(f"agent-{host.name}", agent, node=host.name))
     for host in topo.nodes:
         wait_agent(names, host.name, timeout)
@@ -233,8 +297,13 @@ def stop_process(names: LabNames, name: str, sig: int = signal.SIGTERM) -> Proce
 
 def start_process(names: LabNames, record: ProcessRecord, cmd: list[str] | None = None) -> None:
     """Start a stopped lab process again as recorded (or with ``cmd``), and record the new one."""
-    process = spawn(cmd or list(record.cmd), netns=record.netns, cgroup=record.cgroup,
-                    lab_prefix=names.prefix, log=record.log)  # fmt: skip
+    process = spawn(
+        cmd or list(record.cmd),
+        netns=record.netns,
+        cgroup=record.cgroup,
+        lab_prefix=names.prefix,
+        log=record.log,
+    )
     LabState(names.state_dir).record_process(ProcessRecord.of(record.name, process, **record.meta))
 
 
@@ -252,10 +321,19 @@ def restart_agent(
 
 def _start_kubelet(names: LabNames, endpoint: str, state: LabState) -> None:
     kubelet = spawn(
-        [sys.executable, "-m", "podnet.lab.kubelet", "--state-dir", names.state_dir,
-         "--etcd-endpoints", endpoint, names.marker],
-        lab_prefix=names.prefix, log=os.path.join(names.log_dir, "kubelet.log"),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "podnet.lab.kubelet",
+            "--state-dir",
+            names.state_dir,
+            "--etcd-endpoints",
+            endpoint,
+            names.marker,
+        ],
+        lab_prefix=names.prefix,
+        log=os.path.join(names.log_dir, "kubelet.log"),
+    )
     state.record_process(ProcessRecord.of("kubelet", kubelet))
 
 
@@ -267,14 +345,19 @@ def up(spec: LabSpec, names: LabNames | None = None) -> LabInfo:
             hint=f"use one of {', '.join(SUPPORTED_ENCAPSULATIONS)} (tunnels arrive with the routing work)",
         )
     if LabState(names.state_dir).exists():
-        raise LabError(f"a lab with prefix {names.prefix} is already up",
-                       hint="podnet lab down (or podnet lab clean after a crash)")  # fmt: skip
+        raise LabError(
+            f"a lab with prefix {names.prefix} is already up",
+            hint="podnet lab down (or podnet lab clean after a crash)",
+        )
     started = time.monotonic()
     topo, state, _ = fabric_up(spec, names)
     try:
         endpoint = _start_etcd(names, topo, state)
-        state.set_meta(etcd_endpoint=endpoint, etcd_cluster_endpoint=topo.etcd_endpoint,
-                       nodes={h.name: {"netns": h.netns, "ip": h.ip} for h in topo.nodes})  # fmt: skip
+        state.set_meta(
+            etcd_endpoint=endpoint,
+            etcd_cluster_endpoint=topo.etcd_endpoint,
+            nodes={h.name: {"netns": h.netns, "ip": h.ip} for h in topo.nodes},
+        )
         store = ResourceStore(EtcdDatastore([endpoint]))
         store.apply([parse_resource(doc) for doc in cluster_resources(topo)])
         write_cni_files(names, topo, state)
@@ -289,8 +372,10 @@ def up(spec: LabSpec, names: LabNames | None = None) -> LabInfo:
 def teardown(names: LabNames | None = None) -> CleanupReport:
     names = names or lab_names()
     if not LabState(names.state_dir).exists():
-        raise LabError(f"no lab with prefix {names.prefix} is up",
-                       hint="podnet lab clean removes leftovers of a crashed lab")  # fmt: skip
+        raise LabError(
+            f"no lab with prefix {names.prefix} is up",
+            hint="podnet lab clean removes leftovers of a crashed lab",
+        )
     return down(names.state_dir)
 
 
@@ -306,5 +391,8 @@ def remove(names: LabNames) -> None:
 
 def agent_pids(names: LabNames) -> dict[str, int]:
     """Node name -> PID of its agent, as the lab recorded them."""
-    return {p.name.removeprefix("agent-"): p.pid for p in LabState(names.state_dir).processes()
-            if p.name.startswith("agent-")}  # fmt: skip
+    return {
+        p.name.removeprefix("agent-"): p.pid
+        for p in LabState(names.state_dir).processes()
+        if p.name.startswith("agent-")
+    }

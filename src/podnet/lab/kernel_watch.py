@@ -54,8 +54,12 @@ class KernelWatch:
     def start(self) -> KernelWatch:
         for ns in self.netns:
             for kind, cmd in _MONITORS.items():
-                proc = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+                proc = subprocess.Popen(
+                    ["ip", "netns", "exec", ns, *cmd],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
+                )
                 self._procs.append(proc)
                 thread = threading.Thread(target=self._read, args=(ns, kind, proc), daemon=True)
                 thread.start()
@@ -93,14 +97,16 @@ def bpf_maps(pin_root: str) -> dict[str, object]:
     for directory, _, files in os.walk(pin_root):
         for name in sorted(files):
             path = os.path.join(directory, name)
-            info = subprocess.run(["bpftool", "-j", "map", "show", "pinned", path],
-                                  capture_output=True, text=True)  # fmt: skip
+            info = subprocess.run(
+                ["bpftool", "-j", "map", "show", "pinned", path], capture_output=True, text=True
+            )
             if info.returncode != 0:
                 continue  # a program pin, not a map
             kind = json.loads(info.stdout).get("type", "")
             if "lru" in kind or "percpu" in kind:
                 continue  # affinity, reverse NAT, counters: traffic state, not configuration
-            dump = subprocess.run(["bpftool", "-j", "map", "dump", "pinned", path],
-                                  capture_output=True, text=True)  # fmt: skip
+            dump = subprocess.run(
+                ["bpftool", "-j", "map", "dump", "pinned", path], capture_output=True, text=True
+            )
             out[os.path.relpath(path, pin_root)] = json.loads(dump.stdout) if dump.returncode == 0 else None
     return out

@@ -89,10 +89,11 @@ class Kubelet:
 
         if node not in self._runtimes:
             self._runtimes[node] = CNIRuntime(
-                self.names.cni_conf_dir(node), [cni_bin_dir(self.names)],
+                self.names.cni_conf_dir(node),
+                [cni_bin_dir(self.names)],
                 os.path.join(self.names.node_dir(node), "cni", "cache"),
                 netns_exec=["ip", "netns", "exec", self.nodes[node]["netns"]],
-            )  # fmt: skip
+            )
         return self._runtimes[node]
 
     # -- watching -------------------------------------------------------------------------------
@@ -170,8 +171,11 @@ class Kubelet:
         brought back (pods applied together are scheduled concurrently)."""
         key = f"{pod.metadata.namespace}/{pod.metadata.name}"
         with self.lock:
-            self.scheduled = {k: n for k, n in self.scheduled.items()
-                              if k in self.desired and not self.desired[k].spec.node_name}  # fmt: skip
+            self.scheduled = {
+                k: n
+                for k, n in self.scheduled.items()
+                if k in self.desired and not self.desired[k].spec.node_name
+            }
             load = {n: 0 for n in self.nodes}
             for other_key, other in self.desired.items():
                 node_name = other.spec.node_name or self.scheduled.get(other_key)
@@ -180,16 +184,23 @@ class Kubelet:
             node = min(sorted(load), key=lambda n: load[n])
             self.scheduled[key] = node
         with contextlib.suppress(NotFoundError, ConflictError):
-            self.resources.patch(lookup("pods"), pod.metadata.name, {"spec": {"nodeName": node}},
-                                 pod.metadata.namespace)  # fmt: skip
+            self.resources.patch(
+                lookup("pods"), pod.metadata.name, {"spec": {"nodeName": node}}, pod.metadata.namespace
+            )
             kv(log, logging.INFO, "scheduled", pod=f"{pod.metadata.namespace}/{pod.metadata.name}", node=node)
 
     def start_pod(self, pod: Pod) -> None:
         key = f"{pod.metadata.namespace}/{pod.metadata.name}"
         node = pod.spec.node_name
         started = time.monotonic()
-        rp = RunningPod(key, pod.metadata.uid or "", node, None, uuid.uuid4().hex,
-                        self.names.pod_cgroup(node, pod.metadata.uid or uuid.uuid4().hex))  # fmt: skip
+        rp = RunningPod(
+            key,
+            pod.metadata.uid or "",
+            node,
+            None,
+            uuid.uuid4().hex,
+            self.names.pod_cgroup(node, pod.metadata.uid or uuid.uuid4().hex),
+        )
         try:
             create_cgroup(rp.cgroup)
             if pod.spec.host_network:
@@ -198,15 +209,27 @@ class Kubelet:
                 rp.netns = self.names.pod_ns(pod.metadata.namespace, pod.metadata.name)
                 create_netns(rp.netns)
                 self._remember(rp)  # recorded before ADD: a crash now still gets cleaned up
-                result = self.runtime(node).add(rp.container_id, netns_path(rp.netns), IFNAME,
-                                                self._cni_args(pod, rp), self._capabilities(pod))  # fmt: skip
+                result = self.runtime(node).add(
+                    rp.container_id,
+                    netns_path(rp.netns),
+                    IFNAME,
+                    self._cni_args(pod, rp),
+                    self._capabilities(pod),
+                )
                 rp.ip = result["ips"][0]["address"].split("/")[0]
             self._start_server(pod, rp)
             self._remember(rp)
             self._set_status(pod, "Running", rp)
             self.failures.pop(key, None)
-            kv(log, logging.INFO, "pod running", pod=key, node=node, ip=rp.ip,
-               ms=round((time.monotonic() - started) * 1e3, 1))  # fmt: skip
+            kv(
+                log,
+                logging.INFO,
+                "pod running",
+                pod=key,
+                node=node,
+                ip=rp.ip,
+                ms=round((time.monotonic() - started) * 1e3, 1),
+            )
         except Exception as exc:
             attempts = self.failures.get(key, (0, 0.0))[0] + 1
             self.failures[key] = (attempts, time.monotonic() + min(0.5 * 2**attempts, 30.0))
@@ -228,9 +251,16 @@ class Kubelet:
         if rp.netns:
             pod_ns, pod_name = rp.key.split("/", 1)
             try:
-                self.runtime(rp.node).delete(rp.container_id, netns_path(rp.netns), IFNAME,
-                                             {"K8S_POD_NAMESPACE": pod_ns, "K8S_POD_NAME": pod_name,
-                                              "K8S_POD_INFRA_CONTAINER_ID": rp.container_id})  # fmt: skip
+                self.runtime(rp.node).delete(
+                    rp.container_id,
+                    netns_path(rp.netns),
+                    IFNAME,
+                    {
+                        "K8S_POD_NAMESPACE": pod_ns,
+                        "K8S_POD_NAME": pod_name,
+                        "K8S_POD_INFRA_CONTAINER_ID": rp.container_id,
+                    },
+                )
             except Exception as exc:
                 kv(log, logging.WARNING, "CNI DEL failed", pod=rp.key, error=str(exc))
             delete_netns(rp.netns)
@@ -240,17 +270,21 @@ class Kubelet:
 
     def _cni_args(self, pod: Pod, rp: RunningPod) -> dict:
         return {
-            "K8S_POD_NAMESPACE": pod.metadata.namespace, "K8S_POD_NAME": pod.metadata.name,
-            "K8S_POD_INFRA_CONTAINER_ID": rp.container_id, "K8S_POD_UID": pod.metadata.uid or "",
-        }  # fmt: skip
+            "K8S_POD_NAMESPACE": pod.metadata.namespace,
+            "K8S_POD_NAME": pod.metadata.name,
+            "K8S_POD_INFRA_CONTAINER_ID": rp.container_id,
+            "K8S_POD_UID": pod.metadata.uid or "",
+        }
 
     @staticmethod
     def _capabilities(pod: Pod) -> dict:
         caps: dict = {}
         mappings = [
             {"hostPort": p.host_port, "containerPort": p.container_port, "protocol": p.protocol.lower()}
-            for c in pod.spec.containers for p in (c.ports or []) if p.host_port
-        ]  # fmt: skip
+            for c in pod.spec.containers
+            for p in (c.ports or [])
+            if p.host_port
+        ]
         if mappings:
             caps["portMappings"] = mappings
         annotations = pod.metadata.annotations or {}
@@ -287,9 +321,11 @@ class Kubelet:
         ready = f"{stem}.{rp.container_id[:8]}.ready"
         spawned = spawn(
             podserver_command(rp.key, ports, self.names.prefix, ready_file=ready),
-            netns=rp.netns or self.nodes[rp.node]["netns"], cgroup=rp.cgroup, lab_prefix=self.names.prefix,
+            netns=rp.netns or self.nodes[rp.node]["netns"],
+            cgroup=rp.cgroup,
+            lab_prefix=self.names.prefix,
             log=f"{stem}.log",
-        )  # fmt: skip
+        )
         rp.server_pid, rp.server_start = spawned.pid, spawned.start_time
         self.state.record_process(ProcessRecord.of(f"pod-{rp.key}", spawned, pod=rp.key))
         deadline = time.monotonic() + timeout

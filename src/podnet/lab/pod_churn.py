@@ -173,8 +173,9 @@ class ChurnSandbox(Sandbox):
         from podnet.lab.cni_runtime import CNIError, CNIRuntime
 
         conflist = dict(self.runtime.conflist, plugins=self.runtime.conflist["plugins"][:1])
-        runtime = CNIRuntime(None, self.runtime.cni_path, self.runtime.cache_dir, self.runtime.prefix,
-                             conflist=conflist)  # fmt: skip
+        runtime = CNIRuntime(
+            None, self.runtime.cni_path, self.runtime.cache_dir, self.runtime.prefix, conflist=conflist
+        )
         delay = BACKOFF_START
         for _ in range(attempts):
             try:
@@ -342,8 +343,12 @@ def ipam_gc(lab: ChaosLab, interval: float = 0.5) -> dict[str, Any]:
         live = view.live_handles(ipam.snapshot().allocations())
         result = ipam.gc(live, view.nodes, grace_seconds=0.0, is_live=still_live)
     assert result is not None
-    return {"released_addresses": result.released_addresses, "released_handles": result.released_handles,
-            "released_blocks": result.released_blocks, "skipped": result.skipped}  # fmt: skip
+    return {
+        "released_addresses": result.released_addresses,
+        "released_handles": result.released_handles,
+        "released_blocks": result.released_blocks,
+        "skipped": result.skipped,
+    }
 
 
 def leftovers(
@@ -482,16 +487,27 @@ def kill_agent_mid_cni(
     report = ipam_report(lab)
     left = leftovers(lab, sandboxes, addresses)
     return {
-        "scenario": "kill-agent-mid-cni", "node": node, "pods": pods, "up": sum(up),
-        "kills": kill_log, "failed_adds": tally.failed_adds, "failure_codes": dict(tally.failure_codes),
-        "gave_up": tally.gave_up, "duplicates": duplicates, "half_wired": half_wired,
-        "dels_failed": deleted.count(False), "failed_dels_retried": sum(s.failed_dels for s in sandboxes),
-        "ipam_ok": report.ok, "ipam_issues": [str(i) for i in report.issues], "leftovers": left,
+        "scenario": "kill-agent-mid-cni",
+        "node": node,
+        "pods": pods,
+        "up": sum(up),
+        "kills": kill_log,
+        "failed_adds": tally.failed_adds,
+        "failure_codes": dict(tally.failure_codes),
+        "gave_up": tally.gave_up,
+        "duplicates": duplicates,
+        "half_wired": half_wired,
+        "dels_failed": deleted.count(False),
+        "failed_dels_retried": sum(s.failed_dels for s in sandboxes),
+        "ipam_ok": report.ok,
+        "ipam_issues": [str(i) for i in report.issues],
+        "leftovers": left,
         "max_in_flight": tally.max_in_flight,
         "add_p50_ms": round(percentile(tally.add_seconds, 50) * 1e3, 1),
         "add_p99_ms": round(percentile(tally.add_seconds, 99) * 1e3, 1),
-        "adds_seconds": round(adds_done - started, 2), "wall_seconds": round(time.monotonic() - started, 2),
-    }  # fmt: skip
+        "adds_seconds": round(adds_done - started, 2),
+        "wall_seconds": round(time.monotonic() - started, 2),
+    }
 
 
 # ---------------------------------------------------------------------- scenario 2
@@ -579,8 +595,11 @@ def ipam_under_fire(
                 time.sleep(0.01)
             if finished.is_set():
                 return
-            entry = {"at": round(time.monotonic() - started, 2), "pods_started": tally.started,
-                     "in_flight": tally.in_flight}  # fmt: skip
+            entry = {
+                "at": round(time.monotonic() - started, 2),
+                "pods_started": tally.started,
+                "in_flight": tally.in_flight,
+            }
             try:
                 entry.update(inject(lab, fault))
             except Exception as exc:  # reported (and failed on by the caller), not lost in a thread
@@ -610,26 +629,40 @@ def ipam_under_fire(
     left = leftovers(lab, sandboxes, {h.address for h in tally.holds})
     retried = sum(1 for s in sandboxes if s.failed_adds and s.address)
     return {
-        "scenario": "ipam-under-fire", "pods": pods, "nodes": len(nodes), "concurrency": concurrency,
-        "pods_done": len(tally.holds), "faults": fault_log,
-        "failed_adds": tally.failed_adds, "failure_codes": dict(tally.failure_codes),
-        "pods_up_after_retry": retried, "failed_dels_retried": sum(s.failed_dels for s in sandboxes),
+        "scenario": "ipam-under-fire",
+        "pods": pods,
+        "nodes": len(nodes),
+        "concurrency": concurrency,
+        "pods_done": len(tally.holds),
+        "faults": fault_log,
+        "failed_adds": tally.failed_adds,
+        "failure_codes": dict(tally.failure_codes),
+        "pods_up_after_retry": retried,
+        "failed_dels_retried": sum(s.failed_dels for s in sandboxes),
         "gave_up": tally.gave_up,
         "broken_before_del": broken,
         "distinct_addresses": len({h.address for h in tally.holds}),
         "address_reuses": len(tally.holds) - len({h.address for h in tally.holds}),
-        "duplicates": [f"{a.address}: {a.pod} [{a.start - started:.2f}, {a.end - started:.2f}] and "
-                       f"{b.pod} [{b.start - started:.2f}, {b.end - started:.2f}]" for a, b in doubles],
-        "ipam_duplicates_sampled": sampler.duplicates, "ipam_samples": sampler.samples,
+        "duplicates": [
+            f"{a.address}: {a.pod} [{a.start - started:.2f}, {a.end - started:.2f}] and "
+            f"{b.pod} [{b.start - started:.2f}, {b.end - started:.2f}]"
+            for a, b in doubles
+        ],
+        "ipam_duplicates_sampled": sampler.duplicates,
+        "ipam_samples": sampler.samples,
         "leaks_before_gc": _issues(before, ISSUE_LEAKED),
         "ipam_issues_before_gc": [str(i) for i in before.issues],
-        "gc": gc, "ipam_ok_after_gc": after.ok, "ipam_issues_after_gc": [str(i) for i in after.issues],
-        "ipam_duplicates": _issues(after, ISSUE_DUPLICATE), "leftovers": left,
-        "max_pods_alive": max_concurrent(tally.alive), "max_adds_in_flight": tally.max_in_flight,
+        "gc": gc,
+        "ipam_ok_after_gc": after.ok,
+        "ipam_issues_after_gc": [str(i) for i in after.issues],
+        "ipam_duplicates": _issues(after, ISSUE_DUPLICATE),
+        "leftovers": left,
+        "max_pods_alive": max_concurrent(tally.alive),
+        "max_adds_in_flight": tally.max_in_flight,
         "wall_seconds": round(wall, 1),
         "add_p50_ms": round(percentile(tally.add_seconds, 50) * 1e3, 1),
         "add_p99_ms": round(percentile(tally.add_seconds, 99) * 1e3, 1),
-    }  # fmt: skip
+    }
 
 
 def render(report: dict[str, Any]) -> str:
@@ -644,9 +677,14 @@ def render(report: dict[str, Any]) -> str:
 SCENARIOS = ("kill-agent-mid-cni", "ipam-under-fire")
 
 
-def run_scenario(lab: ChaosLab, scenario: str, node: str | None = None, pods: int | None = None,
-                 outage_seconds: float = 0.0,
-                 faults: Sequence[str] | None = None) -> dict[str, Any]:  # fmt: skip
+def run_scenario(
+    lab: ChaosLab,
+    scenario: str,
+    node: str | None = None,
+    pods: int | None = None,
+    outage_seconds: float = 0.0,
+    faults: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """``podnet lab chaos kill-agent-mid-cni|ipam-under-fire``: one of the two, with its defaults."""
     if scenario == "kill-agent-mid-cni":
         return kill_agent_mid_cni(lab, node, pods=pods or 30, outage_seconds=outage_seconds)
@@ -657,8 +695,11 @@ def run_scenario(lab: ChaosLab, scenario: str, node: str | None = None, pods: in
 
 def problems(report: dict[str, Any]) -> list[str]:
     """What in a report breaks the promise (empty: it held) — the CLI's exit status."""
-    keys = ("duplicates", "half_wired", "leftovers") if report["scenario"] == "kill-agent-mid-cni" else (
-        "duplicates", "leaks_before_gc", "broken_before_del", "leftovers")  # fmt: skip
+    keys = (
+        ("duplicates", "half_wired", "leftovers")
+        if report["scenario"] == "kill-agent-mid-cni"
+        else ("duplicates", "leaks_before_gc", "broken_before_del", "leftovers")
+    )
     out = [f"{key.replace('_', ' ')}: {report[key]}" for key in keys if report.get(key)]
     clean = report.get("ipam_ok", report.get("ipam_ok_after_gc"))
     if not clean:

@@ -365,10 +365,23 @@ def probe_in_pod(
 
     from podnet.lab.netns import IP, join_cgroup
 
-    cmd = [IP, "netns", "exec", netns, sys.executable, "-m", "podnet.lab.probe",
-           dst_ip, str(port), proto, str(count), str(timeout)]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=join_cgroup(cgroup),
-                         timeout=timeout * 3 + 30)  # fmt: skip
+    cmd = [
+        IP,
+        "netns",
+        "exec",
+        netns,
+        sys.executable,
+        "-m",
+        "podnet.lab.probe",
+        dst_ip,
+        str(port),
+        proto,
+        str(count),
+        str(timeout),
+    ]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, preexec_fn=join_cgroup(cgroup), timeout=timeout * 3 + 30
+    )
     if out.returncode != 0:
         raise OSError(f"probe in {netns} failed: {out.stderr.strip()[-500:]}")
     return [ProbeResult(**r) for r in json.loads(out.stdout)]

@@ -137,8 +137,12 @@ class Topology:
     @property
     def hosts(self) -> tuple[Host, ...]:
         """Every attached namespace: router first (if any), then etcd, the external client, the nodes."""
-        return (((self.router,) if self.router else ()) + (self.etcd,)
-                + ((self.external,) if self.external else ()) + tuple(self.nodes))  # fmt: skip
+        return (
+            ((self.router,) if self.router else ())
+            + (self.etcd,)
+            + ((self.external,) if self.external else ())
+            + tuple(self.nodes)
+        )
 
     @property
     def namespaces(self) -> list[tuple[str, str]]:

@@ -174,12 +174,27 @@ class Witness:
             out = os.path.join(self.directory, f"flow-{len(self._running) + i}.json")
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(out)
-            cmd = [sys.executable, "-m", "podnet.lab.witness", flow.ip, str(flow.port), out,
-                   "--interval", str(interval), "--timeout", str(timeout)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "podnet.lab.witness",
+                flow.ip,
+                str(flow.port),
+                out,
+                "--interval",
+                str(interval),
+                "--timeout",
+                str(timeout),
+            ]
             if self.lab_prefix:
                 cmd.append(f"--lab-prefix={self.lab_prefix}")
-            proc = spawn(cmd, netns=flow.netns, cgroup=flow.cgroup, lab_prefix=self.lab_prefix,
-                         log=os.path.join(self.directory, "witness.log"))  # fmt: skip
+            proc = spawn(
+                cmd,
+                netns=flow.netns,
+                cgroup=flow.cgroup,
+                lab_prefix=self.lab_prefix,
+                log=os.path.join(self.directory, "witness.log"),
+            )
             self._running.append((flow, proc, out))
 
     def settle(self, seconds: float = 1.0) -> None:

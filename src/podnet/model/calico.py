@@ -726,7 +726,7 @@ class HostEndpointSpec(ApiModel):
     def _check(self) -> HostEndpointSpec:
         problems = Problems()
         if not self.interface_name and not self.expected_ips:
-            problems.add("interfaceName", "required: set interfaceName (a name or \"*\") or expectedIPs")
+            problems.add("interfaceName", 'required: set interfaceName (a name or "*") or expectedIPs')
         problems.raise_if_any()
         return self
 

@@ -127,10 +127,28 @@ def _failsafe(ports: list[ProtoPort] | None, defaults: tuple[str, ...]) -> tuple
 
 #: Felix's FailsafeInboundHostPorts / FailsafeOutboundHostPorts defaults (SSH, DHCP, BGP, etcd,
 #: Typha, the Kubernetes API server, kube-proxy / calico-node health).
-DEFAULT_FAILSAFE_INBOUND = ("tcp:22", "udp:68", "tcp:179", "tcp:2379", "tcp:2380", "tcp:5473", "tcp:6443",
-                            "tcp:6666", "tcp:6667")  # fmt: skip
-DEFAULT_FAILSAFE_OUTBOUND = ("udp:53", "udp:67", "tcp:179", "tcp:2379", "tcp:2380", "tcp:5473", "tcp:6443",
-                             "tcp:6666", "tcp:6667")  # fmt: skip
+DEFAULT_FAILSAFE_INBOUND = (
+    "tcp:22",
+    "udp:68",
+    "tcp:179",
+    "tcp:2379",
+    "tcp:2380",
+    "tcp:5473",
+    "tcp:6443",
+    "tcp:6666",
+    "tcp:6667",
+)
+DEFAULT_FAILSAFE_OUTBOUND = (
+    "udp:53",
+    "udp:67",
+    "tcp:179",
+    "tcp:2379",
+    "tcp:2380",
+    "tcp:5473",
+    "tcp:6443",
+    "tcp:6666",
+    "tcp:6667",
+)
 
 
 class ClusterConfigurationSpec(ApiModel):

@@ -16,13 +16,30 @@ def test_podnet_bench_quick_one_profile(tmp_path) -> None:  # type: ignore[no-un
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (scripts/setup.sh installs it)")
     out = tmp_path / "bench"
-    cmd = [sys.executable, "-m", "podnet.cli.main", "bench", "--quick", "--profiles", "cilium-direct",
-           "--skip-footprint", "--skip-control-plane", "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "podnet.cli.main",
+        "bench",
+        "--quick",
+        "--profiles",
+        "cilium-direct",
+        "--skip-footprint",
+        "--skip-control-plane",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = proc.stdout
-    for row in ("TCP bandwidth, 1 stream", "TCP bandwidth, 4 streams", "Latency P99, fixed rate",
-                "Latency P99, saturation", "New connections/s", "CPU per Gbit"):  # fmt: skip
+    for row in (
+        "TCP bandwidth, 1 stream",
+        "TCP bandwidth, 4 streams",
+        "Latency P99, fixed rate",
+        "Latency P99, saturation",
+        "New connections/s",
+        "CPU per Gbit",
+    ):
         line = next(line for line in table.splitlines() if line.startswith(row))
         assert " x" in line, line  # the ratio to the baseline
     doc = json.loads((out / "bench.json").read_text())

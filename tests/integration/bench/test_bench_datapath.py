@@ -54,9 +54,13 @@ def _leftovers() -> set[str]:
         if pid == os.getpid():
             continue
         cmd = " ".join(proc_cmdline(pid))
-        ours = (proc_environ(pid).get(MARKER_ENV, "").startswith(STEM) or f"--lab-prefix={STEM}" in cmd
-                or f"/podnet-lab/{STEM}" in cmd or "podnet-bench-datapath" in cmd
-                or f"/podnet-lab-{STEM}" in (proc_cgroup(pid) or ""))  # fmt: skip
+        ours = (
+            proc_environ(pid).get(MARKER_ENV, "").startswith(STEM)
+            or f"--lab-prefix={STEM}" in cmd
+            or f"/podnet-lab/{STEM}" in cmd
+            or "podnet-bench-datapath" in cmd
+            or f"/podnet-lab-{STEM}" in (proc_cgroup(pid) or "")
+        )
         orphan = _comm(pid) in TOOLS and proc_netns_id(pid) not in named
         if ours or orphan:
             out.add(f"process {pid} {cmd[:120]}")

@@ -270,11 +270,20 @@ def _ipv4(raw: bytes) -> dict:
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return {
-        "version": ver_ihl >> 4, "ihl": ihl, "tos": tos, "tot_len": tot_len, "id": ident,
-        "df": bool(frag & 0x4000), "frag": frag & 0x3FFF, "ttl": ttl, "proto": proto,
-        "csum_ok": total == 0xFFFF, "src": socket.inet_ntoa(raw[12:16]), "dst": socket.inet_ntoa(raw[16:20]),
+        "version": ver_ihl >> 4,
+        "ihl": ihl,
+        "tos": tos,
+        "tot_len": tot_len,
+        "id": ident,
+        "df": bool(frag & 0x4000),
+        "frag": frag & 0x3FFF,
+        "ttl": ttl,
+        "proto": proto,
+        "csum_ok": total == 0xFFFF,
+        "src": socket.inet_ntoa(raw[12:16]),
+        "dst": socket.inet_ntoa(raw[16:20]),
         "l4": raw[ihl:],
-    }  # fmt: skip
+    }
 
 
 def read_ipip_pcap(path: str) -> list[Frame]:
@@ -500,8 +509,13 @@ def test_ensure_sync_and_restart_do_not_interrupt_a_flow(lab: Lab) -> None:
                     ("added", "updated", "deleted", "peers_added", "peers_deleted"), 0
                 )
                 # an agent restart: a new object over the same pins
-                IPIPTunnel(uplink="eth0", netns=node.ns, pin_dir=node.tunnel.pin_dir,
-                           cache_dir=node.tunnel.cache_dir, mode="bpf").ensure()  # fmt: skip
+                IPIPTunnel(
+                    uplink="eth0",
+                    netns=node.ns,
+                    pin_dir=node.tunnel.pin_dir,
+                    cache_dir=node.tunnel.cache_dir,
+                    mode="bpf",
+                ).ensure()
             assert {n.name: _prog_ids(n) for n in (a, b)} == before, "nothing was re-attached"
             # a new program (as after an upgrade): loaded, swapped in with one tc filter replace
             for node in (a, b):

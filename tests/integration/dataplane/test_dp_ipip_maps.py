@@ -39,8 +39,14 @@ class Scratch:
     cache_dir: str
 
     def tunnel(self, **kwargs) -> IPIPTunnel:
-        return IPIPTunnel(uplink="eth0", netns=self.node, pin_dir=self.pin_dir, cache_dir=self.cache_dir,
-                          mode="bpf", **kwargs)  # fmt: skip
+        return IPIPTunnel(
+            uplink="eth0",
+            netns=self.node,
+            pin_dir=self.pin_dir,
+            cache_dir=self.cache_dir,
+            mode="bpf",
+            **kwargs,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +142,24 @@ def test_maps_of_an_old_layout_are_replaced_by_new_empty_ones(scratch: Scratch, 
     routes_pin = os.path.join(scratch.pin_dir, ROUTES_MAP)
     right = bpf.map_info(pinned=routes_pin)
     os.unlink(routes_pin)
-    bpf.run_tool([bpf.BPFTOOL, "map", "create", routes_pin, "type", "hash", "key", "4", "value", "4",
-                  "entries", "8", "name", ROUTES_MAP])  # fmt: skip
+    bpf.run_tool(
+        [
+            bpf.BPFTOOL,
+            "map",
+            "create",
+            routes_pin,
+            "type",
+            "hash",
+            "key",
+            "4",
+            "value",
+            "4",
+            "entries",
+            "8",
+            "name",
+            ROUTES_MAP,
+        ]
+    )
     assert bpf.map_info(pinned=routes_pin).key_size == 4 != right.key_size
 
     [key] = [n[5:] for n in os.listdir(scratch.pin_dir) if n.startswith("prog-")]

@@ -24,28 +24,44 @@ pytestmark = pytest.mark.root
 if os.geteuid() != 0:
     pytest.skip("needs root", allow_module_level=True)
 
-PODS = [PodInfo("default", "web", {"app": "web"}, ("10.244.0.2",), "n1", (("http", 8080, "TCP"),)),
-        PodInfo("default", "db", {"app": "db"}, ("10.244.0.3",), "n1")]  # fmt: skip
-ENDPOINTS = {"default/web": ("cali0000000001", ("10.244.0.2",)),
-             "default/db": ("cali0000000002", ("10.244.0.3",))}  # fmt: skip
-POLICY = parse_resource({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                         "metadata": {"name": "web", "namespace": "default"},
-                         "spec": {"podSelector": {"matchLabels": {"app": "web"}},
-                                  "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "db"}}}],
-                                               "ports": [{"port": "http"}]}]}})  # fmt: skip
+PODS = [
+    PodInfo("default", "web", {"app": "web"}, ("10.244.0.2",), "n1", (("http", 8080, "TCP"),)),
+    PodInfo("default", "db", {"app": "db"}, ("10.244.0.3",), "n1"),
+]
+ENDPOINTS = {
+    "default/web": ("cali0000000001", ("10.244.0.2",)),
+    "default/db": ("cali0000000002", ("10.244.0.3",)),
+}
+POLICY = parse_resource(
+    {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [
+                {"from": [{"podSelector": {"matchLabels": {"app": "db"}}}], "ports": [{"port": "http"}]}
+            ],
+        },
+    }
+)
 BACKENDS = (Backend("10.244.0.2", 8080, "n1", "default/web"), Backend("10.244.0.3", 8080, "n1", "default/db"))
-SERVICES = ServicePlan("n1", (
-    Frontend("default/web", "", CLUSTER_IP, "10.96.0.10", 80, "TCP", BACKENDS, affinity_seconds=60),
-    Frontend("default/web", "", NODE_PORT, None, 30080, "TCP", BACKENDS),
-))  # fmt: skip
+SERVICES = ServicePlan(
+    "n1",
+    (
+        Frontend("default/web", "", CLUSTER_IP, "10.96.0.10", 80, "TCP", BACKENDS, affinity_seconds=60),
+        Frontend("default/web", "", NODE_PORT, None, 30080, "TCP", BACKENDS),
+    ),
+)
 
 
 class Monitor:
     """``nft monitor`` in a namespace: every change made while it runs."""
 
     def __init__(self, netns: str) -> None:
-        self.proc = subprocess.Popen(["ip", "netns", "exec", netns, "nft", "monitor"], stdout=subprocess.PIPE,
-                                     text=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", netns, "nft", "monitor"], stdout=subprocess.PIPE, text=True
+        )
         time.sleep(0.3)
 
     def stop(self) -> list[str]:
@@ -62,12 +78,31 @@ def test_policy_services_and_nat_tables_are_adopted_not_rebuilt(make_netns: Call
     assert ServiceProxy(netns).apply(SERVICES, ["10.244.0.0/16"])["mode"] == "full"
     assert NatManager(netns).apply(["10.244.0.0/16"], ["10.244.0.0/16"]) is True
     # traffic state that must not count as a difference: an affinity entry
-    affinity = subprocess.run(["ip", "netns", "exec", netns, "nft", "-j", "list", "sets", "ip"],
-                              capture_output=True, text=True, check=True).stdout  # fmt: skip
-    name = next(s for s in json.loads(affinity)["nftables"] if "set" in s
-                and s["set"]["name"].startswith("affinity-"))["set"]["name"]  # fmt: skip
-    subprocess.run(["ip", "netns", "exec", netns, "nft", "add", "element", "ip", "podnet_services", name,
-                    "{ 10.244.0.9 }"], check=True)  # fmt: skip
+    affinity = subprocess.run(
+        ["ip", "netns", "exec", netns, "nft", "-j", "list", "sets", "ip"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    name = next(
+        s for s in json.loads(affinity)["nftables"] if "set" in s and s["set"]["name"].startswith("affinity-")
+    )["set"]["name"]
+    subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "nft",
+            "add",
+            "element",
+            "ip",
+            "podnet_services",
+            name,
+            "{ 10.244.0.9 }",
+        ],
+        check=True,
+    )
 
     monitor = Monitor(netns)
     policy, services, nat = PolicyManager(netns), ServiceProxy(netns), NatManager(netns)  # "restarted"
@@ -80,6 +115,8 @@ def test_policy_services_and_nat_tables_are_adopted_not_rebuilt(make_netns: Call
     assert services.apply(fewer, ["10.244.0.0/16"])["mode"] == "partial"
 
     # a table changed behind the agent's back is rebuilt, not adopted
-    subprocess.run(["ip", "netns", "exec", netns, "nft", "add", "rule", "inet", "podnet_policy", "forward",
-                    "counter"], check=True)  # fmt: skip
+    subprocess.run(
+        ["ip", "netns", "exec", netns, "nft", "add", "rule", "inet", "podnet_policy", "forward", "counter"],
+        check=True,
+    )
     assert PolicyManager(netns).apply(plan, ENDPOINTS)["mode"] == "full"

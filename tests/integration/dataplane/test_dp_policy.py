@@ -221,8 +221,19 @@ def _mac_spoof_arrives(c: Cluster, src: str, dst: str, src_mac: str) -> bool:
         rx.settimeout(0.3)
         tx.bind(("eth0", 0))
         udp = struct.pack("!HHHH", 40000, 7001, 12, 0) + b"mac!"
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0,
-                         socket.inet_aton(c.pods[src].ip), socket.inet_aton(c.pods[dst].ip))  # fmt: skip
+        ip = struct.pack(
+            "!BBHHHBBH4s4s",
+            0x45,
+            0,
+            20 + len(udp),
+            0,
+            0x4000,
+            64,
+            17,
+            0,
+            socket.inet_aton(c.pods[src].ip),
+            socket.inet_aton(c.pods[dst].ip),
+        )
         words = sum(struct.unpack("!10H", ip))
         words = (words >> 16) + (words & 0xFFFF)
         ip = ip[:10] + struct.pack("!H", ~(words + (words >> 16)) & 0xFFFF) + ip[12:]

@@ -137,8 +137,11 @@ def test_settling_destinations_are_left_alone(host):
     with Netlink.open(host.netns) as nl:  # what the CNI service does meanwhile
         nl.route_del("10.244.1.7/32", protocol=PODNET_RTPROTO)
         nl.route_add("10.244.1.6/32", dev="side0", scope="link", protocol=PODNET_RTPROTO)
-    stale = [Route("10.244.1.5/32", dev="side0"), Route("10.244.1.7/32", dev="side1"),
-             Route("10.244.9.0/24", kind="blackhole")]  # fmt: skip
+    stale = [
+        Route("10.244.1.5/32", dev="side0"),
+        Route("10.244.1.7/32", dev="side1"),
+        Route("10.244.9.0/24", kind="blackhole"),
+    ]
     diff = manager.apply(stale, settling=lambda: {"10.244.1.6", "10.244.1.7/32"})
     assert {r.dst for r in diff.settling} == {"10.244.1.6/32", "10.244.1.7/32"}
     assert [r.dst for r in diff.added] == ["10.244.9.0/24"] and not diff.deleted and diff.ok

@@ -479,10 +479,22 @@ def test_ensure_is_idempotent_survives_restarts_and_detaches(env: Env) -> None:
         "lb = SocketLB(sys.argv[1], sys.argv[2], sys.argv[3]); lb.ensure(); print(len(lb.entries()))"
     )
     agent = subprocess.run(
-        ["ip", "netns", "exec", os.path.basename(env.client_ns), sys.executable, "-c", code,
-         env.node_cgroup, env.pin_dir, env.lb.cache_dir],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            "ip",
+            "netns",
+            "exec",
+            os.path.basename(env.client_ns),
+            sys.executable,
+            "-c",
+            code,
+            env.node_cgroup,
+            env.pin_dir,
+            env.lb.cache_dir,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert agent.returncode == 0, agent.stderr
     assert agent.stdout.strip() == "2"
     assert attached(env.node_cgroup) == progs and env.lb.entries() == before

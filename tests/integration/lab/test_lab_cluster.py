@@ -34,9 +34,17 @@ if os.geteuid() != 0:
 
 
 def pod(name: str, node: str | None = None, ports=((8080, "TCP"), (5353, "UDP")), **extra) -> dict:
-    spec: dict = {"containers": [{"name": "c", "image": "agnhost",
-                                  "ports": [{"containerPort": p, "protocol": proto, **extra.get("port", {})}
-                                            for p, proto in ports]}]}  # fmt: skip
+    spec: dict = {
+        "containers": [
+            {
+                "name": "c",
+                "image": "agnhost",
+                "ports": [
+                    {"containerPort": p, "protocol": proto, **extra.get("port", {})} for p, proto in ports
+                ],
+            }
+        ]
+    }
     if node:
         spec["nodeName"] = node
     meta = {"name": name, "namespace": "t", "labels": {"app": "echo"}}
@@ -101,8 +109,13 @@ def test_pods_on_every_node_reach_each_other_over_tcp_and_udp(lab):
 
     # The CLI's matrix, as a script would use it.
     env = dict(os.environ, PODNET_ETCD_ENDPOINTS=info.etcd_endpoint, PODNET_LAB_PREFIX=info.names.prefix)
-    out = subprocess.run([sys.executable, "-m", "podnet.cli.main", "lab", "probe", "--matrix", "8080/TCP",
-                          "-o", "json"], capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "podnet.cli.main", "lab", "probe", "--matrix", "8080/TCP", "-o", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["port"] == 8080 and doc["protocol"] == "TCP"
@@ -149,8 +162,13 @@ def test_host_port_and_bandwidth_through_chained_plugins(lab):
     server = spawn(["iperf3", "-s", "-1", "-p", "5202"], netns=ns)
     try:
         time.sleep(0.3)
-        out = run_in_netns(info.names.pod_ns("t", "p1"), ["iperf3", "-c", ip, "-p", "5202", "-t", "2", "-J"],
-                           capture_output=True, text=True, timeout=30)  # fmt: skip
+        out = run_in_netns(
+            info.names.pod_ns("t", "p1"),
+            ["iperf3", "-c", ip, "-p", "5202", "-t", "2", "-J"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         rate = json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]
         assert rate < 15e6, f"ingress limit 10M not enforced: {rate / 1e6:.1f} Mbit/s"
     finally:
@@ -165,9 +183,12 @@ def test_cni_check_notices_a_removed_address_and_route(lab):
     with open(names.state_file) as f:
         state = json.load(f)
     container_id = state["meta"]["pods"]["t/checked"]["container_id"]
-    runtime = CNIRuntime(names.cni_conf_dir("node-1"), [cluster.cni_bin_dir(names)],
-                         os.path.join(names.node_dir("node-1"), "cni", "cache"),
-                         netns_exec=info.topology.node("node-1").netns)  # fmt: skip
+    runtime = CNIRuntime(
+        names.cni_conf_dir("node-1"),
+        [cluster.cni_bin_dir(names)],
+        os.path.join(names.node_dir("node-1"), "cni", "cache"),
+        netns_exec=info.topology.node("node-1").netns,
+    )
     netns_path = f"/run/netns/{names.pod_ns('t', 'checked')}"
     args = {"K8S_POD_NAMESPACE": "t", "K8S_POD_NAME": "checked"}
     runtime_podnet_only = CNIRuntime(
@@ -178,8 +199,11 @@ def test_cni_check_notices_a_removed_address_and_route(lab):
         conflist=dict(runtime.conflist, plugins=runtime.conflist["plugins"][:1]),
     )
     runtime_podnet_only.check(container_id, netns_path, "eth0", args)  # all as wired: no error
-    run_in_netns(names.pod_ns("t", "checked"), ["ip", "addr", "del", f"{p.status.pod_ip}/32", "dev", "eth0"],
-                 check=True)  # fmt: skip
+    run_in_netns(
+        names.pod_ns("t", "checked"),
+        ["ip", "addr", "del", f"{p.status.pod_ip}/32", "dev", "eth0"],
+        check=True,
+    )
     with pytest.raises(CNIError) as info_err:
         runtime_podnet_only.check(container_id, netns_path, "eth0", args)
     assert p.status.pod_ip in str(info_err.value)
@@ -267,12 +291,22 @@ def test_cilium_profile_wires_pods_through_the_nodes_router_address():
     info = cluster.up(spec, names)
     try:
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
-        store.apply([parse_resource({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "t"}})]
-                    + [parse_resource(pod(f"c{i}", f"node-{1 + i % 2}")) for i in range(4)])  # fmt: skip
+        store.apply(
+            [parse_resource({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "t"}})]
+            + [parse_resource(pod(f"c{i}", f"node-{1 + i % 2}")) for i in range(4)]
+        )
         pods = wait_running(store, {f"t/c{i}" for i in range(4)})
         node1 = info.topology.node("node-1").netns
-        router = run_in_netns(node1, ["ip", "-4", "-o", "addr", "show", "dev", "cilium_host"],
-                              capture_output=True, text=True).stdout.split()[3].split("/")[0]  # fmt: skip
+        router = (
+            run_in_netns(
+                node1,
+                ["ip", "-4", "-o", "addr", "show", "dev", "cilium_host"],
+                capture_output=True,
+                text=True,
+            )
+            .stdout.split()[3]
+            .split("/")[0]
+        )
         inside = run_in_netns(names.pod_ns("t", "c0"), ["ip", "route"], capture_output=True, text=True).stdout
         assert f"default via {router} dev eth0" in inside
         assert "lxc" in run_in_netns(node1, ["ip", "-o", "link"], capture_output=True, text=True).stdout

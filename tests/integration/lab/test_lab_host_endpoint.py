@@ -34,11 +34,12 @@ if os.geteuid() != 0:
 HOST_PORT = 8081  # a plain TCP server on node-1's host: not a failsafe port
 SSH_PORT = 22  # failsafe inbound
 POD_PORT = 8080
-HEP = {"apiVersion": "projectcalico.org/v3", "kind": "HostEndpoint",
-       "metadata": {"name": "node-1-eth0", "labels": {"role": "edge"}},
-       "spec": {"node": "node-1", "interfaceName": "eth0"}}  # fmt: skip
-
-
+HEP = {
+    "apiVersion": "projectcalico.org/v3",
+    "kind": "HostEndpoint",
+    "metadata": {"name": "node-1-eth0", "labels": {"role": "edge"}},
+    "spec": {"node": "node-1", "interfaceName": "eth0"},
+}
 
 
 def wait_drop(names: LabNames, node: str, start: str, timeout: float = 10.0) -> None:
@@ -52,15 +53,22 @@ def wait_drop(names: LabNames, node: str, start: str, timeout: float = 10.0) -> 
 
 
 def pod(name: str, node: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "hep"},
-            "spec": {"nodeName": node, "containers": [{"name": "c"}]}}  # fmt: skip
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "hep"},
+        "spec": {"nodeName": node, "containers": [{"name": "c"}]},
+    }
 
 
 def running(store: ResourceStore, count: int, timeout: float = 30.0) -> dict[str, str]:
     deadline = time.monotonic() + timeout
     while True:
-        ips = {p.metadata.name: p.status.pod_ip for p in store.list(lookup("pods"), "hep")
-               if p.status and p.status.phase == "Running" and p.status.pod_ip}  # fmt: skip
+        ips = {
+            p.metadata.name: p.status.pod_ip
+            for p in store.list(lookup("pods"), "hep")
+            if p.status and p.status.phase == "Running" and p.status.pod_ip
+        }
         if len(ips) >= count:
             return ips
         assert time.monotonic() < deadline, ips

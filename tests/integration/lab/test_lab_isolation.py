@@ -62,8 +62,19 @@ def checksum(data: bytes) -> int:
 def frame(dst_mac: str, src_mac: str, src_ip: str, dst_ip: str, payload: bytes) -> bytes:
     """Ethernet + IPv4 + UDP (checksum 0, allowed in IPv4), built by hand."""
     udp = struct.pack("!HHHH", 40000, UDP_PORT, 8 + len(payload), 0) + payload
-    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0,
-                         socket.inet_aton(src_ip), socket.inet_aton(dst_ip))  # fmt: skip
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(udp),
+        0,
+        0x4000,
+        64,
+        17,
+        0,
+        socket.inet_aton(src_ip),
+        socket.inet_aton(dst_ip),
+    )
     header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
     return (
         bytes.fromhex(dst_mac.replace(":", ""))
@@ -102,8 +113,6 @@ def received(sock: socket.socket, seconds: float) -> set[bytes]:
     return got
 
 
-
-
 def drops(names: LabNames, node: str) -> list[str]:
     answer = api.call(names.agent_socket(node), {"verb": "DROPS", "since": 0}, timeout=10)
     assert answer.get("ok"), answer
@@ -121,8 +130,12 @@ def netpol(name: str, egress: list | None) -> dict:
     spec: dict = {"podSelector": {}, "policyTypes": ["Egress"]}
     if egress is not None:
         spec["egress"] = egress
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": name, "namespace": "iso"}, "spec": spec}  # fmt: skip
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": "iso"},
+        "spec": spec,
+    }
 
 
 # ------------------------------------------------------------------------------------------- lab
@@ -137,13 +150,22 @@ def lab(request: pytest.FixtureRequest) -> Iterator[tuple[LabNames, object, Reso
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
         docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "iso"}}]
         for name, node in LAYOUT:
-            docs.append({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "iso"},
-                         "spec": {"nodeName": node, "containers": [{"name": "c"}]}})  # fmt: skip
+            docs.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": name, "namespace": "iso"},
+                    "spec": {"nodeName": node, "containers": [{"name": "c"}]},
+                }
+            )
         store.apply([parse_resource(d) for d in docs])
         deadline = time.monotonic() + 30
         while True:
-            ips = {p.metadata.name: p.status.pod_ip for p in store.list(lookup("pods"), "iso")
-                   if p.status and p.status.phase == "Running" and p.status.pod_ip}  # fmt: skip
+            ips = {
+                p.metadata.name: p.status.pod_ip
+                for p in store.list(lookup("pods"), "iso")
+                if p.status and p.status.phase == "Running" and p.status.pod_ip
+            }
             if len(ips) == len(LAYOUT):
                 break
             assert time.monotonic() < deadline, ips

@@ -57,9 +57,26 @@ def pods_on_every_node(store: ResourceStore, nodes: int, names: LabNames) -> dic
 
 
 def capture(netns: str, device: str, bpf_filter: str, count: int) -> subprocess.Popen:
-    return subprocess.Popen(["ip", "netns", "exec", netns, "tcpdump", "-nn", "-v", "-l", "-i", device, "-c",
-                             str(count), bpf_filter], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)  # fmt: skip
+    return subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "tcpdump",
+            "-nn",
+            "-v",
+            "-l",
+            "-i",
+            device,
+            "-c",
+            str(count),
+            bpf_filter,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
 
 
 @pytest.mark.parametrize(
@@ -73,8 +90,7 @@ def capture(netns: str, device: str, bpf_filter: str, count: int) -> subprocess.
 )
 def test_mode_carries_pod_traffic(profile, encapsulation, wire_filter, wire_text):
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
-    spec = LabSpec(nodes=3, profile=profile, encapsulation=encapsulation,
-                   underlay=random_underlay())  # fmt: skip
+    spec = LabSpec(nodes=3, profile=profile, encapsulation=encapsulation, underlay=random_underlay())
     info = cluster.up(spec, names)
     try:
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
@@ -92,8 +108,11 @@ def test_mode_carries_pod_traffic(profile, encapsulation, wire_filter, wire_text
             assert "VXLAN" not in out and "ipip" not in out.lower()
         # Pods get the MTU the mode leaves room for.
         mtu = {"vxlan": 1450, "ipip": 1480}.get(encapsulation, 1500)
-        link = subprocess.run(["ip", "netns", "exec", sources["m/p0"], "ip", "link", "show", "eth0"],
-                              capture_output=True, text=True).stdout  # fmt: skip
+        link = subprocess.run(
+            ["ip", "netns", "exec", sources["m/p0"], "ip", "link", "show", "eth0"],
+            capture_output=True,
+            text=True,
+        ).stdout
         assert f"mtu {mtu} " in link
     finally:
         cluster.teardown(names)
@@ -195,11 +214,13 @@ def test_pool_mode_change_and_node_removal_take_effect_on_running_nodes():
         assert all(all(row.values()) for row in table.values()), table
         # A node removed from the datastore leaves every other node's routes and FDB quickly.
         node3_vtep = store.get(lookup("nodes"), "node-3").metadata.annotations[
-            "projectcalico.org/IPv4VXLANTunnelAddr"]  # fmt: skip
+            "projectcalico.org/IPv4VXLANTunnelAddr"
+        ]
         store.delete(lookup("nodes"), "node-3")
         seconds = wait_for(lambda: node3_vtep not in routes(), "removal of node-3's routes", 2.0)
-        fdb = run_in_netns(node1, ["bridge", "fdb", "show", "dev", "vxlan.calico"], capture_output=True,
-                           text=True).stdout  # fmt: skip
+        fdb = run_in_netns(
+            node1, ["bridge", "fdb", "show", "dev", "vxlan.calico"], capture_output=True, text=True
+        ).stdout
         assert info.topology.node("node-3").ip not in fdb
         assert seconds < 2.0
     finally:
@@ -211,14 +232,14 @@ def test_ipip_crosssubnet_encapsulates_only_between_subnets():
     """4 nodes in 2 subnets joined by a router: node-1 → node-2 (same subnet) is plain IP on br0,
     node-1 → node-3 (other subnet) is IP protocol 4 between the node addresses on br1."""
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
-    spec = LabSpec(nodes=4, subnets=2, encapsulation="ipip-crosssubnet",
-                   underlay=random_underlay())  # fmt: skip
+    spec = LabSpec(nodes=4, subnets=2, encapsulation="ipip-crosssubnet", underlay=random_underlay())
     info = cluster.up(spec, names)
     try:
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
         pods = pods_on_every_node(store, 4, names)
         assert {info.topology.node(f"node-{i}").subnet for i in (1, 2)} != {
-            info.topology.node(f"node-{i}").subnet for i in (3, 4)}  # fmt: skip
+            info.topology.node(f"node-{i}").subnet for i in (3, 4)
+        }
         sources = {k: names.pod_ns("m", k.split("/")[1]) for k in pods}
         targets = {k: p.status.pod_ip for k, p in pods.items()}
         for port, proto in ((8080, "TCP"), (5353, "UDP")):
@@ -259,8 +280,12 @@ def test_agent_restart_keeps_tunnels_routes_and_flows(encapsulation):
         node1 = info.topology.node("node-1").netns
 
         def kernel_state() -> tuple[str, ...]:
-            cmds = [["ip", "route"], ["ip", "-d", "link", "show"], ["bridge", "fdb", "show"], ["tc", "filter",
-                    "show", "dev", "eth0", "ingress"]]  # fmt: skip
+            cmds = [
+                ["ip", "route"],
+                ["ip", "-d", "link", "show"],
+                ["bridge", "fdb", "show"],
+                ["tc", "filter", "show", "dev", "eth0", "ingress"],
+            ]
             return tuple(run_in_netns(node1, c, capture_output=True, text=True).stdout for c in cmds)
 
         # A connection from node-1's pod to node-2's pod, open across the restart (once the nodes
@@ -316,9 +341,16 @@ def test_bgp_distributes_every_block(reflectors):
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
         if reflectors:
             for node in ("node-1", "node-2"):
-                store.patch(lookup("nodes"), node, {"metadata": {
-                    "labels": {"route-reflector": "true"},
-                    "annotations": {"projectcalico.org/RouteReflectorClusterID": "244.0.0.1"}}})  # fmt: skip
+                store.patch(
+                    lookup("nodes"),
+                    node,
+                    {
+                        "metadata": {
+                            "labels": {"route-reflector": "true"},
+                            "annotations": {"projectcalico.org/RouteReflectorClusterID": "244.0.0.1"},
+                        }
+                    },
+                )
             peer_spec = {"nodeSelector": "all()", "peerSelector": "route-reflector == 'true'"}
             store.apply(
                 [
@@ -346,9 +378,12 @@ def test_bgp_distributes_every_block(reflectors):
             assert all(all(row.values()) for row in table.values()), (proto, table)
         seen, _ = wire.communicate(timeout=10)
         assert targets["m/p3"] in seen and "IPIP" not in seen  # BGP routes: plain pod packets on the wire
-        out = subprocess.run([sys.executable, "-m", "podnet.cli.main", "node", "status", "node-3"],
-                             capture_output=True, text=True,
-                             env=dict(os.environ, PODNET_LAB_PREFIX=names.prefix)).stdout  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-m", "podnet.cli.main", "node", "status", "node-3"],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PODNET_LAB_PREFIX=names.prefix),
+        ).stdout
         assert "Established" in out
         if reflectors:  # a client peers with the two reflectors only
             assert out.count("Established") == 2 and "node specific" in out and "mesh" not in out

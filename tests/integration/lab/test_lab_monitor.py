@@ -31,10 +31,11 @@ if os.geteuid() != 0:
 
 PODNET = os.path.join(os.path.dirname(sys.executable), "podnet")
 POLICY = {
-    "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "NetworkPolicy",
     "metadata": {"name": "api-deny-all", "namespace": "np"},
     "spec": {"podSelector": {"matchLabels": {"app": "api"}}, "policyTypes": ["Ingress"]},
-}  # fmt: skip
+}
 
 
 def monitor(prefix: str, *extra: str) -> list[str]:
@@ -64,8 +65,11 @@ def test_monitor_shows_policy_drops_with_pods_port_and_policy():
         store.apply([parse_resource(d) for d in docs])
         deadline = time.monotonic() + 30
         while True:
-            running = {f"np/{p.metadata.name}": p.status.pod_ip for p in store.list(lookup("pods"), "np")
-                       if p.status and p.status.phase == "Running"}  # fmt: skip
+            running = {
+                f"np/{p.metadata.name}": p.status.pod_ip
+                for p in store.list(lookup("pods"), "np")
+                if p.status and p.status.phase == "Running"
+            }
             if len(running) == 2:
                 break
             assert time.monotonic() < deadline
@@ -98,13 +102,30 @@ def test_monitor_shows_policy_drops_with_pods_port_and_policy():
         assert lines[-1].endswith("ingress: default deny of NetworkPolicy np/api-deny-all")
 
         # --follow: a drop made after it started (another port) comes out as a line of its own.
-        cmd = [PODNET, "monitor", "--type", "drop", "--node", "node-1", "--lab-prefix", names.prefix,
-               "--follow", "-o", "json"]  # fmt: skip
+        cmd = [
+            PODNET,
+            "monitor",
+            "--type",
+            "drop",
+            "--node",
+            "node-1",
+            "--lab-prefix",
+            names.prefix,
+            "--follow",
+            "-o",
+            "json",
+        ]
         env = dict(os.environ, PYTHONFAULTHANDLER="1")  # SIGABRT dumps every thread's stack
         # As from a terminal: SIGINT at its default (a test run started in the background inherits
         # it ignored, and Python then installs no KeyboardInterrupt: Ctrl-C would be ignored).
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         try:
             time.sleep(0.5)  # its long poll is in place (a drop before it would be buffered anyway)
             assert not probe_all(far, api, 9090, "TCP", 0.5)["np/far"]["np/api"].ok

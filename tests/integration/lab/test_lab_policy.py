@@ -27,11 +27,14 @@ if os.geteuid() != 0:
 PORTS = [{"name": "web", "containerPort": 8080}, {"name": "dns", "containerPort": 5353, "protocol": "UDP"}]
 FRIENDS = {"podSelector": {"matchLabels": {"role": "friend"}}}
 POLICY = {
-    "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "NetworkPolicy",
     "metadata": {"name": "api-from-friends", "namespace": "np"},
-    "spec": {"podSelector": {"matchLabels": {"app": "api"}},
-             "ingress": [{"from": [FRIENDS], "ports": [{"port": "web"}]}]},
-}  # fmt: skip
+    "spec": {
+        "podSelector": {"matchLabels": {"app": "api"}},
+        "ingress": [{"from": [FRIENDS], "ports": [{"port": "web"}]}],
+    },
+}
 
 
 def expected(pods: list[str], friends: set[str], policy: bool) -> dict:
@@ -56,8 +59,12 @@ def test_policy_isolates_allows_by_label_follows_relabels_and_goes_away():
     try:
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
         docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "np"}}]
-        layout = [("api", "node-1", {"app": "api"}), ("near", "node-1", {}),
-                  ("friend", "node-2", {"role": "friend"}), ("far", "node-3", {})]  # fmt: skip
+        layout = [
+            ("api", "node-1", {"app": "api"}),
+            ("near", "node-1", {}),
+            ("friend", "node-2", {"role": "friend"}),
+            ("far", "node-3", {}),
+        ]
         for name, node, labels in layout:
             spec = {"nodeName": node, "containers": [{"name": "c", "ports": PORTS}]}
             meta = {"name": name, "namespace": "np", "labels": labels}
@@ -65,8 +72,11 @@ def test_policy_isolates_allows_by_label_follows_relabels_and_goes_away():
         store.apply([parse_resource(d) for d in docs])
         deadline = time.monotonic() + 30
         while True:
-            running = {f"np/{p.metadata.name}": p.status.pod_ip for p in store.list(lookup("pods"), "np")
-                       if p.status and p.status.phase == "Running"}  # fmt: skip
+            running = {
+                f"np/{p.metadata.name}": p.status.pod_ip
+                for p in store.list(lookup("pods"), "np")
+                if p.status and p.status.phase == "Running"
+            }
             if len(running) == 4:
                 break
             assert time.monotonic() < deadline

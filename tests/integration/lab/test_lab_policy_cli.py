@@ -32,19 +32,24 @@ if os.geteuid() != 0:
 
 PORTS = [{"name": "web", "containerPort": 8080}]
 POLICY = {
-    "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "NetworkPolicy",
     "metadata": {"name": "api-from-friends", "namespace": "np"},
-    "spec": {"podSelector": {"matchLabels": {"app": "api"}},
-             "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "friend"}}}],
-                          "ports": [{"port": "web"}]}]},
-}  # fmt: skip
+    "spec": {
+        "podSelector": {"matchLabels": {"app": "api"}},
+        "ingress": [
+            {"from": [{"podSelector": {"matchLabels": {"role": "friend"}}}], "ports": [{"port": "web"}]}
+        ],
+    },
+}
 
 
 def podnet(names: LabNames, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PODNET_LAB_PREFIX": names.prefix}
     env.pop("PODNET_ETCD_ENDPOINTS", None)
-    proc = subprocess.run([sys.executable, "-m", "podnet.cli.main", *args], capture_output=True, text=True,
-                          env=env, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "podnet.cli.main", *args], capture_output=True, text=True, env=env, timeout=60
+    )
     if check:
         assert proc.returncode == 0, f"podnet {args}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
@@ -61,8 +66,12 @@ def until(what: str, predicate, timeout: float = 10.0):  # type: ignore[no-untyp
 
 
 def nft_json(names: LabNames, node: str) -> list[dict]:
-    out = subprocess.run(["ip", "netns", "exec", names.node_ns(node), "nft", "-j", "list", "table", "inet",
-                          "podnet_policy"], capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        ["ip", "netns", "exec", names.node_ns(node), "nft", "-j", "list", "table", "inet", "podnet_policy"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(out)["nftables"]
 
 
@@ -80,12 +89,21 @@ def test_policy_test_explain_status_and_a_refused_transaction_repaired():
     try:
         store = ResourceStore(EtcdDatastore([cluster.running_endpoint(names)]))
         docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "np"}}]
-        layout = (("api", "node-1", {"app": "api"}), ("friend", "node-2", {"role": "friend"}),
-                  ("far", "node-3", {}))  # fmt: skip
+        layout = (
+            ("api", "node-1", {"app": "api"}),
+            ("friend", "node-2", {"role": "friend"}),
+            ("far", "node-3", {}),
+        )
         for name, node, labels in layout:
             spec = {"nodeName": node, "containers": [{"name": "c", "ports": PORTS}]}
-            docs.append({"apiVersion": "v1", "kind": "Pod", "spec": spec,
-                         "metadata": {"name": name, "namespace": "np", "labels": labels}})  # fmt: skip
+            docs.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "spec": spec,
+                    "metadata": {"name": name, "namespace": "np", "labels": labels},
+                }
+            )
         store.apply([parse_resource(d) for d in docs])
         podnet(names, "lab", "wait", "--timeout", "30")
         ips = {p.metadata.name: p.status.pod_ip for p in store.list(lookup("pods"), "np")}
@@ -127,17 +145,40 @@ def test_policy_test_explain_status_and_a_refused_transaction_repaired():
 
         # 4. Tamper with node-1's friends set so that the next partial transaction is refused
         # (an interval overlapping the element it will add), then make "far" a friend.
-        friends = [n for n, elems in set_elements(names, "node-1").items()
-                   if any(e == ips["friend"] or (isinstance(e, dict) and "prefix" in e
-                          and e["prefix"]["addr"] == ips["friend"]) for e in elems)]  # fmt: skip
+        friends = [
+            n
+            for n, elems in set_elements(names, "node-1").items()
+            if any(
+                e == ips["friend"]
+                or (isinstance(e, dict) and "prefix" in e and e["prefix"]["addr"] == ips["friend"])
+                for e in elems
+            )
+        ]
         assert len(friends) == 1, set_elements(names, "node-1")
         cover = ipaddress.ip_network(f"{ips['far']}/31", strict=False)
-        subprocess.run(["ip", "netns", "exec", names.node_ns("node-1"), "nft", "add", "element", "inet",
-                        "podnet_policy", friends[0], f"{{ {cover} }}"], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                names.node_ns("node-1"),
+                "nft",
+                "add",
+                "element",
+                "inet",
+                "podnet_policy",
+                friends[0],
+                f"{{ {cover} }}",
+            ],
+            check=True,
+        )
         store.patch(lookup("pods"), "far", {"metadata": {"labels": {"role": "friend"}}}, "np")
         log = os.path.join(names.node_log_dir("node-1"), "agent.log")
-        until("the refused transaction in the agent log",
-              lambda: "interval overlaps" in Path(log).read_text(), timeout=10)  # fmt: skip
+        until(
+            "the refused transaction in the agent log",
+            lambda: "interval overlaps" in Path(log).read_text(),
+            timeout=10,
+        )
         report = until("policy test to agree again after the full resync", agreed)
         pairs = {(p["from"], p["to"]): p for p in report["ports"][0]["pairs"]}
         assert pairs[("np/far", "np/api")]["probed"] is True

@@ -74,14 +74,19 @@ LAYOUT: dict[str, tuple[str, dict[str, str], tuple[Port, ...]]] = {
     "b/tool": ("node-1", {"role": "tool", "tier": "ops"}, (("http", 8080, "TCP"), DNS)),
     "c/client": ("node-1", {"role": "client"}, (web(8080), DNS)),
     "c/api": ("node-3", {"app": "api", "tier": "front"}, (web(8081), DNS, DNS_TCP)),
-}  # fmt: skip
+}
 
 #: one hostNetwork pod per node (in kube-system, which no policy here selects): its node's services.
 #: Host-network pods are their node (Kubernetes leaves them to the implementation; podnet, like Calico
 #: and Cilium, ignores them in selectors): the evaluators see only the node's address.
-HOST_LAYOUT = {f"kube-system/host-{n[-1]}": (n, {"app": "node-agent"}, (("probe", 7070, "TCP"),
-                                                                        ("probe-udp", 7070, "UDP")))
-               for n in NODES}  # fmt: skip
+HOST_LAYOUT = {
+    f"kube-system/host-{n[-1]}": (
+        n,
+        {"app": "node-agent"},
+        (("probe", 7070, "TCP"), ("probe-udp", 7070, "UDP")),
+    )
+    for n in NODES
+}
 
 WEB = ((8080, "TCP"), (8081, "TCP"))
 UDP = ((5353, "UDP"),)
@@ -120,8 +125,12 @@ def pod_doc(
     spec: dict = {"nodeName": node, "containers": [{"name": "c", "ports": container_ports}]}
     if host_network:
         spec["hostNetwork"] = True
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels}, "spec": spec}  # fmt: skip
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": spec,
+    }
 
 
 def start_pods(
@@ -172,8 +181,12 @@ def relabel_namespace(lab: Lab, namespace: str, labels: dict[str, str | None]) -
 
 
 def netpol(namespace: str, name: str, spec: dict) -> dict:
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": name, "namespace": namespace}, "spec": spec}  # fmt: skip
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
 
 
 def sel(**labels: str) -> dict:
@@ -197,8 +210,12 @@ def apply_policies(lab: Lab, *docs: dict) -> None:
 
 
 def nft(lab: Lab, node: str, *args: str) -> str:
-    proc = subprocess.run(["ip", "netns", "exec", lab.names.node_ns(node), "nft", *args],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    proc = subprocess.run(
+        ["ip", "netns", "exec", lab.names.node_ns(node), "nft", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return proc.stdout
 
 
@@ -356,14 +373,20 @@ def lab() -> Iterator[Lab]:
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
     try:
         info = cluster.up(LabSpec(nodes=3, underlay=random_underlay()), names)
-        the_lab = Lab(names, ResourceStore(EtcdDatastore([info.etcd_endpoint])),
-                      {h.name: h.ip for h in info.topology.nodes})  # fmt: skip
+        the_lab = Lab(
+            names,
+            ResourceStore(EtcdDatastore([info.etcd_endpoint])),
+            {h.name: h.ip for h in info.topology.nodes},
+        )
         the_lab.namespaces = {ns: dict(labels) for ns, labels in NAMESPACES.items()}
-        the_lab.store.apply([
-            parse_resource({"apiVersion": "v1", "kind": "Namespace",
-                            "metadata": {"name": ns, "labels": labels}})
-            for ns, labels in NAMESPACES.items()
-        ])  # fmt: skip
+        the_lab.store.apply(
+            [
+                parse_resource(
+                    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}}
+                )
+                for ns, labels in NAMESPACES.items()
+            ]
+        )
         start_pods(the_lab, LAYOUT)
         start_pods(the_lab, HOST_LAYOUT, host_network=True)
         # Everything open, over every port served: the endpoints are wired on every node.
@@ -387,77 +410,157 @@ def scenario(lab: Lab) -> Iterator[Lab]:
 
 def test_default_deny_ingress(lab: Lab) -> None:
     apply_policies(lab, netpol("a", "deny-in", {"podSelector": {}, "ingress": []}))
-    expect_table(lab, WEB + UDP, {
-        ("b/client", "a/web1:8080/TCP"): False, ("a/web2", "a/web1:8080/TCP"): False,
-        ("c/client", "a/db:5353/UDP"): False, ("a/web1", "b/web3:8080/TCP"): True,
-        ("node-1", "a/web1:8080/TCP"): True, ("node-2", "a/web1:8080/TCP"): False,
-    })  # fmt: skip
+    expect_table(
+        lab,
+        WEB + UDP,
+        {
+            ("b/client", "a/web1:8080/TCP"): False,
+            ("a/web2", "a/web1:8080/TCP"): False,
+            ("c/client", "a/db:5353/UDP"): False,
+            ("a/web1", "b/web3:8080/TCP"): True,
+            ("node-1", "a/web1:8080/TCP"): True,
+            ("node-2", "a/web1:8080/TCP"): False,
+        },
+    )
 
 
 def test_default_deny_egress(lab: Lab) -> None:
     apply_policies(lab, netpol("b", "deny-out", {"podSelector": {}, "policyTypes": ["Egress"]}))
-    expect_table(lab, WEB + UDP, {
-        ("b/client", "a/web1:8080/TCP"): False, ("b/tool", "c/api:5353/UDP"): False,
-        ("a/web1", "b/web3:8080/TCP"): True, ("node-2", "b/client:8081/TCP"): True,
-        ("node-1", "b/client:8081/TCP"): True,
-    })  # fmt: skip
+    expect_table(
+        lab,
+        WEB + UDP,
+        {
+            ("b/client", "a/web1:8080/TCP"): False,
+            ("b/tool", "c/api:5353/UDP"): False,
+            ("a/web1", "b/web3:8080/TCP"): True,
+            ("node-2", "b/client:8081/TCP"): True,
+            ("node-1", "b/client:8081/TCP"): True,
+        },
+    )
 
 
 def test_policy_types_defaulting(lab: Lab) -> None:
     apply_policies(
         lab,
         # egress rules, no policyTypes: Ingress AND Egress (no ingress rule: ingress denied)
-        netpol("a", "web-out-to-db", {"podSelector": sel(app="web"),
-                                      "egress": [{"to": [{"podSelector": sel(app="db")}]}]}),
+        netpol(
+            "a",
+            "web-out-to-db",
+            {"podSelector": sel(app="web"), "egress": [{"to": [{"podSelector": sel(app="db")}]}]},
+        ),
         # policyTypes [Egress] only: ingress stays open
         netpol("c", "api-no-out", {"podSelector": sel(app="api"), "policyTypes": ["Egress"]}),
-    )  # fmt: skip
+    )
     assert lab.policies["a/web-out-to-db"].spec.policy_types == ["Ingress", "Egress"]
-    expect_table(lab, WEB + UDP, {
-        ("a/web1", "a/db:8080/TCP"): True, ("a/web1", "b/web3:8080/TCP"): False,
-        ("b/client", "a/web1:8080/TCP"): False, ("c/client", "c/api:8081/TCP"): True,
-        ("c/api", "b/web3:8080/TCP"): False, ("a/db", "a/web2:8081/TCP"): False,
-    })  # fmt: skip
+    expect_table(
+        lab,
+        WEB + UDP,
+        {
+            ("a/web1", "a/db:8080/TCP"): True,
+            ("a/web1", "b/web3:8080/TCP"): False,
+            ("b/client", "a/web1:8080/TCP"): False,
+            ("c/client", "c/api:8081/TCP"): True,
+            ("c/api", "b/web3:8080/TCP"): False,
+            ("a/db", "a/web2:8081/TCP"): False,
+        },
+    )
 
 
 def test_pod_selector_labels_and_expressions(lab: Lab) -> None:
     apply_policies(
         lab,
-        netpol("a", "web-from-back", {"podSelector": sel(app="web"),
-                                      "ingress": [{"from": [{"podSelector": expr("tier", "In", "back")}]}]}),
-        netpol("a", "not-web-from-tiered", {
-            "podSelector": expr("app", "NotIn", "web", "range"),
-            "ingress": [{"from": [{"podSelector": expr("tier", "Exists")}]}]}),
-        netpol("a", "untiered-from-front", {
-            "podSelector": expr("tier", "DoesNotExist"),
-            "ingress": [{"from": [{"podSelector": sel(app="web", tier="front")}]}]}),
+        netpol(
+            "a",
+            "web-from-back",
+            {
+                "podSelector": sel(app="web"),
+                "ingress": [{"from": [{"podSelector": expr("tier", "In", "back")}]}],
+            },
+        ),
+        netpol(
+            "a",
+            "not-web-from-tiered",
+            {
+                "podSelector": expr("app", "NotIn", "web", "range"),
+                "ingress": [{"from": [{"podSelector": expr("tier", "Exists")}]}],
+            },
+        ),
+        netpol(
+            "a",
+            "untiered-from-front",
+            {
+                "podSelector": expr("tier", "DoesNotExist"),
+                "ingress": [{"from": [{"podSelector": sel(app="web", tier="front")}]}],
+            },
+        ),
         # NotIn also selects pods WITHOUT the label: b/client and b/tool are isolated, b/web3 is not
         netpol("b", "not-web-deny", {"podSelector": expr("app", "NotIn", "web")}),
-    )  # fmt: skip
-    expect_table(lab, WEB + UDP, {
-        ("a/db", "a/web1:8080/TCP"): True, ("a/range", "a/web1:8080/TCP"): False,
-        ("a/web1", "a/web2:8081/TCP"): False, ("a/web1", "a/db:8080/TCP"): True,
-        ("a/range", "a/db:8080/TCP"): False, ("a/web1", "a/range:8081/TCP"): True,
-        ("a/web2", "a/range:8081/TCP"): False, ("c/client", "b/client:8081/TCP"): False,
-        ("c/client", "b/web3:8080/TCP"): True,
-    })  # fmt: skip
+    )
+    expect_table(
+        lab,
+        WEB + UDP,
+        {
+            ("a/db", "a/web1:8080/TCP"): True,
+            ("a/range", "a/web1:8080/TCP"): False,
+            ("a/web1", "a/web2:8081/TCP"): False,
+            ("a/web1", "a/db:8080/TCP"): True,
+            ("a/range", "a/db:8080/TCP"): False,
+            ("a/web1", "a/range:8081/TCP"): True,
+            ("a/web2", "a/range:8081/TCP"): False,
+            ("c/client", "b/client:8081/TCP"): False,
+            ("c/client", "b/web3:8080/TCP"): True,
+        },
+    )
 
 
 def test_namespace_selector_alone(lab: Lab) -> None:
     apply_policies(
         lab,
-        netpol("a", "web1-from-team-y", {
-            "podSelector": sel(app="web", tier="front"),
-            "ingress": [{"from": [{"namespaceSelector": sel(team="y")}]}]}),
-        netpol("a", "db-from-ns-c", {"podSelector": sel(app="db"), "ingress": [{"from": [
-            {"namespaceSelector": {"matchExpressions": [
-                {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["c"]}]}}]}]}),
-    )  # fmt: skip
-    expect_table(lab, WEB + UDP, {
-        ("b/tool", "a/web1:8080/TCP"): True, ("a/web2", "a/web1:8080/TCP"): False,
-        ("c/client", "a/web1:5353/UDP"): False, ("c/api", "a/db:8081/TCP"): True,
-        ("b/client", "a/db:8080/TCP"): False, ("a/web1", "a/db:5353/UDP"): False,
-    })  # fmt: skip
+        netpol(
+            "a",
+            "web1-from-team-y",
+            {
+                "podSelector": sel(app="web", tier="front"),
+                "ingress": [{"from": [{"namespaceSelector": sel(team="y")}]}],
+            },
+        ),
+        netpol(
+            "a",
+            "db-from-ns-c",
+            {
+                "podSelector": sel(app="db"),
+                "ingress": [
+                    {
+                        "from": [
+                            {
+                                "namespaceSelector": {
+                                    "matchExpressions": [
+                                        {
+                                            "key": "kubernetes.io/metadata.name",
+                                            "operator": "In",
+                                            "values": ["c"],
+                                        }
+                                    ]
+                                }
+                            }
+                        ]
+                    }
+                ],
+            },
+        ),
+    )
+    expect_table(
+        lab,
+        WEB + UDP,
+        {
+            ("b/tool", "a/web1:8080/TCP"): True,
+            ("a/web2", "a/web1:8080/TCP"): False,
+            ("c/client", "a/web1:5353/UDP"): False,
+            ("c/api", "a/db:8081/TCP"): True,
+            ("b/client", "a/db:8080/TCP"): False,
+            ("a/web1", "a/db:5353/UDP"): False,
+        },
+    )
 
 
 def test_pod_and_namespace_selector_and_versus_or(lab: Lab) -> None:
@@ -465,215 +568,438 @@ def test_pod_and_namespace_selector_and_versus_or(lab: Lab) -> None:
     apply_policies(
         lab,
         # one peer with both selectors: clients IN team-y namespaces
-        netpol("a", "web-and", {"podSelector": sel(app="web"), "ingress": [{"from": [
-            {"namespaceSelector": team_y, "podSelector": sel(role="client")}]}]}),
+        netpol(
+            "a",
+            "web-and",
+            {
+                "podSelector": sel(app="web"),
+                "ingress": [{"from": [{"namespaceSelector": team_y, "podSelector": sel(role="client")}]}],
+            },
+        ),
         # two peers: anything in team-y namespaces, OR front pods of the policy's own namespace
-        netpol("a", "db-or", {"podSelector": sel(app="db"), "ingress": [{"from": [
-            {"namespaceSelector": team_y}, {"podSelector": sel(tier="front")}]}]}),
-    )  # fmt: skip
-    expect_table(lab, WEB + UDP, {
-        ("b/client", "a/web1:8080/TCP"): True, ("b/web3", "a/web1:8080/TCP"): False,
-        ("c/client", "a/web2:8081/TCP"): False, ("b/web3", "a/db:8080/TCP"): True,
-        ("a/web1", "a/db:8081/TCP"): True, ("c/api", "a/db:8081/TCP"): False,
-        ("a/web2", "a/db:8080/TCP"): False,
-    })  # fmt: skip
+        netpol(
+            "a",
+            "db-or",
+            {
+                "podSelector": sel(app="db"),
+                "ingress": [{"from": [{"namespaceSelector": team_y}, {"podSelector": sel(tier="front")}]}],
+            },
+        ),
+    )
+    expect_table(
+        lab,
+        WEB + UDP,
+        {
+            ("b/client", "a/web1:8080/TCP"): True,
+            ("b/web3", "a/web1:8080/TCP"): False,
+            ("c/client", "a/web2:8081/TCP"): False,
+            ("b/web3", "a/db:8080/TCP"): True,
+            ("a/web1", "a/db:8081/TCP"): True,
+            ("c/api", "a/db:8081/TCP"): False,
+            ("a/web2", "a/db:8080/TCP"): False,
+        },
+    )
 
 
 def test_empty_namespace_selector_means_every_namespace(lab: Lab) -> None:
     apply_policies(
         lab,
-        netpol("c", "api-from-all-pods", {"podSelector": sel(app="api"),
-                                          "ingress": [{"from": [{"namespaceSelector": {}}]}]}),
-        netpol("b", "web3-from-clients", {"podSelector": sel(app="web"), "ingress": [{"from": [
-            {"namespaceSelector": {}, "podSelector": sel(role="client")}]}]}),
-    )  # fmt: skip
-    expect_table(lab, WEB + UDP, {
-        ("a/db", "c/api:8081/TCP"): True, ("node-1", "c/api:8081/TCP"): False,
-        ("node-3", "c/api:8081/TCP"): True, ("c/client", "b/web3:8080/TCP"): True,
-        ("b/tool", "b/web3:8080/TCP"): False,
-    })  # fmt: skip
+        netpol(
+            "c",
+            "api-from-all-pods",
+            {"podSelector": sel(app="api"), "ingress": [{"from": [{"namespaceSelector": {}}]}]},
+        ),
+        netpol(
+            "b",
+            "web3-from-clients",
+            {
+                "podSelector": sel(app="web"),
+                "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": sel(role="client")}]}],
+            },
+        ),
+    )
+    expect_table(
+        lab,
+        WEB + UDP,
+        {
+            ("a/db", "c/api:8081/TCP"): True,
+            ("node-1", "c/api:8081/TCP"): False,
+            ("node-3", "c/api:8081/TCP"): True,
+            ("c/client", "b/web3:8080/TCP"): True,
+            ("b/tool", "b/web3:8080/TCP"): False,
+        },
+    )
 
 
 def test_ip_block_with_except(lab: Lab) -> None:
     client, db = lab.pods["b/client"].ips[0], lab.pods["a/db"].ips[0]
     apply_policies(
         lab,
-        netpol("a", "web1-from-pods-but-one", {
-            "podSelector": sel(app="web", tier="front"),
-            "ingress": [{"from": [{"ipBlock": {"cidr": POD_CIDR, "except": [f"{client}/32"]}}]}]}),
-        netpol("c", "client-to-pods-but-db", {
-            "podSelector": sel(role="client"), "policyTypes": ["Egress"],
-            "egress": [{"to": [{"ipBlock": {"cidr": POD_CIDR, "except": [f"{db}/32"]}}]}]}),
-    )  # fmt: skip
-    expect_table(lab, WEB + UDP, {
-        ("b/client", "a/web1:8080/TCP"): False, ("b/tool", "a/web1:8080/TCP"): True,
-        ("node-2", "a/web1:8080/TCP"): False, ("node-1", "a/web1:8080/TCP"): True,
-        ("c/client", "a/db:8080/TCP"): False, ("c/client", "a/web2:5353/UDP"): True,
-    })  # fmt: skip
+        netpol(
+            "a",
+            "web1-from-pods-but-one",
+            {
+                "podSelector": sel(app="web", tier="front"),
+                "ingress": [{"from": [{"ipBlock": {"cidr": POD_CIDR, "except": [f"{client}/32"]}}]}],
+            },
+        ),
+        netpol(
+            "c",
+            "client-to-pods-but-db",
+            {
+                "podSelector": sel(role="client"),
+                "policyTypes": ["Egress"],
+                "egress": [{"to": [{"ipBlock": {"cidr": POD_CIDR, "except": [f"{db}/32"]}}]}],
+            },
+        ),
+    )
+    expect_table(
+        lab,
+        WEB + UDP,
+        {
+            ("b/client", "a/web1:8080/TCP"): False,
+            ("b/tool", "a/web1:8080/TCP"): True,
+            ("node-2", "a/web1:8080/TCP"): False,
+            ("node-1", "a/web1:8080/TCP"): True,
+            ("c/client", "a/db:8080/TCP"): False,
+            ("c/client", "a/web2:5353/UDP"): True,
+        },
+    )
 
 
 def test_numeric_port(lab: Lab) -> None:
-    apply_policies(lab, netpol("a", "web-8080", {
-        "podSelector": sel(app="web"), "ingress": [{"ports": [{"port": 8080}]}]}))  # fmt: skip
-    expect_table(lab, WEB + UDP + TCP_5353, {
-        ("c/client", "a/web1:8080/TCP"): True, ("c/client", "a/web1:5353/TCP"): False,
-        ("c/client", "a/web2:8081/TCP"): False, ("c/client", "a/web2:5353/UDP"): False,
-        ("c/client", "a/db:8081/TCP"): True,
-    })  # fmt: skip
+    apply_policies(
+        lab,
+        netpol("a", "web-8080", {"podSelector": sel(app="web"), "ingress": [{"ports": [{"port": 8080}]}]}),
+    )
+    expect_table(
+        lab,
+        WEB + UDP + TCP_5353,
+        {
+            ("c/client", "a/web1:8080/TCP"): True,
+            ("c/client", "a/web1:5353/TCP"): False,
+            ("c/client", "a/web2:8081/TCP"): False,
+            ("c/client", "a/web2:5353/UDP"): False,
+            ("c/client", "a/db:8081/TCP"): True,
+        },
+    )
 
 
 def test_named_port_ingress_resolves_per_destination(lab: Lab) -> None:
     apply_policies(
         lab,
         netpol("a", "web-by-name", {"podSelector": {}, "ingress": [{"ports": [{"port": "web"}]}]}),
-        netpol("b", "dns-by-name", {"podSelector": {},
-                                    "ingress": [{"ports": [{"port": "dns", "protocol": "UDP"}]}]}),
+        netpol(
+            "b",
+            "dns-by-name",
+            {"podSelector": {}, "ingress": [{"ports": [{"port": "dns", "protocol": "UDP"}]}]},
+        ),
         # "dns" is a UDP port on every pod: as TCP (the default protocol) the name resolves nowhere
         netpol("c", "dns-tcp-by-wrong-name", {"podSelector": {}, "ingress": [{"ports": [{"port": "dns"}]}]}),
-    )  # fmt: skip
-    expect_table(lab, WEB + UDP + TCP_5353, {
-        ("b/tool", "a/web1:8080/TCP"): True, ("b/tool", "a/web2:8081/TCP"): True,
-        ("b/tool", "a/db:8080/TCP"): False, ("b/tool", "a/db:8081/TCP"): False,
-        ("b/tool", "a/range:8081/TCP"): True, ("b/tool", "a/web1:5353/UDP"): False,
-        ("a/web1", "b/web3:5353/UDP"): True, ("a/web1", "b/web3:8080/TCP"): False,
-        ("a/web1", "b/web3:5353/TCP"): False, ("a/web1", "c/api:5353/TCP"): False,
-        ("a/web1", "c/api:5353/UDP"): False,
-    })  # fmt: skip
+    )
+    expect_table(
+        lab,
+        WEB + UDP + TCP_5353,
+        {
+            ("b/tool", "a/web1:8080/TCP"): True,
+            ("b/tool", "a/web2:8081/TCP"): True,
+            ("b/tool", "a/db:8080/TCP"): False,
+            ("b/tool", "a/db:8081/TCP"): False,
+            ("b/tool", "a/range:8081/TCP"): True,
+            ("b/tool", "a/web1:5353/UDP"): False,
+            ("a/web1", "b/web3:5353/UDP"): True,
+            ("a/web1", "b/web3:8080/TCP"): False,
+            ("a/web1", "b/web3:5353/TCP"): False,
+            ("a/web1", "c/api:5353/TCP"): False,
+            ("a/web1", "c/api:5353/UDP"): False,
+        },
+    )
 
 
 def test_named_port_egress_resolves_per_destination(lab: Lab) -> None:
     web1 = lab.pods["a/web1"].ips[0]
     apply_policies(
         lab,
-        netpol("c", "clients-out-web", {"podSelector": sel(role="client"),
-                                        "policyTypes": ["Egress"], "egress": [{"ports": [{"port": "web"}]}]}),
-        netpol("b", "tool-out-to-team-x", {
-            "podSelector": sel(role="tool"), "policyTypes": ["Egress"],
-            "egress": [{"to": [{"namespaceSelector": sel(team="x")}],
-                        "ports": [{"port": "web"}, {"port": "dns", "protocol": "UDP"}]}]}),
+        netpol(
+            "c",
+            "clients-out-web",
+            {
+                "podSelector": sel(role="client"),
+                "policyTypes": ["Egress"],
+                "egress": [{"ports": [{"port": "web"}]}],
+            },
+        ),
+        netpol(
+            "b",
+            "tool-out-to-team-x",
+            {
+                "podSelector": sel(role="tool"),
+                "policyTypes": ["Egress"],
+                "egress": [
+                    {
+                        "to": [{"namespaceSelector": sel(team="x")}],
+                        "ports": [{"port": "web"}, {"port": "dns", "protocol": "UDP"}],
+                    }
+                ],
+            },
+        ),
         # a named port with an ipBlock peer: the pods inside the block that carry the name
-        netpol("a", "range-out-to-pods-but-web1", {
-            "podSelector": sel(app="range"), "policyTypes": ["Egress"],
-            "egress": [{"to": [{"ipBlock": {"cidr": POD_CIDR, "except": [f"{web1}/32"]}}],
-                        "ports": [{"port": "web"}]}]}),
-    )  # fmt: skip
-    expect_table(lab, WEB + UDP, {
-        ("a/range", "a/web2:8081/TCP"): True, ("a/range", "a/web1:8080/TCP"): False,
-        ("a/range", "b/web3:8080/TCP"): True, ("a/range", "a/db:8080/TCP"): False,
-        ("a/range", "c/api:5353/UDP"): False,
-        ("c/client", "a/web1:8080/TCP"): True, ("c/client", "a/web2:8081/TCP"): True,
-        ("c/client", "a/db:8080/TCP"): False, ("c/client", "a/db:8081/TCP"): False,
-        ("c/client", "c/api:8081/TCP"): True, ("c/client", "b/tool:8080/TCP"): False,
-        ("c/client", "a/web1:5353/UDP"): False, ("b/tool", "a/web1:8080/TCP"): True,
-        ("b/tool", "b/web3:8080/TCP"): False, ("b/tool", "a/db:5353/UDP"): True,
-        ("b/tool", "b/web3:5353/UDP"): False, ("b/tool", "a/range:8081/TCP"): True,
-    })  # fmt: skip
+        netpol(
+            "a",
+            "range-out-to-pods-but-web1",
+            {
+                "podSelector": sel(app="range"),
+                "policyTypes": ["Egress"],
+                "egress": [
+                    {
+                        "to": [{"ipBlock": {"cidr": POD_CIDR, "except": [f"{web1}/32"]}}],
+                        "ports": [{"port": "web"}],
+                    }
+                ],
+            },
+        ),
+    )
+    expect_table(
+        lab,
+        WEB + UDP,
+        {
+            ("a/range", "a/web2:8081/TCP"): True,
+            ("a/range", "a/web1:8080/TCP"): False,
+            ("a/range", "b/web3:8080/TCP"): True,
+            ("a/range", "a/db:8080/TCP"): False,
+            ("a/range", "c/api:5353/UDP"): False,
+            ("c/client", "a/web1:8080/TCP"): True,
+            ("c/client", "a/web2:8081/TCP"): True,
+            ("c/client", "a/db:8080/TCP"): False,
+            ("c/client", "a/db:8081/TCP"): False,
+            ("c/client", "c/api:8081/TCP"): True,
+            ("c/client", "b/tool:8080/TCP"): False,
+            ("c/client", "a/web1:5353/UDP"): False,
+            ("b/tool", "a/web1:8080/TCP"): True,
+            ("b/tool", "b/web3:8080/TCP"): False,
+            ("b/tool", "a/db:5353/UDP"): True,
+            ("b/tool", "b/web3:5353/UDP"): False,
+            ("b/tool", "a/range:8081/TCP"): True,
+        },
+    )
 
 
 def test_end_port_range(lab: Lab) -> None:
     apply_policies(
         lab,
-        netpol("a", "range-9000-9002", {"podSelector": sel(app="range"),
-                                        "ingress": [{"ports": [{"port": 9000, "endPort": 9002}]}]}),
-        netpol("c", "client-out-9001-9003", {"podSelector": sel(role="client"),
-                                             "egress": [{"ports": [{"port": 9001, "endPort": 9003}]}]}),
-    )  # fmt: skip
-    expect_table(lab, (*RANGE, (8081, "TCP")), {
-        ("b/tool", "a/range:9000/TCP"): True, ("b/tool", "a/range:9002/TCP"): True,
-        ("b/tool", "a/range:9003/TCP"): False, ("b/tool", "a/range:8081/TCP"): False,
-        ("c/client", "a/range:9000/TCP"): False, ("c/client", "a/range:9001/TCP"): True,
-        ("c/client", "a/range:9003/TCP"): False,
-    })  # fmt: skip
+        netpol(
+            "a",
+            "range-9000-9002",
+            {"podSelector": sel(app="range"), "ingress": [{"ports": [{"port": 9000, "endPort": 9002}]}]},
+        ),
+        netpol(
+            "c",
+            "client-out-9001-9003",
+            {"podSelector": sel(role="client"), "egress": [{"ports": [{"port": 9001, "endPort": 9003}]}]},
+        ),
+    )
+    expect_table(
+        lab,
+        (*RANGE, (8081, "TCP")),
+        {
+            ("b/tool", "a/range:9000/TCP"): True,
+            ("b/tool", "a/range:9002/TCP"): True,
+            ("b/tool", "a/range:9003/TCP"): False,
+            ("b/tool", "a/range:8081/TCP"): False,
+            ("c/client", "a/range:9000/TCP"): False,
+            ("c/client", "a/range:9001/TCP"): True,
+            ("c/client", "a/range:9003/TCP"): False,
+        },
+    )
 
 
 def test_udp_rules_versus_tcp_rules(lab: Lab) -> None:
     apply_policies(
         lab,
-        netpol("a", "web-5353-tcp", {"podSelector": sel(app="web"),
-                                     "ingress": [{"ports": [{"port": 5353, "protocol": "TCP"}]}]}),
-        netpol("b", "web3-5353-udp", {"podSelector": sel(app="web"),
-                                      "ingress": [{"ports": [{"port": 5353, "protocol": "UDP"}]}]}),
-        netpol("c", "api-all-udp", {"podSelector": sel(app="api"),
-                                    "ingress": [{"ports": [{"protocol": "UDP"}]}]}),
-    )  # fmt: skip
-    expect_table(lab, UDP + TCP_5353 + WEB, {
-        ("b/tool", "a/web1:5353/TCP"): True, ("b/tool", "a/web1:5353/UDP"): False,
-        ("a/web1", "b/web3:5353/UDP"): True, ("a/web1", "b/web3:5353/TCP"): False,
-        ("a/web1", "c/api:5353/UDP"): True, ("a/web1", "c/api:5353/TCP"): False,
-        ("a/web1", "c/api:8081/TCP"): False,
-    })  # fmt: skip
+        netpol(
+            "a",
+            "web-5353-tcp",
+            {"podSelector": sel(app="web"), "ingress": [{"ports": [{"port": 5353, "protocol": "TCP"}]}]},
+        ),
+        netpol(
+            "b",
+            "web3-5353-udp",
+            {"podSelector": sel(app="web"), "ingress": [{"ports": [{"port": 5353, "protocol": "UDP"}]}]},
+        ),
+        netpol(
+            "c", "api-all-udp", {"podSelector": sel(app="api"), "ingress": [{"ports": [{"protocol": "UDP"}]}]}
+        ),
+    )
+    expect_table(
+        lab,
+        UDP + TCP_5353 + WEB,
+        {
+            ("b/tool", "a/web1:5353/TCP"): True,
+            ("b/tool", "a/web1:5353/UDP"): False,
+            ("a/web1", "b/web3:5353/UDP"): True,
+            ("a/web1", "b/web3:5353/TCP"): False,
+            ("a/web1", "c/api:5353/UDP"): True,
+            ("a/web1", "c/api:5353/TCP"): False,
+            ("a/web1", "c/api:8081/TCP"): False,
+        },
+    )
 
 
 def test_several_policies_select_one_pod_union(lab: Lab) -> None:
     db = sel(app="db")
     apply_policies(
         lab,
-        netpol("a", "db-from-web1-8080", {"podSelector": db, "ingress": [{
-            "from": [{"podSelector": sel(tier="front")}], "ports": [{"port": 8080}]}]}),
-        netpol("a", "db-from-b-client-8081", {"podSelector": db, "ingress": [{
-            "from": [{"namespaceSelector": sel(team="y"),
-                      "podSelector": sel(role="client")}], "ports": [{"port": 8081}]}]}),
+        netpol(
+            "a",
+            "db-from-web1-8080",
+            {
+                "podSelector": db,
+                "ingress": [{"from": [{"podSelector": sel(tier="front")}], "ports": [{"port": 8080}]}],
+            },
+        ),
+        netpol(
+            "a",
+            "db-from-b-client-8081",
+            {
+                "podSelector": db,
+                "ingress": [
+                    {
+                        "from": [{"namespaceSelector": sel(team="y"), "podSelector": sel(role="client")}],
+                        "ports": [{"port": 8081}],
+                    }
+                ],
+            },
+        ),
         netpol("a", "deny-all-in", {"podSelector": {}, "policyTypes": ["Ingress"]}),  # adds no allow
-    )  # fmt: skip
-    expect_table(lab, WEB + UDP, {
-        ("a/web1", "a/db:8080/TCP"): True, ("a/web1", "a/db:8081/TCP"): False,
-        ("b/client", "a/db:8081/TCP"): True, ("b/client", "a/db:8080/TCP"): False,
-        ("b/client", "a/db:5353/UDP"): False, ("c/client", "a/db:8081/TCP"): False,
-    })  # fmt: skip
+    )
+    expect_table(
+        lab,
+        WEB + UDP,
+        {
+            ("a/web1", "a/db:8080/TCP"): True,
+            ("a/web1", "a/db:8081/TCP"): False,
+            ("b/client", "a/db:8081/TCP"): True,
+            ("b/client", "a/db:8080/TCP"): False,
+            ("b/client", "a/db:5353/UDP"): False,
+            ("c/client", "a/db:8081/TCP"): False,
+        },
+    )
 
 
 def test_egress_allowed_and_replies_pass_default_deny(lab: Lab) -> None:
     apply_policies(
         lab,
         # web1: ingress default deny, egress only to b/web3; its replies must still come back
-        netpol("a", "web1-out-to-web3", {
-            "podSelector": sel(app="web", tier="front"), "policyTypes": ["Ingress", "Egress"],
-            "egress": [{"to": [{"namespaceSelector": sel(team="y"),
-                                "podSelector": sel(app="web")}]}]}),
+        netpol(
+            "a",
+            "web1-out-to-web3",
+            {
+                "podSelector": sel(app="web", tier="front"),
+                "policyTypes": ["Ingress", "Egress"],
+                "egress": [{"to": [{"namespaceSelector": sel(team="y"), "podSelector": sel(app="web")}]}],
+            },
+        ),
         # web3: ingress from a's front pods only, egress default deny: its replies must still go out
-        netpol("b", "web3-in-from-a-front", {
-            "podSelector": sel(app="web"), "policyTypes": ["Ingress", "Egress"],
-            "ingress": [{"from": [{"namespaceSelector": sel(team="x"),
-                                   "podSelector": sel(tier="front")}]}]}),
-    )  # fmt: skip
-    expect_table(lab, WEB + UDP + TCP_5353, {
-        ("a/web1", "b/web3:8080/TCP"): True, ("a/web1", "b/web3:5353/UDP"): True,
-        ("a/web1", "b/web3:5353/TCP"): True, ("b/web3", "a/web1:8080/TCP"): False,
-        ("a/web1", "c/api:8081/TCP"): False, ("c/api", "b/web3:8080/TCP"): False,
-        ("b/web3", "c/api:8081/TCP"): False,
-    })  # fmt: skip
+        netpol(
+            "b",
+            "web3-in-from-a-front",
+            {
+                "podSelector": sel(app="web"),
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [
+                    {"from": [{"namespaceSelector": sel(team="x"), "podSelector": sel(tier="front")}]}
+                ],
+            },
+        ),
+    )
+    expect_table(
+        lab,
+        WEB + UDP + TCP_5353,
+        {
+            ("a/web1", "b/web3:8080/TCP"): True,
+            ("a/web1", "b/web3:5353/UDP"): True,
+            ("a/web1", "b/web3:5353/TCP"): True,
+            ("b/web3", "a/web1:8080/TCP"): False,
+            ("a/web1", "c/api:8081/TCP"): False,
+            ("c/api", "b/web3:8080/TCP"): False,
+            ("b/web3", "c/api:8081/TCP"): False,
+        },
+    )
 
 
 def test_pods_and_namespace_created_after_the_policy(lab: Lab) -> None:
     apply_policies(
         lab,
-        netpol("a", "web-from-clients", {"podSelector": sel(app="web"), "ingress": [{
-            "from": [{"namespaceSelector": {}, "podSelector": sel(role="client")}],
-            "ports": [{"port": "web"}]}]}),
-        netpol("a", "db-from-team-y", {"podSelector": sel(app="db"),
-                                       "ingress": [{"from": [{"namespaceSelector": sel(team="y")}]}]}),
+        netpol(
+            "a",
+            "web-from-clients",
+            {
+                "podSelector": sel(app="web"),
+                "ingress": [
+                    {
+                        "from": [{"namespaceSelector": {}, "podSelector": sel(role="client")}],
+                        "ports": [{"port": "web"}],
+                    }
+                ],
+            },
+        ),
+        netpol(
+            "a",
+            "db-from-team-y",
+            {"podSelector": sel(app="db"), "ingress": [{"from": [{"namespaceSelector": sel(team="y")}]}]},
+        ),
         # egress on a named port: the new destination's own number joins the right set
-        netpol("c", "client-out-to-web", {
-            "podSelector": sel(role="client"), "policyTypes": ["Egress"],
-            "egress": [{"to": [{"namespaceSelector": {}, "podSelector": sel(app="web")}],
-                        "ports": [{"port": "web"}]}]}),
-    )  # fmt: skip
+        netpol(
+            "c",
+            "client-out-to-web",
+            {
+                "podSelector": sel(role="client"),
+                "policyTypes": ["Egress"],
+                "egress": [
+                    {
+                        "to": [{"namespaceSelector": {}, "podSelector": sel(app="web")}],
+                        "ports": [{"port": "web"}],
+                    }
+                ],
+            },
+        ),
+    )
     expect_table(lab, WEB)
-    late = {"a/late-web": ("node-3", {"app": "web"}, (web(8080), DNS)),
-            "b/late-client": ("node-1", {"role": "client"}, (web(8081), DNS)),
-            "d/newcomer": ("node-2", {"role": "client"}, (web(8081), DNS))}  # fmt: skip
+    late = {
+        "a/late-web": ("node-3", {"app": "web"}, (web(8080), DNS)),
+        "b/late-client": ("node-1", {"role": "client"}, (web(8081), DNS)),
+        "d/newcomer": ("node-2", {"role": "client"}, (web(8081), DNS)),
+    }
     try:
-        lab.store.apply([parse_resource({"apiVersion": "v1", "kind": "Namespace",
-                                         "metadata": {"name": "d", "labels": {"team": "y"}}})])  # fmt: skip
+        lab.store.apply(
+            [
+                parse_resource(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Namespace",
+                        "metadata": {"name": "d", "labels": {"team": "y"}},
+                    }
+                )
+            ]
+        )
         lab.namespaces["d"] = {"team": "y"}
         start_pods(lab, late)
-        expect_table(lab, WEB + UDP, {
-            ("b/late-client", "a/late-web:8080/TCP"): True, ("b/late-client", "a/web2:8081/TCP"): True,
-            ("b/tool", "a/late-web:8080/TCP"): False, ("b/late-client", "a/late-web:5353/UDP"): False,
-            ("a/late-web", "b/late-client:8081/TCP"): True, ("c/client", "a/late-web:8080/TCP"): True,
-            ("c/client", "a/db:8080/TCP"): False, ("d/newcomer", "a/db:8080/TCP"): True,
-            ("d/newcomer", "a/late-web:8080/TCP"): True, ("c/api", "a/db:8081/TCP"): False,
-        })  # fmt: skip
+        expect_table(
+            lab,
+            WEB + UDP,
+            {
+                ("b/late-client", "a/late-web:8080/TCP"): True,
+                ("b/late-client", "a/web2:8081/TCP"): True,
+                ("b/tool", "a/late-web:8080/TCP"): False,
+                ("b/late-client", "a/late-web:5353/UDP"): False,
+                ("a/late-web", "b/late-client:8081/TCP"): True,
+                ("c/client", "a/late-web:8080/TCP"): True,
+                ("c/client", "a/db:8080/TCP"): False,
+                ("d/newcomer", "a/db:8080/TCP"): True,
+                ("d/newcomer", "a/late-web:8080/TCP"): True,
+                ("c/api", "a/db:8081/TCP"): False,
+            },
+        )
     finally:
         for key in late:
             if key in lab.pods:
@@ -684,39 +1010,74 @@ def test_pods_and_namespace_created_after_the_policy(lab: Lab) -> None:
 
 
 def test_pod_relabelled_after_the_policy(lab: Lab) -> None:
-    apply_policies(lab, netpol("a", "web-from-clients", {
-        "podSelector": sel(app="web"), "ingress": [{
-            "from": [{"namespaceSelector": {}, "podSelector": sel(role="client")}]}]}))  # fmt: skip
+    apply_policies(
+        lab,
+        netpol(
+            "a",
+            "web-from-clients",
+            {
+                "podSelector": sel(app="web"),
+                "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": sel(role="client")}]}],
+            },
+        ),
+    )
     expect_table(lab, WEB, {("b/tool", "a/web1:8080/TCP"): False, ("b/tool", "a/web2:8081/TCP"): False})
     try:
         relabel_pod(lab, "b/tool", {"role": "client"})  # becomes a peer
         relabel_pod(lab, "a/web2", {"app": None})  # leaves the selection: no longer isolated
-        expect_table(lab, WEB, {("b/tool", "a/web1:8080/TCP"): True, ("a/db", "a/web2:8081/TCP"): True,
-                                ("a/db", "a/web1:8080/TCP"): False})  # fmt: skip
+        expect_table(
+            lab,
+            WEB,
+            {
+                ("b/tool", "a/web1:8080/TCP"): True,
+                ("a/db", "a/web2:8081/TCP"): True,
+                ("a/db", "a/web1:8080/TCP"): False,
+            },
+        )
     finally:
         relabel_pod(lab, "b/tool", {"role": "tool"})
         relabel_pod(lab, "a/web2", {"app": "web"})
 
 
 def test_namespace_relabelled_after_the_policy(lab: Lab) -> None:
-    apply_policies(lab, netpol("a", "db-from-team-y", {
-        "podSelector": sel(app="db"),
-        "ingress": [{"from": [{"namespaceSelector": sel(team="y")}]}]}))  # fmt: skip
+    apply_policies(
+        lab,
+        netpol(
+            "a",
+            "db-from-team-y",
+            {"podSelector": sel(app="db"), "ingress": [{"from": [{"namespaceSelector": sel(team="y")}]}]},
+        ),
+    )
     expect_table(lab, WEB + UDP, {("b/tool", "a/db:8080/TCP"): True, ("c/api", "a/db:8080/TCP"): False})
     try:
         relabel_namespace(lab, "c", {"team": "y"})
         relabel_namespace(lab, "b", {"team": "z"})
-        expect_table(lab, WEB + UDP, {("b/tool", "a/db:8080/TCP"): False, ("c/api", "a/db:8080/TCP"): True,
-                                      ("c/client", "a/db:5353/UDP"): True})  # fmt: skip
+        expect_table(
+            lab,
+            WEB + UDP,
+            {
+                ("b/tool", "a/db:8080/TCP"): False,
+                ("c/api", "a/db:8080/TCP"): True,
+                ("c/client", "a/db:5353/UDP"): True,
+            },
+        )
     finally:
         relabel_namespace(lab, "c", {"team": None})
         relabel_namespace(lab, "b", {"team": "y"})
 
 
 def test_deleted_pod_leaves_the_sets(lab: Lab) -> None:
-    apply_policies(lab, netpol("a", "db-from-clients", {
-        "podSelector": sel(app="db"), "ingress": [{
-            "from": [{"namespaceSelector": {}, "podSelector": sel(role="client")}]}]}))  # fmt: skip
+    apply_policies(
+        lab,
+        netpol(
+            "a",
+            "db-from-clients",
+            {
+                "podSelector": sel(app="db"),
+                "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": sel(role="client")}]}],
+            },
+        ),
+    )
     db_node = lab.pods["a/db"].node
     try:
         start_pods(lab, {"c/gone": ("node-2", {"role": "client"}, (web(8080), DNS))})
@@ -743,40 +1104,79 @@ def test_deleted_pod_leaves_the_sets(lab: Lab) -> None:
 
 
 def test_policy_updated_in_place(lab: Lab) -> None:
-    apply_policies(lab, netpol("a", "changing", {
-        "podSelector": sel(app="web"),
-        "ingress": [{"from": [{"podSelector": sel(tier="back")}]}]}))  # fmt: skip
+    apply_policies(
+        lab,
+        netpol(
+            "a",
+            "changing",
+            {"podSelector": sel(app="web"), "ingress": [{"from": [{"podSelector": sel(tier="back")}]}]},
+        ),
+    )
     expect_table(lab, WEB, {("a/db", "a/web1:8080/TCP"): True, ("a/range", "a/web1:8080/TCP"): False})
-    apply_policies(lab, netpol("a", "changing", {
-        "podSelector": sel(app="db"),
-        "ingress": [{"from": [{"namespaceSelector": {}}], "ports": [{"port": 8081}]}]}))  # fmt: skip
-    expect_table(lab, WEB, {
-        ("a/range", "a/web1:8080/TCP"): True, ("c/api", "a/db:8081/TCP"): True,
-        ("c/api", "a/db:8080/TCP"): False,
-    })  # fmt: skip
+    apply_policies(
+        lab,
+        netpol(
+            "a",
+            "changing",
+            {
+                "podSelector": sel(app="db"),
+                "ingress": [{"from": [{"namespaceSelector": {}}], "ports": [{"port": 8081}]}],
+            },
+        ),
+    )
+    expect_table(
+        lab,
+        WEB,
+        {
+            ("a/range", "a/web1:8080/TCP"): True,
+            ("c/api", "a/db:8081/TCP"): True,
+            ("c/api", "a/db:8080/TCP"): False,
+        },
+    )
     # the same policy turned into egress-only: db's ingress opens, its egress closes
     apply_policies(lab, netpol("a", "changing", {"podSelector": sel(app="db"), "policyTypes": ["Egress"]}))
-    expect_table(lab, WEB + UDP, {
-        ("c/api", "a/db:8080/TCP"): True, ("a/db", "a/web1:8080/TCP"): False,
-        ("a/db", "c/api:5353/UDP"): False,
-    })  # fmt: skip
+    expect_table(
+        lab,
+        WEB + UDP,
+        {
+            ("c/api", "a/db:8080/TCP"): True,
+            ("a/db", "a/web1:8080/TCP"): False,
+            ("a/db", "c/api:5353/UDP"): False,
+        },
+    )
 
 
 def test_node_reaches_its_own_pods_under_default_deny(lab: Lab) -> None:
     apply_policies(lab, *(netpol(ns, "deny-in", {"podSelector": {}}) for ns in NAMESPACES))
-    expect_table(lab, WEB + UDP, {
-        ("node-1", "a/web1:8080/TCP"): True, ("node-1", "c/client:5353/UDP"): True,
-        ("node-2", "a/web1:8080/TCP"): False, ("node-2", "a/web2:8081/TCP"): True,
-        ("node-3", "a/web2:8081/TCP"): False, ("a/range", "a/web1:8080/TCP"): False,
-        ("c/client", "a/web1:8080/TCP"): False,
-    })  # fmt: skip
+    expect_table(
+        lab,
+        WEB + UDP,
+        {
+            ("node-1", "a/web1:8080/TCP"): True,
+            ("node-1", "c/client:5353/UDP"): True,
+            ("node-2", "a/web1:8080/TCP"): False,
+            ("node-2", "a/web2:8081/TCP"): True,
+            ("node-3", "a/web2:8081/TCP"): False,
+            ("a/range", "a/web1:8080/TCP"): False,
+            ("c/client", "a/web1:8080/TCP"): False,
+        },
+    )
 
 
 def test_sctp_ports_are_compiled(lab: Lab) -> None:
-    apply_policies(lab, netpol("a", "web1-sctp", {
-        "podSelector": sel(app="web", tier="front"), "policyTypes": ["Ingress", "Egress"],
-        "ingress": [{"ports": [{"port": 9999, "protocol": "SCTP"}]}],
-        "egress": [{"ports": [{"port": 9997, "endPort": 9998, "protocol": "SCTP"}]}]}))  # fmt: skip
+    apply_policies(
+        lab,
+        netpol(
+            "a",
+            "web1-sctp",
+            {
+                "podSelector": sel(app="web", tier="front"),
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{"ports": [{"port": 9999, "protocol": "SCTP"}]}],
+                "egress": [{"ports": [{"port": 9997, "endPort": 9998, "protocol": "SCTP"}]}],
+            },
+        ),
+    )
     node = lab.pods["a/web1"].node
     deadline = time.monotonic() + SETTLE
     while True:
@@ -788,10 +1188,15 @@ def test_sctp_ports_are_compiled(lab: Lab) -> None:
         assert time.monotonic() < deadline, f"no SCTP rules on {node}:\n{ruleset}"
         time.sleep(0.1)
     # The TCP and UDP sides: web1 accepts and sends nothing but SCTP.
-    expect_table(lab, WEB + UDP, {
-        ("a/web2", "a/web1:8080/TCP"): False, ("a/web1", "a/web2:8081/TCP"): False,
-        ("node-1", "a/web1:5353/UDP"): True,
-    })  # fmt: skip
+    expect_table(
+        lab,
+        WEB + UDP,
+        {
+            ("a/web2", "a/web1:8080/TCP"): False,
+            ("a/web1", "a/web2:8081/TCP"): False,
+            ("node-1", "a/web1:5353/UDP"): True,
+        },
+    )
 
 
 def test_egress_policy_covers_traffic_to_the_pods_own_node(lab: Lab) -> None:
@@ -801,15 +1206,30 @@ def test_egress_policy_covers_traffic_to_the_pods_own_node(lab: Lab) -> None:
     apply_policies(
         lab,
         netpol("b", "deny-out", {"podSelector": {}, "policyTypes": ["Egress"]}),
-        netpol("c", "client-to-node-1-tcp", {
-            "podSelector": sel(role="client"), "policyTypes": ["Egress"],
-            "egress": [{"to": [{"ipBlock": {"cidr": f"{node1}/32"}}], "ports": [{"port": 7070}]}]}),
-    )  # fmt: skip
+        netpol(
+            "c",
+            "client-to-node-1-tcp",
+            {
+                "podSelector": sel(role="client"),
+                "policyTypes": ["Egress"],
+                "egress": [{"to": [{"ipBlock": {"cidr": f"{node1}/32"}}], "ports": [{"port": 7070}]}],
+            },
+        ),
+    )
     h1, h2 = "kube-system/host-1:7070", "kube-system/host-2:7070"
-    expect_table(lab, HOST + WEB, {
-        ("b/tool", f"{h1}/TCP"): False, ("b/tool", f"{h1}/UDP"): False,  # b/tool runs on node-1
-        ("b/client", f"{h1}/TCP"): False, ("b/client", f"{h2}/TCP"): False,  # b/client on node-2
-        ("c/client", f"{h1}/TCP"): True, ("c/client", f"{h1}/UDP"): False, ("c/client", f"{h2}/TCP"): False,
-        ("a/web1", f"{h1}/UDP"): True, ("node-1", "b/tool:8080/TCP"): True,
-        ("node-2", "b/tool:8080/TCP"): True,
-    })  # fmt: skip
+    expect_table(
+        lab,
+        HOST + WEB,
+        {
+            ("b/tool", f"{h1}/TCP"): False,
+            ("b/tool", f"{h1}/UDP"): False,  # b/tool runs on node-1
+            ("b/client", f"{h1}/TCP"): False,
+            ("b/client", f"{h2}/TCP"): False,  # b/client on node-2
+            ("c/client", f"{h1}/TCP"): True,
+            ("c/client", f"{h1}/UDP"): False,
+            ("c/client", f"{h2}/TCP"): False,
+            ("a/web1", f"{h1}/UDP"): True,
+            ("node-1", "b/tool:8080/TCP"): True,
+            ("node-2", "b/tool:8080/TCP"): True,
+        },
+    )

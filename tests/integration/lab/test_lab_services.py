@@ -41,15 +41,22 @@ def pod(name: str, node: str, labels: dict) -> dict:
 
 
 def service(name: str, selector: dict, ports: list[dict], **spec) -> dict:
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "svc"},
-            "spec": {"selector": selector, "ports": ports, **spec}}  # fmt: skip
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "svc"},
+        "spec": {"selector": selector, "ports": ports, **spec},
+    }
 
 
 HTTP = {"name": "http", "port": 80, "targetPort": "http"}
 DNS = {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": "dns"}
-DENY_WEB = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": "deny-web", "namespace": "svc"},
-            "spec": {"podSelector": {"matchLabels": WEB}, "policyTypes": ["Ingress"]}}  # fmt: skip
+DENY_WEB = {
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "NetworkPolicy",
+    "metadata": {"name": "deny-web", "namespace": "svc"},
+    "spec": {"podSelector": {"matchLabels": WEB}, "policyTypes": ["Ingress"]},
+}
 
 
 class Client:
@@ -86,13 +93,17 @@ def test_services(profile: str) -> None:
     info = cluster.up(LabSpec(nodes=3, profile=profile, underlay=random_underlay()), names)
     try:
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
-        docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "svc"}},
-                pod("web-1", "node-1", WEB), pod("web-2", "node-2", WEB), pod("web-3", "node-3", WEB),
-                pod("client", "node-1", {}),
-                service("web", WEB, [HTTP, DNS]),
-                service("sticky", WEB, [HTTP], sessionAffinity="ClientIP"),
-                service("np", WEB, [{**HTTP, "nodePort": 30080}], type="NodePort"),
-                service("empty", {"app": "nobody"}, [HTTP, DNS])]  # fmt: skip
+        docs = [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "svc"}},
+            pod("web-1", "node-1", WEB),
+            pod("web-2", "node-2", WEB),
+            pod("web-3", "node-3", WEB),
+            pod("client", "node-1", {}),
+            service("web", WEB, [HTTP, DNS]),
+            service("sticky", WEB, [HTTP], sessionAffinity="ClientIP"),
+            service("np", WEB, [{**HTTP, "nodePort": 30080}], type="NodePort"),
+            service("empty", {"app": "nobody"}, [HTTP, DNS]),
+        ]
         store.apply([parse_resource(d) for d in docs])
         until("pods Running", lambda: running(store) == {"web-1", "web-2", "web-3", "client"}, 30)
         vip = {s.metadata.name: s.spec.cluster_ip for s in store.list(lookup("services"), "svc")}
@@ -135,6 +146,7 @@ def test_services(profile: str) -> None:
 
         # Policy applies to service traffic: denying the backends denies the service.
         store.apply([parse_resource(DENY_WEB)])
+
         def served() -> bool:
             return any(a.startswith("svc/") for a in client.answers(vip["web"], 80, count=10))
 

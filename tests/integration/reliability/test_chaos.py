@@ -44,8 +44,9 @@ def lab(request) -> Iterator[ChaosLab]:  # type: ignore[no-untyped-def]
     profile, encapsulation = request.param
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
     try:
-        info = cluster.up(LabSpec(nodes=3, profile=profile, encapsulation=encapsulation,
-                                  underlay=random_underlay()), names)  # fmt: skip
+        info = cluster.up(
+            LabSpec(nodes=3, profile=profile, encapsulation=encapsulation, underlay=random_underlay()), names
+        )
         chaos = ChaosLab(names, ResourceStore(EtcdDatastore([info.etcd_endpoint])))
         chaos.ensure_workload()
         yield chaos
@@ -54,8 +55,14 @@ def lab(request) -> Iterator[ChaosLab]:  # type: ignore[no-untyped-def]
         clean(names)
 
 
-SCENARIOS = ["kill-agent", "kill-all-agents", "agent-upgrade", "etcd-outage", "etcd-blackhole",
-             "kill-agent-mid-policy-sync"]  # fmt: skip
+SCENARIOS = [
+    "kill-agent",
+    "kill-all-agents",
+    "agent-upgrade",
+    "etcd-outage",
+    "etcd-blackhole",
+    "kill-agent-mid-policy-sync",
+]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -82,8 +89,10 @@ def test_agent_downgrade_then_upgrade_interrupts_no_flow(lab: ChaosLab) -> None:
     """Every agent rolled to the previous release (a commit of this checkout) and back, one by one
     with SIGTERM, under the witness: no flow interrupted (tables a version renders differently are
     replaced in one transaction: reported, not refused)."""
-    found = subprocess.run(["git", "-C", os.path.dirname(__file__), "rev-parse", "--verify",
-                            f"{PREVIOUS_VERSION}^{{commit}}"], capture_output=True)  # fmt: skip
+    found = subprocess.run(
+        ["git", "-C", os.path.dirname(__file__), "rev-parse", "--verify", f"{PREVIOUS_VERSION}^{{commit}}"],
+        capture_output=True,
+    )
     if found.returncode != 0:
         pytest.skip(f"needs the git history holding {PREVIOUS_VERSION} (a shallow clone has not)")
     report = run_scenario(lab, "agent-downgrade-upgrade")

@@ -13,8 +13,17 @@ def record(ip: str, container: str) -> EndpointRecord:
 
 
 def service(endpoints: dict) -> CNIService:
-    return CNIService("n1", None, None, endpoints, lambda: None, lambda: 1450,  # type: ignore[arg-type]
-                      lambda: ("calico", "169.254.1.1"), lambda: True, lambda: ([], {}))  # fmt: skip
+    return CNIService(
+        "n1",
+        None,
+        None,
+        endpoints,
+        lambda: None,
+        lambda: 1450,  # type: ignore[arg-type]
+        lambda: ("calico", "169.254.1.1"),
+        lambda: True,
+        lambda: ([], {}),
+    )
 
 
 def test_a_plan_knows_the_endpoints_it_was_computed_from():

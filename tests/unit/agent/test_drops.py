@@ -23,10 +23,15 @@ def prov(name: str, direction: str = "ingress") -> Provenance:
 
 def plan(*deniers: Provenance, egress: bool = False) -> PolicyPlan:
     endpoint = EndpointPolicy(
-        key="np/api", addresses=API.ips, ingress_isolated=bool(deniers), egress_isolated=egress,
-        ingress=(), egress=(), ingress_deniers=deniers,
+        key="np/api",
+        addresses=API.ips,
+        ingress_isolated=bool(deniers),
+        egress_isolated=egress,
+        ingress=(),
+        egress=(),
+        ingress_deniers=deniers,
         egress_deniers=(prov("no-egress", "egress"),) if egress else (),
-    )  # fmt: skip
+    )
     return PolicyPlan(sets={}, endpoints={"np/api": endpoint}, errors={})
 
 
@@ -65,21 +70,31 @@ def test_ingress_deny_names_pods_ports_and_the_policy():
     m.add([ingress_drop()])
     [record] = m.query()["drops"]
     assert record == {
-        "seq": 1, "time": "2024-05-01T17:20:01.123456Z", "node": "node-1", "protocol": "TCP",
-        "src": "10.244.3.4", "srcPod": "np/far", "dst": "10.244.1.2", "dstPod": "np/api", "dport": 8080,
-        "direction": "ingress", "reason": "default deny of NetworkPolicy np/api-from-friends",
+        "seq": 1,
+        "time": "2024-05-01T17:20:01.123456Z",
+        "node": "node-1",
+        "protocol": "TCP",
+        "src": "10.244.3.4",
+        "srcPod": "np/far",
+        "dst": "10.244.1.2",
+        "dstPod": "np/api",
+        "dport": 8080,
+        "direction": "ingress",
+        "reason": "default deny of NetworkPolicy np/api-from-friends",
         "policies": [{"kind": "NetworkPolicy", "namespace": "np", "name": "api-from-friends"}],
         "prefix": deny_prefix("np/api", "ingress"),
-    }  # fmt: skip
+    }
 
 
 def test_several_deniers_and_egress_and_unknown_addresses():
     m = monitor(plan(prov("b-deny"), prov("a-allow"), egress=True))
-    m.add([
-        ingress_drop(),
-        Drop(deny_prefix("np/api", "egress"), "10.244.1.2", "192.0.2.9", "UDP", 53),
-        Drop(deny_prefix("np/api", "ingress"), "192.0.2.7", "10.244.1.2", "ICMP", None),
-    ])  # fmt: skip
+    m.add(
+        [
+            ingress_drop(),
+            Drop(deny_prefix("np/api", "egress"), "10.244.1.2", "192.0.2.9", "UDP", 53),
+            Drop(deny_prefix("np/api", "ingress"), "192.0.2.7", "10.244.1.2", "ICMP", None),
+        ]
+    )
     first, egress, icmp = m.query()["drops"]
     assert first["reason"] == "default deny of NetworkPolicy np/a-allow, NetworkPolicy np/b-deny"
     assert [p["name"] for p in first["policies"]] == ["b-deny", "a-allow"]
@@ -114,8 +129,12 @@ def test_spoof_reason_names_the_sending_pod():
 
 def test_mac_spoof_and_control_plane_drops_name_the_sending_pod():
     m = monitor(plan())
-    m.add([Drop(mac_spoof_prefix("np/api"), "10.244.3.4", "10.244.1.2", "TCP", 80),
-           Drop(control_prefix("np/api"), "10.244.3.4", "10.77.0.2", "TCP", 2379)])  # fmt: skip
+    m.add(
+        [
+            Drop(mac_spoof_prefix("np/api"), "10.244.3.4", "10.244.1.2", "TCP", 80),
+            Drop(control_prefix("np/api"), "10.244.3.4", "10.77.0.2", "TCP", 2379),
+        ]
+    )
     mac, control = m.query()["drops"]
     assert mac["reason"] == MAC_SPOOF_REASON and control["reason"] == CONTROL_REASON
     assert all((d["direction"], d["srcPod"]) == ("egress", "np/api") for d in (mac, control))

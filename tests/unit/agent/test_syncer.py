@@ -137,8 +137,12 @@ def test_policy_only_changes_skip_the_route_work():
     try:
         rec.wait(1)
         full = rec.calls
-        netpol = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-                  "metadata": {"name": "deny", "namespace": "shop"}, "spec": {"podSelector": {}}}  # fmt: skip
+        netpol = {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "deny", "namespace": "shop"},
+            "spec": {"podSelector": {}},
+        }
         key = LAYOUT.resource("networkpolicies.networking.k8s.io", "deny", "shop")
         store.put(key, json.dumps(netpol).encode())
         deadline = time.monotonic() + 5

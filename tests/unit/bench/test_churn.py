@@ -104,25 +104,42 @@ def test_cycle_workload_refuses_more_real_pods_than_pods() -> None:
 
 
 def test_count_addresses_in_reads_addresses_prefixes_and_ranges() -> None:
-    doc = {"nftables": [
-        {"metainfo": {}},
-        {"set": {"name": "a", "elem": ["100.64.0.1", "10.244.0.2",
-                                       {"prefix": {"addr": "100.64.1.0", "len": 30}}]}},
-        {"set": {"name": "b", "elem": [{"range": ["100.63.255.254", "100.64.0.1"]},
-                                       {"elem": {"val": "100.64.9.9", "timeout": 5}}]}},
-        {"set": {"name": "empty"}},
-        {"rule": {"expr": []}},
-    ]}  # fmt: skip
+    doc = {
+        "nftables": [
+            {"metainfo": {}},
+            {
+                "set": {
+                    "name": "a",
+                    "elem": ["100.64.0.1", "10.244.0.2", {"prefix": {"addr": "100.64.1.0", "len": 30}}],
+                }
+            },
+            {
+                "set": {
+                    "name": "b",
+                    "elem": [
+                        {"range": ["100.63.255.254", "100.64.0.1"]},
+                        {"elem": {"val": "100.64.9.9", "timeout": 5}},
+                    ],
+                }
+            },
+            {"set": {"name": "empty"}},
+            {"rule": {"expr": []}},
+        ]
+    }
     assert count_addresses_in(doc) == 1 + 4 + 2 + 1
     assert count_addresses_in({}) == 0
 
 
 def _row(peak_virtual: int, trough_virtual: int, trough_rules: int = 0) -> dict:
-    return {"cycle": 1, "up_s": 1.0, "down_s": 1.0,
-            "rss_mib": {"node-1": 60.0}, "rss_peak_mib": {"node-1": 61.0},
-            "peak_kernel": {"node-1": {"policy_rules": 10, "virtual_addresses": peak_virtual}},
-            "trough_kernel": {"node-1": {"policy_rules": trough_rules,
-                                         "virtual_addresses": trough_virtual}}}  # fmt: skip
+    return {
+        "cycle": 1,
+        "up_s": 1.0,
+        "down_s": 1.0,
+        "rss_mib": {"node-1": 60.0},
+        "rss_peak_mib": {"node-1": 61.0},
+        "peak_kernel": {"node-1": {"policy_rules": 10, "virtual_addresses": peak_virtual}},
+        "trough_kernel": {"node-1": {"policy_rules": trough_rules, "virtual_addresses": trough_virtual}},
+    }
 
 
 def test_cycle_checks() -> None:
@@ -134,9 +151,14 @@ def test_cycle_checks() -> None:
 
 def test_render_has_every_figure() -> None:
     rows = [_row(5, 0) | {"cycle": i + 1} for i in range(3)]
-    results = {"params": {"cycles": 3, "pods": 10, "real_pods": 2, "policies": 4, "nodes": 1},
-               "lab_up_s": 1.0, "rss_idle_mib": {"node-1": 55.0}, "cycles": rows,
-               "growth": summarize({"node-1": [60.0, 60.0, 60.5]}), "wall_s": 3.0}  # fmt: skip
+    results = {
+        "params": {"cycles": 3, "pods": 10, "real_pods": 2, "policies": 4, "nodes": 1},
+        "lab_up_s": 1.0,
+        "rss_idle_mib": {"node-1": 55.0},
+        "cycles": rows,
+        "growth": summarize({"node-1": [60.0, 60.0, 60.5]}),
+        "wall_s": 3.0,
+    }
     text = render(results)
     assert "idle RSS" in text and "%/cycle" in text and "worst node" in text and "wall time" in text
     assert len([line for line in text.splitlines() if line.startswith("    ")]) == 3

@@ -160,8 +160,11 @@ def test_rotate():
 
 def test_group_by_path_in_path_order_profiles_in_given_order_unknown_rejected():
     groups = group_by_path(["cilium-vxlan", "cilium-direct", "calico-ipip", "calico-bgp", "cilium-direct"])
-    assert groups == {"direct": ["cilium-direct", "calico-bgp"], "vxlan": ["cilium-vxlan"],
-                      "ipip": ["calico-ipip"]}  # fmt: skip
+    assert groups == {
+        "direct": ["cilium-direct", "calico-bgp"],
+        "vxlan": ["cilium-vxlan"],
+        "ipip": ["calico-ipip"],
+    }
     with pytest.raises(ValueError, match="nope"):
         group_by_path(["calico-ipip", "nope"])
 
@@ -239,12 +242,17 @@ def _fake_result() -> dict:
 
     return {
         "machine": {"cpus": 2, "kernel": "6.1", "python": "3.11"},
-        "settings": {"repeats": 3, "duration": 2.0, "quick": True, "run_seconds": 2,
-                     "paced": {"connections": 10, "delay_ms": 5, "target_per_s": 2000}},
+        "settings": {
+            "repeats": 3,
+            "duration": 2.0,
+            "quick": True,
+            "run_seconds": 2,
+            "paced": {"connections": 10, "delay_ms": 5, "target_per_s": 2000},
+        },
         "baselines": {"direct": {"pod_mtu": 1500, "scenarios": sides(1.0)}},
         "profiles": {"calico-bgp": {"path": "direct", "spec": {}, "pod_mtu": 1500, "scenarios": sides(0.5)}},
         "wall_s": 12.5,
-    }  # fmt: skip
+    }
 
 
 def test_render_shows_medians_and_ratios():

@@ -33,8 +33,10 @@ def full():
 
 def _ips(workload) -> dict[str, str]:
     base = ipaddress.ip_address("10.244.0.2")
-    return {f"{p['metadata']['namespace']}/{p['metadata']['name']}": str(base + i)
-            for i, p in enumerate(workload.pods)}  # fmt: skip
+    return {
+        f"{p['metadata']['namespace']}/{p['metadata']['name']}": str(base + i)
+        for i, p in enumerate(workload.pods)
+    }
 
 
 def test_every_generated_document_is_a_valid_resource(full):
@@ -73,8 +75,17 @@ def test_pods_spread_over_nodes_namespaces_and_labels(full):
 
 def test_rules_use_every_kind_of_peer_and_port(full):
     text = json.dumps(full.policies)
-    for needle in ('"podSelector"', '"namespaceSelector"', '"ipBlock"', '"except"', '"endPort"',
-                   '"port": "http"', '"protocol": "UDP"', '"egress"', '"matchExpressions"'):  # fmt: skip
+    for needle in (
+        '"podSelector"',
+        '"namespaceSelector"',
+        '"ipBlock"',
+        '"except"',
+        '"endPort"',
+        '"port": "http"',
+        '"protocol": "UDP"',
+        '"egress"',
+        '"matchExpressions"',
+    ):
         assert needle in text, needle
 
 
@@ -87,8 +98,11 @@ def test_policy_zero_allows_the_measured_pair_on_the_iperf_ports(full):
     assert policy["spec"]["ingress"][0]["ports"] == [{"port": IPERF_PORTS[0], "endPort": IPERF_PORTS[1]}]
     assert policy["spec"]["egress"][0]["ports"] == [{"port": IPERF_PORTS[0], "endPort": IPERF_PORTS[1]}]
     pair = (full.client, full.server)
-    nodes = {p["spec"]["nodeName"] for p in full.pods
-             if f"{p['metadata']['namespace']}/{p['metadata']['name']}" in pair}  # fmt: skip
+    nodes = {
+        p["spec"]["nodeName"]
+        for p in full.pods
+        if f"{p['metadata']['namespace']}/{p['metadata']['name']}" in pair
+    }
     assert len(nodes) == 2  # across nodes
     control = set(full.control)
     for p in full.policies:
@@ -121,30 +135,38 @@ def test_node_targets_name_the_last_policy_with_rules_on_each_node():
         # no later policy selects a pod of this node
         later = w.policies[order.index(t.policy) + 1 :]
         assert not any(p["spec"]["nodeName"] == node for pol in later for p in selected_pods(pol, w.pods))
-        local = [f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in w.pods
-                 if p["spec"]["nodeName"] == node]  # fmt: skip
+        local = [
+            f"{p['metadata']['namespace']}/{p['metadata']['name']}"
+            for p in w.pods
+            if p["spec"]["nodeName"] == node
+        ]
         assert t.chain in {chain_name(k, d) for k in local for d in ("ingress", "egress")}
 
 
 def test_parse_comment_from_monitor_and_list_lines():
-    line = ('add rule inet podnet_policy ep-1a2b3c4d5e6f-in ip saddr @pn-0011223344556677 '
-            'meta l4proto tcp th dport 41003 counter packets 0 bytes 0 accept '
-            'comment "knp:ps-01/np-0601:ingress:3"')  # fmt: skip
+    line = (
+        "add rule inet podnet_policy ep-1a2b3c4d5e6f-in ip saddr @pn-0011223344556677 "
+        "meta l4proto tcp th dport 41003 counter packets 0 bytes 0 accept "
+        'comment "knp:ps-01/np-0601:ingress:3"'
+    )
     assert parse_comment(line) == "knp:ps-01/np-0601:ingress:3"
     assert parse_comment('counter log group 7 prefix "pnd:abc:in:ps-01/p0001" drop') is None
 
 
 def test_count_kernel_rules_from_nft_json():
-    doc = {"nftables": [
-        {"metainfo": {"version": "1.0.6"}},
-        {"table": {"family": "inet", "name": "podnet_policy"}},
-        {"set": {"name": "pn-1", "elem": ["10.0.0.1", {"prefix": {"addr": "10.1.0.0", "len": 16}}]}},
-        {"set": {"name": "pn-2"}},
-        {"chain": {"name": "forward"}}, {"chain": {"name": "ep-x-in"}},
-        {"rule": {"chain": "forward", "expr": []}},
-        {"rule": {"chain": "ep-x-in", "comment": "knp:a/b:ingress:0", "expr": []}},
-        {"rule": {"chain": "ep-x-in", "comment": "knp:a/b:ingress:1", "expr": []}},
-    ]}  # fmt: skip
+    doc = {
+        "nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "inet", "name": "podnet_policy"}},
+            {"set": {"name": "pn-1", "elem": ["10.0.0.1", {"prefix": {"addr": "10.1.0.0", "len": 16}}]}},
+            {"set": {"name": "pn-2"}},
+            {"chain": {"name": "forward"}},
+            {"chain": {"name": "ep-x-in"}},
+            {"rule": {"chain": "forward", "expr": []}},
+            {"rule": {"chain": "ep-x-in", "comment": "knp:a/b:ingress:0", "expr": []}},
+            {"rule": {"chain": "ep-x-in", "comment": "knp:a/b:ingress:1", "expr": []}},
+        ]
+    }
     assert count_kernel_rules(doc) == {
         "rules": 3,
         "policy_rules": 2,

@@ -84,8 +84,9 @@ def test_parse_wrk_rejects_other_output(bad):
         parse_wrk(bad)
 
 
-@pytest.mark.parametrize(("text", "ms"), [("593.00us", 0.593), ("1.35ms", 1.35), ("2.00s", 2000.0),
-                                          ("1.00m", 60000.0)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("text", "ms"), [("593.00us", 0.593), ("1.35ms", 1.35), ("2.00s", 2000.0), ("1.00m", 60000.0)]
+)
 def test_duration_units(text, ms):
     assert math.isclose(duration_ms(text), ms)
 
@@ -96,8 +97,7 @@ def test_duration_rejects_garbage():
 
 
 def test_parse_netstat_pairs():
-    text = ("TcpExt: SyncookiesSent TCPSynRetrans\nTcpExt: 0 42\n"
-            "IpExt: InNoRoutes InOctets\nIpExt: 1 900\n")  # fmt: skip
+    text = "TcpExt: SyncookiesSent TCPSynRetrans\nTcpExt: 0 42\nIpExt: InNoRoutes InOctets\nIpExt: 1 900\n"
     got = parse_netstat(text)
     assert got["TcpExt.TCPSynRetrans"] == 42 and got["IpExt.InOctets"] == 900
     with pytest.raises(ValueError):
@@ -113,9 +113,11 @@ def test_summary_ratio_and_mode_figures():
     with pytest.raises(ValueError):
         summarize([])
     assert ratio(9000, 10000) == 0.9 and math.isnan(ratio(1, 0))
-    runs = {"service": [_result(9000, 0.6), _result(8000, 0.8, errors=2), _result(10000, 0.7)],
-            "service1": [_result(9500)],
-            "direct": [_result(10000, 0.5), _result(12000, 0.4), _result(11000, 0.6)]}  # fmt: skip
+    runs = {
+        "service": [_result(9000, 0.6), _result(8000, 0.8, errors=2), _result(10000, 0.7)],
+        "service1": [_result(9500)],
+        "direct": [_result(10000, 0.5), _result(12000, 0.4), _result(11000, 0.6)],
+    }
     f = mode_figures(runs)
     assert f["service"]["per_s"] == {"n": 3, "median": 9000.0, "min": 8000.0, "max": 10000.0}
     assert f["direct"]["per_s"]["median"] == 11000.0
@@ -133,13 +135,18 @@ def test_round_order_rotates_every_target_through_first_place():
 
 def _results() -> dict:
     def mode(svc, one, direct):
-        return mode_figures({"service": [_result(svc)], "service1": [_result(one)],
-                             "direct": [_result(direct)]})  # fmt: skip
+        return mode_figures(
+            {"service": [_result(svc)], "service1": [_result(one)], "direct": [_result(direct)]}
+        )
 
     calico = {"close": mode(8000, 8500, 10000), "keepalive": mode(50000, 52000, 60000)}
     cilium = {"close": mode(9900, 9800, 10000), "keepalive": mode(59000, 58000, 60000)}
-    return {"params": {"threads": 1, "connections": 16, "repeats": 1, "duration_s": 2},
-            "profiles": {"calico": calico, "cilium": cilium}, "leftovers": [], "wall_s": 12.3}  # fmt: skip
+    return {
+        "params": {"threads": 1, "connections": 16, "repeats": 1, "duration_s": 2},
+        "profiles": {"calico": calico, "cilium": cilium},
+        "leftovers": [],
+        "wall_s": 12.3,
+    }
 
 
 def test_render_table():
@@ -178,8 +185,9 @@ def test_nginx_config_is_self_contained(tmp_path):
     assert cmd[0] == "nginx" and cmd[cmd.index("-c") + 1] == f"{d}/nginx.conf" and "-e" in cmd
 
 
-@pytest.mark.parametrize(("directory", "body"), [("relative/dir", "ok"), ("/tmp/a b", "ok"),
-                                                 ("/tmp/x", 'ok"; evil')])  # fmt: skip
+@pytest.mark.parametrize(
+    ("directory", "body"), [("relative/dir", "ok"), ("/tmp/a b", "ok"), ("/tmp/x", 'ok"; evil')]
+)
 def test_nginx_config_rejects_unsafe_input(directory, body):
     with pytest.raises(ValueError):
         nginx_config(directory, body=body)

@@ -15,11 +15,12 @@ def test_pods_namespaces_and_policies_feed_pod_infos():
     cache = ClusterCache(LAYOUT)
     containers = [{"name": "c", "ports": [{"name": "http", "containerPort": 80}]}]
     pod = {
-        "apiVersion": "v1", "kind": "Pod",
+        "apiVersion": "v1",
+        "kind": "Pod",
         "metadata": {"name": "web", "namespace": "shop", "labels": {"a": "b"}},
         "spec": {"nodeName": "n1", "containers": containers},
         "status": {"podIP": "10.244.0.9", "podIPs": [{"ip": "10.244.0.9"}]},
-    }  # fmt: skip
+    }
     assert put(cache, LAYOUT.resource("pods", "web", "shop"), pod) == "pods"
     assert (
         put(
@@ -29,8 +30,12 @@ def test_pods_namespaces_and_policies_feed_pod_infos():
         )
         == "namespaces"
     )
-    netpol = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-              "metadata": {"name": "deny", "namespace": "shop"}, "spec": {"podSelector": {}}}  # fmt: skip
+    netpol = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "deny", "namespace": "shop"},
+        "spec": {"podSelector": {}},
+    }
     assert (
         put(cache, LAYOUT.resource("networkpolicies.networking.k8s.io", "deny", "shop"), netpol) == "policy"
     )

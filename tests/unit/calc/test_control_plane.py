@@ -6,8 +6,12 @@ from podnet.calc.policy import ControlPlane, control_plane, datastore_address
 
 
 def test_ports_on_every_node_address_and_the_datastore():
-    cp = control_plane(["10.77.0.12", None, "10.77.0.11", "fd00::1", "10.77.0.11"],
-                       ["http://10.77.0.2:2379", "10.77.0.3:12379"], 179, 9099)  # fmt: skip
+    cp = control_plane(
+        ["10.77.0.12", None, "10.77.0.11", "fd00::1", "10.77.0.11"],
+        ["http://10.77.0.2:2379", "10.77.0.3:12379"],
+        179,
+        9099,
+    )
     assert cp.local == (("tcp", 179), ("tcp", 9099))
     assert cp.remote == (
         ("10.77.0.2", "tcp", 2379),

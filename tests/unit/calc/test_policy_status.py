@@ -6,8 +6,13 @@ from podnet.calc.policy_status import PolicyReport, conditions_for
 
 
 def report(node: str, revision: int, applied: int, **kw) -> PolicyReport:  # type: ignore[no-untyped-def]
-    return PolicyReport(node=node, time=f"2026-11-25T10:00:0{revision % 10}Z", revision=revision,
-                        applied_revision=applied, **kw)  # fmt: skip
+    return PolicyReport(
+        node=node,
+        time=f"2026-11-25T10:00:0{revision % 10}Z",
+        revision=revision,
+        applied_revision=applied,
+        **kw,
+    )
 
 
 def by_type(conditions: list[dict]) -> dict[str, dict]:

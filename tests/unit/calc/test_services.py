@@ -15,21 +15,31 @@ def pod(name: str, node: str, ip: str, labels: dict, ports=(), phase="Running", 
 
 
 def svc(name: str, **spec):  # type: ignore[no-untyped-def]
-    body = {"selector": {"app": "web"}, "clusterIP": "10.96.0.10",
-            "ports": [{"port": 80, "targetPort": 8080}]}  # fmt: skip
+    body = {
+        "selector": {"app": "web"},
+        "clusterIP": "10.96.0.10",
+        "ports": [{"port": 80, "targetPort": 8080}],
+    }
     body.update(spec)
-    return parse_resource({"apiVersion": "v1", "kind": "Service",
-                           "metadata": {"name": name, "namespace": "ns"}, "spec": body})  # fmt: skip
+    return parse_resource(
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "ns"}, "spec": body}
+    )
 
 
 WEB1 = pod("web-1", "node-1", "10.244.1.2", {"app": "web"}, [{"name": "http", "containerPort": 8080}])
 WEB2 = pod("web-2", "node-2", "10.244.2.2", {"app": "web"}, [{"name": "http", "containerPort": 9090}])
 OTHER = pod("other", "node-1", "10.244.1.3", {"app": "db"})
 PENDING = pod("web-3", "node-1", "10.244.1.4", {"app": "web"}, phase="Pending")
-GOING = pod("web-4", "node-1", "10.244.1.5", {"app": "web"},
-            meta={"deletionTimestamp": "2026-11-25T10:00:00Z"})  # fmt: skip
-UNREADY = pod("web-5", "node-2", "10.244.2.5", {"app": "web"},
-              status={"conditions": [{"type": "Ready", "status": "False"}]})  # fmt: skip
+GOING = pod(
+    "web-4", "node-1", "10.244.1.5", {"app": "web"}, meta={"deletionTimestamp": "2026-11-25T10:00:00Z"}
+)
+UNREADY = pod(
+    "web-5",
+    "node-2",
+    "10.244.2.5",
+    {"app": "web"},
+    status={"conditions": [{"type": "Ready", "status": "False"}]},
+)
 PODS = [WEB1, WEB2, OTHER, PENDING, GOING, UNREADY]
 
 
@@ -40,8 +50,10 @@ def only(plan, kind):  # type: ignore[no-untyped-def]
 def test_backends_are_the_ready_running_selected_pods() -> None:
     (front,) = service_plan("node-1", [svc("web")], PODS).frontends
     assert (front.kind, front.ip, front.port, front.protocol) == (CLUSTER_IP, "10.96.0.10", 80, "TCP")
-    assert front.backends == (Backend("10.244.1.2", 8080, "node-1", "ns/web-1"),
-                              Backend("10.244.2.2", 8080, "node-2", "ns/web-2"))  # fmt: skip
+    assert front.backends == (
+        Backend("10.244.1.2", 8080, "node-1", "ns/web-1"),
+        Backend("10.244.2.2", 8080, "node-2", "ns/web-2"),
+    )
 
 
 def test_named_target_port_resolves_per_pod() -> None:
@@ -60,8 +72,11 @@ def test_internal_traffic_policy_local_uses_local_backends_only() -> None:
 
 
 def test_node_port_external_ips_and_external_traffic_policy() -> None:
-    spec = {"type": "NodePort", "externalIPs": ["192.0.2.7"],
-            "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30080}]}  # fmt: skip
+    spec = {
+        "type": "NodePort",
+        "externalIPs": ["192.0.2.7"],
+        "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30080}],
+    }
     plan = service_plan("node-2", [svc("web", **spec)], PODS, node_ips=["10.0.0.12"])
     (node_port,) = only(plan, NODE_PORT)
     assert (node_port.ip, node_port.port, node_port.local_only) == (None, 30080, False)

@@ -18,12 +18,20 @@ from podnet.cli.main import build_parser, main
 from podnet.dataplane.policy import Drop, deny_prefix, spoof_prefix
 
 RECORD = {
-    "seq": 3, "time": "2024-05-01T17:20:01.123456Z", "node": "node-1", "protocol": "TCP",
-    "src": "10.244.3.4", "srcPod": "np/far", "dst": "10.244.1.2", "dstPod": "np/api", "dport": 8080,
-    "direction": "ingress", "reason": "default deny of NetworkPolicy np/api-from-friends",
+    "seq": 3,
+    "time": "2024-05-01T17:20:01.123456Z",
+    "node": "node-1",
+    "protocol": "TCP",
+    "src": "10.244.3.4",
+    "srcPod": "np/far",
+    "dst": "10.244.1.2",
+    "dstPod": "np/api",
+    "dport": 8080,
+    "direction": "ingress",
+    "reason": "default deny of NetworkPolicy np/api-from-friends",
     "policies": [{"kind": "NetworkPolicy", "namespace": "np", "name": "api-from-friends"}],
     "prefix": "pnd:0123456789ab:in:np/api",
-}  # fmt: skip
+}
 PODS = [PodInfo("np", "api", {}, ("10.244.1.2",), "node-1"), PodInfo("np", "far", {}, ("10.244.3.4",), "n3")]
 
 
@@ -35,8 +43,15 @@ def test_text_line():
 
 
 def test_text_line_unknown_pods_no_port_and_spoof():
-    record = {**RECORD, "srcPod": None, "dstPod": None, "dport": None, "protocol": "ICMP",
-              "direction": "egress", "reason": "anti-spoofing: source address is not the pod's"}  # fmt: skip
+    record = {
+        **RECORD,
+        "srcPod": None,
+        "dstPod": None,
+        "dport": None,
+        "protocol": "ICMP",
+        "direction": "egress",
+        "reason": "anti-spoofing: source address is not the pod's",
+    }
     assert cmd_monitor.format_text(record) == (
         "17:20:01.123 node-1 DROP ICMP 10.244.3.4 -> 10.244.1.2 "
         "egress: anti-spoofing: source address is not the pod's"

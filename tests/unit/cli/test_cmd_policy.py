@@ -27,26 +27,35 @@ def pod(name: str, ip: str, labels: dict, host_network: bool = False) -> dict:
 
 
 POLICY = {
-    "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "NetworkPolicy",
     "metadata": {"name": "api-from-friends", "namespace": "np"},
-    "spec": {"podSelector": {"matchLabels": {"app": "api"}},
-             "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "friend"}}}],
-                          "ports": [{"port": "web"}]}]},
-}  # fmt: skip
+    "spec": {
+        "podSelector": {"matchLabels": {"app": "api"}},
+        "ingress": [
+            {"from": [{"podSelector": {"matchLabels": {"role": "friend"}}}], "ports": [{"port": "web"}]}
+        ],
+    },
+}
 EGRESS_DENY = {
-    "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "NetworkPolicy",
     "metadata": {"name": "no-egress", "namespace": "np"},
     "spec": {"podSelector": {"matchLabels": {"role": "friend"}}, "policyTypes": ["Egress"]},
-}  # fmt: skip
+}
 
 
 @pytest.fixture
 def view() -> cmd_policy.ClusterPolicy:
     store = ResourceStore(MemoryDatastore())
-    docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "np"}},
-            pod("api", "10.244.1.2", {"app": "api"}), pod("friend", "10.244.2.2", {"role": "friend"}),
-            pod("far", "10.244.3.2", {}), pod("host", "10.0.0.11", {"role": "friend"}, host_network=True),
-            POLICY]  # fmt: skip
+    docs = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "np"}},
+        pod("api", "10.244.1.2", {"app": "api"}),
+        pod("friend", "10.244.2.2", {"role": "friend"}),
+        pod("far", "10.244.3.2", {}),
+        pod("host", "10.0.0.11", {"role": "friend"}, host_network=True),
+        POLICY,
+    ]
     store.apply([parse_resource(d) for d in docs])
     return cmd_policy.load(store)
 
@@ -88,9 +97,13 @@ def test_host_network_pods_are_their_node_and_addresses_work(view) -> None:  # t
 
 def test_both_sides_are_shown_even_when_egress_decides() -> None:
     store = ResourceStore(MemoryDatastore())
-    docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "np"}},
-            pod("api", "10.244.1.2", {"app": "api"}), pod("friend", "10.244.2.2", {"role": "friend"}),
-            POLICY, EGRESS_DENY]  # fmt: skip
+    docs = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "np"}},
+        pod("api", "10.244.1.2", {"app": "api"}),
+        pod("friend", "10.244.2.2", {"role": "friend"}),
+        POLICY,
+        EGRESS_DENY,
+    ]
     store.apply([parse_resource(d) for d in docs])
     view = cmd_policy.load(store)
     doc = cmd_policy.explain_doc(view, view.pods["np/friend"], view.pods["np/api"], 8080, "TCP")
@@ -99,8 +112,11 @@ def test_both_sides_are_shown_even_when_egress_decides() -> None:
 
 
 def test_comparison_marks_disagreements_and_counts_refused_as_reached(view) -> None:  # type: ignore[no-untyped-def]
-    ok, refused, timeout = ProbeResult(True, "answered", 0.01), ProbeResult(False, "refused", 0.01), \
-        ProbeResult(False, "timed out", 1.0)  # fmt: skip
+    ok, refused, timeout = (
+        ProbeResult(True, "answered", 0.01),
+        ProbeResult(False, "refused", 0.01),
+        ProbeResult(False, "timed out", 1.0),
+    )
     probed = {
         "np/api": {"np/api": ok, "np/friend": ok, "np/far": refused},
         "np/friend": {"np/api": ok, "np/friend": ok, "np/far": ok},

@@ -13,12 +13,24 @@ from podnet.model import parse_resource
 def test_list_shows_frontends_backends_and_empty_services() -> None:
     store = ResourceStore(MemoryDatastore())
     docs = [
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "np"},
-         "spec": {"type": "NodePort", "selector": {"app": "web"}, "sessionAffinity": "ClientIP",
-                  "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30080}]}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "empty", "namespace": "np"},
-         "spec": {"selector": {"app": "none"}, "ports": [{"port": 53, "protocol": "UDP"}]}},
-    ]  # fmt: skip
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web", "namespace": "np"},
+            "spec": {
+                "type": "NodePort",
+                "selector": {"app": "web"},
+                "sessionAffinity": "ClientIP",
+                "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30080}],
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "empty", "namespace": "np"},
+            "spec": {"selector": {"app": "none"}, "ports": [{"port": 53, "protocol": "UDP"}]},
+        },
+    ]
     for i in (1, 2):
         meta = {"name": f"web-{i}", "namespace": "np", "labels": {"app": "web"}}
         spec = {"nodeName": f"node-{i}", "containers": [{"name": "c"}]}

@@ -35,8 +35,10 @@ def test_source_chain_checks_mac_then_ip_in_prerouting():
     assert src[2] == f'ip saddr != {{ 10.244.1.5 }} counter log group 7 prefix "{spoof_prefix("np/a")}" drop'
     # an endpoint whose MAC is unknown (an old record) keeps the IP check only
     assert not any("ether" in line for line in r.chains[chain_name("np/b", "source")])
-    assert r.source_map == {"cali1111111111a": chain_name("np/a", "source"),
-                            "lxc2222222222b": chain_name("np/b", "source")}  # fmt: skip
+    assert r.source_map == {
+        "cali1111111111a": chain_name("np/a", "source"),
+        "lxc2222222222b": chain_name("np/b", "source"),
+    }
     text = render_policy(EMPTY, ENDPOINTS, CONTROL)
     assert "type filter hook prerouting priority raw; policy accept;" in text
     assert "iifname vmap @source_dispatch" in text
@@ -45,8 +47,9 @@ def test_source_chain_checks_mac_then_ip_in_prerouting():
 def test_control_plane_first_in_egress_even_when_policy_allows_all():
     allow_all = Provenance("NetworkPolicy", "np", "all", "egress", 0)
     deny = Provenance("NetworkPolicy", "np", "all", "egress", -1)
-    ep = EndpointPolicy("np/a", ("10.244.1.5",), False, True, (),
-                        (CompiledRule("egress", None, (), allow_all),), (), (deny,))  # fmt: skip
+    ep = EndpointPolicy(
+        "np/a", ("10.244.1.5",), False, True, (), (CompiledRule("egress", None, (), allow_all),), (), (deny,)
+    )
     chain = build_rendering(PolicyPlan({}, {"np/a": ep}, {}), ENDPOINTS, CONTROL).chains[
         chain_name("np/a", "egress")
     ]

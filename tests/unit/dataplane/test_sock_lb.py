@@ -266,10 +266,17 @@ def test_read_state_names_the_missing_pins(tmp_path):
 
 def test_lb_table_like_cilium_bpf_lb_list():
     services = [
-        {"service": "10.96.0.10:80/TCP", "id": 1, "affinity_seconds": 0,
-         "backends": [{"slot": 1, "address": "10.244.1.5:8080"}, {"slot": 2, "address": "10.244.2.5:8080"}]},
+        {
+            "service": "10.96.0.10:80/TCP",
+            "id": 1,
+            "affinity_seconds": 0,
+            "backends": [
+                {"slot": 1, "address": "10.244.1.5:8080"},
+                {"slot": 2, "address": "10.244.2.5:8080"},
+            ],
+        },
         {"service": "10.96.0.11:53/UDP", "id": 2, "affinity_seconds": 30, "backends": []},
-    ]  # fmt: skip
+    ]
     assert cmd_bpf.render_lb_table(services) == (
         "SERVICE ADDRESS    BACKEND ADDRESS (ID) (SLOT)\n"
         "10.96.0.10:80/TCP  0.0.0.0:0 (1) (0) [2 backends]\n"

@@ -15,8 +15,9 @@ from podnet.model import lookup, parse_resource
 
 def svc(name: str, **spec) -> object:  # type: ignore[no-untyped-def]
     body = {"selector": {"app": name}, "ports": [{"port": 80}], **spec}
-    return parse_resource({"apiVersion": "v1", "kind": "Service",
-                           "metadata": {"name": name, "namespace": "ns"}, "spec": body})  # fmt: skip
+    return parse_resource(
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "ns"}, "spec": body}
+    )
 
 
 @pytest.fixture
@@ -51,10 +52,18 @@ def test_requested_addresses_must_be_in_range_and_free(store) -> None:  # type: 
 
 
 def test_the_range_comes_from_the_cluster_configuration(store) -> None:  # type: ignore[no-untyped-def]
-    store.apply([parse_resource({"apiVersion": "podnet.io/v1", "kind": "ClusterConfiguration",
-                                 "metadata": {"name": "default"},
-                                 "spec": {"serviceClusterIPRange": "10.100.0.0/29",
-                                          "nodePortRange": "31000-31001"}})])  # fmt: skip
+    store.apply(
+        [
+            parse_resource(
+                {
+                    "apiVersion": "podnet.io/v1",
+                    "kind": "ClusterConfiguration",
+                    "metadata": {"name": "default"},
+                    "spec": {"serviceClusterIPRange": "10.100.0.0/29", "nodePortRange": "31000-31001"},
+                }
+            )
+        ]
+    )
     ips = {store.apply([svc(f"s{i}")])[0].resource.spec.cluster_ip for i in range(5)}
     two = [{"name": "a", "port": 80}, {"name": "b", "port": 81}]
     a = store.apply([svc("np", type="NodePort", ports=two)])[0].resource

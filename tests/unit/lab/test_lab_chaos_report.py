@@ -7,10 +7,14 @@ from podnet.lab.chaos import _whole_states, problems
 
 
 def report(scenario: str = "kill-agent", **extra) -> dict:
-    base = {"scenario": scenario, "witness": {"flows": 5, "replies": 100, "max_gap_ms": 60.0,
-                                              "interrupted_flows": 0},
-            "flows": {}, "kernel_changes": {"node-1": []}, "bpf_maps_changed": [],
-            "bpf_maps_checked": 3}  # fmt: skip
+    base = {
+        "scenario": scenario,
+        "witness": {"flows": 5, "replies": 100, "max_gap_ms": 60.0, "interrupted_flows": 0},
+        "flows": {},
+        "kernel_changes": {"node-1": []},
+        "bpf_maps_changed": [],
+        "bpf_maps_checked": 3,
+    }
     return {**base, **extra}
 
 
@@ -26,8 +30,9 @@ def test_interrupted_flows_kernel_changes_and_maps_are_problems() -> None:
 
 
 def test_bird_restart_counts_only_deleted_routes() -> None:
-    reannounced = report("bird-restart", kernel_changes={"node-2": ["route: 10.244.1.0/26 proto bird"]},
-                         routes_deleted=0)  # fmt: skip
+    reannounced = report(
+        "bird-restart", kernel_changes={"node-2": ["route: 10.244.1.0/26 proto bird"]}, routes_deleted=0
+    )
     assert problems(reannounced) == []
     assert problems({**reannounced, "routes_deleted": 1}) == ["1 route(s) deleted"]
 
@@ -41,8 +46,12 @@ def test_blackhole_promises_last_good_state_and_enforcement_within_5_s() -> None
 
 
 def test_mid_sync_rounds_must_be_whole_and_complete() -> None:
-    good = {"policies_in_kernel_at_kill": 128, "whole_datastore_state_at_kill": True,
-            "rules_expected": 600, "complete_after_restart_seconds": 1.2}  # fmt: skip
+    good = {
+        "policies_in_kernel_at_kill": 128,
+        "whole_datastore_state_at_kill": True,
+        "rules_expected": 600,
+        "complete_after_restart_seconds": 1.2,
+    }
     assert problems(report("kill-agent-mid-policy-sync", rounds=[good])) == []
     half = {**good, "whole_datastore_state_at_kill": False}
     late = {**good, "complete_after_restart_seconds": None}

@@ -10,8 +10,14 @@ from podnet.agent.api import delete_queue_entry
 from podnet.agent.delete_queue import drain, serve_queued
 from podnet.cni import delete_queue as plugin_queue
 
-REQUEST = {"verb": "ADD", "containerID": "c0ffee", "netns": "/run/netns/x", "ifname": "eth0", "args": {},
-           "config": {"name": "k8s-pod-network"}}  # fmt: skip
+REQUEST = {
+    "verb": "ADD",
+    "containerID": "c0ffee",
+    "netns": "/run/netns/x",
+    "ifname": "eth0",
+    "args": {},
+    "config": {"name": "k8s-pod-network"},
+}
 
 
 class Agent:
