@@ -246,7 +246,8 @@ class CNIService:
                 "the runtime must DEL before a second ADD",
             )
         t0 = time.monotonic()
-        addresses = self._allocate(req)
+        pod = self._pod(req)
+        addresses = self._allocate(req, pod)
         t1 = time.monotonic()
         scheme, gateway = self.scheme()
         host_ifname = dp.host_ifname_for("lxc" if scheme == "cilium" else "cali", req.namespace, req.pod)
@@ -279,6 +280,7 @@ class CNIService:
                 network=req.network,
                 netns=req.netns,
                 scheme=scheme,
+                labels=dict(pod.metadata.labels or {}) if pod is not None else {},
             )
             try:
                 self.resources.store.put(key, record.to_json())
@@ -304,17 +306,19 @@ class CNIService:
             "dns": {},
         }
 
-    def _allocate(self, req: Request) -> list[str]:
+    def _pod(self, req: Request):  # type: ignore[no-untyped-def]
+        """The Pod being wired, or None when the datastore has no such object."""
+        try:
+            return self.resources.get(lookup("pods"), req.pod, req.namespace)
+        except NotFoundError:
+            return None
+
+    def _allocate(self, req: Request, pod) -> list[str]:  # type: ignore[no-untyped-def]
         held = self.ipam.handle_ips(req.handle)
         if held:
             return held  # a retried ADD after a timeout: same handle, same addresses
-        pod_annotations: dict = {}
+        pod_annotations: dict = (pod.metadata.annotations or {}) if pod is not None else {}
         ns_annotations: dict = {}
-        try:
-            pod = self.resources.get(lookup("pods"), req.pod, req.namespace)
-            pod_annotations = pod.metadata.annotations or {}
-        except NotFoundError:
-            pass
         try:
             ns = self.resources.get(lookup("namespaces"), req.namespace)
             ns_annotations = ns.metadata.annotations or {}

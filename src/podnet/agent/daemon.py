@@ -23,6 +23,7 @@ from podnet.agent.policy_status import PolicyStatusWriter, invalid_policies
 from podnet.agent.syncer import Syncer
 from podnet.calc.cluster import VXLAN_ADDRESS_ANNOTATION, VXLAN_MAC_ANNOTATION, ClusterCache
 from podnet.calc.endpoints import EndpointRecord
+from podnet.calc.local_pods import local_pods
 from podnet.calc.mtu import IPIP_OVERHEAD, VXLAN_OVERHEAD, pod_mtu
 from podnet.calc.policy import BGP_PORT, ControlPlane, control_plane
 from podnet.calc.routes import VXLAN_DEVICES, RoutePlan, encap_policy
@@ -84,6 +85,8 @@ class Agent:
         self.metrics = metrics.AgentMetrics()
         self.cache = ClusterCache(self.layout)
         self.endpoints: dict[str, EndpointRecord] = {}
+        self._last_local: dict = {}  # "ns/name" -> PodInfo last enforced for a wired endpoint
+        self.endpoint_conflicts: dict[str, str] = {}  # "ns/name" -> why its Pod disagrees
         self.routes = RouteManager()
         self.nat = NatManager()
         self.policy = PolicyManager()
@@ -276,22 +279,38 @@ class Agent:
 
         with self.syncer.lock:
             pods = self.cache.pod_infos()
-            local = [p for p in pods if p.node == self.config.node]
-            plan = compile_policies(local, pods, self.cache.namespaces, list(self.cache.netpols.values()))
+            local = local_pods(self.config.node, pods, list(self.endpoints.values()), self._last_local)
+            plan = compile_policies(
+                local.pods, pods, self.cache.namespaces, list(self.cache.netpols.values())
+            )
             endpoints = {r.pod_key: (r.host_ifname, r.addresses, r.mac) for r in self.endpoints.values()}
             control = self._control_plane()
             revision = self.cache.revision
             invalid = invalid_policies(self.cache.errors, self.layout)
         for policy, error in plan.errors.items():
             kv(log, logging.WARNING, "policy not compiled; it allows nothing", policy=policy, error=error)
+        self._note_conflicts(local.conflicts)
         try:
             self.policy.apply(plan, endpoints, control)
             self.policy_plan = plan  # in force now (the drop monitor explains drops by it)
+            wired = {r.pod_key for r in self.endpoints.values()}
+            self._last_local = {p.key: p for p in local.pods if p.key in wired}
             self._apply_host_endpoints()
         except Exception as exc:
-            self.policy_status.report(revision, str(exc), plan.errors, invalid)
+            self.policy_status.report(revision, str(exc), plan.errors, invalid, local.conflicts)
             raise
-        self.policy_status.report(revision, None, plan.errors, invalid)
+        self.policy_status.report(revision, None, plan.errors, invalid, local.conflicts)
+
+    def _note_conflicts(self, conflicts: dict[str, str]) -> None:
+        """Log each endpoint whose Pod object disagrees with this node (once per change) and count
+        them in ``podnet_endpoint_conflicts``; enforcement does not depend on it (calc.local_pods)."""
+        for pod, why in conflicts.items():
+            if self.endpoint_conflicts.get(pod) != why:
+                kv(log, logging.WARNING, "endpoint conflict", pod=pod, problem=why)
+        for pod in set(self.endpoint_conflicts) - set(conflicts):
+            kv(log, logging.INFO, "endpoint conflict resolved", pod=pod)
+        self.endpoint_conflicts = dict(conflicts)
+        self.metrics.endpoint_conflicts.set(len(conflicts))
 
     def _apply_host_endpoints(self) -> None:
         """Calico HostEndpoints of this node: their default deny with the failsafe ports, tunnel
@@ -473,6 +492,7 @@ class Agent:
             "lastError": self.syncer.last_error,
             "unreachable": self.syncer.last_plan.unreachable if self.syncer.last_plan else {},
             "invalidKeys": self.cache.errors,
+            "endpointConflicts": self.endpoint_conflicts,
             "dropMonitor": self.drops.status() if self.drops else None,
         }
 

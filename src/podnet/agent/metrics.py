@@ -34,6 +34,11 @@ class AgentMetrics:
         self.route_ops = Counter("podnet_route_operations_total", "kernel route changes", ["op"], registry=r)
         self.routes = Gauge("podnet_routes", "routes podnet owns on this node", registry=r)
         self.endpoints = Gauge("podnet_local_endpoints", "pod interfaces on this node", registry=r)
+        self.endpoint_conflicts = Gauge(
+            "podnet_endpoint_conflicts",
+            "local endpoints whose Pod object claims another node, none, or is gone (still enforced)",
+            registry=r,
+        )
         self.in_sync = Gauge(
             "podnet_datastore_in_sync", "1 once the datastore snapshot is loaded", registry=r
         )

@@ -51,7 +51,12 @@ class PolicyStatusWriter:
         self._thread: threading.Thread | None = None
 
     def report(
-        self, revision: int, error: str | None, compile_errors: dict[str, str], invalid: dict[str, str]
+        self,
+        revision: int,
+        error: str | None,
+        compile_errors: dict[str, str],
+        invalid: dict[str, str],
+        endpoint_conflicts: dict[str, str] | None = None,
     ) -> None:
         """Record one policy sync's outcome (``error`` None: nft accepted it)."""
         if error is None:
@@ -64,6 +69,7 @@ class PolicyStatusWriter:
             error=error,
             compile_errors=dict(compile_errors),
             invalid=dict(invalid),
+            endpoint_conflicts=dict(endpoint_conflicts or {}),
         )
         self._wake.set()
 
@@ -79,13 +85,8 @@ class PolicyStatusWriter:
         """Equal apart from the time stamp (a sync that changed nothing is not written again)."""
         if a is None or b is None:
             return a is b
-        return (a.revision, a.applied_revision, a.error, a.compile_errors, a.invalid) == (
-            b.revision,
-            b.applied_revision,
-            b.error,
-            b.compile_errors,
-            b.invalid,
-        )
+        fields = ("revision", "applied_revision", "error", "compile_errors", "invalid", "endpoint_conflicts")
+        return all(getattr(a, f) == getattr(b, f) for f in fields)
 
     def flush(self) -> bool:
         """Write the newest report if it is new; False when the datastore refused (retry later)."""

@@ -36,6 +36,9 @@ class PolicyReport:
     error: str | None = None  # the last sync's nft error, if it failed
     compile_errors: dict[str, str] = field(default_factory=dict)  # "ns/name" -> why
     invalid: dict[str, str] = field(default_factory=dict)  # "ns/name" -> why the stored value is refused
+    # "ns/name" -> why: local endpoints whose Pod object claims another node, none, or is gone;
+    # they stay under policy here until CNI DEL (calc.local_pods)
+    endpoint_conflicts: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
@@ -51,6 +54,7 @@ class PolicyReport:
             error=doc.get("error"),
             compile_errors=dict(doc.get("compile_errors") or {}),
             invalid=dict(doc.get("invalid") or {}),
+            endpoint_conflicts=dict(doc.get("endpoint_conflicts") or {}),
         )
 
 
