@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
+from lab_support import policy_applied, until
 
-from podnet.calc.policy_status import PolicyReport
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
 from podnet.lab import cluster
@@ -46,17 +45,6 @@ def pod(name: str, node: str, labels: dict[str, str]) -> dict:
     }
 
 
-def wait_for(what: str, check, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    """Poll ``check()`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def test_corrupted_pod_keeps_its_endpoint_under_policy(lab_names):  # type: ignore[no-untyped-def]
     names = lab_names()
     info = cluster.up(LabSpec(nodes=2, underlay=random_underlay()), names)
@@ -75,7 +63,7 @@ def test_corrupted_pod_keeps_its_endpoint_under_policy(lab_names):  # type: igno
             }
             return up if len(up) == 2 else {}
 
-        ips = wait_for("both pods Running", running)
+        ips = until("both pods Running", running, timeout=30)
         sources = {"guard/cli": names.pod_ns(NS, "cli")}
 
         def reaches() -> bool:
@@ -83,21 +71,10 @@ def test_corrupted_pod_keeps_its_endpoint_under_policy(lab_names):  # type: igno
                 "guard/cli"
             ]["guard/srv"]
 
-        wait_for("cli reaching srv before any policy (the probe's positive control)", reaches)
+        until("cli reaching srv before any policy (the probe's positive control)", reaches, timeout=30)
         store.apply([parse_resource(DENY)])
 
-        def report() -> PolicyReport | None:
-            kv = store.store.get(store.layout.policy_status("node-1"))
-            return PolicyReport.from_json(kv.value) if kv else None
-
-        def applied_since(put_revision: int):  # type: ignore[no-untyped-def]
-            def check() -> PolicyReport | None:
-                got = report()
-                return got if got and got.applied_revision >= put_revision else None
-
-            return check
-
-        wait_for("the deny policy isolating srv", lambda: not reaches())
+        until("the deny policy isolating srv", lambda: not reaches())
         key = store.key(lookup("pods"), "srv", NS)
 
         def corrupt(change) -> int:  # type: ignore[no-untyped-def]
@@ -108,26 +85,26 @@ def test_corrupted_pod_keeps_its_endpoint_under_policy(lab_names):  # type: igno
 
         # nodeName dropped (what `apply` of a manifest without it used to store)
         rev = corrupt(lambda d: d["spec"].pop("nodeName"))
-        status = wait_for("node-1 applying the corrupted Pod", applied_since(rev))
+        status = policy_applied(store, ["node-1"], rev)["node-1"]
         assert "claims no node" in status.endpoint_conflicts.get("guard/srv", ""), status
         assert not reaches(), "srv lost its policy when its Pod dropped nodeName"
 
         # the Pod claims the other node
         rev = corrupt(lambda d: d["spec"].update(nodeName="node-2"))
-        status = wait_for("node-1 applying the Pod claiming node-2", applied_since(rev))
+        status = policy_applied(store, ["node-1"], rev)["node-1"]
         assert "claims node 'node-2'" in status.endpoint_conflicts.get("guard/srv", ""), status
         assert not reaches(), "srv lost its policy when its Pod claimed node-2"
 
         # positive control: the labels still count; without role=locked, srv is open again
         corrupt(lambda d: d["metadata"]["labels"].pop("role"))
-        wait_for("srv open once its Pod no longer carries role=locked", reaches)
+        until("srv open once its Pod no longer carries role=locked", reaches, timeout=30)
         rev = corrupt(lambda d: d["metadata"]["labels"].update(role="locked"))
-        wait_for("node-1 applying role=locked again", applied_since(rev))
+        policy_applied(store, ["node-1"], rev)
         assert not reaches(), "srv not isolated again by its label while its Pod claims node-2"
 
         # repaired: the conflict is reported no more
         rev = corrupt(lambda d: d["spec"].update(nodeName="node-1"))
-        status = wait_for("node-1 applying the repaired Pod", applied_since(rev))
+        status = policy_applied(store, ["node-1"], rev)["node-1"]
         assert status.endpoint_conflicts == {}, status
         assert not reaches()
     finally:
