@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from lab_cli import podnet
 
 from podnet.calc.policy_status import PolicyReport
 from podnet.datastore.etcd import EtcdDatastore
@@ -47,17 +46,6 @@ kind: NetworkPolicy
 metadata: {name: deny, namespace: t}
 spec: {podSelector: {matchLabels: {role: locked}}, policyTypes: [Ingress]}
 """
-
-
-def podnet(names: LabNames, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PODNET_LAB_PREFIX": names.prefix}
-    env.pop("PODNET_ETCD_ENDPOINTS", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "podnet.cli.main", *args], capture_output=True, text=True, env=env, timeout=60
-    )
-    if check:
-        assert proc.returncode == 0, f"podnet {args}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 def wait_programmed(names: LabNames, node: str, revision: int, timeout: float = 15.0) -> None:
