@@ -28,7 +28,12 @@ from typing import Any
 
 from podnet.datastore.base import MUST_NOT_EXIST, Datastore, KeyValue, Write
 from podnet.datastore.keys import KeyLayout
-from podnet.datastore.update_rules import check_update, keep_server_set, keep_system_owned
+from podnet.datastore.update_rules import (
+    check_update,
+    drop_computed_status,
+    keep_server_set,
+    keep_system_owned,
+)
 from podnet.errors import AlreadyExistsError, ConflictError, NotFoundError, PodnetError, ValidationError
 from podnet.model import Resource, ResourceType, parse_resource, resource_type_for
 
@@ -154,6 +159,7 @@ class ResourceStore:
         if rtype.namespaced:
             meta["namespace"] = meta.get("namespace") or "default"
         wanted_version = meta.pop("resourceVersion", None)
+        drop_computed_status(rtype.kind, doc)
         key = self.key(rtype, meta["name"], meta.get("namespace"))
         if current is None:
             if wanted_version:

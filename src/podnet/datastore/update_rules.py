@@ -11,7 +11,12 @@ The API server's rules for writing an object over the one it stores, in three de
     Fields the system writes into objects users also write. ``kubectl apply`` removes only what
     the previous apply set, so these survive a re-applied manifest that leaves them out; podnet
     keeps them the same way. (``update`` and ``patch`` write the object as given: a merge patch
-    with ``null`` still removes such an annotation.)
+    with ``null`` still removes such an annotation.) ``status`` is the stored one whatever the
+    manifest says, as the API server ignores status in an update of the object itself: a
+    re-applied ``get -o yaml`` cannot put an old pod IP back.
+``COMPUTED_STATUS`` (every write)
+    Kinds whose status is computed when read and never stored (a NetworkPolicy's conditions come
+    from the agents' reports), so ``get -o yaml | apply`` does not store a snapshot of it.
 ``IMMUTABLE`` (per kind, every write)
     What an update may not change, refused with Kubernetes' (or Calico's) own message.
 
@@ -71,6 +76,15 @@ SYSTEM_OWNED: dict[str, tuple[Path, ...]] = {
 }
 
 
+COMPUTED_STATUS = ("NetworkPolicy",)
+
+
+def drop_computed_status(kind: str, doc: dict) -> None:
+    """Every write: a status computed on read is not stored."""
+    if kind in COMPUTED_STATUS:
+        doc.pop("status", None)
+
+
 def keep_server_set(doc: dict, old: dict) -> None:
     """Every write: uid and creationTimestamp are the stored ones; status is kept if left out."""
     meta, old_meta = doc.setdefault("metadata", {}), old.get("metadata") or {}
@@ -83,8 +97,14 @@ def keep_server_set(doc: dict, old: dict) -> None:
 
 def keep_system_owned(kind: str, doc: dict, old: dict) -> list[str]:
     """``apply``: copy each of the kind's system-owned fields the manifest leaves out from the
-    stored object into ``doc``; return the paths copied."""
+    stored object into ``doc``, and the stored status over the manifest's; return the paths
+    copied or replaced."""
     kept = []
+    if doc.get("status") != old.get("status"):
+        doc.pop("status", None)
+        if "status" in old:
+            doc["status"] = copy.deepcopy(old["status"])
+        kept.append("status")
     for path in SYSTEM_OWNED.get(kind, ()):
         value = _get(old, path)
         if value is not None and _get(doc, path) is None:

@@ -313,3 +313,33 @@ def test_a_refused_update_in_a_batch_writes_nothing(store):
     with pytest.raises(ValidationError):
         store.apply([parse_resource(ns), parse_resource(changed)])
     assert store.list(lookup("namespaces")) == []
+
+
+def test_status_in_a_reapplied_manifest_is_ignored_as_the_api_server_does(store):
+    """A re-applied ``get -o yaml`` (resourceVersion removed) cannot put an old pod IP back."""
+    bound_pod(store)
+    store.patch(lookup("pods"), "srv", {"status": {"phase": "Pending"}}, "t")
+    snapshot = store.get(lookup("pods"), "srv", "t").to_dict()
+    del snapshot["metadata"]["resourceVersion"]
+    store.patch(lookup("pods"), "srv", {"status": {"phase": "Running", "podIP": "10.244.0.9"}}, "t")
+    snapshot["metadata"]["labels"]["role"] = "locked"
+    assert store.apply([parse_resource(snapshot)])[0].action == "configured"
+    got = store.get(lookup("pods"), "srv", "t")
+    assert (got.status.phase, got.status.pod_ip, got.metadata.labels["role"]) == (
+        "Running",
+        "10.244.0.9",
+        "locked",
+    )
+    snapshot["metadata"]["labels"]["role"] = "open"
+    snapshot["status"] = {"phase": "Failed"}
+    store.update(parse_resource(snapshot))  # the kubelet's write (update) sets status
+    assert store.get(lookup("pods"), "srv", "t").status.phase == "Failed"
+
+
+def test_a_networkpolicy_status_is_computed_never_stored(store):
+    policy = ROUND_TRIPS["networkpolicies.networking.k8s.io"][0]
+    status = {"conditions": [{"type": "Accepted", "status": "True", "reason": "Programmed"}]}
+    [created] = store.apply([parse_resource(policy | {"status": status})])
+    assert created.action == "created" and created.resource.status is None
+    assert store.get(lookup("netpol"), "deny", "t").status is None
+    assert store.apply([parse_resource(policy | {"status": status})])[0].action == "unchanged"
