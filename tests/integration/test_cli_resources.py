@@ -130,3 +130,87 @@ def test_stale_resource_version_conflicts(podnet, tmp_path):
 
 def test_version():
     assert main(["version"]) == 0
+
+
+REPRO = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: t}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: srv, labels: {app: srv}}
+spec: {containers: [{name: c, image: nginx, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cli}
+spec: {containers: [{name: c, image: nginx}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny}
+spec: {podSelector: {matchLabels: {role: locked}}, policyTypes: [Ingress]}
+"""
+
+
+def test_reapply_keeps_the_bound_node_reports_unchanged_and_refuses_spec_changes(podnet, tmp_path):
+    """The issue's reproduction on etcd: apply -n, the scheduler binds, the edited file re-applied."""
+    path = write(tmp_path, "p.yaml", REPRO)
+    code, out, _ = podnet("apply", "-n", "t", "-f", path)
+    assert (code, out.split("\n")[:-1]) == (
+        0,
+        ["namespaces/t created", "pods/srv created", "pods/cli created", "networkpolicies/deny created"],
+    )
+    for pod, node in (("srv", "node-1"), ("cli", "node-2")):  # what the lab scheduler writes
+        assert podnet("patch", "pod", pod, "-n", "t", "-p", json.dumps({"spec": {"nodeName": node}}))[0] == 0
+
+    path = write(tmp_path, "p.yaml", REPRO.replace("labels: {app: srv}", "labels: {app: srv, role: locked}"))
+    code, out, _ = podnet("apply", "-n", "t", "-f", path)
+    assert (code, out.split("\n")[:-1]) == (
+        0,
+        [
+            "namespaces/t unchanged",
+            "pods/srv configured",
+            "pods/cli unchanged",
+            "networkpolicies/deny unchanged",
+        ],
+    )
+    pods = json.loads(podnet("get", "pods", "-n", "t", "-o", "json")[1])["items"]
+    assert {p["metadata"]["name"]: p["spec"]["nodeName"] for p in pods} == {"srv": "node-1", "cli": "node-2"}
+    assert "role=locked" in podnet("get", "pods", "-n", "t", "-o", "wide")[1]
+
+    code, _, err = podnet("apply", "-n", "t", "-f", write(tmp_path, "q.yaml", REPRO.replace("80", "8080")))
+    first, hint = err.splitlines()
+    assert code == 2 and first == (
+        'error: The Pod "srv" is invalid: spec: Forbidden: pod updates may not change fields other than '
+        "`spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,"
+        "`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` "
+        "(allow it to be set to 1 if it was previously negative)"
+    )
+    assert "spec.containers[0].ports[0].containerPort" in hint
+    assert "80" in podnet("get", "pod", "srv", "-n", "t", "-o", "yaml")[1]
+
+
+def test_apply_namespace_flag_as_kubectl(podnet, tmp_path):
+    policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+    policy += "metadata: {name: d%s}\nspec: {podSelector: null}\n"
+    code, out, _ = podnet("apply", "-n", "b", "-f", write(tmp_path, "p.yaml", policy % ""))
+    assert (code, out.strip()) == (0, "networkpolicies/d created")
+    assert podnet("get", "netpol", "-n", "b", "-o", "name")[1].split() == ["networkpolicies/d"]
+    other = policy % ", namespace: a"
+    code, out, err = podnet(
+        "apply", "-n", "b", "-f", write(tmp_path, "q.yaml", (policy % "2") + "---\n" + other)
+    )
+    assert code == 2 and out == ""
+    assert (
+        'NetworkPolicy "d": the namespace from the provided object "a" does not match the namespace "b". '
+        "You must pass '--namespace=a' to perform this operation." in err
+    )
+    assert podnet("get", "netpol", "-A", "-o", "name")[1].split() == ["networkpolicies/d"]  # d2 not written
+    cluster_scoped = (
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.1.0.0/16}\n"
+    )
+    assert podnet("apply", "-n", "b", "-f", write(tmp_path, "r.yaml", cluster_scoped))[1].strip() == (
+        "ippools/p created"
+    )

@@ -1,8 +1,17 @@
-"""``podnet apply -f FILE|DIR|-``: validate everything, then write it all in one transaction."""
+"""``podnet apply -f FILE|DIR|- [-n NS]``: validate everything, then write it all in one transaction.
+
+As ``kubectl apply``: ``-n`` puts namespaced documents that name no namespace in NS and refuses one
+that names another (cluster-scoped kinds ignore it); an existing object keeps what the system wrote
+and the manifest leaves out, and each object is reported ``created``, ``configured`` or
+``unchanged`` (see :mod:`podnet.datastore.update_rules`).
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+
+from podnet.errors import ValidationError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,6 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE|DIR|-",
         help="a YAML/JSON file (multi-document), a directory of them, or - for stdin",
     )
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        default=None,
+        help="the namespace of namespaced documents that name none (default: default)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="validate only, write nothing")
 
 
@@ -21,11 +36,38 @@ def describe(resource, rtype) -> str:
     return f"{rtype.plural}/{resource.metadata.name}" if rtype else resource.metadata.name
 
 
+def in_namespace(resources: Sequence, namespace: str | None) -> list:
+    """``resources`` with namespaced ones that name no namespace placed in ``namespace``; one
+    that names another is refused, in kubectl's words, before anything is written."""
+    if namespace is None:
+        return list(resources)
+    placed, problems = [], []
+    for r in resources:
+        if not r.NAMESPACED:
+            placed.append(r)
+        elif r.metadata.namespace is None:
+            placed.append(r.with_namespace(namespace))
+        elif r.metadata.namespace != namespace:
+            problems.append(
+                (
+                    r.describe(),
+                    f'the namespace from the provided object "{r.metadata.namespace}" does not match the '
+                    f"namespace \"{namespace}\". You must pass '--namespace={r.metadata.namespace}' "
+                    "to perform this operation.",
+                )
+            )
+        else:
+            placed.append(r)
+    if problems:
+        raise ValidationError(problems, subject="nothing was applied")
+    return placed
+
+
 def run(args: argparse.Namespace) -> int:
     from podnet.cli.context import load_resources, resource_store
     from podnet.model import resource_type_for
 
-    resources = load_resources(args.filename)
+    resources = in_namespace(load_resources(args.filename), args.namespace)
     if args.dry_run:
         for r in resources:
             print(f"{describe(r, resource_type_for(r.api_version, r.kind))} valid (dry run)")

@@ -3,7 +3,13 @@
 What the store adds to raw keys, as the Kubernetes API server does:
 - ``metadata.resourceVersion`` is the key's etcd ``mod_revision`` (never stored, always derived);
   a resource given with a resourceVersion is written only if it still matches (optimistic lock).
-- ``metadata.uid`` and ``metadata.creationTimestamp`` are set on creation and kept on update.
+- ``metadata.uid`` and ``metadata.creationTimestamp`` are set on creation and kept on update;
+  ``status`` is kept when a write leaves it out.
+- :meth:`apply` of an existing object keeps the system-owned fields the manifest leaves out (a
+  Pod's ``spec.nodeName``, a Node's agent-written annotations), as ``kubectl apply`` does, and
+  reports ``unchanged`` when nothing differs; every update is refused if it changes an immutable
+  field (a Pod's spec, an IPPool's cidr), in Kubernetes' words. The rules, per kind, are in
+  :mod:`podnet.datastore.update_rules`.
 - Namespaced kinds default to namespace ``default``.
 - :meth:`apply` writes a whole batch in one transaction: every resource was validated before it
   gets here, and either all are written or none (a concurrent change makes the batch fail).
@@ -22,6 +28,12 @@ from typing import Any
 
 from podnet.datastore.base import MUST_NOT_EXIST, Datastore, KeyValue, Write
 from podnet.datastore.keys import KeyLayout
+from podnet.datastore.update_rules import (
+    check_update,
+    drop_computed_status,
+    keep_server_set,
+    keep_system_owned,
+)
 from podnet.errors import AlreadyExistsError, ConflictError, NotFoundError, PodnetError, ValidationError
 from podnet.model import Resource, ResourceType, parse_resource, resource_type_for
 
@@ -135,9 +147,11 @@ class ResourceStore:
         resource: Resource,
         current: KeyValue | None,
         allocator=None,  # type: ignore[no-untyped-def]
+        applying: bool = False,
     ) -> tuple[Write, str, dict, list[Write]]:
         """The write for one resource, whether it creates, changes or leaves it, and the writes
-        that must go with it (a Service's ClusterIP and NodePort allocations)."""
+        that must go with it (a Service's ClusterIP and NodePort allocations). ``applying``: an
+        apply, which keeps the system-owned fields the manifest leaves out (update_rules)."""
         rtype = self.type_of(resource)
         _stored_name(resource)
         doc = resource.to_dict()
@@ -145,6 +159,7 @@ class ResourceStore:
         if rtype.namespaced:
             meta["namespace"] = meta.get("namespace") or "default"
         wanted_version = meta.pop("resourceVersion", None)
+        drop_computed_status(rtype.kind, doc)
         key = self.key(rtype, meta["name"], meta.get("namespace"))
         if current is None:
             if wanted_version:
@@ -160,12 +175,10 @@ class ResourceStore:
                 hint="get it again, re-apply your change, or drop metadata.resourceVersion",
             )
         old = json.loads(current.value)
-        old_meta = old.get("metadata") or {}
-        for kept in ("uid", "creationTimestamp"):
-            if old_meta.get(kept):
-                meta[kept] = old_meta[kept]
-        if "status" not in doc and "status" in old:
-            doc["status"] = old["status"]  # status belongs to podnet, not to what users apply
+        keep_server_set(doc, old)
+        if applying and keep_system_owned(rtype.kind, doc, old):
+            parse_resource(doc)  # what was kept still makes a valid object with what was applied
+        check_update(rtype.kind, old, doc)
         extra = self._admit(rtype, doc, old, allocator)
         encoded = self._encode(doc)
         action = "unchanged" if encoded == current.value else "configured"
@@ -191,7 +204,7 @@ class ResourceStore:
             raise PodnetError(f"the input defines {sorted(dupes)[0]} more than once")
         allocator = self._allocator()  # one for the batch: it remembers what the batch took
         prepared = [
-            self._prepare(resource, self.store.get(key), allocator)
+            self._prepare(resource, self.store.get(key), allocator, applying=True)
             for resource, key in zip(resources, keys, strict=True)
         ]
         results: list[ApplyResult] = []

@@ -8,15 +8,22 @@
 - ``populate_by_name``: Python code may construct objects with attribute names.
 - Opaque fields (typed ``Any``: Kubernetes fields podnet keeps but does not interpret) must hold
   JSON values: ``.inf``/``.nan`` or a non-string key would not survive ``to_dict`` and the datastore.
+- ``null`` decodes as the Kubernetes API server (Go's JSON) decodes it: an optional field given
+  ``null`` is absent (its default applies); a required mapping or object is ``{}`` and a required
+  list ``[]`` (``podSelector: null`` selects every pod, as ``{}`` does); a required scalar is
+  missing ("required").
 """
 
 from __future__ import annotations
 
 import math
+import typing
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.fields import FieldInfo
 
 from podnet.model.problems import Problems, join_path, printable
 
@@ -57,6 +64,41 @@ def _not_json(value: Any) -> tuple[str, str] | None:
     return "", "must be a JSON value (a string, number, boolean, list or mapping)"
 
 
+def _unwrap(annotation: Any) -> Any:
+    """The type under ``Annotated[...]`` (validators and aliases stripped)."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
+def _null_as(field: FieldInfo) -> Callable[[], Any] | None:
+    """What ``null`` decodes to for this field: ``dict`` or ``list`` (a factory of the empty value),
+    or ``None``: the field is left out."""
+    if not field.is_required():
+        return None
+    annotation = _unwrap(field.annotation)
+    origin = typing.get_origin(annotation) or annotation
+    if isinstance(origin, type) and issubclass(origin, BaseModel | dict | Mapping):
+        return dict
+    if origin is list:
+        return list
+    return None
+
+
+_NULL_RULES: dict[type, dict[str, Callable[[], Any] | None]] = {}
+
+
+def _null_rules(cls: type[BaseModel]) -> dict[str, Callable[[], Any] | None]:
+    """Per class, by YAML name and attribute name: what a ``null`` value decodes to."""
+    rules = _NULL_RULES.get(cls)
+    if rules is None:
+        rules = {}
+        for name, field in cls.model_fields.items():
+            rules[name] = rules[field.alias or name] = _null_as(field)
+        _NULL_RULES[cls] = rules
+    return rules
+
+
 class ApiModel(BaseModel):
     """Base class of every object in a podnet resource (metadata, specs, rules, ...)."""
 
@@ -66,6 +108,23 @@ class ApiModel(BaseModel):
         populate_by_name=True,
         alias_generator=to_camel,
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_empty(cls, data: Any) -> Any:
+        """``null`` as the API server decodes it (see the module docstring)."""
+        if not isinstance(data, dict) or None not in data.values():
+            return data
+        rules = _null_rules(cls)
+        decoded = {}
+        for key, value in data.items():
+            if value is None and key in rules:
+                empty = rules[key]
+                if empty is None:
+                    continue
+                value = empty()
+            decoded[key] = value
+        return decoded
 
     @model_validator(mode="after")
     def _opaque_values_are_json(self) -> Any:

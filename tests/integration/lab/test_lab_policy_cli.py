@@ -10,12 +10,12 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from lab_cli import podnet
 
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
@@ -42,17 +42,6 @@ POLICY = {
         ],
     },
 }
-
-
-def podnet(names: LabNames, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PODNET_LAB_PREFIX": names.prefix}
-    env.pop("PODNET_ETCD_ENDPOINTS", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "podnet.cli.main", *args], capture_output=True, text=True, env=env, timeout=60
-    )
-    if check:
-        assert proc.returncode == 0, f"podnet {args}: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 def until(what: str, predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
