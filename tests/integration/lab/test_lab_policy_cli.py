@@ -10,12 +10,11 @@ import json
 import os
 import secrets
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from lab_cli import podnet
+from lab_support import podnet, until
 
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
@@ -42,16 +41,6 @@ POLICY = {
         ],
     },
 }
-
-
-def until(what: str, predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def nft_json(names: LabNames, node: str) -> list[dict]:

@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import time
 from pathlib import Path
 
 import pytest
-from lab_cli import podnet
+from lab_support import podnet, policy_applied
 
-from podnet.calc.policy_status import PolicyReport
 from podnet.datastore.etcd import EtcdDatastore
-from podnet.datastore.keys import KeyLayout
+from podnet.datastore.resources import ResourceStore
 from podnet.lab import cluster
 from podnet.lab.cleanup import clean
 from podnet.lab.naming import LabNames
@@ -48,23 +46,6 @@ spec: {podSelector: {matchLabels: {role: locked}}, policyTypes: [Ingress]}
 """
 
 
-def wait_programmed(names: LabNames, node: str, revision: int, timeout: float = 15.0) -> None:
-    """Until ``node``'s agent reports a policy ruleset nft accepted at ``revision`` or later."""
-    store = EtcdDatastore([cluster.running_endpoint(names)])
-    try:
-        key = KeyLayout.from_env().policy_status(node)
-        deadline = time.monotonic() + timeout
-        while True:
-            kv = store.get(key)
-            report = PolicyReport.from_json(kv.value) if kv else None
-            if report and report.error is None and report.applied_revision >= revision:
-                return
-            assert time.monotonic() < deadline, f"{node} never programmed revision {revision}: {report}"
-            time.sleep(0.05)
-    finally:
-        store.close()
-
-
 def test_reapplied_pod_manifest_keeps_its_node_and_its_policy(tmp_path: Path):
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
     cluster.up(LabSpec(nodes=2, underlay=random_underlay()), names)
@@ -94,7 +75,8 @@ def test_reapplied_pod_manifest_keeps_its_node_and_its_policy(tmp_path: Path):
             name: p["spec"]["nodeName"] for name, p in pods.items()
         }
 
-        wait_programmed(names, node, int(pods["srv"]["metadata"]["resourceVersion"]))
+        store = ResourceStore(EtcdDatastore([cluster.running_endpoint(names)]))
+        policy_applied(store, [node], int(pods["srv"]["metadata"]["resourceVersion"]))
         blocked = podnet(names, *probe, check=False)
         assert blocked.returncode == 1 and "FAILED" in blocked.stdout, blocked.stdout
         explain = podnet(names, "policy", "explain", "--from", "t/cli", "--to", "t/srv", "--port", "80/TCP")
