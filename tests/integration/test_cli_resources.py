@@ -214,3 +214,19 @@ def test_apply_namespace_flag_as_kubectl(podnet, tmp_path):
     assert podnet("apply", "-n", "b", "-f", write(tmp_path, "r.yaml", cluster_scoped))[1].strip() == (
         "ippools/p created"
     )
+
+
+def test_delete_namespace_flag_as_kubectl(podnet, tmp_path):
+    """``podnet delete -n NS -f FILE`` deletes namespace-less manifests from NS, as kubectl does."""
+    path = write(
+        tmp_path,
+        "p.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+        "metadata: {name: d}\nspec: {podSelector: {}}\n",
+    )
+    assert podnet("apply", "-n", "b", "-f", path)[0] == 0
+    code, out, _ = podnet("delete", "-n", "a", "-f", path)
+    assert code != 0 and out == ""  # not in a
+    assert podnet("get", "netpol", "-A", "-o", "name")[1].split() == ["networkpolicies/d"]
+    assert podnet("delete", "-n", "b", "-f", path)[:2] == (0, "networkpolicies/d deleted\n")
+    assert podnet("get", "netpol", "-A", "-o", "name")[1].split() == []

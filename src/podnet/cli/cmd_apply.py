@@ -9,9 +9,6 @@ and the manifest leaves out, and each object is reported ``created``, ``configur
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
-
-from podnet.errors import ValidationError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,35 +33,8 @@ def describe(resource, rtype) -> str:
     return f"{rtype.plural}/{resource.metadata.name}" if rtype else resource.metadata.name
 
 
-def in_namespace(resources: Sequence, namespace: str | None) -> list:
-    """``resources`` with namespaced ones that name no namespace placed in ``namespace``; one
-    that names another is refused, in kubectl's words, before anything is written."""
-    if namespace is None:
-        return list(resources)
-    placed, problems = [], []
-    for r in resources:
-        if not r.NAMESPACED:
-            placed.append(r)
-        elif r.metadata.namespace is None:
-            placed.append(r.with_namespace(namespace))
-        elif r.metadata.namespace != namespace:
-            problems.append(
-                (
-                    r.describe(),
-                    f'the namespace from the provided object "{r.metadata.namespace}" does not match the '
-                    f"namespace \"{namespace}\". You must pass '--namespace={r.metadata.namespace}' "
-                    "to perform this operation.",
-                )
-            )
-        else:
-            placed.append(r)
-    if problems:
-        raise ValidationError(problems, subject="nothing was applied")
-    return placed
-
-
 def run(args: argparse.Namespace) -> int:
-    from podnet.cli.context import load_resources, resource_store
+    from podnet.cli.context import in_namespace, load_resources, resource_store
     from podnet.model import resource_type_for
 
     resources = in_namespace(load_resources(args.filename), args.namespace)

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from podnet.cli.context import load_resources, resource_store
+    from podnet.cli.context import in_namespace, load_resources, resource_store
     from podnet.errors import NotFoundError
     from podnet.model import lookup, resource_type_for
 
@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     if args.filename:
         if args.kind:
             raise PodnetError("give either KIND NAME or -f FILE, not both")
-        for r in load_resources(args.filename):
+        for r in in_namespace(load_resources(args.filename), args.namespace):
             targets.append((resource_type_for(r.api_version, r.kind), r.metadata.name, r.metadata.namespace))
     else:
         if not args.kind or not args.names:

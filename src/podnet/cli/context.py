@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from podnet.errors import PodnetError
+from podnet.errors import PodnetError, ValidationError
 
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -84,3 +85,30 @@ def cluster_cache(store):  # type: ignore[no-untyped-def]
     cache = ClusterCache(layout)
     cache.reset([*resources, *endpoints], max(rev1, rev2))
     return cache
+
+
+def in_namespace(resources: Sequence, namespace: str | None) -> list:
+    """``resources`` with namespaced ones that name no namespace placed in ``namespace``; one
+    that names another is refused, in kubectl's words, before anything is written."""
+    if namespace is None:
+        return list(resources)
+    placed, problems = [], []
+    for r in resources:
+        if not r.NAMESPACED:
+            placed.append(r)
+        elif r.metadata.namespace is None:
+            placed.append(r.with_namespace(namespace))
+        elif r.metadata.namespace != namespace:
+            problems.append(
+                (
+                    r.describe(),
+                    f'the namespace from the provided object "{r.metadata.namespace}" does not match the '
+                    f"namespace \"{namespace}\". You must pass '--namespace={r.metadata.namespace}' "
+                    "to perform this operation.",
+                )
+            )
+        else:
+            placed.append(r)
+    if problems:
+        raise ValidationError(problems, subject="nothing was applied")
+    return placed
