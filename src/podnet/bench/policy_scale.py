@@ -491,7 +491,7 @@ def parse_sync_histogram(text: str) -> dict[str, float]:
 
 
 def sync_histogram(netns: str) -> dict[str, float]:
-    from podnet.lab.netns import run_in_netns
+    from podnet.dataplane.netns import run_in_netns
 
     proc = run_in_netns(netns, ["curl", "-s", "--max-time", "5", "http://127.0.0.1:9099/metrics"])
     return parse_sync_histogram(proc.stdout)

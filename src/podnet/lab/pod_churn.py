@@ -358,8 +358,8 @@ def leftovers(
     addresses, endpoint records, IPAM handles, queued DELs, libcni cache entries, netns."""
     from podnet.agent.api import delete_queue_dir
     from podnet.dataplane.endpoint import host_ifname_for
+    from podnet.dataplane.netns import netns_exists
     from podnet.ipam import IPAM
-    from podnet.lab.netns import netns_exists
 
     meta = LabState(lab.names.state_dir).meta()["nodes"]
     ifnames = {host_ifname_for(p, "chaos", s.pod) for s in sandboxes for p in ("cali", "lxc")}
