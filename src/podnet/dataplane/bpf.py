@@ -209,6 +209,19 @@ def ensure_bpffs(path: str = BPFFS) -> None:
     log.info("mounted bpffs on %s", path)
 
 
+def ensure_pin_dir(pin_dir: str, error: type[BpfError] = BpfError) -> None:
+    """Create ``pin_dir`` on a bpf filesystem: bpffs is mounted on ``BPFFS`` first when the directory
+    is below it; a directory elsewhere must already be on one (``error`` says so, with a hint)."""
+    if pin_dir.startswith(BPFFS + "/"):
+        ensure_bpffs(BPFFS)
+    os.makedirs(pin_dir, exist_ok=True)
+    if not is_bpffs(pin_dir):
+        raise error(
+            f"pin directory {pin_dir} is not on a bpf filesystem",
+            hint=f"mount -t bpf bpf <dir> first, or use a pin_dir under {BPFFS}",
+        )
+
+
 def unpin_tree(path: str) -> None:
     """Remove a directory of pins (unlinking a pin drops a reference; attached programs stay)."""
     with contextlib.suppress(FileNotFoundError):
