@@ -92,18 +92,8 @@ def run_tool(argv: Sequence[str], netns: str | None = None, *, check: bool = Tru
     process's mounts (bpffs pins stay visible), unlike ``ip netns exec``.
     """
 
-    def spawn() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            list(argv),
-            capture_output=True,
-            text=True,
-            timeout=TOOL_TIMEOUT,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-
     try:
-        proc = run_in_netns(netns, spawn)
+        proc = run_in_netns(netns, argv, timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
         raise BpfError(f"{argv[0]} is not installed", hint=PACKAGES_HINT) from None
     if check and proc.returncode != 0:
