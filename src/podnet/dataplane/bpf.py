@@ -453,6 +453,16 @@ class BpfMap:
         return [raw[i : i + self.info.value_size] for i in range(0, len(raw), stride)]
 
 
+def percpu_counters(pinned: str, names: Sequence[str]) -> dict[str, int]:
+    """A pinned per-CPU array of u64 counters, slot ``i`` named ``names[i]``, each summed over CPUs."""
+    out = {}
+    with BpfMap(pinned) as counters:
+        for index, name in enumerate(names):
+            raw = counters.lookup(struct.pack("=I", index)) or b""
+            out[name] = sum(struct.unpack("=Q", v)[0] for v in counters.percpu_values(raw))
+    return out
+
+
 # ---------------------------------------------------------------------- load with bpftool
 
 

@@ -405,12 +405,7 @@ class IPIPTunnel:
         """Packet counters of the programs, summed over CPUs (empty in kernel mode)."""
         if self.mode == "kernel":
             return {}
-        out = {}
-        with bpf.BpfMap(self._pin(STATS_MAP)) as smap:
-            for index, name in enumerate(STATS):
-                raw = smap.lookup(struct.pack("=I", index)) or b""
-                out[name] = sum(struct.unpack("=Q", v)[0] for v in smap.percpu_values(raw))
-        return out
+        return bpf.percpu_counters(self._pin(STATS_MAP), STATS)
 
     # ------------------------------------------------------------------ remove
 

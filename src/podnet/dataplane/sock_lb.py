@@ -624,12 +624,7 @@ class SocketLB:
 
     def stats(self) -> dict[str, int]:
         """The programs' counters, summed over CPUs."""
-        out = {}
-        with bpf.BpfMap(self._pin(STATS_MAP)) as smap:
-            for index, name in enumerate(STATS):
-                raw = smap.lookup(struct.pack("=I", index)) or b""
-                out[name] = sum(struct.unpack("=Q", v)[0] for v in smap.percpu_values(raw))
-        return out
+        return bpf.percpu_counters(self._pin(STATS_MAP), STATS)
 
     def flush_affinity(self, ids: Iterable[int] | None = None) -> int:
         """Forget remembered affinity (of the service ``ids``, or all). Returns entries removed."""
