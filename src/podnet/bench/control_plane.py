@@ -22,12 +22,13 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from podnet.bench.stats import latency_summary
+from podnet.dataplane.netns import netns_path
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
 from podnet.lab import cluster
 from podnet.lab.cni_runtime import CNIRuntime
 from podnet.lab.naming import LabNames
-from podnet.lab.netns import create_netns, delete_netns, netns_path
+from podnet.lab.netns import create_netns, delete_netns
 from podnet.lab.state import LabState
 from podnet.lab.topology import LabSpec, random_underlay
 from podnet.model import lookup, parse_resource

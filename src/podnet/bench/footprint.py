@@ -51,13 +51,12 @@ import ipaddress
 import os
 import secrets
 import signal
-import subprocess
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from podnet.bench.monitor import LineMonitor
 from podnet.bench.policy_scale import (
     RuleMonitor,
     Workload,
@@ -190,49 +189,23 @@ def parse_route_line(line: str) -> ipaddress.IPv4Network | None:
         return None
 
 
-class RouteMonitor:
+class RouteMonitor(LineMonitor):
     """``ip monitor route`` in one node netns: when each gateway route first appeared."""
 
     def __init__(self, netns: str) -> None:
-        self.netns = netns
         self.seen: list[tuple[ipaddress.IPv4Network, float]] = []
-        self.cond = threading.Condition()
-        cmd = ["ip", "netns", "exec", netns, "ip", "monitor", "route"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
+        super().__init__(netns, ["ip", "monitor", "route"])
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            now = time.perf_counter()
-            dst = parse_route_line(line)
-            if dst is not None:
-                with self.cond:
-                    self.seen.append((dst, now))
-                    self.cond.notify_all()
+    def parse(self, line: str) -> ipaddress.IPv4Network | None:
+        return parse_route_line(line)
+
+    def record(self, item: ipaddress.IPv4Network, at: float) -> None:
+        self.seen.append((item, at))
 
     def first_covering(self, address: str, timeout: float) -> float | None:
         """perf_counter() of the first route seen whose destination contains ``address``."""
         ip = ipaddress.IPv4Address(address)
-        deadline = time.perf_counter() + timeout
-        with self.cond:
-            while True:
-                hits = [at for dst, at in self.seen if ip in dst]
-                if hits:
-                    return min(hits)
-                left = deadline - time.perf_counter()
-                if left <= 0 or self.proc.poll() is not None:
-                    return None
-                self.cond.wait(min(left, 0.5))
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        return self.wait_until(lambda: min((at for dst, at in self.seen if ip in dst), default=None), timeout)
 
 
 def _wait_pod_ip(store, namespace: str, name: str, timeout: float) -> str:

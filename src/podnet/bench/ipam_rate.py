@@ -25,11 +25,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from podnet.bench.stats import percentile
 from podnet.datastore.base import Datastore
 from podnet.datastore.keys import KeyLayout
 from podnet.ipam import IPAM, PoolSpec, handle_id
 from podnet.ipam.records import DEFAULT_MAX_BLOCKS_PER_HOST
+from podnet.stats import percentile
 
 BENCH_POOL = PoolSpec("bench", "10.128.0.0/14")  # 256k addresses in /26 blocks
 

@@ -40,15 +40,16 @@ import re
 import secrets
 import statistics
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from podnet.bench.monitor import LineMonitor
 from podnet.bench.stats import latency_summary
 from podnet.bench.throughput import iperf
 from podnet.calc.policy import PodInfo, compile_policies
+from podnet.dataplane.netns import run_in_netns
 from podnet.dataplane.policy import QUALIFIED, chain_name, provenance_comment
 from podnet.lab.naming import LabNames
 from podnet.model import NetworkPolicy, parse_resource
@@ -404,9 +405,7 @@ def count_kernel_rules(doc: dict) -> dict[str, int]:
 
 
 def nft(netns: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["ip", "netns", "exec", netns, "nft", *args], capture_output=True, text=True, timeout=timeout
-    )
+    return run_in_netns(netns, ["nft", *args], timeout=timeout)
 
 
 def kernel_rules(netns: str) -> dict[str, Any]:
@@ -422,48 +421,22 @@ def chain_has(netns: str, chain: str, comment: str) -> bool:
     return proc.returncode == 0 and f'"{comment}"' in proc.stdout
 
 
-class RuleMonitor:
+class RuleMonitor(LineMonitor):
     """``nft monitor rules`` in one node netns: the first time each policy comment appeared."""
 
     def __init__(self, netns: str) -> None:
-        self.netns = netns
         self.seen: dict[str, float] = {}
-        self.cond = threading.Condition()
-        cmd = ["ip", "netns", "exec", netns, "nft", "monitor", "rules"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
+        super().__init__(netns, ["nft", "monitor", "rules"])
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            now = time.perf_counter()
-            if not line.startswith("add rule"):
-                continue
-            comment = parse_comment(line)
-            if comment is not None:
-                with self.cond:
-                    self.seen.setdefault(comment, now)
-                    self.cond.notify_all()
+    def parse(self, line: str) -> str | None:
+        return parse_comment(line) if line.startswith("add rule") else None
+
+    def record(self, item: str, at: float) -> None:
+        self.seen.setdefault(item, at)
 
     def wait_for(self, comment: str, timeout: float) -> float | None:
         """perf_counter() when ``comment`` was first seen (waits up to ``timeout``)."""
-        deadline = time.perf_counter() + timeout
-        with self.cond:
-            while comment not in self.seen:
-                left = deadline - time.perf_counter()
-                if left <= 0 or self.proc.poll() is not None:
-                    return None
-                self.cond.wait(min(left, 0.5))
-            return self.seen[comment]
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        return self.wait_until(lambda: self.seen.get(comment), timeout)
 
 
 # -------------------------------------------------------------------------- agents: memory, metrics
@@ -491,8 +464,6 @@ def parse_sync_histogram(text: str) -> dict[str, float]:
 
 
 def sync_histogram(netns: str) -> dict[str, float]:
-    from podnet.lab.netns import run_in_netns
-
     proc = run_in_netns(netns, ["curl", "-s", "--max-time", "5", "http://127.0.0.1:9099/metrics"])
     return parse_sync_histogram(proc.stdout)
 

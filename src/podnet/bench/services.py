@@ -382,7 +382,7 @@ def wrk_in_pod(
 
 def syn_retransmits(netns: str) -> int:
     """TcpExt.TCPSynRetrans of ``netns`` (``/proc/net`` follows the reader's netns)."""
-    from podnet.lab.netns import run_in_netns
+    from podnet.dataplane.netns import run_in_netns
 
     proc = run_in_netns(netns, ["cat", "/proc/net/netstat"])
     return parse_netstat(proc.stdout).get("TcpExt.TCPSynRetrans", 0)

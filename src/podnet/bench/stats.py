@@ -1,18 +1,12 @@
-"""The statistics every podnet bench reports: nearest-rank percentiles, a latency summary and the
-median/min/max summary of repeated samples."""
+"""The statistics every podnet bench reports: a latency summary (nearest-rank percentiles,
+:func:`podnet.stats.percentile`) and the median/min/max summary of repeated samples."""
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Sequence
 
-
-def percentile(sorted_values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of already sorted values (``p`` in 0..1); NaN when empty."""
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[max(0, math.ceil(p * len(sorted_values)) - 1)]
+from podnet.stats import percentile
 
 
 def latency_summary(seconds: Sequence[float]) -> dict[str, float]:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from podnet.cli.printers import align
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bpf_object", metavar="OBJECT")
@@ -106,12 +108,7 @@ def render_table(progs: list[dict[str, Any]]) -> str:
         )
         for p in progs
     ]
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
-        for r in (header, *rows)
-    ]
-    return "\n".join(line.rstrip() for line in lines) + "\n"
+    return "".join(line + "\n" for line in align([header, *rows], gap="  "))
 
 
 def render_lb_table(services: list[dict[str, Any]]) -> str:
@@ -131,5 +128,4 @@ def render_lb_table(services: list[dict[str, Any]]) -> str:
         rows.append((str(svc["service"]), f"0.0.0.0:0 ({svc['id']}) (0) [{', '.join(notes)}]"))
         rows.extend(("", f"{b['address']} ({svc['id']}) ({b['slot']})") for b in backends)
     header = ("SERVICE ADDRESS", "BACKEND ADDRESS (ID) (SLOT)")
-    width = max(len(r[0]) for r in (header, *rows))
-    return "".join(f"{a.ljust(width)}  {b}".rstrip() + "\n" for a, b in (header, *rows))
+    return "".join(line + "\n" for line in align([header, *rows], gap="  "))

@@ -28,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
     import subprocess
 
     from podnet.dataplane.netlink import Netlink
+    from podnet.dataplane.netns import netns_exists
     from podnet.lab.cluster import lab_names
-    from podnet.lab.netns import netns_exists
 
     if shutil.which("tcpdump") is None:
         raise PodnetError("tcpdump is not installed", hint="apt-get install tcpdump (scripts/setup.sh does)")

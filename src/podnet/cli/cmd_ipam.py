@@ -118,9 +118,9 @@ def _show(args, ipam, resources) -> int:
     if len(rows) == 1:
         print("No IP pools found.")
         return 0
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    from podnet.cli.printers import align
+
+    print("\n".join(align(rows)))
     return 0
 
 

@@ -94,17 +94,9 @@ def peer_rows(protocols: list[dict], today: dt.date | None = None) -> list[tuple
 
 def render_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
     """A go-pretty style box table (what calicoctl prints): centred headers, left-aligned cells."""
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    from podnet.cli.printers import align
 
-    def centre(text: str, width: int) -> str:
-        left = (width - len(text)) // 2
-        return " " * left + text + " " * (width - len(text) - left)
-
-    lines = [rule, "| " + " | ".join(centre(h, w) for h, w in zip(headers, widths, strict=True)) + " |", rule]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
-    lines.append(rule)
-    return "\n".join(lines)
+    return "\n".join(align([headers, *rows], box=True))
 
 
 def format_status(protocols: list[dict], today: dt.date | None = None) -> str:

@@ -1,4 +1,6 @@
-"""Output formats of ``podnet get``: a table (plain or ``wide``), YAML and JSON.
+"""Output formats of ``podnet get``: a table (plain or ``wide``), YAML and JSON; and
+:func:`align`, the one column aligner of every CLI table (``get``, ``ipam show``, ``bpf list``,
+``bpf lb list``, ``node status``).
 
 YAML/JSON of one named object prints that object; of several, a ``kind: List`` like kubectl,
 which ``podnet apply -f`` reads back. Table columns per kind are defined in ``COLUMNS``.
@@ -125,10 +127,33 @@ def table(docs: Sequence[dict], kind: str, *, wide: bool, namespaced: bool, all_
     rows = [[c[0] for c in columns]]
     for doc in docs:
         rows.append(["" if (v := c[1](doc)) is None else _cell(v) for c in columns])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
-    return "\n".join(
-        "   ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    )
+    return "\n".join(align(rows))
+
+
+def align(rows: Sequence[Sequence[str]], *, gap: str = "   ", box: bool = False) -> list[str]:
+    """``rows`` (the first one is the header) as lines, each column padded to its widest cell.
+
+    Plain: cells joined by ``gap``, trailing spaces stripped (kubectl's and calicoctl's lists).
+    ``box``: calicoctl's go-pretty box (``| cell | cell |`` between ``+---+`` rules, the header
+    centred, the extra space of an odd gap on its right).
+    """
+    if not rows:
+        return []
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    if not box:
+        return [gap.join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+    def line(cells: Sequence[str], pad: Callable[[str, int], str]) -> str:
+        return "| " + " | ".join(pad(c, w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    header, *body = rows
+    return [rule, line(header, _centre), rule, *(line(r, str.ljust) for r in body), rule]
+
+
+def _centre(text: str, width: int) -> str:
+    left = (width - len(text)) // 2  # str.center puts the odd space on the left
+    return " " * left + text + " " * (width - len(text) - left)
 
 
 def _cell(value: Any) -> str:

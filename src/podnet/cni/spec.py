@@ -2,7 +2,9 @@
 
 Pure functions over the standard library (the plugin must start in milliseconds: no dataclasses,
 typing, logging or ipaddress here). Everything follows CNI spec 1.1.0 and, where the spec is silent,
-what ``containernetworking/cni``'s ``skel`` and ``libcni`` do (see ``reference/cni-spec.md``).
+what ``containernetworking/cni``'s ``skel`` and ``libcni`` do (the spec:
+https://github.com/containernetworking/cni/blob/main/SPEC.md, labelled 1.1.0 but later than the
+spec-v1.1.0 tag: ``disableGC``, ``cni.dev/valid-attachments``, drop-in directories).
 
 Versions (:mod:`podnet.cni.versions`)
     podnet-cni supports 0.3.0, 0.3.1, 0.4.0, 1.0.0 and 1.1.0: every version whose result has the

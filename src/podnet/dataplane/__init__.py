@@ -1,15 +1,28 @@
 """dataplane: everything that writes to the Linux kernel (desired state in, minimal writes out).
 
-    netns.py       netns targets (name, /run/netns/x, /proc/PID/ns/net); run a function inside one
-                   on a helper thread (setns is per thread), never moving the process
-    netlink.py     THE rtnetlink adapter (links, addresses, routes, neighbours, sysctls, batches);
-                   nothing else in podnet imports pyroute2
-    rtnl_codec.py  the few rtnetlink write messages, encoded with struct (the fast path of netlink.py)
-    sysctl.py      /proc/sys read/write as seen from a given netns
-    routes.py      Route, plan_routes (pure diff), RouteManager (owns routes of protocol 112)
-    endpoint.py    pod wiring for CNI ADD/DEL/CHECK (Calico and Cilium schemes), ensure_router_device
-    mtu.py         underlay MTU detection and pod MTU = underlay - encapsulation overhead
-    errors.py      DataplaneError tree: KernelError keeps errno, operation and netns
+Every module of the package, one line each (``tests/unit/test_package_docs.py`` checks the list is
+complete):
+
+    netns.py         THE netns helper module: netns targets (name, /run/netns/x, /proc/PID/ns/net);
+                     run a function or a command inside one on a helper thread (setns is per
+                     thread), never moving the process; in_netns/enter_netns move the current thread
+    netlink.py       THE rtnetlink adapter (links, addresses, routes, neighbours, sysctls, batches);
+                     the only importer of pyroute2 besides the lab's builder (lab/fabric.py)
+    rtnl_codec.py    the few rtnetlink write messages, encoded with struct (the fast path of netlink.py)
+    sysctl.py        /proc/sys read/write as seen from a given netns
+    routes.py        Route, plan_routes (pure diff), RouteManager (owns routes of protocol 112)
+    endpoint.py      pod wiring for CNI ADD/DEL/CHECK (Calico and Cilium schemes), ensure_router_device
+    mtu.py           underlay MTU detection and pod MTU = underlay - encapsulation overhead
+    vxlan.py         the VXLAN tunnel: one kernel device per node, no multicast, no learning
+    ipip.py          the IPIP tunnel (Calico's tunl0), in tc eBPF where the kernel has no ipip
+    bpf.py           eBPF plumbing: clang (cached), bpftool load/pin, tc attach, maps via bpf(2), bpffs
+    sock_lb.py       Service load balancing at the socket (Cilium's socket-LB): cgroup v2 eBPF
+    nft.py           what the nftables managers share: one ``nft -f`` transaction, table adoption
+    policy.py        NetworkPolicy enforcement: the compiled PolicyPlan as one nftables table
+    services_nft.py  Kubernetes Services as one nftables table (kube-proxy's nftables proxier)
+    nat.py           natOutgoing: pods leaving every IP pool are masqueraded to the node address
+    bird.py          running BIRD 2 for one node: config, start, reload on change, status
+    errors.py        DataplaneError tree: KernelError keeps errno, operation and netns
 
 Submodules are imported explicitly (``from podnet.dataplane.endpoint import wire_endpoint``); this
 package imports nothing, so importing it does not pull in pyroute2.

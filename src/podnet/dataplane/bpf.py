@@ -92,18 +92,8 @@ def run_tool(argv: Sequence[str], netns: str | None = None, *, check: bool = Tru
     process's mounts (bpffs pins stay visible), unlike ``ip netns exec``.
     """
 
-    def spawn() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            list(argv),
-            capture_output=True,
-            text=True,
-            timeout=TOOL_TIMEOUT,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-
     try:
-        proc = run_in_netns(netns, spawn)
+        proc = run_in_netns(netns, argv, timeout=TOOL_TIMEOUT, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
         raise BpfError(f"{argv[0]} is not installed", hint=PACKAGES_HINT) from None
     if check and proc.returncode != 0:
@@ -207,6 +197,19 @@ def ensure_bpffs(path: str = BPFFS) -> None:
         err = ctypes.get_errno()
         raise BpfError(f"mount -t bpf bpf {path}: {os.strerror(err)}", hint="mounting needs root")
     log.info("mounted bpffs on %s", path)
+
+
+def ensure_pin_dir(pin_dir: str, error: type[BpfError] = BpfError) -> None:
+    """Create ``pin_dir`` on a bpf filesystem: bpffs is mounted on ``BPFFS`` first when the directory
+    is below it; a directory elsewhere must already be on one (``error`` says so, with a hint)."""
+    if pin_dir.startswith(BPFFS + "/"):
+        ensure_bpffs(BPFFS)
+    os.makedirs(pin_dir, exist_ok=True)
+    if not is_bpffs(pin_dir):
+        raise error(
+            f"pin directory {pin_dir} is not on a bpf filesystem",
+            hint=f"mount -t bpf bpf <dir> first, or use a pin_dir under {BPFFS}",
+        )
 
 
 def unpin_tree(path: str) -> None:
@@ -448,6 +451,16 @@ class BpfMap:
     def percpu_values(self, raw: bytes) -> list[bytes]:
         stride = (self.info.value_size + 7) & ~7
         return [raw[i : i + self.info.value_size] for i in range(0, len(raw), stride)]
+
+
+def percpu_counters(pinned: str, names: Sequence[str]) -> dict[str, int]:
+    """A pinned per-CPU array of u64 counters, slot ``i`` named ``names[i]``, each summed over CPUs."""
+    out = {}
+    with BpfMap(pinned) as counters:
+        for index, name in enumerate(names):
+            raw = counters.lookup(struct.pack("=I", index)) or b""
+            out[name] = sum(struct.unpack("=Q", v)[0] for v in counters.percpu_values(raw))
+    return out
 
 
 # ---------------------------------------------------------------------- load with bpftool

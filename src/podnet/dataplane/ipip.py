@@ -243,7 +243,7 @@ class IPIPTunnel:
         if self.mode == "kernel":
             self._ensure_kernel_device()
             return
-        self._ensure_bpffs()
+        bpf.ensure_pin_dir(self.pin_dir)
         obj = bpf.compile_program(self.source, self.cache_dir)
         key = Path(obj).stem.rsplit("-", 1)[-1]
         with Netlink.open(self.netns) as nl:
@@ -260,17 +260,6 @@ class IPIPTunnel:
                 cfg.update(bytes(4), want)
         self._attach_all(progs)
         self._drop_stale(f"prog-{key}")
-
-    def _ensure_bpffs(self) -> None:
-        root = bpf.BPFFS
-        if self.pin_dir.startswith(root + "/"):
-            bpf.ensure_bpffs(root)
-        os.makedirs(self.pin_dir, exist_ok=True)
-        if not bpf.is_bpffs(self.pin_dir):
-            raise bpf.BpfError(
-                f"pin directory {self.pin_dir} is not on a bpf filesystem",
-                hint=f"mount -t bpf bpf <dir> first, or use a pin_dir under {root}",
-            )
 
     def _ensure_device(self, nl: Netlink, mtu: int) -> Link:
         link = nl.link_find(TUNNEL_DEVICE)
@@ -416,12 +405,7 @@ class IPIPTunnel:
         """Packet counters of the programs, summed over CPUs (empty in kernel mode)."""
         if self.mode == "kernel":
             return {}
-        out = {}
-        with bpf.BpfMap(self._pin(STATS_MAP)) as smap:
-            for index, name in enumerate(STATS):
-                raw = smap.lookup(struct.pack("=I", index)) or b""
-                out[name] = sum(struct.unpack("=Q", v)[0] for v in smap.percpu_values(raw))
-        return out
+        return bpf.percpu_counters(self._pin(STATS_MAP), STATS)
 
     # ------------------------------------------------------------------ remove
 

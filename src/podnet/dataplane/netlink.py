@@ -1,6 +1,9 @@
 """The one netlink adapter of podnet: a small verb-shaped API bound to one network namespace.
 
-Everything in podnet that talks rtnetlink goes through ``Netlink``; nothing else imports pyroute2.
+Everything podnet's agent and CNI path do over rtnetlink goes through ``Netlink``; the only other
+importer of pyroute2 is the lab's builder (``podnet.lab.fabric``, which makes the lab's own
+namespaces, links and addresses before any podnet component runs; checked by
+``tests/unit/test_package_docs.py``).
 Results come back as small frozen dataclasses (``Link``, ``Address``, ``KernelRoute``,
 ``Neighbour``), never as pyroute2 messages, and every failure is a ``KernelError`` that keeps the
 errno, names the operation and the namespace, and carries the kernel's extended-ack text

@@ -19,24 +19,15 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from podnet.dataplane.errors import DataplaneError
+from podnet.dataplane.netns import run_in_netns
 
 NFT_TIMEOUT = 60.0
 R = TypeVar("R")
 
 
-def _in_netns(cmd: list[str], netns: str | None) -> list[str]:
-    return ["ip", "netns", "exec", netns, *cmd] if netns else cmd
-
-
 def run_nft(script: str, netns: str | None, what: str, hint: str | None = None) -> None:
     """Apply ``script`` as one atomic ``nft -f`` transaction; DataplaneError with nft's message."""
-    proc = subprocess.run(
-        _in_netns(["nft", "-f", "-"], netns),
-        input=script,
-        capture_output=True,
-        text=True,
-        timeout=NFT_TIMEOUT,
-    )
+    proc = run_in_netns(netns, ["nft", "-f", "-"], input=script, timeout=NFT_TIMEOUT)
     if proc.returncode != 0:
         raise DataplaneError(f"nft rejected the {what} transaction: {proc.stderr.strip()}", hint=hint)
 
@@ -67,12 +58,7 @@ def canonical(doc: dict[str, Any]) -> dict[str, Any]:
 
 def list_table(family: str, table: str, netns: str | None) -> dict[str, Any] | None:
     """The table as ``nft -j -s`` lists it, or None when it does not exist."""
-    proc = subprocess.run(
-        _in_netns(["nft", "-j", "-s", "list", "table", family, table], netns),
-        capture_output=True,
-        text=True,
-        timeout=NFT_TIMEOUT,
-    )
+    proc = run_in_netns(netns, ["nft", "-j", "-s", "list", "table", family, table], timeout=NFT_TIMEOUT)
     return json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout.strip() else None
 
 

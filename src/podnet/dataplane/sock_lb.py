@@ -501,7 +501,7 @@ class SocketLB:
         """Maps pinned, programs loaded and attached to the cgroup. Idempotent; maps never flushed."""
         self._state = None  # maps may be replaced (new layout) or adopted: read them on the next sync
         self._check_cgroup()
-        self._ensure_bpffs()
+        bpf.ensure_pin_dir(self.pin_dir, SockLBError)
         obj = bpf.compile_program(self.source, self.cache_dir)
         key = Path(obj).stem.rsplit("-", 1)[-1]
         progs = bpf.ensure_objects(
@@ -524,17 +524,6 @@ class SocketLB:
             raise SockLBError(
                 f"{self.cgroup} is the root of a cgroup v2 hierarchy: refusing to attach there",
                 hint="attach to the node's own cgroup; the root one holds every process of the machine",
-            )
-
-    def _ensure_bpffs(self) -> None:
-        root = bpf.BPFFS
-        if self.pin_dir.startswith(root + "/"):
-            bpf.ensure_bpffs(root)
-        os.makedirs(self.pin_dir, exist_ok=True)
-        if not bpf.is_bpffs(self.pin_dir):
-            raise SockLBError(
-                f"pin directory {self.pin_dir} is not on a bpf filesystem",
-                hint=f"mount -t bpf bpf <dir> first, or use a pin_dir under {root}",
             )
 
     def _attached(self) -> list[dict[str, Any]]:
@@ -635,12 +624,7 @@ class SocketLB:
 
     def stats(self) -> dict[str, int]:
         """The programs' counters, summed over CPUs."""
-        out = {}
-        with bpf.BpfMap(self._pin(STATS_MAP)) as smap:
-            for index, name in enumerate(STATS):
-                raw = smap.lookup(struct.pack("=I", index)) or b""
-                out[name] = sum(struct.unpack("=Q", v)[0] for v in smap.percpu_values(raw))
-        return out
+        return bpf.percpu_counters(self._pin(STATS_MAP), STATS)
 
     def flush_affinity(self, ids: Iterable[int] | None = None) -> int:
         """Forget remembered affinity (of the service ``ids``, or all). Returns entries removed."""

@@ -205,8 +205,9 @@ class Sandbox:
     def __init__(self, names: LabNames, node: str) -> None:
         import uuid
 
+        from podnet.dataplane.netns import netns_path
         from podnet.lab.cni_runtime import CNIRuntime
-        from podnet.lab.netns import create_netns, netns_path
+        from podnet.lab.netns import create_netns
 
         meta = LabState(names.state_dir).meta()["nodes"][node]
         self.runtime = CNIRuntime(

@@ -3,7 +3,9 @@
 The lab's kubelet uses this to wire pods exactly as a real node would, so podnet-cni is exercised
 through the real mechanism (exec, environment, stdin, stdout) and can be chained with Debian's
 reference plugins. Sources: ``containernetworking/cni`` ``libcni/api.go`` and ``conf.go``,
-``pkg/invoke``; SPEC.md §3 (see ``reference/cni-spec.md``).
+``pkg/invoke``; the spec, SPEC.md §3
+(https://github.com/containernetworking/cni/blob/main/SPEC.md, labelled 1.1.0 but later than the
+spec-v1.1.0 tag: ``disableGC``, ``cni.dev/valid-attachments``, drop-in directories).
 
 Loading (:func:`load_conflist`)
     ``*.conflist`` files first, then ``*.conf``/``*.json`` (a single plugin config, wrapped into a

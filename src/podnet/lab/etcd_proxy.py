@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     listener.bind(listen)  # 1. in the namespace we were started in (root)
     listener.listen(1024)
     if args.netns:
-        from podnet.lab.netns import enter_netns
+        from podnet.dataplane.netns import enter_netns
 
         enter_netns(args.netns)  # 2. the process is single-threaded here: all of it moves
     forwarder = Forwarder(listener, upstream)

@@ -10,7 +10,7 @@ Order, each step recorded in the state before it is carried out (``down`` ignore
     5. files        state dir layout: nodes/<node>/{cni/net.d,log}; cgroup podnet-lab-<stem>/<node>
 
 Netlink is pyroute2 (the project's netlink library): an ``IPRoute`` opened while the thread is in a
-namespace stays bound to it (:func:`podnet.lab.netns.in_netns`). Nothing is ever created in the
+namespace stays bound to it (:func:`podnet.dataplane.netns.in_netns`). Nothing is ever created in the
 root namespace.
 
 sysctls, and why:
@@ -34,8 +34,11 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from podnet.dataplane import sysctl
+from podnet.dataplane.errors import KernelNotFound
+from podnet.dataplane.netns import in_netns, netns_exists, netns_path
 from podnet.lab.naming import LabError, LabNames
-from podnet.lab.netns import create_cgroup, create_netns, in_netns, netns_exists, netns_path, write_sysctl
+from podnet.lab.netns import create_cgroup, create_netns
 from podnet.lab.state import LabState
 from podnet.lab.topology import Host, LabSpec, Topology, build_topology
 
@@ -98,14 +101,12 @@ def build_fabric(topo: Topology, state: LabState, *, cgroups: bool = True) -> Fa
         report.namespaces.append(ns)
 
     # 2. sysctls, before any link exists so new interfaces inherit the "default" values.
-    for key, value in FABRIC_SYSCTLS.items():
-        write_sysctl(key, value, topo.fabric_ns)
+    sysctl.write_many(FABRIC_SYSCTLS, topo.fabric_ns)
     for key, value in FABRIC_OPTIONAL_SYSCTLS.items():
-        with contextlib.suppress(FileNotFoundError):
-            write_sysctl(key, value, topo.fabric_ns)
+        with contextlib.suppress(KernelNotFound):
+            sysctl.write(key, value, topo.fabric_ns)
     for host in topo.hosts:
-        for key, value in host_sysctls(host).items():
-            write_sysctl(key, value, host.netns)
+        sysctl.write_many(host_sysctls(host), host.netns)
 
     # 3. fabric: bridges and veths whose peers are born inside the host namespaces.
     with in_netns(topo.fabric_ns), IPRoute() as ipr:

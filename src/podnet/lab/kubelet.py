@@ -30,13 +30,14 @@ from datetime import UTC, datetime
 
 from podnet.agent.log import kv
 from podnet.agent.log import setup as setup_logging
+from podnet.dataplane.netns import netns_path
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
 from podnet.datastore.sync import PrefixSync, Snapshot
 from podnet.errors import ConflictError, NotFoundError
 from podnet.lab.cluster import cni_bin_dir
 from podnet.lab.naming import LabNames
-from podnet.lab.netns import create_cgroup, create_netns, delete_netns, netns_path, remove_cgroup, spawn
+from podnet.lab.netns import create_cgroup, create_netns, delete_netns, remove_cgroup, spawn
 from podnet.lab.podserver import podserver_command
 from podnet.lab.state import LabState, ProcessRecord
 from podnet.model import Pod, lookup, parse_resource

@@ -33,7 +33,6 @@ from podnet.errors import PodnetError
 DEFAULT_PREFIX = "pn-"
 RUN_ROOT = "/run/podnet-lab"
 CGROUP2_ROOT = "/sys/fs/cgroup/unified"
-NETNS_RUN_DIR = "/run/netns"
 MARKER_FLAG = "--lab-prefix"
 MARKER_ENV = "PODNET_LAB_MARKER"
 IFNAMSIZ = 15  # the kernel's limit, without the trailing NUL

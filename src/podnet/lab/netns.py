@@ -1,9 +1,9 @@
-"""Network namespaces, processes and cgroups for the lab: standard library only (fast to import).
+"""Network namespaces, processes and cgroups for the lab (standard library and
+:mod:`podnet.dataplane.netns`, so fast to import).
 
-- ``in_netns(ns)`` moves the *current thread* into a namespace and back (``setns(2)`` through
-  ctypes; Python 3.11 has no ``os.setns``). Network namespaces are per thread, and a socket stays
-  in the namespace it was created in, so one process can open sockets in many namespaces
-  (``probe_matrix``, the etcd proxy) and pyroute2 sockets opened inside stay bound there.
+- Namespace targets, ``in_netns``, ``run_in_netns`` and ``setns`` live in
+  :mod:`podnet.dataplane.netns` (the one netns helper module); this module adds what only the lab
+  does with namespaces: creating, listing and deleting them.
 - ``create_netns``/``delete_netns`` run ``ip netns add/del`` (argument lists, no shell). Why not
   pyroute2's ``netns.create``: it forks the (possibly multi-threaded) interpreter to unshare, and
   ``ip netns`` is the reference for the ``/run/netns`` mount propagation dance that ``ip netns
@@ -24,69 +24,21 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from podnet.lab.naming import MARKER_ENV, NETNS_RUN_DIR, LabError
+from podnet.dataplane.netns import NETNS_RUN_DIR, netns_exists, netns_path
+from podnet.lab.naming import MARKER_ENV, LabError
 
-CLONE_NEWNET = 0x40000000
 IP = "ip"
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
 
-
-# -- namespaces --------------------------------------------------------------------------------
-def netns_path(name_or_path: str) -> str:
-    """``pn-node-1`` → ``/run/netns/pn-node-1``; a path (containing '/') is returned as is."""
-    return name_or_path if "/" in name_or_path else os.path.join(NETNS_RUN_DIR, name_or_path)
-
-
-def setns(fd: int, nstype: int = CLONE_NEWNET) -> None:
-    if _libc.setns(fd, nstype) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
-def enter_netns(name_or_path: str) -> None:
-    """Move the current thread into the namespace for good (used by single-purpose processes)."""
-    fd = os.open(netns_path(name_or_path), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        setns(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def in_netns(name_or_path: str | None) -> Iterator[None]:
-    """Run the block with the current thread in the namespace (``None``: stay where we are)."""
-    if name_or_path is None:
-        yield
-        return
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        try:
-            enter_netns(name_or_path)
-        except FileNotFoundError as exc:
-            raise LabError(f"network namespace {name_or_path} does not exist") from exc
-        try:
-            yield
-        finally:
-            setns(own)  # if this fails the thread is stranded: let the error propagate
-    finally:
-        os.close(own)
-
-
-def netns_exists(name: str) -> bool:
-    return os.path.exists(netns_path(name))
-
-
+# -- namespaces ---------------------------------------------------------------------------------
 def list_netns(prefix: str = "") -> list[str]:
     try:
         return sorted(n for n in os.listdir(NETNS_RUN_DIR) if n.startswith(prefix))
@@ -125,27 +77,6 @@ def _ip(args: list[str]) -> None:
     proc = subprocess.run([IP, *args], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise LabError(f"ip {' '.join(args)} failed: {proc.stderr.strip()}")
-
-
-def write_sysctl(key: str, value: str | int, netns: str | None = None) -> None:
-    """Write ``net.ipv4.ip_forward``-style keys; with ``netns``, in that namespace (per thread)."""
-    with in_netns(netns), open("/proc/sys/" + key.replace(".", "/"), "w") as f:
-        f.write(str(value))
-
-
-def read_sysctl(key: str, netns: str | None = None) -> str:
-    with in_netns(netns), open("/proc/sys/" + key.replace(".", "/")) as f:
-        return f.read().strip()
-
-
-def run_in_netns(
-    netns: str | None, cmd: Sequence[str], *, timeout: float | None = 30.0, check: bool = False, **kwargs
-) -> subprocess.CompletedProcess:
-    """Run ``cmd`` in the namespace (``ip netns exec``), capturing text output."""
-    full = [IP, "netns", "exec", netns, *cmd] if netns else list(cmd)
-    kwargs.setdefault("capture_output", True)
-    kwargs.setdefault("text", True)
-    return subprocess.run(full, timeout=timeout, check=check, **kwargs)
 
 
 # -- processes ---------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from podnet.lab import cluster
 from podnet.lab.chaos import ChaosLab, Sandbox
 from podnet.lab.naming import LabError, LabNames
 from podnet.lab.state import LabState
+from podnet.stats import percentile
 
 IFNAME = "eth0"
 ERR_TRY_AGAIN = 11
@@ -104,14 +105,6 @@ def max_concurrent(intervals: Iterable[tuple[float, float]]) -> int:
         level += step
         peak = max(peak, level)
     return peak
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..100); 0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 def fault_schedule(nodes: Sequence[str], etcd_seconds: float = 4.0) -> list[str]:
@@ -358,8 +351,8 @@ def leftovers(
     addresses, endpoint records, IPAM handles, queued DELs, libcni cache entries, netns."""
     from podnet.agent.api import delete_queue_dir
     from podnet.dataplane.endpoint import host_ifname_for
+    from podnet.dataplane.netns import netns_exists
     from podnet.ipam import IPAM
-    from podnet.lab.netns import netns_exists
 
     meta = LabState(lab.names.state_dir).meta()["nodes"]
     ifnames = {host_ifname_for(p, "chaos", s.pod) for s in sandboxes for p in ("cali", "lxc")}
@@ -503,8 +496,8 @@ def kill_agent_mid_cni(
         "ipam_issues": [str(i) for i in report.issues],
         "leftovers": left,
         "max_in_flight": tally.max_in_flight,
-        "add_p50_ms": round(percentile(tally.add_seconds, 50) * 1e3, 1),
-        "add_p99_ms": round(percentile(tally.add_seconds, 99) * 1e3, 1),
+        "add_p50_ms": round(percentile(tally.add_seconds, 0.50) * 1e3, 1),
+        "add_p99_ms": round(percentile(tally.add_seconds, 0.99) * 1e3, 1),
         "adds_seconds": round(adds_done - started, 2),
         "wall_seconds": round(time.monotonic() - started, 2),
     }
@@ -660,8 +653,8 @@ def ipam_under_fire(
         "max_pods_alive": max_concurrent(tally.alive),
         "max_adds_in_flight": tally.max_in_flight,
         "wall_seconds": round(wall, 1),
-        "add_p50_ms": round(percentile(tally.add_seconds, 50) * 1e3, 1),
-        "add_p99_ms": round(percentile(tally.add_seconds, 99) * 1e3, 1),
+        "add_p50_ms": round(percentile(tally.add_seconds, 0.50) * 1e3, 1),
+        "add_p99_ms": round(percentile(tally.add_seconds, 0.99) * 1e3, 1),
     }
 
 

@@ -1,7 +1,7 @@
 """Connectivity probes between lab namespaces, all at once from one process.
 
 A socket belongs to the network namespace its creating thread was in, and stays there. So one
-thread can visit every source namespace in turn (:func:`podnet.lab.netns.in_netns`), open a
+thread can visit every source namespace in turn (:func:`podnet.dataplane.netns.in_netns`), open a
 non-blocking socket there, come back, and then drive all sockets with one ``selectors`` loop::
 
     for each source netns:  setns(src) → socket() + connect() (non-blocking) … → setns(back)
@@ -33,7 +33,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from podnet.lab.netns import in_netns, netns_exists
+from podnet.dataplane.netns import in_netns, netns_exists
 
 PROBE_PAYLOAD = b"probe\n"
 UDP_RESENDS = 3  # UDP datagrams and ICMP echo requests are sent up to this many times

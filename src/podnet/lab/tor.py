@@ -35,8 +35,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from podnet.dataplane.netns import netns_exists, run_in_netns
+from podnet.dataplane.sysctl import write as write_sysctl
 from podnet.lab.naming import LabError
-from podnet.lab.netns import Spawned, create_netns, netns_exists, run_in_netns, spawn, write_sysctl
+from podnet.lab.netns import Spawned, create_netns, spawn
 from podnet.lab.state import LabState, ProcessRecord
 
 DEFAULT_ASN = 64567

@@ -28,10 +28,11 @@ from podnet.calc.bird import BgpNode, render_bird_config
 from podnet.calc.cluster import BlockInfo
 from podnet.dataplane.bird import RTPROT_BIRD, BirdManager
 from podnet.dataplane.netlink import Netlink
+from podnet.dataplane.netns import in_netns, run_in_netns
 from podnet.lab.cleanup import clean, down
 from podnet.lab.fabric import fabric_up
 from podnet.lab.naming import LabNames
-from podnet.lab.netns import in_netns, run_in_netns, spawn
+from podnet.lab.netns import spawn
 from podnet.lab.podserver import podserver_command
 from podnet.lab.state import LabState, ProcessRecord
 from podnet.lab.topology import LabSpec, Topology, random_underlay

@@ -32,9 +32,10 @@ from podnet.dataplane import bpf
 from podnet.dataplane.endpoint import CALICO_GATEWAY, EndpointSpec, endpoint_routes, wire_endpoint
 from podnet.dataplane.ipip import TC_PREF, IPIPTunnel
 from podnet.dataplane.netlink import Netlink
+from podnet.dataplane.netns import in_netns
 from podnet.dataplane.routes import Route, RouteManager
 from podnet.dataplane.sysctl import NODE_SYSCTLS, write_many
-from podnet.lab.netns import create_netns, delete_netns, in_netns, list_netns
+from podnet.lab.netns import create_netns, delete_netns, list_netns
 
 pytestmark = pytest.mark.root
 

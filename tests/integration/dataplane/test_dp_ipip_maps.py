@@ -24,7 +24,9 @@ from podnet.dataplane import bpf
 from podnet.dataplane.errors import DataplaneError
 from podnet.dataplane.ipip import PEERS_MAP, ROUTES_MAP, TC_PREF, IPIPTunnel
 from podnet.dataplane.netlink import Netlink
-from podnet.lab.netns import create_netns, delete_netns, list_netns, read_sysctl, write_sysctl
+from podnet.dataplane.sysctl import read as read_sysctl
+from podnet.dataplane.sysctl import write as write_sysctl
+from podnet.lab.netns import create_netns, delete_netns, list_netns
 
 pytestmark = pytest.mark.root
 

@@ -35,8 +35,8 @@ from podnet.dataplane import sysctl
 from podnet.dataplane.endpoint import CALICO_GATEWAY, EndpointSpec, host_ifname_for, wire_endpoint
 from podnet.dataplane.errors import DataplaneError
 from podnet.dataplane.netlink import Netlink
+from podnet.dataplane.netns import in_netns
 from podnet.dataplane.policy import NflogReader, PolicyManager, chain_name, deny_prefix, deny_reasons
-from podnet.lab.netns import in_netns
 from podnet.lab.probe import Probe, probe, run_probes
 from podnet.model import parse_resource
 

@@ -42,9 +42,9 @@ import pytest
 from podnet.calc.services import CLUSTER_IP, EXTERNAL_IP, Backend, Frontend, ServicePlan
 from podnet.dataplane import bpf
 from podnet.dataplane.netlink import Netlink
-from podnet.dataplane.netns import run_in_netns
+from podnet.dataplane.netns import run_in_netns, setns
 from podnet.dataplane.sock_lb import HOOKS, SocketLB, is_cgroup2
-from podnet.lab.netns import remove_cgroup, setns
+from podnet.lab.netns import remove_cgroup
 
 CGROUP2 = "/sys/fs/cgroup/unified"
 VIP = "10.96.0.10"

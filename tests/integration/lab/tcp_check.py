@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from podnet.lab.netns import in_netns
+from podnet.dataplane.netns import in_netns
 
 
 def connect(netns: str, ip: str, port: int, timeout: float = 1.0) -> str:

@@ -10,11 +10,12 @@ import time
 
 import pytest
 
+from podnet.dataplane.netns import netns_exists
 from podnet.lab.cleanup import clean, down, snapshot_host
 from podnet.lab.etcd_proxy import start_etcd_proxy
 from podnet.lab.fabric import fabric_up
 from podnet.lab.naming import LabError
-from podnet.lab.netns import create_cgroup, create_netns, delete_netns, netns_exists, spawn
+from podnet.lab.netns import create_cgroup, create_netns, delete_netns, spawn
 from podnet.lab.podserver import podserver_command
 from podnet.lab.probe import probe_all, truth_table
 from podnet.lab.state import LabState, ProcessRecord, StateCorrupt

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from podnet.dataplane.netns import run_in_netns
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
 from podnet.ipam import IPAM
@@ -22,7 +23,7 @@ from podnet.lab import cluster
 from podnet.lab.cleanup import clean, snapshot_host
 from podnet.lab.cni_runtime import CNIError, CNIRuntime
 from podnet.lab.naming import LabNames
-from podnet.lab.netns import run_in_netns, spawn
+from podnet.lab.netns import spawn
 from podnet.lab.probe import probe, probe_all, truth_table
 from podnet.lab.topology import LabSpec, random_underlay
 from podnet.model import lookup, parse_resource
@@ -220,7 +221,7 @@ def _node_state(netns: str) -> tuple[str, str]:
 def _metric(netns: str, name: str) -> float:
     import urllib.request
 
-    from podnet.lab.netns import in_netns
+    from podnet.dataplane.netns import in_netns
 
     with in_netns(netns):
         text = urllib.request.urlopen("http://127.0.0.1:9099/metrics", timeout=5).read().decode()

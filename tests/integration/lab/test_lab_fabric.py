@@ -9,20 +9,12 @@ import time
 
 import pytest
 
+from podnet.dataplane.netns import in_netns, run_in_netns
+from podnet.dataplane.sysctl import read as read_sysctl
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.etcd_server import EtcdServer
 from podnet.lab.etcd_proxy import start_etcd_proxy
-from podnet.lab.netns import (
-    create_cgroup,
-    in_netns,
-    netns_id,
-    proc_cgroup,
-    proc_netns_id,
-    proc_start_time,
-    read_sysctl,
-    run_in_netns,
-    spawn,
-)
+from podnet.lab.netns import create_cgroup, netns_id, proc_cgroup, proc_netns_id, proc_start_time, spawn
 from podnet.lab.podserver import podserver_command
 from podnet.lab.probe import probe, probe_all, probe_matrix, truth_table
 from podnet.lab.state import ProcessRecord

@@ -22,13 +22,13 @@ import pytest
 from tcp_check import TcpServer, connect, wait_connect
 
 from podnet.agent import api
+from podnet.dataplane.netns import in_netns
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
 from podnet.errors import NotFoundError
 from podnet.lab import cluster
 from podnet.lab.cleanup import clean
 from podnet.lab.naming import LabNames
-from podnet.lab.netns import in_netns
 from podnet.lab.probe import probe
 from podnet.lab.topology import LabSpec, random_underlay
 from podnet.model import lookup, parse_resource

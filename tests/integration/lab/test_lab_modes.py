@@ -180,7 +180,7 @@ def test_nat_outgoing_masquerades_only_traffic_that_leaves_the_pools():
 
 
 def test_pool_mode_change_and_node_removal_take_effect_on_running_nodes():
-    from podnet.lab.netns import run_in_netns
+    from podnet.dataplane.netns import run_in_netns
 
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
     info = cluster.up(LabSpec(nodes=3, underlay=random_underlay()), names)
@@ -269,7 +269,7 @@ def test_agent_restart_keeps_tunnels_routes_and_flows(encapsulation):
     device, FDB/map entries and programs stay, and a TCP connection held open across it survives."""
     import socket as socketlib
 
-    from podnet.lab.netns import in_netns, run_in_netns
+    from podnet.dataplane.netns import in_netns, run_in_netns
 
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
     spec = LabSpec(nodes=2, encapsulation=encapsulation, underlay=random_underlay())
@@ -318,7 +318,7 @@ def test_agent_restart_keeps_tunnels_routes_and_flows(encapsulation):
 
 
 def _wait_bird_routes(netns: str, count: int, timeout: float = 20.0) -> str:
-    from podnet.lab.netns import run_in_netns
+    from podnet.dataplane.netns import run_in_netns
 
     deadline = time.monotonic() + timeout
     while True:

@@ -31,12 +31,12 @@ import pytest
 
 from netpol_reference import reference_allowed
 from podnet.calc.policy import PodInfo, compile_policies, explain
+from podnet.dataplane.netns import netns_exists
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
 from podnet.lab import cluster
 from podnet.lab.cleanup import clean
 from podnet.lab.naming import LabError, LabNames
-from podnet.lab.netns import netns_exists
 from podnet.lab.probe import Probe, render_matrix, run_probes
 from podnet.lab.topology import LabSpec, random_underlay
 from podnet.model import lookup, parse_resource

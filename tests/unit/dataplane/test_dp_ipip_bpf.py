@@ -191,3 +191,14 @@ def test_cli_arguments():
     assert (args.bpf_object, args.bpf_verb, args.node, args.output) == ("prog", "list", "node-1", "json")
     with pytest.raises(SystemExit):
         parser.parse_args(["prog"])
+
+
+def test_ensure_pin_dir_refuses_a_directory_off_bpffs_with_the_callers_error(tmp_path):
+    from podnet.dataplane.sock_lb import SockLBError
+
+    pins = tmp_path / "pins"
+    with pytest.raises(bpf.BpfError, match="not on a bpf filesystem") as info:
+        bpf.ensure_pin_dir(str(pins))
+    assert type(info.value) is bpf.BpfError and pins.is_dir()  # created, then refused
+    with pytest.raises(SockLBError):
+        bpf.ensure_pin_dir(str(pins), SockLBError)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import errno
 import struct
+import subprocess
 import threading
 
 import pytest
 
 from podnet.dataplane import rtnl_codec as codec
 from podnet.dataplane import sysctl
-from podnet.dataplane.errors import KernelError, KernelExists, KernelNotFound, kernel_error
+from podnet.dataplane.errors import KernelError, KernelExists, KernelNotFound, NetnsNotFound, kernel_error
 from podnet.dataplane.netlink import Netlink
 from podnet.dataplane.netns import netns_path, run_in_netns
 from podnet.errors import AlreadyExistsError, NotFoundError
@@ -28,6 +29,28 @@ def test_run_in_own_netns_runs_inline_and_reraises():
     assert run_in_netns(None, threading.get_ident) == threading.get_ident()
     with pytest.raises(ZeroDivisionError):
         run_in_netns(None, lambda: 1 / 0)
+
+
+def test_run_in_netns_runs_a_command_capturing_text_by_default():
+    proc = run_in_netns(None, ["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "out\n", "err\n")
+    passed = run_in_netns(None, ["cat"], input=b"raw", text=False)
+    assert passed.stdout == b"raw"
+    with pytest.raises(subprocess.CalledProcessError):
+        run_in_netns(None, ["false"], check=True)
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_in_netns(None, ["sleep", "5"], timeout=0.05)
+
+
+def test_run_in_netns_refuses_ambiguous_calls_and_missing_namespaces():
+    with pytest.raises(TypeError):
+        run_in_netns(None, "ip route")  # a string is not an argument list
+    with pytest.raises(TypeError):
+        run_in_netns(None, threading.get_ident, timeout=1)  # options are for commands
+    with pytest.raises(NetnsNotFound):
+        run_in_netns("pn-no-such-netns-for-sure", ["true"])
+    with pytest.raises(NetnsNotFound):
+        run_in_netns("/run/netns/pn-no-such-netns-for-sure", lambda: None)
 
 
 def test_sysctl_keys():

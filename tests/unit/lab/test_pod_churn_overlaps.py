@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from podnet.lab.pod_churn import Hold, fault_schedule, max_concurrent, overlaps, percentile
+from podnet.lab.pod_churn import Hold, fault_schedule, max_concurrent, overlaps
 
 
 def test_reuse_after_the_del_is_not_an_overlap() -> None:
@@ -47,14 +47,6 @@ def test_max_concurrent_counts_open_intervals_and_touching_ends_do_not_add_up() 
     assert max_concurrent([(0, 1), (1, 2), (2, 3)]) == 1
     assert max_concurrent([(0, 10), (1, 2), (1.5, 3), (5, 6)]) == 3
     assert max_concurrent(iter([(0, 2), (1, 3)])) == 2  # any iterable, read once
-
-
-def test_percentile_is_nearest_rank() -> None:
-    values = [float(v) for v in range(1, 101)]
-    assert (
-        percentile(values, 50) == 50.0 and percentile(values, 99) == 99.0 and percentile(values, 100) == 100.0
-    )
-    assert percentile([], 50) == 0.0 and percentile([7.0], 99) == 7.0
 
 
 def test_the_full_schedule_kills_every_node_all_agents_once_and_stops_etcd() -> None:
