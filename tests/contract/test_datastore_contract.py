@@ -16,7 +16,7 @@ from podnet.datastore.sync import PrefixSync, Snapshot
 from podnet.errors import AlreadyExistsError, CompactedError, ConflictError, NotFoundError
 
 
-@pytest.fixture(params=["memory", "etcd"])
+@pytest.fixture(params=["memory", pytest.param("etcd", marks=pytest.mark.etcd)])
 def store(request: pytest.FixtureRequest) -> Iterator:
     if request.param == "memory":
         ds = MemoryDatastore()

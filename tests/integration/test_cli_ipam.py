@@ -59,6 +59,7 @@ def test_show_counts_blocks_per_node(podnet):
     assert code == 3
 
 
+@pytest.mark.lab  # as root, part 2 of the demo builds a 3-node lab
 def test_demo_runs_end_to_end_and_leaves_nothing_behind(tmp_path):
     """The README's main command (after setup): both parts, the lab under a prefix of its own."""
     import secrets

@@ -14,7 +14,7 @@ from podnet.datastore.etcd_server import EtcdServer, free_port
 from podnet.datastore.sync import PrefixSync, Snapshot
 from podnet.errors import DatastoreUnavailable
 
-pytestmark = pytest.mark.etcd
+pytestmark = [pytest.mark.etcd, pytest.mark.slow]  # outages are waited out: seconds each
 
 
 @pytest.fixture

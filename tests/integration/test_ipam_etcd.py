@@ -128,6 +128,7 @@ def double_holds(log: list[Hold]) -> list[tuple[Hold, Hold]]:
     return clashes
 
 
+@pytest.mark.slow  # many processes racing on one etcd, ~15 s
 def test_concurrent_processes_never_share_an_address_and_leak_nothing(etcd: EtcdServer) -> None:
     root = f"/podnet-ipam-test-{uuid.uuid4().hex[:8]}/"
     layout = KeyLayout(root)

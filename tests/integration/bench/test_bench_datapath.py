@@ -1,14 +1,23 @@
-"""``podnet.bench.datapath.run`` on a real lab (one profile, quick): every scenario has a positive
-sample for the profile and for its hand-built baseline, and nothing is left behind."""
+"""The data-path bench on a real lab, run once for the module as a user runs it (``podnet bench
+--quick`` on one profile, data path only): every scenario has a positive sample for the profile and
+for its hand-built baseline, the table has a ratio to the baseline on every data-path row,
+``bench.json`` and the plots are written, and nothing is left behind."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from podnet.bench.datapath import BENCH_PREFIX, SCENARIOS, run
+from podnet.bench.datapath import BENCH_PREFIX, SCENARIOS
 from podnet.lab.naming import MARKER_ENV
 from podnet.lab.netns import (
     all_pids,
@@ -25,13 +34,6 @@ pytestmark = [pytest.mark.root, pytest.mark.etcd]
 STEM = BENCH_PREFIX[:-1]  # labs are pndpXXXX-, the hand-built side's processes carry pndpXXXX- too
 HAND_STEM = "pnhb"  # podnet.bench.throughput.HandBuilt's namespaces
 TOOLS = ("iperf3", "nginx", "wrk")
-
-
-@pytest.fixture(autouse=True)
-def _need_wrk_and_nginx():
-    for tool in ("wrk", "nginx"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (Debian: apt-get install wrk nginx-light)")
 
 
 def _comm(pid: int) -> str:
@@ -67,10 +69,41 @@ def _leftovers() -> set[str]:
     return out
 
 
-def test_quick_run_of_one_profile_measures_every_scenario_and_cleans_up():
+@dataclass
+class BenchRun:
+    proc: subprocess.CompletedProcess
+    out: Path  # bench.json and the plots
+    steps: list[tuple[int, int]]  # (done, total) of each data-path progress line
+    left_behind: set[str]  # leftovers after the run that were not there before
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BenchRun]:
+    """``podnet bench --quick --profiles calico-ipip`` (data path only), once for the module."""
+    for tool in ("wrk", "nginx"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (Debian: apt-get install wrk nginx-light)")
+    out = tmp_path_factory.mktemp("bench")
     before = _leftovers()
-    steps: list[tuple[str, int, int]] = []
-    r = run(["calico-ipip"], 1, 1.0, quick=True, progress=lambda m, d, t: steps.append((m, d, t)))
+    cmd = [sys.executable, "-m", "podnet.cli.main", "bench", "--quick", "--profiles", "calico-ipip"]
+    cmd += [
+        "--repeats",
+        "1",
+        "--duration",
+        "1",
+        "--skip-footprint",
+        "--skip-control-plane",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    steps = [(int(m[1]), int(m[2])) for m in re.finditer(r"^\[(\d+)/(\d+)\] data path: ", proc.stderr, re.M)]
+    yield BenchRun(proc, out, steps, _leftovers() - before)
+
+
+def test_quick_run_of_one_profile_measures_every_scenario_and_cleans_up(bench_run: BenchRun) -> None:
+    assert bench_run.proc.returncode == 0, bench_run.proc.stderr[-2000:]
+    r = json.loads((bench_run.out / "bench.json").read_text())
 
     assert r["settings"] == r["settings"] | {"repeats": 1, "duration": 1.0, "quick": True}
     assert r["machine"]["cpus"] >= 1 and r["machine"]["kernel"] and r["machine"]["python"]
@@ -91,5 +124,22 @@ def test_quick_run_of_one_profile_measures_every_scenario_and_cleans_up():
         paced, saturated = s["latency_p50"]["rate_per_s"][0], s["latency_sat_p50"]["rate_per_s"][0]
         assert 0 < paced <= r["settings"]["paced"]["target_per_s"] * 1.1 and paced < saturated
 
-    assert steps[-1][1] == steps[-1][2] and [d for _, d, _ in steps] == list(range(len(steps)))
-    assert _leftovers() <= before
+    steps = bench_run.steps
+    assert steps and steps[-1][0] == steps[-1][1] and [d for d, _ in steps] == list(range(len(steps)))
+    assert bench_run.left_behind == set()
+
+
+def test_the_table_has_a_ratio_on_every_row_and_the_plots_are_written(bench_run: BenchRun) -> None:
+    assert bench_run.proc.returncode == 0, bench_run.proc.stderr[-2000:]
+    table = bench_run.proc.stdout
+    for row in (
+        "TCP bandwidth, 1 stream",
+        "TCP bandwidth, 4 streams",
+        "Latency P99, fixed rate",
+        "Latency P99, saturation",
+        "New connections/s",
+        "CPU per Gbit",
+    ):
+        line = next(line for line in table.splitlines() if line.startswith(row))
+        assert " x" in line, line  # the ratio to the baseline
+    assert len(list(bench_run.out.glob("*.png"))) >= 8

@@ -57,7 +57,10 @@ def test_quick_footprint_and_control_plane() -> None:
         assert conv["node"] == "node-3" and set(conv["routes_after_node_s"]) == {"node-1", "node-2"}
         assert conv["blocks_kept_at_leave"] == 0
         assert 0 < conv["converged_after_node_s"] < footprint.QUICK.timeout
-        if conv["converged_after_pod_s"] is not None:
+        if bgp:  # Calico style claims the node's block with its first pod (all were released at leave)
             assert conv["block_claimed_by"] == "first pod"
             assert 0 < conv["converged_after_pod_s"] <= conv["converged_after_node_s"]
+        else:  # Cilium style claims it at agent start, for its router address
+            assert conv["block_claimed_by"] == "agent start (router address)"
+            assert conv["converged_after_pod_s"] is None
     assert set(_leftovers()) <= before

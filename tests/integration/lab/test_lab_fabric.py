@@ -19,7 +19,7 @@ from podnet.lab.podserver import podserver_command
 from podnet.lab.probe import probe, probe_all, probe_matrix, truth_table
 from podnet.lab.state import ProcessRecord
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.etcd]  # its etcd fixture runs a real etcd in the lab
 
 
 @pytest.fixture(scope="module")

@@ -16,16 +16,16 @@ import stat
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from tcp_check import TcpServer, connect, wait_connect
 
 from podnet.agent import api
+from podnet.calc.policy_status import PolicyReport, conditions_for
 from podnet.dataplane.netns import in_netns
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
-from podnet.errors import NotFoundError
 from podnet.lab import cluster
 from podnet.lab.cleanup import clean
 from podnet.lab.naming import LabNames
@@ -136,6 +136,44 @@ def netpol(name: str, egress: list | None) -> dict:
         "metadata": {"name": name, "namespace": "iso"},
         "spec": spec,
     }
+
+
+def wait_programmed(store: ResourceStore, policy: str, nodes: list[str], timeout: float = 20.0) -> None:
+    """Wait until ``iso/policy`` shows ``Accepted: True (Programmed)`` on exactly ``nodes``, as
+    ``podnet get netpol -o yaml`` computes it from the agents' reports."""
+    deadline = time.monotonic() + timeout
+    while True:
+        version = int(store.get(lookup("netpol"), policy, "iso").metadata.resource_version or 0)
+        items, _ = store.store.list(store.layout.policy_status_prefix())
+        reports = [PolicyReport.from_json(item.value) for item in items]
+        accepted = {c["type"]: c for c in conditions_for(f"iso/{policy}", version, reports)}["Accepted"]
+        if accepted["reason"] == "Programmed" and accepted["message"] == f"programmed on {', '.join(nodes)}":
+            return
+        assert time.monotonic() < deadline, f"iso/{policy} not programmed on {nodes}: {accepted}"
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def policies(store: ResourceStore) -> Iterator[Callable[[str, list | None], None]]:
+    """``apply(name, egress)`` applies an egress policy of ``iso``; each one applied is deleted at the
+    end. A failed deletion never hides the test's own failure: it is added to it as a note."""
+    applied: list[str] = []
+
+    def apply(name: str, egress: list | None) -> None:
+        store.apply([parse_resource(netpol(name, egress))])
+        applied.append(name)
+
+    try:
+        yield apply
+    except BaseException as failure:
+        for name in applied:
+            try:
+                store.delete(lookup("netpol"), name, "iso")
+            except Exception as exc:
+                failure.add_note(f"cleanup could not delete policy iso/{name} either: {exc!r}")
+        raise
+    for name in applied:
+        store.delete(lookup("netpol"), name, "iso")
 
 
 # ------------------------------------------------------------------------------------------- lab
@@ -252,13 +290,12 @@ def test_control_plane_closed_to_pods_but_not_to_nodes(lab):
             assert connect(pod_ns, node.ip, HOST_PORT) == "ok"
         wait_drop(names, "node-1", "pnc:")
         # no NetworkPolicy opens it: allow all egress, the control plane stays closed
-        store.apply([parse_resource(netpol("allow-all", [{}]))])
-        time.sleep(1.0)  # the agents have applied it (nothing else to wait on: it changes no verdict here)
-        for ip, port in targets:
-            assert connect(pod_ns, ip, port) == "timeout", (ip, port)
+        with policies(store) as apply:
+            apply("allow-all", [{}])
+            wait_programmed(store, "allow-all", [node1.name, node2.name])
+            for ip, port in targets:
+                assert connect(pod_ns, ip, port) == "timeout", (ip, port)
     finally:
-        with contextlib.suppress(NotFoundError):  # not applied yet if an assertion before it failed
-            store.delete(lookup("netpol"), "allow-all", "iso")
         for server in servers:
             server.close()
 
@@ -269,20 +306,19 @@ def test_other_nodes_hosts_follow_network_policy_egress(lab):
     nodes = [topo.node("node-1"), topo.node("node-2")]
     servers = [TcpServer(n.netns, n.ip, HOST_PORT) for n in nodes]
     try:
-        for node in nodes:  # no policy: allowed (own node through input, the other through forward)
-            wait_connect(pod_ns, node.ip, HOST_PORT, "ok")
-        store.apply([parse_resource(netpol("deny-egress", None))])
-        for node in nodes:
-            wait_connect(pod_ns, node.ip, HOST_PORT, "timeout")
-        wait_drop(names, "node-1", "pnd:")
-        underlay = str(ipaddress.ip_network(topo.spec.underlay, strict=False))
-        store.apply([parse_resource(netpol("nodes", [{"to": [{"ipBlock": {"cidr": underlay}}]}]))])
-        for node in nodes:
-            wait_connect(pod_ns, node.ip, HOST_PORT, "ok")
-        # pods are outside the ipBlock: still denied under the default deny
-        wait_connect(pod_ns, ips["c"], UDP_PORT, "timeout", timeout=3)
+        with policies(store) as apply:
+            for node in nodes:  # no policy: allowed (own node through input, the other through forward)
+                wait_connect(pod_ns, node.ip, HOST_PORT, "ok")
+            apply("deny-egress", None)
+            for node in nodes:
+                wait_connect(pod_ns, node.ip, HOST_PORT, "timeout")
+            wait_drop(names, "node-1", "pnd:")
+            underlay = str(ipaddress.ip_network(topo.spec.underlay, strict=False))
+            apply("nodes", [{"to": [{"ipBlock": {"cidr": underlay}}]}])
+            for node in nodes:
+                wait_connect(pod_ns, node.ip, HOST_PORT, "ok")
+            # pods are outside the ipBlock: still denied under the default deny
+            wait_connect(pod_ns, ips["c"], UDP_PORT, "timeout", timeout=3)
     finally:
-        for name in ("deny-egress", "nodes"):
-            store.delete(lookup("netpol"), name, "iso")
         for server in servers:
             server.close()

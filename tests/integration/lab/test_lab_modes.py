@@ -8,6 +8,8 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -79,6 +81,45 @@ def capture(netns: str, device: str, bpf_filter: str, count: int) -> subprocess.
     )
 
 
+@dataclass
+class SharedLab:
+    names: LabNames
+    info: cluster.LabInfo
+    store: ResourceStore
+    made_pods: dict | None = None
+
+    def pods(self) -> dict:
+        """One pod per node (:func:`pods_on_every_node`), made by the first test that asks."""
+        if self.made_pods is None:
+            self.made_pods = pods_on_every_node(self.store, self.info.topology.spec.nodes, self.names)
+        return self.made_pods
+
+
+@pytest.fixture(scope="module")
+def shared_lab() -> Iterator[Callable[..., SharedLab]]:
+    """``shared_lab(profile=, encapsulation=)``: a 3-node lab of that kind, shared by the module's
+    tests that ask for the same kind (each leaves it working as it found it: a test that changes a
+    lab for good builds its own); every lab is removed at the end of the module."""
+    labs: dict[tuple[str, str], SharedLab] = {}
+    made: list[LabNames] = []
+
+    def get(profile: str = "calico", encapsulation: str = "none") -> SharedLab:
+        if (profile, encapsulation) not in labs:
+            names = LabNames(f"pnt{secrets.token_hex(2)}-")
+            made.append(names)
+            spec = LabSpec(nodes=3, profile=profile, encapsulation=encapsulation, underlay=random_underlay())
+            info = cluster.up(spec, names)
+            labs[profile, encapsulation] = SharedLab(
+                names, info, ResourceStore(EtcdDatastore([info.etcd_endpoint]))
+            )
+        return labs[profile, encapsulation]
+
+    yield get
+    for names in made:
+        cluster.teardown(names)
+        clean(names)
+
+
 @pytest.mark.parametrize(
     ("profile", "encapsulation", "wire_filter", "wire_text"),
     [
@@ -88,35 +129,29 @@ def capture(netns: str, device: str, bpf_filter: str, count: int) -> subprocess.
         ("calico", "ipip", "ip proto 4", "proto IPIP (4)"),
     ],
 )
-def test_mode_carries_pod_traffic(profile, encapsulation, wire_filter, wire_text):
-    names = LabNames(f"pnt{secrets.token_hex(2)}-")
-    spec = LabSpec(nodes=3, profile=profile, encapsulation=encapsulation, underlay=random_underlay())
-    info = cluster.up(spec, names)
-    try:
-        store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
-        pods = pods_on_every_node(store, 3, names)
-        sources = {k: names.pod_ns("m", k.split("/")[1]) for k in pods}
-        targets = {k: p.status.pod_ip for k, p in pods.items()}
-        cap = capture(info.topology.fabric_ns, "br0", wire_filter, 3)
-        time.sleep(0.5)
-        for port, proto in ((8080, "TCP"), (5353, "UDP")):
-            table = truth_table(probe_all(sources, targets, port, proto, 2.0, expect_names=True))
-            assert all(all(row.values()) for row in table.values()), (proto, table)
-        out, _ = cap.communicate(timeout=10)
-        assert wire_text in out, out
-        if encapsulation == "none":
-            assert "VXLAN" not in out and "ipip" not in out.lower()
-        # Pods get the MTU the mode leaves room for.
-        mtu = {"vxlan": 1450, "ipip": 1480}.get(encapsulation, 1500)
-        link = subprocess.run(
-            ["ip", "netns", "exec", sources["m/p0"], "ip", "link", "show", "eth0"],
-            capture_output=True,
-            text=True,
-        ).stdout
-        assert f"mtu {mtu} " in link
-    finally:
-        cluster.teardown(names)
-        clean(names)
+def test_mode_carries_pod_traffic(shared_lab, profile, encapsulation, wire_filter, wire_text):
+    lab = shared_lab(profile, encapsulation)
+    names, info = lab.names, lab.info
+    pods = lab.pods()
+    sources = {k: names.pod_ns("m", k.split("/")[1]) for k in pods}
+    targets = {k: p.status.pod_ip for k, p in pods.items()}
+    cap = capture(info.topology.fabric_ns, "br0", wire_filter, 3)
+    time.sleep(0.5)
+    for port, proto in ((8080, "TCP"), (5353, "UDP")):
+        table = truth_table(probe_all(sources, targets, port, proto, 2.0, expect_names=True))
+        assert all(all(row.values()) for row in table.values()), (proto, table)
+    out, _ = cap.communicate(timeout=10)
+    assert wire_text in out, out
+    if encapsulation == "none":
+        assert "VXLAN" not in out and "ipip" not in out.lower()
+    # Pods get the MTU the mode leaves room for.
+    mtu = {"vxlan": 1450, "ipip": 1480}.get(encapsulation, 1500)
+    link = subprocess.run(
+        ["ip", "netns", "exec", sources["m/p0"], "ip", "link", "show", "eth0"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert f"mtu {mtu} " in link
 
 
 SOURCE_SERVER = """
@@ -128,7 +163,7 @@ while True:
 """
 
 
-def test_nat_outgoing_masquerades_only_traffic_that_leaves_the_pools():
+def test_nat_outgoing_masquerades_only_traffic_that_leaves_the_pools(shared_lab):
     """An "external" host (TEST-NET-3, 203.0.113.1) on the lab's fabric: pods reach it with their
     node's address while the pool has natOutgoing, not at all without (it has no route back), and
     pod-to-pod traffic keeps the pod's address."""
@@ -138,45 +173,39 @@ def test_nat_outgoing_masquerades_only_traffic_that_leaves_the_pools():
     from podnet.lab.netns import spawn
     from podnet.lab.probe import probe
 
-    names = LabNames(f"pnt{secrets.token_hex(2)}-")
-    spec = LabSpec(nodes=2, underlay=random_underlay())
-    info = cluster.up(spec, names)
+    lab = shared_lab("calico", "none")
+    names, info, store = lab.names, lab.info, lab.store
+    pods = lab.pods()
+    ext = names.ext_ns  # the lab's client outside the cluster, on the nodes' subnet
+    ext_ip = info.topology.external.ip
+    with Netlink.open(ext) as nl:
+        nl.addr_add("lo", "203.0.113.1/32")
+    for host in info.topology.nodes:
+        with Netlink.open(host.netns) as nl:
+            nl.route_add("203.0.113.0/24", gateway=ext_ip, dev="eth0")
+    servers = [
+        spawn([sys.executable, "-c", SOURCE_SERVER, "9000"], netns=ext),
+        spawn([sys.executable, "-c", SOURCE_SERVER, "9000"], netns=names.pod_ns("m", "p1")),
+    ]
     try:
-        store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
-        pods = pods_on_every_node(store, 2, names)
-        ext = names.ext_ns  # the lab's client outside the cluster, on the nodes' subnet
-        ext_ip = info.topology.external.ip
-        with Netlink.open(ext) as nl:
-            nl.addr_add("lo", "203.0.113.1/32")
-        for host in info.topology.nodes:
-            with Netlink.open(host.netns) as nl:
-                nl.route_add("203.0.113.0/24", gateway=ext_ip, dev="eth0")
-        servers = [
-            spawn([sys.executable, "-c", SOURCE_SERVER, "9000"], netns=ext),
-            spawn([sys.executable, "-c", SOURCE_SERVER, "9000"], netns=names.pod_ns("m", "p1")),
-        ]
-        try:
-            time.sleep(0.5)
-            src = names.pod_ns("m", "p0")
-            node1 = info.topology.node("node-1").ip
-            out = probe(src, "203.0.113.1", 9000, "TCP", 2.0)
-            assert out.ok and out.answer.strip() == node1, out
-            inside = probe(src, pods["m/p1"].status.pod_ip, 9000, "TCP", 2.0)
-            assert inside.ok and inside.answer.strip() == pods["m/p0"].status.pod_ip, inside
-            store.patch(lookup("ippools"), "default-ipv4-ippool", {"spec": {"natOutgoing": False}})
-            deadline = time.monotonic() + 5
-            while probe(src, "203.0.113.1", 9000, "TCP", 0.5).ok:
-                assert time.monotonic() < deadline, "natOutgoing: false did not take effect"
-            store.patch(lookup("ippools"), "default-ipv4-ippool", {"spec": {"natOutgoing": True}})
-            deadline = time.monotonic() + 5
-            while not probe(src, "203.0.113.1", 9000, "TCP", 0.5).ok:
-                assert time.monotonic() < deadline, "natOutgoing: true did not come back"
-        finally:
-            for server in servers:
-                server.stop()
+        time.sleep(0.5)
+        src = names.pod_ns("m", "p0")
+        node1 = info.topology.node("node-1").ip
+        out = probe(src, "203.0.113.1", 9000, "TCP", 2.0)
+        assert out.ok and out.answer.strip() == node1, out
+        inside = probe(src, pods["m/p1"].status.pod_ip, 9000, "TCP", 2.0)
+        assert inside.ok and inside.answer.strip() == pods["m/p0"].status.pod_ip, inside
+        store.patch(lookup("ippools"), "default-ipv4-ippool", {"spec": {"natOutgoing": False}})
+        deadline = time.monotonic() + 5
+        while probe(src, "203.0.113.1", 9000, "TCP", 0.5).ok:
+            assert time.monotonic() < deadline, "natOutgoing: false did not take effect"
+        store.patch(lookup("ippools"), "default-ipv4-ippool", {"spec": {"natOutgoing": True}})
+        deadline = time.monotonic() + 5
+        while not probe(src, "203.0.113.1", 9000, "TCP", 0.5).ok:
+            assert time.monotonic() < deadline, "natOutgoing: true did not come back"
     finally:
-        cluster.teardown(names)
-        clean(names)
+        for server in servers:
+            server.stop()
 
 
 def test_pool_mode_change_and_node_removal_take_effect_on_running_nodes():
@@ -264,57 +293,49 @@ def test_ipip_crosssubnet_encapsulates_only_between_subnets():
 
 
 @pytest.mark.parametrize("encapsulation", ["vxlan", "ipip"])
-def test_agent_restart_keeps_tunnels_routes_and_flows(encapsulation):
+def test_agent_restart_keeps_tunnels_routes_and_flows(shared_lab, encapsulation):
     """kill -9 the agent of a node with a tunnel and start it again: no route written, the tunnel
     device, FDB/map entries and programs stay, and a TCP connection held open across it survives."""
     import socket as socketlib
 
     from podnet.dataplane.netns import in_netns, run_in_netns
 
-    names = LabNames(f"pnt{secrets.token_hex(2)}-")
-    spec = LabSpec(nodes=2, encapsulation=encapsulation, underlay=random_underlay())
-    info = cluster.up(spec, names)
-    try:
-        store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
-        pods = pods_on_every_node(store, 2, names)
-        node1 = info.topology.node("node-1").netns
+    lab = shared_lab("calico", encapsulation)
+    names, info = lab.names, lab.info
+    pods = lab.pods()
+    node1 = info.topology.node("node-1").netns
 
-        def kernel_state() -> tuple[str, ...]:
-            cmds = [
-                ["ip", "route"],
-                ["ip", "-d", "link", "show"],
-                ["bridge", "fdb", "show"],
-                ["tc", "filter", "show", "dev", "eth0", "ingress"],
-            ]
-            return tuple(run_in_netns(node1, c, capture_output=True, text=True).stdout for c in cmds)
+    def kernel_state() -> tuple[str, ...]:
+        cmds = [
+            ["ip", "route"],
+            ["ip", "-d", "link", "show"],
+            ["bridge", "fdb", "show"],
+            ["tc", "filter", "show", "dev", "eth0", "ingress"],
+        ]
+        return tuple(run_in_netns(node1, c, capture_output=True, text=True).stdout for c in cmds)
 
-        # A connection from node-1's pod to node-2's pod, open across the restart (once the nodes
-        # have converged: a pod is Running before every other node has its block's route).
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with in_netns(names.pod_ns("m", "p0")):
-                    conn = socketlib.create_connection((pods["m/p1"].status.pod_ip, 8080), timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "pods never reached each other"
-                time.sleep(0.1)
+    # A connection from node-1's pod to node-2's pod, open across the restart (once the nodes
+    # have converged: a pod is Running before every other node has its block's route).
+    deadline = time.monotonic() + 10
+    while True:
         try:
-            before = kernel_state()
-            cluster.restart_agent(names, "node-1")
-            time.sleep(1.0)  # the new agent has synced and applied by now (STATUS answered)
-            assert kernel_state() == before
-            assert conn.recv(64) == b"m/p1\n"  # the server answers after its 50 ms wait
-        finally:
-            conn.close()
-        sources = {k: names.pod_ns("m", k.split("/")[1]) for k in pods}
-        table = truth_table(
-            probe_all(sources, {k: p.status.pod_ip for k, p in pods.items()}, 8080, "TCP", 2.0)
-        )
-        assert all(all(row.values()) for row in table.values()), table
+            with in_netns(names.pod_ns("m", "p0")):
+                conn = socketlib.create_connection((pods["m/p1"].status.pod_ip, 8080), timeout=2)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "pods never reached each other"
+            time.sleep(0.1)
+    try:
+        before = kernel_state()
+        cluster.restart_agent(names, "node-1")
+        time.sleep(1.0)  # the new agent has synced and applied by now (STATUS answered)
+        assert kernel_state() == before
+        assert conn.recv(64) == b"m/p1\n"  # the server answers after its 50 ms wait
     finally:
-        cluster.teardown(names)
-        clean(names)
+        conn.close()
+    sources = {k: names.pod_ns("m", k.split("/")[1]) for k in pods}
+    table = truth_table(probe_all(sources, {k: p.status.pod_ip for k, p in pods.items()}, 8080, "TCP", 2.0))
+    assert all(all(row.values()) for row in table.values()), table
 
 
 def _wait_bird_routes(netns: str, count: int, timeout: float = 20.0) -> str:

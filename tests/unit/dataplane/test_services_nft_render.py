@@ -398,6 +398,7 @@ def _blocks(listing: str) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in blocks.items()}
 
 
+@pytest.mark.root
 @needs_nft
 def test_full_script_is_accepted_by_nft() -> None:
     full = render_full(
@@ -425,6 +426,7 @@ def test_full_script_is_accepted_by_nft() -> None:
         assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.root
 @needs_nft
 def test_diffs_applied_by_nft_give_the_same_table_as_a_full_apply() -> None:
     a = plan(

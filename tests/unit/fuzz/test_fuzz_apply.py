@@ -212,7 +212,11 @@ def inject(store: ResourceStore, docs: list[dict[str, Any]], fault: str, index: 
             store.apply([resource])  # make it exist, then hand the batch an older version
             current = store.store.get(store.key_of(resource))
         if fault == "version-of-missing":
-            target["metadata"]["name"] = "fuzz-missing-" + target["metadata"]["name"][:40]
+            if target["kind"] == "ClusterConfiguration":  # must stay "default": remove the stored one
+                if current is not None:
+                    store.store.commit([Write(store.key_of(resource), None)])
+            else:
+                target["metadata"]["name"] = "fuzz-missing-" + target["metadata"]["name"][:40]
             target["metadata"]["resourceVersion"] = "7"
         else:
             assert current is not None

@@ -297,6 +297,7 @@ def test_apply_fuzzed_files(
         assert out.strip(), "apply succeeded without saying what it did"
 
 
+@pytest.mark.slow  # each case waits out the client's 5 s retry deadline
 @pytest.mark.parametrize(
     ("argv", "text", "expected"),
     [

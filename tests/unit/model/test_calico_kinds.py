@@ -165,7 +165,12 @@ def test_ippool_rules(spec: dict[str, Any], problem: tuple[str, str]) -> None:
 
 
 def test_a_disabled_pool_may_be_smaller_than_a_block() -> None:
-    parse_resource(pool(cidr="10.0.0.0/28", disabled=True))
+    resource = parse_resource(pool(cidr="10.0.0.0/28", disabled=True))
+    assert isinstance(resource, IPPool)
+    assert resource.spec.disabled is True
+    assert (str(resource.spec.network()), resource.spec.block_size) == ("10.0.0.0/28", 26)
+    [(field, message)] = problems(pool(cidr="10.0.0.0/28"))  # the same pool enabled is refused
+    assert field == "spec.cidr" and "smaller than one block" in message
 
 
 def test_pool_with_blocksize_32_and_small_cidr() -> None:

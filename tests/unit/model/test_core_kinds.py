@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from podnet.calc.bird import BgpNode
 from podnet.errors import ValidationError
 from podnet.model import Node, Pod, Service, parse_resource
 
@@ -156,14 +157,20 @@ def test_node_calico_annotations(key: str, value: str, fragment: str) -> None:
 
 
 def test_node_calico_annotations_valid() -> None:
-    parse_resource(
-        node(
-            {
-                "projectcalico.org/IPv4Address": "10.0.0.1/24",
-                "projectcalico.org/ASNumber": "4294967295",
-                "projectcalico.org/RouteReflectorClusterID": "244.0.0.1",
-            }
-        )
+    annotations = {
+        "projectcalico.org/IPv4Address": "10.0.0.1/24",
+        "projectcalico.org/ASNumber": "4294967295",
+        "projectcalico.org/RouteReflectorClusterID": "244.0.0.1",
+    }
+    resource = parse_resource(node(annotations))
+    assert isinstance(resource, Node)
+    assert resource.metadata.annotations == annotations
+    bgp = BgpNode.from_node(resource)  # what the BGP configuration reads from them
+    assert (bgp.ip, bgp.subnet, bgp.as_number, bgp.rr_cluster_id) == (
+        "10.0.0.1",
+        "10.0.0.0/24",
+        4294967295,
+        "244.0.0.1",
     )
 
 
