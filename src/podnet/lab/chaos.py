@@ -5,9 +5,11 @@ Every scenario runs the same way::
     workload (namespace "chaos": echo servers on node-2 and node-3, clients on node-1 and node-3,
               a ClusterIP over the servers)          — created once, re-used
     witness flows: pod→pod across nodes, and through the ClusterIP (a request every 50 ms each)
-    snapshot of podnet's BPF maps; kernel change monitors on every node (routes, FDB, nft, …)
+    snapshot of podnet's BPF maps; kernel change monitors on every node (routes, FDB, nft, …),
+              each of which reported a marker change before the fault starts
     THE FAULT
-    settle; stop the monitors, the witness; compare
+    settle; a marker change again, which each monitor must report (and be alive); stop them,
+    the witness; compare
 
 and returns a report: the witness's longest gap and interrupted flows, every kernel change seen on
 each node, the BPF maps that differ, and scenario figures (restart times, agent CPU, …).
@@ -21,9 +23,10 @@ Scenarios:
 - ``agent-downgrade-upgrade``: every agent, one by one, stopped (SIGTERM, as a rollout does) and
   started on another version of podnet (``--version REF``, a git commit of this checkout, default
   the last commit of the previous release :data:`PREVIOUS_VERSION`; its ``src`` exported under the
-  lab's state dir and put first on ``PYTHONPATH``), then back to this checkout the same way. Two
-  versions may render a table differently (then the new one replaces it in one transaction), so
-  here kernel changes are reported, not refused: the promise is that no flow is interrupted.
+  lab's state dir and put first on ``PYTHONPATH``; a shallow clone fetches that commit from its
+  origin), then back to this checkout the same way. No flow interrupted; routes, neighbour and
+  FDB entries and BPF maps untouched; the two versions render the policy table differently, so
+  each replaces it (in one transaction): those nft events are reported as ``policy_changes``.
 - ``etcd-outage``: stop etcd for ``seconds`` (default 10; the issue's figure is 60), then start it;
   reports the agents' CPU use meanwhile.
 - ``etcd-blackhole``: etcd black-holed for the agents for ``seconds`` (their packets to it
@@ -42,8 +45,10 @@ Scenarios:
   when BIRD answered again and when every BGP session was up; the routes must never be deleted
   (BIRD re-announcing them is expected, so for this scenario only deletions count).
 
-The two policy scenarios change podnet's nftables table on purpose; for them only route, FDB and
-neighbour changes count as kernel changes, and the nft events are reported as ``policy_changes``.
+The two policy scenarios change podnet's policy table on purpose; for them (and the downgrade)
+the events of that table are reported as ``policy_changes``, everything else counts. A kernel
+monitor that died, went deaf or reported an error fails every scenario, named: its silence proves
+nothing (:mod:`podnet.lab.kernel_watch`).
 """
 
 from __future__ import annotations
