@@ -5,9 +5,11 @@ Every scenario runs the same way::
     workload (namespace "chaos": echo servers on node-2 and node-3, clients on node-1 and node-3,
               a ClusterIP over the servers)          — created once, re-used
     witness flows: pod→pod across nodes, and through the ClusterIP (a request every 50 ms each)
-    snapshot of podnet's BPF maps; kernel change monitors on every node (routes, FDB, nft, …)
+    snapshot of podnet's BPF maps; kernel change monitors on every node (routes, FDB, nft, …),
+              each of which reported a marker change before the fault starts
     THE FAULT
-    settle; stop the monitors, the witness; compare
+    settle; a marker change again, which each monitor must report (and be alive); stop them,
+    the witness; compare
 
 and returns a report: the witness's longest gap and interrupted flows, every kernel change seen on
 each node, the BPF maps that differ, and scenario figures (restart times, agent CPU, …).
@@ -21,9 +23,10 @@ Scenarios:
 - ``agent-downgrade-upgrade``: every agent, one by one, stopped (SIGTERM, as a rollout does) and
   started on another version of podnet (``--version REF``, a git commit of this checkout, default
   the last commit of the previous release :data:`PREVIOUS_VERSION`; its ``src`` exported under the
-  lab's state dir and put first on ``PYTHONPATH``), then back to this checkout the same way. Two
-  versions may render a table differently (then the new one replaces it in one transaction), so
-  here kernel changes are reported, not refused: the promise is that no flow is interrupted.
+  lab's state dir and put first on ``PYTHONPATH``; a shallow clone fetches that commit from its
+  origin), then back to this checkout the same way. No flow interrupted; routes, neighbour and
+  FDB entries and BPF maps untouched; the two versions render the policy table differently, so
+  each replaces it (in one transaction): those nft events are reported as ``policy_changes``.
 - ``etcd-outage``: stop etcd for ``seconds`` (default 10; the issue's figure is 60), then start it;
   reports the agents' CPU use meanwhile.
 - ``etcd-blackhole``: etcd black-holed for the agents for ``seconds`` (their packets to it
@@ -42,8 +45,10 @@ Scenarios:
   when BIRD answered again and when every BGP session was up; the routes must never be deleted
   (BIRD re-announcing them is expected, so for this scenario only deletions count).
 
-The two policy scenarios change podnet's nftables table on purpose; for them only route, FDB and
-neighbour changes count as kernel changes, and the nft events are reported as ``policy_changes``.
+The two policy scenarios change podnet's policy table on purpose; for them (and the downgrade)
+the events of that table are reported as ``policy_changes``, everything else counts. A kernel
+monitor that died, went deaf or reported an error fails every scenario, named: its silence proves
+nothing (:mod:`podnet.lab.kernel_watch`).
 """
 
 from __future__ import annotations
@@ -73,8 +78,11 @@ SCENARIOS = (
     "kill-agent-mid-policy-sync",
     "bird-restart",
 )
-PREVIOUS_VERSION = "afc4f76"  # the agent as it was at the end of the services/bench issues
+# the agent as it was at the end of the services/bench issues; a full id, so that a shallow clone
+# can fetch it from its origin
+PREVIOUS_VERSION = "afc4f76e6023f1bf9118017383cf0bf28af68e08"
 POLICY_SCENARIOS = ("etcd-blackhole", "kill-agent-mid-policy-sync")
+REWRITES_POLICY_TABLE = (*POLICY_SCENARIOS, "agent-downgrade-upgrade")
 GUARDED = "guarded"
 ENFORCE_WITHIN = 5.0  # seconds from etcd's return to a policy written meanwhile being enforced
 POLICY_TABLE = "podnet_policy"
@@ -244,32 +252,46 @@ class Sandbox:
             LabState(self.names.state_dir).forget_netns(self.netns)
 
 
-def _agent_source(names: LabNames, ref: str) -> str:
-    """The ``src`` directory of podnet at git ``ref`` of this checkout (exported once under the
-    lab's state dir): what ``PYTHONPATH`` needs to run that version's agent."""
+def agent_source(state_dir: str, ref: str, checkout: str | None = None) -> str:
+    """The ``src`` directory of podnet at git ``ref`` (exported once under ``state_dir``): what
+    ``PYTHONPATH`` needs to run that version's agent. ``ref`` comes from the git history of
+    ``checkout`` (default: this one); a commit a shallow clone lacks is fetched by its full id from
+    the clone's ``origin``, into a repository of its own (the checkout is left as it is)."""
+    import re
     import subprocess
 
     import podnet
 
-    def git(*args: str) -> str:
-        proc = subprocess.run(
-            ["git", "-C", os.path.dirname(podnet.__file__), *args], capture_output=True, text=True
-        )
+    repo = checkout or os.path.dirname(podnet.__file__)
+
+    def git(*args: str, where: str = repo) -> str:
+        proc = subprocess.run(["git", "-C", where, *args], capture_output=True, text=True)
         if proc.returncode != 0:
             raise LabError(
                 f"git {' '.join(args)}: {proc.stderr.strip()}",
-                hint="agent versions come from this checkout's git history",
+                hint="agent versions come from this checkout's git history (or, a shallow clone, its origin)",
             )
         return proc.stdout.strip()
 
-    commit = git("rev-parse", "--verify", f"{ref}^{{commit}}")
-    dest = os.path.join(names.state_dir, "versions", commit[:12])
+    source = git("rev-parse", "--show-toplevel")
+    try:
+        commit = git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    except LabError:
+        if not re.fullmatch(r"[0-9a-f]{40}", ref):
+            raise LabError(
+                f"{ref} is not a commit of this checkout",
+                hint="a shallow clone lacks older commits: name a full commit id to fetch it from origin",
+            ) from None
+        source = os.path.join(state_dir, "versions", "fetched.git")
+        if not os.path.isdir(source):
+            git("init", "--quiet", "--bare", source)
+        git("fetch", "--quiet", "--depth", "1", git("remote", "get-url", "origin"), ref, where=source)
+        commit = ref
+    dest = os.path.join(state_dir, "versions", commit[:12])
     if not os.path.isdir(os.path.join(dest, "src", "podnet")):
         os.makedirs(dest, exist_ok=True)
         archive = subprocess.run(
-            ["git", "-C", git("rev-parse", "--show-toplevel"), "archive", commit, "src"],
-            capture_output=True,
-            check=True,
+            ["git", "-C", source, "archive", commit, "--", "src"], capture_output=True, check=True
         ).stdout
         subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
     return os.path.join(dest, "src")
@@ -289,7 +311,7 @@ def _switch_agents(lab: ChaosLab, source: str | None) -> dict[str, float]:
 
 
 def _downgrade_upgrade(lab: ChaosLab, ref: str, dwell: float = 3.0) -> dict[str, Any]:
-    source = _agent_source(lab.names, ref)
+    source = agent_source(lab.names.state_dir, ref)
     down = _switch_agents(lab, source)
     running = {node: _pythonpath(pid) for node, pid in cluster.agent_pids(lab.names).items()}
     time.sleep(dwell)  # the other version syncs, and rewrites what it renders differently
@@ -558,8 +580,10 @@ def run_scenario(
     settle: float = 1.5,
     policies: int = 300,
     version: str = PREVIOUS_VERSION,
+    before_fault: Callable[[KernelWatch], None] | None = None,
 ) -> dict[str, Any]:
-    """Run one scenario with the witness and the kernel monitors (see the module docstring)."""
+    """Run one scenario with the witness and the kernel monitors (see the module docstring).
+    ``before_fault`` is called with the started watch (tests break a monitor there)."""
     nodes = lab.nodes
     faults: dict[str, Callable[[], dict[str, Any]]] = {
         "kill-agent": lambda: _kill_agents(lab, [node or nodes[min(1, len(nodes) - 1)]]),
@@ -581,18 +605,22 @@ def run_scenario(
         bpf_dir = os.path.join(lab.names.state_dir, "bpf")
         maps_before = bpf_maps(bpf_dir)
         watch = KernelWatch([lab.names.node_ns(n) for n in nodes]).start()
-        figures = faults[scenario]()
-        time.sleep(settle)
-        events = watch.stop()
+        try:
+            if before_fault is not None:
+                before_fault(watch)
+            figures = faults[scenario]()
+            time.sleep(settle)  # late changes of the fault's aftermath are seen too
+            watched = watch.stop()
+        finally:
+            watch.close()
         maps_after = bpf_maps(bpf_dir)
     finally:
         flows = witness.stop()
+    events = watched.events
     changed = sorted(k for k in set(maps_before) | set(maps_after) if maps_before.get(k) != maps_after.get(k))
-    if scenario in POLICY_SCENARIOS:  # these change the policy table on purpose
-        figures["policy_changes"] = sum(
-            1 for lines in events.values() for line in lines if line.startswith("nft")
-        )
-        events = {ns: [line for line in lines if not line.startswith("nft")] for ns, lines in events.items()}
+    if scenario in REWRITES_POLICY_TABLE:  # the policy table changes on purpose, nothing else may
+        figures["policy_changes"] = sum(1 for lines in events.values() for line in lines if _policy(line))
+        events = {ns: [line for line in lines if not _policy(line)] for ns, lines in events.items()}
     if scenario == "bird-restart":  # re-announced routes are expected; deleted ones are not
         figures["routes_deleted"] = sum(
             1 for lines in events.values() for line in lines if line.startswith("route: Deleted")
@@ -604,24 +632,34 @@ def run_scenario(
         "kernel_changes": {ns.removeprefix(lab.names.prefix): lines for ns, lines in events.items()},
         "bpf_maps_changed": changed,
         "bpf_maps_checked": len(maps_before),
+        "kernel_monitors": {
+            "monitors": watched.monitors,
+            "ready_seconds": watched.ready_seconds,
+            "closing_control_seconds": watched.closing_seconds,
+            "stderr": watched.stderr,
+        },
+        "monitor_failures": watched.failures,
         **figures,
     }
 
 
+def _policy(event: str) -> bool:
+    """Is this kernel event about podnet's policy table?"""
+    return event.startswith("nft:") and POLICY_TABLE in event.split()
+
+
 def problems(report: dict[str, Any]) -> list[str]:
     """What in a report breaks the scenario's promise (empty: it held) — the CLI's exit status."""
-    out = []
+    out = [f"kernel monitor: {failure}" for failure in report["monitor_failures"]]
     w = report["witness"]
     if w["interrupted_flows"]:
         out.append(f"{w['interrupted_flows']} flow(s) interrupted")
     if report["scenario"] == "bird-restart":  # BIRD re-announces its routes: only deletions count
         if report.get("routes_deleted", 0):
             out.append(f"{report['routes_deleted']} route(s) deleted")
-    elif report["scenario"] == "agent-downgrade-upgrade":
-        pass  # two versions may render a table differently: reported, not refused
     elif any(report["kernel_changes"].values()):
         out.append("podnet's kernel state changed")
-    if report["bpf_maps_changed"] and report["scenario"] != "agent-downgrade-upgrade":
+    if report["bpf_maps_changed"]:
         out.append(f"BPF maps changed: {', '.join(report['bpf_maps_changed'])}")
     if report["scenario"] == "etcd-blackhole":
         if not report["policy_open_at_end_of_outage"]:
@@ -651,6 +689,14 @@ def render(report: dict[str, Any]) -> str:
             f"  {label:38} replies {flow['replies']:5}  longest gap {flow['max_gap_ms']:7.1f} ms  "
             f"interrupted {flow['interrupted']}"
         )
+    mon = report["kernel_monitors"]
+    lines.append(
+        f"kernel monitors: {mon['monitors']}, each saw a marker change before the fault "
+        f"({mon['ready_seconds']:.2f} s) and after it ({mon['closing_control_seconds']:.2f} s)"
+        if not report["monitor_failures"]
+        else "kernel monitors FAILED (their silence proves nothing):"
+        + "".join(f"\n  {f}" for f in report["monitor_failures"])
+    )
     changes = sum(len(v) for v in report["kernel_changes"].values())
     shown = [f"\n  {node}: {line}" for node, v in report["kernel_changes"].items() for line in v[:10]]
     lines.append(f"kernel changes to podnet's state: {changes}" + "".join(shown))

@@ -5,16 +5,18 @@ etcd stopped, etcd black-holed for the agents while a policy is written (10 s he
 
 Each must interrupt no flow (pod→pod across nodes and through a ClusterIP, a request every 50 ms),
 leave every route, FDB/neighbour entry, nftables object and BPF map of podnet's untouched (the
-kernel's own change monitors see nothing; the policy scenarios change the policy table on
-purpose), and keep its scenario's promise (:func:`podnet.lab.chaos.problems`): agents idle while
-etcd is away, the last good state kept, a policy written meanwhile enforced within 5 s of etcd's
-return, a policy batch never half in the kernel and complete after the restart."""
+kernel's own change monitors see nothing, and each of them reported a change made on purpose
+before and after the fault; the policy scenarios change the policy table on purpose), and keep
+its scenario's promise (:func:`podnet.lab.chaos.problems`): agents idle while etcd is away, the
+last good state kept, a policy written meanwhile enforced within 5 s of etcd's return, a policy
+batch never half in the kernel and complete after the restart. A monitor killed before the fault
+fails the scenario."""
 
 from __future__ import annotations
 
 import os
 import secrets
-import subprocess
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -22,8 +24,9 @@ import pytest
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
 from podnet.lab import cluster
-from podnet.lab.chaos import PREVIOUS_VERSION, ChaosLab, problems, render, run_scenario
+from podnet.lab.chaos import ChaosLab, problems, render, run_scenario
 from podnet.lab.cleanup import clean
+from podnet.lab.kernel_watch import MONITORS, KernelWatch
 from podnet.lab.naming import LabNames
 from podnet.lab.topology import LabSpec, random_underlay
 
@@ -85,19 +88,36 @@ def test_fault_leaves_traffic_and_kernel_state_alone(lab: ChaosLab, scenario: st
         assert len(report["rounds"]) == 3 and report["policy_changes"] > 0
 
 
+@pytest.mark.parametrize("kind", list(MONITORS))
+def test_a_monitor_killed_before_the_fault_fails_the_scenario(lab: ChaosLab, kind: str) -> None:
+    """The scenario's verdict names a kernel monitor killed before the fault (every scenario goes
+    through the same watch: tests/unit/lab/test_lab_chaos_report.py)."""
+    killed = []
+
+    def kill(watch: KernelWatch) -> None:
+        victim = next(
+            m for m in watch.monitors if m.kind == kind and m.ns == lab.names.node_ns(lab.nodes[-1])
+        )
+        os.kill(victim.pid, signal.SIGKILL)
+        killed.append(victim)
+
+    report = run_scenario(lab, "kill-agent", before_fault=kill)
+    command, victim = " ".join(MONITORS[kind]), killed[0]
+    died = f"kernel monitor: `{command}` in {victim.ns} (pid {victim.pid}) died (killed by SIGKILL)"
+    assert problems(report) == [died], report
+    assert report["witness"]["interrupted_flows"] == 0  # the fault itself held its promise
+
+
 def test_agent_downgrade_then_upgrade_interrupts_no_flow(lab: ChaosLab) -> None:
-    """Every agent rolled to the previous release (a commit of this checkout) and back, one by one
-    with SIGTERM, under the witness: no flow interrupted (tables a version renders differently are
-    replaced in one transaction: reported, not refused)."""
-    found = subprocess.run(
-        ["git", "-C", os.path.dirname(__file__), "rev-parse", "--verify", f"{PREVIOUS_VERSION}^{{commit}}"],
-        capture_output=True,
-    )
-    if found.returncode != 0:
-        pytest.skip(f"needs the git history holding {PREVIOUS_VERSION} (a shallow clone has not)")
+    """Every agent rolled to the previous release and back, one by one with SIGTERM, under the
+    witness: no flow interrupted, routes, neighbours, FDB and BPF maps untouched; only the policy
+    table, which the two versions render differently, is replaced (in one transaction each time).
+    The previous release comes from this checkout's history, or, a shallow clone, from its origin."""
     report = run_scenario(lab, "agent-downgrade-upgrade")
     print("\n" + render(report))
     assert problems(report) == [], report
+    assert not any(report["kernel_changes"].values()) and report["bpf_maps_changed"] == []
+    assert report["policy_changes"] > 0  # the two rewrites, seen (the monitors listened: problems)
     assert report["witness"]["flows"] >= 4 and report["witness"]["replies"] > 0
     assert report["witness"]["max_gap_ms"] < GAP_BOUND_MS, report["flows"]
     ran = report["agents_ran_from"]
@@ -118,6 +138,7 @@ def test_bird_restart_keeps_routes_and_traffic() -> None:
         assert report["witness"]["interrupted_flows"] == 0, report["flows"]
         assert report["witness"]["max_gap_ms"] < GAP_BOUND_MS, report["flows"]
         assert report["routes_deleted"] == 0, report["kernel_changes"]
+        assert problems(report) == [], report
         assert report["sessions_up_seconds"] < 60
     finally:
         cluster.teardown(names)

@@ -1,9 +1,17 @@
-"""The chaos scenarios' verdict (``problems``: the CLI's exit status) and the datastore states a
-policy batch passes through, without root."""
+"""The chaos scenarios' verdict (``problems``: the CLI's exit status), the datastore states a
+policy batch passes through, and that every scenario runs under the same kernel watch, without
+root."""
 
 from __future__ import annotations
 
-from podnet.lab.chaos import _whole_states, problems
+from typing import Any
+
+import pytest
+
+from podnet.lab import chaos
+from podnet.lab.chaos import SCENARIOS, _whole_states, problems, render, run_scenario
+from podnet.lab.kernel_watch import Watched
+from podnet.lab.naming import LabNames
 
 
 def report(scenario: str = "kill-agent", **extra) -> dict:
@@ -14,6 +22,13 @@ def report(scenario: str = "kill-agent", **extra) -> dict:
         "kernel_changes": {"node-1": []},
         "bpf_maps_changed": [],
         "bpf_maps_checked": 3,
+        "kernel_monitors": {
+            "monitors": 12,
+            "ready_seconds": 0.1,
+            "closing_control_seconds": 0.05,
+            "stderr": {},
+        },
+        "monitor_failures": [],
     }
     return {**base, **extra}
 
@@ -63,3 +78,103 @@ def test_a_batch_passes_through_transaction_boundaries_only() -> None:
     assert _whole_states(300) == {0, 128, 256, 300}
     assert _whole_states(128) == {0, 128}
     assert _whole_states(5) == {0, 5}
+
+
+def test_a_dead_or_deaf_monitor_is_a_problem_even_with_no_change_seen() -> None:
+    dead = "`bridge monitor fdb` in pnt1-node-2 (pid 4242) died (killed by SIGKILL)"
+    found = problems(report(monitor_failures=[dead]))
+    assert found == [f"kernel monitor: {dead}"]
+    assert "kernel monitors FAILED" in render(report(monitor_failures=[dead]))
+
+
+def test_downgrade_promises_routes_fdb_and_maps_untouched() -> None:
+    """The policy table's rewrites are split off by run_scenario (policy_changes); anything left
+    in kernel_changes, and any BPF map change, breaks the promise."""
+    assert problems(report("agent-downgrade-upgrade", policy_changes=120)) == []
+    routes = report("agent-downgrade-upgrade", kernel_changes={"node-1": ["route: Deleted 10.244.1.0/26"]})
+    assert problems(routes) == ["podnet's kernel state changed"]
+    assert problems(report("agent-downgrade-upgrade", bpf_maps_changed=["ipip/routes"])) != []
+
+
+class FakeWatch:
+    """Stands for KernelWatch: records the calls, and reports one dead monitor."""
+
+    calls: list[str] = []
+
+    def __init__(self, netns: list[str]) -> None:
+        self.netns = netns
+
+    def start(self) -> FakeWatch:
+        self.calls.append("start")
+        return self
+
+    def stop(self) -> Watched:
+        self.calls.append("stop")
+        events: dict[str, list[str]] = {ns: [] for ns in self.netns}
+        events[self.netns[0]] = ["nft: delete rule inet podnet_policy forward handle 10"]
+        return Watched(events, ["`ip monitor route` in x (pid 1) died (killed by SIGKILL)"], 12, 0.1, 0.1)
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+class FakeWitness:
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    def start(self, flows: list) -> None:
+        pass
+
+    def settle(self, seconds: float) -> None:
+        pass
+
+    def stop(self) -> dict:
+        return {}
+
+
+class FakeLab:
+    names = LabNames("pnt0-")
+    nodes = ["node-1", "node-2", "node-3"]
+
+    def ensure_workload(self) -> None:
+        pass
+
+    def flows(self) -> list:
+        return []
+
+
+FAULTS = (
+    "_kill_agents",
+    "_downgrade_upgrade",
+    "_etcd_outage",
+    "_etcd_blackhole",
+    "_kill_mid_policy_sync",
+    "_bird_restart",
+)
+
+
+FIGURES = {"policy_open_at_end_of_outage": True, "policy_enforced_seconds": 1.0}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_scenario_runs_its_fault_inside_the_kernel_watch(monkeypatch, scenario: str) -> None:
+    """The watch starts (with its readiness handshake) before the fault and is stopped (closing
+    control, liveness) after it, for every scenario; a monitor failure reaches the verdict."""
+    FakeWatch.calls = []
+    monkeypatch.setattr(chaos, "KernelWatch", FakeWatch)
+    monkeypatch.setattr(chaos, "Witness", FakeWitness)
+    monkeypatch.setattr(chaos, "bpf_maps", lambda _: {"m": 1})
+    monkeypatch.setattr(
+        chaos, "summarize", lambda _: {"flows": 0, "replies": 0, "max_gap_ms": 0.0, "interrupted_flows": 0}
+    )
+    for name in FAULTS:
+        monkeypatch.setattr(chaos, name, lambda *a, **k: FakeWatch.calls.append("fault") or dict(FIGURES))
+    hook = lambda watch: FakeWatch.calls.append("before_fault")  # noqa: E731
+    out = run_scenario(FakeLab(), scenario, settle=0.0, before_fault=hook)  # type: ignore[arg-type]
+    assert FakeWatch.calls == ["start", "before_fault", "fault", "stop", "close"]
+    found = problems(out)
+    assert found[0] == "kernel monitor: `ip monitor route` in x (pid 1) died (killed by SIGKILL)"
+    if scenario in chaos.REWRITES_POLICY_TABLE:  # the policy table's changes are split off
+        assert out["policy_changes"] == 1 and found[1:] == []
+    elif scenario != "bird-restart":  # (it counts deleted routes only)
+        assert found[1:] == ["podnet's kernel state changed"]
