@@ -84,6 +84,7 @@ from typing import Any
 from podnet.bench.services import NGINX_PORT, WrkResult, nginx_command, nginx_config, parse_wrk, start_nginx
 from podnet.bench.services import check_tools as check_wrk_nginx
 from podnet.bench.services import wrk_command as services_wrk_command
+from podnet.bench.stats import rotate
 from podnet.bench.throughput import HandBuilt
 from podnet.lab.naming import MARKER_ENV, LabNames
 from podnet.lab.netns import IP, Spawned, join_cgroup, spawn
@@ -208,15 +209,6 @@ def cpu_per_gbit(busy_seconds: float, gbps: float, seconds: float) -> float:
     if gbit <= 0:
         raise ValueError("no data moved")
     return busy_seconds / gbit
-
-
-def rotate(sides: Sequence[str], round_index: int) -> list[str]:
-    """The sides' order in round ``round_index``: rotated by one each round, so none is always
-    first (first after a warm-up, or after another side's run)."""
-    if not sides:
-        return []
-    k = round_index % len(sides)
-    return [*sides[k:], *sides[:k]]
 
 
 def baseline_side(path: str) -> str:
