@@ -6,7 +6,8 @@
 Five profiles, each a 2-node podnet lab (client pod ``bench/client`` on node-1, server pod
 ``bench/server`` on node-2), and three baselines, one per data path, built by hand with no podnet
 at all (:class:`podnet.bench.throughput.HandBuilt`: fabric bridge, two node namespaces, a pod
-namespace behind a veth on each; plain routes, a VXLAN device, or the same tc-eBPF IPIP)::
+namespace behind a veth on each; plain routes, a VXLAN device, or the bench's own minimal tc-eBPF
+IPIP, :mod:`podnet.bench.min_ipip`, independent of podnet's)::
 
     profile                   LabSpec                                        data path  baseline
     calico-ipip               calico, ipip                                   ipip       by hand, ipip
