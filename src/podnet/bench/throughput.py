@@ -21,6 +21,7 @@ import argparse
 import json
 import random
 import secrets
+import statistics
 import subprocess
 import time
 from collections.abc import Sequence
@@ -162,18 +163,29 @@ def schedule(sides: Sequence[str], repeats: int) -> list[list[str]]:
     return [rotate(sides, r) for r in range(repeats)]
 
 
+PAIRS = {"podnet/baseline": ("podnet", "baseline"), "baseline/direct": ("baseline", "direct")}
+
+
 def summarize(runs: dict[str, list[float]]) -> dict:
-    """Medians (Gbit/s, None without samples) and the guarded ratios of one mode's samples."""
+    """Medians (Gbit/s, None without samples) and the guarded ratios of one mode's samples: of
+    the medians (``value``), and per round (sample i of each side was taken in round i) with
+    their median (``median_of_rounds``), which a drift between rounds does not move."""
     med = {side: median_or_none(values) for side, values in runs.items()}
-    ratios = {"podnet/baseline": ratio(med.get("podnet"), med.get("baseline"), names=("podnet", "baseline"))}
-    if "direct" in runs:
-        ratios["baseline/direct"] = ratio(
-            med.get("baseline"), med.get("direct"), names=("baseline", "direct")
-        )
+    ratios = {}
+    for name, (num, den) in PAIRS.items():
+        if num not in runs or den not in runs:
+            continue
+        per_round = [ratio(a, b, names=(num, den)).value for a, b in zip(runs[num], runs[den], strict=False)]
+        usable = [r for r in per_round if r is not None]
+        ratios[name] = {
+            **ratio(med[num], med[den], names=(num, den)).to_dict(),
+            "per_round": per_round,
+            "median_of_rounds": round(statistics.median(usable), 3) if usable else None,
+        }
     return {
         "gbps": {side: None if v is None else round(v, 2) for side, v in med.items()},
-        "ratio": ratios["podnet/baseline"].value,
-        "ratios": {name: r.to_dict() for name, r in ratios.items()},
+        "ratio": ratios["podnet/baseline"]["value"],
+        "ratios": ratios,
     }
 
 
@@ -251,7 +263,8 @@ def render(results: dict, repeats: int, duration: float) -> str:
     (``12.80 x0.98``: podnet vs the baseline, the baseline vs the hand-built direct path)."""
     head = ("mode", "podnet vs by hand", "by hand vs direct", "direct by hand")
     rows = []
-    notes = []
+    notes: list[str] = []
+    rounds: list[str] = []
     for mode, r in results.items():
         ratios = r["ratios"]
         rows.append(
@@ -263,6 +276,11 @@ def render(results: dict, repeats: int, duration: float) -> str:
             )
         )
         notes += [f"{mode} {name}: n/a, {x['reason']}" for name, x in ratios.items() if x["value"] is None]
+        rounds += [
+            f"{mode} {name} {x['median_of_rounds']:.2f}"
+            for name, x in ratios.items()
+            if x["median_of_rounds"] is not None
+        ]
     widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
     lines = [
         f"pod -> pod TCP, 1 stream, Gbit/s: medians of {repeats} rounds x {duration:g} s, "
@@ -271,6 +289,8 @@ def render(results: dict, repeats: int, duration: float) -> str:
     lines += [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *rows]
     ]
+    if rounds:
+        lines.append("median of the per-round ratios: " + ", ".join(rounds))
     return "\n".join([*lines, *notes])
 
 

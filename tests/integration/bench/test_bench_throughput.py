@@ -114,7 +114,9 @@ def test_quick_ipip_run_measures_podnet_the_independent_baseline_and_direct():
         assert len(res["samples"][side]) == QUICK["repeats"] and min(res["samples"][side]) > 0.1, res
         assert res["gbps"][side] > 0.1
     for name in ("podnet/baseline", "baseline/direct"):
-        assert res["ratios"][name]["value"] > 0 and res["ratios"][name]["reason"] is None
+        x = res["ratios"][name]
+        assert x["value"] > 0 and x["reason"] is None and x["median_of_rounds"] > 0, x
+        assert len(x["per_round"]) == QUICK["repeats"]
     assert res["ratio"] == res["ratios"]["podnet/baseline"]["value"]
     table = render(r, QUICK["repeats"], QUICK["duration"])
     print("\n" + table)

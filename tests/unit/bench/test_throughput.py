@@ -3,6 +3,7 @@ schedule, guarded summary, the table, the peer map's encoding."""
 
 from __future__ import annotations
 
+import re
 import struct
 
 import pytest
@@ -24,24 +25,28 @@ def test_schedule_rotates_so_podnet_is_not_always_first():
     assert [o[0] for o in schedule(sides_of("none"), 3)] == ["podnet", "baseline", "podnet"]
 
 
-def test_summarize_gives_medians_and_both_ratios():
+def test_summarize_gives_medians_and_both_ratios_of_medians_and_of_rounds():
     s = summarize({"podnet": [12.0, 13.0, 11.0], "baseline": [12.5, 12.5, 14.0], "direct": [15.0, 14.0]})
     assert s["gbps"] == {"podnet": 12.0, "baseline": 12.5, "direct": 14.5}
     assert s["ratio"] == 0.96
-    assert s["ratios"] == {
-        "podnet/baseline": {"value": 0.96, "reason": None},
-        "baseline/direct": {"value": 0.862, "reason": None},
-    }
+    pb, bd = s["ratios"]["podnet/baseline"], s["ratios"]["baseline/direct"]
+    assert (pb["value"], pb["reason"]) == (0.96, None)
+    assert pb["per_round"] == [0.96, 1.04, 0.786] and pb["median_of_rounds"] == 0.96
+    assert (bd["value"], bd["reason"]) == (0.862, None)
+    assert bd["per_round"] == [0.833, 0.893] and bd["median_of_rounds"] == 0.863  # 2 rounds of direct
 
 
 def test_summarize_with_a_zero_or_missing_baseline_reports_na_and_does_not_raise():
-    s = summarize({"podnet": [12.0], "baseline": [0.0, 0.0, 0.0], "direct": []})
-    assert s["ratio"] is None
-    assert s["ratios"]["podnet/baseline"] == {"value": None, "reason": "baseline is 0"}
-    assert s["ratios"]["baseline/direct"] == {"value": None, "reason": "no direct sample"}
+    s = summarize({"podnet": [12.0, 11.0], "baseline": [0.0, 2.0, 0.0], "direct": []})
+    pb, bd = s["ratios"]["podnet/baseline"], s["ratios"]["baseline/direct"]
+    assert s["ratio"] is None and (pb["value"], pb["reason"]) == (None, "baseline is 0")
+    assert pb["per_round"] == [None, 5.5] and pb["median_of_rounds"] == 5.5
+    assert (bd["value"], bd["reason"]) == (None, "no direct sample")
+    assert bd["per_round"] == [] and bd["median_of_rounds"] is None
     assert s["gbps"]["direct"] is None
     table = render({"ipip": s}, 3, 1.0)
-    assert "12.00 x n/a" in table and "0.00 x n/a" in table
+    assert "11.50 x n/a" in table and "0.00 x n/a" in table
+    assert "median of the per-round ratios: ipip podnet/baseline 5.50" in table
     assert "ipip podnet/baseline: n/a, baseline is 0" in table
     assert "ipip baseline/direct: n/a, no direct sample" in table
 
@@ -53,23 +58,19 @@ def test_render_writes_value_and_ratio_as_the_readme_table_does():
     }
     lines = render(results, 1, 3.0).splitlines()
     assert lines[0].startswith("pod -> pod TCP, 1 stream, Gbit/s: medians of 1 rounds x 3 s")
-    assert lines[1].split() == [
+    assert re.split(r"\s{2,}", lines[1]) == [
         "mode",
-        "podnet",
-        "vs",
-        "by",
-        "hand",
-        "by",
-        "hand",
-        "vs",
-        "direct",
-        "direct",
-        "by",
-        "hand",
+        "podnet vs by hand",
+        "by hand vs direct",
+        "direct by hand",
     ]
     assert lines[2].split() == ["none", "14.50", "x0.96", "15.10", "-"]
     assert lines[3].split() == ["ipip", "12.80", "x1.02", "12.50", "x0.89", "14.00"]
-    assert len(lines) == 4  # no n/a note
+    assert lines[4] == (
+        "median of the per-round ratios: none podnet/baseline 0.96, ipip podnet/baseline 1.02, "
+        "ipip baseline/direct 0.89"
+    )
+    assert len(lines) == 5  # no n/a note
 
 
 def test_run_refuses_bad_arguments_before_building_anything():
