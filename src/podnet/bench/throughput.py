@@ -166,10 +166,19 @@ def schedule(sides: Sequence[str], repeats: int) -> list[list[str]]:
 PAIRS = {"podnet/baseline": ("podnet", "baseline"), "baseline/direct": ("baseline", "direct")}
 
 
+def quartiles(values: Sequence[float]) -> list[float] | None:
+    """``[p25, p75]`` (inclusive method), the spread of per-round ratios; None under 2 values."""
+    if len(values) < 2:
+        return None
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return [round(q1, 3), round(q3, 3)]
+
+
 def summarize(runs: dict[str, list[float]]) -> dict:
     """Medians (Gbit/s, None without samples) and the guarded ratios of one mode's samples: of
     the medians (``value``), and per round (sample i of each side was taken in round i) with
-    their median (``median_of_rounds``), which a drift between rounds does not move."""
+    their median (``median_of_rounds``), which a drift between rounds does not move, and their
+    spread (``rounds_p25_p75``)."""
     med = {side: median_or_none(values) for side, values in runs.items()}
     ratios = {}
     for name, (num, den) in PAIRS.items():
@@ -181,6 +190,7 @@ def summarize(runs: dict[str, list[float]]) -> dict:
             **ratio(med[num], med[den], names=(num, den)).to_dict(),
             "per_round": per_round,
             "median_of_rounds": round(statistics.median(usable), 3) if usable else None,
+            "rounds_p25_p75": quartiles(usable),
         }
     return {
         "gbps": {side: None if v is None else round(v, 2) for side, v in med.items()},
@@ -278,6 +288,7 @@ def render(results: dict, repeats: int, duration: float) -> str:
         notes += [f"{mode} {name}: n/a, {x['reason']}" for name, x in ratios.items() if x["value"] is None]
         rounds += [
             f"{mode} {name} {x['median_of_rounds']:.2f}"
+            + (" (p25-p75 {:.2f}-{:.2f})".format(*x["rounds_p25_p75"]) if x["rounds_p25_p75"] else "")
             for name, x in ratios.items()
             if x["median_of_rounds"] is not None
         ]

@@ -32,6 +32,7 @@ def test_summarize_gives_medians_and_both_ratios_of_medians_and_of_rounds():
     pb, bd = s["ratios"]["podnet/baseline"], s["ratios"]["baseline/direct"]
     assert (pb["value"], pb["reason"]) == (0.96, None)
     assert pb["per_round"] == [0.96, 1.04, 0.786] and pb["median_of_rounds"] == 0.96
+    assert pb["rounds_p25_p75"] == [0.873, 1.0]
     assert (bd["value"], bd["reason"]) == (0.862, None)
     assert bd["per_round"] == [0.833, 0.893] and bd["median_of_rounds"] == 0.863  # 2 rounds of direct
 
@@ -42,7 +43,7 @@ def test_summarize_with_a_zero_or_missing_baseline_reports_na_and_does_not_raise
     assert s["ratio"] is None and (pb["value"], pb["reason"]) == (None, "baseline is 0")
     assert pb["per_round"] == [None, 5.5] and pb["median_of_rounds"] == 5.5
     assert (bd["value"], bd["reason"]) == (None, "no direct sample")
-    assert bd["per_round"] == [] and bd["median_of_rounds"] is None
+    assert bd["per_round"] == [] and bd["median_of_rounds"] is None and bd["rounds_p25_p75"] is None
     assert s["gbps"]["direct"] is None
     table = render({"ipip": s}, 3, 1.0)
     assert "11.50 x n/a" in table and "0.00 x n/a" in table
@@ -68,9 +69,11 @@ def test_render_writes_value_and_ratio_as_the_readme_table_does():
     assert lines[3].split() == ["ipip", "12.80", "x1.02", "12.50", "x0.89", "14.00"]
     assert lines[4] == (
         "median of the per-round ratios: none podnet/baseline 0.96, ipip podnet/baseline 1.02, "
-        "ipip baseline/direct 0.89"
+        "ipip baseline/direct 0.89"  # one round: no spread
     )
     assert len(lines) == 5  # no n/a note
+    two = render({"ipip": summarize({"podnet": [1.0, 3.0], "baseline": [2.0, 2.0]})}, 2, 1.0)
+    assert "ipip podnet/baseline 1.00 (p25-p75 0.75-1.25)" in two
 
 
 def test_run_refuses_bad_arguments_before_building_anything():
