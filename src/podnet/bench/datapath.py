@@ -6,7 +6,8 @@
 Five profiles, each a 2-node podnet lab (client pod ``bench/client`` on node-1, server pod
 ``bench/server`` on node-2), and three baselines, one per data path, built by hand with no podnet
 at all (:class:`podnet.bench.throughput.HandBuilt`: fabric bridge, two node namespaces, a pod
-namespace behind a veth on each; plain routes, a VXLAN device, or the same tc-eBPF IPIP)::
+namespace behind a veth on each; plain routes, a VXLAN device, or the bench's own minimal tc-eBPF
+IPIP, :mod:`podnet.bench.min_ipip`, independent of podnet's)::
 
     profile                   LabSpec                                        data path  baseline
     calico-ipip               calico, ipip                                   ipip       by hand, ipip
@@ -84,6 +85,7 @@ from typing import Any
 from podnet.bench.services import NGINX_PORT, WrkResult, nginx_command, nginx_config, parse_wrk, start_nginx
 from podnet.bench.services import check_tools as check_wrk_nginx
 from podnet.bench.services import wrk_command as services_wrk_command
+from podnet.bench.stats import rotate
 from podnet.bench.throughput import HandBuilt
 from podnet.lab.naming import MARKER_ENV, LabNames
 from podnet.lab.netns import IP, Spawned, join_cgroup, spawn
@@ -208,15 +210,6 @@ def cpu_per_gbit(busy_seconds: float, gbps: float, seconds: float) -> float:
     if gbit <= 0:
         raise ValueError("no data moved")
     return busy_seconds / gbit
-
-
-def rotate(sides: Sequence[str], round_index: int) -> list[str]:
-    """The sides' order in round ``round_index``: rotated by one each round, so none is always
-    first (first after a warm-up, or after another side's run)."""
-    if not sides:
-        return []
-    k = round_index % len(sides)
-    return [*sides[k:], *sides[:k]]
 
 
 def baseline_side(path: str) -> str:
