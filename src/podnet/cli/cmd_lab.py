@@ -168,6 +168,8 @@ def _print_agents(state) -> None:
         f"agents (run by the lab kubelet; back-off {supervisor.BACKOFF_BASE:g}s doubling to "
         f"{supervisor.BACKOFF_CAP:g}s, reset after {supervisor.BACKOFF_RESET:g}s running):"
     )
+    if not supervisor.supervised(state, agents[0].node):
+        print("  the kubelet is not running: nothing restarts an agent that exits")
     rows = [("NODE", "STATE", "RESTARTS", "LAST EXIT", "BACK-OFF")]
     for a in agents:
         what = f"back-off {a.next_start_in:.1f}s" if a.next_start_in is not None else a.state

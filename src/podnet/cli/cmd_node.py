@@ -16,7 +16,8 @@ Asks the node's BIRD over its control socket (``show protocols all``) and keeps 
     No IPv6 peers found.
 
 The socket: ``--socket PATH``; else, with ``NODE``, that lab node's ``<node dir>/bird.ctl`` (lab
-prefix from ``--lab-prefix`` or ``$PODNET_LAB_PREFIX``); else ``/var/run/podnet/bird.ctl`` (on a node).
+prefix from ``--lab-prefix`` or ``$PODNET_LAB_PREFIX``); else, on a host with that lab up, every lab
+node's, each headed by ``=== NODE ===``; else ``/var/run/podnet/bird.ctl`` (on a node).
 SINCE is BIRD's time for a session that changed today, its date otherwise (as BIRD 1 shows it).
 """
 

@@ -284,7 +284,10 @@ def wait_agent(names: LabNames, node: str, timeout: float = 30.0) -> None:
             pass
         if time.monotonic() > deadline:
             log = os.path.join(names.node_log_dir(node), "agent.stderr")
-            raise LabError(f"the agent on {node} did not become ready in {timeout:g}s", hint=f"see {log}")
+            kubelet = os.path.join(names.log_dir, "kubelet.log")  # it starts the agents
+            raise LabError(
+                f"the agent on {node} did not become ready in {timeout:g}s", hint=f"see {log} and {kubelet}"
+            )
         time.sleep(0.05)
 
 
