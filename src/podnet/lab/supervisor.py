@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from podnet.agent.log import kv
 from podnet.lab.naming import LabError, LabNames
 from podnet.lab.netns import Spawned, proc_alive, spawn
 from podnet.lab.state import LabState, ProcessRecord
@@ -246,13 +247,8 @@ class AgentSupervisor:
             ran_for = now - (entry.get("started_at") or now)
             wait, entry["backoff"] = plan_restart(float(entry.get("backoff", 0.0)), ran_for)
             entry["next_start"] = now + wait
-        log.warning(
-            "agent exited: node=%s pid=%s %s%s",
-            node,
-            rec.pid,
-            entry["last_exit"],
-            f", restart in {entry['next_start'] - now:.1f}s" if crashed else " (held: not restarted)",
-        )
+        after = f"restart in {entry['next_start'] - now:.1f}s" if crashed else "held or asked: not a restart"
+        kv(log, logging.WARNING, "agent exited", node=node, pid=rec.pid, exit=entry["last_exit"], then=after)
 
     def _start(self, node: str, entry: dict, doc: dict, now: float) -> None:
         spec = entry["spec"]
@@ -267,10 +263,10 @@ class AgentSupervisor:
         except LabError as exc:  # e.g. its netns is gone: try again after the back-off
             wait, entry["backoff"] = plan_restart(float(entry.get("backoff", 0.0)), 0.0)
             entry.update(start=False, next_start=now + wait, exited_at=now, last_exit=f"not started: {exc}")
-            log.warning("agent not started: node=%s %s", node, exc)
+            kv(log, logging.WARNING, "agent not started", node=node, error=str(exc))
             return
         self.children[node] = child
         record = ProcessRecord.of(process_name(node), child, node=node)
         doc["processes"] = [p for p in doc["processes"] if p["name"] != record.name] + [record.to_dict()]
         entry.update(start=False, next_start=None, started_at=now)
-        log.info("agent started: node=%s pid=%s restarts=%s", node, child.pid, entry["restarts"])
+        kv(log, logging.INFO, "agent started", node=node, pid=child.pid, restarts=entry["restarts"])
