@@ -232,8 +232,6 @@ def route_convergence(names: LabNames, info, store, timeout: float = 120.0, sett
     from podnet.dataplane.bird import BirdManager
     from podnet.ipam import IPAM
     from podnet.lab import cluster
-    from podnet.lab.netns import stop_processes
-    from podnet.lab.state import LabState
     from podnet.model import lookup, parse_resource
 
     topo = info.topology
@@ -243,10 +241,9 @@ def route_convergence(names: LabNames, info, store, timeout: float = 120.0, sett
         for d in cluster.cluster_resources(topo)
         if d["kind"] == "Node" and d["metadata"]["name"] == joiner.name
     )
-    record = next(p for p in LabState(names.state_dir).processes() if p.name == f"agent-{joiner.name}")
 
     # leave
-    stop_processes([(record.pid, record.start_time)], timeout=10.0)
+    cluster.stop_process(names, f"agent-{joiner.name}")  # the kubelet holds it down until restart_agent
     if topo.spec.bgp:
         BirdManager(names.node_dir(joiner.name)).stop()
     store.delete(lookup("nodes"), joiner.name)

@@ -152,7 +152,32 @@ def _status(args) -> int:
     for proc in state.processes():
         alive = "running" if proc_alive(proc.pid, proc.start_time) else "DEAD"
         print(f"  {proc.name:28} pid {proc.pid:<8} {alive:8} {proc.netns or '(root netns)'}")
+    _print_agents(state)
     return 0
+
+
+def _print_agents(state) -> None:
+    """The kubelet's supervision of each node's agent: state, restarts, last exit, back-off."""
+    from podnet.cli.cmd_monitor import _natural
+    from podnet.lab import supervisor
+
+    agents = sorted(supervisor.agent_status(state), key=lambda a: _natural(a.node))
+    if not agents:
+        return
+    print(
+        f"agents (run by the lab kubelet; back-off {supervisor.BACKOFF_BASE:g}s doubling to "
+        f"{supervisor.BACKOFF_CAP:g}s, reset after {supervisor.BACKOFF_RESET:g}s running):"
+    )
+    if not supervisor.supervised(state, agents[0].node):
+        print("  the kubelet is not running: nothing restarts an agent that exits")
+    rows = [("NODE", "STATE", "RESTARTS", "LAST EXIT", "BACK-OFF")]
+    for a in agents:
+        what = f"back-off {a.next_start_in:.1f}s" if a.next_start_in is not None else a.state
+        last = f"{a.last_exit}, {a.exited_ago:.0f}s ago" if a.last_exit and a.exited_ago is not None else "-"
+        rows.append((a.node, what, str(a.restarts), last, f"{a.backoff:g}s"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
 
 
 def _pods(args):

@@ -16,7 +16,8 @@ Asks the node's BIRD over its control socket (``show protocols all``) and keeps 
     No IPv6 peers found.
 
 The socket: ``--socket PATH``; else, with ``NODE``, that lab node's ``<node dir>/bird.ctl`` (lab
-prefix from ``--lab-prefix`` or ``$PODNET_LAB_PREFIX``); else ``/var/run/podnet/bird.ctl`` (on a node).
+prefix from ``--lab-prefix`` or ``$PODNET_LAB_PREFIX``); else, on a host with that lab up, every lab
+node's, each headed by ``=== NODE ===``; else ``/var/run/podnet/bird.ctl`` (on a node).
 SINCE is BIRD's time for a session that changed today, its date otherwise (as BIRD 1 shows it).
 """
 
@@ -107,20 +108,55 @@ def format_status(protocols: list[dict], today: dt.date | None = None) -> str:
     return "\n".join(out)
 
 
-def run(args: argparse.Namespace) -> int:
-    import json
+def lab_sockets(args: argparse.Namespace) -> dict[str, str] | None:
+    """Without NODE or ``--socket``, on a host with a lab up (the lab the other lab commands pick:
+    ``--lab-prefix``, ``$PODNET_LAB_PREFIX`` or ``pn-``): every lab node's BIRD socket. Else None."""
+    if args.socket or args.node:
+        return None
+    from podnet.cli.cmd_monitor import _natural
+    from podnet.lab.cluster import lab_names
+    from podnet.lab.state import LabState
 
+    names = lab_names(args.lab_prefix)
+    state = LabState(names.state_dir)
+    if not state.exists():
+        return None
+    nodes = sorted(state.meta().get("nodes") or {}, key=_natural)
+    return {node: os.path.join(names.node_dir(node), "bird.ctl") for node in nodes}
+
+
+def query(path: str) -> tuple[list[dict] | None, str]:
+    """BIRD's protocols at ``path``, or None and why it did not answer."""
     from podnet.dataplane.bird import BirdError, show_protocols
 
-    path = socket_path(args)
     try:
-        protocols = show_protocols(path)
+        return show_protocols(path), ""
     except BirdError as exc:
-        print("Calico process is not running.")
-        print(f"no answer from BIRD at {path}: {exc.message}", file=sys.stderr)
-        return 1
-    if args.output == "json":
-        print(json.dumps([p for p in protocols if p.get("proto") == "BGP"], indent=2))
-    else:
-        print(format_status(protocols))
-    return 0
+        return None, exc.message
+
+
+def run(args: argparse.Namespace) -> int:
+    """One BIRD (NODE, ``--socket``, this host's), or on a lab host every node's, each headed by
+    its name (``calicoctl node status`` run on each node). 1 if a BIRD does not answer."""
+    import json
+
+    lab = lab_sockets(args)
+    targets: dict[str | None, str] = dict(lab) if lab is not None else {None: socket_path(args)}
+    results = {node: query(path) for node, path in targets.items()}
+    if args.output == "json" and all(p is not None for p, _ in results.values()):
+        bgp = {n: [x for x in p or [] if x.get("proto") == "BGP"] for n, (p, _) in results.items()}
+        print(json.dumps(bgp if lab is not None else bgp[None], indent=2))
+        return 0
+    for node, path in targets.items():
+        protocols, error = results[node]
+        if node is not None:
+            print(f"=== {node} ===")
+        if protocols is None:
+            print("Calico process is not running.", flush=True)
+            hint = " (lab nodes run BIRD when the lab is up with --bgp)" if node is not None else ""
+            print(f"no answer from BIRD at {path}: {error}{hint}", file=sys.stderr, flush=True)
+            if node is not None:
+                print()
+        else:
+            print(format_status(protocols), flush=True)
+    return 0 if all(p is not None for p, _ in results.values()) else 1

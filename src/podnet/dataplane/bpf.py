@@ -55,8 +55,9 @@ CLANG = "clang"
 BPFTOOL = "bpftool"
 TC = "tc"
 TOOL_TIMEOUT = 60.0
-#: The repository's C sources (``bpf/`` at the root); ``PODNET_BPF_DIR`` overrides.
-BPF_SOURCE_DIR = Path(os.environ.get("PODNET_BPF_DIR") or Path(__file__).resolve().parents[3] / "bpf")
+#: The C sources, package data in ``podnet/bpf/`` (``bpf/`` at the repository's root links there);
+#: ``PODNET_BPF_DIR`` overrides.
+BPF_SOURCE_DIR = Path(os.environ.get("PODNET_BPF_DIR") or Path(__file__).resolve().parents[1] / "bpf")
 PACKAGES_HINT = "install clang, llvm, libbpf-dev, bpftool and iproute2 (scripts/setup.sh does)"
 
 # bpf(2) commands and map types used here (linux/bpf.h)
@@ -142,7 +143,7 @@ def cache_key(
 
 
 def source_path(name: str) -> str:
-    """``bpf/<name>`` of the repository (or ``$PODNET_BPF_DIR/<name>``)."""
+    """``podnet/bpf/<name>`` of the installed package (or ``$PODNET_BPF_DIR/<name>``)."""
     return str(BPF_SOURCE_DIR / name)
 
 

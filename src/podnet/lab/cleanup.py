@@ -191,12 +191,13 @@ def down(state_dir: str, *, timeout: float = 5.0) -> CleanupReport:
         return report
     doc = state.load()  # StateCorrupt → the caller falls back to clean()
 
-    # 1. recorded processes
+    # 1. recorded processes: the kubelet first, so that it restarts no agent the rest stops
     procs = doc["processes"]
     for p in procs:
         if proc_start_time(p["pid"]) == p["start_time"]:
             report.processes.append(f"{p['name']} {p['pid']}")
-    stop_processes([(p["pid"], p["start_time"]) for p in procs], timeout)
+    for batch in ([p for p in procs if p["name"] == "kubelet"], [p for p in procs if p["name"] != "kubelet"]):
+        stop_processes([(p["pid"], p["start_time"]) for p in batch], timeout)
 
     # 2. stragglers in the lab's namespaces and cgroups
     ids = {i for n in doc["namespaces"] if (i := netns_id(n["name"])) is not None}

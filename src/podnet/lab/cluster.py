@@ -11,23 +11,27 @@
 
 Order of ``up``: fabric → etcd (+ proxy for the CLI, the only way in from the root namespace) →
 cluster resources (ClusterConfiguration, IPPool, Nodes, Namespaces) → CNI configuration per node
-→ one agent per node (waits until each answers STATUS) → the kubelet. Any failure tears down what
-was made. Everything is recorded in the lab state, so ``down`` removes exactly that.
+→ the kubelet → one agent per node, started by the kubelet as a DaemonSet's pod (and restarted with
+back-off when it exits: lab/supervisor.py); ``up`` waits until each answers STATUS. Any failure
+tears down what was made. Everything is recorded in the lab state, so ``down`` removes exactly that.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from podnet.agent import api
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.etcd_server import EtcdServer
 from podnet.datastore.resources import ResourceStore
+from podnet.lab import supervisor
 from podnet.lab.cleanup import CleanupReport, clean, down
 from podnet.lab.cni_runtime import install_podnet_plugin
 from podnet.lab.etcd_proxy import start_etcd_proxy
@@ -35,6 +39,7 @@ from podnet.lab.fabric import fabric_up
 from podnet.lab.naming import LabError, LabNames
 from podnet.lab.netns import (
     create_cgroup,
+    proc_alive,
     proc_start_time,
     signal_process,
     spawn,
@@ -225,6 +230,8 @@ def _start_etcd(names: LabNames, topo: Topology, state: LabState) -> str:
 
 
 def _start_agents(names: LabNames, topo: Topology, state: LabState, timeout: float = 30.0) -> None:
+    """Hand every node's agent to the kubelet (it starts them and restarts them: a DaemonSet) and
+    wait until each answers."""
     from podnet.dataplane.bpf import ensure_bpffs
 
     # The agents' BPF pins live on a bpffs mounted here, in the root mount namespace: an agent's own
@@ -232,37 +239,36 @@ def _start_agents(names: LabNames, topo: Topology, state: LabState, timeout: flo
     bpf_dir = os.path.join(names.state_dir, "bpf")
     state.record_mount(bpf_dir)
     ensure_bpffs(bpf_dir)
+    agents = {}
     for host in topo.nodes:
         cgroup = create_cgroup(names.node_cgroup(host.name))  # exists already when the fabric made it
-        agent = spawn(
-            [
-                sys.executable,
-                "-m",
-                "podnet.agent.main",
-                "--node",
-                host.name,
-                "--etcd-endpoints",
-                topo.etcd_endpoint,
-                "--socket",
-                names.agent_socket(host.name),
-                "--metrics",
-                "127.0.0.1:9099",
-                "--bpf-dir",
-                bpf_dir,
-                "--cgroup",
-                cgroup,
-                "--state-dir",
-                os.path.join(names.state_dir, "agent-cache"),
-                "--log-file",
-                os.path.join(names.node_log_dir(host.name), "agent.log"),
-                names.marker,
-            ],
-            netns=host.netns,
-            cgroup=cgroup,
-            lab_prefix=names.prefix,
-            log=os.path.join(names.node_log_dir(host.name), "agent.stderr"),
-        )
-        state.record_process(ProcessRecord.of(f"agent-{host.name}", agent, node=host.name))
+        cmd = [
+            sys.executable,
+            "-m",
+            "podnet.agent.main",
+            "--node",
+            host.name,
+            "--etcd-endpoints",
+            topo.etcd_endpoint,
+            "--socket",
+            names.agent_socket(host.name),
+            "--metrics",
+            "127.0.0.1:9099",
+            "--bpf-dir",
+            bpf_dir,
+            "--cgroup",
+            cgroup,
+            "--state-dir",
+            os.path.join(names.state_dir, "agent-cache"),
+            "--log-file",
+            os.path.join(names.node_log_dir(host.name), "agent.log"),
+            names.marker,
+        ]
+        log = os.path.join(names.node_log_dir(host.name), "agent.stderr")
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        spec = {"cmd": cmd, "netns": host.netns, "cgroup": cgroup, "log": log}
+        agents[host.name] = supervisor.new_entry(spec)
+    state.set_meta(**{supervisor.META_KEY: agents})
     for host in topo.nodes:
         wait_agent(names, host.name, timeout)
 
@@ -278,17 +284,23 @@ def wait_agent(names: LabNames, node: str, timeout: float = 30.0) -> None:
             pass
         if time.monotonic() > deadline:
             log = os.path.join(names.node_log_dir(node), "agent.stderr")
-            raise LabError(f"the agent on {node} did not become ready in {timeout:g}s", hint=f"see {log}")
+            kubelet = os.path.join(names.log_dir, "kubelet.log")  # it starts the agents
+            raise LabError(
+                f"the agent on {node} did not become ready in {timeout:g}s", hint=f"see {log} and {kubelet}"
+            )
         time.sleep(0.05)
 
 
 def stop_process(names: LabNames, name: str, sig: int = signal.SIGTERM) -> ProcessRecord:
     """Stop a recorded lab process (``agent-node-1``, ``etcd``, …) and return its record, so that
-    :func:`start_process` can start it again."""
+    :func:`start_process` can start it again. An agent's supervision by the kubelet is held first
+    (it stays down until :func:`start_process`)."""
     state = LabState(names.state_dir)
     record = next((p for p in state.processes() if p.name == name), None)
     if record is None:
         raise LabError(f"no process {name!r} recorded in this lab", hint="podnet lab status")
+    if name.startswith("agent-"):
+        supervisor.hold(state, name.removeprefix("agent-"))
     signal_process(record.pid, record.start_time, sig, group=True)
     if not wait_gone([(record.pid, record.start_time)], 5.0):
         stop_processes([(record.pid, record.start_time)], timeout=2.0)
@@ -296,7 +308,16 @@ def stop_process(names: LabNames, name: str, sig: int = signal.SIGTERM) -> Proce
 
 
 def start_process(names: LabNames, record: ProcessRecord, cmd: list[str] | None = None) -> None:
-    """Start a stopped lab process again as recorded (or with ``cmd``), and record the new one."""
+    """Start a stopped lab process again as recorded (or with ``cmd``), and record the new one.
+
+    A supervised agent is started by the kubelet (its child, so its exits are known) and its hold
+    lifted; with no kubelet running, it is started here."""
+    state = LabState(names.state_dir)
+    node = record.name.removeprefix("agent-")
+    if record.name.startswith("agent-") and supervisor.supervised(state, node):
+        supervisor.release(state, node, cmd)
+        _wait_started(names, state, record, 10.0)
+        return
     process = spawn(
         cmd or list(record.cmd),
         netns=record.netns,
@@ -304,7 +325,35 @@ def start_process(names: LabNames, record: ProcessRecord, cmd: list[str] | None 
         lab_prefix=names.prefix,
         log=record.log,
     )
-    LabState(names.state_dir).record_process(ProcessRecord.of(record.name, process, **record.meta))
+    state.record_process(ProcessRecord.of(record.name, process, **record.meta))
+    if record.name.startswith("agent-"):
+        supervisor.release(state, node, cmd, start=False)
+
+
+def _wait_started(names: LabNames, state: LabState, old: ProcessRecord, timeout: float) -> None:
+    """Until the kubelet has recorded a new, live process in place of ``old``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rec = next((p for p in state.processes() if p.name == old.name), None)
+        if rec is not None and rec.pid != old.pid and proc_alive(rec.pid, rec.start_time):
+            return
+        time.sleep(0.02)
+    raise LabError(
+        f"the kubelet did not start {old.name} within {timeout:g}s",
+        hint=f"see {os.path.join(names.log_dir, 'kubelet.log')} and podnet lab status",
+    )
+
+
+@contextlib.contextmanager
+def held_agent(names: LabNames, node: str) -> Iterator[None]:
+    """The kubelet leaves ``node``'s agent alone inside the block (for a scenario that stops or
+    changes it by other means than :func:`stop_process`); afterwards it starts it if it is down."""
+    state = LabState(names.state_dir)
+    supervisor.hold(state, node)
+    try:
+        yield
+    finally:
+        supervisor.release(state, node)
 
 
 def restart_agent(
@@ -334,7 +383,7 @@ def _start_kubelet(names: LabNames, endpoint: str, state: LabState) -> None:
         lab_prefix=names.prefix,
         log=os.path.join(names.log_dir, "kubelet.log"),
     )
-    state.record_process(ProcessRecord.of("kubelet", kubelet))
+    state.record_process(ProcessRecord.of(supervisor.KUBELET, kubelet))
 
 
 def up(spec: LabSpec, names: LabNames | None = None) -> LabInfo:
@@ -361,8 +410,8 @@ def up(spec: LabSpec, names: LabNames | None = None) -> LabInfo:
         store = ResourceStore(EtcdDatastore([endpoint]))
         store.apply([parse_resource(doc) for doc in cluster_resources(topo)])
         write_cni_files(names, topo, state)
+        _start_kubelet(names, endpoint, state)  # first: it starts the agents
         _start_agents(names, topo, state)
-        _start_kubelet(names, endpoint, state)
     except BaseException:
         down(names.state_dir)
         raise

@@ -7,7 +7,9 @@ For each Pod (``spec.nodeName``, else the node with the fewest pods):
     containerPorts (joins the pod's cgroup first, then enters its netns)  →  Pod status
     (Running, podIP, hostIP; SCTP ports noted in the status message)
 
-A failed ADD is followed by DEL (as kubelet does) and retried with back-off. Deleting the Pod:
+It also runs each node's agent, as a DaemonSet's pod: started, and restarted with back-off when it
+exits (:mod:`podnet.lab.supervisor`, a thread of its own). A failed ADD is followed by DEL (as
+kubelet does) and retried with back-off. Deleting the Pod:
 stop its processes, CNI DEL, remove the netns and the cgroup. What runs is recorded in the lab
 state (``meta.pods``), so a restarted kubelet adopts its pods instead of wiring them twice.
 One process for all nodes; pods are started by a small pool of workers, one operation at a time
@@ -40,6 +42,7 @@ from podnet.lab.naming import LabNames
 from podnet.lab.netns import create_cgroup, create_netns, delete_netns, remove_cgroup, spawn
 from podnet.lab.podserver import podserver_command
 from podnet.lab.state import LabState, ProcessRecord
+from podnet.lab.supervisor import AgentSupervisor
 from podnet.model import Pod, lookup, parse_resource
 
 log = logging.getLogger("podnet.lab.kubelet")
@@ -417,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     kubelet = Kubelet(names, ResourceStore(EtcdDatastore(args.etcd_endpoints)), args.workers)
     signal.signal(signal.SIGTERM, lambda *_: (kubelet.stop.set(), kubelet.wake.set()))
     threading.Thread(target=kubelet.watch, name="watch", daemon=True).start()
+    agents = AgentSupervisor(names, kubelet.stop)
+    threading.Thread(target=agents.run, name="agents", daemon=True).start()
     kubelet.reconcile_forever()
     return 0
 
