@@ -7,6 +7,7 @@ No I/O here; everything is testable without root. Every module of the package, o
     endpoints.py       an endpoint: one pod interface wired by a node's agent (WorkloadEndpoint)
     routes.py          which routes and tunnel entries a node needs (a RoutePlan)
     mtu.py             pod MTU: the underlay's minus the largest encapsulation overhead in use
+    local_pods.py      which pods a node enforces policy for: every endpoint it wired, whatever the Pod says
     policy.py          NetworkPolicy compiled to a per-endpoint intermediate form, with provenance
     policy_status.py   NetworkPolicy status: what each agent reports, the conditions a policy shows
     host_endpoints.py  Calico HostEndpoints of this node: what the host-endpoint table enforces

@@ -16,7 +16,8 @@ import pytest
 from podnet.bench import min_ipip
 from podnet.bench.throughput import QUICK, HandBuilt, iperf, render, run, schedule, sides_of
 from podnet.dataplane import bpf
-from podnet.lab.netns import in_netns, list_netns
+from podnet.dataplane.netns import in_netns
+from podnet.lab.netns import list_netns
 
 pytestmark = [pytest.mark.root]
 
