@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from podnet.bench.monitor import LineMonitor
-from podnet.bench.stats import latency_summary
+from podnet.bench.stats import latency_summary, ratio
 from podnet.bench.throughput import iperf
 from podnet.calc.policy import PodInfo, compile_policies
 from podnet.dataplane.netns import run_in_netns
@@ -668,8 +668,8 @@ def run(opts: Options) -> dict:
         }
         results["throughput"] = {
             "gbps": {k: round(v, 2) for k, v in med.items()},
-            "ratio_with_vs_without": round(med["measured_with"] / med["measured_without"], 3),
-            "ratio_with_vs_control": round(med["measured_with"] / med["control_with"], 3),
+            "ratio_with_vs_without": ratio(med["measured_with"], med["measured_without"]).number,
+            "ratio_with_vs_control": ratio(med["measured_with"], med["control_with"]).number,
             "samples": {"without": before, "with": after},
             "pairs": {k: list(v) for k, v in pairs.items()},
         }

@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from podnet.bench.stats import ratio as stats_ratio
 from podnet.bench.stats import sample_summary
 
 
@@ -88,9 +89,9 @@ def _finite(x: float | None) -> bool:
 def ratio(podnet: float, baseline: float, higher_is_better: bool) -> dict[str, float | None]:
     """``ratio`` = podnet / baseline as measured; ``relative`` the same turned so that >= 1 is as
     good as the baseline or better on every metric (baseline / podnet where lower is better)."""
-    if not (_finite(podnet) and _finite(baseline)) or baseline == 0 or podnet == 0:
+    r = stats_ratio(podnet, baseline, digits=9).value
+    if not r:  # no usable side, or a zero measurement (its inverse would be infinite)
         return {"ratio": None, "relative": None}
-    r = podnet / baseline
     return {"ratio": r, "relative": r if higher_is_better else 1 / r}
 
 

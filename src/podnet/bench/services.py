@@ -58,6 +58,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from podnet.bench.stats import ratio
 from podnet.lab.naming import LabNames
 
 PROFILES = ("calico", "cilium")
@@ -207,10 +208,6 @@ def summarize(samples: Sequence[float]) -> dict[str, float]:
     }
 
 
-def ratio(numerator: float, denominator: float) -> float:
-    return round(numerator / denominator, 3) if denominator > 0 else float("nan")
-
-
 def mode_figures(runs: dict[str, list[WrkResult]]) -> dict[str, Any]:
     """Per target (``service``, ``direct``): requests/s summary, median latency percentiles over the
     runs, total errors; and ``ratio`` = median service / median direct."""
@@ -228,9 +225,11 @@ def mode_figures(runs: dict[str, list[WrkResult]]) -> dict[str, Any]:
             "syn_retrans": sum(r.syn_retrans or 0 for r in results),
             "samples": [asdict(r) for r in results],
         }
-    out["ratio"] = ratio(out["service"]["per_s"]["median"], out["direct"]["per_s"]["median"])
+    out["ratio"] = ratio(out["service"]["per_s"]["median"], out["direct"]["per_s"]["median"]).number
     if "service1" in out:
-        out["ratio_one_backend"] = ratio(out["service1"]["per_s"]["median"], out["direct"]["per_s"]["median"])
+        out["ratio_one_backend"] = ratio(
+            out["service1"]["per_s"]["median"], out["direct"]["per_s"]["median"]
+        ).number
     return out
 
 

@@ -58,6 +58,11 @@ class Ratio:
     def to_dict(self) -> dict[str, float | str | None]:
         return {"value": self.value, "reason": self.reason or None}
 
+    @property
+    def number(self) -> float:
+        """The value, NaN when there is none (for tables that print a float column)."""
+        return self.value if self.value is not None else float("nan")
+
 
 def _defect(value: float | None, name: str) -> str:
     if value is None:

@@ -16,13 +16,13 @@ from podnet.bench.services import (
     nginx_config,
     parse_netstat,
     parse_wrk,
-    ratio,
     render,
     round_order,
     summarize,
     workload_docs,
     wrk_command,
 )
+from podnet.bench.stats import ratio
 from podnet.model import parse_resource
 
 WRK_CLOSE = """Running 2s test @ http://10.96.0.10:80/
@@ -112,7 +112,7 @@ def test_summary_ratio_and_mode_figures():
     assert summarize([3.0, 1.0, 2.0]) == {"n": 3, "median": 2.0, "min": 1.0, "max": 3.0}
     with pytest.raises(ValueError):
         summarize([])
-    assert ratio(9000, 10000) == 0.9 and math.isnan(ratio(1, 0))
+    assert ratio(9000, 10000).number == 0.9 and math.isnan(ratio(1, 0).number)
     runs = {
         "service": [_result(9000, 0.6), _result(8000, 0.8, errors=2), _result(10000, 0.7)],
         "service1": [_result(9500)],
