@@ -184,3 +184,59 @@ def test_close_ends_a_blocked_watch(store, prefix):
     time.sleep(0.2)
     watch.close()
     assert done.wait(3)
+
+
+def test_watch_marks_the_last_event_of_each_transaction(store, prefix):
+    """A consumer acting on its state waits for ``last_of_revision`` (never half a transaction)."""
+    rev = store.revision()
+    batch = store.commit([Write(prefix + f"p{i}", b"1") for i in range(5)])
+    single = store.put(prefix + "q", b"1")
+    events = collect(store.watch(prefix, rev + 1), 6)
+    assert [(e.revision, e.last_of_revision) for e in events] == [(batch, False)] * 4 + [
+        (batch, True),
+        (single, True),
+    ]
+
+
+class _BreaksMidRevision:
+    """A datastore whose first watch fails after the first event of a multi-event revision."""
+
+    def __init__(self, store) -> None:  # type: ignore[no-untyped-def]
+        self.store, self.broken = store, False
+
+    def list(self, prefix: str):  # type: ignore[no-untyped-def]
+        return self.store.list(prefix)
+
+    def watch(self, prefix: str, start_revision: int):  # type: ignore[no-untyped-def]
+        from podnet.errors import DatastoreError
+
+        inner = self.store.watch(prefix, start_revision)
+
+        class Watch:
+            def __iter__(w):  # type: ignore[no-untyped-def]
+                for event in inner:
+                    yield event
+                    if not self.broken and not event.last_of_revision:
+                        self.broken = True
+                        inner.close()
+                        raise DatastoreError("connection reset mid-revision")
+
+            def close(w) -> None:  # type: ignore[no-untyped-def]
+                inner.close()
+
+        return Watch()
+
+
+def test_prefix_sync_resumed_mid_revision_replays_the_whole_revision(store, prefix):
+    sync = PrefixSync(_BreaksMidRevision(store), prefix, min_backoff=0.01)
+    it = iter(sync)
+    assert isinstance(next(it), Snapshot)
+    store.commit([Write(prefix + f"p{i}", b"1") for i in range(3)])
+    seen: list = []
+    for item in it:
+        seen.append((item.key.removeprefix(prefix), item.last_of_revision))
+        if item.last_of_revision:
+            break
+    sync.close()
+    # the first event, then the whole revision again after the reset
+    assert seen == [("p0", False), ("p0", False), ("p1", False), ("p2", True)]

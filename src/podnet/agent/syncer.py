@@ -11,7 +11,9 @@ etcd down keeps every route it had. Each event marks what it touched (the kind `
 returns); a burst that touched only pods, namespaces, policies or services runs ``apply_partial``
 (policy and services, no route work) instead of the whole apply — a policy change does not pay for
 a dump of every link and route. A snapshot, a CNI request, the periodic resync and a retry after a
-failure run everything. Triggers are coalesced (a burst of events is one apply); a
+failure run everything. Triggers are coalesced (a burst of events is one apply) and never fire in
+the middle of a transaction: the events of one revision are applied together or not at all, so the
+kernel never holds a state the datastore never had (half a batch of policies). A
 failed apply is retried with back-off, and a periodic resync (``refresh_seconds``) repairs
 out-of-band changes. Each apply diffs against the kernel, so a restart with an unchanged desired
 state changes nothing.
@@ -59,6 +61,7 @@ class Syncer:
         self.apply_routes = apply_routes
         self.apply_partial = apply_partial
         self._dirty: set[str] = {FULL}  # what changed since the last apply (guarded by lock)
+        self._mid_revision = False  # the cache holds part of a transaction's events (guarded by lock)
         self.metrics = metrics
         self.uplink = uplink
         self.refresh_seconds = refresh_seconds
@@ -98,6 +101,7 @@ class Syncer:
             with self.lock:
                 if isinstance(item, Snapshot):
                     self.cache.reset(item.items, item.revision)
+                    self._mid_revision = False
                     self._dirty.add(FULL)
                     for key, record in self.cache.endpoints.items():
                         if record.node == self.node:
@@ -112,13 +116,16 @@ class Syncer:
                 elif item.key.startswith(self._status_prefix):
                     continue  # agents' own reports: not an input of calculation
                 else:
+                    self._mid_revision = not item.last_of_revision
                     kind = self.cache.update(item.key, item.value, item.revision)
                     if kind is not None:
                         self._dirty.add(kind)
                     elif item.key in self.cache.errors:
                         self._dirty.add("policy")  # refused values are reported with policy status
-                    else:
-                        continue  # nothing the dataplane depends on (IPAM handles, affinities, ...)
+                    if self._mid_revision or not self._dirty:
+                        # the rest of this transaction follows (never apply half of it), or nothing
+                        # the dataplane depends on changed (IPAM handles, affinities, ...)
+                        continue
                 self.metrics.revision.set(self.cache.revision)
             self._trigger.set()
 
@@ -135,6 +142,8 @@ class Syncer:
                 time.sleep(self.coalesce_seconds)  # let a burst of events land: one apply
             self._trigger.clear()
             with self.lock:
+                if self._mid_revision:
+                    continue  # the watch thread triggers again at the transaction's last event
                 dirty, self._dirty = (self._dirty if fired else {FULL}), set()
             if not dirty:
                 continue

@@ -16,7 +16,7 @@ Every write bumps one cluster-wide revision; each key remembers the revision of 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
@@ -40,6 +40,19 @@ class WatchEvent:
     key: str
     value: bytes | None  # None for DELETE
     revision: int  # the revision of the write that produced the event
+    # False while more events of the same revision (one transaction) follow: a consumer that acts
+    # on its state should wait for the revision's last event, or it acts on a state that never was.
+    last_of_revision: bool = True
+
+
+def mark_revision_ends(events: Sequence[WatchEvent]) -> list[WatchEvent]:
+    """``events`` (whole revisions, in order) with ``last_of_revision`` set on each revision's last."""
+    out = list(events)
+    for i, event in enumerate(out):
+        last = i + 1 == len(out) or out[i + 1].revision != event.revision
+        if event.last_of_revision != last:
+            out[i] = replace(event, last_of_revision=last)
+    return out
 
 
 # ``expect`` of a Write: None = unconditional, 0 = key must not exist, N = mod_revision must be N.

@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator, Sequence
 from urllib.parse import urlsplit
 
-from podnet.datastore.base import MUST_NOT_EXIST, EventType, KeyValue, WatchEvent, Write
+from podnet.datastore.base import MUST_NOT_EXIST, EventType, KeyValue, WatchEvent, Write, mark_revision_ends
 from podnet.errors import (
     AlreadyExistsError,
     CompactedError,
@@ -318,6 +318,18 @@ class EtcdDatastore:
             self._drop_connection(endpoint)
 
 
+def _event(event: dict) -> WatchEvent:
+    """One event of a watch response (JSON gateway form)."""
+    kv = event["kv"]
+    deleted = event.get("type") == "DELETE"
+    return WatchEvent(
+        type=EventType.DELETE if deleted else EventType.PUT,
+        key=_unb64(kv["key"]).decode(),
+        value=None if deleted else _unb64(kv.get("value")),
+        revision=int(kv.get("mod_revision", 0)),
+    )
+
+
 class EtcdWatch:
     """One watch stream over a raw socket (chunked HTTP), so it can be closed and health-checked."""
 
@@ -443,15 +455,8 @@ class EtcdWatch:
                     raise CompactedError(compact)
                 if result.get("canceled"):
                     raise DatastoreError(f"etcd canceled the watch: {result.get('cancel_reason', '')}")
-                for event in result.get("events") or []:
-                    kv = event["kv"]
-                    deleted = event.get("type") == "DELETE"
-                    yield WatchEvent(
-                        type=EventType.DELETE if deleted else EventType.PUT,
-                        key=_unb64(kv["key"]).decode(),
-                        value=None if deleted else _unb64(kv.get("value")),
-                        revision=int(kv.get("mod_revision", 0)),
-                    )
+                # etcd sends every event of a revision (one transaction) in one response
+                yield from mark_revision_ends([_event(e) for e in result.get("events") or []])
         finally:
             self._shutdown()
 

@@ -16,6 +16,7 @@ from podnet.datastore.base import (
     KeyValue,
     WatchEvent,
     Write,
+    mark_revision_ends,
 )
 from podnet.errors import AlreadyExistsError, CompactedError, ConflictError, NotFoundError
 
@@ -160,7 +161,7 @@ class MemoryWatch:
                         self._next_revision = self._store._revision + 1
                     lock.wait(0.5)
                 self._next_revision = pending[-1].revision + 1
-            yield from pending
+            yield from mark_revision_ends(pending)
 
     def close(self) -> None:
         self._closed = True

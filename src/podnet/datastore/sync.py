@@ -65,7 +65,8 @@ class PrefixSync:
                     watch.close()
                 backoff = self.min_backoff
                 for event in watch:
-                    self.revision = max(self.revision, event.revision)
+                    if event.last_of_revision:  # a watch resumed mid-revision replays all of it
+                        self.revision = max(self.revision, event.revision)
                     yield event
                     backoff = self.min_backoff
             except CompactedError as exc:

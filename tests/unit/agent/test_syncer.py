@@ -182,3 +182,71 @@ def test_policy_only_changes_skip_the_route_work():
         rec.wait(full + 2)
     finally:
         syncer.stop()
+
+
+class SlowWatchStore:
+    """The memory store with a watch that hands over one event every few milliseconds, as a
+    stream from a loaded etcd does: an apply can start between two events of one transaction."""
+
+    def __init__(self, store: MemoryDatastore, gap: float = 0.01) -> None:
+        self.store, self.gap = store, gap
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.store, name)
+
+    def watch(self, prefix: str, start_revision: int):  # type: ignore[no-untyped-def]
+        inner, gap = self.store.watch(prefix, start_revision), self.gap
+
+        class Watch:
+            def __iter__(self):  # type: ignore[no-untyped-def]
+                for event in inner:
+                    time.sleep(gap)
+                    yield event
+
+            def close(self) -> None:
+                inner.close()
+
+        return Watch()
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def policy_doc(name: str) -> bytes:
+    meta = {"name": name, "namespace": "ns"}
+    doc = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta,
+        "spec": {"podSelector": {}},
+    }
+    return json.dumps(doc).encode()
+
+
+def test_an_apply_never_sees_half_a_transaction():
+    """A batch of policies written in one transaction reaches the dataplane whole: every apply
+    sees 0 or all 30 of them (the kill-agent-mid-policy-sync fault found partial states)."""
+    from podnet.datastore.base import Write
+
+    store = MemoryDatastore()
+    seen: list[int] = []
+    syncer = make(
+        SlowWatchStore(store),
+        Recorder(),
+        apply_partial=lambda kinds: seen.append(len(syncer.cache.netpols)) or {},
+    )
+    syncer.start()
+    try:
+        assert syncer.in_sync.wait(5)
+        keys = [LAYOUT.resource("networkpolicies.networking.k8s.io", f"p{i}", "ns") for i in range(30)]
+        store.commit([Write(k, policy_doc(f"p{i}")) for i, k in enumerate(keys)])
+        wait_until(lambda: 30 in seen)
+        store.commit([Write(k, None) for k in keys])
+        wait_until(lambda: seen[-1] == 0)
+    finally:
+        syncer.stop()
+    assert 30 in seen and seen[-1] == 0, seen
+    assert set(seen) <= {0, 30}, f"an apply saw part of a transaction: {seen}"
