@@ -88,23 +88,25 @@ def test_fault_leaves_traffic_and_kernel_state_alone(lab: ChaosLab, scenario: st
         assert len(report["rounds"]) == 3 and report["policy_changes"] > 0
 
 
-@pytest.mark.parametrize("kind", list(MONITORS))
-def test_a_monitor_killed_before_the_fault_fails_the_scenario(lab: ChaosLab, kind: str) -> None:
-    """The scenario's verdict names a kernel monitor killed before the fault (every scenario goes
-    through the same watch: tests/unit/lab/test_lab_chaos_report.py)."""
+def test_every_monitor_killed_before_the_fault_fails_the_scenario(lab: ChaosLab) -> None:
+    """The scenario's verdict names each kernel monitor killed before the fault: one of every kind,
+    each on another node, and each named on its own (every scenario goes through the same watch:
+    tests/unit/lab/test_lab_chaos_report.py)."""
     killed = []
 
     def kill(watch: KernelWatch) -> None:
-        victim = next(
-            m for m in watch.monitors if m.kind == kind and m.ns == lab.names.node_ns(lab.nodes[-1])
-        )
-        os.kill(victim.pid, signal.SIGKILL)
-        killed.append(victim)
+        for i, kind in enumerate(MONITORS):
+            ns = lab.names.node_ns(lab.nodes[i % len(lab.nodes)])
+            victim = next(m for m in watch.monitors if m.kind == kind and m.ns == ns)
+            os.kill(victim.pid, signal.SIGKILL)
+            killed.append(victim)
 
     report = run_scenario(lab, "kill-agent", before_fault=kill)
-    command, victim = " ".join(MONITORS[kind]), killed[0]
-    died = f"kernel monitor: `{command}` in {victim.ns} (pid {victim.pid}) died (killed by SIGKILL)"
-    assert problems(report) == [died], report
+    died = [
+        f"kernel monitor: `{' '.join(MONITORS[v.kind])}` in {v.ns} (pid {v.pid}) died (killed by SIGKILL)"
+        for v in killed
+    ]
+    assert len(killed) == len(MONITORS) and sorted(problems(report)) == sorted(died), report
     assert report["witness"]["interrupted_flows"] == 0  # the fault itself held its promise
 
 
