@@ -20,6 +20,7 @@ import signal
 from collections.abc import Iterator
 
 import pytest
+from previous_release import previous_release_or_skip
 
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
@@ -114,7 +115,9 @@ def test_agent_downgrade_then_upgrade_interrupts_no_flow(lab: ChaosLab) -> None:
     """Every agent rolled to the previous release and back, one by one with SIGTERM, under the
     witness: no flow interrupted, routes, neighbours, FDB and BPF maps untouched; only the policy
     table, which the two versions render differently, is replaced (in one transaction each time).
-    The previous release comes from this checkout's history, or, a shallow clone, from its origin."""
+    The previous release comes from this checkout's history, or, a shallow clone, from its origin;
+    only a shallow clone whose origin cannot give it skips (loudly), as the README says."""
+    previous_release_or_skip(lab.names.state_dir)  # exported once; the scenario reuses it
     report = run_scenario(lab, "agent-downgrade-upgrade")
     print("\n" + render(report))
     assert problems(report) == [], report

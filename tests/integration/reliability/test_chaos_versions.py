@@ -8,6 +8,7 @@ import os
 import subprocess
 
 import pytest
+from previous_release import previous_release_or_skip
 
 import podnet
 from podnet.lab.chaos import PREVIOUS_VERSION, agent_source
@@ -21,7 +22,7 @@ def git(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_previous_release_is_exported_from_this_checkout_or_its_origin(tmp_path) -> None:
-    src = agent_source(str(tmp_path), PREVIOUS_VERSION)
+    src = previous_release_or_skip(str(tmp_path))
     assert src == str(tmp_path / "versions" / PREVIOUS_VERSION[:12] / "src")
     assert os.path.isfile(os.path.join(src, "podnet", "agent", "main.py"))
 
