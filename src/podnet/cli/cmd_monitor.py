@@ -182,6 +182,17 @@ def follow(sockets: dict[str, str], start: dict[str, int], wait: float = 0.5) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print the buffered drops, then (``--follow``) new ones until Ctrl-C, which ends it quietly
+    wherever it comes (also before the follow loop has started)."""
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        if args.follow:
+            return 0
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
     sockets = agent_sockets(args.lab_prefix, args.node)
     if not sockets:
         raise PodnetError("the lab has no nodes", hint=HINT)
@@ -208,12 +219,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if not args.follow:
         return 0
-    try:
-        for kind, value in follow(sockets, start):
-            if kind == "drop":
-                print(format_drop(value, args.output), flush=True)
-            else:
-                print(f"warning: {value}", file=sys.stderr, flush=True)
-    except KeyboardInterrupt:
-        return 0
+    for kind, value in follow(sockets, start):
+        if kind == "drop":
+            print(format_drop(value, args.output), flush=True)
+        else:
+            print(f"warning: {value}", file=sys.stderr, flush=True)
     return 0

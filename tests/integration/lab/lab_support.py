@@ -61,3 +61,15 @@ def policy_applied(store: ResourceStore, nodes: list[str], revision: int, timeou
         return reports if done else None  # type: ignore[return-value]
 
     return until(f"{', '.join(nodes)} applying revision {revision}", check, timeout)
+
+
+def agent_metric(netns: str, name: str) -> float:
+    """The sum of the samples of metric ``name`` (e.g. ``podnet_dataplane_syncs_total{``) that the
+    agent of the node whose namespace is ``netns`` serves on 127.0.0.1:9099/metrics."""
+    import urllib.request
+
+    from podnet.dataplane.netns import in_netns
+
+    with in_netns(netns):
+        text = urllib.request.urlopen("http://127.0.0.1:9099/metrics", timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from lab_support import agent_metric, until
 
 from podnet.dataplane.netns import run_in_netns
 from podnet.datastore.etcd import EtcdDatastore
@@ -218,16 +219,6 @@ def _node_state(netns: str) -> tuple[str, str]:
     return routes, "\n".join(sorted(line.split(":")[1] for line in links.splitlines()))
 
 
-def _metric(netns: str, name: str) -> float:
-    import urllib.request
-
-    from podnet.dataplane.netns import in_netns
-
-    with in_netns(netns):
-        text = urllib.request.urlopen("http://127.0.0.1:9099/metrics", timeout=5).read().decode()
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
-
-
 def test_agent_kill_9_and_restart_changes_nothing_and_keeps_traffic(lab):
     info, store = lab
     store.apply([parse_resource(pod("steady", "node-1")), parse_resource(pod("peer", "node-2"))])
@@ -236,11 +227,10 @@ def test_agent_kill_9_and_restart_changes_nothing_and_keeps_traffic(lab):
     before = _node_state(netns)
     seconds = cluster.restart_agent(info.names, "node-1")
     # The new agent synced and applied (at least once) without touching a single route.
-    deadline = time.monotonic() + 10
-    while _metric(netns, "podnet_dataplane_syncs_total{") < 1:
-        assert time.monotonic() < deadline, "the restarted agent never applied its state"
-        time.sleep(0.05)
-    assert _metric(netns, "podnet_route_operations_total{") == 0
+    until(
+        "the restarted agent applying its state", lambda: agent_metric(netns, "podnet_dataplane_syncs_total{")
+    )
+    assert agent_metric(netns, "podnet_route_operations_total{") == 0
     assert _node_state(netns) == before
     src = info.names.pod_ns("t", "peer")
     assert probe(src, pods["t/steady"].status.pod_ip, 8080, "TCP", 2.0, expect="t/steady").ok

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
+from lab_support import agent_metric, until
 
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
@@ -328,7 +329,11 @@ def test_agent_restart_keeps_tunnels_routes_and_flows(shared_lab, encapsulation)
     try:
         before = kernel_state()
         cluster.restart_agent(names, "node-1")
-        time.sleep(1.0)  # the new agent has synced and applied by now (STATUS answered)
+        netns = names.node_ns("node-1")
+        until(
+            "the restarted agent applying its state",
+            lambda: agent_metric(netns, "podnet_dataplane_syncs_total{"),
+        )
         assert kernel_state() == before
         assert conn.recv(64) == b"m/p1\n"  # the server answers after its 50 ms wait
     finally:
