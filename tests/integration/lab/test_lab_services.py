@@ -15,6 +15,7 @@ import secrets
 import time
 
 import pytest
+from lab_support import until
 
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
@@ -72,16 +73,6 @@ class Client:
         return collections.Counter(r.answer if r.ok else f"({r.detail})" for r in results)
 
 
-def until(what: str, predicate, timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def running(store: ResourceStore) -> set[str]:
     pods = store.list(lookup("pods"), "svc")
     return {p.metadata.name for p in pods if p.status and p.status.phase == "Running"}
@@ -105,7 +96,7 @@ def test_services(profile: str) -> None:
             service("empty", {"app": "nobody"}, [HTTP, DNS]),
         ]
         store.apply([parse_resource(d) for d in docs])
-        until("pods Running", lambda: running(store) == {"web-1", "web-2", "web-3", "client"}, 30)
+        until("pods Running", lambda: running(store) == {"web-1", "web-2", "web-3", "client"}, timeout=30)
         vip = {s.metadata.name: s.spec.cluster_ip for s in store.list(lookup("services"), "svc")}
         client = Client(names, store)
         backends = {"svc/web-1", "svc/web-2", "svc/web-3"}
@@ -122,7 +113,7 @@ def test_services(profile: str) -> None:
         until("web-3 to leave", lambda: set(client.answers(vip["web"], 80, count=20)) == rest)
         left = time.monotonic() - started
         store.apply([parse_resource(pod("web-4", "node-3", WEB))])
-        until("web-4 Running", lambda: "web-4" in running(store), 30)
+        until("web-4 Running", lambda: "web-4" in running(store), timeout=30)
         started = time.monotonic()
         until("web-4 to join", lambda: "svc/web-4" in client.answers(vip["web"], 80, count=30))
         joined = time.monotonic() - started

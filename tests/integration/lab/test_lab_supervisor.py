@@ -15,11 +15,11 @@ import re
 import secrets
 import signal
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import yaml
+from lab_support import until
 
 from podnet.cli.main import main
 from podnet.datastore.etcd import EtcdDatastore
@@ -61,16 +61,6 @@ POLICY = {
         "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "cli"}}}]}],
     },
 }
-
-
-def until(what: str, predicate: Callable[[], Any], timeout: float = 30.0, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every)
 
 
 class Lab:
@@ -126,15 +116,15 @@ def lab() -> Iterator[Lab]:
             ok = {p.metadata.name: p.status.pod_ip for p in pods if p.status and p.status.phase == "Running"}
             return ok if len(ok) == 3 else None
 
-        lab.ips = until("the pods to run", running)
+        lab.ips = until("the pods to run", running, timeout=30.0)
 
         def programmed() -> bool:
             _, out = lab.cli("get", "netpol", "srv-from-cli", "-n", "t", "-o", "yaml")
             conditions = {c["type"]: c for c in yaml.safe_load(out)["status"]["conditions"]}
             return conditions["Accepted"]["status"] == "True"
 
-        until("the policy to be programmed on every node", programmed)
-        until("node-1's pod block routed on node-2 (BGP)", lambda: lab.reaches("cli"), every=0.2)
+        until("the policy to be programmed on every node", programmed, timeout=30.0)
+        until("node-1's pod block routed on node-2 (BGP)", lambda: lab.reaches("cli"), timeout=30.0)
         lab.policy_and_routes_hold()
         yield lab
     finally:
@@ -158,7 +148,10 @@ def test_a_killed_agent_is_restarted_then_backed_off(lab: Lab) -> None:
     first = cluster.agent_pids(lab.names)["node-1"]
     os.kill(first, signal.SIGKILL)
     row = until(
-        "node-1's agent restarted once", lambda: (r := lab.agent_row("node-1"))["restarts"] == "1" and r
+        "node-1's agent restarted once",
+        lambda: (r := lab.agent_row("node-1"))["restarts"] == "1" and r,
+        timeout=30.0,
+        interval=0.05,
     )
     assert row["last_exit"].startswith("signal 9 (SIGKILL)")
     second = cluster.agent_pids(lab.names)["node-1"]
@@ -171,10 +164,15 @@ def test_a_killed_agent_is_restarted_then_backed_off(lab: Lab) -> None:
     row = until(
         "node-1's agent in back-off",
         lambda: (r := lab.agent_row("node-1"))["state"].startswith("back-off") and r,
+        timeout=30.0,
+        interval=0.05,
     )
     assert row["restarts"] == "1" and row["last_exit"].startswith("signal 9 (SIGKILL)")
     row = until(
-        "node-1's agent restarted twice", lambda: (r := lab.agent_row("node-1"))["restarts"] == "2" and r
+        "node-1's agent restarted twice",
+        lambda: (r := lab.agent_row("node-1"))["restarts"] == "2" and r,
+        timeout=30.0,
+        interval=0.05,
     )
     assert row["state"] == "running" and row["backoff"] == "2s"
     entry = LabState(lab.names.state_dir).meta()[supervisor.META_KEY]["node-1"]
@@ -210,7 +208,7 @@ def test_node_status_on_a_lab_host_shows_every_node(lab: Lab) -> None:
         code, out = lab.cli("node", "status")
         return out if code == 0 and out.count("| Established |") == 2 else None
 
-    out = until("both nodes' BGP sessions established", established, timeout=60.0, every=0.5)
+    out = until("both nodes' BGP sessions established", established, timeout=60.0, interval=0.5)
     one, two = out.split("=== node-2 ===")
     assert one.startswith("=== node-1 ===\nCalico process is running.")
     assert ips["node-2"] in one and ips["node-1"] not in one
