@@ -279,11 +279,12 @@ class Agent:
 
         with self.syncer.lock:
             pods = self.cache.pod_infos()
-            local = local_pods(self.config.node, pods, list(self.endpoints.values()), self._last_local)
+            records = list(self.endpoints.values())  # one snapshot (CNI requests change the dict)
+            local = local_pods(self.config.node, pods, records, self._last_local)
             plan = compile_policies(
                 local.pods, pods, self.cache.namespaces, list(self.cache.netpols.values())
             )
-            endpoints = {r.pod_key: (r.host_ifname, r.addresses, r.mac) for r in self.endpoints.values()}
+            endpoints = {r.pod_key: (r.host_ifname, r.addresses, r.mac) for r in records}
             control = self._control_plane()
             revision = self.cache.revision
             invalid = invalid_policies(self.cache.errors, self.layout)
@@ -293,8 +294,7 @@ class Agent:
         try:
             self.policy.apply(plan, endpoints, control)
             self.policy_plan = plan  # in force now (the drop monitor explains drops by it)
-            wired = {r.pod_key for r in self.endpoints.values()}
-            self._last_local = {p.key: p for p in local.pods if p.key in wired}
+            self._last_local = {p.key: p for p in local.pods if p.key in endpoints}
             self._apply_host_endpoints()
         except Exception as exc:
             self.policy_status.report(revision, str(exc), plan.errors, invalid, local.conflicts)
