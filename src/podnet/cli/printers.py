@@ -116,6 +116,21 @@ COLUMNS: dict[str, list[Column]] = {
         ("POD-SELECTOR", lambda d: json.dumps(_get("spec.podSelector")(d) or {}), False),
         AGE,
     ],
+    # The CRDs' printer columns (kubectl shows them, and no AGE unless a CRD lists it).
+    "Tier": [
+        NAME,
+        ("ORDER", _get("spec.order"), False),
+        ("DEFAULTACTION", _get("spec.defaultAction"), False),
+    ],
+    "AdminNetworkPolicy": [NAME, ("PRIORITY", _get("spec.priority"), False), AGE],
+    "BaselineAdminNetworkPolicy": [NAME, AGE],
+    "ClusterNetworkPolicy": [
+        NAME,
+        ("TIER", _get("spec.tier"), False),
+        ("PRIORITY", _get("spec.priority"), False),
+        AGE,
+    ],
+    "ServiceAccount": [NAME, ("SECRETS", lambda d: len(d.get("secrets") or []), False), AGE],
 }
 
 

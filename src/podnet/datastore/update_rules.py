@@ -35,8 +35,10 @@ Audited kinds (what podnet's own components write into stored objects, and what 
     IPPool     immutable: cidr and blockSize (Calico's messages)
     Namespace  its ``kubernetes.io/metadata.name`` label is derived from the name on every parse
     NetworkPolicy, Calico policies, GlobalNetworkPolicy, HostEndpoint, BGPConfiguration, BGPPeer,
+    Tier, AdminNetworkPolicy, BaselineAdminNetworkPolicy, ClusterNetworkPolicy, ServiceAccount,
     Cilium policies, ClusterConfiguration: nothing beyond SERVER_SET (a NetworkPolicy's status is
-    computed from the agents' reports, never stored)
+    computed from the agents' reports, never stored; neither Calico's Tier nor the
+    network-policy-api kinds have an immutable field: no ``oldSelf`` rule in their CRDs)
 """
 
 from __future__ import annotations

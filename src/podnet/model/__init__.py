@@ -15,11 +15,14 @@ Every validation failure is a :class:`podnet.errors.ValidationError` whose ``pro
 
 Modules: ``resource`` (base class), ``meta`` (ObjectMeta), ``selectors`` (Kubernetes label
 selectors), ``calico_selector`` (Calico selector expressions), ``core`` (Namespace, Pod, Node,
-Service), ``k8s_policy`` (NetworkPolicy), ``calico`` (IPPool, BGP, Calico policy), ``cilium``
+Service, ServiceAccount), ``k8s_policy`` (NetworkPolicy), ``calico`` (IPPool, BGP, Calico policy),
+``tier`` (Calico Tier, the built-in tiers), ``admin_policy`` (AdminNetworkPolicy,
+BaselineAdminNetworkPolicy), ``cluster_network_policy`` (ClusterNetworkPolicy), ``cilium``
 (Cilium policy), ``cluster`` (ClusterConfiguration), ``registry`` (the table of kinds),
 ``documents`` (YAML in and out), ``names``/``fields``/``problems``/``base`` (shared rules).
 """
 
+from podnet.model.admin_policy import AdminNetworkPolicy, BaselineAdminNetworkPolicy
 from podnet.model.calico import (
     BGPConfiguration,
     BGPPeer,
@@ -31,7 +34,8 @@ from podnet.model.calico import (
 from podnet.model.calico_selector import Selector, SelectorSyntaxError, parse_selector
 from podnet.model.cilium import CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy
 from podnet.model.cluster import ClusterConfiguration, EffectiveClusterSettings
-from podnet.model.core import Namespace, Node, Pod, Service
+from podnet.model.cluster_network_policy import ClusterNetworkPolicy
+from podnet.model.core import Namespace, Node, Pod, Service, ServiceAccount
 from podnet.model.documents import (
     DocumentsError,
     dump_yaml,
@@ -46,15 +50,20 @@ from podnet.model.meta import ObjectMeta
 from podnet.model.registry import RESOURCE_TYPES, ResourceType, lookup, resource_type_for, type_of
 from podnet.model.resource import Resource
 from podnet.model.selectors import EndpointSelector, LabelSelector
+from podnet.model.tier import BUILTIN_TIERS, Tier, TierInfo, tier_table
 
 __all__ = [
+    "BUILTIN_TIERS",
     "RESOURCE_TYPES",
+    "AdminNetworkPolicy",
     "BGPConfiguration",
     "BGPPeer",
+    "BaselineAdminNetworkPolicy",
     "CalicoNetworkPolicy",
     "CiliumClusterwideNetworkPolicy",
     "CiliumNetworkPolicy",
     "ClusterConfiguration",
+    "ClusterNetworkPolicy",
     "DocumentsError",
     "EffectiveClusterSettings",
     "EndpointSelector",
@@ -72,6 +81,9 @@ __all__ = [
     "Selector",
     "SelectorSyntaxError",
     "Service",
+    "ServiceAccount",
+    "Tier",
+    "TierInfo",
     "dump_yaml",
     "load_documents",
     "lookup",
@@ -81,5 +93,6 @@ __all__ = [
     "parse_yaml",
     "resource_from_stored",
     "resource_type_for",
+    "tier_table",
     "type_of",
 ]

@@ -24,7 +24,7 @@ import ipaddress
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, field_serializer, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from podnet.model.base import ApiModel
 from podnet.model.calico_selector import Global, Selector, SelectorSyntaxError, parse_selector
@@ -37,6 +37,7 @@ from podnet.model.fields import (
     IPAddressStr,
     IPNetwork,
     IPOrCIDR,
+    Order,
     PortNumber,
     between,
     int_or_string,
@@ -569,8 +570,7 @@ def calico_default_types(ingress: object, egress: object) -> list[PolicyType]:
 
 class _PolicySpec(ApiModel):
     tier: str = "default"
-    # finite: inf/nan are not JSON (the datastore stores strict JSON) and nan != nan breaks round trips
-    order: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    order: Order | None = None
     selector: CalicoSelector = "all()"
     types: list[PolicyType] | None = None
     ingress: list[Rule] | None = None
@@ -579,13 +579,6 @@ class _PolicySpec(ApiModel):
     performance_hints: list[Literal["AssumeNeededOnEveryNode"]] | None = None
 
     NEEDS_SERVICE_NAMESPACE: ClassVar[bool] = False
-
-    @field_serializer("order")
-    def _order_as_written(self, order: float | None) -> float | int | None:
-        """``order: 100`` stays ``100`` (not ``100.0``) in output."""
-        if order is not None and order.is_integer():
-            return int(order)
-        return order
 
     def check_policy(self, problems: Problems) -> None:
         tier_problem = dns1123_label_problem(self.tier)

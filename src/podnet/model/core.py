@@ -1,4 +1,4 @@
-"""Core ``v1`` kinds: Namespace, Pod, Node, Service.
+"""Core ``v1`` kinds: Namespace, Pod, Node, Service, ServiceAccount.
 
 Only the network-relevant fields are modelled in depth: pod IPs, container ports, node addresses and
 pod CIDRs, service ports and traffic policies. Every other field Kubernetes defines (image, command,
@@ -154,6 +154,9 @@ class Container(ApiModel):
         return self
 
 
+DEFAULT_SERVICE_ACCOUNT = "default"
+
+
 class PodSpec(ApiModel):
     """Pod spec: node, host networking and containers modelled; the rest accepted as opaque."""
 
@@ -189,8 +192,8 @@ class PodSpec(ApiModel):
     scheduler_name: Any = None
     scheduling_gates: Any = None
     security_context: Any = None
-    service_account: Any = None
-    service_account_name: Any = None
+    service_account: str | None = Field(default=None, description="deprecated alias of serviceAccountName")
+    service_account_name: str | None = None
     set_hostname_as_fqdn: Any = Field(default=None, alias="setHostnameAsFQDN")
     share_process_namespace: Any = None
     subdomain: Any = None
@@ -204,10 +207,14 @@ class PodSpec(ApiModel):
         problems = Problems()
         if not self.containers:
             problems.add("containers", "must have at least one container")
-        if self.node_name is not None:
-            problem = dns1123_subdomain_problem(self.node_name)
+        for field, value in (
+            ("nodeName", self.node_name),
+            ("serviceAccountName", self.service_account_name),
+            ("serviceAccount", self.service_account),
+        ):
+            problem = dns1123_subdomain_problem(value) if value else None
             if problem:
-                problems.add("nodeName", problem)
+                problems.add(field, problem)
         names: set[str] = set()
         for field, containers in (("initContainers", self.init_containers), ("containers", self.containers)):
             for i, container in enumerate(containers or []):
@@ -223,6 +230,11 @@ class PodSpec(ApiModel):
                             )
         problems.raise_if_any()
         return self
+
+    def effective_service_account(self) -> str:
+        """The pod's ServiceAccount: ``serviceAccountName``, else the deprecated ``serviceAccount``,
+        else ``default`` (what the API server's ServiceAccount admission fills in)."""
+        return self.service_account_name or self.service_account or DEFAULT_SERVICE_ACCOUNT
 
 
 class PodIP(ApiModel):
@@ -560,3 +572,20 @@ class Service(Resource):
 
     spec: ServiceSpec
     status: ServiceStatus | None = None
+
+
+# --- ServiceAccount --------------------------------------------------------------------------
+
+
+class ServiceAccount(Resource):
+    """A ``v1`` ServiceAccount (namespaced). Policy reads its name and labels (Calico's
+    ``serviceAccounts`` match); ``secrets``, ``imagePullSecrets`` and
+    ``automountServiceAccountToken`` are accepted as given, so real manifests apply."""
+
+    KIND: ClassVar[str] = "ServiceAccount"
+    API_VERSIONS: ClassVar[tuple[str, ...]] = ("v1",)
+    NAMESPACED: ClassVar[bool] = True
+
+    automount_service_account_token: bool | None = None
+    image_pull_secrets: Any = None
+    secrets: Any = None

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, PlainSerializer, PlainValidator
+from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, PlainValidator
 
 from podnet.model.names import (
     check_annotation_map,
@@ -104,7 +104,9 @@ def cidr_problem(text: str, host_bits_ok: bool = True) -> str | None:
     return None
 
 
-def _check(problem_fn: Callable[[str], str | None]) -> Callable[[str], str]:
+def checked_by(problem_fn: Callable[[str], str | None]) -> Callable[[str], str]:
+    """An after-validator from a ``*_problem`` function (its message becomes the ValueError)."""
+
     def check(value: str) -> str:
         problem = problem_fn(value)
         if problem:
@@ -120,16 +122,16 @@ def ip_or_cidr_problem(text: str) -> str | None:
     return ip_address_problem(text)
 
 
-IPAddressStr = Annotated[str, AfterValidator(_check(ip_address_problem))]
+IPAddressStr = Annotated[str, AfterValidator(checked_by(ip_address_problem))]
 """An IPv4 or IPv6 address."""
 
-CIDR = Annotated[str, AfterValidator(_check(cidr_problem))]
+CIDR = Annotated[str, AfterValidator(checked_by(cidr_problem))]
 """A network in CIDR notation; host bits may be set (``10.0.0.1/24``), as Kubernetes allows."""
 
-NetworkCIDR = Annotated[str, AfterValidator(_check(lambda t: cidr_problem(t, host_bits_ok=False)))]
+NetworkCIDR = Annotated[str, AfterValidator(checked_by(lambda t: cidr_problem(t, host_bits_ok=False)))]
 """A network in CIDR notation whose host bits are zero (``10.0.0.0/24``)."""
 
-IPOrCIDR = Annotated[str, AfterValidator(_check(ip_or_cidr_problem))]
+IPOrCIDR = Annotated[str, AfterValidator(checked_by(ip_or_cidr_problem))]
 """An address or a network (Calico ``nets``, Cilium ``fromCIDR``)."""
 
 _DURATION = re.compile(r"(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+|0")
@@ -141,7 +143,7 @@ def duration_problem(text: str) -> str | None:
     return None
 
 
-Duration = Annotated[str, AfterValidator(_check(duration_problem))]
+Duration = Annotated[str, AfterValidator(checked_by(duration_problem))]
 """A Go duration string (``120s``, ``1m30s``)."""
 
 MAX_AS_NUMBER = 4294967295
@@ -168,6 +170,18 @@ def _as_number(value: Any) -> int:
 
 ASNumber = Annotated[int, PlainValidator(_as_number), PlainSerializer(int, return_type=int)]
 """A BGP AS number 1-4294967295 (``"1.10"`` asdot is accepted and stored as a plain number)."""
+
+
+def _number_as_written(value: float) -> float | int:
+    """``order: 100`` stays ``100`` (not ``100.0``) in output."""
+    return int(value) if value.is_integer() else value
+
+
+Order = Annotated[
+    float, Field(allow_inf_nan=False), PlainSerializer(_number_as_written, return_type=float | int)
+]
+"""Calico's ``order`` (policies, tiers): a finite float, written back as an integer when it is one.
+Finite: inf/nan are not JSON (the datastore stores strict JSON) and nan != nan breaks round trips."""
 
 LabelMap = Annotated[dict[str, str], BeforeValidator(check_label_map)]
 """A map of Kubernetes labels (key and value rules checked, bad entries reported as ``[key]``)."""

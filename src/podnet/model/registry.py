@@ -1,28 +1,35 @@
 """The one table of every kind podnet knows, and the name lookups built on it.
 
-    kind                            group               namespaced  short names
-    ------------------------------  ------------------  ----------  -----------------------------
-    Namespace                       (core) v1           no          ns
-    Pod                             (core) v1           yes         po
-    Node                            (core) v1           no          no
-    Service                         (core) v1           yes         svc
-    NetworkPolicy                   networking.k8s.io   yes         netpol
-    IPPool                          projectcalico.org   no          ippool, ipp, pool
-    BGPConfiguration                projectcalico.org   no          bgpconfig, bgpconfigs
-    BGPPeer                         projectcalico.org   no          bgppeer, bgpp
-    NetworkPolicy                   projectcalico.org   yes         cnetpol, calicopolicy
-    GlobalNetworkPolicy             projectcalico.org   no          gnp, globalnetpol, globalpolicy
-    HostEndpoint                    projectcalico.org   no          hep, heps
-    CiliumNetworkPolicy             cilium.io           yes         cnp, ciliumnp
-    CiliumClusterwideNetworkPolicy  cilium.io           no          ccnp
-    ClusterConfiguration            podnet.io           no          clusterconfig
+    kind                            group                     namespaced  short names
+    ------------------------------  ------------------------  ----------  -----------------------------
+    Namespace                       (core) v1                 no          ns
+    Pod                             (core) v1                 yes         po
+    Node                            (core) v1                 no          no
+    Service                         (core) v1                 yes         svc
+    ServiceAccount                  (core) v1                 yes         sa
+    NetworkPolicy                   networking.k8s.io         yes         netpol
+    IPPool                          projectcalico.org         no          ippool, ipp, pool
+    BGPConfiguration                projectcalico.org         no          bgpconfig, bgpconfigs
+    BGPPeer                         projectcalico.org         no          bgppeer, bgpp
+    NetworkPolicy                   projectcalico.org         yes         cnetpol, calicopolicy
+    GlobalNetworkPolicy             projectcalico.org         no          gnp, globalnetpol, globalpolicy
+    HostEndpoint                    projectcalico.org         no          hep, heps
+    Tier                            projectcalico.org         no
+    CiliumNetworkPolicy             cilium.io                 yes         cnp, ciliumnp
+    CiliumClusterwideNetworkPolicy  cilium.io                 no          ccnp
+    AdminNetworkPolicy              policy.networking.k8s.io  no          anp
+    BaselineAdminNetworkPolicy      policy.networking.k8s.io  no          banp
+    ClusterNetworkPolicy            policy.networking.k8s.io  no
+    ClusterConfiguration            podnet.io                 no          clusterconfig
 
 ``resource_type_for(apiVersion, kind)`` dispatches a document; ``lookup(name)`` resolves what a user
 types on the command line the way kubectl does: kind (any case), singular, plural, short name, or
 ``plural.group`` / ``singular.group`` / ``Kind.group``. A bare name two groups share
 (``networkpolicy``) means the Kubernetes one, as in kubectl; ``networkpolicies.projectcalico.org``
-names Calico's. ``key_name`` (``ippools.projectcalico.org``, ``namespaces``) is the stable name the
-datastore uses in its keys.
+names Calico's. ``cnp`` stays CiliumNetworkPolicy's (the ClusterNetworkPolicy CRD claims it too):
+ClusterNetworkPolicy goes by ``clusternetworkpolicy``, ``clusternetworkpolicies`` and those with the
+group. ``key_name`` (``ippools.projectcalico.org``, ``namespaces``) is the stable name the datastore
+uses in its keys.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import difflib
 from dataclasses import dataclass, field
 
 from podnet.errors import ValidationError
+from podnet.model.admin_policy import AdminNetworkPolicy, BaselineAdminNetworkPolicy
 from podnet.model.calico import (
     BGPConfiguration,
     BGPPeer,
@@ -41,9 +49,11 @@ from podnet.model.calico import (
 )
 from podnet.model.cilium import CiliumClusterwideNetworkPolicy, CiliumNetworkPolicy
 from podnet.model.cluster import ClusterConfiguration
-from podnet.model.core import Namespace, Node, Pod, Service
+from podnet.model.cluster_network_policy import ClusterNetworkPolicy
+from podnet.model.core import Namespace, Node, Pod, Service, ServiceAccount
 from podnet.model.k8s_policy import NetworkPolicy
 from podnet.model.resource import Resource
+from podnet.model.tier import Tier
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,7 @@ RESOURCE_TYPES: list[ResourceType] = [
     _type(Pod, "pods", ("po",)),
     _type(Node, "nodes", ("no",)),
     _type(Service, "services", ("svc",)),
+    _type(ServiceAccount, "serviceaccounts", ("sa",)),
     _type(NetworkPolicy, "networkpolicies", ("netpol",)),
     _type(IPPool, "ippools", ("ipp", "pool", "pools")),
     _type(BGPConfiguration, "bgpconfigurations", ("bgpconfig", "bgpconfigs")),
@@ -114,8 +125,12 @@ RESOURCE_TYPES: list[ResourceType] = [
         ("gnp", "globalnetpol", "globalpolicy", "globalpolicies"),
     ),
     _type(HostEndpoint, "hostendpoints", ("hep", "heps")),
+    _type(Tier, "tiers"),
     _type(CiliumNetworkPolicy, "ciliumnetworkpolicies", ("cnp", "ciliumnp")),
     _type(CiliumClusterwideNetworkPolicy, "ciliumclusterwidenetworkpolicies", ("ccnp",)),
+    _type(AdminNetworkPolicy, "adminnetworkpolicies", ("anp",)),
+    _type(BaselineAdminNetworkPolicy, "baselineadminnetworkpolicies", ("banp",)),
+    _type(ClusterNetworkPolicy, "clusternetworkpolicies"),  # its CRD's short name cnp is Cilium's here
     _type(ClusterConfiguration, "clusterconfigurations", ("clusterconfig", "clusterconfigs")),
 ]
 

@@ -41,6 +41,11 @@ POD = doc(
     "t",
 )
 SELECTOR = {"matchLabels": {"app": "x"}}
+BANP_SPEC = {
+    "subject": {"namespaces": {}},
+    "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}],
+}
+ANP_SPEC = {"priority": 3, **BANP_SPEC}
 
 # kind -> (manifest, the system's writes as a merge patch or None, what the user edits as a merge patch)
 ROUND_TRIPS: dict[str, tuple[dict, dict | None, dict]] = {
@@ -128,6 +133,31 @@ ROUND_TRIPS: dict[str, tuple[dict, dict | None, dict]] = {
         doc("cilium.io/v2", "CiliumClusterwideNetworkPolicy", "cc", {"endpointSelector": SELECTOR}),
         None,
         {"spec": {"endpointSelector": {"matchLabels": {"app": "y"}}}},
+    ),
+    "serviceaccounts": (
+        doc("v1", "ServiceAccount", "api", None, "t"),
+        None,
+        {"automountServiceAccountToken": False, "metadata": {"labels": {"role": "backend"}}},
+    ),
+    "tiers.projectcalico.org": (
+        doc("projectcalico.org/v3", "Tier", "security", {"order": 100}),
+        {"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Ready"}]}},
+        {"spec": {"order": 50, "defaultAction": "Pass"}},
+    ),
+    "adminnetworkpolicies.policy.networking.k8s.io": (
+        doc("policy.networking.k8s.io/v1alpha1", "AdminNetworkPolicy", "a", ANP_SPEC),
+        {"status": {"conditions": [{"type": "Ready", "status": "True"}]}},
+        {"spec": {"priority": 7}},
+    ),
+    "baselineadminnetworkpolicies.policy.networking.k8s.io": (
+        doc("policy.networking.k8s.io/v1alpha1", "BaselineAdminNetworkPolicy", "default", BANP_SPEC),
+        {"status": {"conditions": [{"type": "Ready", "status": "True"}]}},
+        {"spec": {"subject": {"namespaces": SELECTOR}}},
+    ),
+    "clusternetworkpolicies.policy.networking.k8s.io": (
+        doc("policy.networking.k8s.io/v1alpha2", "ClusterNetworkPolicy", "c", {"tier": "Admin", **ANP_SPEC}),
+        {"status": {"conditions": [{"type": "Ready", "status": "True"}]}},
+        {"spec": {"tier": "Baseline", "priority": 7}},
     ),
     "clusterconfigurations.podnet.io": (
         doc("podnet.io/v1", "ClusterConfiguration", "default", {"profile": "calico"}),

@@ -163,9 +163,11 @@ class InterferingDatastore(MemoryDatastore):
 
 
 FAULTS = ("stale-version", "version-of-missing", "duplicate", "address-taken", "concurrent-writer")
-# Renaming these makes them invalid (a ClusterConfiguration must be "default") or clash (a Service
-# with a fixed clusterIP): batches rename the others, and add Namespaces past the examples.
-FIXED_NAMES = {"ClusterConfiguration", "Service"}
+# Renaming these makes them invalid (a ClusterConfiguration and a BaselineAdminNetworkPolicy must be
+# "default") or clash (a Service with a fixed clusterIP): batches rename the others, and add
+# Namespaces past the examples.
+SINGLETONS = {"ClusterConfiguration", "BaselineAdminNetworkPolicy"}
+FIXED_NAMES = SINGLETONS | {"Service"}
 
 
 @st.composite
@@ -212,7 +214,7 @@ def inject(store: ResourceStore, docs: list[dict[str, Any]], fault: str, index: 
             store.apply([resource])  # make it exist, then hand the batch an older version
             current = store.store.get(store.key_of(resource))
         if fault == "version-of-missing":
-            if target["kind"] == "ClusterConfiguration":  # must stay "default": remove the stored one
+            if target["kind"] in SINGLETONS:  # must stay "default": remove the stored one
                 if current is not None:
                     store.store.commit([Write(store.key_of(resource), None)])
             else:

@@ -96,7 +96,7 @@ def test_every_type_is_consistent_with_its_class() -> None:
 
 def test_scopes() -> None:
     namespaced = {rt.kind for rt in RESOURCE_TYPES if rt.namespaced}
-    assert namespaced == {"Pod", "Service", "NetworkPolicy", "CiliumNetworkPolicy"}
+    assert namespaced == {"Pod", "Service", "ServiceAccount", "NetworkPolicy", "CiliumNetworkPolicy"}
     assert not lookup("gnp").namespaced
     assert lookup("networkpolicies.projectcalico.org").namespaced
 
@@ -125,7 +125,7 @@ def test_resource_type_for_names_the_right_api_version() -> None:
         (
             "kind",
             'apiVersion: projectcalico.org/v3 has no kind "Pod"; its kinds are IPPool, BGPConfiguration, '
-            "BGPPeer, NetworkPolicy, GlobalNetworkPolicy, HostEndpoint",
+            "BGPPeer, NetworkPolicy, GlobalNetworkPolicy, HostEndpoint, Tier",
         )
     ]
     assert info.value.hint == "kind Pod uses apiVersion v1"
@@ -135,7 +135,8 @@ def test_resource_type_for_names_the_right_api_version() -> None:
         (
             "apiVersion",
             "unknown apiVersion 'crd.projectcalico.org/v1'; podnet accepts v1, networking.k8s.io/v1, "
-            "projectcalico.org/v3, cilium.io/v2, podnet.io/v1",
+            "projectcalico.org/v3, cilium.io/v2, policy.networking.k8s.io/v1alpha1, "
+            "policy.networking.k8s.io/v1alpha2, podnet.io/v1",
         )
     ]
     assert info.value.hint == "kind IPPool uses apiVersion projectcalico.org/v3"
