@@ -18,12 +18,44 @@ from podnet.datastore.base import KeyValue
 from podnet.datastore.keys import KeyLayout, token_to_cidr
 from podnet.errors import PodnetError
 from podnet.ipam.block import Block
-from podnet.model import ClusterConfiguration, IPPool, Node, parse_resource
+from podnet.model import (
+    AdminNetworkPolicy,
+    BaselineAdminNetworkPolicy,
+    CalicoNetworkPolicy,
+    ClusterConfiguration,
+    ClusterNetworkPolicy,
+    GlobalNetworkPolicy,
+    IPPool,
+    Node,
+    Tier,
+    lookup,
+    parse_resource,
+)
 from podnet.model.core import ANNOTATION_CILIUM_HOST, ANNOTATION_CILIUM_HOST_ALIAS
 
 NODE_ADDRESS_ANNOTATION = "projectcalico.org/IPv4Address"
 VXLAN_ADDRESS_ANNOTATION = "projectcalico.org/IPv4VXLANTunnelAddr"
 VXLAN_MAC_ANNOTATION = "projectcalico.org/VXLANTunnelMACAddr"
+
+
+# Datastore type key -> (ClusterCache attribute, keyed "namespace/name"); every change is "policy".
+_POLICY_KINDS: dict[str, tuple[str, bool]] = {
+    "networkpolicies.projectcalico.org": ("calico_policies", True),
+    "globalnetworkpolicies.projectcalico.org": ("global_policies", False),
+    "tiers.projectcalico.org": ("tiers", False),
+    "adminnetworkpolicies.policy.networking.k8s.io": ("admin_policies", False),
+    "baselineadminnetworkpolicies.policy.networking.k8s.io": ("baseline_policy", False),
+    "clusternetworkpolicies.policy.networking.k8s.io": ("cluster_policies", False),
+    "serviceaccounts": ("service_accounts", True),
+}
+
+
+def _put(table: dict, key: str, value: object | None) -> None:
+    """Store ``value`` under ``key``; ``None`` (a delete) removes it."""
+    if value is None:
+        table.pop(key, None)
+    else:
+        table[key] = value
 
 
 @dataclass(frozen=True)
@@ -83,6 +115,14 @@ class ClusterCache:
         self.netpols: dict[str, object] = {}  # "namespace/name" -> networking.k8s.io NetworkPolicy
         self.host_endpoints: dict[str, object] = {}  # name -> Calico HostEndpoint (host policy)
         self.services: dict[str, object] = {}  # "namespace/name" -> v1 Service
+        # Calico's policy model and the network-policy-api kinds (issue 16's ordered policy):
+        self.calico_policies: dict[str, CalicoNetworkPolicy] = {}  # "namespace/name"
+        self.global_policies: dict[str, GlobalNetworkPolicy] = {}  # name
+        self.tiers: dict[str, Tier] = {}  # name -> stored Tier (model.tier.tier_table adds built-ins)
+        self.admin_policies: dict[str, AdminNetworkPolicy] = {}  # name
+        self.baseline_policy: BaselineAdminNetworkPolicy | None = None  # the singleton "default"
+        self.cluster_policies: dict[str, ClusterNetworkPolicy] = {}  # name
+        self.service_accounts: dict[str, dict[str, str]] = {}  # "namespace/name" -> labels
         self.errors: dict[str, str] = {}  # key -> why its value was not taken
         self.revision = 0
 
@@ -155,6 +195,9 @@ class ClusterCache:
             else:
                 self.netpols[key] = parse_resource(json.loads(value))
             return "policy"
+        if type_key in _POLICY_KINDS:
+            self._update_policy(type_key, _namespace, name, value)
+            return "policy"
         if type_key == "hostendpoints.projectcalico.org":
             if value is None:
                 self.host_endpoints.pop(name, None)
@@ -188,6 +231,20 @@ class ClusterCache:
             self.config = None if value is None else parse_resource(json.loads(value))
             return "config"
         return None
+
+    def _update_policy(self, type_key: str, namespace: str | None, name: str, value: bytes | None) -> None:
+        """One of the policy kinds of :data:`_POLICY_KINDS` (service accounts too: policy reads them)."""
+        # Parsed as the key's kind: a value of another kind under the key is refused, not filed.
+        resource = None if value is None else lookup(type_key).model_cls.from_dict(json.loads(value))
+        if type_key == "baselineadminnetworkpolicies.policy.networking.k8s.io":
+            self.baseline_policy = resource  # type: ignore[assignment]  # validation: only "default"
+            return
+        if type_key == "serviceaccounts":
+            labels = None if resource is None else dict(resource.metadata.labels or {})
+            _put(self.service_accounts, f"{namespace}/{name}", labels)
+            return
+        attribute, namespaced = _POLICY_KINDS[type_key]
+        _put(getattr(self, attribute), f"{namespace}/{name}" if namespaced else name, resource)
 
     def pod_infos(self) -> list[PodInfo]:
         """Every pod as NetworkPolicy sees it: labels, container ports, and its addresses (from the

@@ -45,6 +45,13 @@ STATE = (
     "namespaces",
     "netpols",
     "services",
+    "calico_policies",
+    "global_policies",
+    "tiers",
+    "admin_policies",
+    "baseline_policy",
+    "cluster_policies",
+    "service_accounts",
 )
 
 BLOCK_CIDR = "10.244.1.0/26"
