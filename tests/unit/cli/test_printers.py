@@ -87,6 +87,39 @@ def test_align_box_is_calicoctls_table() -> None:
             "p2                    10.9.0.0/24",
         ),
         ([], "Foo", {"wide": False, "namespaced": False, "all_namespaces": False}, "NAME   AGE"),
+        (
+            [
+                {"metadata": {"name": "security"}, "spec": {"order": 100, "defaultAction": "Deny"}},
+                {"metadata": {"name": "last"}, "spec": {"defaultAction": "Pass"}},
+            ],
+            "Tier",
+            {"wide": False, "namespaced": False, "all_namespaces": False},
+            "NAME       ORDER   DEFAULTACTION\nsecurity   100     Deny\nlast               Pass",
+        ),
+        (
+            [{"metadata": {"name": "gress-rules"}, "spec": {"priority": 15}}],
+            "AdminNetworkPolicy",
+            {"wide": False, "namespaced": False, "all_namespaces": False},
+            "NAME          PRIORITY   AGE\ngress-rules   15         <unknown>",
+        ),
+        (
+            [{"metadata": {"name": "default"}, "spec": {}}],
+            "BaselineAdminNetworkPolicy",
+            {"wide": False, "namespaced": False, "all_namespaces": False},
+            "NAME      AGE\ndefault   <unknown>",
+        ),
+        (
+            [{"metadata": {"name": "c"}, "spec": {"tier": "Baseline", "priority": 0}}],
+            "ClusterNetworkPolicy",
+            {"wide": False, "namespaced": False, "all_namespaces": False},
+            "NAME   TIER       PRIORITY   AGE\nc      Baseline   0          <unknown>",
+        ),
+        (
+            [{"metadata": {"name": "api", "namespace": "shop"}, "secrets": [{"name": "t"}]}],
+            "ServiceAccount",
+            {"wide": False, "namespaced": True, "all_namespaces": True},
+            "NAMESPACE   NAME   SECRETS   AGE\nshop        api    1         <unknown>",
+        ),
     ],
 )
 def test_get_table(docs, kind, options, expected) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from podnet.calc.bird import BgpNode
 from podnet.errors import ValidationError
-from podnet.model import Node, Pod, Service, parse_resource
+from podnet.model import Node, Pod, Service, ServiceAccount, parse_resource
 
 
 def problems(doc: dict[str, Any]) -> list[tuple[str, str]]:
@@ -322,3 +322,34 @@ def test_namespace_carries_its_name_label_like_the_api_server():
         }
     )
     assert forged.metadata.labels == {"kubernetes.io/metadata.name": "shop", "team": "a"}
+
+
+# --- ServiceAccount ----------------------------------------------------------------------------
+
+
+def test_service_account_keeps_labels_and_accepts_kubectls_fields() -> None:
+    doc = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": "api", "namespace": "shop", "labels": {"role": "backend"}},
+        "automountServiceAccountToken": False,
+        "secrets": [{"name": "api-token"}],
+    }
+    account = parse_resource(doc)
+    assert isinstance(account, ServiceAccount)
+    assert account.metadata.labels == {"role": "backend"}
+    assert account.to_dict() == doc
+    assert problems({**doc, "spec": {}}) == [("spec", "unknown field")]
+    assert problems({**doc, "automountServiceAccountToken": "no"}) == [
+        ("automountServiceAccountToken", "must be true or false")
+    ]
+
+
+def test_pod_service_account_is_a_name_and_defaults_to_default() -> None:
+    assert parse_resource(pod()).spec.effective_service_account() == "default"
+    assert parse_resource(pod(serviceAccountName="api")).spec.effective_service_account() == "api"
+    assert parse_resource(pod(serviceAccount="old")).spec.effective_service_account() == "old"
+    assert problems(pod(serviceAccountName="Bad_Name"))[0][0] == "spec.serviceAccountName"
+    assert problems(pod(serviceAccountName=7)) == [
+        ("spec.serviceAccountName", "must be a string (quote the value in YAML)")
+    ]

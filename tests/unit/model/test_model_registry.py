@@ -7,11 +7,14 @@ import pytest
 from podnet.errors import ValidationError
 from podnet.model import (
     RESOURCE_TYPES,
+    AdminNetworkPolicy,
+    BaselineAdminNetworkPolicy,
     BGPConfiguration,
     BGPPeer,
     CalicoNetworkPolicy,
     CiliumClusterwideNetworkPolicy,
     CiliumNetworkPolicy,
+    ClusterNetworkPolicy,
     GlobalNetworkPolicy,
     IPPool,
     Namespace,
@@ -19,6 +22,8 @@ from podnet.model import (
     Node,
     Pod,
     Service,
+    ServiceAccount,
+    Tier,
     lookup,
     resource_type_for,
     type_of,
@@ -57,6 +62,16 @@ from podnet.model import (
         ("bgpconfig", BGPConfiguration),
         ("bgpconfigurations", BGPConfiguration),
         (" Pods ", Pod),
+        ("sa", ServiceAccount),
+        ("serviceaccounts", ServiceAccount),
+        ("tier", Tier),
+        ("tiers.projectcalico.org", Tier),
+        ("anp", AdminNetworkPolicy),
+        ("adminnetworkpolicies.policy.networking.k8s.io", AdminNetworkPolicy),
+        ("banp", BaselineAdminNetworkPolicy),
+        ("BaselineAdminNetworkPolicy", BaselineAdminNetworkPolicy),
+        ("clusternetworkpolicy", ClusterNetworkPolicy),
+        ("clusternetworkpolicies.policy.networking.k8s.io", ClusterNetworkPolicy),
     ],
 )
 def test_lookup(name: str, model_cls: type) -> None:
@@ -82,6 +97,19 @@ def test_key_names_are_stable_and_unique() -> None:
     assert keys["NetworkPolicy/projectcalico.org"] == "networkpolicies.projectcalico.org"
     assert keys["IPPool/projectcalico.org"] == "ippools.projectcalico.org"
     assert keys["ClusterConfiguration/podnet.io"] == "clusterconfigurations.podnet.io"
+    assert keys["ServiceAccount/"] == "serviceaccounts"
+    assert keys["Tier/projectcalico.org"] == "tiers.projectcalico.org"
+    assert (
+        keys["AdminNetworkPolicy/policy.networking.k8s.io"] == "adminnetworkpolicies.policy.networking.k8s.io"
+    )
+    assert (
+        keys["BaselineAdminNetworkPolicy/policy.networking.k8s.io"]
+        == "baselineadminnetworkpolicies.policy.networking.k8s.io"
+    )
+    assert (
+        keys["ClusterNetworkPolicy/policy.networking.k8s.io"]
+        == "clusternetworkpolicies.policy.networking.k8s.io"
+    )
     assert len(set(keys.values())) == len(RESOURCE_TYPES)
 
 
