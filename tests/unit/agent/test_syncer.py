@@ -250,3 +250,39 @@ def test_an_apply_never_sees_half_a_transaction():
         syncer.stop()
     assert 30 in seen and seen[-1] == 0, seen
     assert set(seen) <= {0, 30}, f"an apply saw part of a transaction: {seen}"
+
+
+def test_tiers_admin_policies_and_service_accounts_are_policy_changes():
+    """Issue 16's kinds reach the agent as policy changes: a partial (policy-only) apply each."""
+    store = MemoryDatastore()
+    store.put(LAYOUT.resource("nodes", "n1"), node_doc("n1", "10.77.0.11/24"))
+    rec = Recorder()
+    partial: list[set[str]] = []
+    syncer = Syncer("n1", store, ClusterCache(LAYOUT), {}, rec, AgentMetrics(), apply_partial=partial.append)
+    syncer.start()
+    try:
+        rec.wait(1)
+        full = rec.calls
+        changes = [
+            (
+                LAYOUT.resource("tiers.projectcalico.org", "security"),
+                {"apiVersion": "projectcalico.org/v3", "kind": "Tier", "metadata": {"name": "security"}},
+            ),
+            (
+                LAYOUT.resource("serviceaccounts", "api", "shop"),
+                {
+                    "apiVersion": "v1",
+                    "kind": "ServiceAccount",
+                    "metadata": {"name": "api", "namespace": "shop"},
+                },
+            ),
+        ]
+        for n, (key, doc) in enumerate(changes, start=1):
+            store.put(key, json.dumps(doc).encode())
+            deadline = time.monotonic() + 5
+            while len(partial) < n and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert partial == [{"policy"}] * n and rec.calls == full
+        assert "security" in syncer.cache.tiers and "shop/api" in syncer.cache.service_accounts
+    finally:
+        syncer.stop()
