@@ -100,18 +100,22 @@ class NamespacedPod(ApiModel):
     pod_selector: LabelSelector
 
 
-class AdminNetworkPolicySubject(ApiModel):
-    """The pods a policy applies to: exactly one of ``namespaces`` or ``pods``."""
+class NamespacesOrPods(ApiModel):
+    """Exactly one of ``namespaces`` (every pod of the namespaces it selects) or ``pods``."""
 
     namespaces: LabelSelector | None = None
     pods: NamespacedPod | None = None
 
     @model_validator(mode="after")
-    def _one(self) -> AdminNetworkPolicySubject:
+    def _one(self) -> NamespacesOrPods:
         problems = Problems()
         exactly_one(self, ("namespaces", "pods"), problems)
         problems.raise_if_any()
         return self
+
+
+class AdminNetworkPolicySubject(NamespacesOrPods):
+    """The pods a policy applies to (host-network pods never are)."""
 
 
 class PortNumberMatch(ApiModel):
@@ -121,20 +125,25 @@ class PortNumberMatch(ApiModel):
     port: PortNumber
 
 
-class PortRangeMatch(ApiModel):
-    """``portRange``: ``start`` to ``end`` inclusive, of one protocol."""
+class PortRange(ApiModel):
+    """``start`` to ``end`` inclusive."""
 
-    protocol: Protocol = "TCP"
     start: PortNumber
     end: PortNumber
 
     @model_validator(mode="after")
-    def _ordered(self) -> PortRangeMatch:
+    def _ordered(self) -> PortRange:
         if self.start >= self.end:
             problems = Problems()
             problems.add("", "Start port must be less than End port")
             problems.raise_if_any()
         return self
+
+
+class PortRangeMatch(PortRange):
+    """``portRange``: ``start`` to ``end`` inclusive, of one protocol."""
+
+    protocol: Protocol = "TCP"
 
 
 class AdminNetworkPolicyPort(ApiModel):
@@ -152,18 +161,8 @@ class AdminNetworkPolicyPort(ApiModel):
         return self
 
 
-class AdminNetworkPolicyIngressPeer(ApiModel):
-    """Where ingress traffic comes from: exactly one of ``namespaces`` or ``pods``."""
-
-    namespaces: LabelSelector | None = None
-    pods: NamespacedPod | None = None
-
-    @model_validator(mode="after")
-    def _one(self) -> AdminNetworkPolicyIngressPeer:
-        problems = Problems()
-        exactly_one(self, ("namespaces", "pods"), problems)
-        problems.raise_if_any()
-        return self
+class AdminNetworkPolicyIngressPeer(NamespacesOrPods):
+    """Where ingress traffic comes from."""
 
 
 class BaselineAdminNetworkPolicyEgressPeer(ApiModel):

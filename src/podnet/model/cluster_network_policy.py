@@ -32,7 +32,9 @@ from pydantic import Field, model_validator
 from podnet.model.admin_policy import (
     DomainName,
     NamedPort,
+    NamespacesOrPods,
     PeerCIDR,
+    PortRange,
     Priority,
     RuleName,
     exactly_one,
@@ -72,28 +74,16 @@ def _one_of(model: ApiModel, fields: tuple[str, ...]) -> None:
     problems.raise_if_any()
 
 
-class ClusterNetworkPolicySubject(ApiModel):
+class _NamespacesOrPods(NamespacesOrPods):
+    pods: NamespacedPod | None = None  # type: ignore[assignment]  # v1alpha2's: namespaceSelector optional
+
+
+class ClusterNetworkPolicySubject(_NamespacesOrPods):
     """The pods a policy applies to: exactly one of ``namespaces`` or ``pods``."""
 
-    namespaces: LabelSelector | None = None
-    pods: NamespacedPod | None = None
 
-    @model_validator(mode="after")
-    def _one(self) -> ClusterNetworkPolicySubject:
-        _one_of(self, ("namespaces", "pods"))
-        return self
-
-
-class ClusterNetworkPolicyIngressPeer(ApiModel):
+class ClusterNetworkPolicyIngressPeer(_NamespacesOrPods):
     """Where ingress traffic comes from: exactly one of ``namespaces`` or ``pods``."""
-
-    namespaces: LabelSelector | None = None
-    pods: NamespacedPod | None = None
-
-    @model_validator(mode="after")
-    def _one(self) -> ClusterNetworkPolicyIngressPeer:
-        _one_of(self, ("namespaces", "pods"))
-        return self
 
 
 class ClusterNetworkPolicyEgressPeer(ApiModel):
@@ -118,21 +108,6 @@ class ClusterNetworkPolicyEgressPeer(ApiModel):
     def outside_pods(self) -> bool:
         """A peer without named ports: ``nodes``, ``networks`` or ``domainNames``."""
         return self.nodes is not None or self.networks is not None or self.domain_names is not None
-
-
-class PortRange(ApiModel):
-    """``start`` to ``end`` inclusive."""
-
-    start: PortNumber
-    end: PortNumber
-
-    @model_validator(mode="after")
-    def _ordered(self) -> PortRange:
-        if self.start >= self.end:
-            problems = Problems()
-            problems.add("", "Start port must be less than End port")
-            problems.raise_if_any()
-        return self
 
 
 class Port(ApiModel):

@@ -149,13 +149,19 @@ def test_failed_apply_is_retried():
         syncer.stop()
 
 
-def test_policy_only_changes_skip_the_route_work():
-    store = MemoryDatastore()
+def partial_syncer(store: MemoryDatastore) -> tuple[Syncer, Recorder, list[set[str]]]:
+    """A started syncer of node n1 recording its full applies and its partial ones (the kinds)."""
     store.put(LAYOUT.resource("nodes", "n1"), node_doc("n1", "10.77.0.11/24"))
     rec = Recorder()
     partial: list[set[str]] = []
     syncer = Syncer("n1", store, ClusterCache(LAYOUT), {}, rec, AgentMetrics(), apply_partial=partial.append)
     syncer.start()
+    return syncer, rec, partial
+
+
+def test_policy_only_changes_skip_the_route_work():
+    store = MemoryDatastore()
+    syncer, rec, partial = partial_syncer(store)
     try:
         rec.wait(1)
         full = rec.calls
@@ -255,11 +261,7 @@ def test_an_apply_never_sees_half_a_transaction():
 def test_tiers_admin_policies_and_service_accounts_are_policy_changes():
     """Issue 16's kinds reach the agent as policy changes: a partial (policy-only) apply each."""
     store = MemoryDatastore()
-    store.put(LAYOUT.resource("nodes", "n1"), node_doc("n1", "10.77.0.11/24"))
-    rec = Recorder()
-    partial: list[set[str]] = []
-    syncer = Syncer("n1", store, ClusterCache(LAYOUT), {}, rec, AgentMetrics(), apply_partial=partial.append)
-    syncer.start()
+    syncer, rec, partial = partial_syncer(store)
     try:
         rec.wait(1)
         full = rec.calls
