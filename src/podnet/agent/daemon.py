@@ -72,8 +72,9 @@ class AgentConfig:
 
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
+        from podnet.dataplane.host_policy import HostEndpointManager
         from podnet.dataplane.nat import NatManager
-        from podnet.dataplane.policy import HostEndpointManager, PolicyManager
+        from podnet.dataplane.policy import PolicyManager
         from podnet.dataplane.routes import RouteManager
         from podnet.dataplane.services_nft import ServiceProxy
 
@@ -272,18 +273,17 @@ class Agent:
             kv(log, logging.INFO, "bird", outcome=outcome)
 
     def _apply_policy(self) -> None:
-        """NetworkPolicy: compile for this node's pods (pure, with provenance) and apply the
-        difference to the nftables table in one transaction; a failure leaves the previous
-        ruleset in force and the next sync resyncs it in full (the syncer retries)."""
-        from podnet.calc.policy import compile_policies
+        """Policy: compile every kind this profile enforces for this node's pods (pure, with
+        provenance) and apply the difference to the nftables table in one transaction; a failure
+        leaves the previous ruleset in force and the next sync resyncs it in full (the syncer
+        retries)."""
+        from podnet.calc.policy_inputs import compile_cluster
 
         with self.syncer.lock:
             pods = self.cache.pod_infos()
             records = list(self.endpoints.values())  # one snapshot (CNI requests change the dict)
             local = local_pods(self.config.node, pods, records, self._last_local)
-            plan = compile_policies(
-                local.pods, pods, self.cache.namespaces, list(self.cache.netpols.values())
-            )
+            plan = compile_cluster(self.cache, local.pods, self._profile())
             endpoints = {r.pod_key: (r.host_ifname, r.addresses, r.mac) for r in records}
             control = self._control_plane()
             revision = self.cache.revision

@@ -31,7 +31,8 @@ from typing import Any, Protocol
 
 from podnet.agent.log import kv
 from podnet.calc.policy import PodInfo, PolicyPlan, Provenance
-from podnet.dataplane.policy import Drop, NflogReader, deny_reasons, endpoint_hash
+from podnet.dataplane.nflog import Drop, NflogReader
+from podnet.dataplane.policy import deny_reasons, endpoint_hash, log_reasons
 
 log = logging.getLogger("podnet.agent.drops")
 
@@ -88,6 +89,7 @@ class DropMonitor:
         # caches: reasons of the plan last seen; pods by address, by endpoint hash
         self._reasons_of: PolicyPlan | None = None
         self._reasons: dict[str, list[Provenance]] = {}
+        self._logs: dict[str, Provenance] = {}
         self._index_plan: PolicyPlan | None = None
         self._index_at = float("-inf")
         self._by_ip: dict[str, str] = {}
@@ -158,6 +160,7 @@ class DropMonitor:
         if plan is not self._reasons_of:
             self._reasons_of = plan
             self._reasons = deny_reasons(plan) if plan is not None else {}
+            self._logs = log_reasons(plan) if plan is not None else {}
         now = time.monotonic()
         if plan is self._index_plan and now - self._index_at < INDEX_SECONDS:
             return
@@ -187,11 +190,26 @@ class DropMonitor:
             direction = _DIRECTIONS.get(rest.split(":", 1)[0], "unknown")
             policies = self._reasons.get(drop.prefix, [])
             reason = describe(policies)
+            if policies and policies[0].tier != "default":
+                reason = f"tier {policies[0].tier}: end of tier Deny ({reason})"
             if owner is not None:
                 if direction == "ingress":
                     dst_pod = owner
                 elif direction == "egress":
                     src_pod = owner
+        elif kind in ("pnx", "pne", "pnl"):
+            found = self._logs.get(drop.prefix) if kind == "pnl" else None
+            policies = [found] if found else self._reasons.get(drop.prefix, [])
+            direction = policies[0].direction if policies else "unknown"
+            if not policies:
+                reason = f"rule no longer in the plan (prefix {drop.prefix!r})"
+            elif kind == "pne":
+                p = policies[0]
+                reason = f"tier {p.tier}: {p.policy} cannot be compiled: it denies (fails closed)"
+            else:
+                p = policies[0]
+                action = "Log" if kind == "pnl" else "Deny"
+                reason = f"tier {p.tier}: {p.policy} {p.direction} rule {p.rule} {action}"
         else:
             direction, reason = "unknown", f"logged with prefix {drop.prefix!r}"
         return {
@@ -205,8 +223,12 @@ class DropMonitor:
             "dport": drop.dport,
             "direction": direction,
             "reason": reason,
-            "policies": [{"kind": p.kind, "namespace": p.namespace, "name": p.name} for p in policies],
+            "policies": [
+                {"kind": p.kind, "namespace": p.namespace, "name": p.name, "tier": p.tier, "rule": p.rule}
+                for p in policies
+            ],
             "prefix": drop.prefix,
+            "type": "log" if kind == "pnl" else "drop",
         }
 
     def add(self, drops: Iterable[Drop]) -> None:

@@ -50,7 +50,7 @@ from podnet.bench.stats import latency_summary, ratio
 from podnet.bench.throughput import iperf
 from podnet.calc.policy import PodInfo, compile_policies
 from podnet.dataplane.netns import run_in_netns
-from podnet.dataplane.policy import QUALIFIED, chain_name, provenance_comment
+from podnet.dataplane.policy import QUALIFIED, match_lines, policy_chain_name, provenance_comment
 from podnet.lab.naming import LabNames
 from podnet.model import NetworkPolicy, parse_resource
 
@@ -363,18 +363,18 @@ def node_targets(workload: Workload, ips: dict[str, str], nodes: Sequence[str]) 
         plan = compile_policies([p for p in infos if p.node == node], infos, namespaces, models)
         best: tuple[int, str, str, str] | None = None
         lines = 0
-        for key, endpoint in plan.endpoints.items():
-            for direction, rules in (("ingress", endpoint.ingress), ("egress", endpoint.egress)):
-                for rule in rules:
-                    lines += max(1, len(rule.ports))
+        for policy in plan.policies.values():  # one chain per policy and direction on the node
+            for direction in ("ingress", "egress"):
+                for rule in policy.rules(direction):
+                    lines += len(match_lines(rule.match))
                     p = rule.provenance
                     rank = order[f"{p.namespace}/{p.name}"]
                     if best is None or rank > best[0]:
-                        best = (rank, key, direction, provenance_comment(p))
+                        best = (rank, policy.key, direction, provenance_comment(p))
         if best is not None:
             rank, key, direction, comment = best
             targets[node] = NodeTarget(
-                node, _key(workload.policies[rank]), chain_name(key, direction), comment, lines
+                node, _key(workload.policies[rank]), policy_chain_name(key, direction), comment, lines
             )
     return targets
 

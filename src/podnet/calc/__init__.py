@@ -8,7 +8,14 @@ No I/O here; everything is testable without root. Every module of the package, o
     routes.py          which routes and tunnel entries a node needs (a RoutePlan)
     mtu.py             pod MTU: the underlay's minus the largest encapsulation overhead in use
     local_pods.py      which pods a node enforces policy for: every endpoint it wired, whatever the Pod says
-    policy.py          NetworkPolicy compiled to a per-endpoint intermediate form, with provenance
+    policy.py          every policy kind in one ordered form (tiers, policies, rules), with provenance
+    policy_sets.py     the named address and port sets compiled rules refer to, built once per compile
+    policy_knp.py      Kubernetes NetworkPolicy in the ordered form (tier default, order 1000, Allow rules)
+    policy_calico.py   Calico NetworkPolicy and GlobalNetworkPolicy in the ordered form
+    policy_admin.py    AdminNetworkPolicy, BaselineAdminNetworkPolicy, ClusterNetworkPolicy in their tiers
+    policy_kinds.py    which compiler turns which policy kind into the ordered form
+    policy_inputs.py   from the watch cache to the compiler: the kinds each profile enforces
+    policy_explain.py  a connection walked through the compiled form: tier, policy and rule that decided
     policy_status.py   NetworkPolicy status: what each agent reports, the conditions a policy shows
     host_endpoints.py  Calico HostEndpoints of this node: what the host-endpoint table enforces
     services.py        Services and the Pods behind them: what one node must load-balance

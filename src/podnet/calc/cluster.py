@@ -274,6 +274,7 @@ class ClusterCache:
                     tuple(sorted(ips)),
                     pod.spec.node_name or "",
                     ports,
+                    pod.spec.effective_service_account(),
                 )
             )
         return out

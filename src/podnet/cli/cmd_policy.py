@@ -4,9 +4,10 @@ podnet policy explain --from NS/POD|IP --to NS/POD|IP --port 80/TCP [-o text|jso
 podnet policy test [--port 80/TCP,81/UDP] [-n NS | -A] [--timeout S] [-o text|json]
 
 Both compute the verdict the way the agents do: the datastore's resources go through the same
-:class:`~podnet.calc.cluster.ClusterCache` and :func:`~podnet.calc.policy.compile_policies`
-(compiled for every pod, as if every node were asked), and ``explain`` reads the compiled form,
-so it names the rule that each node's nftables table carries in its comments.
+:class:`~podnet.calc.cluster.ClusterCache` and :func:`~podnet.calc.policy_inputs.compile_cluster`
+(compiled for every pod, as if every node were asked), and ``explain`` walks the compiled form
+(:mod:`podnet.calc.policy_explain`), so it names the tier, policy and rule that each node's
+nftables table carries in its comments.
 
 ``test`` probes every pod pair of the lab with real traffic (TCP connect / UDP datagram; a refused
 connection counts as reached: the packet got through policy to a port nobody serves) and prints the
@@ -61,13 +62,13 @@ class ClusterPolicy:
 
 def load(store) -> ClusterPolicy:
     """Read the resources and endpoint records as an agent does, and compile for every pod."""
-    from podnet.calc.policy import compile_policies
+    from podnet.calc.policy_inputs import compile_cluster
     from podnet.cli.context import cluster_cache
 
     cache = cluster_cache(store)
     pods = {p.key: p for p in cache.pod_infos()}
-    plan = compile_policies(pods.values(), pods.values(), cache.namespaces, list(cache.netpols.values()))
-    return ClusterPolicy(cache, pods, plan)
+    profile = cache.config.effective().profile if cache.config else "calico"
+    return ClusterPolicy(cache, pods, compile_cluster(cache, pods.values(), profile))
 
 
 def resolve(view: ClusterPolicy, ref: str):
@@ -100,14 +101,29 @@ def rule_text(view: ClusterPolicy, provenance) -> str:
     """The rule as the user wrote it (compact JSON), or "" for a default deny."""
     if provenance.rule < 0:
         return ""
-    policy = view.cache.netpols.get(f"{provenance.namespace}/{provenance.name}")
+    policy = stored_policy(view.cache, provenance)
     if policy is None:
         return ""
-    rules = policy.spec.ingress if provenance.direction == "ingress" else policy.spec.egress
+    rules = getattr(policy.spec, provenance.direction, None)
     if not rules or provenance.rule >= len(rules):
         return ""
     doc = rules[provenance.rule].model_dump(mode="json", by_alias=True, exclude_none=True)
     return json.dumps(doc, separators=(",", ":"))
+
+
+def stored_policy(cache: Any, provenance: Any) -> Any:
+    """The cached object a provenance names, or None."""
+    ref = f"{provenance.namespace}/{provenance.name}"
+    by_kind = {
+        "NetworkPolicy": lambda: cache.netpols.get(ref),
+        "CalicoNetworkPolicy": lambda: cache.calico_policies.get(ref),
+        "GlobalNetworkPolicy": lambda: cache.global_policies.get(provenance.name),
+        "AdminNetworkPolicy": lambda: cache.admin_policies.get(provenance.name),
+        "BaselineAdminNetworkPolicy": lambda: cache.baseline_policy,
+        "ClusterNetworkPolicy": lambda: cache.cluster_policies.get(provenance.name),
+    }
+    found = by_kind.get(provenance.kind)
+    return found() if found else None
 
 
 # ------------------------------------------------------------------------------------------ explain
@@ -116,7 +132,7 @@ def rule_text(view: ClusterPolicy, provenance) -> str:
 def predict(view: ClusterPolicy, src, dst, port: int, proto: str):
     """:func:`~podnet.calc.policy.explain`, except that a pod always reaches itself (its own
     loopback never crosses the node's forward hook; Kubernetes' e2e suite expects it too)."""
-    from podnet.calc.policy import Verdict, explain
+    from podnet.calc.policy_explain import Verdict, explain
 
     if not isinstance(src, str) and not isinstance(dst, str) and src.key == dst.key:
         return Verdict(True, "loopback", ())
@@ -125,7 +141,7 @@ def predict(view: ClusterPolicy, src, dst, port: int, proto: str):
 
 def explain_doc(view: ClusterPolicy, src, dst, port: int, proto: str) -> dict[str, Any]:
     """The verdict and, per direction, whether it is isolated and which rules decided."""
-    from podnet.calc.policy import explain_sides
+    from podnet.calc.policy_explain import explain_sides
 
     verdict = predict(view, src, dst, port, proto)
     sides = explain_sides(view.plan, src, dst, port, proto)
@@ -137,16 +153,19 @@ def explain_doc(view: ClusterPolicy, src, dst, port: int, proto: str) -> dict[st
         "verdict": "allowed" if verdict.allowed else "denied",
         "decidedBy": verdict.decided_by,
         "rules": [str(p) for p in verdict.rules],
+        "walk": [f"{step.direction}: {step}" for step in verdict.walk],
     }
     for side in sides:
         doc[side.direction] = {
             "endpoint": side.endpoint,
             "isolated": side.isolated,
             "allowed": side.allowed,
+            "walk": [str(step) for step in side.walk],
             "rules": [
                 {
-                    "policy": f"{p.namespace}/{p.name}",
+                    "policy": f"{p.namespace}/{p.name}" if p.namespace else p.name,
                     "kind": p.kind,
+                    "tier": p.tier,
                     "direction": p.direction,
                     "rule": p.rule,
                     "text": str(p),
@@ -169,12 +188,17 @@ def render_explain(doc: dict[str, Any], src_label: str, dst_label: str) -> str:
             why = "not a pod podnet isolates" if side["endpoint"] is None else "no policy selects it"
             lines.append(f"{head} not isolated ({why} for {direction}): allowed")
             continue
+        walk = " → ".join(side["walk"])
         if side["allowed"]:
-            lines.append(f"{head} allowed by")
+            lines.append(f"{head} allowed: {walk}")
+            for rule in side["rules"]:
+                lines.append(f"      {rule['text']}: {rule['spec']}")
+        elif side["rules"] and all(rule["rule"] >= 0 for rule in side["rules"]):
+            lines.append(f"{head} denied: {walk}")
             for rule in side["rules"]:
                 lines.append(f"      {rule['text']}: {rule['spec']}")
         else:
-            lines.append(f"{head} isolated, no rule matches: dropped by the default deny of")
+            lines.append(f"{head} denied: {walk}; the end-of-tier deny of")
             lines += [f"      {rule['kind']} {rule['policy']}" for rule in side["rules"]]
     return "\n".join(lines)
 

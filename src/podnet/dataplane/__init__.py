@@ -18,7 +18,9 @@ complete):
     bpf.py           eBPF plumbing: clang (cached), bpftool load/pin, tc attach, maps via bpf(2), bpffs
     sock_lb.py       Service load balancing at the socket (Cilium's socket-LB): cgroup v2 eBPF
     nft.py           what the nftables managers share: one ``nft -f`` transaction, table adoption
-    policy.py        NetworkPolicy enforcement: the compiled PolicyPlan as one nftables table
+    policy.py        policy enforcement: the compiled PolicyPlan as one nftables table (tiers, Pass)
+    host_policy.py   Calico HostEndpoints: the node's own traffic, as table inet podnet_host
+    nflog.py         NFLOG: the packets the policy tables log (drops, Log rules), read in a netns
     services_nft.py  Kubernetes Services as one nftables table (kube-proxy's nftables proxier)
     nat.py           natOutgoing: pods leaving every IP pool are masqueraded to the node address
     bird.py          running BIRD 2 for one node: config, start, reload on change, status

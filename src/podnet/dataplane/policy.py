@@ -1,14 +1,13 @@
-"""Kubernetes NetworkPolicy enforcement: the compiled :class:`PolicyPlan` as one nftables table.
+"""Policy enforcement: the compiled :class:`PolicyPlan` as one nftables table, ``inet podnet_policy``.
 
-podnet owns ``table inet podnet_policy`` (and, for Calico HostEndpoints, the small
-``table inet podnet_host``: see :func:`render_host_table`) (kube-proxy's nftables proxier is the
-model: one owned table, one transaction per sync, partial syncs, a full resync after any failure)::
+kube-proxy's nftables proxier is the model: one owned table, one transaction per sync, partial
+syncs, a full resync after any failure. Felix is the model for the ordered rules: one chain per
+policy, which every endpoint it selects jumps to, and one chain per endpoint, direction and tier::
 
     table inet podnet_policy {
         set pn-<hash> { type ipv4_addr; flags interval; elements = { 10.244.1.5/32, ... } }   # plan.sets
-        set control_ports { type inet_proto . inet_service; elements = { tcp . 179, tcp . 9099 } }
-        set control_hosts { type ipv4_addr . inet_proto . inet_service;           # other nodes, etcd
-                            elements = { 10.77.0.11 . tcp . 179, 10.77.0.2 . tcp . 2379, ... } }
+        set pp-<hash> { type ipv4_addr . inet_proto . inet_service; elements = { 10.244.1.5 . tcp . 8080 } }
+        set control_ports / control_hosts                 # the node control plane (below)
         map source_dispatch  { type ifname : verdict; elements = { "cali…" : jump ep-<h>-src, ... } }
         map egress_dispatch  { type ifname : verdict; elements = { "cali…" : jump ep-<h>-eg, ... } }
         map ingress_dispatch { type ifname : verdict; elements = { "cali…" : jump ep-<h>-in, ... } }
@@ -16,126 +15,143 @@ model: one owned table, one transaction per sync, partial syncs, a full resync a
             type filter hook prerouting priority raw; policy accept;
             iifname vmap @source_dispatch                 # anti-spoofing: MAC, then IP
         }
-        chain forward {
+        chain forward {                                   # egress of the source pod
             type filter hook forward priority filter; policy accept;
-            ct state established,related accept          # replies of allowed connections
+            ct state established,related accept
             ct state invalid drop
-            iifname vmap @egress_dispatch                 # FROM a local pod: control plane + egress
-            oifname vmap @ingress_dispatch                # TO a local pod: ingress
+            iifname vmap @egress_dispatch
         }
-        chain input {                                     # FROM a local pod TO this node
-            type filter hook input priority filter; policy accept;
-            ct state established,related accept          # replies to what the node opened
-            icmpv6 type { nd-router-solicit, … } accept   # link control (like ARP), not policy
-            iifname vmap @egress_dispatch                 # the same egress chains as forward
+        chain forward_ingress {                           # then ingress of the destination pod
+            type filter hook forward priority filter + 1; policy accept;
+            ct state established,related accept
+            oifname vmap @ingress_dispatch
         }
-        chain ep-<h>-src {                                # every local pod has one
-            ether saddr != <pod eth0 MAC> counter log group 7 prefix "pns:<h>:mac" drop
-            ip6 saddr { ::, fe80::/10 } icmpv6 type { nd-…, mld-… } return   # link control
-            ip saddr != { <pod addresses> } counter log group 7 prefix "pns:<h>:spoof" drop
-            meta nfproto ipv6 counter log … drop          # the pod has no IPv6 address
+        chain input { … iifname vmap @egress_dispatch }   # a pod's traffic to its own node
+        chain ep-<h>-eg {                                 # every local pod: control plane first
+            meta l4proto . th dport @control_ports fib daddr type local counter log … drop
+            ip daddr . meta l4proto . th dport @control_hosts counter log … drop
+            goto ep-<h>-eg-t-kube-admin                   # when some tier selects the pod
         }
-        chain ep-<h>-eg {                                 # every local pod has one (control plane)
-            meta l4proto . th dport @control_ports fib daddr type local counter log … "pnc:<h>:control" drop
-            ip daddr . meta l4proto . th dport @control_hosts counter log … "pnc:<h>:control" drop
-            # only when egress-isolated:
-            ip daddr @pn-… meta l4proto tcp th dport 80 counter return comment "knp:ns/name:egress:0"
-            counter log group 7 prefix "pnd:<h>:eg:ns/pod" drop
+        chain ep-<h>-eg-t-kube-admin {                    # the tier's selecting policies, in order
+            jump pol-<p>-eg
+            meta mark & 0x100000 == 0x100000 meta mark set meta mark & 0xffefffff goto ep-<h>-eg-t-default
+            goto ep-<h>-eg-t-default                      # end of tier: defaultAction Pass
         }
-        chain ep-<h>-in {                                 # only when ingress-isolated
-            ip saddr @pn-… meta l4proto tcp th dport 8080 counter accept comment "knp:ns/name:ingress:1"
-            counter log group 7 prefix "pnd:<h>:in:ns/pod" drop
+        chain ep-<h>-eg-t-default {
+            jump pol-<q>-eg
+            counter log group 7 prefix "pnd:<h>:eg:default:ns/pod" drop   # end of tier: Deny
+        }
+        chain pol-<p>-eg {                                # one per policy and direction, shared
+            ip daddr @pn-… tcp dport 80 counter accept comment "anp:kube-admin:x:egress:0"     # Allow
+            ip daddr @pn-… counter log group 7 prefix "pnx:<r>" drop comment "…"            # Deny
+            ip daddr @pn-… meta mark set meta mark | 0x100000 counter return comment "…"   # Pass
+            ip daddr @pn-… counter log group 7 prefix "pnl:<r>" comment "…"                  # Log
         }
     }
 
-**Anti-spoofing** runs in ``prerouting`` at priority ``raw``, before conntrack: a packet whose
-source MAC is not the pod's eth0 MAC (recorded at wiring, :attr:`EndpointRecord.mac`; both
-profiles' pods get a stable MAC, and proxy ARP does not change what the pod sends) or whose source
-IP is not one of the pod's is dropped and logged, whatever hook it was heading for and even when
-its addresses match an established connection (a ``ct state established accept`` first would let
-a spoofed packet of a known 5-tuple through). ICMPv6 link control from ``::``/link-local (ND, MLD)
-passes the IP check only; the MAC check applies to it too. ARP is not IP and this table does not see
-it: a pod's ARP can only teach its own host veth a neighbour entry, which routing never uses for
-another pod (each pod has its own /32 route via its own veth).
+**Verdicts.** Allow is ``accept``. That ends only the base chain the packet is in, which is why
+egress and ingress live in two base chains on the forward hook: a connection between two pods of
+this node that its source's egress accepts still meets its destination's ingress. Deny is a logged
+``drop``. Log is a logged rule without a verdict. Pass sets :data:`PASS_MARK` and returns. The tier
+chain then clears the mark and goes to the next tier, or accepts when no tier is left (the profile).
+A policy that cannot be compiled is a logged ``drop`` in place of its jump (it fails closed). A
+Kubernetes NetworkPolicy that cannot be compiled only loses its rules: it never allowed anything
+else.
 
-**Control plane.** :class:`podnet.calc.policy.ControlPlane` (computed from the BGP listen port, the
-agent's metrics port, every node's addresses and the datastore endpoints) is rendered as two sets.
-Every endpoint's egress chain starts with two drops, BEFORE any NetworkPolicy rule (a policy cannot
-open them): a control port on any local address (``fib daddr type local``: the node IP, VTEP, router
-IP; reached through ``input``), and an (address, protocol, port) of another node or the datastore
-(reached through ``forward``). Node traffic (BIRD's sessions, the CLI, host-network pods) never
-arrives on a pod interface and is not touched.
+**Anti-spoofing** runs in ``prerouting`` at priority ``raw``, before conntrack. A packet from a pod
+is dropped and logged, whatever hook it was heading for, when either check fails:
 
-The cost per packet does not depend on the number of policies: one verdict-map lookup per
-direction, then the endpoint's own rules (set lookups are hashes/interval trees).
+- its source MAC is not the pod's eth0 MAC (recorded at wiring);
+- its source IP is not one of the pod's.
 
-**Egress allows ``return``, not ``accept``.** An ``accept`` in a chain jumped to from the base chain
-ends the packet's traversal of the hook, so a pod-to-pod packet on one node would skip the
-destination's ingress chain. Egress rules therefore ``return`` to ``forward``, which goes on to the
-``oifname`` dispatch; ingress rules may ``accept``.
+It is dropped even when its addresses match an established connection. ICMPv6 link control from
+``::``/link-local passes the IP check only. ARP is not IP and this table does not see it.
 
-**Node to pod.** Traffic the node itself originates to its pods (kubelet health probes) goes
-through OUTPUT and is never filtered here, as Kubernetes requires; the pod's replies come back
-through INPUT as ``established``. Traffic from other nodes and pods is forwarded and is filtered.
-Host-network pods have no veth: they are node traffic and are not isolated by this table.
+**Control plane.** The node control plane (:class:`podnet.calc.policy.ControlPlane`) is rendered as
+two sets. Every endpoint's egress chain starts with two drops, before any policy, so no policy can
+open them:
 
-**Pod to its own node.** A pod's packets to an address of its own node (the node's IP, its
-host-network pods, node services) are not forwarded: they meet the INPUT hook, not FORWARD. Egress
-isolation covers every destination in Kubernetes (only replies pass), so an ``input`` chain
-dispatches on ``iifname`` into the SAME egress chains (control plane + egress rules, which
-``return`` to ``input``, whose policy accepts). Only ICMPv6 neighbour discovery and multicast
-listener reports are let through before the dispatch: link control, like ARP, that an
-egress-isolated pod's default deny would otherwise drop (anti-spoofing let it pass in prerouting).
+- a control port on any local address;
+- an (address, protocol, port) of another node or of the datastore.
 
-**Syncs.** :class:`PolicyManager` keeps the rendering it last applied (sets, chains, map entries).
-The first apply, and the one after any failure, is one full transaction
-(``add table; delete table; table … { … }``). Later applies send ONE transaction with only the
-differences: ``add``/``delete element`` for set members and map entries, ``flush chain`` + ``add rule``
-for an endpoint chain whose rules changed, ``add``/``delete`` of whole sets and chains. ``nft -f`` is
-atomic: when it fails, nothing of the script is applied, the previous ruleset stays in force, and the
-manager marks itself for a full resync and raises :class:`DataplaneError` with nft's message.
+**Node to pod.** Traffic the node itself sends to its pods goes through OUTPUT and is never filtered
+here (Kubernetes requires it). A pod's packets to its own node meet INPUT, which dispatches into
+the same egress chains.
 
-**Drops** are logged to NFLOG group :data:`NFLOG_GROUP` with a prefix (at most 63 characters) that
-names the endpoint and the direction; :func:`deny_reasons` maps each prefix to the policies whose
-default deny it stands for. :class:`NflogReader` binds a netlink socket to that group (in a given
-netns) and parses each logged packet into :class:`Drop` (prefix, IPv4 src/dst, protocol, port).
+**Syncs.** :class:`PolicyManager` keeps the rendering it last applied. The first apply, and the one
+after any failure, is one full transaction. Later applies send one transaction with only the
+differences. ``nft -f`` is atomic: on failure nothing is applied, the previous ruleset stays, and
+the next sync is full.
+
+**NFLOG prefixes** (group :data:`~podnet.dataplane.nflog.NFLOG_GROUP`), each at most 63 characters:
+
+- ``pnd:<endpoint>:<dir>:<tier>:…`` an end-of-tier deny;
+- ``pnx:<rule>`` a Deny rule;
+- ``pne:<policy>:<dir>`` a policy that fails closed;
+- ``pnl:<rule>`` a Log rule;
+- ``pns``/``pnc`` anti-spoofing and the control plane.
+
+:func:`deny_reasons` and :func:`log_reasons` map each prefix to its provenance.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-import os
-import socket
-import struct
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from podnet.calc.host_endpoints import WILDCARD, WORKLOAD_PREFIXES, HostEndpointPlan
 from podnet.calc.memo import GenerationMemo
-from podnet.calc.policy import CompiledRule, ControlPlane, EndpointPolicy, PolicyPlan, Provenance
-from podnet.dataplane.errors import DataplaneError
-from podnet.dataplane.netns import run_in_netns
-from podnet.dataplane.nft import TableSync, kernel_matches, list_table
+from podnet.calc.policy import (
+    DIRECTIONS,
+    INGRESS,
+    CompiledPolicy,
+    ControlPlane,
+    EndpointPolicy,
+    Match,
+    OrderedRule,
+    PolicyPlan,
+    PortMatch,
+    Provenance,
+    Side,
+)
+from podnet.dataplane.nflog import NFLOG_GROUP
+from podnet.dataplane.nft import TableSync
 
 TABLE = "podnet_policy"
 FAMILY = "inet"
 QUALIFIED = f"{FAMILY} {TABLE}"
-NFLOG_GROUP = 7
 EGRESS_MAP = "egress_dispatch"
 INGRESS_MAP = "ingress_dispatch"
+SOURCE_MAP = "source_dispatch"
 MAX_PREFIX = 63
 MAX_COMMENT = 127
+#: The packet mark bit a Pass rule sets for its tier chain (kube-proxy uses 0x4000, Felix 0xffff0000).
+PASS_MARK = 0x00100000
 _DIRECTIONS = {"ingress": "in", "egress": "eg", "source": "src"}
-_PROTOCOLS = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
-
-SOURCE_MAP = "source_dispatch"
+_NFT_PROTOCOLS = {
+    "TCP": "tcp",
+    "UDP": "udp",
+    "SCTP": "sctp",
+    "ICMP": "icmp",
+    "ICMPv6": "ipv6-icmp",
+    "UDPLite": "udplite",
+}
+_KIND_TAGS = {
+    "NetworkPolicy": "knp",
+    "CalicoNetworkPolicy": "np",
+    "GlobalNetworkPolicy": "gnp",
+    "AdminNetworkPolicy": "anp",
+    "BaselineAdminNetworkPolicy": "banp",
+    "ClusterNetworkPolicy": "cnp",
+}
 CONTROL_SETS = {
     "control_ports": "inet_proto . inet_service",
     "control_hosts": "ipv4_addr . inet_proto . inet_service",
 }
+PORT_SET_TYPE = "ipv4_addr . inet_proto . inet_service"
 
 #: endpoint key -> (host interface name, pod addresses[, pod eth0 MAC]); no MAC: no MAC check
 Endpoints = Mapping[str, tuple[str, tuple[str, ...]] | tuple[str, tuple[str, ...], str]]
@@ -144,12 +160,15 @@ PREROUTING_CHAIN = (
     "type filter hook prerouting priority raw; policy accept;",
     f"iifname vmap @{SOURCE_MAP}",
 )
-
 FORWARD_CHAIN = (
     "type filter hook forward priority filter; policy accept;",
     "ct state established,related accept",
     "ct state invalid drop",
     f"iifname vmap @{EGRESS_MAP}",
+)
+FORWARD_INGRESS_CHAIN = (
+    "type filter hook forward priority filter + 1; policy accept;",
+    "ct state established,related accept",
     f"oifname vmap @{INGRESS_MAP}",
 )
 #: ICMPv6 a pod sends its own host that is link control, not traffic policy governs.
@@ -160,31 +179,72 @@ LINK_CONTROL_ICMPV6 = (
     "mld-listener-report",
     "mld2-listener-report",
 )
-#: A pod's traffic to its own node (see "Pod to its own node"): no ``ct state invalid drop`` and no
-#: ingress dispatch here, this hook also carries the node's own traffic from everywhere else.
+#: A pod's traffic to its own node: no ``ct state invalid drop`` and no ingress dispatch here, this
+#: hook also carries the node's own traffic from everywhere else.
 INPUT_CHAIN = (
     "type filter hook input priority filter; policy accept;",
     "ct state established,related accept",
     f"icmpv6 type {{ {', '.join(LINK_CONTROL_ICMPV6)} }} accept",
     f"iifname vmap @{EGRESS_MAP}",
 )
+BASE_CHAINS = (
+    ("prerouting", PREROUTING_CHAIN),
+    ("forward", FORWARD_CHAIN),
+    ("forward_ingress", FORWARD_INGRESS_CHAIN),
+    ("input", INPUT_CHAIN),
+)
 
 
 # ------------------------------------------------------------------------------------------- names
 
 
+def short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def endpoint_hash(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:12]
+    return short_hash(key)
+
+
+def clean(text: str) -> str:
+    return "".join(c for c in text if c.isprintable() and c not in '"\\')
+
+
+def nft_protocol(protocol: str) -> str:
+    """A :func:`~podnet.calc.policy.protocol_name` as nft writes it (numbers stay numbers)."""
+    return _NFT_PROTOCOLS.get(protocol, protocol)
 
 
 def chain_name(key: str, direction: str) -> str:
-    """``ep-<sha256(key)[:12]>-in|eg``: a valid nft identifier, stable per endpoint key."""
+    """``ep-<sha256(key)[:12]>-in|eg|src``: a valid nft identifier, stable per endpoint key."""
     return f"ep-{endpoint_hash(key)}-{_DIRECTIONS[direction]}"
 
 
-def deny_prefix(key: str, direction: str) -> str:
-    """The NFLOG prefix of an endpoint's default deny (<= 63 chars, unique by the hash)."""
-    return _clean(f"pnd:{endpoint_hash(key)}:{_DIRECTIONS[direction]}:{key}")[:MAX_PREFIX]
+def tier_chain_name(key: str, direction: str, tier: str) -> str:
+    return f"{chain_name(key, direction)}-t-{tier}"
+
+
+def policy_chain_name(policy_key: str, direction: str) -> str:
+    return f"pol-{short_hash(policy_key)}-{_DIRECTIONS[direction]}"
+
+
+def _tier_tag(tier: str) -> str:
+    return tier if len(tier) <= 24 else short_hash(tier)[:8]
+
+
+def deny_prefix(key: str, direction: str, tier: str = "default") -> str:
+    """The NFLOG prefix of an endpoint's end-of-tier deny (<= 63 chars, unique by the hash)."""
+    return clean(f"pnd:{endpoint_hash(key)}:{_DIRECTIONS[direction]}:{_tier_tag(tier)}:{key}")[:MAX_PREFIX]
+
+
+def rule_prefix(provenance: Provenance, action: str) -> str:
+    """``pnx:<hash>`` (Deny) or ``pnl:<hash>`` (Log): the NFLOG prefix of one rule."""
+    tag = "pnl" if action == "Log" else "pnx"
+    return f"{tag}:{short_hash(repr(provenance))}"
+
+
+def fail_closed_prefix(policy_key: str, direction: str) -> str:
+    return f"pne:{short_hash(policy_key)}:{_DIRECTIONS[direction]}"
 
 
 def spoof_prefix(key: str) -> str:
@@ -200,23 +260,42 @@ def control_prefix(key: str) -> str:
 
 
 def deny_reasons(plan: PolicyPlan) -> dict[str, list[Provenance]]:
-    """NFLOG prefix -> the policies whose default deny that drop stands for."""
+    """NFLOG prefix -> the provenance of what that drop stands for: the policies whose selection
+    brought an end-of-tier deny, a Deny rule, or a policy failing closed."""
     reasons: dict[str, list[Provenance]] = {}
     for key, endpoint in sorted(plan.endpoints.items()):
-        if endpoint.ingress_isolated:
-            reasons[deny_prefix(key, "ingress")] = list(endpoint.ingress_deniers)
-        if endpoint.egress_isolated:
-            reasons[deny_prefix(key, "egress")] = list(endpoint.egress_deniers)
+        for direction in DIRECTIONS:
+            for tier in endpoint.tiers(direction):
+                if tier.default_action == "Deny":
+                    reasons[deny_prefix(key, direction, tier.tier)] = list(
+                        plan.deniers(endpoint, tier, direction)
+                    )
+    for policy in plan.policies.values():
+        for direction in DIRECTIONS:
+            if policy.fail_closed:
+                reasons[fail_closed_prefix(policy.key, direction)] = [policy.deny_provenance(direction)]
+            for rule in policy.rules(direction):
+                if rule.action == "Deny":
+                    reasons[rule_prefix(rule.provenance, "Deny")] = [rule.provenance]
     return reasons
 
 
-def _clean(text: str) -> str:
-    return "".join(c for c in text if c.isprintable() and c not in '"\\')
+def log_reasons(plan: PolicyPlan) -> dict[str, Provenance]:
+    """NFLOG prefix -> the Log rule that logged the packet."""
+    return {
+        rule_prefix(rule.provenance, "Log"): rule.provenance
+        for policy in plan.policies.values()
+        for direction in DIRECTIONS
+        for rule in policy.rules(direction)
+        if rule.action == "Log"
+    }
 
 
 def provenance_comment(p: Provenance) -> str:
-    kind = "knp" if p.kind == "NetworkPolicy" else p.kind.lower()
-    return _clean(f"{kind}:{p.namespace}/{p.name}:{p.direction}:{p.rule}")[:MAX_COMMENT]
+    kind = _KIND_TAGS.get(p.kind, p.kind.lower())
+    where = f"{p.namespace}/{p.name}" if p.namespace else p.name
+    tier = "" if p.kind == "NetworkPolicy" else f"{p.tier}:"
+    return clean(f"{kind}:{tier}{where}:{p.direction}:{p.rule}")[:MAX_COMMENT]
 
 
 # --------------------------------------------------------------------------------------- rendering
@@ -227,7 +306,8 @@ class Rendering:
     """The table as data: what the manager diffs between syncs."""
 
     sets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> disjoint IPv4 CIDRs
-    chains: dict[str, tuple[str, ...]] = field(default_factory=dict)  # endpoint chain -> rules
+    port_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> "ip . proto . port"
+    chains: dict[str, tuple[str, ...]] = field(default_factory=dict)  # regular chain -> rules
     egress_map: dict[str, str] = field(default_factory=dict)  # ifname -> chain
     ingress_map: dict[str, str] = field(default_factory=dict)
     source_map: dict[str, str] = field(default_factory=dict)
@@ -244,18 +324,131 @@ def _v4_elements(cidrs: frozenset[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(str(n) for n in ipaddress.collapse_addresses(nets))
 
 
-def _rule_lines(rule: CompiledRule, verdict: str) -> list[str]:
-    peer = ""
-    if rule.peer_set is not None:
-        peer = f"ip {'saddr' if rule.direction == 'ingress' else 'daddr'} @{rule.peer_set} "
-    tail = f'counter {verdict} comment "{provenance_comment(rule.provenance)}"'
-    if not rule.ports:
-        return [f"{peer}{tail}"]
+def _port_elements(triples: frozenset[tuple[str, str, int]]) -> tuple[str, ...]:
+    """The IPv4 ``address . protocol . port`` members (protocols nft names)."""
+    out = {
+        f"{ip} . {nft_protocol(protocol)} . {port}"
+        for ip, protocol, port in triples
+        if ipaddress.ip_address(ip).version == 4
+    }
+    return tuple(sorted(out))
+
+
+def _ranges(ports: list[PortMatch]) -> str:
+    texts = [str(p.first) if p.first == p.last else f"{p.first}-{p.last}" for p in ports]
+    return texts[0] if len(texts) == 1 else f"{{ {', '.join(texts)} }}"
+
+
+def _side_alternatives(side: Side, addr: str, keyword: str) -> list[str]:
+    """The port alternatives of a side (any one matches): by protocol, then each port set."""
+    if not side.has_ports:
+        return [""]
+    by_protocol: dict[str, list[PortMatch]] = {}
+    for port in side.ports:
+        by_protocol.setdefault(port.protocol, []).append(port)
+    out = [
+        f"meta l4proto {nft_protocol(protocol)} th {keyword} {_ranges(ports)}"
+        for protocol, ports in by_protocol.items()
+    ]
+    out += [f"ip {addr} . meta l4proto . th {keyword} @{name}" for name in side.port_sets]
+    return out
+
+
+def _side_conditions(side: Side, addr: str, keyword: str) -> list[str]:
+    parts = [f"ip {addr} @{name}" for name in side.sets]
+    parts += [f"ip {addr} != @{name}" for name in side.not_sets]
+    if side.not_ports:
+        parts.append(f"th {keyword} != {_ranges(list(side.not_ports))}")
+    parts += [f"ip {addr} . meta l4proto . th {keyword} != @{name}" for name in side.not_port_sets]
+    return parts
+
+
+def _icmp_family(match: Match) -> str:
+    return "icmpv6" if match.protocol == "ICMPv6" or match.ip_version == 6 else "icmp"
+
+
+def match_lines(match: Match) -> list[str]:
+    """The nft match expressions of ``match``, one per alternative (any one matches); none when
+    the match can never match."""
+    if match.src.never or match.dst.never:
+        return []
+    base: list[str] = []
+    if match.ip_version is not None:
+        base.append(f"meta nfproto ipv{match.ip_version}")
+    if match.protocol is not None:
+        base.append(f"meta l4proto {nft_protocol(match.protocol)}")
+    if match.not_protocol is not None:
+        base.append(f"meta l4proto != {nft_protocol(match.not_protocol)}")
+    family = _icmp_family(match)
+    if match.icmp is not None:
+        kind, code = match.icmp
+        base.append(f"{family} type {kind}" + ("" if code is None else f" {family} code {code}"))
+    if match.not_icmp is not None:
+        kind, code = match.not_icmp
+        if code is None:
+            base.append(f"{family} type != {kind}")
+        else:
+            base.append(f"{family} type . {family} code != {{ {kind} . {code} }}")
+    base += _side_conditions(match.src, "saddr", "sport")
+    base += _side_conditions(match.dst, "daddr", "dport")
     lines = []
-    for port in rule.ports:
-        ports = str(port.first) if port.first == port.last else f"{port.first}-{port.last}"
-        lines.append(f"{peer}meta l4proto {_PROTOCOLS[port.protocol]} th dport {ports} {tail}")
+    for src in _side_alternatives(match.src, "saddr", "sport"):
+        for dst in _side_alternatives(match.dst, "daddr", "dport"):
+            lines.append(" ".join(part for part in (*base, src, dst) if part))
     return lines
+
+
+def _verdict(rule: OrderedRule) -> str:
+    comment = f'comment "{provenance_comment(rule.provenance)}"'
+    if rule.action == "Allow":
+        return f"counter accept {comment}"
+    if rule.action == "Deny":
+        return (
+            f'counter log group {NFLOG_GROUP} prefix "{rule_prefix(rule.provenance, "Deny")}" drop {comment}'
+        )
+    if rule.action == "Pass":
+        return f"meta mark set meta mark | {PASS_MARK:#010x} counter return {comment}"
+    return f'counter log group {NFLOG_GROUP} prefix "{rule_prefix(rule.provenance, "Log")}" {comment}'
+
+
+def policy_chain(policy: CompiledPolicy, direction: str) -> tuple[str, ...]:
+    """The rules of one policy in one direction, in order."""
+    lines: list[str] = []
+    for rule in policy.rules(direction):
+        verdict = _verdict(rule)
+        lines += [f"{match} {verdict}".strip() for match in match_lines(rule.match)]
+    return tuple(lines)
+
+
+def _tier_chains(
+    plan: PolicyPlan, key: str, endpoint: EndpointPolicy, direction: str
+) -> dict[str, tuple[str, ...]]:
+    """The endpoint's chain per tier it meets in ``direction`` (see the module docstring)."""
+    tiers = endpoint.tiers(direction)
+    names = [tier_chain_name(key, direction, tier.tier) for tier in tiers]
+    chains: dict[str, tuple[str, ...]] = {}
+    clear = f"meta mark set meta mark & {~PASS_MARK & 0xFFFFFFFF:#010x}"
+    for index, tier in enumerate(tiers):
+        onward = f"goto {names[index + 1]}" if index + 1 < len(tiers) else "accept"
+        lines: list[str] = []
+        for policy_key in tier.policies:
+            policy = plan.policies[policy_key]
+            if policy.fail_closed:
+                prefix = fail_closed_prefix(policy.key, direction)
+                lines.append(f'counter log group {NFLOG_GROUP} prefix "{prefix}" drop')
+                break
+            if not policy.rules(direction):
+                continue
+            lines.append(f"jump {policy_chain_name(policy.key, direction)}")
+            if policy.has_pass(direction):
+                lines.append(f"meta mark & {PASS_MARK:#010x} == {PASS_MARK:#010x} {clear} {onward}")
+        if tier.default_action == "Pass":
+            lines.append(onward)
+        else:
+            prefix = deny_prefix(key, direction, tier.tier)
+            lines.append(f'counter log group {NFLOG_GROUP} prefix "{prefix}" drop')
+        chains[names[index]] = tuple(lines)
+    return chains
 
 
 def _source_chain(key: str, addresses: tuple[str, ...], mac: str) -> tuple[str, ...]:
@@ -279,25 +472,15 @@ def _source_chain(key: str, addresses: tuple[str, ...], mac: str) -> tuple[str, 
     return tuple(lines)
 
 
-def _egress_chain(key: str, policy: EndpointPolicy | None) -> tuple[str, ...]:
-    """Control plane first (no policy opens it), then the egress policy when isolated."""
+def _egress_chain(key: str, first_tier: str | None) -> tuple[str, ...]:
+    """Control plane first (no policy opens it), then the first tier that selects the endpoint."""
     log = f'counter log group {NFLOG_GROUP} prefix "{control_prefix(key)}" drop'
     lines = [
         f"meta l4proto . th dport @control_ports fib daddr type local {log}",
         f"ip daddr . meta l4proto . th dport @control_hosts {log}",
     ]
-    if policy is not None and policy.egress_isolated:
-        for rule in policy.egress:
-            lines.extend(_rule_lines(rule, "return"))
-        lines.append(f'counter log group {NFLOG_GROUP} prefix "{deny_prefix(key, "egress")}" drop')
-    return tuple(lines)
-
-
-def _ingress_chain(key: str, policy: EndpointPolicy) -> tuple[str, ...]:
-    lines: list[str] = []
-    for rule in policy.ingress:
-        lines.extend(_rule_lines(rule, "accept"))
-    lines.append(f'counter log group {NFLOG_GROUP} prefix "{deny_prefix(key, "ingress")}" drop')
+    if first_tier is not None:
+        lines.append(f"goto {tier_chain_name(key, 'egress', first_tier)}")
     return tuple(lines)
 
 
@@ -322,26 +505,43 @@ def build_rendering(plan: PolicyPlan, endpoints: Endpoints, control: ControlPlan
     V4_ELEMENTS.new_generation()
     rendering = Rendering(
         sets={name: V4_ELEMENTS(cidrs) for name, cidrs in sorted(plan.sets.items())},
+        port_sets={name: _port_elements(triples) for name, triples in sorted(plan.port_sets.items())},
         control=control_elements(control),
     )
+    used: set[tuple[str, str]] = set()
     for key, (ifname, addresses, *rest) in sorted(endpoints.items()):
-        policy = plan.endpoints.get(key)
+        endpoint = plan.endpoints.get(key)
         source = chain_name(key, "source")
         rendering.chains[source] = _source_chain(key, addresses, rest[0] if rest else "")
         rendering.source_map[ifname] = source
         egress = chain_name(key, "egress")
-        rendering.chains[egress] = _egress_chain(key, policy)
+        first = endpoint.egress[0].tier if endpoint is not None and endpoint.egress else None
+        rendering.chains[egress] = _egress_chain(key, first)
         rendering.egress_map[ifname] = egress
-        if policy is not None and policy.ingress_isolated:
+        if endpoint is None:
+            continue
+        for direction in DIRECTIONS:
+            rendering.chains.update(_tier_chains(plan, key, endpoint, direction))
+            used.update((p, direction) for tier in endpoint.tiers(direction) for p in tier.policies)
+        if endpoint.ingress:
             ingress = chain_name(key, "ingress")
-            rendering.chains[ingress] = _ingress_chain(key, policy)
+            rendering.chains[ingress] = (f"goto {tier_chain_name(key, INGRESS, endpoint.ingress[0].tier)}",)
             rendering.ingress_map[ifname] = ingress
+    for policy_key, direction in sorted(used):
+        policy = plan.policies[policy_key]
+        if policy.rules(direction) and not policy.fail_closed:
+            rendering.chains[policy_chain_name(policy_key, direction)] = policy_chain(policy, direction)
     return rendering
 
 
 def _set_decl(name: str, elements: tuple[str, ...]) -> str:
     body = f" elements = {{ {', '.join(elements)} }};" if elements else ""
     return f"set {name} {{ type ipv4_addr; flags interval;{body} }}"
+
+
+def _port_set_decl(name: str, elements: tuple[str, ...]) -> str:
+    body = f" elements = {{ {', '.join(elements)} }};" if elements else ""
+    return f"set {name} {{ type {PORT_SET_TYPE};{body} }}"
 
 
 def _map_elements(entries: Mapping[str, str]) -> str:
@@ -357,11 +557,13 @@ def render_full(rendering: Rendering) -> str:
     """The whole table as one transaction that replaces whatever podnet_policy held."""
     out = [f"add table {QUALIFIED}", f"delete table {QUALIFIED}", f"table {QUALIFIED} {{"]
     out += [f"    {_set_decl(name, elements)}" for name, elements in sorted(rendering.sets.items())]
+    out += [f"    {_port_set_decl(name, elements)}" for name, elements in sorted(rendering.port_sets.items())]
     for name, kind in CONTROL_SETS.items():
         elements = rendering.control.get(name, ())
         body = f" elements = {{ {', '.join(elements)} }};" if elements else ""
         out.append(f"    set {name} {{ type {kind};{body} }}")
-    # Chains before the maps that jump to them, maps before the forward chain that uses them.
+    # Chains before the maps that jump to them, maps before the base chains that use them (within
+    # one table block nft resolves jumps between chains in any order).
     for name, rules in sorted(rendering.chains.items()):
         out.append(f"    chain {name} {{")
         out += [f"        {rule}" for rule in rules]
@@ -369,7 +571,7 @@ def render_full(rendering: Rendering) -> str:
     out.append(f"    {_map_decl(SOURCE_MAP, rendering.source_map)}")
     out.append(f"    {_map_decl(EGRESS_MAP, rendering.egress_map)}")
     out.append(f"    {_map_decl(INGRESS_MAP, rendering.ingress_map)}")
-    for name, rules in (("prerouting", PREROUTING_CHAIN), ("forward", FORWARD_CHAIN), ("input", INPUT_CHAIN)):
+    for name, rules in BASE_CHAINS:
         out.append(f"    chain {name} {{")
         out += [f"        {rule}" for rule in rules]
         out.append("    }")
@@ -386,35 +588,37 @@ def _chunks(items: list[str], size: int = 1000) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def _element_diff(out: list[str], name: str, before: set[str], after: set[str]) -> None:
+    for part in _chunks(sorted(before - after)):
+        out.append(f"delete element {QUALIFIED} {name} {{ {', '.join(part)} }}")
+    for part in _chunks(sorted(after - before)):
+        out.append(f"add element {QUALIFIED} {name} {{ {', '.join(part)} }}")
+
+
 def render_diff(old: Rendering, new: Rendering) -> str:
     """One transaction turning ``old`` into ``new`` ("" when they are equal). Order: new sets and
-    elements, new chains, changed chains, map entries, then removals (chains once no map jumps to
-    them, sets once no rule uses them)."""
+    elements; every new chain created empty (rules may jump to chains created after them), then
+    new and changed chains filled; map entries; then removals (chains once nothing jumps to them,
+    sets once no rule uses them)."""
     out: list[str] = []
     # 1. sets: created, then members added; removed members of kept sets.
     for name in sorted(new.sets.keys() - old.sets.keys()):
         out.append(f"add set {QUALIFIED} {name} {{ type ipv4_addr; flags interval; }}")
+    for name in sorted(new.port_sets.keys() - old.port_sets.keys()):
+        out.append(f"add set {QUALIFIED} {name} {{ type {PORT_SET_TYPE}; }}")
     for name, elements in sorted(new.sets.items()):
-        before = set(old.sets.get(name, ()))
-        after = set(elements)
-        for part in _chunks(sorted(before - after)):
-            out.append(f"delete element {QUALIFIED} {name} {{ {', '.join(part)} }}")
-        for part in _chunks(sorted(after - before)):
-            out.append(f"add element {QUALIFIED} {name} {{ {', '.join(part)} }}")
+        _element_diff(out, name, set(old.sets.get(name, ())), set(elements))
+    for name, elements in sorted(new.port_sets.items()):
+        _element_diff(out, name, set(old.port_sets.get(name, ())), set(elements))
     for name in CONTROL_SETS:  # always declared: only their members change
-        before, after = set(old.control.get(name, ())), set(new.control.get(name, ()))
-        if before - after:
-            out.append(f"delete element {QUALIFIED} {name} {{ {', '.join(sorted(before - after))} }}")
-        if after - before:
-            out.append(f"add element {QUALIFIED} {name} {{ {', '.join(sorted(after - before))} }}")
-    # 2. chains: new ones filled, changed ones flushed and refilled.
+        _element_diff(out, name, set(old.control.get(name, ())), set(new.control.get(name, ())))
+    # 2. chains: new ones created, then new and changed ones (flushed) filled.
+    out += [f"add chain {QUALIFIED} {name}" for name in sorted(new.chains.keys() - old.chains.keys())]
     for name, rules in sorted(new.chains.items()):
         if old.chains.get(name) == rules:
             continue
         if name in old.chains:
             out.append(f"flush chain {QUALIFIED} {name}")
-        else:
-            out.append(f"add chain {QUALIFIED} {name}")
         out += [f"add rule {QUALIFIED} {name} {rule}" for rule in rules]
     # 3. dispatch maps.
     for map_name, before_map, after_map in (
@@ -429,10 +633,11 @@ def render_diff(old: Rendering, new: Rendering) -> str:
             out.append(f"delete element {QUALIFIED} {map_name} {{ {keys} }}")
         if added:
             out.append(f"add element {QUALIFIED} {map_name} {{ {_map_elements(added)} }}")
-    # 4. removals.
-    for name in sorted(old.chains.keys() - new.chains.keys()):
-        out += [f"flush chain {QUALIFIED} {name}", f"delete chain {QUALIFIED} {name}"]
-    for name in sorted(old.sets.keys() - new.sets.keys()):
+    # 4. removals: every removed chain flushed first (they may jump to each other), then deleted.
+    removed = sorted(old.chains.keys() - new.chains.keys())
+    out += [f"flush chain {QUALIFIED} {name}" for name in removed]
+    out += [f"delete chain {QUALIFIED} {name}" for name in removed]
+    for name in sorted((old.sets.keys() - new.sets.keys()) | (old.port_sets.keys() - new.port_sets.keys())):
         out.append(f"delete set {QUALIFIED} {name}")
     return "\n".join(out) + "\n" if out else ""
 
@@ -488,248 +693,3 @@ class PolicyManager:
     def remove(self) -> None:
         """Delete the table (absent is fine)."""
         self.table.remove()
-
-
-# -------------------------------------------------------------------------------- host endpoints
-
-HOST_TABLE = "podnet_host"
-HOST_QUALIFIED = f"{FAMILY} {HOST_TABLE}"
-HOST_RESET = f"add table {HOST_QUALIFIED}\ndelete table {HOST_QUALIFIED}\n"  # also: no host endpoint
-_HOST_DIRECTIONS = {"in": ("iifname", "saddr"), "out": ("oifname", "daddr")}
-
-
-def host_chain_name(ifname: str, direction: str) -> str:
-    """``hep-<sha256(ifname)[:12]>-in|out``: one chain per host-endpoint interface and direction."""
-    return f"hep-{endpoint_hash(ifname)}-{direction}"
-
-
-def host_deny_prefix(ifname: str, direction: str, hep: str) -> str:
-    """The NFLOG prefix of a host endpoint's default deny: ``pnh:<hash>:in|out:<HostEndpoint>``."""
-    return _clean(f"pnh:{endpoint_hash(ifname)}:{direction}:{hep}")[:MAX_PREFIX]
-
-
-def _failsafe_rule(entry: tuple[str, int, str | None], addr: str) -> str:
-    protocol, port, net = entry
-    match = ""
-    if net:
-        family = "ip6" if ipaddress.ip_network(net, strict=False).version == 6 else "ip"
-        match = f"{family} {addr} {net} "
-    return f"{match}meta l4proto {_PROTOCOLS[protocol]} th dport {port} accept"
-
-
-def _host_chain(plan: HostEndpointPlan, ifname: str, direction: str) -> list[str]:
-    addr = _HOST_DIRECTIONS[direction][1]
-    ports = ", ".join(str(p) for p in plan.tunnel_ports)
-    lines = [
-        "ct state established,related accept",
-        f"ip {addr} @local_pods accept",
-        f"ip {addr} @tunnel_peers udp dport {{ {ports} }} accept",
-        f"ip {addr} @tunnel_peers ip protocol ipip accept",
-        f"icmpv6 type {{ {', '.join(LINK_CONTROL_ICMPV6)} }} accept",
-    ]
-    failsafe = plan.failsafe_in if direction == "in" else plan.failsafe_out
-    lines += [_failsafe_rule(entry, addr) for entry in failsafe]
-    prefix = host_deny_prefix(ifname, direction, plan.interfaces[ifname])
-    lines.append(f'counter log group {NFLOG_GROUP} prefix "{prefix}" drop')
-    return lines
-
-
-def render_host_table(plan: HostEndpointPlan) -> str:
-    """``table inet podnet_host`` for ``plan`` as ONE transaction replacing whatever it held; with no
-    host endpoint on this node, the transaction that deletes it (pure)::
-
-        table inet podnet_host {
-            set tunnel_peers { type ipv4_addr; elements = { <node IPs> } }
-            set local_pods { type ipv4_addr; elements = { <this node's pod IPs> } }
-            chain hep-<h>-in {                    # one per host-endpoint interface (and -out)
-                ct state established,related accept
-                ip saddr @local_pods accept
-                ip saddr @tunnel_peers udp dport { 4789, 8472 } accept
-                ip saddr @tunnel_peers ip protocol ipip accept
-                icmpv6 type { nd-… } accept
-                meta l4proto tcp th dport 22 accept           # failsafe inbound ports
-                counter log group 7 prefix "pnh:<h>:in:<HostEndpoint>" drop
-            }
-            chain input {
-                type filter hook input priority filter; policy accept;
-                iif lo accept
-                iifname { "cali*", "lxc*" } accept    # pods: their own policy, not host policy
-                iifname "eth0" jump hep-<h>-in        # named interfaces, then "*"
-            }
-            chain output { ... the same with oif / oifname / daddr ... }
-        }
-
-    Base chains of other tables on the same hooks still see the packet (an ``accept`` here ends only
-    this table's verdict); forwarded traffic never meets ``input``/``output``.
-    """
-    if not plan.active:
-        return HOST_RESET
-    out = [HOST_RESET.rstrip("\n"), f"table {HOST_QUALIFIED} {{"]
-    for name, elements in (("tunnel_peers", plan.tunnel_peers), ("local_pods", plan.local_pods)):
-        body = f" elements = {{ {', '.join(elements)} }};" if elements else ""
-        out.append(f"    set {name} {{ type ipv4_addr;{body} }}")
-    ordered = sorted(plan.interfaces, key=lambda i: (i == WILDCARD, i))  # named first, "*" last
-    for ifname in ordered:
-        for direction in ("in", "out"):
-            out.append(f"    chain {host_chain_name(ifname, direction)} {{")
-            out += [f"        {rule}" for rule in _host_chain(plan, ifname, direction)]
-            out.append("    }")
-    workloads = ", ".join(f'"{p}*"' for p in WORKLOAD_PREFIXES)
-    for hook, direction in (("input", "in"), ("output", "out")):
-        key = _HOST_DIRECTIONS[direction][0]
-        out.append(f"    chain {hook} {{")
-        out.append(f"        type filter hook {hook} priority filter; policy accept;")
-        out.append(f"        {key[0]}if lo accept")
-        out.append(f"        {key} {{ {workloads} }} accept")
-        for ifname in ordered:
-            match = "" if ifname == WILDCARD else f'{key} "{ifname}" '
-            out.append(f"        {match}jump {host_chain_name(ifname, direction)}")
-        out.append("    }")
-    out.append("}")
-    return "\n".join(out) + "\n"
-
-
-class HostEndpointManager:
-    """Keeps ``table inet podnet_host`` (this netns or ``netns``) enforcing a :class:`HostEndpointPlan`:
-    one full transaction whenever the rendering changes (the table is small), none otherwise."""
-
-    def __init__(self, netns: str | None = None) -> None:
-        self.netns = netns
-        self.table: TableSync[str] = TableSync(
-            FAMILY,
-            HOST_TABLE,
-            netns,
-            full=lambda script: script,
-            matches=self._kernel_has,
-            hint="the previous host-endpoint ruleset is still in force",
-        )
-
-    def apply(self, plan: HostEndpointPlan) -> str:
-        """``"applied"``, ``"adopted"`` or ``"noop"``; raises :class:`DataplaneError` (nothing
-        applied) on refusal. On the first sync (a restarted agent) the kernel's table is adopted
-        when it is already what the plan needs (absent for no host endpoint, or identical), so a
-        restart rewrites nothing."""
-        mode, _ = self.table.sync(render_host_table(plan))
-        return "applied" if mode == "full" else mode
-
-    def _kernel_has(self, script: str) -> bool:
-        if script == HOST_RESET:
-            return list_table(FAMILY, HOST_TABLE, self.netns) is None  # no host endpoint: absent
-        return kernel_matches(script, FAMILY, HOST_TABLE, self.netns)
-
-    def remove(self) -> None:
-        """Delete the table (absent is fine)."""
-        self.table.remove()
-
-
-# ------------------------------------------------------------------------------------------- NFLOG
-
-_NETLINK_NETFILTER = 12
-_NFNL_SUBSYS_ULOG = 4
-_NFULNL_MSG_PACKET, _NFULNL_MSG_CONFIG = 0, 1
-_NFULA_CFG_CMD, _NFULA_CFG_MODE = 1, 2
-_NFULNL_CFG_CMD_BIND = 1
-_NFULNL_COPY_PACKET = 2
-_NFULA_PAYLOAD, _NFULA_PREFIX = 9, 10
-_NLMSG_ERROR = 2
-_IP_PROTOCOLS = {1: "ICMP", 6: "TCP", 17: "UDP", 132: "SCTP"}
-
-
-@dataclass(frozen=True)
-class Drop:
-    prefix: str
-    src: str
-    dst: str
-    protocol: str
-    dport: int | None
-
-
-def _nlattr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
-
-
-def parse_nflog_packet(body: bytes) -> Drop | None:
-    """A NFULNL_MSG_PACKET body (after the netlink header): prefix and the IPv4 header's addresses."""
-    prefix, payload = "", b""
-    offset = 4  # struct nfgenmsg
-    while offset + 4 <= len(body):
-        length, kind = struct.unpack_from("=HH", body, offset)
-        if length < 4:
-            break
-        value = body[offset + 4 : offset + length]
-        kind &= 0x7FFF
-        if kind == _NFULA_PREFIX:
-            prefix = value.split(b"\0", 1)[0].decode(errors="replace")
-        elif kind == _NFULA_PAYLOAD:
-            payload = value
-        offset += (length + 3) & ~3
-    if len(payload) < 20 or payload[0] >> 4 != 4:
-        return None
-    ihl = (payload[0] & 0x0F) * 4
-    proto = payload[9]
-    dport = None
-    if proto in (6, 17, 132) and len(payload) >= ihl + 4:
-        dport = struct.unpack_from("!H", payload, ihl + 2)[0]
-    return Drop(
-        prefix=prefix,
-        src=str(ipaddress.IPv4Address(payload[12:16])),
-        dst=str(ipaddress.IPv4Address(payload[16:20])),
-        protocol=_IP_PROTOCOLS.get(proto, str(proto)),
-        dport=dport,
-    )
-
-
-class NflogReader:
-    """Reads the drops logged to NFLOG ``group`` (in ``netns``): ``for drop in reader.read(timeout)``."""
-
-    def __init__(self, group: int = NFLOG_GROUP, netns: str | None = None) -> None:
-        self.group = group
-        self.sock = run_in_netns(netns, self._open)
-
-    def _open(self) -> socket.socket:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
-        try:
-            sock.bind((0, 0))
-            self._config(sock, _nlattr(_NFULA_CFG_CMD, struct.pack("B", _NFULNL_CFG_CMD_BIND)))
-            mode = struct.pack("!IBB", 256, _NFULNL_COPY_PACKET, 0)
-            self._config(sock, _nlattr(_NFULA_CFG_MODE, mode))
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-    def _config(self, sock: socket.socket, attr: bytes) -> None:
-        nfgen = struct.pack("!BBH", socket.AF_UNSPEC, 0, self.group)
-        kind = (_NFNL_SUBSYS_ULOG << 8) | _NFULNL_MSG_CONFIG
-        body = nfgen + attr
-        sock.send(struct.pack("=IHHII", 16 + len(body), kind, 0x1 | 0x4, 1, 0) + body)  # REQUEST|ACK
-        data = sock.recv(65536)
-        _, msg_type, _, _, _ = struct.unpack_from("=IHHII", data)
-        if msg_type == _NLMSG_ERROR:
-            err = -struct.unpack_from("=i", data, 16)[0]
-            if err:
-                raise DataplaneError(f"NFLOG group {self.group}: {os.strerror(err)}")
-
-    def read(self, timeout: float = 1.0) -> list[Drop]:
-        """The drops that arrive within ``timeout`` (returns early after the first batch)."""
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(1 << 20)
-        except TimeoutError:
-            return []
-        drops = []
-        offset = 0
-        while offset + 16 <= len(data):
-            length, msg_type = struct.unpack_from("=IH", data, offset)
-            if length < 16:
-                break
-            if msg_type == (_NFNL_SUBSYS_ULOG << 8) | _NFULNL_MSG_PACKET:
-                drop = parse_nflog_packet(data[offset + 16 : offset + length])
-                if drop is not None:
-                    drops.append(drop)
-            offset += (length + 3) & ~3
-        return drops
-
-    def close(self) -> None:
-        self.sock.close()

@@ -23,12 +23,16 @@ from dataclasses import dataclass, replace
 import pytest
 
 from podnet.calc.policy import (
-    CompiledRule,
+    CompiledPolicy,
     EndpointPolicy,
+    EndpointTier,
+    Match,
+    OrderedRule,
     PodInfo,
     PolicyPlan,
     PortMatch,
     Provenance,
+    Side,
     compile_policies,
 )
 from podnet.dataplane import sysctl
@@ -36,7 +40,8 @@ from podnet.dataplane.endpoint import CALICO_GATEWAY, EndpointSpec, host_ifname_
 from podnet.dataplane.errors import DataplaneError
 from podnet.dataplane.netlink import Netlink
 from podnet.dataplane.netns import in_netns
-from podnet.dataplane.policy import NflogReader, PolicyManager, chain_name, deny_prefix, deny_reasons
+from podnet.dataplane.nflog import NflogReader
+from podnet.dataplane.policy import PolicyManager, chain_name, deny_prefix, deny_reasons, policy_chain_name
 from podnet.lab.probe import Probe, probe, run_probes
 from podnet.model import parse_resource
 
@@ -288,8 +293,11 @@ def test_policy_truth_table_incremental_and_failure(cluster: Cluster, monkeypatc
         mac_rule = next(line for line in client_src.splitlines() if "ether saddr !=" in line)
         assert "packets 0 " not in mac_rule
         # counters and provenance in the kernel
-        web_in = _nft(c, "list", "chain", "inet", "podnet_policy", chain_name("default/web", "ingress"))
+        # (the rules live in the policy's own chain, which the endpoint's tier chain jumps to)
+        allow = policy_chain_name("default/web-allow-clients", "ingress")
+        web_in = _nft(c, "list", "chain", "inet", "podnet_policy", allow)
         assert 'comment "knp:default/web-allow-clients:ingress:0"' in web_in
+        assert "packets 0 " not in web_in.split("knp:", 1)[0].splitlines()[-1]  # it counted the allow
 
         # The drop is logged to NFLOG group 7 with the endpoint's deny prefix, which names the policies.
         reader = NflogReader(netns=c.node_path)
@@ -353,9 +361,9 @@ def test_policy_truth_table_incremental_and_failure(cluster: Cluster, monkeypatc
 
 
 def _client_set(plan: PolicyPlan) -> str:
-    rule = plan.endpoints["default/web"].ingress[0]
-    assert rule.peer_set is not None
-    return rule.peer_set
+    rule = plan.endpoint_rules("default/web", "ingress")[0]
+    assert rule.match.src.sets
+    return rule.match.src.sets[0]
 
 
 def test_thousand_rule_plan_timing(make_netns: Callable[[str], str], capsys: pytest.CaptureFixture[str]):
@@ -363,6 +371,7 @@ def test_thousand_rule_plan_timing(make_netns: Callable[[str], str], capsys: pyt
     node = os.path.basename(make_netns("scale"))
     sets: dict[str, frozenset[str]] = {}
     endpoints: dict[str, EndpointPolicy] = {}
+    policies: dict[str, CompiledPolicy] = {}
     local: dict[str, tuple[str, tuple[str, ...]]] = {}
     for i in range(200):
         key = f"ns{i % 10}/pod-{i}"
@@ -374,23 +383,27 @@ def test_thousand_rule_plan_timing(make_netns: Callable[[str], str], capsys: pyt
                 f"10.{100 + (i * 5 + r) % 200 // 100}.{(i * 5 + r) % 100}.{m}/32" for m in range(5)
             )
             rules.append(
-                CompiledRule(
-                    "ingress",
-                    name,
-                    (PortMatch("TCP", 8000 + r, 8000 + r),),
+                OrderedRule(
+                    "Allow",
+                    Match(src=Side(sets=(name,)), dst=Side(ports=(PortMatch("TCP", 8000 + r, 8000 + r),))),
                     Provenance("NetworkPolicy", f"ns{i % 10}", f"pol-{i}", "ingress", r),
                 )
             )
-        deny = (Provenance("NetworkPolicy", f"ns{i % 10}", f"pol-{i}", "ingress", -1),)
-        endpoints[key] = EndpointPolicy(key, (ip,), True, False, tuple(rules), (), deny, ())
+        policy_key = f"ns{i % 10}/pol-{i}"
+        policies[policy_key] = CompiledPolicy(
+            policy_key, "NetworkPolicy", f"ns{i % 10}", f"pol-{i}", "default", 1000.0, tuple(rules), None
+        )
+        endpoints[key] = EndpointPolicy(key, (ip,), (EndpointTier("default", (policy_key,), "Deny"),))
         local[key] = (f"cali{i:011d}", (ip,))
-    plan = PolicyPlan(sets=sets, endpoints=endpoints, errors={})
+    plan = PolicyPlan(sets=sets, endpoints=endpoints, errors={}, policies=policies)
     manager = PolicyManager(node)
     full = manager.apply(plan, local)
     assert full["mode"] == "full"
     changed = dict(sets)
     changed["pn-s0007"] = sets["pn-s0007"] | {"10.200.0.1/32"}
-    partial = manager.apply(PolicyPlan(sets=changed, endpoints=endpoints, errors={}), local)
+    partial = manager.apply(
+        PolicyPlan(sets=changed, endpoints=endpoints, errors={}, policies=policies), local
+    )
     assert partial["mode"] == "partial" and partial["statements"] == 1
     rules = _count_rules(node)
     assert rules >= 1000

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from netpol_reference import reference_allowed
-from podnet.calc.policy import PodInfo, compile_policies, explain
+from podnet.calc.policy import PodInfo, compile_policies
+from podnet.calc.policy_explain import explain
 from podnet.dataplane.netns import netns_exists
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore

@@ -8,8 +8,18 @@ import time
 
 from podnet.agent import api, api_server
 from podnet.agent.drops import CONTROL_REASON, MAC_SPOOF_REASON, SPOOF_REASON, DropMonitor
-from podnet.calc.policy import EndpointPolicy, PodInfo, PolicyPlan, Provenance
-from podnet.dataplane.policy import Drop, control_prefix, deny_prefix, mac_spoof_prefix, spoof_prefix
+from podnet.calc.policy import (
+    CompiledPolicy,
+    EndpointPolicy,
+    EndpointTier,
+    Match,
+    OrderedRule,
+    PodInfo,
+    PolicyPlan,
+    Provenance,
+)
+from podnet.dataplane.nflog import Drop
+from podnet.dataplane.policy import control_prefix, deny_prefix, mac_spoof_prefix, rule_prefix, spoof_prefix
 
 API = PodInfo("np", "api", {"app": "api"}, ("10.244.1.2",), "node-1")
 FAR = PodInfo("np", "far", {}, ("10.244.3.4",), "node-3")
@@ -22,17 +32,21 @@ def prov(name: str, direction: str = "ingress") -> Provenance:
 
 
 def plan(*deniers: Provenance, egress: bool = False) -> PolicyPlan:
-    endpoint = EndpointPolicy(
-        key="np/api",
-        addresses=API.ips,
-        ingress_isolated=bool(deniers),
-        egress_isolated=egress,
-        ingress=(),
-        egress=(),
-        ingress_deniers=deniers,
-        egress_deniers=(prov("no-egress", "egress"),) if egress else (),
-    )
-    return PolicyPlan(sets={}, endpoints={"np/api": endpoint}, errors={})
+    policies = {
+        f"np/{p.name}": CompiledPolicy(
+            f"np/{p.name}", "NetworkPolicy", "np", p.name, "default", 1000.0, (), None
+        )
+        for p in deniers
+    }
+    ingress = (EndpointTier("default", tuple(policies), "Deny"),) if deniers else ()
+    egress_tiers = ()
+    if egress:
+        policies["np/no-egress"] = CompiledPolicy(
+            "np/no-egress", "NetworkPolicy", "np", "no-egress", "default", 1000.0, None, ()
+        )
+        egress_tiers = (EndpointTier("default", ("np/no-egress",), "Deny"),)
+    endpoint = EndpointPolicy("np/api", API.ips, ingress, egress_tiers)
+    return PolicyPlan(sets={}, endpoints={"np/api": endpoint}, errors={}, policies=policies)
 
 
 class FakeReader:
@@ -81,9 +95,56 @@ def test_ingress_deny_names_pods_ports_and_the_policy():
         "dport": 8080,
         "direction": "ingress",
         "reason": "default deny of NetworkPolicy np/api-from-friends",
-        "policies": [{"kind": "NetworkPolicy", "namespace": "np", "name": "api-from-friends"}],
+        "policies": [
+            {
+                "kind": "NetworkPolicy",
+                "namespace": "np",
+                "name": "api-from-friends",
+                "tier": "default",
+                "rule": -1,
+            }
+        ],
         "prefix": deny_prefix("np/api", "ingress"),
+        "type": "drop",
     }
+
+
+def _ordered_plan() -> tuple[PolicyPlan, Provenance, Provenance]:
+    deny = Provenance("GlobalNetworkPolicy", "", "ops", "ingress", 0, "security")
+    log = Provenance("GlobalNetworkPolicy", "", "ops", "ingress", 1, "security")
+    rules = (OrderedRule("Deny", Match(protocol="UDP"), deny), OrderedRule("Log", Match(), log))
+    policy = CompiledPolicy(
+        "GlobalNetworkPolicy:ops", "GlobalNetworkPolicy", "", "ops", "security", 1.0, rules, None
+    )
+    endpoint = EndpointPolicy("np/api", API.ips, (EndpointTier("security", (policy.key,), "Pass"),))
+    return PolicyPlan({}, {"np/api": endpoint}, {}, {policy.key: policy}), deny, log
+
+
+def test_deny_rule_and_log_rule_name_tier_policy_and_rule():
+    current, deny, log = _ordered_plan()
+    m = monitor(current)
+    m.add(
+        [
+            Drop(rule_prefix(deny, "Deny"), "10.244.3.4", "10.244.1.2", "UDP", 53),
+            Drop(rule_prefix(log, "Log"), "10.244.3.4", "10.244.1.2", "TCP", 80),
+        ]
+    )
+    denied, logged = m.query()["drops"]
+    assert denied["reason"] == "tier security: GlobalNetworkPolicy ops ingress rule 0 Deny"
+    assert (denied["type"], denied["direction"], denied["srcPod"], denied["dstPod"]) == (
+        "drop",
+        "ingress",
+        "np/far",
+        "np/api",
+    )
+    assert denied["policies"] == [
+        {"kind": "GlobalNetworkPolicy", "namespace": "", "name": "ops", "tier": "security", "rule": 0}
+    ]
+    assert logged["type"] == "log" and logged["reason"].endswith("ingress rule 1 Log")
+    # a prefix of a rule the plan in force no longer has is said so, not guessed
+    m.holder["plan"] = plan()  # type: ignore[attr-defined]
+    m.add([Drop(rule_prefix(deny, "Deny"), "10.244.3.4", "10.244.1.2", "UDP", 53)])
+    assert "no longer in the plan" in m.query(since=2)["drops"][0]["reason"]
 
 
 def test_several_deniers_and_egress_and_unknown_addresses():

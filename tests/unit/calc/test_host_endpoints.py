@@ -8,7 +8,7 @@ import pytest
 
 from podnet.calc.cluster import ClusterCache
 from podnet.calc.host_endpoints import host_endpoint_plan
-from podnet.dataplane.policy import HOST_QUALIFIED, host_chain_name, render_host_table
+from podnet.dataplane.host_policy import HOST_QUALIFIED, host_chain_name, render_host_table
 from podnet.datastore.keys import KeyLayout
 from podnet.model import (
     ClusterConfiguration,

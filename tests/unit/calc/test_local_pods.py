@@ -47,7 +47,7 @@ def test_pod_without_node_keeps_its_endpoint_under_its_labels() -> None:
     assert "claims no node" in got.conflicts["t/srv"]
     plan = compile_policies(got.pods, pods, {"t": {}}, [deny_locked()])
     assert plan.endpoints["t/srv"].ingress_isolated
-    assert plan.endpoints["t/srv"].ingress == ()
+    assert plan.endpoint_rules("t/srv", "ingress") == ()
 
 
 def test_pod_claiming_another_node_stays_enforced_here() -> None:

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from netpol_reference import reference_allowed
-from podnet.calc.policy import PodInfo, compile_policies, explain
+from podnet.calc.policy import PodInfo, compile_policies
+from podnet.calc.policy_explain import explain
 from podnet.model.k8s_policy import NetworkPolicy
 
 # ---------------------------------------------------------------------------------------- strategies
@@ -167,7 +168,13 @@ def test_compile_is_deterministic(cluster) -> None:  # type: ignore[no-untyped-d
         list(reversed(pods)), list(reversed(pods)), namespaces, list(reversed(policies))
     )
     assert first == second
-    used = {r.peer_set for e in first.endpoints.values() for r in e.ingress + e.egress} - {None}
+    used = {
+        name
+        for key in first.endpoints
+        for direction in ("ingress", "egress")
+        for rule in first.endpoint_rules(key, direction)
+        for name in rule.match.src.sets + rule.match.dst.sets
+    }
     assert used == set(first.sets)
 
 
@@ -179,6 +186,8 @@ def test_local_plan_is_a_slice_of_the_full_plan(cluster, node) -> None:  # type:
     local = compile_policies([p for p in pods if p.node == node], pods, namespaces, policies)
     for key, endpoint in local.endpoints.items():
         assert full.endpoints[key] == endpoint
-        for rule in endpoint.ingress + endpoint.egress:
-            if rule.peer_set is not None:
-                assert local.sets[rule.peer_set] == full.sets[rule.peer_set]
+        for direction in ("ingress", "egress"):
+            assert local.endpoint_rules(key, direction) == full.endpoint_rules(key, direction)
+            for rule in local.endpoint_rules(key, direction):
+                for name in rule.match.src.sets + rule.match.dst.sets:
+                    assert local.sets[name] == full.sets[name]

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from podnet.calc.policy import (
-    CompiledRule,
-    PodInfo,
-    PortMatch,
-    Provenance,
-    compile_policies,
-    explain,
-    ipblock_cidrs,
-)
+from podnet.calc.policy import OrderedRule, PodInfo, PolicyPlan, PortMatch, Provenance, compile_policies
+from podnet.calc.policy_explain import explain
+from podnet.calc.policy_sets import cidr_minus
 from podnet.model.k8s_policy import IPBlock, NetworkPolicy
 
 NAMESPACES = {
@@ -36,6 +30,21 @@ def policy(name: str, spec: dict[str, Any], namespace: str = "prod") -> NetworkP
 
 def plan_for(*policies: NetworkPolicy, pods: list[PodInfo] = PODS):  # type: ignore[no-untyped-def]
     return compile_policies(pods, pods, NAMESPACES, list(policies))
+
+
+def rules(plan: PolicyPlan, key: str, direction: str = "ingress") -> tuple[OrderedRule, ...]:
+    return plan.endpoint_rules(key, direction)
+
+
+def peer_set(rule: OrderedRule) -> str | None:
+    """The one address set a Kubernetes rule's peer became (None: any address)."""
+    side = rule.match.src if rule.provenance.direction == "ingress" else rule.match.dst
+    return side.sets[0] if side.sets else None
+
+
+def ports(rule: OrderedRule) -> tuple[PortMatch, ...]:
+    side = rule.match.dst
+    return side.ports
 
 
 def allowed(plan, src, dst, port=80, protocol="TCP") -> bool:  # type: ignore[no-untyped-def]
@@ -84,7 +93,7 @@ def test_empty_from_allows_all_sources() -> None:
         plan = plan_for(policy("all", {"ingress": [rule]}))
         assert allowed(plan, DEV_CLIENT, WEB)
         assert allowed(plan, OUTSIDE, WEB)
-        assert plan.endpoints["prod/web"].ingress[0].peer_set is None
+        assert peer_set(rules(plan, "prod/web")[0]) is None
 
 
 def test_pod_selector_in_policy_namespace() -> None:
@@ -96,8 +105,8 @@ def test_pod_selector_in_policy_namespace() -> None:
     assert allowed(plan, CLIENT, WEB)
     assert not allowed(plan, DEV_CLIENT, WEB)  # same labels, other namespace
     assert allowed(plan, DEV_CLIENT, DB)  # db not selected
-    rule = plan.endpoints["prod/web"].ingress[0]
-    assert plan.sets[rule.peer_set] == frozenset({"10.0.0.3/32"})  # type: ignore[index]
+    rule = rules(plan, "prod/web")[0]
+    assert plan.sets[peer_set(rule)] == frozenset({"10.0.0.3/32"})  # type: ignore[index]
     assert rule.provenance == Provenance("NetworkPolicy", "prod", "p", "ingress", 0)
 
 
@@ -163,7 +172,7 @@ def test_separate_peers_or() -> None:
     plan = plan_for(policy("p", {"ingress": [{"from": peers}]}))
     assert allowed(plan, DEV_WEB, WEB) and allowed(plan, DEV_CLIENT, WEB) and allowed(plan, CLIENT, WEB)
     assert not allowed(plan, DB, WEB)
-    assert len(plan.endpoints["prod/web"].ingress) == 2
+    assert len(rules(plan, "prod/web")) == 2
 
 
 def test_ipblock_except() -> None:
@@ -174,16 +183,14 @@ def test_ipblock_except() -> None:
     assert not allowed(plan, DB, WEB)  # 10.0.0.2 excepted
     assert not allowed(plan, DEV_CLIENT, WEB)  # 10.0.1.0/24 excepted
     assert not allowed(plan, OUTSIDE, WEB)
-    rule = plan.endpoints["prod/web"].ingress[0]
-    cidrs = plan.sets[rule.peer_set]  # type: ignore[index]
+    rule = rules(plan, "prod/web")[0]
+    cidrs = plan.sets[peer_set(rule)]  # type: ignore[index]
     assert "10.0.1.0/24" not in cidrs and "10.0.0.2/32" not in cidrs and "10.0.0.3/32" in cidrs
 
 
-def test_ipblock_cidrs_exact_disjoint() -> None:
-    block = IPBlock.model_validate({"cidr": "10.0.0.0/30", "except": ["10.0.0.1/32"]})
-    assert ipblock_cidrs(block) == frozenset({"10.0.0.0/32", "10.0.0.2/31"})
-    nested = IPBlock.model_validate({"cidr": "10.0.0.0/24", "except": ["10.0.0.0/25", "10.0.0.0/26"]})
-    assert ipblock_cidrs(nested) == frozenset({"10.0.0.128/25"})
+def test_cidr_minus_exact_disjoint() -> None:
+    assert cidr_minus("10.0.0.0/30", ["10.0.0.1/32"]) == frozenset({"10.0.0.0/32", "10.0.0.2/31"})
+    assert cidr_minus("10.0.0.0/24", ["10.0.0.0/25", "10.0.0.0/26"]) == frozenset({"10.0.0.128/25"})
 
 
 def test_ipblock_egress() -> None:
@@ -198,7 +205,7 @@ def test_numeric_port_and_default_tcp() -> None:
     assert allowed(plan, CLIENT, WEB, 80, "TCP")
     assert not allowed(plan, CLIENT, WEB, 80, "UDP")
     assert not allowed(plan, CLIENT, WEB, 81, "TCP")
-    assert plan.endpoints["prod/web"].ingress[0].ports == (PortMatch("TCP", 80, 80),)
+    assert ports(rules(plan, "prod/web")[0]) == (PortMatch("TCP", 80, 80),)
 
 
 def test_protocol_only_port() -> None:
@@ -228,7 +235,8 @@ def test_named_port_ingress_resolved_on_destination() -> None:
 
 def test_named_port_resolving_nowhere_matches_nothing() -> None:
     plan = plan_for(policy("p", {"ingress": [{"ports": [{"port": "metrics"}]}]}))
-    assert plan.endpoints["prod/web"].ingress == ()
+    (rule,) = rules(plan, "prod/web")
+    assert plan.port_sets[rule.match.dst.port_sets[0]] == frozenset()  # the name is nowhere
     assert not allowed(plan, CLIENT, WEB, 8080)
     # a named port with the wrong protocol is also nowhere
     plan = plan_for(policy("p", {"ingress": [{"ports": [{"port": "dns", "protocol": "TCP"}]}]}))
@@ -245,17 +253,11 @@ def test_named_port_egress_per_destination_pod() -> None:
     assert allowed(plan, CLIENT, WEB, 8080) and not allowed(plan, CLIENT, WEB, 80)
     assert allowed(plan, CLIENT, DB, 9090) and not allowed(plan, CLIENT, DB, 8080)
     assert allowed(plan, CLIENT, DEV_WEB, 80) and not allowed(plan, CLIENT, DEV_WEB, 8080)
-    rules = plan.endpoints["prod/client"].egress
-    assert [r.ports for r in rules] == [
-        (PortMatch("TCP", 80, 80),),
-        (PortMatch("TCP", 8080, 8080),),
-        (PortMatch("TCP", 9090, 9090),),
-    ]
-    assert [plan.sets[r.peer_set] for r in rules] == [  # type: ignore[index]
-        frozenset({"10.0.1.1/32"}),
-        frozenset({"10.0.0.1/32"}),
-        frozenset({"10.0.0.2/32"}),
-    ]
+    (rule,) = rules(plan, "prod/client", "egress")
+    assert rule.match.dst.ports == ()
+    assert plan.port_sets[rule.match.dst.port_sets[0]] == frozenset(
+        {("10.0.1.1", "TCP", 80), ("10.0.0.1", "TCP", 8080), ("10.0.0.2", "TCP", 9090)}
+    )
 
 
 def test_named_port_egress_without_peers_and_with_numbers() -> None:
@@ -279,7 +281,8 @@ def test_several_policies_union() -> None:
     assert allowed(plan, DB, WEB, 5432) and not allowed(plan, DB, WEB, 1)
     verdict = explain(plan, DEV_CLIENT, WEB, 80, "TCP")
     assert not verdict.allowed
-    assert {p.name for p in verdict.rules} == {"a", "b"}
+    assert {p.name for p in verdict.rules} == {"a", "b"}  # both policies' selection isolates
+    assert verdict.describe() == "tier default: end of tier Deny"
     verdict = explain(plan, DB, WEB, 5432, "TCP")
     assert verdict.rules == (Provenance("NetworkPolicy", "prod", "b", "ingress", 0),)
 
@@ -329,8 +332,10 @@ def test_invalid_policy_fails_closed() -> None:
     assert allowed(plan, CLIENT, WEB)  # ...the good policy still works
     endpoint = plan.endpoints["prod/web"]
     assert endpoint.ingress_isolated
-    assert Provenance("NetworkPolicy", "prod", "bad", "ingress", -1) in endpoint.ingress_deniers
-    assert all(r.provenance.name == "ok" for r in endpoint.ingress)
+    deniers = plan.deniers(endpoint, endpoint.ingress[0], "ingress")
+    assert Provenance("NetworkPolicy", "prod", "bad", "ingress", -1) in deniers
+    assert all(r.provenance.name == "ok" for r in rules(plan, "prod/web"))
+    assert not plan.policies["prod/bad"].fail_closed  # a Kubernetes policy only loses its allows
     # a bad policy alone still isolates
     plan = plan_for(bad)
     assert not allowed(plan, CLIENT, WEB)
@@ -343,14 +348,14 @@ def test_determinism_and_shared_sets() -> None:
     first = plan_for(a, b)
     second = plan_for(b, a, pods=list(reversed(PODS)))
     assert first == second
-    rules: tuple[CompiledRule, ...] = first.endpoints["prod/web"].ingress
-    assert len({r.peer_set for r in rules}) == 1  # identical peers share one set
+    found = rules(first, "prod/web")
+    assert len({peer_set(r) for r in found}) == 1  # identical peers share one set
     assert list(first.sets) == sorted(first.sets)
     # the name depends on the peer's meaning, not on membership
     moved = PodInfo("prod", "client", {"app": "client"}, ("10.0.0.99",), "n2")
     third = plan_for(a, b, pods=[WEB, DB, moved])
     assert set(third.sets) == set(first.sets)
-    assert third.sets[rules[0].peer_set] == frozenset({"10.0.0.99/32"})  # type: ignore[index]
+    assert third.sets[peer_set(found[0])] == frozenset({"10.0.0.99/32"})  # type: ignore[index]
 
 
 def test_ipv6_pod_addresses() -> None:
@@ -360,5 +365,5 @@ def test_ipv6_pod_addresses() -> None:
     plan = plan_for(policy("p", spec), pods=[web6, client6])
     assert allowed(plan, "fd00::11", "fd00::10")
     assert not allowed(plan, "fd00::12", "fd00::10")
-    rule = plan.endpoints["prod/web6"].ingress[0]
-    assert plan.sets[rule.peer_set] == frozenset({"10.0.0.11/32", "fd00::11/128"})  # type: ignore[index]
+    rule = rules(plan, "prod/web6")[0]
+    assert plan.sets[peer_set(rule)] == frozenset({"10.0.0.11/32", "fd00::11/128"})  # type: ignore[index]

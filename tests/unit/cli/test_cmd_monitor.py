@@ -12,10 +12,11 @@ import pytest
 
 from podnet.agent import api_server
 from podnet.agent.drops import DropMonitor
-from podnet.calc.policy import EndpointPolicy, PodInfo, PolicyPlan, Provenance
+from podnet.calc.policy import CompiledPolicy, EndpointPolicy, EndpointTier, PodInfo, PolicyPlan
 from podnet.cli import cmd_monitor
 from podnet.cli.main import build_parser, main
-from podnet.dataplane.policy import Drop, deny_prefix, spoof_prefix
+from podnet.dataplane.nflog import Drop
+from podnet.dataplane.policy import deny_prefix, spoof_prefix
 
 RECORD = {
     "seq": 3,
@@ -94,9 +95,11 @@ def test_no_lab_is_a_clear_error(capsys):
 
 
 def _plan() -> PolicyPlan:
-    deniers = (Provenance("NetworkPolicy", "np", "api-from-friends", "ingress", -1),)
-    endpoint = EndpointPolicy("np/api", ("10.244.1.2",), True, False, (), (), deniers, ())
-    return PolicyPlan(sets={}, endpoints={"np/api": endpoint}, errors={})
+    policy = CompiledPolicy(
+        "np/api-from-friends", "NetworkPolicy", "np", "api-from-friends", "default", 1000.0, (), None
+    )
+    endpoint = EndpointPolicy("np/api", ("10.244.1.2",), (EndpointTier("default", (policy.key,), "Deny"),))
+    return PolicyPlan(sets={}, endpoints={"np/api": endpoint}, errors={}, policies={policy.key: policy})
 
 
 @pytest.fixture

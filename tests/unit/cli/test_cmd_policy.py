@@ -79,7 +79,10 @@ def test_denied_names_the_default_deny_and_the_direction(view) -> None:  # type:
     assert (doc["verdict"], doc["decidedBy"]) == ("denied", "ingress")
     assert doc["rules"] == ["NetworkPolicy np/api-from-friends default deny"]
     text = cmd_policy.render_explain(doc, "np/far", "np/api")
-    assert "DENIED (decided by ingress)" in text and "dropped by the default deny of" in text
+    assert (
+        "DENIED (decided by ingress)" in text
+        and "tier default: end of tier Deny; the end-of-tier deny of" in text
+    )
     # the right port but the wrong number: the named port is 8080 only
     friend = cmd_policy.resolve(view, "np/friend")
     assert cmd_policy.explain_doc(view, friend, dst, 8081, "TCP")["verdict"] == "denied"

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from podnet.calc.policy import CompiledRule, EndpointPolicy, PolicyPlan, Provenance, control_plane
+from podnet.calc.policy import (
+    CompiledPolicy,
+    EndpointPolicy,
+    EndpointTier,
+    Match,
+    OrderedRule,
+    PolicyPlan,
+    Provenance,
+    control_plane,
+)
 from podnet.dataplane.policy import (
     build_rendering,
     chain_name,
@@ -19,10 +28,14 @@ CONTROL = control_plane(["10.77.0.11", "10.77.0.12"], ["http://10.77.0.2:2379"],
 EMPTY = PolicyPlan({}, {}, {})
 
 
+def egress_plan(name: str, rules: tuple[OrderedRule, ...]) -> PolicyPlan:
+    policy = CompiledPolicy(f"np/{name}", "NetworkPolicy", "np", name, "default", 1000.0, None, rules)
+    ep = EndpointPolicy("np/a", ("10.244.1.5",), egress=(EndpointTier("default", (policy.key,), "Deny"),))
+    return PolicyPlan({}, {"np/a": ep}, {}, {policy.key: policy})
+
+
 def isolated_plan() -> PolicyPlan:
-    deny = Provenance("NetworkPolicy", "np", "deny", "egress", -1)
-    ep = EndpointPolicy("np/a", ("10.244.1.5",), False, True, (), (), (), (deny,))
-    return PolicyPlan({}, {"np/a": ep}, {})
+    return egress_plan("deny", ())
 
 
 def test_source_chain_checks_mac_then_ip_in_prerouting():
@@ -46,19 +59,14 @@ def test_source_chain_checks_mac_then_ip_in_prerouting():
 
 def test_control_plane_first_in_egress_even_when_policy_allows_all():
     allow_all = Provenance("NetworkPolicy", "np", "all", "egress", 0)
-    deny = Provenance("NetworkPolicy", "np", "all", "egress", -1)
-    ep = EndpointPolicy(
-        "np/a", ("10.244.1.5",), False, True, (), (CompiledRule("egress", None, (), allow_all),), (), (deny,)
-    )
-    chain = build_rendering(PolicyPlan({}, {"np/a": ep}, {}), ENDPOINTS, CONTROL).chains[
-        chain_name("np/a", "egress")
-    ]
+    plan = egress_plan("all", (OrderedRule("Allow", Match(), allow_all),))
+    chain = build_rendering(plan, ENDPOINTS, CONTROL).chains[chain_name("np/a", "egress")]
     log = f'counter log group 7 prefix "{control_prefix("np/a")}" drop'
     assert chain[:2] == (
         f"meta l4proto . th dport @control_ports fib daddr type local {log}",
         f"ip daddr . meta l4proto . th dport @control_hosts {log}",
     )
-    assert chain[2].startswith("counter return")  # the allow-all rule comes after
+    assert chain[2].startswith("goto ep-")  # the tiers, and the allow-all rule in them, come after
 
 
 def test_control_sets_rendered_and_diffed():
@@ -83,4 +91,4 @@ def test_control_sets_rendered_and_diffed():
     ]
     # a policy change refills the endpoint's chain; the control sets are not touched
     diff = render_diff(old, build_rendering(isolated_plan(), ENDPOINTS, CONTROL))
-    assert "element" not in diff and diff.count("@control_hosts") == 1
+    assert "element inet podnet_policy control" not in diff and diff.count("@control_hosts") == 1

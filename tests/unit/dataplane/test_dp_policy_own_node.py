@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from podnet.calc.policy import EndpointPolicy, PolicyPlan, Provenance
+from podnet.calc.policy import CompiledPolicy, EndpointPolicy, EndpointTier, PolicyPlan
 from podnet.dataplane.policy import (
     INPUT_CHAIN,
     Rendering,
@@ -21,6 +21,7 @@ from podnet.dataplane.policy import (
     deny_prefix,
     render_diff,
     render_policy,
+    tier_chain_name,
 )
 
 KEY = "b/tool"
@@ -28,18 +29,10 @@ ENDPOINTS = {KEY: ("cali0123456789a", ("10.244.1.5",))}
 
 
 def plan(egress_isolated: bool) -> PolicyPlan:
-    denier = (Provenance("NetworkPolicy", "b", "deny-out", "egress", -1),)
-    endpoint = EndpointPolicy(
-        key=KEY,
-        addresses=("10.244.1.5",),
-        ingress_isolated=False,
-        egress_isolated=egress_isolated,
-        ingress=(),
-        egress=(),
-        ingress_deniers=(),
-        egress_deniers=denier if egress_isolated else (),
-    )
-    return PolicyPlan(sets={}, endpoints={KEY: endpoint}, errors={})
+    policy = CompiledPolicy("b/deny-out", "NetworkPolicy", "b", "deny-out", "default", 1000.0, None, ())
+    tiers = (EndpointTier("default", (policy.key,), "Deny"),) if egress_isolated else ()
+    endpoint = EndpointPolicy(key=KEY, addresses=("10.244.1.5",), egress=tiers)
+    return PolicyPlan(sets={}, endpoints={KEY: endpoint}, errors={}, policies={policy.key: policy})
 
 
 def chain_body(text: str, name: str) -> list[str]:
@@ -54,11 +47,13 @@ def test_input_hook_sends_pod_traffic_to_its_node_through_the_egress_chains() ->
     assert body[0] == "type filter hook input priority filter; policy accept;"
     # replies to connections the node opened (kubelet probes) pass first
     assert body.index("ct state established,related accept") < body.index("iifname vmap @egress_dispatch")
-    # the dispatch map is the forward chain's: the pod's own egress chain, with its default deny
+    # the dispatch map is the forward chain's: the pod's own egress chain, then its tiers' deny
     eg = chain_name(KEY, "egress")
     assert f'"cali0123456789a" : jump {eg}' in text
-    assert chain_body(text, eg)[-1] == f'counter log group 7 prefix "{deny_prefix(KEY, "egress")}" drop'
-    # the egress chain ends in "return" for allows, so input's accept policy is what admits them
+    tier = tier_chain_name(KEY, "egress", "default")
+    assert chain_body(text, eg)[-1] == f"goto {tier}"
+    assert chain_body(text, tier)[-1] == f'counter log group 7 prefix "{deny_prefix(KEY, "egress")}" drop'
+    # the static base chain: allows accept, and input's accept policy admits what no tier selects
     assert body == list(INPUT_CHAIN)
 
 
