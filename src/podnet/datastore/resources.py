@@ -262,8 +262,9 @@ class ResourceStore:
                     raise
         raise AssertionError("unreachable")
 
-    def delete(self, rtype: ResourceType, name: str, namespace: str | None = None) -> None:
-        """Delete the resource (a Service's ClusterIP and NodePorts are released with it)."""
+    def delete(self, rtype: ResourceType, name: str, namespace: str | None = None) -> int:
+        """Delete the resource (a Service's ClusterIP and NodePorts are released with it); the
+        datastore revision of the deletion."""
         key = self.key(rtype, name, namespace)
         try:
             if rtype.kind == "Service":
@@ -271,9 +272,8 @@ class ResourceStore:
                 if current is None:
                     raise NotFoundError(key)
                 release = self._allocator().release(json.loads(current.value))
-                self.store.commit([Write(key, None, current.mod_revision), *release])
-                return
-            self.store.delete(key)
+                return self.store.commit([Write(key, None, current.mod_revision), *release])
+            return self.store.delete(key)
         except NotFoundError:
             where = f" in namespace {namespace or 'default'}" if rtype.namespaced else ""
             raise NotFoundError(f'{rtype.kind} "{name}" not found{where}') from None

@@ -1183,7 +1183,7 @@ def test_sctp_ports_are_compiled(lab: Lab) -> None:
     while True:
         ruleset = nft(lab, node, "list", "table", "inet", "podnet_policy")
         ingress = re.search(r"sctp .*dport 9999 .*accept", ruleset)
-        egress = re.search(r"sctp .*dport 9997-9998 .*return", ruleset)
+        egress = re.search(r"sctp .*dport 9997-9998 .*accept", ruleset)
         if ingress and egress:
             break
         assert time.monotonic() < deadline, f"no SCTP rules on {node}:\n{ruleset}"
