@@ -14,16 +14,15 @@ import threading
 from datetime import UTC, datetime
 
 from podnet.agent.log import kv
-from podnet.calc.policy_status import PolicyReport
+from podnet.calc.policy_status import PolicyReport, policy_ref
 from podnet.datastore.base import Datastore
 from podnet.datastore.keys import KeyLayout
 
 log = logging.getLogger("podnet.agent.status")
-NETPOL_TYPE = "networkpolicies.networking.k8s.io"
 
 
 def invalid_policies(errors: dict[str, str], layout: KeyLayout) -> dict[str, str]:
-    """From the cache's refused keys: ``{"ns/name": why}`` for the NetworkPolicy ones."""
+    """From the cache's refused keys: ``{policy_ref: why}`` for the policy kinds' ones."""
     out = {}
     for key, why in errors.items():
         if not key.startswith(layout.resources_prefix()):
@@ -32,8 +31,9 @@ def invalid_policies(errors: dict[str, str], layout: KeyLayout) -> dict[str, str
             type_key, namespace, name = layout.parse_resource(key)
         except ValueError:
             continue
-        if type_key == NETPOL_TYPE:
-            out[f"{namespace}/{name}"] = why
+        ref = policy_ref(type_key, namespace, name)
+        if ref is not None:
+            out[ref] = why
     return dict(sorted(out.items()))
 
 

@@ -58,6 +58,28 @@ class PolicyReport:
         )
 
 
+#: Datastore type key -> the kind name compiled policies carry (see calc.policy.policy_key).
+POLICY_KINDS = {
+    "networkpolicies.networking.k8s.io": "NetworkPolicy",
+    "networkpolicies.projectcalico.org": "CalicoNetworkPolicy",
+    "globalnetworkpolicies.projectcalico.org": "GlobalNetworkPolicy",
+    "adminnetworkpolicies.policy.networking.k8s.io": "AdminNetworkPolicy",
+    "baselineadminnetworkpolicies.policy.networking.k8s.io": "BaselineAdminNetworkPolicy",
+    "clusternetworkpolicies.policy.networking.k8s.io": "ClusterNetworkPolicy",
+}
+
+
+def policy_ref(type_key: str, namespace: str | None, name: str) -> str | None:
+    """How reports name the policy stored under ``type_key`` (None: not a policy kind):
+    ``ns/name`` for a Kubernetes NetworkPolicy, ``Kind:ns/name`` or ``Kind:name`` otherwise."""
+    kind = POLICY_KINDS.get(type_key)
+    if kind is None:
+        return None
+    if kind == "NetworkPolicy":
+        return f"{namespace or 'default'}/{name}"
+    return f"{kind}:{namespace}/{name}" if namespace else f"{kind}:{name}"
+
+
 def _condition(type_: str, status: str, reason: str, message: str, time: str) -> dict[str, Any]:
     return {"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": time}
 
@@ -69,7 +91,8 @@ def _nodes(reports: Iterable[PolicyReport]) -> str:
 def conditions_for(
     policy: str, resource_version: int, reports: Sequence[PolicyReport]
 ) -> list[dict[str, Any]]:
-    """``status.conditions`` of the policy ``ns/name`` at ``resource_version``, from every node's report."""
+    """``status.conditions`` of the policy ``policy`` (a :func:`policy_ref`) at ``resource_version``,
+    from every node's report."""
     if not reports:
         return [_condition("Accepted", "Unknown", "NoAgents", "no node agent has reported yet", "")]
     latest = max(r.time for r in reports)
@@ -94,7 +117,12 @@ def conditions_for(
                 "Failure",
                 "True",
                 "CompileFailed",
-                f"{why} (on {_nodes(broken)}); it isolates the pods it selects and allows nothing",
+                f"{why} (on {_nodes(broken)}); "
+                + (
+                    "it denies every connection of the endpoints it selects (fails closed)"
+                    if ":" in policy
+                    else "it isolates the pods it selects and allows nothing"
+                ),
                 latest,
             )
         )

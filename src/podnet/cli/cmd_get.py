@@ -67,8 +67,10 @@ def run(args: argparse.Namespace) -> int:
         matches = label_filter(args.selector)
         resources = [r for r in store.list(rtype, namespace) if matches(r.metadata.labels or {})]
     docs = [r.to_dict() for r in resources]
-    if rtype.kind == "NetworkPolicy":
-        _add_policy_status(store, docs)
+    from podnet.calc.policy_status import POLICY_KINDS
+
+    if rtype.key_name in POLICY_KINDS:
+        _add_policy_status(store, rtype.key_name, docs)
     if args.output in ("yaml", "json"):
         print(render(docs, args.output, single=len(args.names) == 1))
     elif args.output == "name":
@@ -90,10 +92,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_policy_status(store, docs: list[dict]) -> None:
-    """``status.conditions`` of each NetworkPolicy from the node agents' reports (see
-    :mod:`podnet.calc.policy_status`); whatever a stored object says in ``status`` is replaced."""
-    from podnet.calc.policy_status import PolicyReport, conditions_for
+def _add_policy_status(store, type_key: str, docs: list[dict]) -> None:
+    """``status.conditions`` of each policy (every kind the agents compile) from the node agents'
+    reports (see :mod:`podnet.calc.policy_status`); whatever a stored object says in ``status`` is
+    replaced."""
+    from podnet.calc.policy_status import PolicyReport, conditions_for, policy_ref
 
     items, _ = store.store.list(store.layout.policy_status_prefix())
     reports = []
@@ -104,6 +107,6 @@ def _add_policy_status(store, docs: list[dict]) -> None:
             continue  # a report we cannot read says nothing about any policy
     for doc in docs:
         meta = doc["metadata"]
-        key = f"{meta.get('namespace') or 'default'}/{meta['name']}"
+        key = policy_ref(type_key, meta.get("namespace"), meta["name"])
         version = int(meta.get("resourceVersion") or 0)
-        doc["status"] = {"conditions": conditions_for(key, version, reports)}
+        doc["status"] = {"conditions": conditions_for(str(key), version, reports)}

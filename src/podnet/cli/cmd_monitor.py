@@ -1,4 +1,5 @@
-"""``podnet monitor --type drop [--node N] [--follow]``: policy drops, like ``cilium monitor -t drop``.
+"""``podnet monitor --type drop|log [--node N] [--follow]``: policy drops, like ``cilium monitor -t
+drop``, or the packets Calico ``Log`` rules logged (``--type log``).
 
 Each node's agent reads the drops its policy table logs (NFLOG) and keeps the last few thousand,
 annotated with the pods and the policies (:mod:`podnet.agent.drops`); this command asks the agents
@@ -6,6 +7,10 @@ over their API sockets (verb ``DROPS``), every node of the lab or only ``--node`
 
     17:20:01.123 node-1 DROP TCP np/far 10.244.3.4 -> np/api 10.244.1.2:8080 ingress: default deny of
     NetworkPolicy np/api-from-friends      (one line: time, node, protocol, source -> destination, reason)
+
+Every drop names what decided it: the tier, policy and rule of a Deny rule, or the end-of-tier deny
+and the policies whose selection brought it (:mod:`podnet.agent.drops`). ``--type log`` shows the
+Log rules' entries instead (``LOG`` lines: the connection went on to the next rule).
 
 Times are UTC. An address that is no pod's is shown alone. ``-o json`` prints the agent's record,
 one JSON object per line. Without ``--follow`` it prints the drops buffered now (all nodes merged
@@ -34,7 +39,13 @@ HINT = "podnet lab status shows the agents; --lab-prefix or $PODNET_LAB_PREFIX p
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-t", "--type", required=True, choices=["drop"], help="the events to show: drop")
+    parser.add_argument(
+        "-t",
+        "--type",
+        required=True,
+        choices=["drop", "log"],
+        help="the events to show: drop (policy drops), log (Calico Log rules)",
+    )
     parser.add_argument("--node", help="only this lab node (default: every node)")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new drops until Ctrl-C")
     parser.add_argument("--lab-prefix", help="the lab's prefix (default: $PODNET_LAB_PREFIX or pn-)")
@@ -60,10 +71,16 @@ def format_text(drop: dict[str, Any]) -> str:
     """One line: time (UTC), node, protocol, source -> destination:port, direction and reason."""
     src = _endpoint(drop.get("srcPod"), drop.get("src", "?"))
     dst = _endpoint(drop.get("dstPod"), drop.get("dst", "?"), drop.get("dport"))
+    verb = "LOG" if drop.get("type") == "log" else "DROP"
     return (
-        f"{_clock(drop.get('time', ''))} {drop.get('node', '?')} DROP {drop.get('protocol', '?')} "
+        f"{_clock(drop.get('time', ''))} {drop.get('node', '?')} {verb} {drop.get('protocol', '?')} "
         f"{src} -> {dst} {drop.get('direction', 'unknown')}: {drop.get('reason', '')}"
     )
+
+
+def wanted(drop: dict[str, Any], kind: str) -> bool:
+    """Is ``drop`` an event of ``--type kind``? (Records of agents before Log rules are drops.)"""
+    return drop.get("type", "drop") == kind
 
 
 def format_drop(drop: dict[str, Any], output: str) -> str:
@@ -210,8 +227,10 @@ def _run(args: argparse.Namespace) -> int:
         drops += got
     if failures and len(failures) == len(sockets):
         raise failures[0]
-    for drop in sorted(drops, key=lambda d: (d.get("time", ""), _natural(d.get("node", "")), d.get("seq"))):
-        print(format_drop(drop, args.output))
+    ordered = sorted(drops, key=lambda d: (d.get("time", ""), _natural(d.get("node", "")), d.get("seq")))
+    for drop in ordered:
+        if wanted(drop, args.type):
+            print(format_drop(drop, args.output))
     sys.stdout.flush()
     for exc in failures:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -221,7 +240,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     for kind, value in follow(sockets, start):
         if kind == "drop":
-            print(format_drop(value, args.output), flush=True)
+            if wanted(value, args.type):
+                print(format_drop(value, args.output), flush=True)
         else:
             print(f"warning: {value}", file=sys.stderr, flush=True)
     return 0

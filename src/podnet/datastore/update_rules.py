@@ -78,7 +78,13 @@ SYSTEM_OWNED: dict[str, tuple[Path, ...]] = {
 }
 
 
-COMPUTED_STATUS = ("NetworkPolicy",)
+COMPUTED_STATUS = (
+    "NetworkPolicy",
+    "GlobalNetworkPolicy",
+    "AdminNetworkPolicy",
+    "BaselineAdminNetworkPolicy",
+    "ClusterNetworkPolicy",
+)
 
 
 def drop_computed_status(kind: str, doc: dict) -> None:

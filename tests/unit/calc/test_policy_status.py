@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from podnet.calc.policy_status import PolicyReport, conditions_for
+from podnet.calc.policy import PodInfo, compile_policies
+from podnet.calc.policy_status import POLICY_KINDS, PolicyReport, conditions_for, policy_ref
+from podnet.model import parse_resource
 
 
 def report(node: str, revision: int, applied: int, **kw) -> PolicyReport:  # type: ignore[no-untyped-def]
@@ -69,3 +71,32 @@ def test_compile_errors_and_invalid_objects_are_failures_naming_the_policy_only(
 def test_no_reports_is_unknown() -> None:
     (c,) = conditions_for("np/p", 1, [])
     assert (c["type"], c["status"], c["reason"]) == ("Accepted", "Unknown", "NoAgents")
+
+
+def test_every_policy_kind_is_named_as_the_compiler_names_it() -> None:
+    """A report's compile error for an AdminNetworkPolicy reaches that policy's conditions."""
+    anp = parse_resource(
+        {
+            "apiVersion": "policy.networking.k8s.io/v1alpha1",
+            "kind": "AdminNetworkPolicy",
+            "metadata": {"name": "ops"},
+            "spec": {
+                "priority": 5,
+                "subject": {"namespaces": {}},
+                "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}],
+            },
+        }
+    )
+    pod = PodInfo("shop", "web", {}, ("10.0.0.1",))
+    plan = compile_policies([pod], [pod], {"shop": {}}, [anp])
+    assert set(plan.policies) == {policy_ref("adminnetworkpolicies.policy.networking.k8s.io", None, "ops")}
+    assert (
+        policy_ref("adminnetworkpolicies.policy.networking.k8s.io", None, "ops") == "AdminNetworkPolicy:ops"
+    )
+    assert policy_ref("networkpolicies.projectcalico.org", "shop", "web") == "CalicoNetworkPolicy:shop/web"
+    assert policy_ref("networkpolicies.networking.k8s.io", "shop", "web") == "shop/web"
+    assert policy_ref("pods", "shop", "web") is None
+    assert set(POLICY_KINDS.values()) >= {"NetworkPolicy", "GlobalNetworkPolicy", "ClusterNetworkPolicy"}
+    broken = report("node-1", 3, 3, compile_errors={"AdminNetworkPolicy:ops": "bad peer"})
+    c = by_type(conditions_for("AdminNetworkPolicy:ops", 3, [broken]))
+    assert c["Failure"]["reason"] == "CompileFailed" and "fails closed" in c["Failure"]["message"]

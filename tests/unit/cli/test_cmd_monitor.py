@@ -183,3 +183,13 @@ def test_follow_yields_new_drops_as_they_come(agents):
         assert (kind, record["node"], record["dport"]) == ("drop", "node-2", 9090)
     finally:
         events.close()
+
+
+def test_type_log_shows_log_rule_entries_and_drop_does_not(agents, capsys):
+    agents["node-1"].add([drop(), Drop("pnl:0123456789ab", "10.244.3.4", "10.244.1.2", "TCP", 80)])
+    assert main(["monitor", "--type", "log"]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert " node-1 LOG TCP np/far 10.244.3.4 -> np/api 10.244.1.2:80 " in line
+    assert main(["monitor", "--type", "drop"]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert " DROP TCP " in line and ":8080 " in line
