@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     explain = sub.add_parser("explain", help="the verdict for one connection and the rules that decided it")
     explain.add_argument("--from", dest="src", required=True, metavar="NS/POD|IP")
     explain.add_argument("--to", dest="dst", required=True, metavar="NS/POD|IP")
-    explain.add_argument("--port", required=True, metavar="PORT/PROTO", help="e.g. 80/TCP, 53/UDP")
+    explain.add_argument(
+        "--port", required=True, metavar="PORT/PROTO|ICMP", help="e.g. 80/TCP, 53/UDP, ICMP (a ping)"
+    )
     explain.add_argument("-o", "--output", choices=["text", "json"], default="text")
     test = sub.add_parser("test", help="probe every pod pair in the lab and compare with explain")
     test.add_argument("--port", metavar="PORT/PROTO,...", help="default: every declared containerPort")
@@ -206,7 +208,10 @@ def render_explain(doc: dict[str, Any], src_label: str, dst_label: str) -> str:
 def _explain(args: argparse.Namespace) -> int:
     from podnet.cli.context import parse_port, resource_store
 
-    port, proto = parse_port(args.port, ("TCP", "UDP", "SCTP"))
+    if args.port.strip().upper() == "ICMP":
+        port, proto = 0, "ICMP"  # an echo request (type 8, code 0), as podnet lab probe sends
+    else:
+        port, proto = parse_port(args.port, ("TCP", "UDP", "SCTP"))
     view = load(resource_store(args))
     src, dst = resolve(view, args.src), resolve(view, args.dst)
     try:

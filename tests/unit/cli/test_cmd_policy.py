@@ -136,3 +136,48 @@ def test_comparison_marks_disagreements_and_counts_refused_as_reached(view) -> N
 
 def test_declared_ports(view) -> None:  # type: ignore[no-untyped-def]
     assert cmd_policy.declared_ports(view, sorted(view.pods)) == [(8080, "TCP")]
+
+
+def test_calico_tiers_walk_and_icmp(capsys) -> None:  # type: ignore[no-untyped-def]
+    """A GlobalNetworkPolicy in its own tier passes TCP on to tier default and denies ICMP there."""
+    store = ResourceStore(MemoryDatastore())
+    gnp = {
+        "apiVersion": "projectcalico.org/v3",
+        "kind": "GlobalNetworkPolicy",
+        "metadata": {"name": "ops"},
+        "spec": {
+            "tier": "security",
+            "order": 10,
+            "selector": "app == 'api'",
+            "ingress": [{"action": "Deny", "protocol": "ICMP", "icmp": {"type": 8}}, {"action": "Pass"}],
+        },
+    }
+    tier = {
+        "apiVersion": "projectcalico.org/v3",
+        "kind": "Tier",
+        "metadata": {"name": "security"},
+        "spec": {"order": 100},
+    }
+    docs = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "np"}},
+        pod("api", "10.244.1.2", {"app": "api"}),
+        pod("friend", "10.244.2.2", {"role": "friend"}),
+        POLICY,
+        tier,
+        gnp,
+    ]
+    store.apply([parse_resource(d) for d in docs])
+    view = cmd_policy.load(store)
+    src, dst = cmd_policy.resolve(view, "np/friend"), cmd_policy.resolve(view, "np/api")
+    doc = cmd_policy.explain_doc(view, src, dst, 8080, "TCP")
+    assert doc["verdict"] == "allowed"
+    assert doc["walk"] == [
+        "ingress: tier security: GlobalNetworkPolicy ops ingress rule 1 Pass",
+        "ingress: tier default: NetworkPolicy np/api-from-friends ingress rule 0 Allow",
+    ]
+    ping = cmd_policy.explain_doc(view, src, dst, 0, "ICMP")
+    assert ping["verdict"] == "denied" and ping["rules"] == ["GlobalNetworkPolicy ops ingress rule 0"]
+    (rule,) = ping["ingress"]["rules"]
+    assert rule["tier"] == "security" and json.loads(rule["spec"])["action"] == "Deny"
+    text = cmd_policy.render_explain(ping, "np/friend", "np/api")
+    assert "denied: tier security: GlobalNetworkPolicy ops ingress rule 0 Deny" in text
