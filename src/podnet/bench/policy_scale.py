@@ -42,7 +42,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from podnet.bench.monitor import LineMonitor
@@ -63,7 +63,9 @@ IPERF_PORTS = (20000, 40000)  # podnet.bench.throughput.iperf picks its server p
 CHANGE_PORT_BASE = 41000  # change j allows port CHANGE_PORT_BASE + j
 CONTROL_NS = "ctl"
 BENCH_PREFIX = "pnps-"
-_COMMENT_RE = re.compile(r'comment "knp:([^"/]+)/([^":]+):(ingress|egress):(\d+)"')
+_COMMENT_RE = re.compile(r'comment "((?:knp|np):(?:[^":/]+:)?[^"/]+/[^":]+:(?:ingress|egress):\d+)"')
+#: The Calico form's tiers (``--tiers``): name, order, default action; then tier ``default``.
+CALICO_TIERS = (("security", 100, "Pass"), ("platform", 200, "Pass"))
 
 
 # ------------------------------------------------------------------------------------ the workload
@@ -81,17 +83,18 @@ class Workload:
     control: tuple[str, str]  # the control pair (no policy selects it)
     seed: int
     rules_per_policy: int
+    tiers: list[dict] = field(default_factory=list)  # Calico form: the Tier objects
 
     @property
     def rule_count(self) -> int:
         return sum(count_rules(p) for p in self.policies)
 
     def all_docs(self) -> list[dict]:
-        return self.namespaces + self.pods
+        return self.tiers + self.namespaces + self.pods
 
 
 def count_rules(policy: dict) -> int:
-    """Ingress + egress rules of a NetworkPolicy document."""
+    """Ingress + egress rules of a policy document (either form)."""
     spec = policy["spec"]
     return len(spec.get("ingress") or []) + len(spec.get("egress") or [])
 
@@ -260,15 +263,110 @@ def generate_workload(
     )
 
 
+def _calico_selector(labels: dict[str, str]) -> str:
+    return " && ".join(f"{k} == '{v}'" for k, v in sorted(labels.items())) or "all()"
+
+
+def _calico_peer(peer: dict) -> dict:
+    """A Kubernetes peer as a Calico entity rule (selector, namespaceSelector, nets/notNets)."""
+    if "ipBlock" in peer:
+        out = {"nets": [peer["ipBlock"]["cidr"]]}
+        if peer["ipBlock"].get("except"):
+            out["notNets"] = list(peer["ipBlock"]["except"])
+        return out
+    out = {}
+    if "podSelector" in peer:
+        out["selector"] = _calico_selector(peer["podSelector"].get("matchLabels") or {})
+    if "namespaceSelector" in peer:
+        out["namespaceSelector"] = _calico_selector(peer["namespaceSelector"].get("matchLabels") or {})
+    return out
+
+
+def _calico_rules(rule: dict, direction: str, action: str) -> list[dict]:
+    """One Kubernetes rule as Calico rules: one per peer and protocol (Calico rules have one of each)."""
+    side, peers_key = ("source", "from") if direction == "ingress" else ("destination", "to")
+    by_protocol: dict[str, list] = {}
+    for port in rule.get("ports") or []:
+        number = port.get("port")
+        value = f"{number}:{port['endPort']}" if port.get("endPort") else number
+        by_protocol.setdefault(port.get("protocol", "TCP"), []).append(value)
+    out = []
+    for peer in rule.get(peers_key) or [{}]:
+        for protocol, ports in by_protocol.items() or [(None, None)]:
+            calico: dict[str, Any] = {"action": action}
+            entity = _calico_peer(peer)
+            if protocol:
+                calico["protocol"] = protocol
+                calico["destination"] = {"ports": ports}
+            if entity:
+                calico[side] = entity
+            out.append(calico)
+    return out
+
+
+def calico_form(workload: Workload) -> Workload:
+    """The same workload as Calico NetworkPolicies in three tiers (pure): policy j goes to tier
+    ``security``, ``platform`` or ``default`` by j % 3 (policy 0, the measured pair's, stays in
+    ``default``), at order j. In the two user tiers (defaultAction Pass) an ``ipBlock`` rule becomes
+    a Deny and the policy ends with a Pass; everything else is Allow."""
+    tiers = [
+        {
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "Tier",
+            "metadata": {"name": name},
+            "spec": {"order": order, "defaultAction": action},
+        }
+        for name, order, action in CALICO_TIERS
+    ]
+    policies = []
+    for j, doc in enumerate(workload.policies):
+        tier = "default" if j == 0 else ("security", "platform", "default")[j % 3]
+        spec = doc["spec"]
+        out: dict[str, Any] = {
+            "tier": tier,
+            "order": j,
+            "selector": _selector_text(spec["podSelector"]),
+            "types": list(spec.get("policyTypes") or ["Ingress"]),
+        }
+        for direction in ("ingress", "egress"):
+            rules = []
+            for rule in spec.get(direction) or []:
+                peers = rule.get("from" if direction == "ingress" else "to") or []
+                # a Deny on an outside block (never the lab's pod pool: the measured pair must pass)
+                blocks = any("ipBlock" in p and not p["ipBlock"]["cidr"].startswith("10.244.") for p in peers)
+                action = "Deny" if blocks and tier != "default" else "Allow"
+                rules += _calico_rules(rule, direction, action)
+            if tier != "default" and rules:
+                rules.append({"action": "Pass"})
+            if rules:
+                out[direction] = rules
+        meta = {"name": f"{tier}.{doc['metadata']['name']}", "namespace": doc["metadata"]["namespace"]}
+        policies.append(
+            {"apiVersion": "projectcalico.org/v3", "kind": "NetworkPolicy", "metadata": meta, "spec": out}
+        )
+    return replace(workload, policies=policies, tiers=tiers)
+
+
+def _selector_text(selector: dict) -> str:
+    parts = [f"{k} == '{v}'" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for e in selector.get("matchExpressions") or []:
+        values = ", ".join(f"'{v}'" for v in e["values"])
+        parts.append(f"{e['key']} {'in' if e['operator'] == 'In' else 'not in'} {{{values}}}")
+    return " && ".join(parts) or "all()"
+
+
 def selected_pods(policy: dict, pods: Iterable[dict]) -> list[dict]:
-    """The pods a NetworkPolicy document selects (its namespace, its podSelector)."""
+    """The pods a policy document selects (its namespace; its podSelector or Calico selector)."""
     model = parse_resource(policy)
-    assert isinstance(model, NetworkPolicy)
+    namespace = policy["metadata"]["namespace"]
+    if isinstance(model, NetworkPolicy):
+        matches = model.spec.pod_selector.matches
+    else:
+        matches = model.spec.parsed_selector().matches
     return [
         p
         for p in pods
-        if p["metadata"]["namespace"] == policy["metadata"]["namespace"]
-        and model.spec.pod_selector.matches(p["metadata"].get("labels") or {})
+        if p["metadata"]["namespace"] == namespace and matches(p["metadata"].get("labels") or {})
     ]
 
 
@@ -303,10 +401,24 @@ def plan_changes(workload: Workload, count: int) -> list[Change]:
         port = CHANGE_PORT_BASE + len(changes)
         edited = json.loads(json.dumps(policy))
         ingress = edited["spec"].setdefault("ingress", [])
-        ingress.append(
-            {"from": [{"podSelector": {"matchLabels": {"pod": source}}}], "ports": [{"port": port}]}
-        )
-        comment = f"knp:{namespace}/{policy['metadata']['name']}:ingress:{len(ingress) - 1}"
+        if policy["kind"] == "NetworkPolicy" and policy["apiVersion"].startswith("networking.k8s.io"):
+            ingress.append(
+                {"from": [{"podSelector": {"matchLabels": {"pod": source}}}], "ports": [{"port": port}]}
+            )
+            comment = f"knp:{namespace}/{policy['metadata']['name']}:ingress:{len(ingress) - 1}"
+        else:  # Calico form: before its closing Pass, so the new rule is reached
+            rule = {
+                "action": "Allow",
+                "protocol": "TCP",
+                "source": {"selector": f"pod == '{source}'"},
+                "destination": {"ports": [port]},
+            }
+            at = len(ingress) - 1 if ingress and ingress[-1] == {"action": "Pass"} else len(ingress)
+            ingress.insert(at, rule)
+            if "Ingress" not in edited["spec"]["types"]:
+                edited["spec"]["types"].append("Ingress")
+            tier = edited["spec"]["tier"]
+            comment = f"np:{tier}:{namespace}/{policy['metadata']['name']}:ingress:{at}"
         nodes = tuple(sorted({p["spec"]["nodeName"] for p in chosen}))
         changes.append(Change(len(changes), edited, comment, port, nodes))
     if len(changes) < count:
@@ -383,9 +495,9 @@ def node_targets(workload: Workload, ips: dict[str, str], nodes: Sequence[str]) 
 
 
 def parse_comment(line: str) -> str | None:
-    """``knp:ns/name:direction:N`` of an nft rule line, or None."""
+    """``knp:ns/name:direction:N`` (or ``np:tier:ns/name:direction:N``) of an nft rule line, or None."""
     m = _COMMENT_RE.search(line)
-    return f"knp:{m.group(1)}/{m.group(2)}:{m.group(3)}:{m.group(4)}" if m else None
+    return m.group(1) if m else None
 
 
 def count_kernel_rules(doc: dict) -> dict[str, int]:
@@ -394,7 +506,7 @@ def count_kernel_rules(doc: dict) -> dict[str, int]:
     for item in doc.get("nftables", []):
         if "rule" in item:
             out["rules"] += 1
-            if str(item["rule"].get("comment", "")).startswith("knp:"):
+            if str(item["rule"].get("comment", "")).startswith(("knp:", "np:")):
                 out["policy_rules"] += 1
         elif "chain" in item:
             out["chains"] += 1
@@ -496,6 +608,7 @@ class Options:
     nodes: int = 3
     seed: int = 1
     timeout: float = 900.0
+    tiers: bool = False  # the Calico form: Calico NetworkPolicies in three tiers
 
 
 def _wait_running(store, workload: Workload, timeout: float) -> tuple[float, dict[str, str]]:
@@ -552,6 +665,8 @@ def run(opts: Options) -> dict:
     workload = generate_workload(
         opts.pods, opts.policies, opts.rules_per_policy, nodes=opts.nodes, seed=opts.seed
     )
+    if opts.tiers:
+        workload = calico_form(workload)
     changes = plan_changes(workload, opts.changes)
     results: dict[str, Any] = {
         "params": {
@@ -566,6 +681,8 @@ def run(opts: Options) -> dict:
             "repeats": opts.repeats,
             "duration_s": opts.duration,
             "seed": opts.seed,
+            "form": "calico tiers" if opts.tiers else "kubernetes",
+            "tiers": [t["metadata"]["name"] for t in workload.tiers] + (["default"] if opts.tiers else []),
         },
     }
     names = LabNames(f"{BENCH_PREFIX[:-1]}{secrets.token_hex(2)}-")
@@ -766,9 +883,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=900.0, help="per phase")
+    ap.add_argument(
+        "--tiers",
+        action="store_true",
+        help="Calico NetworkPolicies in three tiers (security, platform, default) with Allow, Deny and Pass",
+    )
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
-    opts = Options(nodes=args.nodes, seed=args.seed, timeout=args.timeout)
+    opts = Options(nodes=args.nodes, seed=args.seed, timeout=args.timeout, tiers=args.tiers)
     overlay(
         opts,
         args,

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from podnet.calc.policy import (
@@ -85,6 +86,9 @@ class _Rules:
 
         return builder.pods_where(namespaces, wanted)
 
+    def _everyone(self) -> list[PodInfo]:
+        return self.builder.pods
+
     def _namespaces(self, text: str) -> list[str]:
         selector = parse_selector(text)
         return self.builder.namespaces_where(
@@ -102,9 +106,10 @@ class _Rules:
         ]
         return self.builder.address_set(meaning, lambda: members)
 
-    def endpoint_scope(self, entity: EntityRule) -> tuple[Any, list[PodInfo] | None]:
-        """(meaning, pods) of the positive endpoint match of a side; (None, None) when the side has
-        none. A ``global()`` namespaceSelector is answered by :meth:`_global_set` instead."""
+    def endpoint_scope(self, entity: EntityRule) -> tuple[Any, Callable[[], list[PodInfo]] | None]:
+        """(meaning, pods) of the positive endpoint match of a side, the pods asked only when the
+        meaning's set is new; (None, None) when the side has none. A ``global()`` namespaceSelector
+        is answered by :meth:`_global_set` instead."""
         scoped = bool(entity.selector or entity.not_selector or entity.service_accounts)
         namespaces: list[str] | None = None
         if entity.namespace_selector:
@@ -122,7 +127,7 @@ class _Rules:
             if accounts is None
             else {"names": sorted(accounts.names or []), "selector": accounts.selector},
         }
-        return meaning, self._pods(namespaces, selector, accounts)
+        return meaning, lambda: self._pods(namespaces, selector, accounts)
 
     # one side
 
@@ -136,14 +141,13 @@ class _Rules:
             sets.append(builder.cidr_set(entity.nets))
         if entity.not_nets:
             not_sets.append(builder.cidr_set(entity.not_nets))
-        port_scope: tuple[Any, list[PodInfo] | None] = (None, None)
+        port_scope: tuple[Any, Callable[[], list[PodInfo]] | None] = (None, None)
         if entity.namespace_selector and isinstance(parse_selector(entity.namespace_selector), Global):
             sets.append(self._global_set(entity.selector))
         else:
             meaning, pods = self.endpoint_scope(entity)
             if meaning is not None and pods is not None:
-                chosen = pods
-                sets.append(builder.pod_set(meaning, lambda: chosen))
+                sets.append(builder.pod_set(meaning, pods))
                 port_scope = (meaning, pods)
         if entity.not_selector:
             selector = parse_selector(entity.not_selector)
@@ -161,7 +165,10 @@ class _Rules:
         return side
 
     def _ports(
-        self, values: list[Any] | None, protocol: str | None, scope: tuple[Any, list[PodInfo] | None]
+        self,
+        values: list[Any] | None,
+        protocol: str | None,
+        scope: tuple[Any, Callable[[], list[PodInfo]] | None],
     ) -> tuple[tuple[PortMatch, ...], tuple[str, ...]]:
         numeric: list[PortMatch] = []
         named: list[str] = []
@@ -174,10 +181,9 @@ class _Rules:
                 numeric.append(PortMatch(protocol, int(found.group(1)), int(found.group(2))))
             else:
                 meaning, pods = scope
-                chosen = self.builder.pods if pods is None else pods
                 named.append(
                     self.builder.named_port_set(
-                        meaning or {"any": True}, lambda c=chosen: c, str(value), protocol
+                        meaning or {"any": True}, pods or self._everyone, str(value), protocol
                     )
                 )
         return tuple(dict.fromkeys(numeric)), tuple(dict.fromkeys(named))

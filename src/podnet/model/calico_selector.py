@@ -23,6 +23,7 @@ back to the same tree.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -493,6 +494,9 @@ class _Parser:
         return In(key, tuple(values)) if op == "in" else NotIn(key, tuple(values))
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_selector(text: str) -> Selector:
-    """Parse a Calico selector expression; raise :class:`SelectorSyntaxError` (a ValueError)."""
+    """Parse a Calico selector expression; raise :class:`SelectorSyntaxError` (a ValueError).
+    The trees are immutable, so the same text gives the same (cached) tree: every policy sync
+    asks again for the selectors of every policy."""
     return _Parser(text).parse()

@@ -12,6 +12,7 @@ from podnet.bench.policy_scale import (
     CHANGE_PORT_BASE,
     IPERF_PORTS,
     QUICK,
+    calico_form,
     count_kernel_rules,
     count_rules,
     generate_workload,
@@ -197,3 +198,26 @@ def test_rejects_sizes_it_cannot_lay_out():
         generate_workload(30, 10, 1)
     with pytest.raises(ValueError):
         plan_changes(generate_workload(30, 3, 5), 10)
+
+
+def test_calico_form_three_tiers_actions_and_changes():
+    w = calico_form(generate_workload(QUICK["pods"], QUICK["policies"], QUICK["rules_per_policy"], seed=3))
+    models = [parse_resource(d) for d in w.tiers + w.policies]  # every document validates
+    assert [t.name for t in models[:2]] == ["security", "platform"]
+    tiers = {p["spec"]["tier"] for p in w.policies}
+    assert tiers == {"security", "platform", "default"} and w.policies[0]["spec"]["tier"] == "default"
+    actions = {r["action"] for p in w.policies for d in ("ingress", "egress") for r in p["spec"].get(d, [])}
+    assert actions == {"Allow", "Deny", "Pass"}
+    ips = _ips(w)
+    targets = node_targets(w, ips, ["node-1", "node-2", "node-3"])
+    assert all(t.comment.startswith("np:") for t in targets.values())
+    change = plan_changes(w, 2)[0]
+    tier = change.policy["spec"]["tier"]
+    assert change.comment.startswith(f"np:{tier}:")
+    rules = change.policy["spec"]["ingress"]
+    index = int(change.comment.rsplit(":", 1)[1])
+    assert rules[index]["destination"] == {"ports": [change.port]}
+    if tier != "default":
+        assert rules[-1] == {"action": "Pass"}  # the new rule comes before the tier's Pass
+    line = f'add rule inet podnet_policy pol-x-in tcp dport 1 counter accept comment "{change.comment}"'
+    assert parse_comment(line) == change.comment
