@@ -1,6 +1,6 @@
 """The NetworkPolicy truth-table suite: Kubernetes semantics checked with real TCP and UDP traffic.
 
-One 3-node lab for the whole module (namespaces ``a`` {team: x}, ``b`` {team: y}, ``c`` {}; nine
+One 3-node lab per profile (calico, cilium) (namespaces ``a`` {team: x}, ``b`` {team: y}, ``c`` {}; nine
 pods spread over the nodes, each serving its containerPorts, with the same port NAME on different
 numbers; one hostNetwork pod per node, in kube-system, standing for the node's own services).
 Every scenario is its own test: it applies its policies, then probes every source (each pod and
@@ -369,11 +369,12 @@ def expect_table(
 # ------------------------------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+@pytest.fixture(scope="module", params=["calico", "cilium"])
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """One lab per profile: the same semantics through either personality's table."""
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
     try:
-        info = cluster.up(LabSpec(nodes=3, underlay=random_underlay()), names)
+        info = cluster.up(LabSpec(nodes=3, underlay=random_underlay(), profile=request.param), names)
         the_lab = Lab(
             names,
             ResourceStore(EtcdDatastore([info.etcd_endpoint])),
