@@ -469,10 +469,11 @@ def node_targets(workload: Workload, ips: dict[str, str], nodes: Sequence[str]) 
     infos = pod_infos(workload.pods, ips)
     namespaces = {d["metadata"]["name"]: dict(d["metadata"].get("labels") or {}) for d in workload.namespaces}
     models = [parse_resource(p) for p in workload.policies]
+    tiers = [parse_resource(t) for t in workload.tiers]
     order = {_key(p): i for i, p in enumerate(workload.policies)}
     targets = {}
     for node in nodes:
-        plan = compile_policies([p for p in infos if p.node == node], infos, namespaces, models)
+        plan = compile_policies([p for p in infos if p.node == node], infos, namespaces, models, tiers=tiers)
         best: tuple[int, str, str, str] | None = None
         lines = 0
         for policy in plan.policies.values():  # one chain per policy and direction on the node

@@ -20,10 +20,12 @@ from podnet.bench.policy_scale import (
     parse_comment,
     parse_sync_histogram,
     plan_changes,
+    pod_infos,
     selected_pods,
     sync_delta,
 )
-from podnet.dataplane.policy import policy_chain_name
+from podnet.calc.policy import compile_policies
+from podnet.dataplane.policy import match_lines, policy_chain_name
 from podnet.model import NetworkPolicy, parse_resource
 
 
@@ -221,3 +223,27 @@ def test_calico_form_three_tiers_actions_and_changes():
         assert rules[-1] == {"action": "Pass"}  # the new rule comes before the tier's Pass
     line = f'add rule inet podnet_policy pol-x-in tcp dport 1 counter accept comment "{change.comment}"'
     assert parse_comment(line) == change.comment
+
+
+def test_calico_form_targets_count_every_tier():
+    """The expected kernel rules include the user tiers' policies (compiled with their Tiers)."""
+    w = calico_form(generate_workload(QUICK["pods"], QUICK["policies"], QUICK["rules_per_policy"]))
+    infos = pod_infos(w.pods, _ips(w))
+    namespaces = {d["metadata"]["name"]: dict(d["metadata"].get("labels") or {}) for d in w.namespaces}
+    local = [p for p in infos if p.node == "node-1"]
+    plan = compile_policies(
+        local,
+        infos,
+        namespaces,
+        [parse_resource(p) for p in w.policies],
+        tiers=[parse_resource(t) for t in w.tiers],
+    )
+    assert plan.errors == {}
+    expected = sum(
+        len(match_lines(r.match))
+        for p in plan.policies.values()
+        for d in ("ingress", "egress")
+        for r in p.rules(d)
+    )
+    assert node_targets(w, _ips(w), ["node-1"])["node-1"].rule_lines == expected
+    assert {p.tier for p in plan.policies.values()} == {"security", "platform", "default"}
