@@ -800,7 +800,7 @@ def test_icmp_type_and_code(lab: Lab) -> None:
         ),
         policy("db-icmp", "id == 'db'", ingress=[rule("Allow", "ICMP", icmp={"type": 13})]),
         gnp("tool-icmp", "id == 'tool'", ingress=[rule("Allow", "ICMP", notICMP={"type": 8})]),
-        gnp("mon-icmp", "id == 'mon'", ingress=[rule("Allow", 1, notICMP={"type": 13})]),
+        gnp("mon-icmp", "id == 'mon'", ingress=[rule("Allow", 1, notICMP={"type": 8, "code": 1})]),
     )
     check(
         lab,
@@ -849,8 +849,22 @@ def test_service_accounts(lab: Lab) -> None:
             cell(CL, W2, "5353/UDP", False, "GlobalNetworkPolicy sa-egress egress rule 0 Deny"),
             cell(CL, W2, "8081/TCP", True),
             cell(TOOL, W2, "5353/UDP", True),
+            cell(TOOL, MON, "8080/TCP", True),
         ],
     )
+    # Relabel a ServiceAccount: ops/tool now trusts high (selected by sa-egress, not by w1-sa-selector).
+    patch(lab, "serviceaccounts", "tool-sa", {"metadata": {"labels": {"trust": "high"}}}, "ops")
+    try:
+        check(
+            lab,
+            [
+                cell(TOOL, W1, "8080/TCP", False),
+                cell(TOOL, W2, "5353/UDP", False, "GlobalNetworkPolicy sa-egress egress rule 0 Deny"),
+                cell(TOOL, MON, "8080/TCP", True, "GlobalNetworkPolicy sa-egress egress rule 1 Allow"),
+            ],
+        )
+    finally:
+        patch(lab, "serviceaccounts", "tool-sa", {"metadata": {"labels": {"trust": "low"}}}, "ops")
 
 
 def test_namespace_selector_global_matches_host_endpoints(lab: Lab) -> None:
@@ -902,6 +916,9 @@ def test_global_and_namespaced_policy_on_one_endpoint(lab: Lab) -> None:
         policy("np-db", "id == 'db'", order=20, ingress=[rule("Allow", "TCP")]),
         policy("np-w1", "id == 'web1'", order=5, ingress=[rule("Allow", "TCP", **src(selector=CLIENT))]),
         gnp("gnp-web", "app == 'web'", order=10, ingress=[rule("Deny", "TCP")]),
+        # one order, two kinds: by name
+        gnp("a-gnp-w2", "id == 'web2'", order=7, ingress=[rule("Deny", "UDP")]),
+        policy("b-np-w2", "id == 'web2'", order=7, ingress=[rule("Allow", "UDP")]),
     )
     check(
         lab,
@@ -912,8 +929,21 @@ def test_global_and_namespaced_policy_on_one_endpoint(lab: Lab) -> None:
             cell(CL, W1, "8080/TCP", True, "CalicoNetworkPolicy shop/np-w1 ingress rule 0 Allow"),
             cell(CL, W2, "8081/TCP", False, "GlobalNetworkPolicy gnp-web ingress rule 0 Deny"),
             cell(TOOL, W1, "8080/TCP", False),
+            cell(CL, W2, "5353/UDP", False, "GlobalNetworkPolicy a-gnp-w2 ingress rule 0 Deny"),
         ],
     )
+    # Relabel a namespace: gnp-db's namespaceSelector no longer matches ops.
+    patch(lab, "namespaces", "ops", {"metadata": {"labels": {"team": "ops2"}}})
+    try:
+        check(
+            lab,
+            [
+                cell(TOOL, DB, "5432/TCP", True, "CalicoNetworkPolicy shop/np-db ingress rule 0 Allow"),
+                cell(MON, DB, "5432/TCP", True),
+            ],
+        )
+    finally:
+        patch(lab, "namespaces", "ops", {"metadata": {"labels": {"team": "ops"}}})
 
 
 def test_services_as_egress_destination(lab: Lab) -> None:
