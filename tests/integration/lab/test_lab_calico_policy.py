@@ -324,6 +324,7 @@ def lab() -> Iterator[Lab]:
             except AssertionError:
                 if time.monotonic() > deadline:
                     raise
+                time.sleep(0.2)  # the endpoints are still being wired: poll again
         yield the_lab
     finally:
         with contextlib.suppress(LabError):
