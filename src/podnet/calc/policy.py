@@ -360,8 +360,16 @@ def compile_policies(
             errors[result.key] = result.error
         selections.append((result, selects))
     tier_rank = {name: rank for rank, name in enumerate(context.tiers)}
+    # Equal orders go by name (Calico's tie-break), whatever the kind; kind and namespace only
+    # keep the order total.
     selections.sort(
-        key=lambda item: (tier_rank.get(item[0].tier, len(tier_rank)), item[0].order, item[0].key)
+        key=lambda item: (
+            tier_rank.get(item[0].tier, len(tier_rank)),
+            item[0].order,
+            item[0].name,
+            item[0].kind,
+            item[0].namespace,
+        )
     )
     endpoints: dict[str, EndpointPolicy] = {}
     for pod in local:

@@ -4,6 +4,11 @@
 parses each logged packet into :class:`Drop`: its prefix and the IPv4 source, destination,
 protocol and destination port. The prefix tells which rule logged it (see
 :mod:`podnet.dataplane.policy`). Only one socket per network namespace can bind a group.
+
+The kernel queues logged packets per group and sends them when :data:`QUEUE_THRESHOLD` packets
+wait or :data:`FLUSH_TIMEOUT_CS` has passed (its defaults, 100 packets or one second, made the agent
+see a drop up to a second late and explain it by a plan that may no longer be the one that dropped
+it). The reader asks for every packet at once.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ from podnet.dataplane.errors import DataplaneError
 from podnet.dataplane.netns import run_in_netns
 
 NFLOG_GROUP = 7
+QUEUE_THRESHOLD = 1  # packets the kernel queues before it sends them (its default: 100)
+FLUSH_TIMEOUT_CS = 1  # hundredths of a second before it sends fewer (its default: 100)
 
 
 _NETLINK_NETFILTER = 12
 _NFNL_SUBSYS_ULOG = 4
 _NFULNL_MSG_PACKET, _NFULNL_MSG_CONFIG = 0, 1
-_NFULA_CFG_CMD, _NFULA_CFG_MODE = 1, 2
+_NFULA_CFG_CMD, _NFULA_CFG_MODE, _NFULA_CFG_TIMEOUT, _NFULA_CFG_QTHRESH = 1, 2, 4, 5
 _NFULNL_CFG_CMD_BIND = 1
 _NFULNL_COPY_PACKET = 2
 _NFULA_PAYLOAD, _NFULA_PREFIX = 9, 10
@@ -90,6 +97,8 @@ class NflogReader:
             self._config(sock, _nlattr(_NFULA_CFG_CMD, struct.pack("B", _NFULNL_CFG_CMD_BIND)))
             mode = struct.pack("!IBB", 256, _NFULNL_COPY_PACKET, 0)
             self._config(sock, _nlattr(_NFULA_CFG_MODE, mode))
+            self._config(sock, _nlattr(_NFULA_CFG_QTHRESH, struct.pack("!I", QUEUE_THRESHOLD)))
+            self._config(sock, _nlattr(_NFULA_CFG_TIMEOUT, struct.pack("!I", FLUSH_TIMEOUT_CS)))
         except BaseException:
             sock.close()
             raise
