@@ -88,8 +88,11 @@ class DropMonitor:
         self.read_errors = 0
         # caches: reasons of the plan last seen; pods by address, by endpoint hash
         self._reasons_of: PolicyPlan | None = None
-        self._reasons: dict[str, list[Provenance]] = {}
+        self._reasons: dict[str, list[Provenance]] = {}  # this plan's and the previous one's
         self._logs: dict[str, Provenance] = {}
+        self._current_reasons: dict[str, list[Provenance]] = {}
+        self._current_logs: dict[str, Provenance] = {}
+        self._previous: tuple[dict[str, list[Provenance]], dict[str, Provenance]] = ({}, {})
         self._index_plan: PolicyPlan | None = None
         self._index_at = float("-inf")
         self._by_ip: dict[str, str] = {}
@@ -158,9 +161,14 @@ class DropMonitor:
     # -- annotation --------------------------------------------------------------------------
     def _refresh(self, plan: PolicyPlan | None) -> None:
         if plan is not self._reasons_of:
+            # A packet logged just before a plan change is read just after it: what the previous
+            # plan alone had still explains it (the current plan first; two plans kept, no more).
             self._reasons_of = plan
-            self._reasons = deny_reasons(plan) if plan is not None else {}
-            self._logs = log_reasons(plan) if plan is not None else {}
+            self._previous = (self._current_reasons, self._current_logs) if plan is not None else ({}, {})
+            self._current_reasons = deny_reasons(plan) if plan is not None else {}
+            self._current_logs = log_reasons(plan) if plan is not None else {}
+            self._reasons = {**self._previous[0], **self._current_reasons}
+            self._logs = {**self._previous[1], **self._current_logs}
         now = time.monotonic()
         if plan is self._index_plan and now - self._index_at < INDEX_SECONDS:
             return
