@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
+import random
 import resource
 import selectors
 import socket
@@ -39,6 +41,9 @@ PROBE_PAYLOAD = b"probe\n"
 UDP_RESENDS = 3  # UDP datagrams and ICMP echo requests are sent up to this many times
 PROTOCOLS = ("TCP", "UDP", "ICMP")
 _ICMP_ECHO_REPLY, _ICMP_UNREACH, _ICMP_ECHO = 0, 3, 8
+#: Echo identifiers, new for every probe: a repeated ping with the identifier of an earlier allowed
+#: one would match that one's conntrack entry (30 s) and never meet the policy again.
+_IDENTS = itertools.count(random.randrange(1 << 16))
 
 
 def icmp_checksum(data: bytes) -> int:
@@ -176,7 +181,7 @@ def run_probes(probes: Sequence[Probe], timeout: float = 1.0) -> list[ProbeResul
             sock = socket.socket(family, socket.SOCK_DGRAM if p.proto == "UDP" else socket.SOCK_STREAM)
         sock.setblocking(False)
         flight = _Flight(i, p, sock, time.monotonic(), timeout)
-        flight.ident = (os.getpid() + i) & 0xFFFF
+        flight.ident = next(_IDENTS) & 0xFFFF
         flights[i] = flight
         err = sock.connect_ex((p.dst_ip, 0 if p.proto == "ICMP" else p.port))
         if err not in (0, errno.EINPROGRESS):
