@@ -5,7 +5,9 @@ selecting it allows TCP to port 8081 of node-1's host from node-2 only: 8081 ope
 host endpoint's default deny keeps 8082 closed (and 8081 for the external host), the failsafe port
 22 stays open. Deleting the policy closes 8081 again (22 still open). With ``applyOnForward`` a
 policy on the same host endpoint also filters traffic forwarded in through eth0 to node-1's pod;
-without it, forwarded traffic is untouched. Every step is fenced on node-1's policy status.
+without it, forwarded traffic is untouched. A ``preDNAT`` policy (not run) is reported in the
+status and fails closed, the failsafe port still open. Every step is fenced on node-1's policy
+status.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import os
 import secrets
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from lab_support import policy_applied
@@ -53,10 +56,11 @@ def gnp(name: str, **spec: object) -> dict:
     }
 
 
-def applied(store: ResourceStore, *docs: dict) -> None:
-    """Apply ``docs`` and wait until node-1's kernel ruleset has them."""
+def applied(store: ResourceStore, *docs: dict) -> Any:
+    """Apply ``docs``, wait until node-1's kernel ruleset has them; node-1's policy report."""
     results = store.apply([parse_resource(d) for d in docs])
-    policy_applied(store, ["node-1"], max(int(r.resource.metadata.resource_version) for r in results))
+    revision = max(int(r.resource.metadata.resource_version) for r in results)
+    return policy_applied(store, ["node-1"], revision)["node-1"]
 
 
 def deleted(store: ResourceStore, name: str) -> None:
@@ -123,12 +127,25 @@ def test_global_network_policy_on_host_endpoint(lab):
         deleted(store, "edge-forward")
         assert connect(c, ips["b"], POD_OTHER) == "ok"  # forwarded traffic open again
 
+        # preDNAT is not run: reported, and it fails closed after the failsafe ports
+        pre_dnat = gnp(
+            "edge-prednat", order=1, preDNAT=True, applyOnForward=True, ingress=[{"action": "Allow"}]
+        )
+        report = applied(store, pre_dnat)
+        assert "does not run preDNAT" in report.compile_errors.get("GlobalNetworkPolicy:edge-prednat", ""), (
+            report
+        )
+        assert connect(node2.netns, node1.ip, ALLOWED) == "timeout"  # never a silent allow
+        assert connect(node2.netns, node1.ip, SSH) == "ok"  # never a lockout
+        deleted(store, "edge-prednat")
+        assert connect(node2.netns, node1.ip, ALLOWED) == "ok"
+
         # positive control: without the policy, 8081 is closed again; the failsafe port is not
         deleted(store, "edge-web")
         assert connect(node2.netns, node1.ip, ALLOWED) == "timeout"
         assert connect(node2.netns, node1.ip, SSH) == "ok"
     finally:
-        for name in ("edge-forward", "edge-web"):
+        for name in ("edge-prednat", "edge-forward", "edge-web"):
             with contextlib.suppress(NotFoundError):
                 store.delete(lookup("globalnetworkpolicies"), name)
         with contextlib.suppress(NotFoundError):
