@@ -319,7 +319,7 @@ class Agent:
         from dataclasses import replace
 
         from podnet.calc.host_endpoints import host_endpoint_plan
-        from podnet.calc.host_policy import host_policy_plan
+        from podnet.calc.host_policy import host_policy_plan, with_hosts
         from podnet.calc.policy_inputs import compile_hosts
 
         with self.syncer.lock:
@@ -345,7 +345,10 @@ class Agent:
             plan = replace(plan, policy=policy)
         for name, error in plan.errors.items():
             kv(log, logging.WARNING, "host endpoint not enforced", hostEndpoint=name, error=error)
-        if self.host_endpoints.apply(plan) == "applied":
+        outcome = self.host_endpoints.apply(plan)
+        if self.policy_plan is not None:  # host endpoint drops explained too (pnd/pnx/pne of hep:<if>)
+            self.policy_plan = with_hosts(self.policy_plan, plan.policy)
+        if outcome == "applied":
             covered = ",".join(sorted(plan.interfaces)) or "-"
             kv(log, logging.INFO, "host endpoints applied", interfaces=covered)
 

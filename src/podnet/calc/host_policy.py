@@ -24,6 +24,7 @@ failsafe ports, so they cannot lock the node out) and say so in the plan's error
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from podnet.calc.policy import HostSubject, PolicyPlan
 
@@ -58,3 +59,15 @@ def host_policy_plan(
     if not interfaces:
         return None
     return compile_hosts(host_subjects(interfaces, labels))
+
+
+def with_hosts(plan: PolicyPlan, host: PolicyPlan | None) -> PolicyPlan:
+    """``plan`` (the pods') with the host endpoint subjects and their policies of ``host`` added:
+    what the drop monitor explains drops by (the sets stay the pods'; only reasons are read)."""
+    if host is None or not host.endpoints:
+        return plan
+    return replace(
+        plan,
+        endpoints={**plan.endpoints, **host.endpoints},
+        policies={**plan.policies, **host.policies},
+    )

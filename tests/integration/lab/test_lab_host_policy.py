@@ -19,10 +19,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from lab_support import policy_applied
+from lab_support import policy_applied, until
 from tcp_check import TcpServer, connect
 from test_lab_host_endpoint import pod, running
 
+from podnet.agent import api
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
 from podnet.errors import NotFoundError
@@ -67,6 +68,19 @@ def deleted(store: ResourceStore, name: str) -> None:
     policy_applied(store, ["node-1"], store.delete(lookup("globalnetworkpolicies"), name))
 
 
+def drop_naming(names: LabNames, policy: str, port: int) -> dict:
+    """A drop node-1 logged for ``port`` whose reason names GlobalNetworkPolicy ``policy``."""
+
+    def found() -> dict | None:
+        answer = api.call(names.agent_socket("node-1"), {"verb": "DROPS", "since": 0}, timeout=10)
+        for drop in answer.get("drops", []):
+            if drop["dport"] == port and any(p["name"] == policy for p in drop["policies"]):
+                return drop
+        return None
+
+    return until(f"a drop of port {port} explained by {policy}", found)
+
+
 @pytest.fixture(scope="module")
 def lab() -> Iterator[tuple[LabNames, object, ResourceStore, dict[str, str]]]:
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
@@ -107,6 +121,8 @@ def test_global_network_policy_on_host_endpoint(lab):
         applied(store, HEP, allow)
         assert connect(node2.netns, node1.ip, ALLOWED) == "ok"  # the policy's Allow
         assert connect(node2.netns, node1.ip, CLOSED) == "timeout"  # the host endpoint's default deny
+        drop = drop_naming(names, "edge-web", CLOSED)  # monitor: the end-of-tier deny, explained
+        assert drop["prefix"].startswith("pnd:") and drop["direction"] == "ingress", drop
         if ext is not None:  # not from node-2: the Allow's source does not match
             assert connect(ext.netns, node1.ip, ALLOWED) == "timeout"
         assert connect(node2.netns, node1.ip, SSH) == "ok"  # failsafe

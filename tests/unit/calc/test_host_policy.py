@@ -178,3 +178,15 @@ def test_nft_accepts_the_rendering() -> None:
     listing = scratch_listing(render_host_table(host_plan(*policies)), FAMILY, HOST_TABLE)
     chains = {item["chain"]["name"] for item in listing["nftables"] if "chain" in item}
     assert {"input", "output", "forward_in", "forward_out"} <= chains
+
+
+def test_host_drops_are_explained_by_the_merged_plan() -> None:
+    from podnet.calc.host_policy import with_hosts
+    from podnet.dataplane.policy import deny_prefix, deny_reasons
+
+    pods = compile_policies((), (), {}, [ALLOW_8081])
+    assert with_hosts(pods, None) is pods
+    merged = with_hosts(pods, host_plan(ALLOW_8081).policy)
+    reasons = deny_reasons(merged)
+    end_of_tier = reasons[deny_prefix(host_key("eth0"), INGRESS, "default")]
+    assert [(p.kind, p.name, p.rule) for p in end_of_tier] == [("GlobalNetworkPolicy", "edge-web", -1)]
