@@ -314,8 +314,13 @@ class Agent:
 
     def _apply_host_endpoints(self) -> None:
         """Calico HostEndpoints of this node: their default deny with the failsafe ports, tunnel
-        traffic of known nodes and local pods let through (calc.host_endpoints), as one transaction."""
+        traffic of known nodes and local pods let through (calc.host_endpoints), and the
+        GlobalNetworkPolicies selecting them in between (calc.host_policy), as one transaction."""
+        from dataclasses import replace
+
         from podnet.calc.host_endpoints import host_endpoint_plan
+        from podnet.calc.host_policy import host_policy_plan, with_hosts
+        from podnet.calc.policy_inputs import compile_hosts
 
         with self.syncer.lock:
             heps = list(self.cache.host_endpoints.values())
@@ -333,9 +338,17 @@ class Agent:
             pods,
             interfaces,
         )
+        if self._profile() == "calico":
+            labels = {h.metadata.name or "": dict(h.metadata.labels or {}) for h in mine}
+            with self.syncer.lock:
+                policy = host_policy_plan(plan.interfaces, labels, lambda h: compile_hosts(self.cache, h))
+            plan = replace(plan, policy=policy)
         for name, error in plan.errors.items():
             kv(log, logging.WARNING, "host endpoint not enforced", hostEndpoint=name, error=error)
-        if self.host_endpoints.apply(plan) == "applied":
+        outcome = self.host_endpoints.apply(plan)
+        if self.policy_plan is not None:  # host endpoint drops explained too (pnd/pnx/pne of hep:<if>)
+            self.policy_plan = with_hosts(self.policy_plan, plan.policy)
+        if outcome == "applied":
             covered = ",".join(sorted(plan.interfaces)) or "-"
             kv(log, logging.INFO, "host endpoints applied", interfaces=covered)
 

@@ -18,6 +18,7 @@ No I/O here; everything is testable without root. Every module of the package, o
     policy_explain.py  a connection walked through the compiled form: tier, policy and rule that decided
     policy_status.py   NetworkPolicy status: what each agent reports, the conditions a policy shows
     host_endpoints.py  Calico HostEndpoints of this node: what the host-endpoint table enforces
+    host_policy.py     GlobalNetworkPolicy on host endpoint interfaces: host and forwarded subjects
     services.py        Services and the Pods behind them: what one node must load-balance
     bird.py            BIRD 2 configuration for one node, and BIRD's status parsed
     memo.py            a bounded memo for pure functions asked the same questions sync after sync

@@ -2,8 +2,8 @@
 
 A ``projectcalico.org/v3`` HostEndpoint puts the node's OWN traffic through an interface under host
 policy: with no policy allowing it, traffic to and from the host through that interface is denied.
-Policies that select host endpoints are not applied yet, so here a host endpoint means exactly its
-default deny plus what Felix lets through before any host endpoint policy:
+The GlobalNetworkPolicies that select it (``policy``, :mod:`podnet.calc.host_policy`) come between
+what Felix lets through before any host endpoint policy and that default deny:
 
     always allowed                          inbound (to the host)          outbound (from the host)
     --------------------------------------  -----------------------------  -------------------------
@@ -15,8 +15,8 @@ default deny plus what Felix lets through before any host endpoint policy:
                                             (4789/8472) or IPIP (proto 4)
     ICMPv6 neighbour discovery              yes (link control, like ARP)   yes
 
-Forwarded (pod) traffic is not affected (Calico's ``applyOnForward`` default is false), and
-workload interfaces (``cali*``, ``lxc*``) are never host endpoints, not even for ``"*"``.
+Forwarded (pod) traffic is affected only by ``applyOnForward`` policies (Calico's default is
+false), and workload interfaces (``cali*``, ``lxc*``) are never host endpoints, not even for ``"*"``.
 
 Which interface: ``interfaceName`` (a name, or ``"*"`` for every host interface); without it, the
 interfaces holding one of ``expectedIPs`` (as Calico). A host endpoint of this node whose interface
@@ -29,6 +29,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from podnet.calc.policy import EndpointTier, PolicyPlan
 from podnet.model import HostEndpoint
 from podnet.model.cluster import Failsafe
 
@@ -50,6 +51,12 @@ class HostEndpointPlan:
     tunnel_ports: tuple[int, ...] = TUNNEL_UDP_PORTS
     local_pods: tuple[str, ...] = ()  # this node's pod addresses
     errors: dict[str, str] = field(default_factory=dict)  # HostEndpoint name -> why it enforces nothing
+    policy: PolicyPlan | None = None  # the GlobalNetworkPolicies of its subjects (calc.host_policy)
+
+    def tiers(self, key: str, direction: str) -> tuple[EndpointTier, ...]:
+        """The tiers host policy subject ``key`` (:func:`~podnet.calc.host_policy.host_key`) meets."""
+        endpoint = self.policy.endpoints.get(key) if self.policy is not None else None
+        return endpoint.tiers(direction) if endpoint is not None else ()
 
     @property
     def active(self) -> bool:

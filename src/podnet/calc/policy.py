@@ -294,6 +294,20 @@ def policy_key(kind: str, namespace: str, name: str) -> str:
 Selection = Callable[[PodInfo], bool]
 
 
+@dataclass(frozen=True)
+class HostSubject:
+    """A host endpoint's interface as policies select it (:mod:`podnet.calc.host_policy`): its
+    HostEndpoint's labels, and whether the walk is for forwarded traffic (only ``applyOnForward``
+    policies) or the host's own."""
+
+    labels: Mapping[str, str]
+    forwarded: bool = False
+
+
+#: Does a compiled policy apply to this host endpoint interface?
+HostSelection = Callable[[HostSubject], bool]
+
+
 @dataclass
 class CompileContext:
     """What kind compilers need besides the pods:
@@ -338,9 +352,12 @@ def compile_policies(
     service_backends: Mapping[str, tuple[tuple[str, str, int], ...]] | None = None,
     nodes: Mapping[str, tuple[Mapping[str, str], tuple[str, ...]]] | None = None,
     host_endpoints: Sequence[tuple[Mapping[str, str], tuple[str, ...]]] = (),
+    hosts: Mapping[str, HostSubject] | None = None,
 ) -> PolicyPlan:
     """Compile every policy for ``local_pods`` (see the module docstring). ``policies`` may mix
-    every supported kind; ``tiers`` are Calico Tier objects (the built-in tiers need none)."""
+    every supported kind; ``tiers`` are Calico Tier objects (the built-in tiers need none).
+    ``hosts``: endpoint key -> :class:`HostSubject`, host endpoint interfaces of this node that get
+    an :class:`EndpointPolicy` too (no addresses; only GlobalNetworkPolicies select them)."""
     CIDR_MINUS.new_generation()
     builder = SetBuilder(list(all_pods), namespaces, service_accounts)
     table = tier_table(tiers)
@@ -348,9 +365,9 @@ def compile_policies(
     context = CompileContext(ordered_tiers, service_backends or {}, nodes or {}, host_endpoints)
     local = sorted(local_pods, key=lambda p: p.key)
     compiled: dict[str, CompiledPolicy] = {}
-    selections: list[tuple[CompiledPolicy, Selection]] = []
+    selections: list[tuple[CompiledPolicy, Selection, HostSelection]] = []
     errors: dict[str, str] = {}
-    from podnet.calc.policy_kinds import compile_kind  # the kinds build on this module's types
+    from podnet.calc.policy_kinds import compile_kind, host_selection  # kinds build on these types
 
     for policy in policies:
         result, selects = compile_kind(policy, builder, context)
@@ -358,7 +375,7 @@ def compile_policies(
             result = failed(result, f"tier {result.tier!r} does not exist")
         if result.error is not None:
             errors[result.key] = result.error
-        selections.append((result, selects))
+        selections.append((result, selects, host_selection(policy)))
     tier_rank = {name: rank for rank, name in enumerate(context.tiers)}
     # Equal orders go by name (Calico's tie-break), whatever the kind; kind and namespace only
     # keep the order total.
@@ -373,25 +390,11 @@ def compile_policies(
     )
     endpoints: dict[str, EndpointPolicy] = {}
     for pod in local:
-        chosen = [policy for policy, selects in selections if selects(pod)]
-        per_direction: dict[str, list[EndpointTier]] = {INGRESS: [], EGRESS: []}
-        for direction in DIRECTIONS:
-            current: list[str] = []
-            current_tier: str | None = None
-            for policy in chosen:
-                if (policy.ingress if direction == INGRESS else policy.egress) is None:
-                    continue
-                if policy.tier != current_tier:
-                    if current_tier is not None:
-                        per_direction[direction].append(_endpoint_tier(context, current_tier, current))
-                    current_tier, current = policy.tier, []
-                current.append(policy.key)
-                compiled[policy.key] = policy
-            if current_tier is not None:
-                per_direction[direction].append(_endpoint_tier(context, current_tier, current))
-        endpoints[pod.key] = EndpointPolicy(
-            pod.key, tuple(pod.ips), tuple(per_direction[INGRESS]), tuple(per_direction[EGRESS])
-        )
+        chosen = [policy for policy, selects, _ in selections if selects(pod)]
+        endpoints[pod.key] = _endpoint_policy(context, pod.key, tuple(pod.ips), chosen, compiled)
+    for key, subject in sorted((hosts or {}).items()):
+        chosen = [policy for policy, _, selects_host in selections if selects_host(subject)]
+        endpoints[key] = _endpoint_policy(context, key, (), chosen, compiled)
     used = {
         name
         for policy in compiled.values()
@@ -416,6 +419,33 @@ def compile_policies(
         port_sets={name: builder.port_sets[name] for name in sorted(used_ports)},
         tiers=context.tiers,
     )
+
+
+def _endpoint_policy(
+    context: CompileContext,
+    key: str,
+    addresses: tuple[str, ...],
+    chosen: list[CompiledPolicy],
+    compiled: dict[str, CompiledPolicy],
+) -> EndpointPolicy:
+    """The tiers endpoint ``key`` meets, per direction, from the policies selecting it (in tier
+    order, then policy order); each policy it meets is recorded in ``compiled``."""
+    per_direction: dict[str, list[EndpointTier]] = {INGRESS: [], EGRESS: []}
+    for direction in DIRECTIONS:
+        current: list[str] = []
+        current_tier: str | None = None
+        for policy in chosen:
+            if (policy.ingress if direction == INGRESS else policy.egress) is None:
+                continue
+            if policy.tier != current_tier:
+                if current_tier is not None:
+                    per_direction[direction].append(_endpoint_tier(context, current_tier, current))
+                current_tier, current = policy.tier, []
+            current.append(policy.key)
+            compiled[policy.key] = policy
+        if current_tier is not None:
+            per_direction[direction].append(_endpoint_tier(context, current_tier, current))
+    return EndpointPolicy(key, addresses, tuple(per_direction[INGRESS]), tuple(per_direction[EGRESS]))
 
 
 def _endpoint_tier(context: CompileContext, tier: str, policies: list[str]) -> EndpointTier:

@@ -29,8 +29,16 @@ It applies in the directions of ``types``, which the model defaults as Calico do
   endpoints of that side (or on every pod) with the rule's protocol.
 - ``services``: a Service's endpoints, with their target ports as a destination.
 
+**Host endpoints.** A GlobalNetworkPolicy also applies to the host endpoint interfaces whose
+HostEndpoint labels its ``selector`` matches (Calico gives host endpoints no automatic labels; a
+policy with a ``namespaceSelector`` or ``serviceAccountSelector`` selects no host endpoint, they
+have neither). It covers the host's own traffic through the interface; with ``applyOnForward``
+also traffic forwarded through it (:mod:`podnet.calc.host_policy`).
+
 **Refused.** A rule with ``http`` needs Calico's application layer policy, which podnet does not
-run. Such a policy fails closed and says why. It is never a silent allow.
+run. A ``preDNAT`` or ``doNotTrack`` policy needs a raw/pre-NAT stage podnet's host table does not
+have. Such a policy fails closed (on the host endpoints it selects; those kinds never select pods)
+and says why. It is never a silent allow.
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ from podnet.calc.policy import (
     INGRESS,
     CompileContext,
     CompiledPolicy,
+    HostSelection,
+    HostSubject,
     Match,
     OrderedRule,
     PodInfo,
@@ -265,6 +275,35 @@ def _selection(
     return selects
 
 
+def host_only(spec: Any) -> str | None:
+    """``preDNAT``/``doNotTrack`` when ``spec`` sets one (Calico applies those to host endpoints only)."""
+    if getattr(spec, "pre_dnat", False):
+        return "preDNAT"
+    if getattr(spec, "do_not_track", False):
+        return "doNotTrack"
+    return None
+
+
+def _never(pod: PodInfo) -> bool:
+    return False
+
+
+def calico_host_selection(policy: GlobalNetworkPolicy) -> HostSelection:
+    """The host endpoint interfaces ``policy`` applies to: its ``selector`` on the HostEndpoint's
+    labels; forwarded traffic only with ``applyOnForward``; never with a namespace or
+    ServiceAccount selector (host endpoints have neither)."""
+    spec = policy.spec
+    selector = parse_selector(spec.selector or "all()")
+    scoped = bool(spec.namespace_selector or spec.service_account_selector)
+
+    def selects(subject: HostSubject) -> bool:
+        if scoped or (subject.forwarded and not spec.apply_on_forward):
+            return False
+        return selector.matches(subject.labels)
+
+    return selects
+
+
 def compile_calico_policy(
     policy: CalicoNetworkPolicy | GlobalNetworkPolicy, builder: SetBuilder, context: CompileContext
 ) -> tuple[CompiledPolicy, Selection]:
@@ -285,6 +324,9 @@ def compile_calico_policy(
         () if "Ingress" in types else None,
         () if "Egress" in types else None,
     )
+    if (what := host_only(spec)) is not None:
+        why = f"podnet does not run {what} host policy yet; it denies what it selects (fails closed)"
+        return failed(shell, why), _never
     rules = _Rules(builder, context, namespace)
     compiled: dict[str, tuple[OrderedRule, ...] | None] = {}
     try:

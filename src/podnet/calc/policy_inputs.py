@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from podnet.calc.policy import PodInfo, PolicyPlan, compile_policies
+from podnet.calc.policy import HostSubject, PodInfo, PolicyPlan, compile_policies
 from podnet.calc.services import service_endpoints
 
 CALICO = "calico"
@@ -50,10 +50,17 @@ def service_backends(cache: Any) -> dict[str, tuple[tuple[str, str, int], ...]]:
     return out
 
 
-def compile_cluster(cache: Any, local_pods: Iterable[PodInfo], profile: str) -> PolicyPlan:
-    """The plan for ``local_pods`` under every policy ``profile`` enforces."""
+def compile_cluster(
+    cache: Any,
+    local_pods: Iterable[PodInfo],
+    profile: str,
+    hosts: dict[str, HostSubject] | None = None,
+    objects: list[Any] | None = None,
+) -> PolicyPlan:
+    """The plan for ``local_pods`` under every policy ``profile`` enforces (or only ``objects``);
+    with ``hosts`` (host endpoint subjects, :mod:`podnet.calc.host_policy`) also for those."""
     pods = cache.pod_infos()
-    objects = policy_objects(cache, profile)
+    objects = policy_objects(cache, profile) if objects is None else objects
     if profile != CALICO:
         return compile_policies(local_pods, pods, cache.namespaces, objects)
     nodes = {name: (info.labels, tuple(a for a in (info.ip,) if a)) for name, info in cache.nodes.items()}
@@ -71,4 +78,11 @@ def compile_cluster(cache: Any, local_pods: Iterable[PodInfo], profile: str) -> 
         service_backends=service_backends(cache),
         nodes=nodes,
         host_endpoints=host_endpoints,
+        hosts=hosts,
     )
+
+
+def compile_hosts(cache: Any, hosts: dict[str, HostSubject]) -> PolicyPlan:
+    """The GlobalNetworkPolicies of the Calico profile for host endpoint subjects ``hosts`` only
+    (the same compile as the pods'; no pod is a subject here)."""
+    return compile_cluster(cache, (), CALICO, hosts, list(cache.global_policies.values()))

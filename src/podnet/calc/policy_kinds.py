@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from podnet.calc.policy import CompileContext, CompiledPolicy, Selection
+from podnet.calc.policy import CompileContext, CompiledPolicy, HostSelection, HostSubject, Selection
 from podnet.calc.policy_admin import compile_admin_policy
-from podnet.calc.policy_calico import compile_calico_policy
+from podnet.calc.policy_calico import calico_host_selection, compile_calico_policy
 from podnet.calc.policy_knp import compile_network_policy
 from podnet.calc.policy_sets import SetBuilder
 from podnet.model.admin_policy import AdminNetworkPolicy, BaselineAdminNetworkPolicy
@@ -39,3 +39,15 @@ def compile_kind(
     if compiler is None:
         raise TypeError(f"no policy compiler for {type(policy).__name__}")
     return compiler(policy, builder, context)
+
+
+def _no_host(subject: HostSubject) -> bool:
+    return False
+
+
+def host_selection(policy: Any) -> HostSelection:
+    """Which host endpoint interfaces ``policy`` applies to: only a GlobalNetworkPolicy selects
+    host endpoints (:func:`calico_host_selection`); every other kind selects none."""
+    if isinstance(policy, GlobalNetworkPolicy):
+        return calico_host_selection(policy)
+    return _no_host

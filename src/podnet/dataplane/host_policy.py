@@ -1,7 +1,10 @@
 """Calico HostEndpoints: the node's own traffic through an interface, as ``table inet podnet_host``.
 
-See :func:`render_host_table` for the table and :mod:`podnet.calc.host_endpoints` for what it
-enforces. One full transaction whenever the rendering changes (the table is small).
+See :func:`render_host_table` for the table and :mod:`podnet.calc.host_endpoints` /
+:mod:`podnet.calc.host_policy` for what it enforces. The GlobalNetworkPolicies selecting a host
+endpoint render as in the pod table (:mod:`podnet.dataplane.policy`: one chain per policy and
+direction, one per subject and tier, Pass by the mark bit), with the host endpoint's default deny
+where a pod's profile would accept. One full transaction whenever the rendering changes.
 """
 
 from __future__ import annotations
@@ -9,21 +12,32 @@ from __future__ import annotations
 import ipaddress
 
 from podnet.calc.host_endpoints import WILDCARD, WORKLOAD_PREFIXES, HostEndpointPlan
+from podnet.calc.host_policy import host_key
+from podnet.calc.policy import EGRESS, INGRESS
 from podnet.dataplane.nflog import NFLOG_GROUP
 from podnet.dataplane.nft import TableSync, kernel_matches, list_table
 from podnet.dataplane.policy import (
     FAMILY,
     LINK_CONTROL_ICMPV6,
     MAX_PREFIX,
+    _port_elements,
+    _port_set_decl,
+    _set_decl,
+    _tier_chains,
+    _v4_elements,
     clean,
     endpoint_hash,
     nft_protocol,
+    policy_chain,
+    policy_chain_name,
+    tier_chain_name,
 )
 
 HOST_TABLE = "podnet_host"
 HOST_QUALIFIED = f"{FAMILY} {HOST_TABLE}"
 HOST_RESET = f"add table {HOST_QUALIFIED}\ndelete table {HOST_QUALIFIED}\n"  # also: no host endpoint
 _HOST_DIRECTIONS = {"in": ("iifname", "saddr"), "out": ("oifname", "daddr")}
+_POLICY_DIRECTIONS = {"in": INGRESS, "out": EGRESS}
 
 
 def host_chain_name(ifname: str, direction: str) -> str:
@@ -57,9 +71,72 @@ def _host_chain(plan: HostEndpointPlan, ifname: str, direction: str) -> list[str
     ]
     failsafe = plan.failsafe_in if direction == "in" else plan.failsafe_out
     lines += [_failsafe_rule(entry, addr) for entry in failsafe]
-    prefix = host_deny_prefix(ifname, direction, plan.interfaces[ifname])
-    lines.append(f'counter log group {NFLOG_GROUP} prefix "{prefix}" drop')
+    key, policy_direction = host_key(ifname), _POLICY_DIRECTIONS[direction]
+    tiers = plan.tiers(key, policy_direction)
+    if tiers:
+        lines.append(f"goto {tier_chain_name(key, policy_direction, tiers[0].tier)}")
+    else:
+        lines.append(_default_deny(plan, ifname, direction))
     return lines
+
+
+def _default_deny(plan: HostEndpointPlan, ifname: str, direction: str) -> str:
+    prefix = host_deny_prefix(ifname, direction, plan.interfaces[ifname])
+    return f'counter log group {NFLOG_GROUP} prefix "{prefix}" drop'
+
+
+def policy_chains(plan: HostEndpointPlan) -> dict[str, tuple[str, ...]]:
+    """The chains of the policies selecting ``plan``'s interfaces: per subject (host traffic and
+    forwarded, :func:`~podnet.calc.host_policy.host_key`) and tier, then per policy and direction;
+    past the last tier the host endpoint's default deny."""
+    policy = plan.policy
+    if policy is None:
+        return {}
+    chains: dict[str, tuple[str, ...]] = {}
+    used: set[tuple[str, str]] = set()
+    for ifname in plan.interfaces:
+        for forwarded in (False, True):
+            key = host_key(ifname, forwarded)
+            endpoint = policy.endpoints.get(key)
+            if endpoint is None:
+                continue
+            for short, direction in _POLICY_DIRECTIONS.items():
+                final = _default_deny(plan, ifname, short)
+                chains.update(_tier_chains(policy, key, endpoint, direction, final))
+                used.update((p, direction) for tier in endpoint.tiers(direction) for p in tier.policies)
+    for policy_key, direction in sorted(used):
+        compiled = policy.policies[policy_key]
+        if compiled.rules(direction) and not compiled.fail_closed:
+            chains[policy_chain_name(policy_key, direction)] = policy_chain(compiled, direction)
+    return chains
+
+
+def _forward_chains(plan: HostEndpointPlan, ordered: list[str]) -> list[str]:
+    """``forward_in`` / ``forward_out``: forwarded traffic via a host endpoint interface walks the
+    ``applyOnForward`` policies selecting it in that direction (none: allowed). Two base chains,
+    as in the pod table, so an accept in via one host endpoint still meets the one it leaves by."""
+    workloads = ", ".join(f'"{p}*"' for p in WORKLOAD_PREFIXES)
+    out: list[str] = []
+    for hook, short, priority in (("forward_in", "in", "filter"), ("forward_out", "out", "filter + 1")):
+        direction = _POLICY_DIRECTIONS[short]
+        key = _HOST_DIRECTIONS[short][0]
+        jumps = []
+        for ifname in ordered:
+            tiers = plan.tiers(host_key(ifname, True), direction)
+            if tiers:
+                match = "" if ifname == WILDCARD else f'{key} "{ifname}" '
+                jumps.append(
+                    f"{match}goto {tier_chain_name(host_key(ifname, True), direction, tiers[0].tier)}"
+                )
+        if not jumps:
+            continue
+        out.append(f"    chain {hook} {{")
+        out.append(f"        type filter hook forward priority {priority}; policy accept;")
+        out.append("        ct state established,related accept")
+        out.append(f"        {key} {{ {workloads} }} accept")
+        out += [f"        {jump}" for jump in jumps]
+        out.append("    }")
+    return out
 
 
 def render_host_table(plan: HostEndpointPlan) -> str:
@@ -87,6 +164,12 @@ def render_host_table(plan: HostEndpointPlan) -> str:
             chain output { ... the same with oif / oifname / daddr ... }
         }
 
+    With GlobalNetworkPolicies selecting a host endpoint (:mod:`podnet.calc.host_policy`), its
+    chain goes on from the failsafe ports to its first tier chain instead of the deny, and the
+    policies' sets and chains join the table (:func:`policy_chains`). With ``applyOnForward``
+    ones, two forward base chains (priority filter and filter + 1) do the same for forwarded
+    traffic: ``iifname "eth0" goto <tier chain>`` / ``oifname …``, pods' interfaces excluded.
+
     Base chains of other tables on the same hooks still see the packet (an ``accept`` here ends only
     this table's verdict); forwarded traffic never meets ``input``/``output``.
     """
@@ -96,6 +179,14 @@ def render_host_table(plan: HostEndpointPlan) -> str:
     for name, elements in (("tunnel_peers", plan.tunnel_peers), ("local_pods", plan.local_pods)):
         body = f" elements = {{ {', '.join(elements)} }};" if elements else ""
         out.append(f"    set {name} {{ type ipv4_addr;{body} }}")
+    if plan.policy is not None:
+        sets, port_sets = plan.policy.sets, plan.policy.port_sets
+        out += [f"    {_set_decl(name, _v4_elements(cidrs))}" for name, cidrs in sorted(sets.items())]
+        out += [f"    {_port_set_decl(name, _port_elements(t))}" for name, t in sorted(port_sets.items())]
+    for name, rules in sorted(policy_chains(plan).items()):
+        out.append(f"    chain {name} {{")
+        out += [f"        {rule}" for rule in rules]
+        out.append("    }")
     ordered = sorted(plan.interfaces, key=lambda i: (i == WILDCARD, i))  # named first, "*" last
     for ifname in ordered:
         for direction in ("in", "out"):
@@ -113,6 +204,7 @@ def render_host_table(plan: HostEndpointPlan) -> str:
             match = "" if ifname == WILDCARD else f'{key} "{ifname}" '
             out.append(f"        {match}jump {host_chain_name(ifname, direction)}")
         out.append("    }")
+    out += _forward_chains(plan, ordered)
     out.append("}")
     return "\n".join(out) + "\n"
 

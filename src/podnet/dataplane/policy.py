@@ -421,15 +421,16 @@ def policy_chain(policy: CompiledPolicy, direction: str) -> tuple[str, ...]:
 
 
 def _tier_chains(
-    plan: PolicyPlan, key: str, endpoint: EndpointPolicy, direction: str
+    plan: PolicyPlan, key: str, endpoint: EndpointPolicy, direction: str, final: str = "accept"
 ) -> dict[str, tuple[str, ...]]:
-    """The endpoint's chain per tier it meets in ``direction`` (see the module docstring)."""
+    """The endpoint's chain per tier it meets in ``direction`` (see the module docstring); past the
+    last tier, ``final`` (a pod's profile accepts; a host endpoint's default deny drops)."""
     tiers = endpoint.tiers(direction)
     names = [tier_chain_name(key, direction, tier.tier) for tier in tiers]
     chains: dict[str, tuple[str, ...]] = {}
     clear = f"meta mark set meta mark & {~PASS_MARK & 0xFFFFFFFF:#010x}"
     for index, tier in enumerate(tiers):
-        onward = f"goto {names[index + 1]}" if index + 1 < len(tiers) else "accept"
+        onward = f"goto {names[index + 1]}" if index + 1 < len(tiers) else final
         lines: list[str] = []
         for policy_key in tier.policies:
             policy = plan.policies[policy_key]

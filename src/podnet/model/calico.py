@@ -726,8 +726,9 @@ class HostEndpointSpec(ApiModel):
 
 class HostEndpoint(Resource):
     """A Calico host endpoint (cluster-scoped): puts a node's own traffic through ``interfaceName``
-    under host policy. podnet enforces its default deny and Felix's failsafe ports (see
-    :mod:`podnet.calc.host_endpoints`); policies selecting host endpoints are not applied yet."""
+    under host policy. podnet enforces its default deny, Felix's failsafe ports and the
+    GlobalNetworkPolicies selecting it (see :mod:`podnet.calc.host_endpoints`,
+    :mod:`podnet.calc.host_policy`); its ``profiles`` and ``ports`` are not applied."""
 
     KIND: ClassVar[str] = "HostEndpoint"
     API_VERSIONS: ClassVar[tuple[str, ...]] = (API_VERSION,)
