@@ -20,17 +20,17 @@ from podnet.dataplane.policy import (
     FAMILY,
     LINK_CONTROL_ICMPV6,
     MAX_PREFIX,
-    _port_elements,
-    _port_set_decl,
-    _set_decl,
-    _tier_chains,
-    _v4_elements,
     clean,
     endpoint_hash,
     nft_protocol,
     policy_chain,
     policy_chain_name,
+    port_elements,
+    port_set_decl,
+    set_decl,
     tier_chain_name,
+    tier_chains,
+    v4_elements,
 )
 
 HOST_TABLE = "podnet_host"
@@ -102,7 +102,7 @@ def policy_chains(plan: HostEndpointPlan) -> dict[str, tuple[str, ...]]:
                 continue
             for short, direction in _POLICY_DIRECTIONS.items():
                 final = _default_deny(plan, ifname, short)
-                chains.update(_tier_chains(policy, key, endpoint, direction, final))
+                chains.update(tier_chains(policy, key, endpoint, direction, final))
                 used.update((p, direction) for tier in endpoint.tiers(direction) for p in tier.policies)
     for policy_key, direction in sorted(used):
         compiled = policy.policies[policy_key]
@@ -181,8 +181,8 @@ def render_host_table(plan: HostEndpointPlan) -> str:
         out.append(f"    set {name} {{ type ipv4_addr;{body} }}")
     if plan.policy is not None:
         sets, port_sets = plan.policy.sets, plan.policy.port_sets
-        out += [f"    {_set_decl(name, _v4_elements(cidrs))}" for name, cidrs in sorted(sets.items())]
-        out += [f"    {_port_set_decl(name, _port_elements(t))}" for name, t in sorted(port_sets.items())]
+        out += [f"    {set_decl(name, v4_elements(cidrs))}" for name, cidrs in sorted(sets.items())]
+        out += [f"    {port_set_decl(name, port_elements(t))}" for name, t in sorted(port_sets.items())]
     for name, rules in sorted(policy_chains(plan).items()):
         out.append(f"    chain {name} {{")
         out += [f"        {rule}" for rule in rules]

@@ -314,7 +314,7 @@ class Rendering:
     control: dict[str, tuple[str, ...]] = field(default_factory=dict)  # CONTROL_SETS name -> elements
 
 
-def _v4_elements(cidrs: frozenset[str] | tuple[str, ...]) -> tuple[str, ...]:
+def v4_elements(cidrs: frozenset[str] | tuple[str, ...]) -> tuple[str, ...]:
     """The IPv4 members as nft elements, collapsed."""
     nets = []
     for cidr in cidrs:
@@ -324,7 +324,7 @@ def _v4_elements(cidrs: frozenset[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(str(n) for n in ipaddress.collapse_addresses(nets))
 
 
-def _port_elements(triples: frozenset[tuple[str, str, int]]) -> tuple[str, ...]:
+def port_elements(triples: frozenset[tuple[str, str, int]]) -> tuple[str, ...]:
     """The IPv4 ``address . protocol . port`` members (protocols nft names)."""
     out = {
         f"{ip} . {nft_protocol(protocol)} . {port}"
@@ -420,7 +420,7 @@ def policy_chain(policy: CompiledPolicy, direction: str) -> tuple[str, ...]:
     return tuple(lines)
 
 
-def _tier_chains(
+def tier_chains(
     plan: PolicyPlan, key: str, endpoint: EndpointPolicy, direction: str, final: str = "accept"
 ) -> dict[str, tuple[str, ...]]:
     """The endpoint's chain per tier it meets in ``direction`` (see the module docstring); past the
@@ -496,7 +496,7 @@ def control_elements(control: ControlPlane | None) -> dict[str, tuple[str, ...]]
 
 
 # Most sets are unchanged from one sync to the next: memoised for the renderings that ask.
-V4_ELEMENTS: GenerationMemo[frozenset[str] | tuple[str, ...], tuple[str, ...]] = GenerationMemo(_v4_elements)
+V4_ELEMENTS: GenerationMemo[frozenset[str] | tuple[str, ...], tuple[str, ...]] = GenerationMemo(v4_elements)
 
 
 def build_rendering(plan: PolicyPlan, endpoints: Endpoints, control: ControlPlane | None = None) -> Rendering:
@@ -506,7 +506,7 @@ def build_rendering(plan: PolicyPlan, endpoints: Endpoints, control: ControlPlan
     V4_ELEMENTS.new_generation()
     rendering = Rendering(
         sets={name: V4_ELEMENTS(cidrs) for name, cidrs in sorted(plan.sets.items())},
-        port_sets={name: _port_elements(triples) for name, triples in sorted(plan.port_sets.items())},
+        port_sets={name: port_elements(triples) for name, triples in sorted(plan.port_sets.items())},
         control=control_elements(control),
     )
     used: set[tuple[str, str]] = set()
@@ -522,7 +522,7 @@ def build_rendering(plan: PolicyPlan, endpoints: Endpoints, control: ControlPlan
         if endpoint is None:
             continue
         for direction in DIRECTIONS:
-            rendering.chains.update(_tier_chains(plan, key, endpoint, direction))
+            rendering.chains.update(tier_chains(plan, key, endpoint, direction))
             used.update((p, direction) for tier in endpoint.tiers(direction) for p in tier.policies)
         if endpoint.ingress:
             ingress = chain_name(key, "ingress")
@@ -535,12 +535,12 @@ def build_rendering(plan: PolicyPlan, endpoints: Endpoints, control: ControlPlan
     return rendering
 
 
-def _set_decl(name: str, elements: tuple[str, ...]) -> str:
+def set_decl(name: str, elements: tuple[str, ...]) -> str:
     body = f" elements = {{ {', '.join(elements)} }};" if elements else ""
     return f"set {name} {{ type ipv4_addr; flags interval;{body} }}"
 
 
-def _port_set_decl(name: str, elements: tuple[str, ...]) -> str:
+def port_set_decl(name: str, elements: tuple[str, ...]) -> str:
     body = f" elements = {{ {', '.join(elements)} }};" if elements else ""
     return f"set {name} {{ type {PORT_SET_TYPE};{body} }}"
 
@@ -557,8 +557,8 @@ def _map_decl(name: str, entries: Mapping[str, str]) -> str:
 def render_full(rendering: Rendering) -> str:
     """The whole table as one transaction that replaces whatever podnet_policy held."""
     out = [f"add table {QUALIFIED}", f"delete table {QUALIFIED}", f"table {QUALIFIED} {{"]
-    out += [f"    {_set_decl(name, elements)}" for name, elements in sorted(rendering.sets.items())]
-    out += [f"    {_port_set_decl(name, elements)}" for name, elements in sorted(rendering.port_sets.items())]
+    out += [f"    {set_decl(name, elements)}" for name, elements in sorted(rendering.sets.items())]
+    out += [f"    {port_set_decl(name, elements)}" for name, elements in sorted(rendering.port_sets.items())]
     for name, kind in CONTROL_SETS.items():
         elements = rendering.control.get(name, ())
         body = f" elements = {{ {', '.join(elements)} }};" if elements else ""

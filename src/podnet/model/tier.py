@@ -113,9 +113,14 @@ class Tier(Resource):
         if self.spec.default_action != builtin.default_action:
             problems.add(
                 "spec.defaultAction",
-                f"The '{builtin.name}' tier must have default action '{builtin.default_action}'",
+                f"The '{builtin.name}' tier must have default action '{builtin.default_action}' "
+                f"(a tier with the name {builtin.name} is built in)",
             )
         if self.spec.order != builtin.order:
-            problems.add("spec.order", f"{builtin.name} tier order must be {int(builtin.order or 0)}")
+            problems.add(
+                "spec.order",
+                f"{builtin.name} tier order must be {int(builtin.order or 0)} "
+                f"(a tier with the name {builtin.name} is built in)",
+            )
         problems.raise_if_any()
         return self

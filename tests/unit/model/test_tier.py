@@ -11,6 +11,10 @@ from podnet.errors import ValidationError
 from podnet.model import BUILTIN_TIERS, Tier, TierInfo, parse_resource, tier_table
 
 
+def builtin(name: str) -> str:
+    return f" (a tier with the name {name} is built in)"
+
+
 def tier(name: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
     doc: dict[str, Any] = {"apiVersion": "projectcalico.org/v3", "kind": "Tier", "metadata": {"name": name}}
     if spec is not None:
@@ -78,28 +82,49 @@ def test_builtin_tiers_have_calicos_order_and_action() -> None:
             "default",
             {"order": 1000000, "defaultAction": "Pass"},
             [
-                ("spec.defaultAction", "The 'default' tier must have default action 'Deny'"),
+                (
+                    "spec.defaultAction",
+                    "The 'default' tier must have default action 'Deny'" + builtin("default"),
+                ),
             ],
         ),
-        ("default", {}, [("spec.order", "default tier order must be 1000000")]),
+        (
+            "default",
+            {},
+            [("spec.order", "default tier order must be 1000000" + builtin("default"))],
+        ),
         (
             "kube-admin",
             {"order": 1000},
             [
-                ("spec.defaultAction", "The 'kube-admin' tier must have default action 'Pass'"),
+                (
+                    "spec.defaultAction",
+                    "The 'kube-admin' tier must have default action 'Pass'" + builtin("kube-admin"),
+                ),
             ],
         ),
         (
             "kube-admin",
             {"order": 5, "defaultAction": "Pass"},
-            [("spec.order", "kube-admin tier order must be 1000")],
+            [
+                (
+                    "spec.order",
+                    "kube-admin tier order must be 1000" + builtin("kube-admin"),
+                )
+            ],
         ),
         (
             "kube-baseline",
             {"defaultAction": "Deny"},
             [
-                ("spec.defaultAction", "The 'kube-baseline' tier must have default action 'Pass'"),
-                ("spec.order", "kube-baseline tier order must be 10000000"),
+                (
+                    "spec.defaultAction",
+                    "The 'kube-baseline' tier must have default action 'Pass'" + builtin("kube-baseline"),
+                ),
+                (
+                    "spec.order",
+                    "kube-baseline tier order must be 10000000" + builtin("kube-baseline"),
+                ),
             ],
         ),
     ],
