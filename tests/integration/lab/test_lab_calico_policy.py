@@ -630,8 +630,11 @@ def test_end_of_tier_deny_only_for_endpoints_the_tier_selects(lab: Lab) -> None:
 
 
 def _monitor(lab: Lab, since: dt.datetime) -> list[dict]:
-    """``podnet monitor --type drop -o json``: the records of every node, annotated at ``since`` or later."""
-    out = podnet(lab.names, "monitor", "--type", "drop", "-o", "json").stdout
+    """``podnet monitor --type log`` and ``--type drop`` (``-o json``): the records of every node,
+    annotated at ``since`` or later (each type only in its own listing)."""
+    out = "".join(
+        podnet(lab.names, "monitor", "--type", kind, "-o", "json").stdout for kind in ("log", "drop")
+    )
     records = [json.loads(line) for line in out.splitlines() if line.strip()]
     return [r for r in records if dt.datetime.fromisoformat(r["time"]) >= since]
 

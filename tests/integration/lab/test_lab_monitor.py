@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import secrets
-import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -45,11 +46,24 @@ def monitor(prefix: str, *extra: str) -> list[str]:
     return done.stdout.splitlines()
 
 
-def read_line(proc: subprocess.Popen, deadline: float) -> str | None:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0 or not select.select([proc.stdout], [], [], remaining)[0]:
+def line_reader(proc: subprocess.Popen) -> queue.Queue[str]:
+    """The process's output lines as they come, through a thread (``select`` on the pipe misses
+    lines already read into the file object's buffer when several come in one write)."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def read_line(lines: queue.Queue[str], deadline: float) -> str | None:
+    try:
+        return lines.get(timeout=max(0.0, deadline - time.monotonic()))
+    except queue.Empty:
         return None
-    return proc.stdout.readline()
 
 
 def test_monitor_shows_policy_drops_with_pods_port_and_policy():
@@ -93,7 +107,15 @@ def test_monitor_shows_policy_drops_with_pods_port_and_policy():
         assert (drop["srcPod"], drop["src"]) == ("np/far", running["np/far"])
         assert (drop["dstPod"], drop["dst"]) == ("np/api", running["np/api"])
         assert drop["reason"] == "default deny of NetworkPolicy np/api-deny-all"
-        assert drop["policies"] == [{"kind": "NetworkPolicy", "namespace": "np", "name": "api-deny-all"}]
+        assert drop["policies"] == [
+            {
+                "kind": "NetworkPolicy",
+                "namespace": "np",
+                "name": "api-deny-all",
+                "tier": "default",
+                "rule": -1,
+            }
+        ]
 
         lines = [line for line in monitor(names.prefix) if ":8080 " in line]
         assert lines
@@ -131,8 +153,9 @@ def test_monitor_shows_policy_drops_with_pods_port_and_policy():
             assert not probe_all(far, api, 9090, "TCP", 0.5)["np/far"]["np/api"].ok
             deadline = time.monotonic() + 15
             found = None
+            lines = line_reader(proc)
             while found is None:
-                line = read_line(proc, deadline)
+                line = read_line(lines, deadline)
                 assert line, "no drop on port 9090 from podnet monitor --follow"
                 record = json.loads(line)
                 if record["dport"] == 9090:
