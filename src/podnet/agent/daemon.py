@@ -437,8 +437,10 @@ class Agent:
         return self.cache.config.effective() if self.cache.config else ClusterConfigurationSpec().effective()
 
     def _apply_partial(self, kinds: set[str]) -> dict:
-        """Only pods, namespaces, policies or services changed: no route, tunnel or BGP work."""
-        if kinds & {"pods", "namespaces", "policy"}:
+        """Only pods, namespaces, policies or services changed: no route, tunnel or BGP work. A
+        Service change recompiles policy too: Calico ``services`` rules stand for its endpoints (a
+        stale Deny would let its new endpoints through)."""
+        if kinds & {"pods", "namespaces", "policy", "services"}:
             self._apply_policy()
         if kinds & {"pods", "services"}:
             self._apply_services()

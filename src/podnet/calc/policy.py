@@ -395,22 +395,14 @@ def compile_policies(
     for key, subject in sorted((hosts or {}).items()):
         chosen = [policy for policy, _, selects_host in selections if selects_host(subject)]
         endpoints[key] = _endpoint_policy(context, key, (), chosen, compiled)
-    used = {
-        name
-        for policy in compiled.values()
-        for direction in DIRECTIONS
-        for rule in policy.rules(direction)
-        for side in (rule.match.src, rule.match.dst)
-        for name in side.sets + side.not_sets
-    }
-    used_ports = {
-        name
-        for policy in compiled.values()
-        for direction in DIRECTIONS
-        for rule in policy.rules(direction)
-        for side in (rule.match.src, rule.match.dst)
-        for name in side.port_sets + side.not_port_sets
-    }
+    used: set[str] = set()
+    used_ports: set[str] = set()
+    for policy in compiled.values():
+        for direction in DIRECTIONS:
+            for rule in policy.rules(direction):
+                for side in (rule.match.src, rule.match.dst):
+                    used.update(side.sets, side.not_sets)
+                    used_ports.update(side.port_sets, side.not_port_sets)
     return PolicyPlan(
         sets={name: builder.sets[name] for name in sorted(used)},
         endpoints=endpoints,

@@ -46,7 +46,7 @@ from podnet.calc.policy import (
     failed,
     policy_key,
 )
-from podnet.calc.policy_sets import PolicyCompileError, SetBuilder, host_cidr
+from podnet.calc.policy_sets import PolicyCompileError, SetBuilder, canonical_selector, host_cidr
 from podnet.model.admin_policy import AdminNetworkPolicy, BaselineAdminNetworkPolicy
 from podnet.model.cluster_network_policy import ClusterNetworkPolicy
 from podnet.model.selectors import LabelSelector
@@ -56,10 +56,6 @@ ANP_KIND = "AdminNetworkPolicy"
 BANP_KIND = "BaselineAdminNetworkPolicy"
 CNP_KIND = "ClusterNetworkPolicy"
 _ACTIONS = {"Allow": "Allow", "Accept": "Allow", "Deny": "Deny", "Pass": "Pass"}
-
-
-def _canonical(selector: LabelSelector | None) -> Any:
-    return None if selector is None else selector.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 class _Peers:
@@ -84,11 +80,11 @@ class _Peers:
     @staticmethod
     def meaning(peer: Any) -> dict[str, Any]:
         if peer.namespaces is not None:
-            return {"adminNamespaces": _canonical(peer.namespaces)}
+            return {"adminNamespaces": canonical_selector(peer.namespaces)}
         return {
             "adminPods": {
-                "namespaceSelector": _canonical(peer.pods.namespace_selector),
-                "podSelector": _canonical(peer.pods.pod_selector),
+                "namespaceSelector": canonical_selector(peer.pods.namespace_selector),
+                "podSelector": canonical_selector(peer.pods.pod_selector),
             }
         }
 
@@ -104,7 +100,7 @@ class _Peers:
                 if selector.matches(labels)
                 for ip in ips
             ]
-            return self.builder.address_set({"adminNodes": _canonical(selector)}, lambda: members)
+            return self.builder.address_set({"adminNodes": canonical_selector(selector)}, lambda: members)
         if getattr(peer, "domain_names", None) is not None:
             return None
         return self.builder.pod_set(self.meaning(peer), lambda: self.pods(peer))

@@ -41,16 +41,11 @@ from podnet.calc.policy import (
     failed,
     policy_key,
 )
-from podnet.calc.policy_sets import PolicyCompileError, SetBuilder
+from podnet.calc.policy_sets import PolicyCompileError, SetBuilder, canonical_selector
 from podnet.model.k8s_policy import NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort
-from podnet.model.selectors import LabelSelector
 from podnet.model.tier import DEFAULT_TIER
 
 ORDER = 1000.0
-
-
-def _canonical(selector: LabelSelector | None) -> Any:
-    return None if selector is None else selector.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 class _Peers:
@@ -68,8 +63,8 @@ class _Peers:
             }
         return {
             "namespace": self.namespace if peer.namespace_selector is None else None,
-            "namespaceSelector": _canonical(peer.namespace_selector),
-            "podSelector": _canonical(peer.pod_selector),
+            "namespaceSelector": canonical_selector(peer.namespace_selector),
+            "podSelector": canonical_selector(peer.pod_selector),
         }
 
     def pods(self, peer: NetworkPolicyPeer) -> list[PodInfo]:
@@ -163,7 +158,7 @@ def _ingress(
     policy: NetworkPolicy, peers: _Peers, namespace: str, selects: Selection
 ) -> tuple[OrderedRule, ...]:
     rules: list[OrderedRule] = []
-    meaning = {"namespace": namespace, "podSelector": _canonical(policy.spec.pod_selector)}
+    meaning = {"namespace": namespace, "podSelector": canonical_selector(policy.spec.pod_selector)}
     for index, rule in enumerate(policy.spec.ingress or []):
         provenance = Provenance(KIND, namespace, policy.name, INGRESS, index, DEFAULT_TIER)
         numeric, named = _ports(rule.ports)

@@ -51,6 +51,11 @@ def digest(meaning: Any, prefix: str = "pn-") -> str:
     return prefix + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def canonical_selector(selector: Any) -> Any:
+    """A LabelSelector as plain data (the part of a set's meaning it stands for); None stays None."""
+    return None if selector is None else selector.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
 def host_cidr(ip: str) -> str:
     address = ipaddress.ip_address(ip)
     return f"{address}/{address.max_prefixlen}"
