@@ -276,8 +276,10 @@ class Agent:
         """Policy: compile every kind this profile enforces for this node's pods (pure, with
         provenance) and apply the difference to the nftables table in one transaction; a failure
         leaves the previous ruleset in force and the next sync resyncs it in full (the syncer
-        retries)."""
-        from podnet.calc.policy_inputs import compile_cluster
+        retries). The same transaction keeps the ``notrack`` sets (calc.conntrack): pool-to-pool
+        traffic of no isolated local endpoint and no Service backend skips conntrack."""
+        from podnet.calc.conntrack import notrack_plan
+        from podnet.calc.policy_inputs import compile_cluster, service_backends
 
         with self.syncer.lock:
             pods = self.cache.pod_infos()
@@ -286,13 +288,19 @@ class Agent:
             plan = compile_cluster(self.cache, local.pods, self._profile())
             endpoints = {r.pod_key: (r.host_ifname, r.addresses, r.mac) for r in records}
             control = self._control_plane()
+            notrack = notrack_plan(
+                plan,
+                [p.spec.cidr for p in self.cache.pools.values()],
+                service_backends(self.cache),
+                [a for n in self.cache.nodes.values() for a in (n.ip, n.vxlan_ip, n.router_ip)],
+            )
             revision = self.cache.revision
             invalid = invalid_policies(self.cache.errors, self.layout)
         for policy, error in plan.errors.items():
             kv(log, logging.WARNING, "policy not compiled; it allows nothing", policy=policy, error=error)
         self._note_conflicts(local.conflicts)
         try:
-            self.policy.apply(plan, endpoints, control)
+            self.policy.apply(plan, endpoints, control, notrack)
             self.policy_plan = plan  # in force now (the drop monitor explains drops by it)
             self._last_local = {p.key: p for p in local.pods if p.key in endpoints}
             self._apply_host_endpoints()
@@ -424,8 +432,9 @@ class Agent:
         return self.cache.config.effective() if self.cache.config else ClusterConfigurationSpec().effective()
 
     def _apply_partial(self, kinds: set[str]) -> dict:
-        """Only pods, namespaces, policies or services changed: no route, tunnel or BGP work."""
-        if kinds & {"pods", "namespaces", "policy"}:
+        """Only pods, namespaces, policies or services changed: no route, tunnel or BGP work
+        (Services reach the policy table too: Calico ``services`` rules, the notrack backends)."""
+        if kinds & {"pods", "namespaces", "policy", "services"}:
             self._apply_policy()
         if kinds & {"pods", "services"}:
             self._apply_services()
