@@ -277,7 +277,8 @@ class Agent:
         provenance) and apply the difference to the nftables table in one transaction; a failure
         leaves the previous ruleset in force and the next sync resyncs it in full (the syncer
         retries). The same transaction keeps the ``notrack`` sets (calc.conntrack): pool-to-pool
-        traffic of no isolated local endpoint and no Service backend skips conntrack."""
+        traffic of no isolated local endpoint, no Service backend, no node or control-plane address
+        skips conntrack."""
         from podnet.calc.conntrack import notrack_plan
         from podnet.calc.policy_inputs import compile_cluster, service_backends
 
@@ -292,7 +293,8 @@ class Agent:
                 plan,
                 [p.spec.cidr for p in self.cache.pools.values()],
                 service_backends(self.cache),
-                [a for n in self.cache.nodes.values() for a in (n.ip, n.vxlan_ip, n.router_ip)],
+                [a for n in self.cache.nodes.values() for a in (n.ip, n.vxlan_ip, n.router_ip)]
+                + [ip for ip, _protocol, _port in control.remote],
             )
             revision = self.cache.revision
             invalid = invalid_policies(self.cache.errors, self.layout)

@@ -8,23 +8,25 @@ policy, which every endpoint it selects jumps to, and one chain per endpoint, di
         set pn-<hash> { type ipv4_addr; flags interval; elements = { 10.244.1.5/32, ... } }   # plan.sets
         set pp-<hash> { type ipv4_addr . inet_proto . inet_service; elements = { 10.244.1.5 . tcp . 8080 } }
         set control_ports / control_hosts                 # the node control plane (below)
-        set notrack_pools / notrack_keep / notrack_backends   # what may skip conntrack (below)
+        set notrack_pods { type ipv4_addr; flags interval; }  # what may skip conntrack (below)
         map source_dispatch  { type ifname : verdict; elements = { "cali…" : jump ep-<h>-src, ... } }
         map egress_dispatch  { type ifname : verdict; elements = { "cali…" : jump ep-<h>-eg, ... } }
         map ingress_dispatch { type ifname : verdict; elements = { "cali…" : jump ep-<h>-in, ... } }
         chain prerouting {                                # EVERY packet from a local pod, first
             type filter hook prerouting priority raw; policy accept;
             iifname vmap @source_dispatch                 # anti-spoofing: MAC, then IP
-            ip saddr @notrack_pools ip daddr @notrack_pools … notrack   # conntrack (below)
+            ip saddr @notrack_pods ip daddr @notrack_pods notrack      # conntrack (below)
         }
         chain forward {                                   # egress of the source pod
             type filter hook forward priority filter; policy accept;
+            ct state untracked accept                     # (below)
             ct state established,related accept
             ct state invalid drop
             iifname vmap @egress_dispatch
         }
         chain forward_ingress {                           # then ingress of the destination pod
             type filter hook forward priority filter + 1; policy accept;
+            ct state untracked accept
             ct state established,related accept
             oifname vmap @ingress_dispatch
         }
@@ -77,13 +79,15 @@ open them:
 - an (address, protocol, port) of another node or of the datastore.
 
 **Conntrack.** After anti-spoofing, ``prerouting`` (priority ``raw``, before conntrack) marks
-untracked the packets whose source and destination are both in the IP pools, neither of them an
-address in ``notrack_keep`` (local endpoints some tier selects, node addresses in the pools) nor
-an (address, protocol, port) in ``notrack_backends`` (Service backends), so pod traffic that no
-policy and no NAT concerns creates no conntrack entry. The decision is symmetric in source and
-destination, so both directions of a flow get the same one (:mod:`podnet.calc.conntrack` has the
-reasoning, flow by flow). Untracked packets are neither ``established`` nor ``invalid`` and walk
-the dispatch maps (control plane, and nothing else for an endpoint no tier selects).
+untracked the packets whose source and destination are both in ``notrack_pods``: the IP pools
+minus the addresses that must stay tracked (local endpoints some tier selects, Service backends,
+node and control-plane addresses in the pools). Pod traffic that no policy and no NAT concerns
+then creates no conntrack entry. The decision is symmetric in source and destination, so both
+directions of a flow get the same one (:mod:`podnet.calc.conntrack` has the reasoning, flow by
+flow). Both forward chains accept untracked packets first: neither end is an endpoint any tier
+selects here (no ingress entry, an egress chain of control-plane drops only), a forwarded
+packet's destination is not local, and no control-plane host is untracked, so the dispatch would
+accept them too, after more work per packet.
 
 **Node to pod.** Traffic the node itself sends to its pods goes through OUTPUT and is never filtered
 here (Kubernetes requires it). A pod's packets to its own node meet INPUT, which dispatches into
@@ -164,20 +168,13 @@ CONTROL_SETS = {
     "control_hosts": "ipv4_addr . inet_proto . inet_service",
 }
 PORT_SET_TYPE = "ipv4_addr . inet_proto . inet_service"
-#: The sets of the ``notrack`` rule (:mod:`podnet.calc.conntrack`): name -> type (and flags).
-NOTRACK_SETS = {
-    "notrack_pools": "ipv4_addr; flags interval",
-    "notrack_keep": "ipv4_addr",
-    "notrack_backends": PORT_SET_TYPE,
-}
+#: The set of the ``notrack`` rule (:mod:`podnet.calc.conntrack`): name -> type and flags.
+NOTRACK_SETS = {"notrack_pods": "ipv4_addr; flags interval"}
 #: Pod-to-pod traffic that neither policy nor NAT needs skips conntrack (calc.conntrack says why
 #: this is the same decision for both directions of a flow).
-NOTRACK_RULE = (
-    "ip saddr @notrack_pools ip daddr @notrack_pools "
-    "ip saddr != @notrack_keep ip daddr != @notrack_keep "
-    "ip saddr . meta l4proto . th sport != @notrack_backends "
-    "ip daddr . meta l4proto . th dport != @notrack_backends notrack"
-)
+NOTRACK_RULE = "ip saddr @notrack_pods ip daddr @notrack_pods notrack"
+#: Untracked packets are accepted first in forward: what the dispatch would do with them, sooner.
+UNTRACKED_ACCEPT = "ct state untracked accept"
 
 #: endpoint key -> (host interface name, pod addresses[, pod eth0 MAC]); no MAC: no MAC check
 Endpoints = Mapping[str, tuple[str, tuple[str, ...]] | tuple[str, tuple[str, ...], str]]
@@ -189,12 +186,14 @@ PREROUTING_CHAIN = (
 )
 FORWARD_CHAIN = (
     "type filter hook forward priority filter; policy accept;",
+    UNTRACKED_ACCEPT,
     "ct state established,related accept",
     "ct state invalid drop",
     f"iifname vmap @{EGRESS_MAP}",
 )
 FORWARD_INGRESS_CHAIN = (
     "type filter hook forward priority filter + 1; policy accept;",
+    UNTRACKED_ACCEPT,
     "ct state established,related accept",
     f"oifname vmap @{INGRESS_MAP}",
 )
@@ -523,13 +522,8 @@ def control_elements(control: ControlPlane | None) -> dict[str, tuple[str, ...]]
 
 
 def notrack_elements(notrack: NotrackPlan | None) -> dict[str, tuple[str, ...]]:
-    """The ``notrack`` rule's sets' elements (empty pools without ``notrack``: nothing untracked)."""
-    plan = notrack or NotrackPlan()
-    return {
-        "notrack_pools": _v4_elements(plan.pools),
-        "notrack_keep": plan.keep,
-        "notrack_backends": _port_elements(frozenset(plan.backends)),
-    }
+    """The ``notrack`` rule's set elements (empty without ``notrack``: nothing untracked)."""
+    return {"notrack_pods": (notrack or NotrackPlan()).pods}  # disjoint and minimal already
 
 
 # Most sets are unchanged from one sync to the next: memoised for the renderings that ask.

@@ -2,9 +2,9 @@
 2-node lab, with real TCP/UDP/ICMP from the pods' own processes, counted in each node's
 ``/proc/net/nf_conntrack``:
 
-- no policy: pod → pod on one node and across nodes leaves 0 entries, while the same pods through
-  a ClusterIP (same node and across nodes) still answer and are tracked (the counter's positive
-  control, and the DNAT that needs it);
+- no policy: pod → pod on one node and across nodes leaves 0 entries, while pods behind a
+  ClusterIP (same node and across nodes) still answer through it and are tracked (the counter's
+  positive control, and the DNAT that needs it);
 - both ends isolated in both directions, only a → c:8080 allowed: the connection works (its
   replies pass by ``ct state established`` only), is tracked on both nodes, and the policy is in
   force (c → a and b → c fail);
@@ -41,7 +41,13 @@ PORTS = [
     {"name": "svc", "containerPort": 8081},
     {"name": "dns", "containerPort": 5353, "protocol": "UDP"},
 ]
-PODS = {"a": ("node-1", {"role": "client"}), "b": ("node-1", {"app": "b"}), "c": ("node-2", {"app": "c"})}
+PODS = {  # a, b, c: plain pods; s1, s2: Service backends (tracked, whatever the port)
+    "a": ("node-1", {"role": "client"}),
+    "b": ("node-1", {"app": "b"}),
+    "c": ("node-2", {"app": "c"}),
+    "s1": ("node-1", {"app": "s1"}),
+    "s2": ("node-2", {"app": "s2"}),
+}
 
 
 def pod(name: str) -> dict:
@@ -124,12 +130,12 @@ def entries(names: LabNames, node: str, one: str, other: str, proto: str = "tcp"
     return count
 
 
-def nft_set(names: LabNames, node: str, name: str) -> str:
-    return subprocess.run(
-        [IP, "netns", "exec", names.node_ns(node), "nft", "list", "set", "inet", "podnet_policy", name],
-        capture_output=True,
-        text=True,
-    ).stdout
+def untracked_here(names: LabNames, node: str, address: str) -> bool:
+    """Whether ``node``'s policy table lets ``address`` skip conntrack (in ``notrack_pods``)."""
+    cmd = ["nft", "get", "element", "inet", "podnet_policy", "notrack_pods", f"{{ {address} }}"]
+    return (
+        subprocess.run([IP, "netns", "exec", names.node_ns(node), *cmd], capture_output=True).returncode == 0
+    )
 
 
 class Pods:
@@ -171,19 +177,18 @@ def test_pod_traffic_untracked_unless_policy_or_nat_needs_it(profile: str) -> No
     try:
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
         docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}]
-        docs += [pod(n) for n in PODS] + [service("svc-b", "b"), service("svc-c", "c")]
+        docs += [pod(n) for n in PODS] + [service("svc-1", "s1"), service("svc-2", "s2")]
         store.apply([parse_resource(d) for d in docs])
         until("pods Running", lambda: running(store), timeout=30)
         pods = Pods(names, store)
-        a, b, c = pods.ip["a"], pods.ip["b"], pods.ip["c"]
+        a, b, c, s1, s2 = (pods.ip[n] for n in ("a", "b", "c", "s1", "s2"))
         vip = {s.metadata.name: s.spec.cluster_ip for s in store.list(lookup("services"), NS)}
-        for node in ("node-1", "node-2"):  # fence: both nodes know both backends
+        for node in ("node-1", "node-2"):  # fence: both nodes track both backends, and not a, b, c
             until(
-                f"{node}'s notrack backends",
-                lambda n=node: (
-                    b in nft_set(names, n, "notrack_backends") and c in nft_set(names, n, "notrack_backends")
-                ),
+                f"{node}'s notrack set",
+                lambda n=node: not untracked_here(names, n, s1) and not untracked_here(names, n, s2),
             )
+            assert all(untracked_here(names, node, ip) for ip in (a, b, c)), node
 
         # No policy: pod -> pod (same node, across nodes; TCP, UDP, ICMP) answers, and nothing is tracked.
         assert pods.answered("a", b, 8080) == {f"{NS}/b"}
@@ -194,33 +199,23 @@ def test_pod_traffic_untracked_unless_policy_or_nat_needs_it(profile: str) -> No
             for peer in (b, c):
                 assert entries(names, node, a, peer, "tcp") == 0, (node, peer, conntrack(names, node)[:5])
             assert entries(names, node, a, c, "udp") == 0 and entries(names, node, a, c, "icmp") == 0
-        # Through a ClusterIP, same node and across nodes: it works, and DNAT tracks it (the
-        # counter's positive control). Cilium connects straight to the backend: tracked as a backend.
-        assert pods.answered("a", vip["svc-b"], 80) == {f"{NS}/b"}
-        assert pods.answered("a", vip["svc-c"], 80) == {f"{NS}/c"}
-        client_end = {"calico": (vip["svc-b"], vip["svc-c"]), "cilium": (b, c)}[profile]
-        assert (
-            entries(names, "node-1", a, client_end[0], "tcp", "80" if profile == "calico" else "8081") >= 10
-        )
-        assert (
-            entries(names, "node-1", a, client_end[1], "tcp", "80" if profile == "calico" else "8081") >= 10
-        )
-        assert entries(names, "node-2", a, c, "tcp", "8081") >= 10  # the backend's node tracks both ways
+        # Through a ClusterIP, same node and across nodes: it works, and is tracked (the counter's
+        # positive control): Calico DNATs; Cilium connects straight to the backend, tracked as one.
+        assert pods.answered("a", vip["svc-1"], 80) == {f"{NS}/s1"}
+        assert pods.answered("a", vip["svc-2"], 80) == {f"{NS}/s2"}
+        ends = {"calico": (vip["svc-1"], vip["svc-2"], "80"), "cilium": (s1, s2, "8081")}[profile]
+        assert entries(names, "node-1", a, ends[0], "tcp", ends[2]) >= 10
+        assert entries(names, "node-1", a, ends[1], "tcp", ends[2]) >= 10
+        assert entries(names, "node-2", a, s2, "tcp", "8081") >= 10  # the backend's node tracks both ways
 
         # Both ends isolated both ways, only a -> c:8080 allowed.
         store.apply([parse_resource(p) for p in POLICIES])
         until(
             "a and c tracked",
-            lambda: (
-                a in nft_set(names, "node-1", "notrack_keep")
-                and c in nft_set(names, "node-2", "notrack_keep")
-            ),
+            lambda: not untracked_here(names, "node-1", a) and not untracked_here(names, "node-2", c),
             timeout=30,
         )
-        until(
-            "the policies in force",
-            lambda: pods.blocked("b", c, 8080),
-        )
+        until("the policies in force", lambda: pods.blocked("b", c, 8080))
         assert pods.answered("a", c, 8080, count=20) == {f"{NS}/c"}  # replies pass as established
         assert pods.blocked("c", a, 8080)  # nothing may open a
         assert pods.blocked("a", b, 8080)  # a may open c only
@@ -233,10 +228,7 @@ def test_pod_traffic_untracked_unless_policy_or_nat_needs_it(profile: str) -> No
             store.delete(lookup("netpol"), p["metadata"]["name"], NS)
         until(
             "a and c untracked again",
-            lambda: (
-                a not in nft_set(names, "node-1", "notrack_keep")
-                and c not in nft_set(names, "node-2", "notrack_keep")
-            ),
+            lambda: untracked_here(names, "node-1", a) and untracked_here(names, "node-2", c),
             timeout=30,
         )
         assert pods.answered("a", c, 5353, "UDP", count=3) == {f"{NS}/c"}

@@ -1,35 +1,28 @@
-"""What may skip conntrack (calc.conntrack): the inputs, and the rule's decision flow by flow."""
+"""What may skip conntrack (calc.conntrack): the set, and the rule's decision flow by flow."""
 
 from __future__ import annotations
 
 import ipaddress
+import random
 
-from podnet.calc.conntrack import NotrackPlan, notrack_plan
+from podnet.calc.conntrack import NotrackPlan, notrack_plan, pools_minus
 from podnet.calc.policy import EndpointPolicy, EndpointTier, PolicyPlan
 
 POOLS = ["10.244.0.0/16", "fd00:244::/48", "10.246.0.0/17", "10.246.128.0/17"]
 TIER = (EndpointTier("default", ("np/p",), "Deny"),)
 
 
-def plan(**endpoints: EndpointPolicy) -> PolicyPlan:
-    return PolicyPlan({}, {key.replace("_", "/"): ep for key, ep in endpoints.items()}, {})
+def plan(*endpoints: EndpointPolicy) -> PolicyPlan:
+    return PolicyPlan({}, {ep.key: ep for ep in endpoints}, {})
 
 
-def untracked(nt: NotrackPlan, src: str, dst: str, proto: str = "TCP", sport: int = 40000, dport: int = 80):
-    """The prerouting rule (dataplane.policy.NOTRACK_RULE) evaluated on one packet."""
+def inside(nt: NotrackPlan, address: str) -> bool:
+    return any(ipaddress.ip_address(address) in ipaddress.ip_network(c) for c in nt.pods)
 
-    def pooled(a: str) -> bool:
-        return any(ipaddress.ip_address(a) in ipaddress.ip_network(p) for p in nt.pools)
 
-    backend = set(nt.backends)
-    return (
-        pooled(src)
-        and pooled(dst)
-        and src not in nt.keep
-        and dst not in nt.keep
-        and (src, proto, sport) not in backend
-        and (dst, proto, dport) not in backend
-    )
+def untracked(nt: NotrackPlan, src: str, dst: str) -> bool:
+    """The prerouting rule (dataplane.policy.NOTRACK_RULE) on one packet."""
+    return inside(nt, src) and inside(nt, dst)
 
 
 def test_no_pool_nothing_untracked():
@@ -38,30 +31,44 @@ def test_no_pool_nothing_untracked():
 
 
 def test_pools_collapsed_ipv4_only():
-    assert notrack_plan(plan(), POOLS, {}).pools == ("10.244.0.0/16", "10.246.0.0/16")
+    assert notrack_plan(plan(), POOLS, {}).pods == ("10.244.0.0/16", "10.246.0.0/16")
 
 
-def test_isolated_local_endpoints_and_pool_node_addresses_stay_tracked():
-    endpoints = {
-        "ns_in": EndpointPolicy("ns/in", ("10.244.1.5", "fd00:244::5"), ingress=TIER),
-        "ns_eg": EndpointPolicy("ns/eg", ("10.244.1.6",), egress=TIER),
-        "ns_open": EndpointPolicy("ns/open", ("10.244.1.7",)),
-    }
-    nodes = ["10.77.0.11", None, "10.244.1.1", "10.244.2.1"]  # underlay IP, none, VTEP/router IPs
-    nt = notrack_plan(plan(**endpoints), POOLS, {}, nodes)
-    assert nt.keep == ("10.244.1.1", "10.244.1.5", "10.244.1.6", "10.244.2.1")
+def test_pools_minus_is_exact_disjoint_and_minimal():
+    pool = ipaddress.ip_network("10.244.0.0/22")
+    rng = random.Random(7)
+    for _ in range(50):
+        out = [*rng.sample(list(pool), rng.randint(0, 12)), ipaddress.ip_address("10.9.9.9")]
+        nets = pools_minus([pool], out)  # type: ignore[list-item]
+        covered = {a for n in nets for a in n}
+        assert covered == set(pool) - set(out)
+        assert sum(n.num_addresses for n in nets) == len(covered)  # disjoint
+        assert list(ipaddress.collapse_addresses(nets)) == nets  # nothing left to merge
+    assert pools_minus([pool], [pool.network_address, pool.broadcast_address]) == [
+        ipaddress.ip_network("10.244.0.1/32"),
+        *ipaddress.summarize_address_range(
+            ipaddress.ip_address("10.244.0.2"), ipaddress.ip_address("10.244.3.254")
+        ),
+    ]
 
 
-def test_backends_inside_pools_only_with_port_protocols():
+def test_isolated_endpoints_backends_nodes_and_control_hosts_stay_tracked():
+    endpoints = (
+        EndpointPolicy("ns/in", ("10.244.1.5", "fd00:244::5"), ingress=TIER),
+        EndpointPolicy("ns/eg", ("10.244.1.6",), egress=TIER),
+        EndpointPolicy("ns/open", ("10.244.1.7",)),
+    )
     backends = {
-        "svc/web": (("10.244.2.9", "TCP", 8080), ("10.244.1.9", "UDP", 53)),
-        "svc/host": (("10.77.0.12", "TCP", 10250),),  # host network: outside the pools, tracked anyway
+        "svc/web": (("10.244.2.9", "TCP", 8080),),
+        "svc/host": (("10.77.0.12", "TCP", 10250),),  # host network: outside the pools anyway
         "svc/v6": (("fd00:244::9", "TCP", 80),),
-        "svc/none": (),
     }
-    nt = notrack_plan(plan(), POOLS, backends)
-    assert nt.backends == (("10.244.1.9", "UDP", 53), ("10.244.2.9", "TCP", 8080))
-    assert notrack_plan(plan(), POOLS, [("10.244.2.9", "6", 8080)]).backends == (("10.244.2.9", "TCP", 8080),)
+    also = ["10.77.0.11", None, "10.244.1.1", "10.246.0.1", "not-an-ip"]  # underlay, VTEP, router, ...
+    nt = notrack_plan(plan(*endpoints), POOLS, backends, also)
+    assert nt.tracked == ("10.244.1.1", "10.244.1.5", "10.244.1.6", "10.244.2.9", "10.246.0.1")
+    assert not any(inside(nt, a) for a in nt.tracked)
+    assert inside(nt, "10.244.1.7") and inside(nt, "10.246.200.1")
+    assert notrack_plan(plan(), POOLS, [("10.244.2.9", "TCP", 8080)]).tracked == ("10.244.2.9",)
 
 
 def test_each_flow_gets_one_decision_for_both_directions():
@@ -73,21 +80,18 @@ def test_each_flow_gets_one_decision_for_both_directions():
         "10.96.0.10",
         "1.1.1.1",
     )
-    endpoints = {"ns_iso": EndpointPolicy("ns/iso", (iso,), ingress=TIER)}
-    nt = notrack_plan(plan(**endpoints), POOLS, {"svc/web": ((backend, "TCP", 8080),)})
-    flows = {  # (src, dst, sport, dport) of the request -> expected untracked
-        (a, b, 40000, 80): True,  # nobody isolated here: no entry
-        (a, iso, 40000, 80): False,  # the isolated pod's replies need ct state established
-        (iso, b, 40000, 80): False,
-        (a, vip, 40000, 80): False,  # DNAT (a ClusterIP is outside the pools)
-        (a, backend, 40000, 8080): False,  # after DNAT on another node: the backend's node tracks
-        (a, outside, 40000, 443): False,  # natOutgoing
-        (a, backend, 40000, 9999): True,  # another port of that pod: no Service
+    nt = notrack_plan(
+        plan(EndpointPolicy("ns/iso", (iso,), ingress=TIER)), POOLS, {"svc/web": ((backend, "TCP", 8080),)}
+    )
+    flows = {  # (src, dst) of the request -> expected untracked
+        (a, b): True,  # nobody isolated here, no Service: no entry
+        (a, iso): False,  # the isolated pod's replies need ct state established
+        (iso, b): False,
+        (a, vip): False,  # DNAT (a ClusterIP is outside the pools)
+        (a, backend): False,  # after DNAT on another node: the backend's node tracks both ways
+        (a, outside): False,  # natOutgoing
     }
-    for (src, dst, sport, dport), expected in flows.items():
-        assert untracked(nt, src, dst, "TCP", sport, dport) is expected, (src, dst, dport)
-        if dst != vip:  # the reply of a DNATed flow comes from the backend, checked above
-            assert untracked(nt, dst, src, "TCP", dport, sport) is expected, ("reply", src, dst, dport)
-    # the backend's reply to a ClusterIP client (un-NATed on the client's node) is tracked
-    assert not untracked(nt, backend, a, "TCP", 8080, 40000)
-    assert untracked(nt, a, b, "ICMP", 0, 0)  # ICMP between open pods too
+    for (src, dst), expected in flows.items():
+        assert untracked(nt, src, dst) is expected, (src, dst)
+        assert untracked(nt, dst, src) is expected, ("reply", src, dst)
+    assert not untracked(nt, backend, a)  # the backend's reply to a ClusterIP client: un-NATed
