@@ -76,7 +76,6 @@ import json
 import os
 import platform
 import random
-import re
 import secrets
 import shutil
 import statistics
@@ -540,13 +539,21 @@ def build_baseline(stack: ExitStack, path: str, workdir: str, marker: str) -> tu
     return side, pod_mtu(hand.ns["p1"])
 
 
-def wait_selected(node_ns: str, address: str, timeout: float = READY_TIMEOUT) -> None:
-    """Until the node's policy table tracks ``address`` (a policy selects that pod there)."""
+def untracked_here(node_ns: str, address: str) -> bool:
+    """Whether the node's policy table lets ``address`` skip conntrack (no policy selects it)."""
+    cmd = ["nft", "get", "element", "inet", "podnet_policy", "notrack_pods", f"{{ {address} }}"]
+    return subprocess.run([IP, "netns", "exec", node_ns, *cmd], capture_output=True).returncode == 0
+
+
+def wait_selected(node_ns: str, selected: str, unselected: str, timeout: float = READY_TIMEOUT) -> None:
+    """Until the node's policy table tracks ``selected`` (a policy selects it) and not
+    ``unselected`` (the set is filled)."""
     deadline = time.monotonic() + timeout
-    cmd = [IP, "netns", "exec", node_ns, "nft", "list", "set", "inet", "podnet_policy", "notrack_keep"]
-    while address not in re.split(r"[\s,{}]+", subprocess.run(cmd, capture_output=True, text=True).stdout):
+    while untracked_here(node_ns, selected) or not untracked_here(node_ns, unselected):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no policy selected {address} on {node_ns} in {timeout:g}s")
+            raise TimeoutError(
+                f"{node_ns}: {selected} not tracked or {unselected} not untracked in {timeout:g}s"
+            )
         time.sleep(0.1)
 
 
@@ -606,7 +613,7 @@ def build_lab(stack: ExitStack, name: str) -> tuple[Side, LabSpec, int]:
         node_ns=(names.node_ns(CLIENT_NODE), names.node_ns(SERVER_NODE)),
     )
     wait_nginx(side)
-    wait_selected(names.node_ns(SERVER_NODE), side.policy_ip)
+    wait_selected(names.node_ns(SERVER_NODE), side.policy_ip, side.server_ip)
     wait_nginx(side, server_ip=side.policy_ip)  # the policy lets the client in
     return side, spec, pod_mtu(client_ns)
 
