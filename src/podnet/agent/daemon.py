@@ -276,8 +276,11 @@ class Agent:
         """Policy: compile every kind this profile enforces for this node's pods (pure, with
         provenance) and apply the difference to the nftables table in one transaction; a failure
         leaves the previous ruleset in force and the next sync resyncs it in full (the syncer
-        retries)."""
-        from podnet.calc.policy_inputs import compile_cluster
+        retries). The same transaction keeps the ``notrack`` sets (calc.conntrack): pool-to-pool
+        traffic of no isolated local endpoint, no Service backend, no node or control-plane address
+        skips conntrack."""
+        from podnet.calc.conntrack import forward_policy_here, notrack_plan
+        from podnet.calc.policy_inputs import compile_cluster, service_backends
 
         with self.syncer.lock:
             pods = self.cache.pod_infos()
@@ -286,13 +289,24 @@ class Agent:
             plan = compile_cluster(self.cache, local.pods, self._profile())
             endpoints = {r.pod_key: (r.host_ifname, r.addresses, r.mac) for r in records}
             control = self._control_plane()
+            notrack = notrack_plan(
+                plan,
+                [p.spec.cidr for p in self.cache.pools.values()],
+                service_backends(self.cache),
+                [a for n in self.cache.nodes.values() for a in (n.ip, n.vxlan_ip, n.router_ip)]
+                + [ip for ip, _protocol, _port in control.remote],
+                forward_policy=self._profile() == "calico"
+                and forward_policy_here(
+                    self.config.node, self.cache.host_endpoints.values(), self.cache.global_policies.values()
+                ),
+            )
             revision = self.cache.revision
             invalid = invalid_policies(self.cache.errors, self.layout)
         for policy, error in plan.errors.items():
             kv(log, logging.WARNING, "policy not compiled; it allows nothing", policy=policy, error=error)
         self._note_conflicts(local.conflicts)
         try:
-            self.policy.apply(plan, endpoints, control)
+            self.policy.apply(plan, endpoints, control, notrack)
             self.policy_plan = plan  # in force now (the drop monitor explains drops by it)
             self._last_local = {p.key: p for p in local.pods if p.key in endpoints}
             self._apply_host_endpoints()
@@ -439,7 +453,7 @@ class Agent:
     def _apply_partial(self, kinds: set[str]) -> dict:
         """Only pods, namespaces, policies or services changed: no route, tunnel or BGP work. A
         Service change recompiles policy too: Calico ``services`` rules stand for its endpoints (a
-        stale Deny would let its new endpoints through)."""
+        stale Deny would let its new endpoints through), and its backends stay tracked (notrack)."""
         if kinds & {"pods", "namespaces", "policy", "services"}:
             self._apply_policy()
         if kinds & {"pods", "services"}:

@@ -4,7 +4,8 @@
                                     [--duration 10] [--quick] [--json PATH]
 
 Five profiles, each a 2-node podnet lab (client pod ``bench/client`` on node-1, server pod
-``bench/server`` on node-2), and three baselines, one per data path, built by hand with no podnet
+``bench/server`` on node-2, and ``bench/server-pol`` on node-2 that a NetworkPolicy selects and
+opens to the client on nginx's port), and three baselines, one per data path, built by hand with no podnet
 at all (:class:`podnet.bench.throughput.HandBuilt`: fabric bridge, two node namespaces, a pod
 namespace behind a veth on each; plain routes, a VXLAN device, or the bench's own minimal tc-eBPF
 IPIP, :mod:`podnet.bench.min_ipip`, independent of podnet's)::
@@ -32,6 +33,10 @@ Scenarios (one sample per repeat; warm-up runs are discarded)::
                                     at most (a little less: each request's own latency adds up)
     latency_sat_p50/_p99  ms        the same, unpaced: SATURATION_CONNECTIONS keep-alive connections
     conn_rate             conn/s    wrk with ``Connection: close``: every request a new TCP connection
+    conntrack_entries     entries   right after it: netfilter conntrack entries between the client
+                                    and the server on both nodes (0 when pod traffic is untracked)
+    conn_rate_policy      conn/s    the same against ``server-pol`` (its node tracks what a policy
+    conntrack_entries_policy        selects); a hand-built path has no policy: its server again
 
 nginx and wrk come from :mod:`podnet.bench.services` (its config, ``start_nginx`` for a lab pod's
 netns *and* cgroup, ``wrk_command``, ``parse_wrk``). The clients (iperf3, wrk, curl) join the client
@@ -95,6 +100,9 @@ BENCH_PREFIX = "pndp-"  # each lab adds 4 hex digits: pndpXXXX-; hand-built proc
 NAMESPACE = "bench"
 CLIENT, CLIENT_NODE = "client", "node-1"
 SERVER, SERVER_NODE = "server", "node-2"
+POLICY_SERVER = "server-pol"  # on SERVER_NODE, selected by POLICY
+CLIENT_LABELS = {"role": "client"}
+POLICY_LABELS = {"app": POLICY_SERVER}
 
 PATHS = ("direct", "vxlan", "ipip")
 HANDBUILT_MODE = {"direct": "none", "vxlan": "vxlan", "ipip": "ipip"}  # data path -> HandBuilt mode
@@ -124,6 +132,9 @@ SCENARIOS: dict[str, str] = {  # key -> unit, in report order
     "latency_sat_p50": "ms",
     "latency_sat_p99": "ms",
     "conn_rate": "conn/s",
+    "conntrack_entries": "entries",
+    "conn_rate_policy": "conn/s",
+    "conntrack_entries_policy": "entries",
     "cpu_per_gbit": "CPU s/Gbit",
 }
 # One measurement run yields one or more scenarios' samples.
@@ -132,7 +143,8 @@ MEASUREMENTS: dict[str, tuple[str, ...]] = {
     "tcp_4": ("tcp_4",),
     "paced": ("latency_p50", "latency_p99"),
     "saturated": ("latency_sat_p50", "latency_sat_p99"),
-    "conn_rate": ("conn_rate",),
+    "conn_rate": ("conn_rate", "conntrack_entries"),
+    "conn_rate_policy": ("conn_rate_policy", "conntrack_entries_policy"),
 }
 
 PACED_RATE = 2000  # requests/s aimed at by the fixed-rate latency run
@@ -277,7 +289,8 @@ def median_or_nan(samples: Sequence[float]) -> float:
 
 @dataclass
 class Side:
-    """One end-to-end pod pair: where the client runs, where the server runs, the server's IP."""
+    """One end-to-end pod pair: where the client runs, where the server runs, the server's IP;
+    the server a policy selects (the same one on a hand-built path), the nodes' namespaces."""
 
     name: str
     marker: str  # PODNET_LAB_MARKER of every process started for it
@@ -286,6 +299,40 @@ class Side:
     server_ip: str
     client_cgroup: str | None = None  # a lab pod's cgroup; None for the hand-built "pods"
     server_cgroup: str | None = None
+    client_ip: str = ""
+    policy_ip: str = ""  # "" = server_ip
+    node_ns: tuple[str, ...] = ()
+
+
+def policy_doc() -> dict:
+    """The NetworkPolicy of the policy rows: it selects server-pol and opens nginx's port to the client."""
+    ingress = [{"from": [{"podSelector": {"matchLabels": CLIENT_LABELS}}], "ports": [{"port": NGINX_PORT}]}]
+    spec = {"podSelector": {"matchLabels": POLICY_LABELS}, "policyTypes": ["Ingress"], "ingress": ingress}
+    meta = {"name": POLICY_SERVER, "namespace": NAMESPACE}
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta, "spec": spec}
+
+
+def count_entries(text: str, one: str, other: str) -> int:
+    """Entries of a ``/proc/net/nf_conntrack`` listing whose original direction is between ``one``
+    and ``other`` (either way round)."""
+    count = 0
+    for line in text.splitlines():
+        fields = dict(t.split("=", 1) for t in line.split() if t.startswith(("src=", "dst=")) and "=" in t)
+        # dict() keeps the LAST src=/dst=: the reply direction's, the original one reversed
+        count += {fields.get("src"), fields.get("dst")} == {one, other}
+    return count
+
+
+def conntrack_entries(node_ns: Sequence[str], one: str, other: str) -> int:
+    """Conntrack entries between ``one`` and ``other`` in the nodes' namespaces (0 where the
+    namespace has no conntrack)."""
+    total = 0
+    for ns in node_ns:
+        out = subprocess.run(
+            [IP, "netns", "exec", ns, "cat", "/proc/net/nf_conntrack"], capture_output=True, text=True
+        )
+        total += count_entries(out.stdout, one, other) if out.returncode == 0 else 0
+    return total
 
 
 def run_client(side: Side, cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
@@ -364,10 +411,16 @@ def iperf(side: Side, duration: float, streams: int = 1) -> IperfResult:
 
 
 def wrk(
-    side: Side, duration: float, connections: int, *, close: bool = False, script: str | None = None
+    side: Side,
+    duration: float,
+    connections: int,
+    *,
+    close: bool = False,
+    script: str | None = None,
+    server_ip: str = "",
 ) -> WrkResult:
-    """wrk in the client pod against nginx in the server pod."""
-    url = f"http://{side.server_ip}:{NGINX_PORT}/"
+    """wrk in the client pod against nginx in the server pod (or the one at ``server_ip``)."""
+    url = f"http://{server_ip or side.server_ip}:{NGINX_PORT}/"
     cmd = services_wrk_command(url, whole_seconds(duration), WRK_THREADS, connections, close)
     if script:
         cmd = [*cmd[:-1], "-s", script, cmd[-1]]
@@ -380,9 +433,10 @@ def wrk(
     return result
 
 
-def wait_nginx(side: Side, timeout: float = READY_TIMEOUT) -> None:
-    """Until nginx in the server pod answers the client pod (routes may still be converging)."""
-    url = f"http://{side.server_ip}:{NGINX_PORT}/"
+def wait_nginx(side: Side, timeout: float = READY_TIMEOUT, server_ip: str = "") -> None:
+    """Until nginx in the server pod (or at ``server_ip``) answers the client pod (routes may
+    still be converging)."""
+    url = f"http://{server_ip or side.server_ip}:{NGINX_PORT}/"
     deadline = time.monotonic() + timeout
     while True:
         out = run_client(
@@ -424,8 +478,11 @@ def measure(side: Side, measurement: str, duration: float, script: str) -> dict[
             "latency_sat_p99": w.latency_ms["p99"],
             "_rate": w.requests_per_s,
         }
-    if measurement == "conn_rate":
-        return {"conn_rate": wrk(side, duration, CONN_RATE_CONNECTIONS, close=True).requests_per_s}
+    if measurement in ("conn_rate", "conn_rate_policy"):
+        server = side.policy_ip if measurement == "conn_rate_policy" and side.policy_ip else side.server_ip
+        rate = wrk(side, duration, CONN_RATE_CONNECTIONS, close=True, server_ip=server).requests_per_s
+        entries = "conntrack_entries" + measurement.removeprefix("conn_rate")
+        return {measurement: rate, entries: conntrack_entries(side.node_ns, side.client_ip, server)}
     raise ValueError(f"unknown measurement {measurement!r}")
 
 
@@ -469,9 +526,35 @@ def build_baseline(stack: ExitStack, path: str, workdir: str, marker: str) -> tu
         log=os.path.join(directory, "stdout.log"),
     )
     stack.callback(nginx.stop)  # runs before HandBuilt removes the namespaces
-    side = Side(baseline_side(path), marker, hand.ns["p1"], hand.ns["p2"], hand.pod_ip["p2"])
+    side = Side(
+        baseline_side(path),
+        marker,
+        hand.ns["p1"],
+        hand.ns["p2"],
+        hand.pod_ip["p2"],
+        client_ip=hand.pod_ip["p1"],
+        node_ns=(hand.ns["n1"], hand.ns["n2"]),
+    )
     wait_nginx(side)
     return side, pod_mtu(hand.ns["p1"])
+
+
+def untracked_here(node_ns: str, address: str) -> bool:
+    """Whether the node's policy table lets ``address`` skip conntrack (no policy selects it)."""
+    cmd = ["nft", "get", "element", "inet", "podnet_policy", "notrack_pods", f"{{ {address} }}"]
+    return subprocess.run([IP, "netns", "exec", node_ns, *cmd], capture_output=True).returncode == 0
+
+
+def wait_selected(node_ns: str, selected: str, unselected: str, timeout: float = READY_TIMEOUT) -> None:
+    """Until the node's policy table tracks ``selected`` (a policy selects it) and not
+    ``unselected`` (the set is filled)."""
+    deadline = time.monotonic() + timeout
+    while untracked_here(node_ns, selected) or not untracked_here(node_ns, unselected):
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"{node_ns}: {selected} not tracked or {unselected} not untracked in {timeout:g}s"
+            )
+        time.sleep(0.1)
 
 
 def build_lab(stack: ExitStack, name: str) -> tuple[Side, LabSpec, int]:
@@ -487,20 +570,25 @@ def build_lab(stack: ExitStack, name: str) -> tuple[Side, LabSpec, int]:
     info = cluster.up(spec, names)
     store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
     docs: list[dict] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}]
-    for pod, node in ((CLIENT, CLIENT_NODE), (SERVER, SERVER_NODE)):
+    for pod, node, labels in (
+        (CLIENT, CLIENT_NODE, CLIENT_LABELS),
+        (SERVER, SERVER_NODE, {}),
+        (POLICY_SERVER, SERVER_NODE, POLICY_LABELS),
+    ):
         docs.append(
             {
                 "apiVersion": "v1",
                 "kind": "Pod",
-                "metadata": {"name": pod, "namespace": NAMESPACE},
+                "metadata": {"name": pod, "namespace": NAMESPACE, "labels": labels},
                 "spec": {"nodeName": node, "containers": [{"name": "c"}]},
             }
         )
+    docs.append(policy_doc())
     store.apply([parse_resource(d) for d in docs])
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
         pods = {p.metadata.name: p for p in store.list(lookup("pods"), NAMESPACE)}
-        if set(pods) == {CLIENT, SERVER} and all(
+        if set(pods) == {CLIENT, SERVER, POLICY_SERVER} and all(
             p.status and p.status.phase == "Running" and p.status.pod_ip for p in pods.values()
         ):
             break
@@ -510,6 +598,8 @@ def build_lab(stack: ExitStack, name: str) -> tuple[Side, LabSpec, int]:
     client_ns, server_ns = names.pod_ns(NAMESPACE, CLIENT), names.pod_ns(NAMESPACE, SERVER)
     server_cg = names.pod_cgroup(SERVER_NODE, pods[SERVER].metadata.uid)
     start_nginx(names, SERVER, server_ns, server_cg)  # recorded in the lab state: teardown stops it
+    policy_cg = names.pod_cgroup(SERVER_NODE, pods[POLICY_SERVER].metadata.uid)
+    start_nginx(names, POLICY_SERVER, names.pod_ns(NAMESPACE, POLICY_SERVER), policy_cg)
     side = Side(
         name,
         names.prefix,
@@ -518,8 +608,13 @@ def build_lab(stack: ExitStack, name: str) -> tuple[Side, LabSpec, int]:
         pods[SERVER].status.pod_ip,
         names.pod_cgroup(CLIENT_NODE, pods[CLIENT].metadata.uid),
         server_cg,
+        client_ip=pods[CLIENT].status.pod_ip,
+        policy_ip=pods[POLICY_SERVER].status.pod_ip,
+        node_ns=(names.node_ns(CLIENT_NODE), names.node_ns(SERVER_NODE)),
     )
     wait_nginx(side)
+    wait_selected(names.node_ns(SERVER_NODE), side.policy_ip, side.server_ip)
+    wait_nginx(side, server_ip=side.policy_ip)  # the policy lets the client in
     return side, spec, pod_mtu(client_ns)
 
 
@@ -625,6 +720,9 @@ SHORT = {
     "latency_sat_p50": "sat p50",
     "latency_sat_p99": "sat p99",
     "conn_rate": "conn/s",
+    "conntrack_entries": "ct ents",
+    "conn_rate_policy": "conn/s+p",
+    "conntrack_entries_policy": "ct ent+p",
     "cpu_per_gbit": "CPUs/Gb",
 }
 

@@ -54,10 +54,24 @@ SCENARIOS: dict[str, Metric] = {
     "latency_sat_p50": Metric("Latency P50, saturation", "ms", False),
     "latency_sat_p99": Metric("Latency P99, saturation", "ms", False),
     "conn_rate": Metric("New connections/s", "conn/s", True),
+    "conntrack_entries": Metric("Netfilter conntrack entries from pod traffic", "entries", False),
+    "conn_rate_policy": Metric("New connections/s, policy selects the server", "conn/s", True),
+    "conntrack_entries_policy": Metric("Conntrack entries, policy selects the server", "entries", False),
     "cpu_per_gbit": Metric("CPU per Gbit", "CPU s/Gbit", False),
 }
 MEMORY = Metric("Agent memory per node", "MiB", False)
-TABLE_ROWS = ("tcp_1", "tcp_4", "latency_p99", "latency_sat_p99", "conn_rate", "cpu_per_gbit", "agent_memory")
+TABLE_ROWS = (
+    "tcp_1",
+    "tcp_4",
+    "latency_p99",
+    "latency_sat_p99",
+    "conn_rate",
+    "conn_rate_policy",
+    "conntrack_entries",
+    "conntrack_entries_policy",
+    "cpu_per_gbit",
+    "agent_memory",
+)
 
 # The seed article's table (section 3) and resource row (section 1): Calico-IPIP, Cilium-VXLAN, Direct.
 SEED_COLUMNS = ("Calico-IPIP", "Cilium-VXLAN", "Direct")
@@ -141,7 +155,7 @@ def fmt_value(value: float | None, unit: str) -> str:
     assert value is not None
     if unit == "conn/s":
         return f"{value / 1000:.1f}k" if value >= 1000 else f"{value:.0f}"
-    if unit == "MiB":
+    if unit in ("MiB", "entries"):
         return f"{value:.0f}"
     if unit == "Gbit/s":
         return f"{value:.2f}"

@@ -8,21 +8,25 @@ policy, which every endpoint it selects jumps to, and one chain per endpoint, di
         set pn-<hash> { type ipv4_addr; flags interval; elements = { 10.244.1.5/32, ... } }   # plan.sets
         set pp-<hash> { type ipv4_addr . inet_proto . inet_service; elements = { 10.244.1.5 . tcp . 8080 } }
         set control_ports / control_hosts                 # the node control plane (below)
+        set notrack_pods { type ipv4_addr; flags interval; }  # what may skip conntrack (below)
         map source_dispatch  { type ifname : verdict; elements = { "cali…" : jump ep-<h>-src, ... } }
         map egress_dispatch  { type ifname : verdict; elements = { "cali…" : jump ep-<h>-eg, ... } }
         map ingress_dispatch { type ifname : verdict; elements = { "cali…" : jump ep-<h>-in, ... } }
         chain prerouting {                                # EVERY packet from a local pod, first
             type filter hook prerouting priority raw; policy accept;
             iifname vmap @source_dispatch                 # anti-spoofing: MAC, then IP
+            ip saddr @notrack_pods ip daddr @notrack_pods notrack      # conntrack (below)
         }
         chain forward {                                   # egress of the source pod
             type filter hook forward priority filter; policy accept;
+            ct state untracked accept                     # (below)
             ct state established,related accept
             ct state invalid drop
             iifname vmap @egress_dispatch
         }
         chain forward_ingress {                           # then ingress of the destination pod
             type filter hook forward priority filter + 1; policy accept;
+            ct state untracked accept
             ct state established,related accept
             oifname vmap @ingress_dispatch
         }
@@ -74,6 +78,17 @@ open them:
 - a control port on any local address;
 - an (address, protocol, port) of another node or of the datastore.
 
+**Conntrack.** After anti-spoofing, ``prerouting`` (priority ``raw``, before conntrack) marks
+untracked the packets whose source and destination are both in ``notrack_pods``: the IP pools
+minus the addresses that must stay tracked (local endpoints some tier selects, Service backends,
+node and control-plane addresses in the pools). Pod traffic that no policy and no NAT concerns
+then creates no conntrack entry. The decision is symmetric in source and destination, so both
+directions of a flow get the same one (:mod:`podnet.calc.conntrack` has the reasoning, flow by
+flow). Both forward chains accept untracked packets first: neither end is an endpoint any tier
+selects here (no ingress entry, an egress chain of control-plane drops only), a forwarded
+packet's destination is not local, and no control-plane host is untracked, so the dispatch would
+accept them too, after more work per packet.
+
 **Node to pod.** Traffic the node itself sends to its pods goes through OUTPUT and is never filtered
 here (Kubernetes requires it). A pod's packets to its own node meet INPUT, which dispatches into
 the same egress chains.
@@ -103,6 +118,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from podnet.calc.conntrack import NotrackPlan
 from podnet.calc.memo import GenerationMemo
 from podnet.calc.policy import (
     DIRECTIONS,
@@ -152,6 +168,13 @@ CONTROL_SETS = {
     "control_hosts": "ipv4_addr . inet_proto . inet_service",
 }
 PORT_SET_TYPE = "ipv4_addr . inet_proto . inet_service"
+#: The set of the ``notrack`` rule (:mod:`podnet.calc.conntrack`): name -> type and flags.
+NOTRACK_SETS = {"notrack_pods": "ipv4_addr; flags interval"}
+#: Pod-to-pod traffic that neither policy nor NAT needs skips conntrack (calc.conntrack says why
+#: this is the same decision for both directions of a flow).
+NOTRACK_RULE = "ip saddr @notrack_pods ip daddr @notrack_pods notrack"
+#: Untracked packets are accepted first in forward: what the dispatch would do with them, sooner.
+UNTRACKED_ACCEPT = "ct state untracked accept"
 
 #: endpoint key -> (host interface name, pod addresses[, pod eth0 MAC]); no MAC: no MAC check
 Endpoints = Mapping[str, tuple[str, tuple[str, ...]] | tuple[str, tuple[str, ...], str]]
@@ -159,15 +182,18 @@ Endpoints = Mapping[str, tuple[str, tuple[str, ...]] | tuple[str, tuple[str, ...
 PREROUTING_CHAIN = (
     "type filter hook prerouting priority raw; policy accept;",
     f"iifname vmap @{SOURCE_MAP}",
+    NOTRACK_RULE,
 )
 FORWARD_CHAIN = (
     "type filter hook forward priority filter; policy accept;",
+    UNTRACKED_ACCEPT,
     "ct state established,related accept",
     "ct state invalid drop",
     f"iifname vmap @{EGRESS_MAP}",
 )
 FORWARD_INGRESS_CHAIN = (
     "type filter hook forward priority filter + 1; policy accept;",
+    UNTRACKED_ACCEPT,
     "ct state established,related accept",
     f"oifname vmap @{INGRESS_MAP}",
 )
@@ -312,6 +338,7 @@ class Rendering:
     ingress_map: dict[str, str] = field(default_factory=dict)
     source_map: dict[str, str] = field(default_factory=dict)
     control: dict[str, tuple[str, ...]] = field(default_factory=dict)  # CONTROL_SETS name -> elements
+    notrack: dict[str, tuple[str, ...]] = field(default_factory=dict)  # NOTRACK_SETS name -> elements
 
 
 def v4_elements(cidrs: frozenset[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -495,19 +522,30 @@ def control_elements(control: ControlPlane | None) -> dict[str, tuple[str, ...]]
     }
 
 
+def notrack_elements(notrack: NotrackPlan | None) -> dict[str, tuple[str, ...]]:
+    """The ``notrack`` rule's set elements (empty without ``notrack``: nothing untracked)."""
+    return {"notrack_pods": (notrack or NotrackPlan()).pods}  # disjoint and minimal already
+
+
 # Most sets are unchanged from one sync to the next: memoised for the renderings that ask.
 V4_ELEMENTS: GenerationMemo[frozenset[str] | tuple[str, ...], tuple[str, ...]] = GenerationMemo(v4_elements)
 
 
-def build_rendering(plan: PolicyPlan, endpoints: Endpoints, control: ControlPlane | None = None) -> Rendering:
+def build_rendering(
+    plan: PolicyPlan,
+    endpoints: Endpoints,
+    control: ControlPlane | None = None,
+    notrack: NotrackPlan | None = None,
+) -> Rendering:
     """The table for ``plan`` over the LOCAL ``endpoints`` (pure). Plan endpoints without an
     interface here are skipped (nothing to dispatch on); local endpoints without a plan entry get
-    anti-spoofing and the control-plane drops only."""
+    anti-spoofing and the control-plane drops only. ``notrack``: what may skip conntrack."""
     V4_ELEMENTS.new_generation()
     rendering = Rendering(
         sets={name: V4_ELEMENTS(cidrs) for name, cidrs in sorted(plan.sets.items())},
         port_sets={name: port_elements(triples) for name, triples in sorted(plan.port_sets.items())},
         control=control_elements(control),
+        notrack=notrack_elements(notrack),
     )
     used: set[tuple[str, str]] = set()
     for key, (ifname, addresses, *rest) in sorted(endpoints.items()):
@@ -559,8 +597,9 @@ def render_full(rendering: Rendering) -> str:
     out = [f"add table {QUALIFIED}", f"delete table {QUALIFIED}", f"table {QUALIFIED} {{"]
     out += [f"    {set_decl(name, elements)}" for name, elements in sorted(rendering.sets.items())]
     out += [f"    {port_set_decl(name, elements)}" for name, elements in sorted(rendering.port_sets.items())]
-    for name, kind in CONTROL_SETS.items():
-        elements = rendering.control.get(name, ())
+    declared = [(name, kind, rendering.control.get(name, ())) for name, kind in CONTROL_SETS.items()]
+    declared += [(name, kind, rendering.notrack.get(name, ())) for name, kind in NOTRACK_SETS.items()]
+    for name, kind, elements in declared:
         body = f" elements = {{ {', '.join(elements)} }};" if elements else ""
         out.append(f"    set {name} {{ type {kind};{body} }}")
     # Chains before the maps that jump to them, maps before the base chains that use them (within
@@ -580,9 +619,14 @@ def render_full(rendering: Rendering) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_policy(plan: PolicyPlan, endpoints: Endpoints, control: ControlPlane | None = None) -> str:
+def render_policy(
+    plan: PolicyPlan,
+    endpoints: Endpoints,
+    control: ControlPlane | None = None,
+    notrack: NotrackPlan | None = None,
+) -> str:
     """The full ``nft -f`` transaction for ``plan`` on this node's ``endpoints`` (pure)."""
-    return render_full(build_rendering(plan, endpoints, control))
+    return render_full(build_rendering(plan, endpoints, control, notrack))
 
 
 def _chunks(items: list[str], size: int = 1000) -> list[list[str]]:
@@ -613,6 +657,8 @@ def render_diff(old: Rendering, new: Rendering) -> str:
         _element_diff(out, name, set(old.port_sets.get(name, ())), set(elements))
     for name in CONTROL_SETS:  # always declared: only their members change
         _element_diff(out, name, set(old.control.get(name, ())), set(new.control.get(name, ())))
+    for name in NOTRACK_SETS:
+        _element_diff(out, name, set(old.notrack.get(name, ())), set(new.notrack.get(name, ())))
     # 2. chains: new ones created, then new and changed ones (flushed) filled.
     out += [f"add chain {QUALIFIED} {name}" for name in sorted(new.chains.keys() - old.chains.keys())]
     for name, rules in sorted(new.chains.items()):
@@ -649,10 +695,11 @@ def diff_policy(
     plan: PolicyPlan,
     endpoints: Endpoints,
     control: ControlPlane | None = None,
+    notrack: NotrackPlan | None = None,
 ) -> str:
     """The partial transaction from one plan to the next (pure; what :class:`PolicyManager` sends)."""
-    old = build_rendering(old_plan, old_endpoints, control)
-    return render_diff(old, build_rendering(plan, endpoints, control))
+    old = build_rendering(old_plan, old_endpoints, control, notrack)
+    return render_diff(old, build_rendering(plan, endpoints, control, notrack))
 
 
 # ----------------------------------------------------------------------------------------- manager
@@ -682,13 +729,17 @@ class PolicyManager:
         return self.table.last_script
 
     def apply(
-        self, plan: PolicyPlan, endpoints: Endpoints, control: ControlPlane | None = None
+        self,
+        plan: PolicyPlan,
+        endpoints: Endpoints,
+        control: ControlPlane | None = None,
+        notrack: NotrackPlan | None = None,
     ) -> dict[str, Any]:
-        """Make the table enforce ``plan`` (and close ``control`` to every pod): ``{"mode":
-        "full"|"partial"|"noop"|"adopted", "statements": n, "seconds": t}``. Raises
-        :class:`DataplaneError` (nothing applied) when nft refuses."""
+        """Make the table enforce ``plan`` (close ``control`` to every pod, untrack what
+        ``notrack`` allows): ``{"mode": "full"|"partial"|"noop"|"adopted", "statements": n,
+        "seconds": t}``. Raises :class:`DataplaneError` (nothing applied) when nft refuses."""
         started = time.perf_counter()
-        mode, statements = self.table.sync(build_rendering(plan, endpoints, control))
+        mode, statements = self.table.sync(build_rendering(plan, endpoints, control, notrack))
         return {"mode": mode, "statements": statements, "seconds": time.perf_counter() - started}
 
     def remove(self) -> None:

@@ -5,7 +5,8 @@ selecting it allows TCP to port 8081 of node-1's host from node-2 only: 8081 ope
 host endpoint's default deny keeps 8082 closed (and 8081 for the external host), the failsafe port
 22 stays open. Deleting the policy closes 8081 again (22 still open). With ``applyOnForward`` a
 policy on the same host endpoint also filters traffic forwarded in through eth0 to node-1's pod;
-without it, forwarded traffic is untouched. A ``preDNAT`` policy (not run) is reported in the
+without it, forwarded traffic is untouched; a pod's own connection out through eth0 still gets its
+replies (pod traffic stays tracked on that node). A ``preDNAT`` policy (not run) is reported in the
 status and fails closed, the failsafe port still open. Every step is fenced on node-1's policy
 status.
 """
@@ -102,6 +103,7 @@ def test_global_network_policy_on_host_endpoint(lab):
     servers = [TcpServer(node1.netns, node1.ip, port) for port in (ALLOWED, CLOSED, SSH)]
     b, c = names.pod_ns("hep", "b"), names.pod_ns("hep", "c")
     servers += [TcpServer(b, ips["b"], port) for port in (POD_OPEN, POD_OTHER)]
+    servers.append(TcpServer(c, ips["c"], POD_OTHER))
     allow = gnp(
         "edge-web",
         order=10,
@@ -139,6 +141,9 @@ def test_global_network_policy_on_host_endpoint(lab):
         applied(store, forward)
         assert connect(c, ips["b"], POD_OPEN) == "ok"
         assert connect(c, ips["b"], POD_OTHER) == "timeout"
+        # pod b's own connection out via eth0: its replies come in as established, so pod
+        # traffic stays tracked on a node with forward host policy (calc.conntrack)
+        assert connect(b, ips["c"], POD_OTHER) == "ok"
         assert connect(node2.netns, node1.ip, CLOSED) == "timeout"  # host traffic: still denied
         deleted(store, "edge-forward")
         assert connect(c, ips["b"], POD_OTHER) == "ok"  # forwarded traffic open again

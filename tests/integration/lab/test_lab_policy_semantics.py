@@ -33,6 +33,7 @@ from netpol_reference import reference_allowed
 from podnet.calc.policy import PodInfo, compile_policies
 from podnet.calc.policy_explain import explain
 from podnet.dataplane.netns import netns_exists
+from podnet.dataplane.policy import NOTRACK_SETS
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
 from podnet.lab import cluster
@@ -240,8 +241,10 @@ def set_members(lab: Lab, node: str) -> dict[str, list[ipaddress.IPv4Network]]:
 
 
 def in_some_set(lab: Lab, node: str, ip: str) -> bool:
+    """In a set some rule matches on (not the notrack set: it spans the pools, free addresses too)."""
     address = ipaddress.IPv4Address(ip)
-    return any(address in net for nets in set_members(lab, node).values() for net in nets)
+    sets = set_members(lab, node)
+    return any(address in net for name, nets in sets.items() if name not in NOTRACK_SETS for net in nets)
 
 
 def clear_policies(lab: Lab) -> None:

@@ -19,6 +19,9 @@ UNITS = {
     "latency_sat_p50": "ms",
     "latency_sat_p99": "ms",
     "conn_rate": "conn/s",
+    "conn_rate_policy": "conn/s",
+    "conntrack_entries": "entries",
+    "conntrack_entries_policy": "entries",
     "cpu_per_gbit": "CPU s/Gbit",
 }
 
@@ -84,6 +87,9 @@ def fake_result() -> dict:
                     latency_sat_p50=[0.2, 0.2, 0.2],
                     latency_sat_p99=[0.4, 0.5, 0.45],
                     conn_rate=[30000, 31000, 29000],
+                    conn_rate_policy=[30000, 30500, 29500],
+                    conntrack_entries=[0, 0, 0],
+                    conntrack_entries_policy=[0, 0, 0],
                     cpu_per_gbit=[0.10, 0.11, 0.09],
                 )
             },
@@ -112,6 +118,9 @@ def fake_result() -> dict:
                     latency_sat_p50=[0.25, 0.25, 0.25],
                     latency_sat_p99=[0.5, 0.5, 0.5],
                     conn_rate=[20000, 21000, 22000],
+                    conn_rate_policy=[18000, 18000, 18000],
+                    conntrack_entries=[0, 0, 0],
+                    conntrack_entries_policy=[36000, 36500, 37000],
                     cpu_per_gbit=[0.12, 0.12, 0.13],
                 ),
             },
@@ -216,6 +225,10 @@ def test_table_has_the_seeds_rows_profile_columns_and_seed_column() -> None:
     assert "0.220 x0.50" in row("Latency P99, fixed rate")
     assert "0.8 / 1.1 / 0.3 ms" in row("Latency P99, saturation")
     assert "21.0k x0.70" in row("New connections/s") and "120k / 90k / 150k" in row("New connections/s")
+    assert "18.0k x0.60" in row("New connections/s, policy")
+    # conntrack entries: counts, no ratio to a baseline that has no conntrack (0)
+    assert row("Netfilter conntrack entries").split()[-5:-1] == ["0", "-", "0", "-"]
+    assert "36500 " in row("Conntrack entries, policy") and " x" not in row("Conntrack entries, policy")
     assert "18 / 23 / 12 % at 10 Gbps" in row("CPU per Gbit")
     memory = row("Agent memory per node")
     assert "65->72" in memory and "~150 / ~300 / - MB" in memory
