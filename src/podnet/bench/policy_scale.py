@@ -10,7 +10,9 @@ One private 3-node lab (its own prefix and underlay, removed at the end whatever
    ``http`` 8080 and ``metrics`` 9090 (named); applied in one go, timed until all are Running.
    Two more pods (``ctl`` namespace, never selected by a policy) are the throughput control pair.
 2. **Idle**: agent RSS (``VmRSS`` of each node's agent) with the pods and no policy.
-3. **Throughput without policies**: iperf3 pod → pod across nodes (``podnet.bench.throughput.iperf``),
+3. **Throughput and new connections/s without policies**: iperf3 pod → pod across nodes
+   (``podnet.bench.throughput.iperf``) and wrk with ``Connection: close`` against nginx in the
+   server pod (every request a new TCP connection; :mod:`podnet.bench.services`' nginx and wrk),
    the measured pair and the control pair interleaved, ``--repeats`` each.
 4. **Cold program**: ``--policies`` NetworkPolicies of exactly ``--rules-per-policy`` rules each
    (ingress + egress; podSelector / namespaceSelector / ipBlock-with-except peers, numeric, named and
@@ -24,9 +26,10 @@ One private 3-node lab (its own prefix and underlay, removed at the end whatever
    and of all nodes.
 6. **Loaded**: agent RSS (and peak ``VmHWM``) with the policies, the agents' sync histogram
    (``podnet_dataplane_sync_seconds`` from ``/metrics`` in each node), and the throughput again,
-   interleaved the same way: ratio loaded / no policies (same pair) and measured / control pair.
+   and the new connections/s, interleaved the same way: ratio loaded / no policies (same pair)
+   and measured / control pair.
 
-Policy 0 allows the measured pair's iperf3 ports (20000-40000, ``endPort``) both ways it needs:
+Policy 0 allows the measured pair's iperf3 ports (20000-40000, ``endPort``) and nginx's both ways it needs:
 ingress on the server pod from the client pod, egress of the client pod to the server pod; both pods
 are also selected by other generated policies, so their chains are full of rules.
 """
@@ -46,6 +49,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from podnet.bench.monitor import LineMonitor
+from podnet.bench.services import NGINX_PORT, start_nginx, wrk_in_pod
 from podnet.bench.stats import latency_summary, ratio
 from podnet.bench.throughput import iperf
 from podnet.calc.policy import PodInfo, compile_policies
@@ -234,11 +238,11 @@ def generate_workload(
             selector = {"matchExpressions": [{"key": "pod", "operator": "In", "values": pair}]}
             ingress[0] = {
                 "from": [{"podSelector": {"matchLabels": {"pod": pair[0]}}}],
-                "ports": [{"port": low, "endPort": high}],
+                "ports": [{"port": low, "endPort": high}, {"port": NGINX_PORT}],
             }
             egress[0] = {
                 "to": [{"podSelector": {"matchLabels": {"pod": pair[1]}}}],
-                "ports": [{"port": low, "endPort": high}],
+                "ports": [{"port": low, "endPort": high}, {"port": NGINX_PORT}],
             }
         spec: dict[str, Any] = {
             "podSelector": selector,
@@ -631,24 +635,64 @@ def _wait_running(store, workload: Workload, timeout: float) -> tuple[float, dic
         time.sleep(0.5)
 
 
+CONN_RATE_CONNECTIONS = 16  # wrk's connections for the new connections/s runs (as bench.datapath)
+
+
 def _throughput(
-    names: LabNames, ips: dict[str, str], pairs: dict[str, tuple[str, str]], repeats: int, duration: float
-) -> dict[str, list[float]]:
-    runs: dict[str, list[float]] = {side: [] for side in pairs}
-    for _ in range(repeats):  # interleaved: drift on the (shared) machine hits both pairs alike
+    names: LabNames,
+    ips: dict[str, str],
+    pairs: dict[str, tuple[str, str]],
+    repeats: int,
+    duration: float,
+    cgroups: dict[str, str],
+) -> dict[str, dict[str, list[float]]]:
+    """iperf3 Gbit/s and wrk new connections/s of each pair, ``repeats`` rounds interleaved: drift
+    on the (shared) machine hits both pairs alike. ``cgroups``: pod key -> its cgroup."""
+    runs: dict[str, dict[str, list[float]]] = {
+        "gbps": {s: [] for s in pairs},
+        "conn_rate": {s: [] for s in pairs},
+    }
+    for _ in range(repeats):
         for side, (client, server) in pairs.items():
-            runs[side].append(
-                round(
-                    iperf(
-                        names.pod_ns(*client.split("/")),
-                        names.pod_ns(*server.split("/")),
-                        ips[server],
-                        duration,
-                    ),
-                    3,
-                )
-            )
+            client_ns, server_ns = names.pod_ns(*client.split("/")), names.pod_ns(*server.split("/"))
+            runs["gbps"][side].append(round(iperf(client_ns, server_ns, ips[server], duration), 3))
+            url = f"http://{ips[server]}:{NGINX_PORT}/"
+            rate = wrk_in_pod(
+                client_ns, cgroups[client], url, max(1, round(duration)), 1, CONN_RATE_CONNECTIONS, True
+            ).requests_per_s
+            runs["conn_rate"][side].append(round(rate, 1))
     return runs
+
+
+def _start_servers(names: LabNames, store: Any, pairs: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """nginx in each pair's server pod (recorded in the lab state: removed with the lab); returns
+    every pair pod's cgroup (wrk joins its client's)."""
+    from podnet.model import lookup
+
+    cgroups = {}
+    for client, server in pairs.values():
+        for key in (client, server):
+            namespace, name = key.split("/")
+            pod = store.get(lookup("pods"), name, namespace)
+            cgroups[key] = names.pod_cgroup(pod.spec.node_name, pod.metadata.uid)
+        start_nginx(names, server.split("/")[1], names.pod_ns(*server.split("/")), cgroups[server])
+    return cgroups
+
+
+def pair_figures(before: dict[str, list[float]], after: dict[str, list[float]], digits: int = 2) -> dict:
+    """One measure's medians (the measured and control pairs, without and with the policies) and
+    its ratios: measured with / without, measured / control with the policies (pure)."""
+    med = {
+        f"{side}_{when}": statistics.median(runs[side])
+        for when, runs in (("without", before), ("with", after))
+        for side in ("measured", "control")
+    }
+    return {
+        "median": {k: round(v, digits) for k, v in med.items()},
+        "ratio_with_vs_without": ratio(med["measured_with"], med["measured_without"]).number,
+        "ratio_with_vs_control": ratio(med["measured_with"], med["control_with"]).number,
+        "samples": {"without": before, "with": after},
+    }
 
 
 def _memory(names: LabNames) -> dict[str, dict]:
@@ -705,7 +749,8 @@ def run(opts: Options) -> dict:
         # 2. idle memory; 3. throughput without policies
         results["memory_idle"] = _memory(names)
         pairs = {"measured": (workload.client, workload.server), "control": workload.control}
-        before = _throughput(names, ips, pairs, opts.repeats, opts.duration)
+        cgroups = _start_servers(names, store, pairs)
+        before = _throughput(names, ips, pairs, opts.repeats, opts.duration, cgroups)
 
         # 4. cold program
         targets = node_targets(workload, ips, list(node_ns))
@@ -774,23 +819,12 @@ def run(opts: Options) -> dict:
         # 6. loaded memory and throughput
         time.sleep(1.0)
         results["memory_loaded"] = _memory(names)
-        after = _throughput(names, ips, pairs, opts.repeats, opts.duration)
-        med = {
-            k: statistics.median(v)
-            for k, v in (
-                ("measured_without", before["measured"]),
-                ("control_without", before["control"]),
-                ("measured_with", after["measured"]),
-                ("control_with", after["control"]),
-            )
-        }
+        after = _throughput(names, ips, pairs, opts.repeats, opts.duration, cgroups)
         results["throughput"] = {
-            "gbps": {k: round(v, 2) for k, v in med.items()},
-            "ratio_with_vs_without": ratio(med["measured_with"], med["measured_without"]).number,
-            "ratio_with_vs_control": ratio(med["measured_with"], med["control_with"]).number,
-            "samples": {"without": before, "with": after},
+            **pair_figures(before["gbps"], after["gbps"]),
             "pairs": {k: list(v) for k, v in pairs.items()},
         }
+        results["conn_rate"] = pair_figures(before["conn_rate"], after["conn_rate"], digits=0)
     finally:
         for monitor in monitors:
             monitor.close()
@@ -833,16 +867,19 @@ def render(r: dict) -> str:
     for node in sorted(r["memory_idle"]):
         idle, loaded = r["memory_idle"][node], r["memory_loaded"][node]
         lines.append(f"{node:16} {idle['rss_mib']:9.1f} {loaded['rss_mib']:11.1f} {loaded['peak_mib']:8.1f}")
-    t = r["throughput"]
-    g = t["gbps"]
+    t, c = r["throughput"], r["conn_rate"]
+    g, n = t["median"], c["median"]
     lines += [
         "",
-        f"throughput (Gbit/s, median of {p['repeats']} x {p['duration_s']} s, interleaved)",
-        f"  measured pair {t['pairs']['measured'][0]} -> {t['pairs']['measured'][1]}: "
-        f"no policies {g['measured_without']:.2f}, with policies {g['measured_with']:.2f}, "
-        f"ratio {t['ratio_with_vs_without']:.3f}",
-        f"  control pair (never selected): {g['control_without']:.2f} / {g['control_with']:.2f}; "
-        f"measured / control with policies: {t['ratio_with_vs_control']:.3f}",
+        f"median of {p['repeats']} x {p['duration_s']} s, interleaved   no policies  with policies  "
+        "with/without  measured/control",
+        f"  measured pair {t['pairs']['measured'][0]} -> {t['pairs']['measured'][1]}",
+        f"    throughput (Gbit/s)  {g['measured_without']:12.2f} {g['measured_with']:14.2f} "
+        f"{t['ratio_with_vs_without']:13.3f} {t['ratio_with_vs_control']:17.3f}",
+        f"    new connections/s    {n['measured_without']:12.0f} {n['measured_with']:14.0f} "
+        f"{c['ratio_with_vs_without']:13.3f} {c['ratio_with_vs_control']:17.3f}",
+        f"  control pair (never selected): {g['control_without']:.2f} / {g['control_with']:.2f} Gbit/s, "
+        f"{n['control_without']:.0f} / {n['control_with']:.0f} conn/s",
         "",
         f"wall time {r['wall_s']} s",
     ]

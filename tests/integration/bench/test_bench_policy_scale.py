@@ -46,7 +46,9 @@ def test_quick_run_reports_every_figure(tmp_path, capsys):
     for phase in ("memory_idle", "memory_loaded"):
         assert set(r[phase]) == {"node-1", "node-2", "node-3"}
         assert all(m["rss_mib"] > 10 and m["peak_mib"] >= m["rss_mib"] for m in r[phase].values())
-    t = r["throughput"]
-    assert all(v > 0 for v in t["gbps"].values())
-    assert t["ratio_with_vs_without"] > 0 and t["ratio_with_vs_control"] > 0
+    assert "new connections/s" in table
+    for measure in ("throughput", "conn_rate"):
+        t = r[measure]
+        assert all(v > 0 for v in t["median"].values()), measure
+        assert t["ratio_with_vs_without"] > 0 and t["ratio_with_vs_control"] > 0, measure
     assert set(_leftovers()) <= before

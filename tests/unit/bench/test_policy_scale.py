@@ -17,6 +17,7 @@ from podnet.bench.policy_scale import (
     count_rules,
     generate_workload,
     node_targets,
+    pair_figures,
     parse_comment,
     parse_sync_histogram,
     plan_changes,
@@ -24,6 +25,7 @@ from podnet.bench.policy_scale import (
     selected_pods,
     sync_delta,
 )
+from podnet.bench.services import NGINX_PORT
 from podnet.calc.policy import compile_policies
 from podnet.dataplane.policy import match_lines, policy_chain_name
 from podnet.model import NetworkPolicy, parse_resource
@@ -92,14 +94,15 @@ def test_rules_use_every_kind_of_peer_and_port(full):
         assert needle in text, needle
 
 
-def test_policy_zero_allows_the_measured_pair_on_the_iperf_ports(full):
+def test_policy_zero_allows_the_measured_pair_on_the_iperf_and_nginx_ports(full):
     policy = full.policies[0]
     chosen = {
         f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in selected_pods(policy, full.pods)
     }
     assert chosen == {full.client, full.server}
-    assert policy["spec"]["ingress"][0]["ports"] == [{"port": IPERF_PORTS[0], "endPort": IPERF_PORTS[1]}]
-    assert policy["spec"]["egress"][0]["ports"] == [{"port": IPERF_PORTS[0], "endPort": IPERF_PORTS[1]}]
+    ports = [{"port": IPERF_PORTS[0], "endPort": IPERF_PORTS[1]}, {"port": NGINX_PORT}]
+    assert policy["spec"]["ingress"][0]["ports"] == ports
+    assert policy["spec"]["egress"][0]["ports"] == ports
     pair = (full.client, full.server)
     nodes = {
         p["spec"]["nodeName"]
@@ -247,3 +250,17 @@ def test_calico_form_targets_count_every_tier():
     )
     assert node_targets(w, _ips(w), ["node-1"])["node-1"].rule_lines == expected
     assert {p.tier for p in plan.policies.values()} == {"security", "platform", "default"}
+
+
+def test_pair_figures_medians_and_ratios():
+    before = {"measured": [10.0, 12.0, 11.0], "control": [20.0, 20.0, 20.0]}
+    after = {"measured": [9.0, 9.9, 9.0], "control": [18.0, 18.0, 18.0]}
+    f = pair_figures(before, after)
+    assert f["median"] == {
+        "measured_without": 11.0,
+        "control_without": 20.0,
+        "measured_with": 9.0,
+        "control_with": 18.0,
+    }
+    assert f["ratio_with_vs_without"] == round(9.0 / 11.0, 3) and f["ratio_with_vs_control"] == 0.5
+    assert f["samples"] == {"without": before, "with": after}
