@@ -24,8 +24,9 @@ from podnet.agent.syncer import Syncer
 from podnet.calc.cluster import VXLAN_ADDRESS_ANNOTATION, VXLAN_MAC_ANNOTATION, ClusterCache
 from podnet.calc.endpoints import EndpointRecord
 from podnet.calc.local_pods import local_pods
+from podnet.calc.memo import ObjectMemo
 from podnet.calc.mtu import IPIP_OVERHEAD, VXLAN_OVERHEAD, pod_mtu
-from podnet.calc.policy import BGP_PORT, ControlPlane, control_plane
+from podnet.calc.policy import BGP_PORT, Compiled, ControlPlane, control_plane
 from podnet.calc.routes import VXLAN_DEVICES, RoutePlan, encap_policy
 from podnet.datastore import connect
 from podnet.datastore.keys import KeyLayout
@@ -91,6 +92,9 @@ class Agent:
         self.routes = RouteManager()
         self.nat = NatManager()
         self.policy = PolicyManager()
+        # compiled policies kept between syncs (calc.policy.compile_policies): pods, host endpoints
+        self._compiled: ObjectMemo[Compiled] = ObjectMemo()
+        self._compiled_hosts: ObjectMemo[Compiled] = ObjectMemo()
         self.host_endpoints = HostEndpointManager()  # Calico HostEndpoints: default deny + failsafe
         self.services = ServiceProxy()
         self._services_on = False  # the services table exists (created with the first service)
@@ -286,7 +290,7 @@ class Agent:
             pods = self.cache.pod_infos()
             records = list(self.endpoints.values())  # one snapshot (CNI requests change the dict)
             local = local_pods(self.config.node, pods, records, self._last_local)
-            plan = compile_cluster(self.cache, local.pods, self._profile())
+            plan = compile_cluster(self.cache, local.pods, self._profile(), memo=self._compiled)
             endpoints = {r.pod_key: (r.host_ifname, r.addresses, r.mac) for r in records}
             control = self._control_plane()
             notrack = notrack_plan(
@@ -355,7 +359,9 @@ class Agent:
         if self._profile() == "calico":
             labels = {h.metadata.name or "": dict(h.metadata.labels or {}) for h in mine}
             with self.syncer.lock:
-                policy = host_policy_plan(plan.interfaces, labels, lambda h: compile_hosts(self.cache, h))
+                policy = host_policy_plan(
+                    plan.interfaces, labels, lambda h: compile_hosts(self.cache, h, self._compiled_hosts)
+                )
             plan = replace(plan, policy=policy)
         for name, error in plan.errors.items():
             kv(log, logging.WARNING, "host endpoint not enforced", hostEndpoint=name, error=error)

@@ -44,3 +44,33 @@ class GenerationMemo(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._current) + len(self._previous)
+
+
+class ObjectMemo(Generic[V]):
+    """What a computation made of one object under one context, remembered per name while the
+    object is the same one (identity: the watch cache replaces an object when it changes, never
+    edits it) and the context is equal. Nothing is hashed but the name and the context, so a
+    memo hit costs the same for a policy of one rule or of a thousand. ``retain(names)`` forgets
+    every other name (deleted objects); one entry per name bounds the memory."""
+
+    def __init__(self) -> None:
+        self._entries: dict[Hashable, tuple[object, Hashable, V]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: Hashable, obj: object, context: Hashable, compute: Callable[[], V]) -> V:
+        with self._lock:
+            found = self._entries.get(name)
+        if found is not None and found[0] is obj and found[1] == context:
+            return found[2]
+        value = compute()  # outside the lock: may be slow, may raise (nothing stored)
+        with self._lock:
+            self._entries[name] = (obj, context, value)
+        return value
+
+    def retain(self, names: set[Hashable]) -> None:
+        with self._lock:
+            for name in self._entries.keys() - names:
+                del self._entries[name]
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from podnet.calc.policy import HostSubject, PodInfo, PolicyPlan, compile_policies
+from podnet.calc.memo import ObjectMemo
+from podnet.calc.policy import Compiled, HostSubject, PodInfo, PolicyPlan, compile_policies
 from podnet.calc.services import service_endpoints
 
 CALICO = "calico"
@@ -56,13 +57,14 @@ def compile_cluster(
     profile: str,
     hosts: dict[str, HostSubject] | None = None,
     objects: list[Any] | None = None,
+    memo: ObjectMemo[Compiled] | None = None,
 ) -> PolicyPlan:
     """The plan for ``local_pods`` under every policy ``profile`` enforces (or only ``objects``);
     with ``hosts`` (host endpoint subjects, :mod:`podnet.calc.host_policy`) also for those."""
     pods = cache.pod_infos()
     objects = policy_objects(cache, profile) if objects is None else objects
     if profile != CALICO:
-        return compile_policies(local_pods, pods, cache.namespaces, objects)
+        return compile_policies(local_pods, pods, cache.namespaces, objects, memo=memo)
     nodes = {name: (info.labels, tuple(a for a in (info.ip,) if a)) for name, info in cache.nodes.items()}
     host_endpoints = [
         (dict(hep.metadata.labels or {}), tuple(hep.spec.expected_ips or ()))
@@ -79,10 +81,13 @@ def compile_cluster(
         nodes=nodes,
         host_endpoints=host_endpoints,
         hosts=hosts,
+        memo=memo,
     )
 
 
-def compile_hosts(cache: Any, hosts: dict[str, HostSubject]) -> PolicyPlan:
+def compile_hosts(
+    cache: Any, hosts: dict[str, HostSubject], memo: ObjectMemo[Compiled] | None = None
+) -> PolicyPlan:
     """The GlobalNetworkPolicies of the Calico profile for host endpoint subjects ``hosts`` only
     (the same compile as the pods'; no pod is a subject here)."""
-    return compile_cluster(cache, (), CALICO, hosts, list(cache.global_policies.values()))
+    return compile_cluster(cache, (), CALICO, hosts, list(cache.global_policies.values()), memo)

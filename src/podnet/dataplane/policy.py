@@ -119,7 +119,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from podnet.calc.conntrack import NotrackPlan
-from podnet.calc.memo import GenerationMemo
+from podnet.calc.memo import GenerationMemo, ObjectMemo
 from podnet.calc.policy import (
     DIRECTIONS,
     INGRESS,
@@ -536,10 +536,13 @@ def build_rendering(
     endpoints: Endpoints,
     control: ControlPlane | None = None,
     notrack: NotrackPlan | None = None,
+    chains_memo: ObjectMemo[tuple[str, ...]] | None = None,
 ) -> Rendering:
     """The table for ``plan`` over the LOCAL ``endpoints`` (pure). Plan endpoints without an
     interface here are skipped (nothing to dispatch on); local endpoints without a plan entry get
-    anti-spoofing and the control-plane drops only. ``notrack``: what may skip conntrack."""
+    anti-spoofing and the control-plane drops only. ``notrack``: what may skip conntrack.
+    ``chains_memo`` (the caller's, kept across calls): a policy's chain is rendered again only
+    when its compiled form is a new object (the compile memo hands back the same one)."""
     V4_ELEMENTS.new_generation()
     rendering = Rendering(
         sets={name: V4_ELEMENTS(cidrs) for name, cidrs in sorted(plan.sets.items())},
@@ -569,7 +572,18 @@ def build_rendering(
     for policy_key, direction in sorted(used):
         policy = plan.policies[policy_key]
         if policy.rules(direction) and not policy.fail_closed:
-            rendering.chains[policy_chain_name(policy_key, direction)] = policy_chain(policy, direction)
+            name = policy_chain_name(policy_key, direction)
+            if chains_memo is None:
+                rendering.chains[name] = policy_chain(policy, direction)
+            else:
+                rendering.chains[name] = chains_memo.get(
+                    name,
+                    policy,
+                    direction,
+                    lambda policy=policy, direction=direction: policy_chain(policy, direction),
+                )
+    if chains_memo is not None:
+        chains_memo.retain(set(rendering.chains))
     return rendering
 
 
@@ -719,6 +733,7 @@ class PolicyManager:
             diff=render_diff,
             hint="the previous policy ruleset is still in force; the next sync is a full resync",
         )
+        self._chains: ObjectMemo[tuple[str, ...]] = ObjectMemo()
 
     @property
     def needs_full_resync(self) -> bool:
@@ -739,7 +754,8 @@ class PolicyManager:
         ``notrack`` allows): ``{"mode": "full"|"partial"|"noop"|"adopted", "statements": n,
         "seconds": t}``. Raises :class:`DataplaneError` (nothing applied) when nft refuses."""
         started = time.perf_counter()
-        mode, statements = self.table.sync(build_rendering(plan, endpoints, control, notrack))
+        rendering = build_rendering(plan, endpoints, control, notrack, self._chains)
+        mode, statements = self.table.sync(rendering)
         return {"mode": mode, "statements": statements, "seconds": time.perf_counter() - started}
 
     def remove(self) -> None:

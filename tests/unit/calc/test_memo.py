@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from podnet.calc.memo import GenerationMemo
+from podnet.calc.memo import GenerationMemo, ObjectMemo
 
 
 def test_hits_within_and_across_one_generation_then_forgets() -> None:
@@ -42,3 +42,35 @@ def test_errors_are_not_remembered() -> None:
         with pytest.raises(ValueError):
             memo(3)
     assert calls == [3, 3] and len(memo) == 0
+
+
+def test_object_memo_hits_only_the_same_object_under_an_equal_context() -> None:
+    calls: list[str] = []
+    memo: ObjectMemo[str] = ObjectMemo()
+    first, second = object(), object()
+
+    def compute(tag: str) -> str:
+        calls.append(tag)
+        return tag
+
+    assert memo.get("p", first, "ctx", lambda: compute("a")) == "a"
+    assert memo.get("p", first, "ctx", lambda: compute("b")) == "a"  # same object, same context
+    assert memo.get("p", first, "ctx2", lambda: compute("c")) == "c"  # the inputs changed
+    assert memo.get("p", second, "ctx2", lambda: compute("d")) == "d"  # the object was replaced
+    assert calls == ["a", "c", "d"]
+
+
+def test_object_memo_retain_forgets_deleted_names_and_a_failure_stores_nothing() -> None:
+    memo: ObjectMemo[int] = ObjectMemo()
+    obj = object()
+    for name in range(10):
+        memo.get(name, obj, None, lambda name=name: name)
+    memo.retain({3, 4})
+    assert len(memo) == 2
+
+    def boom() -> int:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        memo.get("x", obj, None, boom)
+    assert len(memo) == 2
