@@ -587,14 +587,20 @@ def build_rendering(
     return rendering
 
 
-def set_decl(name: str, elements: tuple[str, ...]) -> str:
-    body = f" elements = {{ {', '.join(elements)} }};" if elements else ""
-    return f"set {name} {{ type ipv4_addr; flags interval;{body} }}"
+def set_decl(name: str, elements: tuple[str, ...], table: str = "") -> str:
+    """``set NAME {…}`` inside a table block, or with ``table`` the ``add set TABLE NAME {…}`` command."""
+    return _set_text(name, "ipv4_addr; flags interval", elements, table)
 
 
-def port_set_decl(name: str, elements: tuple[str, ...]) -> str:
+def port_set_decl(name: str, elements: tuple[str, ...], table: str = "") -> str:
+    """As :func:`set_decl`, for an (address, protocol, port) set."""
+    return _set_text(name, PORT_SET_TYPE, elements, table)
+
+
+def _set_text(name: str, kind: str, elements: tuple[str, ...], table: str) -> str:
     body = f" elements = {{ {', '.join(elements)} }};" if elements else ""
-    return f"set {name} {{ type {PORT_SET_TYPE};{body} }}"
+    head = f"add set {table} {name}" if table else f"set {name}"
+    return f"{head} {{ type {kind};{body} }}"
 
 
 def _map_elements(entries: Mapping[str, str]) -> str:
@@ -660,15 +666,20 @@ def render_diff(old: Rendering, new: Rendering) -> str:
     new and changed chains filled; map entries; then removals (chains once nothing jumps to them,
     sets once no rule uses them)."""
     out: list[str] = []
-    # 1. sets: created, then members added; removed members of kept sets.
-    for name in sorted(new.sets.keys() - old.sets.keys()):
-        out.append(f"add set {QUALIFIED} {name} {{ type ipv4_addr; flags interval; }}")
-    for name in sorted(new.port_sets.keys() - old.port_sets.keys()):
-        out.append(f"add set {QUALIFIED} {name} {{ type {PORT_SET_TYPE}; }}")
+    # 1. sets: new ones declared with their members (an ``add element`` costs ~0.1 s at 1,200
+    #    sets: nft 1.0.6 first reads every set's elements back; a declaration does not), then
+    #    members of kept sets added and removed.
+    out += [set_decl(name, new.sets[name], QUALIFIED) for name in sorted(new.sets.keys() - old.sets.keys())]
+    out += [
+        port_set_decl(name, new.port_sets[name], QUALIFIED)
+        for name in sorted(new.port_sets.keys() - old.port_sets.keys())
+    ]
     for name, elements in sorted(new.sets.items()):
-        _element_diff(out, name, set(old.sets.get(name, ())), set(elements))
+        if name in old.sets:
+            _element_diff(out, name, set(old.sets[name]), set(elements))
     for name, elements in sorted(new.port_sets.items()):
-        _element_diff(out, name, set(old.port_sets.get(name, ())), set(elements))
+        if name in old.port_sets:
+            _element_diff(out, name, set(old.port_sets[name]), set(elements))
     for name in CONTROL_SETS:  # always declared: only their members change
         _element_diff(out, name, set(old.control.get(name, ())), set(new.control.get(name, ())))
     for name in NOTRACK_SETS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import struct
+from dataclasses import replace
 
 from podnet.calc.policy import (
     CompiledPolicy,
@@ -254,6 +255,18 @@ def test_diff_only_set_elements():
         "add element inet podnet_policy pn-clients { 10.244.1.8/32 }",
     ]
     assert diff_policy(old, ENDPOINTS, old, ENDPOINTS) == ""
+
+
+def test_diff_declares_a_new_set_with_its_members():
+    """A new set comes with its elements in one ``add set`` (an ``add element`` makes nft 1.0.6 read
+    every set of the table back first: ~0.1 s at 1,200 sets)."""
+    old = plan_with(frozenset({"10.244.1.7/32"}))
+    new = replace(old, sets={**old.sets, "pn-more": frozenset({"10.244.2.0/24", "10.244.1.9/32"})})
+    lines = diff_policy(old, ENDPOINTS, new, ENDPOINTS).splitlines()
+    assert lines == [
+        "add set inet podnet_policy pn-more { type ipv4_addr; flags interval; "
+        "elements = { 10.244.1.9/32, 10.244.2.0/24 }; }"
+    ]
 
 
 def test_diff_new_chains_exist_before_rules_jump_to_them():
