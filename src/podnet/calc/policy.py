@@ -375,7 +375,7 @@ def compile_policies(
     context = CompileContext(ordered_tiers, service_backends or {}, nodes or {}, host_endpoints)
     local = sorted(local_pods, key=lambda p: p.key)
     compiled: dict[str, CompiledPolicy] = {}
-    selections: list[tuple[CompiledPolicy, Selection, HostSelection]] = []
+    selections: list[tuple[CompiledPolicy, Compiled, HostSelection]] = []
     errors: dict[str, str] = {}
     sets_of: dict[str, Compiled] = {}
     from podnet.calc.policy_kinds import compile_kind, host_selection  # kinds build on these types
@@ -409,7 +409,7 @@ def compile_policies(
         if result.error is not None:
             errors[result.key] = result.error
         sets_of[result.key] = done
-        selections.append((result, done.selects, host_selection(policy)))
+        selections.append((result, done, host_selection(policy)))
     if memo is not None:
         memo.retain(names)
     tier_rank = {name: rank for rank, name in enumerate(context.tiers)}
@@ -424,10 +424,16 @@ def compile_policies(
             item[0].namespace,
         )
     )
+    # each policy's selected local pods, in policy order (not every pod asked of every policy)
+    chosen_by_pod: dict[str, list[CompiledPolicy]] = {pod.key: [] for pod in local}
+    for policy, done, _ in selections:
+        for key in done.local_selected:
+            chosen_by_pod[key].append(policy)
     endpoints: dict[str, EndpointPolicy] = {}
     for pod in local:
-        chosen = [policy for policy, selects, _ in selections if selects(pod)]
-        endpoints[pod.key] = _endpoint_policy(context, pod.key, tuple(pod.ips), chosen, compiled)
+        endpoints[pod.key] = _endpoint_policy(
+            context, pod.key, tuple(pod.ips), chosen_by_pod[pod.key], compiled
+        )
     for key, subject in sorted((hosts or {}).items()):
         chosen = [policy for policy, _, selects_host in selections if selects_host(subject)]
         endpoints[key] = _endpoint_policy(context, key, (), chosen, compiled)
@@ -455,9 +461,6 @@ class Compiled:
     local_selected: frozenset[str]
     sets: Mapping[str, frozenset[str]]
     port_sets: Mapping[str, frozenset[PortTriple]]
-
-    def selects(self, pod: PodInfo) -> bool:
-        return pod.key in self.local_selected
 
 
 def _sets_used(policies: Iterable[CompiledPolicy]) -> tuple[set[str], set[str]]:
