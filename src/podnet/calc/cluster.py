@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from podnet.calc.endpoints import EndpointRecord
+from podnet.calc.memo import ObjectMemo
 from podnet.calc.policy import PodInfo
 from podnet.datastore.base import KeyValue
 from podnet.datastore.keys import KeyLayout, token_to_cidr
@@ -27,6 +28,7 @@ from podnet.model import (
     GlobalNetworkPolicy,
     IPPool,
     Node,
+    Pod,
     Tier,
     lookup,
     parse_resource,
@@ -125,6 +127,7 @@ class ClusterCache:
         self.service_accounts: dict[str, dict[str, str]] = {}  # "namespace/name" -> labels
         self.errors: dict[str, str] = {}  # key -> why its value was not taken
         self.revision = 0
+        self._pod_infos: ObjectMemo[PodInfo] = ObjectMemo()  # per pod key, while its Pod is the same
 
     def reset(self, items: Iterable[KeyValue], revision: int) -> None:
         self.__init__(self.layout)  # type: ignore[misc]
@@ -250,7 +253,8 @@ class ClusterCache:
         """Every pod as NetworkPolicy sees it: labels, container ports, and its addresses (from the
         endpoint records agents write at CNI ADD, else the Pod's status). Host-network pods are
         left out: they are their node (its address, its traffic), so no pod selector picks them
-        and no policy isolates them, as in Calico and Cilium."""
+        and no policy isolates them, as in Calico and Cilium. A pod whose object and recorded
+        addresses are unchanged gives the same PodInfo object as before (callers must not edit it)."""
         addresses: dict[str, set[str]] = {}
         for record in self.endpoints.values():
             addresses.setdefault(record.pod_key, set()).update(record.addresses)
@@ -258,26 +262,28 @@ class ClusterCache:
         for key, pod in self.pods.items():
             if pod.spec.host_network:
                 continue
-            ips = addresses.get(key) or {
-                ip.ip
-                for ip in ((pod.status.pod_ips if pod.status else None) or [])
-                if getattr(ip, "ip", None)
-            }
-            ports = tuple(
-                (p.name, p.container_port, p.protocol) for c in pod.spec.containers for p in (c.ports or [])
-            )
-            out.append(
-                PodInfo(
-                    pod.metadata.namespace,
-                    pod.metadata.name,
-                    dict(pod.metadata.labels or {}),
-                    tuple(sorted(ips)),
-                    pod.spec.node_name or "",
-                    ports,
-                    pod.spec.effective_service_account(),
-                )
-            )
+            recorded = tuple(sorted(addresses.get(key, ())))
+            out.append(self._pod_infos.get(key, pod, recorded, lambda p=pod, r=recorded: _pod_info(p, r)))
+        self._pod_infos.retain({info.key for info in out})
         return out
 
     def local_endpoints(self, node: str) -> list[EndpointRecord]:
         return [e for e in self.endpoints.values() if e.node == node]
+
+
+def _pod_info(pod: Pod, recorded: tuple[str, ...]) -> PodInfo:
+    """``pod`` as NetworkPolicy sees it, at ``recorded`` addresses (else its status's)."""
+    status = (pod.status.pod_ips if pod.status else None) or []
+    ips = recorded or tuple(sorted({ip.ip for ip in status if getattr(ip, "ip", None)}))
+    ports = tuple(
+        (p.name, p.container_port, p.protocol) for c in pod.spec.containers for p in (c.ports or [])
+    )
+    return PodInfo(
+        pod.metadata.namespace,
+        pod.metadata.name,
+        dict(pod.metadata.labels or {}),
+        ips,
+        pod.spec.node_name or "",
+        ports,
+        pod.spec.effective_service_account(),
+    )

@@ -72,6 +72,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from podnet.calc.memo import GenerationMemo
 from podnet.calc.policy import PolicyPlan
 
 #: (address, protocol name, port) of a Service backend, as calc.policy_inputs.service_backends gives.
@@ -157,8 +158,18 @@ def notrack_plan(
     groups = backends.values() if isinstance(backends, Mapping) else [backends]
     serving = (ip for group in groups for ip, _protocol, _port in group)
     candidates = (_v4(text) for text in (*isolated, *serving, *also_tracked))
-    tracked = {a for a in candidates if a is not None and any(a in pool for pool in pools)}
+    tracked = frozenset(a for a in candidates if a is not None and any(a in pool for pool in pools))
+    POOLS_MINUS.new_generation()
     return NotrackPlan(
-        pods=tuple(str(n) for n in pools_minus(pools, tracked)),
-        tracked=tuple(str(a) for a in sorted(tracked)),
+        pods=POOLS_MINUS((tuple(pools), tracked)), tracked=tuple(str(a) for a in sorted(tracked))
     )
+
+
+def _pools_minus_texts(
+    key: tuple[tuple[ipaddress.IPv4Network, ...], frozenset[ipaddress.IPv4Address]],
+) -> tuple[str, ...]:
+    return tuple(str(n) for n in pools_minus(list(key[0]), key[1]))
+
+
+# The set is the same sync after sync until an endpoint is isolated or a backend moves.
+POOLS_MINUS = GenerationMemo(_pools_minus_texts)

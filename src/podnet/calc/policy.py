@@ -53,7 +53,7 @@ import hashlib
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -220,7 +220,12 @@ class CompiledPolicy:
         return (self.ingress if direction == INGRESS else self.egress) or ()
 
     def has_pass(self, direction: str) -> bool:
-        return any(rule.action == "Pass" for rule in self.rules(direction))
+        return self._passes[direction]
+
+    @cached_property
+    def _passes(self) -> dict[str, bool]:
+        """Per direction: does a rule Pass (asked per endpoint and tier at every render)."""
+        return {d: any(rule.action == "Pass" for rule in self.rules(d)) for d in DIRECTIONS}
 
     def deny_provenance(self, direction: str) -> Provenance:
         return Provenance(self.kind, self.namespace, self.name, direction, -1, self.tier)

@@ -114,8 +114,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache, partial
 from typing import Any
 
 from podnet.calc.conntrack import NotrackPlan
@@ -133,6 +134,7 @@ from podnet.calc.policy import (
     Provenance,
     Side,
 )
+from podnet.calc.policy_sets import PortTriple
 from podnet.dataplane.nflog import NFLOG_GROUP
 from podnet.dataplane.nft import TableSync
 
@@ -224,7 +226,10 @@ BASE_CHAINS = (
 # ------------------------------------------------------------------------------------------- names
 
 
+@lru_cache(maxsize=16384)
 def short_hash(text: str) -> str:
+    """The first 12 hex digits of sha256(``text``), remembered: every render names each endpoint's
+    and policy's chains again (~20,000 names at 645 policies over 100 pods)."""
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -529,6 +534,7 @@ def notrack_elements(notrack: NotrackPlan | None) -> dict[str, tuple[str, ...]]:
 
 # Most sets are unchanged from one sync to the next: memoised for the renderings that ask.
 V4_ELEMENTS: GenerationMemo[frozenset[str] | tuple[str, ...], tuple[str, ...]] = GenerationMemo(v4_elements)
+PORT_ELEMENTS: GenerationMemo[frozenset[PortTriple], tuple[str, ...]] = GenerationMemo(port_elements)
 
 
 def build_rendering(
@@ -536,25 +542,40 @@ def build_rendering(
     endpoints: Endpoints,
     control: ControlPlane | None = None,
     notrack: NotrackPlan | None = None,
-    chains_memo: ObjectMemo[tuple[str, ...]] | None = None,
+    chains_memo: ObjectMemo[Any] | None = None,
 ) -> Rendering:
     """The table for ``plan`` over the LOCAL ``endpoints`` (pure). Plan endpoints without an
     interface here are skipped (nothing to dispatch on); local endpoints without a plan entry get
     anti-spoofing and the control-plane drops only. ``notrack``: what may skip conntrack.
     ``chains_memo`` (the caller's, kept across calls): a policy's chain is rendered again only
-    when its compiled form is a new object (the compile memo hands back the same one)."""
+    when its compiled form is a new object (the compile memo hands back the same one); an
+    endpoint's tier chains only when its tiers or the policy objects in them changed; its
+    anti-spoofing chain only when its addresses or MAC did."""
     V4_ELEMENTS.new_generation()
+    PORT_ELEMENTS.new_generation()
     rendering = Rendering(
         sets={name: V4_ELEMENTS(cidrs) for name, cidrs in sorted(plan.sets.items())},
-        port_sets={name: port_elements(triples) for name, triples in sorted(plan.port_sets.items())},
+        port_sets={name: PORT_ELEMENTS(triples) for name, triples in sorted(plan.port_sets.items())},
         control=control_elements(control),
         notrack=notrack_elements(notrack),
     )
+    remembered: set[Any] = set()
+
+    def memo(name: Any, obj: object, context: Any, compute: Callable[[], Any]) -> Any:
+        if chains_memo is None:
+            return compute()
+        remembered.add(name)
+        return chains_memo.get(name, obj, context, compute)
+
     used: set[tuple[str, str]] = set()
     for key, (ifname, addresses, *rest) in sorted(endpoints.items()):
         endpoint = plan.endpoints.get(key)
         source = chain_name(key, "source")
-        rendering.chains[source] = _source_chain(key, addresses, rest[0] if rest else "")
+        mac = rest[0] if rest else ""
+        addresses = tuple(addresses)
+        rendering.chains[source] = memo(
+            source, None, (addresses, mac), lambda key=key, a=addresses, m=mac: _source_chain(key, a, m)
+        )
         rendering.source_map[ifname] = source
         egress = chain_name(key, "egress")
         first = endpoint.egress[0].tier if endpoint is not None and endpoint.egress else None
@@ -563,8 +584,17 @@ def build_rendering(
         if endpoint is None:
             continue
         for direction in DIRECTIONS:
-            rendering.chains.update(tier_chains(plan, key, endpoint, direction))
-            used.update((p, direction) for tier in endpoint.tiers(direction) for p in tier.policies)
+            tiers = endpoint.tiers(direction)
+            policies = tuple(plan.policies[p] for tier in tiers for p in tier.policies)
+            rendering.chains.update(
+                memo(
+                    ("tiers", key, direction),
+                    None,
+                    (tiers, policies),
+                    lambda key=key, endpoint=endpoint, d=direction: tier_chains(plan, key, endpoint, d),
+                )
+            )
+            used.update((p.key, direction) for p in policies)
         if endpoint.ingress:
             ingress = chain_name(key, "ingress")
             rendering.chains[ingress] = (f"goto {tier_chain_name(key, INGRESS, endpoint.ingress[0].tier)}",)
@@ -573,17 +603,10 @@ def build_rendering(
         policy = plan.policies[policy_key]
         if policy.rules(direction) and not policy.fail_closed:
             name = policy_chain_name(policy_key, direction)
-            if chains_memo is None:
-                rendering.chains[name] = policy_chain(policy, direction)
-            else:
-                rendering.chains[name] = chains_memo.get(
-                    name,
-                    policy,
-                    direction,
-                    lambda policy=policy, direction=direction: policy_chain(policy, direction),
-                )
+            render = partial(policy_chain, policy, direction)
+            rendering.chains[name] = memo(name, policy, direction, render)
     if chains_memo is not None:
-        chains_memo.retain(set(rendering.chains))
+        chains_memo.retain(remembered)
     return rendering
 
 
@@ -675,10 +698,10 @@ def render_diff(old: Rendering, new: Rendering) -> str:
         for name in sorted(new.port_sets.keys() - old.port_sets.keys())
     ]
     for name, elements in sorted(new.sets.items()):
-        if name in old.sets:
+        if name in old.sets and old.sets[name] != elements:
             _element_diff(out, name, set(old.sets[name]), set(elements))
     for name, elements in sorted(new.port_sets.items()):
-        if name in old.port_sets:
+        if name in old.port_sets and old.port_sets[name] != elements:
             _element_diff(out, name, set(old.port_sets[name]), set(elements))
     for name in CONTROL_SETS:  # always declared: only their members change
         _element_diff(out, name, set(old.control.get(name, ())), set(new.control.get(name, ())))
@@ -744,7 +767,7 @@ class PolicyManager:
             diff=render_diff,
             hint="the previous policy ruleset is still in force; the next sync is a full resync",
         )
-        self._chains: ObjectMemo[tuple[str, ...]] = ObjectMemo()
+        self._chains: ObjectMemo[Any] = ObjectMemo()
 
     @property
     def needs_full_resync(self) -> bool:

@@ -1,5 +1,5 @@
-"""compile_policies with a memo gives exactly the plan it gives without one, sync after sync, as
-policies, pods and namespaces change (the agent keeps one memo across syncs)."""
+"""compile_policies and build_rendering with memos give exactly what they give without, sync after
+sync, as policies, pods, namespaces and endpoints change (the agent keeps one memo across syncs)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ def test_memoised_compile_and_render_equal_the_plain_ones_through_changes() -> N
     tiers = [parse_resource(t) for t in workload.tiers]
     memo, chains = ObjectMemo(), ObjectMemo()
 
-    def check() -> None:
+    def check(mac: str = "") -> None:
         local = [p for p in pods if p.node == "node-1"]
-        endpoints = {p.key: (f"cali{i:011d}", p.ips) for i, p in enumerate(local)}
+        endpoints = {p.key: (f"cali{i:011d}", p.ips, mac) for i, p in enumerate(local)}
         plain = compile_policies(local, pods, namespaces, policies, tiers=tiers)
         memoised = compile_policies(local, pods, namespaces, policies, tiers=tiers, memo=memo)
         assert memoised == plain
@@ -37,6 +37,13 @@ def test_memoised_compile_and_render_equal_the_plain_ones_through_changes() -> N
     rules.insert(0, {"action": "Deny", "protocol": "UDP", "destination": {"ports": [53]}})
     policies[5] = parse_resource(doc)
     check()
+    # Pass rules appear in policies local endpoints meet (their tier chains change, tiers do not)
+    for index in range(10):
+        doc = workload.policies[index]
+        direction = "ingress" if doc["spec"].get("ingress") else "egress"
+        doc["spec"][direction].insert(0, {"action": "Pass", "protocol": "UDP", "destination": {"ports": [9]}})
+        policies[index] = parse_resource(doc)
+    check()
     # a pod's labels change: every policy may select or name it differently
     pods[0] = dataclasses.replace(pods[0], labels={**pods[0].labels, "app": "moved"})
     check()
@@ -44,6 +51,11 @@ def test_memoised_compile_and_render_equal_the_plain_ones_through_changes() -> N
     first = sorted(namespaces)[1]
     namespaces[first] = {**namespaces[first], "team": "other"}
     check()
+    # a local endpoint's address changes, then every MAC becomes known (anti-spoofing chains)
+    index = next(i for i, p in enumerate(pods) if p.node == "node-1")
+    pods[index] = dataclasses.replace(pods[index], ips=("10.244.1.99",))
+    check()
+    check(mac="02:00:00:00:00:01")
     # a policy deleted, a pod gone
     del policies[7]
     del pods[3]
