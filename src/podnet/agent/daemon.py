@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from podnet.agent import api_server, metrics
 from podnet.agent.api import DROPS, delete_queue_dir
@@ -26,7 +27,7 @@ from podnet.calc.endpoints import EndpointRecord
 from podnet.calc.local_pods import local_pods
 from podnet.calc.memo import ObjectMemo
 from podnet.calc.mtu import IPIP_OVERHEAD, VXLAN_OVERHEAD, pod_mtu
-from podnet.calc.policy import BGP_PORT, Compiled, ControlPlane, control_plane
+from podnet.calc.policy import BGP_PORT, ControlPlane, control_plane
 from podnet.calc.routes import VXLAN_DEVICES, RoutePlan, encap_policy
 from podnet.datastore import connect
 from podnet.datastore.keys import KeyLayout
@@ -93,8 +94,8 @@ class Agent:
         self.nat = NatManager()
         self.policy = PolicyManager()
         # compiled policies kept between syncs (calc.policy.compile_policies): pods, host endpoints
-        self._compiled: ObjectMemo[Compiled] = ObjectMemo()
-        self._compiled_hosts: ObjectMemo[Compiled] = ObjectMemo()
+        self._compiled: ObjectMemo[Any] = ObjectMemo()
+        self._compiled_hosts: ObjectMemo[Any] = ObjectMemo()
         self.host_endpoints = HostEndpointManager()  # Calico HostEndpoints: default deny + failsafe
         self.services = ServiceProxy()
         self._services_on = False  # the services table exists (created with the first service)

@@ -219,6 +219,11 @@ class CompiledPolicy:
     def rules(self, direction: str) -> tuple[OrderedRule, ...]:
         return (self.ingress if direction == INGRESS else self.egress) or ()
 
+    @property
+    def rules_apply(self) -> bool:
+        """Whether the policy applies in some direction (an endpoint then meets it)."""
+        return self.ingress is not None or self.egress is not None
+
     def has_pass(self, direction: str) -> bool:
         return self._passes[direction]
 
@@ -362,7 +367,7 @@ def compile_policies(
     nodes: Mapping[str, tuple[Mapping[str, str], tuple[str, ...]]] | None = None,
     host_endpoints: Sequence[tuple[Mapping[str, str], tuple[str, ...]]] = (),
     hosts: Mapping[str, HostSubject] | None = None,
-    memo: ObjectMemo[Compiled] | None = None,
+    memo: ObjectMemo[Any] | None = None,
 ) -> PolicyPlan:
     """Compile every policy for ``local_pods`` (see the module docstring). ``policies`` may mix
     every supported kind; ``tiers`` are Calico Tier objects (the built-in tiers need none).
@@ -395,11 +400,19 @@ def compile_policies(
             {name: builder.port_sets[name] for name in port_sets},
         )
 
-    fingerprint = (
-        inputs_fingerprint(local, all_pods, namespaces, service_accounts, table, context)
-        if memo is not None
-        else ""
-    )
+    fingerprint = ""
+    if memo is not None:
+        # Hashing every input costs ~5 ms a sync; comparing them with the last sync's (the same
+        # PodInfo objects while pods are unchanged: tuple equality checks identity first) does not.
+        inputs = (
+            tuple(local),
+            tuple(all_pods),
+            {name: dict(labels) for name, labels in namespaces.items()},
+            {name: dict(labels) for name, labels in (service_accounts or {}).items()},
+            table,
+            context,
+        )
+        fingerprint = memo.get(("inputs",), None, inputs, lambda: inputs_fingerprint(*inputs))
     names: set[Any] = set()
     for policy in policies:
         if memo is None:
@@ -415,8 +428,6 @@ def compile_policies(
             errors[result.key] = result.error
         sets_of[result.key] = done
         selections.append((result, done, host_selection(policy)))
-    if memo is not None:
-        memo.retain(names)
     tier_rank = {name: rank for rank, name in enumerate(context.tiers)}
     # Equal orders go by name (Calico's tie-break), whatever the kind; kind and namespace only
     # keep the order total.
@@ -436,12 +447,24 @@ def compile_policies(
             chosen_by_pod[key].append(policy)
     endpoints: dict[str, EndpointPolicy] = {}
     for pod in local:
-        endpoints[pod.key] = _endpoint_policy(
-            context, pod.key, tuple(pod.ips), chosen_by_pod[pod.key], compiled
-        )
+        chosen = tuple(chosen_by_pod[pod.key])
+        if memo is None:
+            endpoints[pod.key] = _endpoint_policy(context, pod.key, tuple(pod.ips), chosen)
+        else:
+            names.add(("endpoint", pod.key))
+            endpoints[pod.key] = memo.get(
+                ("endpoint", pod.key),
+                None,
+                (tuple(pod.ips), chosen, context.tiers),
+                partial(_endpoint_policy, context, pod.key, tuple(pod.ips), chosen),
+            )
+        compiled.update((policy.key, policy) for policy in chosen if policy.rules_apply)
+    if memo is not None:
+        memo.retain(names | {("inputs",)})
     for key, subject in sorted((hosts or {}).items()):
         chosen = [policy for policy, _, selects_host in selections if selects_host(subject)]
-        endpoints[key] = _endpoint_policy(context, key, (), chosen, compiled)
+        endpoints[key] = _endpoint_policy(context, key, (), tuple(chosen))
+        compiled.update((policy.key, policy) for policy in chosen if policy.rules_apply)
     sets: dict[str, frozenset[str]] = {}
     port_sets: dict[str, frozenset[PortTriple]] = {}
     for key in compiled:
@@ -496,14 +519,10 @@ def inputs_fingerprint(*inputs: Any) -> str:
 
 
 def _endpoint_policy(
-    context: CompileContext,
-    key: str,
-    addresses: tuple[str, ...],
-    chosen: list[CompiledPolicy],
-    compiled: dict[str, CompiledPolicy],
+    context: CompileContext, key: str, addresses: tuple[str, ...], chosen: tuple[CompiledPolicy, ...]
 ) -> EndpointPolicy:
     """The tiers endpoint ``key`` meets, per direction, from the policies selecting it (in tier
-    order, then policy order); each policy it meets is recorded in ``compiled``."""
+    order, then policy order)."""
     per_direction: dict[str, list[EndpointTier]] = {INGRESS: [], EGRESS: []}
     for direction in DIRECTIONS:
         current: list[str] = []
@@ -516,7 +535,6 @@ def _endpoint_policy(
                     per_direction[direction].append(_endpoint_tier(context, current_tier, current))
                 current_tier, current = policy.tier, []
             current.append(policy.key)
-            compiled[policy.key] = policy
         if current_tier is not None:
             per_direction[direction].append(_endpoint_tier(context, current_tier, current))
     return EndpointPolicy(key, addresses, tuple(per_direction[INGRESS]), tuple(per_direction[EGRESS]))

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from podnet.calc.memo import ObjectMemo
-from podnet.calc.policy import Compiled, HostSubject, PodInfo, PolicyPlan, compile_policies
+from podnet.calc.policy import HostSubject, PodInfo, PolicyPlan, compile_policies
 from podnet.calc.services import service_endpoints
 
 CALICO = "calico"
@@ -57,7 +57,7 @@ def compile_cluster(
     profile: str,
     hosts: dict[str, HostSubject] | None = None,
     objects: list[Any] | None = None,
-    memo: ObjectMemo[Compiled] | None = None,
+    memo: ObjectMemo[Any] | None = None,
 ) -> PolicyPlan:
     """The plan for ``local_pods`` under every policy ``profile`` enforces (or only ``objects``);
     with ``hosts`` (host endpoint subjects, :mod:`podnet.calc.host_policy`) also for those."""
@@ -86,7 +86,7 @@ def compile_cluster(
 
 
 def compile_hosts(
-    cache: Any, hosts: dict[str, HostSubject], memo: ObjectMemo[Compiled] | None = None
+    cache: Any, hosts: dict[str, HostSubject], memo: ObjectMemo[Any] | None = None
 ) -> PolicyPlan:
     """The GlobalNetworkPolicies of the Calico profile for host endpoint subjects ``hosts`` only
     (the same compile as the pods'; no pod is a subject here)."""
