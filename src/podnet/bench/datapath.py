@@ -92,6 +92,7 @@ from podnet.bench.services import check_tools as check_wrk_nginx
 from podnet.bench.services import wrk_command as services_wrk_command
 from podnet.bench.stats import rotate
 from podnet.bench.throughput import HandBuilt
+from podnet.dataplane.policy import kernel_untracks
 from podnet.lab.naming import MARKER_ENV, LabNames
 from podnet.lab.netns import IP, Spawned, join_cgroup, spawn
 from podnet.lab.topology import LabSpec, node_subnet, random_underlay
@@ -541,8 +542,7 @@ def build_baseline(stack: ExitStack, path: str, workdir: str, marker: str) -> tu
 
 def untracked_here(node_ns: str, address: str) -> bool:
     """Whether the node's policy table lets ``address`` skip conntrack (no policy selects it)."""
-    cmd = ["nft", "get", "element", "inet", "podnet_policy", "notrack_pods", f"{{ {address} }}"]
-    return subprocess.run([IP, "netns", "exec", node_ns, *cmd], capture_output=True).returncode == 0
+    return kernel_untracks(node_ns, address)
 
 
 def wait_selected(node_ns: str, selected: str, unselected: str, timeout: float = READY_TIMEOUT) -> None:

@@ -8,14 +8,18 @@ policy, which every endpoint it selects jumps to, and one chain per endpoint, di
         set pn-<hash> { type ipv4_addr; flags interval; elements = { 10.244.1.5/32, ... } }   # plan.sets
         set pp-<hash> { type ipv4_addr . inet_proto . inet_service; elements = { 10.244.1.5 . tcp . 8080 } }
         set control_ports / control_hosts                 # the node control plane (below)
-        set notrack_pods { type ipv4_addr; flags interval; }  # what may skip conntrack (below)
+        set notrack_tracked { type ipv4_addr; }           # pool addresses kept tracked (below)
         map source_dispatch  { type ifname : verdict; elements = { "cali…" : jump ep-<h>-src, ... } }
         map egress_dispatch  { type ifname : verdict; elements = { "cali…" : jump ep-<h>-eg, ... } }
         map ingress_dispatch { type ifname : verdict; elements = { "cali…" : jump ep-<h>-in, ... } }
         chain prerouting {                                # EVERY packet from a local pod, first
             type filter hook prerouting priority raw; policy accept;
             iifname vmap @source_dispatch                 # anti-spoofing: MAC, then IP
-            ip saddr @notrack_pods ip daddr @notrack_pods notrack      # conntrack (below)
+            jump untrack_pods                             # conntrack (below)
+        }
+        chain untrack_pods {                              # both ends in the pools, neither tracked
+            ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 \\
+                ip saddr != @notrack_tracked ip daddr != @notrack_tracked notrack
         }
         chain forward {                                   # egress of the source pod
             type filter hook forward priority filter; policy accept;
@@ -79,10 +83,10 @@ open them:
 - an (address, protocol, port) of another node or of the datastore.
 
 **Conntrack.** After anti-spoofing, ``prerouting`` (priority ``raw``, before conntrack) marks
-untracked the packets whose source and destination are both in ``notrack_pods``: the IP pools
-minus the addresses that must stay tracked (local endpoints some tier selects, Service backends,
-node and control-plane addresses in the pools). Pod traffic that no policy and no NAT concerns
-then creates no conntrack entry. The decision is symmetric in source and destination, so both
+untracked the packets whose source and destination are both in the IP pools and neither in
+``notrack_tracked``, the addresses that must stay tracked (local endpoints some tier selects,
+Service backends, node and control-plane addresses in the pools). Pod traffic that no policy and
+no NAT concerns then creates no conntrack entry. The decision is symmetric in source and destination, so both
 directions of a flow get the same one (:mod:`podnet.calc.conntrack` has the reasoning, flow by
 flow). Both forward chains accept untracked packets first: neither end is an endpoint any tier
 selects here (no ingress entry, an egress chain of control-plane drops only), a forwarded
@@ -113,6 +117,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -135,6 +140,7 @@ from podnet.calc.policy import (
     Side,
 )
 from podnet.calc.policy_sets import PortTriple
+from podnet.dataplane.netns import run_in_netns
 from podnet.dataplane.nflog import NFLOG_GROUP
 from podnet.dataplane.nft import TableSync
 
@@ -170,11 +176,13 @@ CONTROL_SETS = {
     "control_hosts": "ipv4_addr . inet_proto . inet_service",
 }
 PORT_SET_TYPE = "ipv4_addr . inet_proto . inet_service"
-#: The set of the ``notrack`` rule (:mod:`podnet.calc.conntrack`): name -> type and flags.
-NOTRACK_SETS = {"notrack_pods": "ipv4_addr; flags interval"}
+#: The set of the ``notrack`` rule (:mod:`podnet.calc.conntrack`): name -> type (a hash set).
+NOTRACK_SETS = {"notrack_tracked": "ipv4_addr"}
 #: Pod-to-pod traffic that neither policy nor NAT needs skips conntrack (calc.conntrack says why
-#: this is the same decision for both directions of a flow).
-NOTRACK_RULE = "ip saddr @notrack_pods ip daddr @notrack_pods notrack"
+#: this is the same decision for both directions of a flow): prerouting jumps to this chain, whose
+#: rule names the pools (:func:`notrack_chain`).
+NOTRACK_CHAIN = "untrack_pods"
+NOTRACK_JUMP = f"jump {NOTRACK_CHAIN}"
 #: Untracked packets are accepted first in forward: what the dispatch would do with them, sooner.
 UNTRACKED_ACCEPT = "ct state untracked accept"
 
@@ -184,7 +192,7 @@ Endpoints = Mapping[str, tuple[str, tuple[str, ...]] | tuple[str, tuple[str, ...
 PREROUTING_CHAIN = (
     "type filter hook prerouting priority raw; policy accept;",
     f"iifname vmap @{SOURCE_MAP}",
-    NOTRACK_RULE,
+    NOTRACK_JUMP,
 )
 FORWARD_CHAIN = (
     "type filter hook forward priority filter; policy accept;",
@@ -528,8 +536,44 @@ def control_elements(control: ControlPlane | None) -> dict[str, tuple[str, ...]]
 
 
 def notrack_elements(notrack: NotrackPlan | None) -> dict[str, tuple[str, ...]]:
-    """The ``notrack`` rule's set elements (empty without ``notrack``: nothing untracked)."""
-    return {"notrack_pods": (notrack or NotrackPlan()).pods}  # disjoint and minimal already
+    """The ``notrack`` rule's set elements: the pool addresses that stay tracked."""
+    return {"notrack_tracked": (notrack or NotrackPlan()).tracked}
+
+
+def kernel_untracks(netns: str | None, address: str) -> bool:
+    """Whether the policy table in ``netns`` (as the kernel has it) lets ``address`` skip conntrack:
+    inside the pools :data:`NOTRACK_CHAIN`'s rule names and not in ``notrack_tracked``."""
+    listing = run_in_netns(netns, ["nft", "-j", "list", "chain", FAMILY, TABLE, NOTRACK_CHAIN], timeout=30)
+    if listing.returncode != 0:
+        return False
+    pools: list[Any] = []
+    for item in json.loads(listing.stdout).get("nftables", []):
+        if "rule" in item:
+            right = item["rule"]["expr"][0]["match"]["right"]  # ip saddr <pool or anonymous set>
+            pools = right["set"] if isinstance(right, dict) and "set" in right else [right]
+    if not any(ipaddress.ip_address(address) in ipaddress.ip_network(_prefix_text(p)) for p in pools):
+        return False
+    tracked = next(iter(NOTRACK_SETS))
+    get = ["nft", "get", "element", FAMILY, TABLE, tracked, f"{{ {address} }}"]
+    return run_in_netns(netns, get, timeout=30).returncode != 0  # not found: not kept tracked
+
+
+def _prefix_text(value: Any) -> str:
+    """A CIDR from nft's JSON (``{"prefix": {"addr": …, "len": …}}`` or an address)."""
+    if isinstance(value, dict) and "prefix" in value:
+        return f"{value['prefix']['addr']}/{value['prefix']['len']}"
+    return str(value)
+
+
+def notrack_chain(notrack: NotrackPlan | None) -> tuple[str, ...]:
+    """The rule of :data:`NOTRACK_CHAIN`: both ends in the pools (prefix compares: one pool is a
+    masked compare, several an anonymous set), neither kept tracked; no pools, no rule."""
+    pools = (notrack or NotrackPlan()).pools
+    if not pools:
+        return ()
+    space = pools[0] if len(pools) == 1 else f"{{ {', '.join(pools)} }}"
+    tracked = f"@{next(iter(NOTRACK_SETS))}"
+    return (f"ip saddr {space} ip daddr {space} ip saddr != {tracked} ip daddr != {tracked} notrack",)
 
 
 # Most sets are unchanged from one sync to the next: memoised for the renderings that ask.
@@ -559,6 +603,7 @@ def build_rendering(
         control=control_elements(control),
         notrack=notrack_elements(notrack),
     )
+    rendering.chains[NOTRACK_CHAIN] = notrack_chain(notrack)
     remembered: set[Any] = set()
 
     def memo(name: Any, obj: object, context: Any, compute: Callable[[], Any]) -> Any:

@@ -20,6 +20,7 @@ import subprocess
 import pytest
 from lab_support import until
 
+from podnet.dataplane.policy import kernel_untracks
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
 from podnet.lab import cluster
@@ -131,11 +132,8 @@ def entries(names: LabNames, node: str, one: str, other: str, proto: str = "tcp"
 
 
 def untracked_here(names: LabNames, node: str, address: str) -> bool:
-    """Whether ``node``'s policy table lets ``address`` skip conntrack (in ``notrack_pods``)."""
-    cmd = ["nft", "get", "element", "inet", "podnet_policy", "notrack_pods", f"{{ {address} }}"]
-    return (
-        subprocess.run([IP, "netns", "exec", names.node_ns(node), *cmd], capture_output=True).returncode == 0
-    )
+    """Whether ``node``'s policy table lets ``address`` skip conntrack."""
+    return kernel_untracks(names.node_ns(node), address)
 
 
 class Pods:
