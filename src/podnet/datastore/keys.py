@@ -8,6 +8,9 @@
     <root>ipam/config                             the IPAM configuration singleton
     <root>endpoints/<node>/<containerID>.<ifname>  a pod interface wired by a node's agent
     <root>status/policy/<node>                    what a node's agent last did with NetworkPolicy
+    <root>identities/id/<number>                  a security identity's labels (identity_alloc)
+    <root>identities/labels/<digest>              a label set's identity number
+    <root>identities/refs/<number>/<node>         a node using that identity
 
 ``<type>`` is the resource type's stable ``key_name`` (``ippools.projectcalico.org``).
 ``<root>`` defaults to ``/podnet/`` so several clusters can share one etcd (``PODNET_ETCD_PREFIX``).
@@ -105,3 +108,20 @@ class KeyLayout:
 
     def policy_status_prefix(self) -> str:
         return f"{self.root}status/policy/"
+
+    # -- identities (datastore.identity_alloc: Cilium's kvstore allocator) -------------------
+    def identities_prefix(self) -> str:
+        return f"{self.root}identities/id/"
+
+    def identity(self, number: int) -> str:
+        return f"{self.identities_prefix()}{number}"
+
+    def identity_labels(self, digest: str) -> str:
+        return f"{self.root}identities/labels/{digest}"
+
+    def identity_refs_prefix(self) -> str:
+        return f"{self.root}identities/refs/"
+
+    def identity_ref(self, number: int, node: str) -> str:
+        """``node``'s reference to ``number`` (``node=""``: the prefix of the number's references)."""
+        return f"{self.identity_refs_prefix()}{number}/{node}"
