@@ -85,3 +85,33 @@ def test_concurrent_allocation_and_collection(etcd_server):
         for kv in store.list(layout.root)[0]:
             store.delete(kv.key)
         store.close()
+
+
+def test_cli_lists_reserved_then_allocated_and_gets_one(podnet):
+    import json
+    import os
+
+    store = EtcdDatastore([os.environ["PODNET_ETCD_ENDPOINTS"]])
+    layout = KeyLayout.from_env()
+    try:
+        web = IdentityAllocator(store, layout, "node-1").allocate(SETS[0])
+        code, out, _ = podnet("identity", "list")
+        assert code == 0
+        lines = out.splitlines()
+        assert lines[0].split() == ["ID", "LABELS"]
+        assert lines[1].split() == ["1", "reserved:host"]
+        assert lines[6].split() == ["6", "reserved:remote-node"]
+        at = next(i for i, line in enumerate(lines) if line.startswith(str(web)))
+        assert [line.strip() for line in lines[at : at + 2]] == [
+            f"{web}   k8s:app=app0",
+            "k8s:io.kubernetes.pod.namespace=shop",
+        ]
+        code, out, _ = podnet("identity", "get", str(web), "-o", "json")
+        assert code == 0
+        assert json.loads(out) == {"id": web, "labels": list(SETS[0].labels), "nodes": ["node-1"]}
+        code, _, err = podnet("identity", "get", "70000")
+        assert code == 3 and "identity 70000 not found" in err
+    finally:
+        for kv in store.list(layout.root)[0]:
+            store.delete(kv.key)
+        store.close()

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bpf": ("podnet.cli.cmd_bpf", "BPF programs (prog list) and service maps (lb list), like cilium bpf"),
     "capture": ("podnet.cli.cmd_capture", "tcpdump on a lab node's uplink or tunnel device"),
     "policy": ("podnet.cli.cmd_policy", "NetworkPolicy: explain a verdict, test the lab against explain"),
+    "identity": ("podnet.cli.cmd_identity", "security identities (list, get), like cilium-dbg identity list"),
     "service": ("podnet.cli.cmd_service", "services and their backends (list), like cilium service list"),
     "monitor": ("podnet.cli.cmd_monitor", "policy drops on lab nodes, like cilium monitor -t drop"),
     "bench": ("podnet.cli.cmd_bench", "the seed article's benchmark table, measured on this machine's lab"),
