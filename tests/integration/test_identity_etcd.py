@@ -10,7 +10,6 @@ import threading
 
 import pytest
 
-from podnet.calc.identity import LabelSet
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.identity_alloc import (
     IdentityAllocator,
@@ -19,6 +18,7 @@ from podnet.datastore.identity_alloc import (
     references,
 )
 from podnet.datastore.keys import KeyLayout
+from podnet.model.identity import LabelSet
 
 pytestmark = pytest.mark.etcd
 NODES = ("node-1", "node-2", "node-3")

@@ -32,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def identities(store: Any) -> list[dict[str, Any]]:
     """Reserved and allocated identities as rows: ``{"id", "labels", "nodes"}``."""
-    from podnet.calc.identity import RESERVED, LabelSet
     from podnet.datastore.identity_alloc import list_identities, references
+    from podnet.model.identity import RESERVED, LabelSet
 
     rows = [
         {"id": n, "labels": list(LabelSet.reserved(name).labels), "nodes": []} for name, n in RESERVED.items()

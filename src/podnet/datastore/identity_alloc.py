@@ -27,10 +27,10 @@ import json
 import random
 from collections.abc import Iterable
 
-from podnet.calc.identity import MAX_CLUSTER_IDENTITY, MIN_CLUSTER_IDENTITY, LabelSet, parse_label_set
 from podnet.datastore.base import MUST_NOT_EXIST, Datastore, KeyValue, Write
 from podnet.datastore.keys import KeyLayout
 from podnet.errors import ConflictError, DatastoreError, NotFoundError
+from podnet.model.identity import MAX_CLUSTER_IDENTITY, MIN_CLUSTER_IDENTITY, LabelSet, parse_label_set
 
 ATTEMPTS = 20
 

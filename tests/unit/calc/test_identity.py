@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
-from podnet.calc.identity import (
-    CLUSTER_LABEL,
-    LabelSet,
-    describe,
-    identity_labels,
-    parse_label_set,
-    relevant,
-)
+from podnet.calc.identity import CLUSTER_LABEL, identity_labels, pod_label_sets, relevant
+from podnet.calc.policy import PodInfo
+from podnet.model.identity import LabelSet
 
 
 def test_default_exclusions_and_what_stays():
@@ -50,24 +43,15 @@ def test_derived_labels_namespace_serviceaccount_cluster():
     assert identity_labels({}, "a", {}, "api")[CLUSTER_LABEL] == "default"
 
 
-def test_label_set_canonical_digest_and_round_trip():
-    one = LabelSet.of({"b": "2", "a": "1"})
-    assert one.labels == ("k8s:a=1", "k8s:b=2")
-    assert one == LabelSet.of({"a": "1", "b": "2"})
-    assert one.digest == LabelSet.of({"a": "1", "b": "2"}).digest != LabelSet.of({"a": "1"}).digest
-    assert parse_label_set(["k8s:b=2", "k8s:a=1"]) == one
-    assert one.mapping() == {"a": "1", "b": "2"}
-    assert LabelSet.reserved("host").labels == ("reserved:host",)
-    with pytest.raises(ValueError, match="unknown reserved identity"):
-        LabelSet.reserved("nobody")
-    with pytest.raises(ValueError, match="not source:key=value"):
-        parse_label_set(["app=web"])
-
-
-def test_numbers_described():
-    assert describe(1) == "reserved:host"
-    assert describe(6) == "reserved:remote-node"
-    assert describe(7) == "reserved:kube-apiserver"
-    assert describe(256) == describe(65535) == "cluster"
-    assert describe((1 << 24) + 1) == "cidr"
-    assert describe(0) == "unknown"
+def test_pods_with_the_same_relevant_labels_share_a_label_set():
+    pods = [
+        PodInfo("shop", "web-1", {"app": "web", "pod-template-hash": "a1"}),
+        PodInfo("shop", "web-2", {"app": "web", "pod-template-hash": "b2"}),
+        PodInfo("shop", "web-3", {"app": "web"}, service_account="web"),
+        PodInfo("other", "web-4", {"app": "web"}),
+    ]
+    sets = pod_label_sets(pods, {"shop": {"team": "blue"}})
+    assert sets["shop/web-1"] == sets["shop/web-2"]  # per-rollout labels do not count
+    assert len({sets[k] for k in ("shop/web-1", "shop/web-3", "other/web-4")}) == 3
+    assert "k8s:io.cilium.k8s.namespace.labels.team=blue" in sets["shop/web-1"].labels
+    assert sets["other/web-4"] == LabelSet.of(identity_labels({"app": "web"}, "other", {}))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 
-from podnet.calc.identity import LabelSet
 from podnet.datastore.identity_alloc import (
     IdentityAllocator,
     collect_garbage,
@@ -16,6 +15,7 @@ from podnet.datastore.identity_alloc import (
 )
 from podnet.datastore.keys import KeyLayout
 from podnet.datastore.memory import MemoryDatastore
+from podnet.model.identity import LabelSet
 
 LAYOUT = KeyLayout()
 WEB = LabelSet.of({"app": "web", "io.kubernetes.pod.namespace": "shop"})
