@@ -18,7 +18,8 @@ No I/O here; everything is testable without root. Every module of the package, o
     policy_explain.py  a connection walked through the compiled form: tier, policy and rule that decided
     policy_status.py   NetworkPolicy status: what each agent reports, the conditions a policy shows
     conntrack.py       which pod traffic may skip conntrack: the policy table's notrack rule and set
-    identity.py        Cilium security identities: a pod's security-relevant labels, the reserved numbers
+    identity.py        Cilium security identities: the label set of a pod's identity
+    ipcache.py         the Cilium profile's ipcache: address or prefix -> identity (pods, nodes, CIDRs)
     host_endpoints.py  Calico HostEndpoints of this node: what the host-endpoint table enforces
     host_policy.py     GlobalNetworkPolicy on host endpoint interfaces: host and forwarded subjects
     services.py        Services and the Pods behind them: what one node must load-balance
