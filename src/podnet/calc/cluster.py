@@ -34,6 +34,7 @@ from podnet.model import (
     parse_resource,
 )
 from podnet.model.core import ANNOTATION_CILIUM_HOST, ANNOTATION_CILIUM_HOST_ALIAS
+from podnet.model.identity import LabelSet, parse_label_set
 
 NODE_ADDRESS_ANNOTATION = "projectcalico.org/IPv4Address"
 VXLAN_ADDRESS_ANNOTATION = "projectcalico.org/IPv4VXLANTunnelAddr"
@@ -125,6 +126,9 @@ class ClusterCache:
         self.baseline_policy: BaselineAdminNetworkPolicy | None = None  # the singleton "default"
         self.cluster_policies: dict[str, ClusterNetworkPolicy] = {}  # name
         self.service_accounts: dict[str, dict[str, str]] = {}  # "namespace/name" -> labels
+        # Cilium identities (datastore.identity_alloc): allocated numbers and label-set digests
+        self.identities: dict[int, LabelSet] = {}
+        self.identity_numbers: dict[str, int] = {}  # LabelSet.digest -> number
         self.errors: dict[str, str] = {}  # key -> why its value was not taken
         self.revision = 0
         self._pod_infos: ObjectMemo[PodInfo] = ObjectMemo()  # per pod key, while its Pod is the same
@@ -166,8 +170,22 @@ class ClusterCache:
             else:
                 self.endpoints[key] = EndpointRecord.from_json(value)
             return "endpoints"
+        if key.startswith(lay.identity_labels("")):
+            digest = key.removeprefix(lay.identity_labels(""))
+            if value is None:
+                self.identity_numbers.pop(digest, None)
+            else:
+                self.identity_numbers[digest] = int(json.loads(value)["id"])
+            return "identities"
+        if key.startswith(lay.identities_prefix()):
+            number = int(key.removeprefix(lay.identities_prefix()))
+            if value is None:
+                self.identities.pop(number, None)
+            else:
+                self.identities[number] = parse_label_set(json.loads(value)["labels"])
+            return "identities"
         if not key.startswith(lay.resources_prefix()):
-            return None
+            return None  # references to identities, IPAM handles, ...: not inputs
         type_key, _namespace, name = lay.parse_resource(key)
         if type_key == "nodes":
             if value is None:

@@ -23,6 +23,8 @@ once a policy selects an endpoint, ``always`` enforces with no policy, ``never``
 ``failsafeOutboundHostPorts`` (UDP 53, 67, TCP 179, 2379, 2380, 5473, 6443, 6666, 6667): what a
 HostEndpoint's default deny never blocks (``[]`` turns failsafe off), as ``[{protocol: TCP, port: 22}]``;
 left unset they stay unset in the stored object and :meth:`effective` fills in the defaults.
+``clusterName: default`` (Cilium's ``cluster-name``, an RFC 1123 label) is part of every identity's
+labels (``io.cilium.k8s.policy.cluster``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 from podnet.model.base import ApiModel
 from podnet.model.fields import EncapMode, NetworkCIDR
 from podnet.model.meta import ObjectMeta
+from podnet.model.names import dns1123_label_problem
 from podnet.model.problems import Problems
 from podnet.model.resource import Resource
 
@@ -92,6 +95,7 @@ class EffectiveClusterSettings:
     kube_proxy_replacement: bool
     failsafe_inbound: tuple[Failsafe, ...] = ()
     failsafe_outbound: tuple[Failsafe, ...] = ()
+    cluster_name: str = "default"
 
     def tunnel_overhead(self) -> int:
         """Bytes of encapsulation the default mode adds to a pod packet (0 without a tunnel)."""
@@ -164,6 +168,8 @@ class ClusterConfigurationSpec(ApiModel):
     kube_proxy_replacement: bool | None = None
     failsafe_inbound_host_ports: list[ProtoPort] | None = None  # None: Felix's defaults
     failsafe_outbound_host_ports: list[ProtoPort] | None = None
+    # Cilium's cluster-name: every identity carries it (io.cilium.k8s.policy.cluster)
+    cluster_name: str = "default"
 
     @model_validator(mode="after")
     def _check(self) -> ClusterConfigurationSpec:
@@ -179,6 +185,9 @@ class ClusterConfigurationSpec(ApiModel):
             problems.add(
                 "autoDirectNodeRoutes", "needs tunnel: disabled (direct routes replace the VXLAN tunnel)"
             )
+        name_problem = dns1123_label_problem(self.cluster_name)
+        if name_problem:
+            problems.add("clusterName", name_problem)
         network = ipaddress.ip_network(self.service_cluster_ip_range)
         if network.version == 4 and network.prefixlen < 12:
             problems.add("serviceClusterIPRange", "an IPv4 service range must be /12 or smaller")
@@ -212,6 +221,7 @@ class ClusterConfigurationSpec(ApiModel):
             else self.kube_proxy_replacement,
             failsafe_inbound=_failsafe(self.failsafe_inbound_host_ports, DEFAULT_FAILSAFE_INBOUND),
             failsafe_outbound=_failsafe(self.failsafe_outbound_host_ports, DEFAULT_FAILSAFE_OUTBOUND),
+            cluster_name=self.cluster_name,
         )
 
 

@@ -55,3 +55,26 @@ def test_pods_with_the_same_relevant_labels_share_a_label_set():
     assert len({sets[k] for k in ("shop/web-1", "shop/web-3", "other/web-4")}) == 3
     assert "k8s:io.cilium.k8s.namespace.labels.team=blue" in sets["shop/web-1"].labels
     assert sets["other/web-4"] == LabelSet.of(identity_labels({"app": "web"}, "other", {}))
+
+
+def test_the_watch_cache_decodes_identity_keys():
+    import json
+
+    from podnet.calc.cluster import ClusterCache
+    from podnet.datastore.keys import KeyLayout
+
+    layout = KeyLayout()
+    cache = ClusterCache(layout)
+    web = LabelSet.of({"app": "web"})
+    assert (
+        cache.update(layout.identity(300), json.dumps({"labels": list(web.labels)}).encode()) == "identities"
+    )
+    assert cache.update(layout.identity_labels(web.digest), b'{"id":300}') == "identities"
+    assert cache.update(layout.identity_ref(300, "node-1"), b"{}") is None  # references: no input
+    assert cache.identities == {300: web}
+    assert cache.identity_numbers == {web.digest: 300}
+    assert cache.update(layout.identity(301), b'{"labels":["no-source"]}') is None  # refused, recorded
+    assert layout.identity(301) in cache.errors
+    cache.update(layout.identity_labels(web.digest), None)
+    cache.update(layout.identity(300), None)
+    assert cache.identities == {} and cache.identity_numbers == {}

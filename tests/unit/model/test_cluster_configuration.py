@@ -42,6 +42,7 @@ def test_defaults_shown_in_output() -> None:
             "serviceClusterIPRange": "10.96.0.0/12",
             "nodePortRange": "30000-32767",
             "policyEnforcementMode": "default",
+            "clusterName": "default",
         },
     }
 
