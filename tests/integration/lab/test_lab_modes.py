@@ -116,8 +116,8 @@ def shared_lab() -> Iterator[Callable[..., SharedLab]]:
         return labs[profile, encapsulation]
 
     yield get
-    for names in made:
-        cluster.teardown(names)
+    for names in made:  # each removed whatever happens to the others (a lab that failed to come up too)
+        clean(names)
         clean(names)
 
 
