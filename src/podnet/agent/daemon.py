@@ -19,6 +19,7 @@ from podnet.agent import api_server, metrics
 from podnet.agent.api import DROPS, delete_queue_dir
 from podnet.agent.cni_service import CALICO_GATEWAY, CNIService
 from podnet.agent.delete_queue import ExclusiveQueueLock, drain
+from podnet.agent.identities import IdentityKeeper
 from podnet.agent.log import kv
 from podnet.agent.policy_status import PolicyStatusWriter, invalid_policies
 from podnet.agent.syncer import Syncer
@@ -101,6 +102,7 @@ class Agent:
         self._services_on = False  # the services table exists (created with the first service)
         self._sock_lb = None  # SocketLB while the Cilium profile balances at connect()
         self.policy_status = PolicyStatusWriter(self.store, self.layout, config.node)
+        self.identities = IdentityKeeper(self.store, self.layout, config.node)  # Cilium profile
         self.syncer = Syncer(
             config.node,
             self.store,
@@ -307,6 +309,8 @@ class Agent:
             )
             revision = self.cache.revision
             invalid = invalid_policies(self.cache.errors, self.layout)
+            namespaces = dict(self.cache.namespaces)
+            cluster = self._settings().cluster_name
         for policy, error in plan.errors.items():
             kv(log, logging.WARNING, "policy not compiled; it allows nothing", policy=policy, error=error)
         self._note_conflicts(local.conflicts)
@@ -319,6 +323,16 @@ class Agent:
             self.policy_status.report(revision, str(exc), plan.errors, invalid, local.conflicts)
             raise
         self.policy_status.report(revision, None, plan.errors, invalid, local.conflicts)
+        self._apply_identities(local.pods, namespaces, cluster)  # after the policy: datastore I/O
+
+    def _apply_identities(self, pods: list, namespaces: dict, cluster: str) -> None:
+        """Cilium profile: every local pod's identity allocated cluster-wide and referenced by this
+        node (agent.identities, its own thread: the datastore I/O never holds up this loop); in
+        another profile this node references none."""
+        from podnet.calc.identity import pod_label_sets
+
+        wanted = pod_label_sets(pods, namespaces, cluster) if self._profile() == "cilium" else {}
+        self.identities.request(wanted)
 
     def _note_conflicts(self, conflicts: dict[str, str]) -> None:
         """Log each endpoint whose Pod object disagrees with this node (once per change) and count
@@ -559,6 +573,7 @@ class Agent:
         self.drops = DropMonitor(self.config.node, self._pod_infos, lambda: self.policy_plan)
         self.drops.start()  # a group it cannot bind is a warning, not a failure
         self.policy_status.start()
+        self.identities.start()
         self.syncer.start()
         # DELs queued by the plugin while we were down: drain them, and start listening before
         # the lock is released, so a plugin either reaches us or its entry is seen (see cni.delete_queue).
@@ -605,6 +620,7 @@ class Agent:
         self._stop.set()
         self.syncer.stop()
         self.policy_status.stop()
+        self.identities.stop()
         if self.drops is not None:
             self.drops.stop()  # answers the long polls before the server goes
         for server in self._servers:
