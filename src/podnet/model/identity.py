@@ -49,12 +49,13 @@ class LabelSet:
         return cls((f"reserved:{name}",))
 
     def mapping(self) -> dict[str, str]:
-        """``key -> value`` without the sources (what selectors match)."""
+        """What selectors match: ``k8s:`` labels by their plain key, other sources (``reserved:host``)
+        under the full prefixed key (an ``EndpointSelector`` reads both)."""
         out = {}
         for label in self.labels:
-            _source, _, rest = label.partition(":")
+            source, _, rest = label.partition(":")
             key, _, value = rest.partition("=")
-            out[key] = value
+            out[key if source == SOURCE else f"{source}:{key}"] = value
         return out
 
     @property

@@ -15,6 +15,7 @@ def test_label_set_canonical_digest_and_round_trip():
     assert parse_label_set(["k8s:b=2", "k8s:a=1"]) == one
     assert one.mapping() == {"a": "1", "b": "2"}
     assert LabelSet.reserved("host").labels == ("reserved:host",)
+    assert LabelSet.reserved("host").mapping() == {"reserved:host": ""}
     with pytest.raises(ValueError, match="unknown reserved identity"):
         LabelSet.reserved("nobody")
     with pytest.raises(ValueError, match="not source:key=value"):

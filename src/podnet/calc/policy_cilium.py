@@ -1,0 +1,267 @@
+"""Policy the Cilium way (pure): Kubernetes NetworkPolicy compiled into each local endpoint's policy
+map (:mod:`podnet.calc.policymap`), by identity.
+
+A policy selects endpoints of its namespace by their pod labels, for the directions of its
+effective ``policyTypes``; such an endpoint's direction is *enforced* (no entry: denied). Each rule
+allows its peers on its ports, an entry per (peer identity, protocol, port prefix):
+
+- a ``podSelector`` / ``namespaceSelector`` peer: every identity whose labels match — the pod
+  selector against the identity's labels (in the policy's namespace unless a namespace selector is
+  given), the namespace selector against its ``io.cilium.k8s.namespace.labels.*``; reserved
+  identities (host, world, …) are no pods and match neither;
+- an ``ipBlock``: every node-local CIDR identity (:func:`podnet.calc.ipcache.cidr_identities`) whose
+  prefix lies inside the block and outside its ``except``s. Pods and nodes resolve to their own
+  identities, so an ipBlock does not select them (Cilium's rule; the Calico profile's ipBlock does);
+- no ``from``/``to``: any identity (0); no ``ports``: any protocol; a port range: port prefixes;
+- a named port: on ingress, the endpoint's own container port of that name; on egress, the ports of
+  that name of the pods behind each peer identity (pods of one identity with different numbers for
+  one name get every number, as in Cilium); a name found nowhere adds nothing.
+
+Every entry keeps its provenance, ``knp:<ns>/<name>:<direction>:<rule index>`` (the nftables
+rules' comment format, which ``podnet monitor`` reads).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from podnet.calc.identity import NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX
+from podnet.calc.policy import PodInfo
+from podnet.calc.policymap import (
+    ANY_IDENTITY,
+    ANY_PROTOCOL,
+    EGRESS,
+    INGRESS,
+    PolicyEntry,
+    PolicyKey,
+    PolicyMap,
+    add_entry,
+    materialize,
+    port_prefixes,
+)
+from podnet.model.k8s_policy import NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort
+
+PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
+
+
+@dataclass(frozen=True)
+class IdentityUniverse:
+    """What peers are resolved against: every known identity's labels (reserved ones included or
+    not: they match no selector), the cluster's pods per identity (egress named ports), and the
+    node-local CIDR identities of the policies' CIDRs."""
+
+    labels: Mapping[int, Mapping[str, str]]
+    pods: Mapping[int, tuple[PodInfo, ...]] = field(default_factory=dict)
+    cidrs: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EndpointMap:
+    """One local endpoint's policy: which directions are enforced, and its map's entries."""
+
+    key: str
+    ingress_enforced: bool
+    egress_enforced: bool
+    entries: PolicyMap
+
+    def enforced(self, direction: str) -> bool:
+        return self.ingress_enforced if direction == INGRESS else self.egress_enforced
+
+
+def policy_cidrs(policies: Iterable[NetworkPolicy]) -> list[str]:
+    """Every CIDR the policies' ipBlocks name, ``except``s included (each needs an identity)."""
+    out: set[str] = set()
+    for policy in policies:
+        rules = [
+            *(r.from_ or [] for r in policy.spec.ingress or []),
+            *(r.to or [] for r in policy.spec.egress or []),
+        ]
+        for peers in rules:
+            for peer in peers:
+                if peer.ip_block is not None:
+                    out.add(str(ipaddress.ip_network(peer.ip_block.cidr, strict=False)))
+                    out.update(
+                        str(ipaddress.ip_network(e, strict=False)) for e in peer.ip_block.except_ or []
+                    )
+    return sorted(out)
+
+
+def peer_identities(peer: NetworkPolicyPeer, namespace: str, universe: IdentityUniverse) -> set[int]:
+    """The identities a ``from``/``to`` peer of a policy in ``namespace`` stands for."""
+    if peer.ip_block is not None:
+        block = ipaddress.ip_network(peer.ip_block.cidr, strict=False)
+        excepts = [ipaddress.ip_network(e, strict=False) for e in peer.ip_block.except_ or []]
+        out = set()
+        for prefix, number in universe.cidrs.items():
+            net = ipaddress.ip_network(prefix)
+            if net.version != block.version or not net.subnet_of(block):  # type: ignore[arg-type]
+                continue
+            if any(net.version == e.version and net.subnet_of(e) for e in excepts):  # type: ignore[arg-type]
+                continue
+            out.add(number)
+        return out
+    out = set()
+    for number, labels in universe.labels.items():
+        pod_namespace = labels.get(NAMESPACE_LABEL)
+        if pod_namespace is None:
+            continue  # a reserved identity: no pod
+        if peer.namespace_selector is None:
+            if pod_namespace != namespace:
+                continue
+        else:
+            namespace_labels = {
+                k.removeprefix(NAMESPACE_LABELS_PREFIX): v
+                for k, v in labels.items()
+                if k.startswith(NAMESPACE_LABELS_PREFIX)
+            }
+            if not peer.namespace_selector.matches(namespace_labels):
+                continue
+        if peer.pod_selector is not None and not peer.pod_selector.matches(labels):
+            continue
+        out.add(number)
+    return out
+
+
+def _port_keys(
+    ports: list[NetworkPolicyPort] | None, named: Callable[[str, str], set[int]]
+) -> list[tuple[int, int, int]]:
+    """(protocol, port, prefix) triples of a rule's ports; ``named(name, protocol)`` resolves a
+    name to its numbers."""
+    if not ports:
+        return [(ANY_PROTOCOL, 0, 0)]
+    out: list[tuple[int, int, int]] = []
+    for port in ports:
+        protocol = PROTOCOL_NUMBERS[port.protocol]
+        if port.port is None:
+            out.append((protocol, 0, 0))
+        elif isinstance(port.port, int):
+            out += [
+                (protocol, p, prefix) for p, prefix in port_prefixes(port.port, port.end_port or port.port)
+            ]
+        else:
+            out += [(protocol, number, 16) for number in sorted(named(str(port.port), port.protocol))]
+    return list(dict.fromkeys(out))
+
+
+def compile_endpoint_maps(
+    local_pods: Iterable[PodInfo],
+    policies: Iterable[NetworkPolicy],
+    universe: IdentityUniverse,
+    enforcement: str = "default",
+    cilium_policies: Iterable[Any] = (),
+    pod_labels: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[str, EndpointMap]:
+    """Each local pod's map under Kubernetes ``policies`` and ``cilium_policies`` (CNP/CCNP,
+    :mod:`podnet.calc.policy_cnp`; they select by identity labels, ``pod_labels``: pod key -> the
+    labels of its identity). ``enforcement`` is Cilium's policy enforcement mode: ``default``
+    enforces a direction once a policy enforces it on the endpoint, ``always`` every direction,
+    ``never`` none (and no entries)."""
+    from podnet.calc.policy_cnp import add_policy  # CNPs build on this module's types
+
+    policies = list(policies)
+    cilium_policies = list(cilium_policies)
+    out: dict[str, EndpointMap] = {}
+    for pod in sorted(local_pods, key=lambda p: p.key):
+        entries: PolicyMap = {}
+        enforced = {INGRESS: enforcement == "always", EGRESS: enforcement == "always"}
+        if enforcement != "never":
+            for policy in policies:
+                namespace = policy.namespace or "default"
+                if pod.namespace != namespace or not policy.spec.pod_selector.matches(pod.labels):
+                    continue
+                types = policy.effective_policy_types()
+                if "Ingress" in types:
+                    enforced[INGRESS] = True
+                    _ingress(policy, namespace, pod, universe, entries)
+                if "Egress" in types:
+                    enforced[EGRESS] = True
+                    _egress(policy, namespace, universe, entries)
+            labels = dict((pod_labels or {}).get(pod.key, {}))
+            for cilium_policy in cilium_policies:
+                directions = add_policy(cilium_policy, pod, labels, universe, entries)
+                enforced[INGRESS] |= directions[INGRESS]
+                enforced[EGRESS] |= directions[EGRESS]
+        out[pod.key] = EndpointMap(pod.key, enforced[INGRESS], enforced[EGRESS], materialize(entries))
+    return out
+
+
+def _provenance(policy: NetworkPolicy, namespace: str, direction: str, index: int) -> str:
+    return f"knp:{namespace}/{policy.name}:{direction}:{index}"
+
+
+def _ingress(
+    policy: NetworkPolicy, namespace: str, pod: PodInfo, universe: IdentityUniverse, entries: PolicyMap
+) -> None:
+    def named(name: str, protocol: str) -> set[int]:
+        number = pod.named_port(name, protocol)
+        return set() if number is None else {number}
+
+    for index, rule in enumerate(policy.spec.ingress or []):
+        entry = PolicyEntry(provenance=(_provenance(policy, namespace, INGRESS, index),))
+        peers = (
+            set().union(*(peer_identities(p, namespace, universe) for p in rule.from_))
+            if rule.from_
+            else {ANY_IDENTITY}
+        )
+        for identity in sorted(peers):
+            for protocol, port, prefix in _port_keys(rule.ports, named):
+                add_entry(entries, PolicyKey(INGRESS, identity, protocol, port, prefix), entry)
+
+
+def _egress(policy: NetworkPolicy, namespace: str, universe: IdentityUniverse, entries: PolicyMap) -> None:
+    for index, rule in enumerate(policy.spec.egress or []):
+        entry = PolicyEntry(provenance=(_provenance(policy, namespace, EGRESS, index),))
+        if rule.to:
+            peers = set().union(*(peer_identities(p, namespace, universe) for p in rule.to))
+        else:
+            peers = {ANY_IDENTITY}
+        for identity in sorted(peers):
+            if identity == ANY_IDENTITY and any(isinstance(p.port, str) for p in rule.ports or []):
+                # a named port to any peer: resolved per identity that has pods
+                numbered = [p for p in rule.ports or [] if not isinstance(p.port, str)]
+                if numbered:
+                    for protocol, port, prefix in _port_keys(numbered, lambda _n, _p: set()):
+                        add_entry(entries, PolicyKey(EGRESS, identity, protocol, port, prefix), entry)
+                named_only = [p for p in rule.ports or [] if isinstance(p.port, str)]
+                for other in sorted(universe.pods):
+                    _egress_named(other, named_only, universe, entry, entries)
+                continue
+
+            def named(name: str, protocol: str, identity: int = identity) -> set[int]:
+                return _numbers(universe.pods.get(identity, ()), name, protocol)
+
+            for protocol, port, prefix in _port_keys(rule.ports, named):
+                add_entry(entries, PolicyKey(EGRESS, identity, protocol, port, prefix), entry)
+
+
+def _numbers(pods: Iterable[PodInfo], name: str, protocol: str) -> set[int]:
+    return {n for pod in pods if (n := pod.named_port(name, protocol)) is not None}
+
+
+def _egress_named(
+    identity: int,
+    ports: list[NetworkPolicyPort],
+    universe: IdentityUniverse,
+    entry: PolicyEntry,
+    entries: PolicyMap,
+) -> None:
+    pods = universe.pods.get(identity, ())
+    for protocol, port, prefix in _port_keys(ports, lambda name, proto: _numbers(pods, name, proto)):
+        add_entry(entries, PolicyKey(EGRESS, identity, protocol, port, prefix), entry)
+
+
+def endpoint_allows(
+    maps: Mapping[str, EndpointMap], key: str, direction: str, peer: int, protocol: int, port: int
+) -> bool:
+    """What the datapath decides for one new connection at endpoint ``key`` (a pod without a map
+    is not an endpoint here: allowed)."""
+    from podnet.calc.policymap import datapath_verdict
+
+    endpoint = maps.get(key)
+    if endpoint is None or not endpoint.enforced(direction):
+        return True
+    hit = datapath_verdict(endpoint.entries, direction, peer, protocol, port)
+    return hit is not None and not hit.deny

@@ -1,0 +1,269 @@
+"""CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy at L3/L4 (pure), into the per-endpoint
+policy maps Kubernetes NetworkPolicy also compiles to (:mod:`podnet.calc.policy_cilium`).
+
+**Selection.** A rule's ``endpointSelector`` matches an endpoint's identity labels; in a CNP only
+endpoints of the policy's namespace (Cilium adds ``k8s:io.kubernetes.pod.namespace``), in a CCNP
+any. ``nodeSelector`` rules (host policies) select no pod here.
+
+**Enforcement** (policy enforcement mode ``default``): a rule with ``ingress``/``ingressDeny``
+enforces ingress on the endpoints it selects, likewise egress; ``enableDefaultDeny: {ingress:
+false}`` makes the rule add its allows without enforcing (Cilium's per-direction default deny).
+
+**Peers**, per rule section (``ingress[i]`` …), the union of its L3 fields:
+
+- ``from/toEndpoints``: identities whose labels match (pod identities only), in a CNP scoped to
+  its namespace unless the selector names ``io.kubernetes.pod.namespace``; ``{}``: every endpoint
+  (of the namespace, in a CNP);
+- ``from/toEntities``: ``host`` 1, ``world`` 2, ``unmanaged`` 3, ``health`` 4, ``init`` 5,
+  ``remote-node`` 6, ``kube-apiserver`` 7, ``ingress`` 8; ``cluster``: every pod identity and the
+  reserved in-cluster ones (host, remote-node, init, health, unmanaged, kube-apiserver, ingress);
+  ``all``: any (0); ``none``: nothing;
+- ``from/toCIDR``, ``from/toCIDRSet`` (``except``): the node-local CIDR identities inside and not
+  excepted, and ``world`` for ``0.0.0.0/0`` (Cilium: world = 0.0.0.0/0); pods and nodes keep their
+  own identities, so CIDR rules never select them;
+- no L3 field: any peer (a ports-only rule).
+
+**Ports**: ``toPorts[].ports[]`` by number (``0``: all), range (``endPort``) or name (ingress: the
+endpoint's container port; egress: the peers' pods'), ``protocol`` TCP/UDP/SCTP or ANY (each of
+the three); no ``toPorts``: any protocol. A ``toPorts`` entry with L7 ``rules`` is not enforced
+until the L7 proxy exists: it allows nothing (fail closed; :func:`l7_unenforced` names it for the
+policy's status). ``icmps``, ``from/toRequires``, ``toServices``, ``from/toNodes`` and ``toFQDNs``
+are not compiled yet: a section using them allows nothing (and :func:`unsupported` names them).
+
+**Deny**: ``ingressDeny``/``egressDeny`` sections give deny entries (deny wins over every allow of
+every kind, :func:`podnet.calc.policymap.materialize`).
+
+Provenance: ``cnp:<ns>/<name>:<section>:<index>`` (``ccnp:<name>:…`` for a CCNP).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import Any
+
+from podnet.calc.identity import NAMESPACE_LABEL
+from podnet.calc.policy import PodInfo
+from podnet.calc.policy_cilium import PROTOCOL_NUMBERS, IdentityUniverse
+from podnet.calc.policymap import (
+    ANY_IDENTITY,
+    EGRESS,
+    INGRESS,
+    PolicyEntry,
+    PolicyKey,
+    PolicyMap,
+    add_entry,
+    port_prefixes,
+)
+from podnet.model.cilium import CiliumClusterwideNetworkPolicy, CiliumRule, PortRule
+from podnet.model.identity import RESERVED
+from podnet.model.selectors import EndpointSelector
+
+#: The reserved identities Cilium's ``cluster`` entity includes besides every pod.
+CLUSTER_RESERVED = ("host", "remote-node", "init", "health", "unmanaged", "kube-apiserver", "ingress")
+UNSUPPORTED_FIELDS = (
+    ("from_requires", "fromRequires"),
+    ("to_requires", "toRequires"),
+    ("to_services", "toServices"),
+    ("from_nodes", "fromNodes"),
+    ("to_nodes", "toNodes"),
+    ("to_fqdns", "toFQDNs"),
+    ("icmps", "icmps"),
+    ("from_groups", "fromGroups"),
+    ("to_groups", "toGroups"),
+)
+
+
+def policy_name(policy: Any) -> str:
+    """``cnp:<ns>/<name>`` or ``ccnp:<name>``: the provenance prefix of a policy's entries."""
+    if isinstance(policy, CiliumClusterwideNetworkPolicy):
+        return f"ccnp:{policy.name}"
+    return f"cnp:{policy.namespace or 'default'}/{policy.name}"
+
+
+def _namespace(policy: Any) -> str | None:
+    return None if isinstance(policy, CiliumClusterwideNetworkPolicy) else (policy.namespace or "default")
+
+
+def _names_namespace(selector: EndpointSelector) -> bool:
+    keys = [*(selector.match_labels or {}), *(e.key for e in selector.match_expressions or [])]
+    return any(key.split(":", 1)[-1] == NAMESPACE_LABEL for key in keys)
+
+
+def selects(policy: Any, rule: CiliumRule, labels: dict[str, str]) -> bool:
+    """Whether ``rule`` of ``policy`` selects an endpoint with identity ``labels``."""
+    if rule.endpoint_selector is None:
+        return False  # a host policy (nodeSelector): no pod
+    namespace = _namespace(policy)
+    if namespace is not None and labels.get(NAMESPACE_LABEL) != namespace:
+        return False
+    return rule.endpoint_selector.matches(labels)
+
+
+def endpoint_identities(
+    selector: EndpointSelector, namespace: str | None, universe: IdentityUniverse
+) -> set[int]:
+    """Pod identities ``selector`` matches, scoped to ``namespace`` unless it names one."""
+    scope = None if namespace is None or _names_namespace(selector) else namespace
+    return {
+        number
+        for number, labels in universe.labels.items()
+        if NAMESPACE_LABEL in labels
+        and (scope is None or labels[NAMESPACE_LABEL] == scope)
+        and selector.matches(labels)
+    }
+
+
+def entity_identities(entity: str, universe: IdentityUniverse) -> set[int]:
+    if entity == "all":
+        return {ANY_IDENTITY}
+    if entity == "none":
+        return set()
+    if entity == "cluster":
+        pods = {n for n, labels in universe.labels.items() if NAMESPACE_LABEL in labels}
+        return pods | {RESERVED[name] for name in CLUSTER_RESERVED}
+    if entity in ("world-ipv4", "world-ipv6"):
+        return {RESERVED["world"]}
+    return {RESERVED[entity]}
+
+
+def cidr_identities_within(cidr: str, excepts: Iterable[str], universe: IdentityUniverse) -> set[int]:
+    """The CIDR identities inside ``cidr`` and outside ``excepts``, and world for a /0."""
+    block = ipaddress.ip_network(cidr, strict=False)
+    holes = [ipaddress.ip_network(e, strict=False) for e in excepts]
+    out = {RESERVED["world"]} if block.prefixlen == 0 else set()
+    for prefix, number in universe.cidrs.items():
+        net = ipaddress.ip_network(prefix)
+        if net.version != block.version or not net.subnet_of(block):  # type: ignore[arg-type]
+            continue
+        if any(net.version == h.version and net.subnet_of(h) for h in holes):  # type: ignore[arg-type]
+            continue
+        out.add(number)
+    return out
+
+
+def rule_cidrs(policies: Iterable[Any]) -> list[str]:
+    """Every CIDR the policies' CIDR fields name (excepts included): each needs an identity."""
+    out: set[str] = set()
+    for policy in policies:
+        for rule in policy.rules():
+            for section in (rule.ingress, rule.ingress_deny, rule.egress, rule.egress_deny):
+                for part in section or []:
+                    cidrs = getattr(part, "from_cidr", None) or getattr(part, "to_cidr", None) or []
+                    sets = getattr(part, "from_cidr_set", None) or getattr(part, "to_cidr_set", None) or []
+                    texts = [*cidrs, *(c.cidr for c in sets if c.cidr)]
+                    texts += [e for c in sets for e in c.except_ or []]
+                    out.update(str(ipaddress.ip_network(text, strict=False)) for text in texts)
+    return sorted(out)
+
+
+def _peers(part: Any, direction: str, namespace: str | None, universe: IdentityUniverse) -> set[int] | None:
+    """The identities of a section's L3 fields (None: it has none, any peer)."""
+    prefix = "from" if direction == INGRESS else "to"
+    endpoints = getattr(part, f"{prefix}_endpoints")
+    entities = getattr(part, f"{prefix}_entities")
+    cidrs = getattr(part, f"{prefix}_cidr")
+    cidr_sets = getattr(part, f"{prefix}_cidr_set")
+    if endpoints is None and entities is None and cidrs is None and cidr_sets is None:
+        return None
+    out: set[int] = set()
+    for selector in endpoints or []:
+        out |= endpoint_identities(selector, namespace, universe)
+    for entity in entities or []:
+        out |= entity_identities(entity, universe)
+    for cidr in cidrs or []:
+        out |= cidr_identities_within(cidr, (), universe)
+    for cidr_set in cidr_sets or []:
+        if cidr_set.cidr:
+            out |= cidr_identities_within(cidr_set.cidr, cidr_set.except_ or (), universe)
+    return out
+
+
+def _port_keys(
+    port_rules: list[PortRule] | None, direction: str, pod: PodInfo, peer: int, universe: IdentityUniverse
+) -> list[tuple[int, int, int]] | None:
+    """(protocol, port, prefix) of a section's ``toPorts`` for ``peer``; None: any protocol."""
+    if not port_rules:
+        return None
+    out: list[tuple[int, int, int]] = []
+    for port_rule in port_rules:
+        if port_rule.rules is not None:
+            continue  # L7: not enforced yet, allows nothing (l7_unenforced)
+        for port in port_rule.ports or []:
+            protocols = ("TCP", "UDP", "SCTP") if port.protocol == "ANY" else (port.protocol,)
+            for protocol in protocols:
+                number = PROTOCOL_NUMBERS[protocol]
+                if port.port.isdigit():
+                    first = int(port.port)
+                    if first == 0:
+                        out.append((number, 0, 0))
+                        continue
+                    for start, prefix in port_prefixes(first, max(first, port.end_port or first)):
+                        out.append((number, start, prefix))
+                    continue
+                if direction == INGRESS:
+                    found = {pod.named_port(port.port, protocol)}
+                else:
+                    found = {p.named_port(port.port, protocol) for p in universe.pods.get(peer, ())}
+                out += [(number, n, 16) for n in sorted(f for f in found if f is not None)]
+    return list(dict.fromkeys(out))
+
+
+def add_policy(
+    policy: Any, pod: PodInfo, labels: dict[str, str], universe: IdentityUniverse, entries: PolicyMap
+) -> dict[str, bool]:
+    """Add the entries ``policy`` gives endpoint ``pod`` (identity ``labels``) to ``entries``;
+    returns the directions it enforces."""
+    enforced = {INGRESS: False, EGRESS: False}
+    namespace = _namespace(policy)
+    name = policy_name(policy)
+    for rule in policy.rules():
+        if not selects(policy, rule, labels):
+            continue
+        default_ingress, default_egress = rule.default_deny()
+        enforced[INGRESS] |= default_ingress
+        enforced[EGRESS] |= default_egress
+        sections = (
+            ("ingress", INGRESS, False, rule.ingress),
+            ("ingressDeny", INGRESS, True, rule.ingress_deny),
+            ("egress", EGRESS, False, rule.egress),
+            ("egressDeny", EGRESS, True, rule.egress_deny),
+        )
+        for section, direction, deny, parts in sections:
+            for index, part in enumerate(parts or []):
+                if any(getattr(part, attr, None) for attr, _ in UNSUPPORTED_FIELDS):
+                    continue  # not compiled yet: allows (denies) nothing; unsupported() says so
+                entry = PolicyEntry(deny, 0, (f"{name}:{section}:{index}",))
+                peers = _peers(part, direction, namespace, universe)
+                for peer in sorted({ANY_IDENTITY} if peers is None else peers):
+                    keys = _port_keys(part.to_ports, direction, pod, peer, universe)
+                    if keys is None:
+                        add_entry(entries, PolicyKey(direction, peer), entry)
+                        continue
+                    for protocol, port, prefix in keys:
+                        add_entry(entries, PolicyKey(direction, peer, protocol, port, prefix), entry)
+    return enforced
+
+
+def unsupported(policy: Any) -> list[str]:
+    """Fields of ``policy`` this profile does not compile yet (their sections allow nothing)."""
+    found = []
+    for r, rule in enumerate(policy.rules()):
+        for section in ("ingress", "ingress_deny", "egress", "egress_deny"):
+            for i, part in enumerate(getattr(rule, section) or []):
+                for attr, field_name in UNSUPPORTED_FIELDS:
+                    if getattr(part, attr, None):
+                        found.append(f"specs[{r}].{section}[{i}].{field_name}")
+    return found
+
+
+def l7_unenforced(policy: Any) -> list[str]:
+    """``toPorts`` entries with L7 rules (not enforced until the L7 proxy: they allow nothing)."""
+    found = []
+    for r, rule in enumerate(policy.rules()):
+        for section in ("ingress", "egress"):
+            for i, part in enumerate(getattr(rule, section) or []):
+                for j, port_rule in enumerate(part.to_ports or []):
+                    if port_rule.rules is not None:
+                        found.append(f"specs[{r}].{section}[{i}].toPorts[{j}].rules")
+    return found
