@@ -20,6 +20,9 @@ No I/O here; everything is testable without root. Every module of the package, o
     conntrack.py       which pod traffic may skip conntrack: the policy table's notrack rule and set
     identity.py        Cilium security identities: the label set of a pod's identity
     ipcache.py         the Cilium profile's ipcache: address or prefix -> identity (pods, nodes, CIDRs)
+    policymap.py       the Cilium profile's per-endpoint policy map: keys, entries, deny precedence
+    policy_cilium.py   Kubernetes NetworkPolicy by identity, into per-endpoint policy maps
+    policy_cnp.py      CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy at L3/L4, into the same maps
     host_endpoints.py  Calico HostEndpoints of this node: what the host-endpoint table enforces
     host_policy.py     GlobalNetworkPolicy on host endpoint interfaces: host and forwarded subjects
     services.py        Services and the Pods behind them: what one node must load-balance

@@ -23,8 +23,8 @@ once a policy selects an endpoint, ``always`` enforces with no policy, ``never``
 ``failsafeOutboundHostPorts`` (UDP 53, 67, TCP 179, 2379, 2380, 5473, 6443, 6666, 6667): what a
 HostEndpoint's default deny never blocks (``[]`` turns failsafe off), as ``[{protocol: TCP, port: 22}]``;
 left unset they stay unset in the stored object and :meth:`effective` fills in the defaults.
-``clusterName: default`` (Cilium's ``cluster-name``, an RFC 1123 label) is part of every identity's
-labels (``io.cilium.k8s.policy.cluster``).
+``clusterName`` (Cilium's ``cluster-name``, an RFC 1123 label; unset: ``default``) is part of every
+identity's labels (``io.cilium.k8s.policy.cluster``).
 """
 
 from __future__ import annotations
@@ -168,8 +168,9 @@ class ClusterConfigurationSpec(ApiModel):
     kube_proxy_replacement: bool | None = None
     failsafe_inbound_host_ports: list[ProtoPort] | None = None  # None: Felix's defaults
     failsafe_outbound_host_ports: list[ProtoPort] | None = None
-    # Cilium's cluster-name: every identity carries it (io.cilium.k8s.policy.cluster)
-    cluster_name: str = "default"
+    # Cilium's cluster-name: every identity carries it (io.cilium.k8s.policy.cluster). Unset stays
+    # unset in the stored object (an agent of the previous release refuses fields it does not know)
+    cluster_name: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ClusterConfigurationSpec:
@@ -185,7 +186,7 @@ class ClusterConfigurationSpec(ApiModel):
             problems.add(
                 "autoDirectNodeRoutes", "needs tunnel: disabled (direct routes replace the VXLAN tunnel)"
             )
-        name_problem = dns1123_label_problem(self.cluster_name)
+        name_problem = dns1123_label_problem(self.cluster_name) if self.cluster_name is not None else None
         if name_problem:
             problems.add("clusterName", name_problem)
         network = ipaddress.ip_network(self.service_cluster_ip_range)
@@ -221,7 +222,7 @@ class ClusterConfigurationSpec(ApiModel):
             else self.kube_proxy_replacement,
             failsafe_inbound=_failsafe(self.failsafe_inbound_host_ports, DEFAULT_FAILSAFE_INBOUND),
             failsafe_outbound=_failsafe(self.failsafe_outbound_host_ports, DEFAULT_FAILSAFE_OUTBOUND),
-            cluster_name=self.cluster_name,
+            cluster_name=self.cluster_name or "default",
         )
 
 

@@ -42,7 +42,6 @@ def test_defaults_shown_in_output() -> None:
             "serviceClusterIPRange": "10.96.0.0/12",
             "nodePortRange": "30000-32767",
             "policyEnforcementMode": "default",
-            "clusterName": "default",
         },
     }
 
@@ -142,3 +141,11 @@ def test_explicit_fields_override_the_preset() -> None:
 )
 def test_validation(spec: dict[str, Any], problem: tuple[str, str]) -> None:
     assert problems(config(spec)) == [problem]
+
+
+def test_cluster_name_defaults_to_default_and_stays_unset_when_not_given() -> None:
+    assert parse().effective().cluster_name == "default"
+    assert "clusterName" not in parse().to_dict()["spec"]  # an older agent refuses unknown fields
+    named = parse_resource({**config(), "spec": {"clusterName": "lab-1"}})
+    assert named.effective().cluster_name == "lab-1"
+    assert problems({**config(), "spec": {"clusterName": "Lab_1"}})[0][0] == "spec.clusterName"
