@@ -159,7 +159,7 @@ def compile_endpoint_maps(
     labels of its identity). ``enforcement`` is Cilium's policy enforcement mode: ``default``
     enforces a direction once a policy enforces it on the endpoint, ``always`` every direction,
     ``never`` none (and no entries)."""
-    from podnet.calc.policy_cnp import add_policy  # CNPs build on this module's types
+    from podnet.calc.policy_cnp import add_policy, apply_requires, requirements  # CNPs build on this
 
     policies = list(policies)
     cilium_policies = list(cilium_policies)
@@ -184,6 +184,7 @@ def compile_endpoint_maps(
                 directions = add_policy(cilium_policy, pod, labels, universe, entries)
                 enforced[INGRESS] |= directions[INGRESS]
                 enforced[EGRESS] |= directions[EGRESS]
+            entries = apply_requires(entries, requirements(cilium_policies, labels), universe)
         out[pod.key] = EndpointMap(pod.key, enforced[INGRESS], enforced[EGRESS], materialize(entries))
     return out
 

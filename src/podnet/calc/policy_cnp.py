@@ -25,10 +25,15 @@ false}`` makes the rule add its allows without enforcing (Cilium's per-direction
 
 **Ports**: ``toPorts[].ports[]`` by number (``0``: all), range (``endPort``) or name (ingress: the
 endpoint's container port; egress: the peers' pods'), ``protocol`` TCP/UDP/SCTP or ANY (each of
-the three); no ``toPorts``: any protocol. A ``toPorts`` entry with L7 ``rules`` is not enforced
-until the L7 proxy exists: it allows nothing (fail closed; :func:`l7_unenforced` names it for the
-policy's status). ``icmps``, ``from/toRequires``, ``toServices``, ``from/toNodes`` and ``toFQDNs``
-are not compiled yet: a section using them allows nothing (and :func:`unsupported` names them).
+the three); ``icmps``: ICMP (IPv4) or ICMPv6 types, by number or Cilium's names, in the port field
+of the key as Cilium does; neither: any protocol. A ``toPorts`` entry with L7 ``rules`` is not
+enforced until the L7 proxy exists: it allows nothing (fail closed; :func:`l7_unenforced` names it
+for the policy's status). ``toServices``, ``from/toNodes`` and ``toFQDNs`` are not compiled yet: a
+section using them allows nothing (and :func:`unsupported` names them), as does an unknown ICMP name.
+
+**Requirements**: the ``from/toRequires`` selectors of every rule that selects an endpoint apply to
+all of that endpoint's allows in that direction, whichever policy (NetworkPolicy too) gave them:
+a peer must also match each of them (:func:`apply_requires`); they never allow anything themselves.
 
 **Deny**: ``ingressDeny``/``egressDeny`` sections give deny entries (deny wins over every allow of
 every kind, :func:`podnet.calc.policymap.materialize`).
@@ -62,16 +67,69 @@ from podnet.model.selectors import EndpointSelector
 #: The reserved identities Cilium's ``cluster`` entity includes besides every pod.
 CLUSTER_RESERVED = ("host", "remote-node", "init", "health", "unmanaged", "kube-apiserver", "ingress")
 UNSUPPORTED_FIELDS = (
-    ("from_requires", "fromRequires"),
-    ("to_requires", "toRequires"),
     ("to_services", "toServices"),
     ("from_nodes", "fromNodes"),
     ("to_nodes", "toNodes"),
     ("to_fqdns", "toFQDNs"),
-    ("icmps", "icmps"),
     ("from_groups", "fromGroups"),
     ("to_groups", "toGroups"),
 )
+
+
+#: Cilium's ICMP type names (``pkg/policy/api/icmp.go``), per family.
+ICMP_TYPES = {
+    "IPv4": {
+        "EchoReply": 0,
+        "DestinationUnreachable": 3,
+        "Redirect": 5,
+        "Echo": 8,
+        "EchoRequest": 8,
+        "RouterAdvertisement": 9,
+        "RouterSelection": 10,
+        "TimeExceeded": 11,
+        "ParameterProblem": 12,
+        "Timestamp": 13,
+        "TimestampReply": 14,
+        "Photuris": 40,
+        "ExtendedEchoRequest": 42,
+        "ExtendedEchoReply": 43,
+    },
+    "IPv6": {
+        "DestinationUnreachable": 1,
+        "PacketTooBig": 2,
+        "TimeExceeded": 3,
+        "ParameterProblem": 4,
+        "EchoRequest": 128,
+        "EchoReply": 129,
+        "MulticastListenerQuery": 130,
+        "MulticastListenerReport": 131,
+        "MulticastListenerDone": 132,
+        "RouterSolicitation": 133,
+        "RouterAdvertisement": 134,
+        "NeighborSolicitation": 135,
+        "NeighborAdvertisement": 136,
+        "RedirectMessage": 137,
+        "RouterRenumbering": 138,
+        "ICMPNodeInformationQuery": 139,
+        "ICMPNodeInformationResponse": 140,
+        "InverseNeighborDiscoverySolicitation": 141,
+        "InverseNeighborDiscoveryAdvertisement": 142,
+        "HomeAgentAddressDiscoveryRequest": 144,
+        "HomeAgentAddressDiscoveryReply": 145,
+        "MobilePrefixSolicitation": 146,
+        "MobilePrefixAdvertisement": 147,
+        "DuplicateAddressRequestCodeSuffix": 157,
+        "DuplicateAddressConfirmationCodeSuffix": 158,
+        "ExtendedEchoRequest": 160,
+        "ExtendedEchoReply": 161,
+    },
+}
+ICMP_PROTOCOLS = {"IPv4": 1, "IPv6": 58}
+
+
+def icmp_type(value: int | str, family: str) -> int | None:
+    """An ICMP type by number or by Cilium's name for ``family`` (None: an unknown name)."""
+    return value if isinstance(value, int) else ICMP_TYPES[family].get(value)
 
 
 def policy_name(policy: Any) -> str:
@@ -209,6 +267,17 @@ def _port_keys(
     return list(dict.fromkeys(out))
 
 
+def _icmp_keys(icmps: list[Any]) -> list[tuple[int, int, int]]:
+    """(ICMP protocol, type, 16) per field; an unknown name adds nothing (fail closed)."""
+    out = []
+    for icmp_rule in icmps:
+        for field in icmp_rule.fields:
+            number = icmp_type(field.type, field.family)
+            if number is not None:
+                out.append((ICMP_PROTOCOLS[field.family], number, 16))
+    return list(dict.fromkeys(out))
+
+
 def add_policy(
     policy: Any, pod: PodInfo, labels: dict[str, str], universe: IdentityUniverse, entries: PolicyMap
 ) -> dict[str, bool]:
@@ -235,8 +304,13 @@ def add_policy(
                     continue  # not compiled yet: allows (denies) nothing; unsupported() says so
                 entry = PolicyEntry(deny, 0, (f"{name}:{section}:{index}",))
                 peers = _peers(part, direction, namespace, universe)
+                requires = part.from_requires if direction == INGRESS else part.to_requires
+                if peers is None and requires:
+                    continue  # requirements only: they never allow by themselves
                 for peer in sorted({ANY_IDENTITY} if peers is None else peers):
                     keys = _port_keys(part.to_ports, direction, pod, peer, universe)
+                    if part.icmps:
+                        keys = _icmp_keys(part.icmps)
                     if keys is None:
                         add_entry(entries, PolicyKey(direction, peer), entry)
                         continue
@@ -254,6 +328,12 @@ def unsupported(policy: Any) -> list[str]:
                 for attr, field_name in UNSUPPORTED_FIELDS:
                     if getattr(part, attr, None):
                         found.append(f"specs[{r}].{section}[{i}].{field_name}")
+                for j, icmp_rule in enumerate(part.icmps or []):
+                    for k, field in enumerate(icmp_rule.fields):
+                        if icmp_type(field.type, field.family) is None:
+                            found.append(
+                                f"specs[{r}].{section}[{i}].icmps[{j}].fields[{k}].type {field.type}"
+                            )
     return found
 
 
@@ -267,3 +347,49 @@ def l7_unenforced(policy: Any) -> list[str]:
                     if port_rule.rules is not None:
                         found.append(f"specs[{r}].{section}[{i}].toPorts[{j}].rules")
     return found
+
+
+#: direction -> (selector, namespace scope) of each from/toRequires that applies
+Requirements = dict[str, list[tuple[EndpointSelector, str | None]]]
+
+
+def requirements(policies: Iterable[Any], labels: dict[str, str]) -> Requirements:
+    """direction -> the (selector, namespace scope) of every from/toRequires of the rules that
+    select an endpoint with identity ``labels``."""
+    out: Requirements = {INGRESS: [], EGRESS: []}
+    for policy in policies:
+        namespace = _namespace(policy)
+        for rule in policy.rules():
+            if not selects(policy, rule, labels):
+                continue
+            for part in rule.ingress or []:
+                out[INGRESS] += [(s, namespace) for s in part.from_requires or []]
+            for part in rule.egress or []:
+                out[EGRESS] += [(s, namespace) for s in part.to_requires or []]
+    return out
+
+
+def apply_requires(
+    entries: PolicyMap,
+    required: Requirements,
+    universe: IdentityUniverse,
+) -> PolicyMap:
+    """``entries`` with every allow of a direction that has requirements narrowed to the peers
+    that meet all of them (an any-peer allow becomes one allow per such peer); denies untouched."""
+    allowed = {
+        direction: set.intersection(*(endpoint_identities(s, ns, universe) for s, ns in selectors))
+        for direction, selectors in required.items()
+        if selectors
+    }
+    out: PolicyMap = {}
+    for key, entry in entries.items():
+        if entry.deny or key.direction not in allowed:
+            add_entry(out, key, entry)
+            continue
+        peers = allowed[key.direction]
+        if key.identity == ANY_IDENTITY:
+            for peer in sorted(peers):
+                add_entry(out, PolicyKey(key.direction, peer, key.protocol, key.port, key.prefix), entry)
+        elif key.identity in peers:
+            add_entry(out, key, entry)
+    return out

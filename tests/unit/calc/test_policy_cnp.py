@@ -180,7 +180,7 @@ def test_l7_and_unsupported_sections_fail_closed_and_are_named():
                     {"ports": [{"port": "80", "protocol": "TCP"}], "rules": {"http": [{"method": "GET"}]}}
                 ],
             },
-            {"fromRequires": [{"matchLabels": {"env": "prod"}}]},
+            {"fromNodes": [{"matchLabels": {"zone": "a"}}]},
         ],
     }
     policy = cnp(spec)
@@ -188,4 +188,41 @@ def test_l7_and_unsupported_sections_fail_closed_and_are_named():
     assert maps["shop/web"].ingress_enforced
     assert not allows(maps, "shop/web", INGRESS, ids["shop/api"], 80)  # never a silent allow
     assert l7_unenforced(policy) == ["specs[0].ingress[0].toPorts[0].rules"]
-    assert unsupported(policy) == ["specs[0].ingress[1].fromRequires"]
+    assert unsupported(policy) == ["specs[0].ingress[1].fromNodes"]
+
+
+def test_requires_narrow_every_allow_of_the_endpoint_and_allow_nothing_themselves():
+    prod = PodInfo("shop", "prod-api", {"app": "api", "env": "prod"}, ("192.168.0.9",))
+    pods = [*PODS, prod]
+    universe, ids = universe_of(pods, NAMESPACES, [])
+    labels = {key: s.mapping() for key, s in pod_label_sets(pods, NAMESPACES).items()}
+    require = {
+        "endpointSelector": {"matchLabels": {"app": "web"}},
+        "ingress": [{"fromRequires": [{"matchLabels": {"env": "prod"}}]}],
+    }
+    allow = {"endpointSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"fromEndpoints": [{}]}]}
+    maps = compile_endpoint_maps(pods, [], universe, cilium_policies=[cnp(require)], pod_labels=labels)
+    assert maps["shop/web"].ingress_enforced
+    assert not allows(maps, "shop/web", INGRESS, ids["shop/prod-api"])  # requires allow nothing
+    policies = [cnp(require), cnp(allow, name="q")]
+    maps = compile_endpoint_maps(pods, [], universe, cilium_policies=policies, pod_labels=labels)
+    assert allows(maps, "shop/web", INGRESS, ids["shop/prod-api"])
+    assert not allows(maps, "shop/web", INGRESS, ids["shop/api"])  # allowed by q, fails the requirement
+    assert allows(maps, "shop/api", INGRESS, ids["shop/web"])  # api is not under the requirement
+
+
+def test_icmps_by_number_and_name_per_family():
+    spec = {
+        "endpointSelector": {"matchLabels": {"app": "web"}},
+        "ingress": [
+            {"icmps": [{"fields": [{"type": 8}, {"type": "EchoRequest", "family": "IPv6"}]}]},
+            {"icmps": [{"fields": [{"type": "NoSuchType"}]}]},
+        ],
+    }
+    policy = cnp(spec)
+    maps, _, _ = maps_for(policy)
+    assert allows(maps, "shop/web", INGRESS, 4242, 8, 1)  # echo request, ICMP
+    assert allows(maps, "shop/web", INGRESS, 4242, 128, 58)  # echo request, ICMPv6
+    assert not allows(maps, "shop/web", INGRESS, 4242, 0, 1)  # echo reply: not listed
+    assert not allows(maps, "shop/web", INGRESS, 4242, 8)  # TCP port 8: ICMP rules are ICMP only
+    assert unsupported(policy) == ["specs[0].ingress[1].icmps[0].fields[0].type NoSuchType"]
