@@ -42,6 +42,7 @@ from podnet.calc.policymap import (
     materialize,
     port_prefixes,
 )
+from podnet.model.identity import RESERVED
 from podnet.model.k8s_policy import NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort
 
 PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
@@ -89,20 +90,26 @@ def policy_cidrs(policies: Iterable[NetworkPolicy]) -> list[str]:
     return sorted(out)
 
 
+def cidr_identities_within(cidr: str, excepts: Iterable[str], universe: IdentityUniverse) -> set[int]:
+    """The node-local CIDR identities inside ``cidr`` and outside ``excepts`` (and ``world`` for a
+    /0, Cilium's world = 0.0.0.0/0): what an ipBlock or a CNP CIDR rule stands for."""
+    block = ipaddress.ip_network(cidr, strict=False)
+    holes = [ipaddress.ip_network(e, strict=False) for e in excepts]
+    out = {RESERVED["world"]} if block.prefixlen == 0 else set()
+    for prefix, number in universe.cidrs.items():
+        net = ipaddress.ip_network(prefix)
+        if net.version != block.version or not net.subnet_of(block):  # type: ignore[arg-type]
+            continue
+        if any(net.version == h.version and net.subnet_of(h) for h in holes):  # type: ignore[arg-type]
+            continue
+        out.add(number)
+    return out
+
+
 def peer_identities(peer: NetworkPolicyPeer, namespace: str, universe: IdentityUniverse) -> set[int]:
     """The identities a ``from``/``to`` peer of a policy in ``namespace`` stands for."""
     if peer.ip_block is not None:
-        block = ipaddress.ip_network(peer.ip_block.cidr, strict=False)
-        excepts = [ipaddress.ip_network(e, strict=False) for e in peer.ip_block.except_ or []]
-        out = set()
-        for prefix, number in universe.cidrs.items():
-            net = ipaddress.ip_network(prefix)
-            if net.version != block.version or not net.subnet_of(block):  # type: ignore[arg-type]
-                continue
-            if any(net.version == e.version and net.subnet_of(e) for e in excepts):  # type: ignore[arg-type]
-                continue
-            out.add(number)
-        return out
+        return cidr_identities_within(peer.ip_block.cidr, peer.ip_block.except_ or (), universe)
     out = set()
     for number, labels in universe.labels.items():
         pod_namespace = labels.get(NAMESPACE_LABEL)

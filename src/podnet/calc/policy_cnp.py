@@ -49,7 +49,7 @@ from typing import Any
 
 from podnet.calc.identity import NAMESPACE_LABEL
 from podnet.calc.policy import PodInfo
-from podnet.calc.policy_cilium import PROTOCOL_NUMBERS, IdentityUniverse
+from podnet.calc.policy_cilium import PROTOCOL_NUMBERS, IdentityUniverse, cidr_identities_within
 from podnet.calc.policymap import (
     ANY_IDENTITY,
     EGRESS,
@@ -183,21 +183,6 @@ def entity_identities(entity: str, universe: IdentityUniverse) -> set[int]:
     if entity in ("world-ipv4", "world-ipv6"):
         return {RESERVED["world"]}
     return {RESERVED[entity]}
-
-
-def cidr_identities_within(cidr: str, excepts: Iterable[str], universe: IdentityUniverse) -> set[int]:
-    """The CIDR identities inside ``cidr`` and outside ``excepts``, and world for a /0."""
-    block = ipaddress.ip_network(cidr, strict=False)
-    holes = [ipaddress.ip_network(e, strict=False) for e in excepts]
-    out = {RESERVED["world"]} if block.prefixlen == 0 else set()
-    for prefix, number in universe.cidrs.items():
-        net = ipaddress.ip_network(prefix)
-        if net.version != block.version or not net.subnet_of(block):  # type: ignore[arg-type]
-            continue
-        if any(net.version == h.version and net.subnet_of(h) for h in holes):  # type: ignore[arg-type]
-            continue
-        out.add(number)
-    return out
 
 
 def rule_cidrs(policies: Iterable[Any]) -> list[str]:
