@@ -8,7 +8,7 @@
 
 Nothing is applied before the first snapshot is loaded (Felix's rule): an agent restarting with
 etcd down keeps every route it had. Each event marks what it touched (the kind ``ClusterCache.update``
-returns); a burst that touched only pods, namespaces, policies or services runs ``apply_partial``
+returns); a burst that touched only pods, namespaces, policies, services or identities runs ``apply_partial``
 (policy and services, no route work) instead of the whole apply — a policy change does not pay for
 a dump of every link and route. A snapshot, a CNI request, the periodic resync and a retry after a
 failure run everything. Triggers are coalesced (a burst of events is one apply) and never fire in
@@ -37,7 +37,8 @@ from podnet.datastore.sync import PrefixSync, Snapshot
 log = logging.getLogger("podnet.agent.sync")
 
 FULL = "all"  # a dirty mark that means: apply everything
-PARTIAL_KINDS = frozenset({"pods", "namespaces", "policy", "services"})  # no route work needed
+# no route work needed ("identities": Cilium identity numbers, read by policy only)
+PARTIAL_KINDS = frozenset({"pods", "namespaces", "policy", "services", "identities"})
 
 
 class Syncer:

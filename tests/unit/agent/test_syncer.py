@@ -181,6 +181,12 @@ def test_policy_only_changes_skip_the_route_work():
         store.put(LAYOUT.handle("h1"), b"{}")
         time.sleep(0.2)
         assert len(partial) == 1 and rec.calls == full
+        # an identity written by some agent's allocation: policy input only, no route work
+        store.put(LAYOUT.identity_labels("d" * 32), b'{"id":300}')
+        deadline = time.monotonic() + 5
+        while len(partial) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert partial[1] == {"identities"} and rec.calls == full
         # a node change (or a CNI request) is a full apply
         store.put(LAYOUT.resource("nodes", "n2"), node_doc("n2", "10.77.0.12/24"))
         rec.wait(full + 1)
