@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from podnet.agent.log import kv
 from podnet.calc.endpoints import EndpointRecord
@@ -115,6 +116,7 @@ class CNIService:
         ready: Callable[[], bool],
         pools_and_labels: Callable[[], tuple[list, dict]],
         queue_dir: str | None = None,
+        on_wired: Callable[[Any], None] | None = None,  # dataplane.endpoint.WiredEndpoint
     ) -> None:
         self.node = node
         self.resources = resources
@@ -126,6 +128,7 @@ class CNIService:
         self.ready = ready
         self.pools_and_labels = pools_and_labels  # from the agent's watch cache: no datastore read
         self.queue_dir = queue_dir  # the deletion queue; None: where the request's plugin queues
+        self.on_wired = on_wired  # called with each new veth before ADD answers (eBPF attach)
         self.lock = threading.Lock()
         self.timings: dict[str, float] = {}  # of the request being served (under the lock)
         self._wiring: frozenset[str] = frozenset()  # pod /32s the request being served is changing
@@ -263,10 +266,19 @@ class CNIService:
         with self._changing(addresses):  # a route apply meanwhile leaves these alone
             try:
                 wired = dp.wire_endpoint(spec)
-                t2 = time.monotonic()
             except Exception as exc:
                 self.ipam.release_handle(req.handle)
                 raise CNIFailure(ERR_WIRING, f"wiring {req.ifname} in {req.netns} failed: {exc}") from exc
+            try:
+                if self.on_wired is not None:
+                    self.on_wired(wired)
+                t2 = time.monotonic()
+            except Exception as exc:
+                dp.unwire_endpoint(wired.host_ifname, req.netns, req.ifname)
+                self.ipam.release_handle(req.handle)
+                raise CNIFailure(
+                    ERR_WIRING, f"attaching {wired.host_ifname}'s datapath failed: {exc}"
+                ) from exc
             record = EndpointRecord(
                 node=self.node,
                 namespace=req.namespace,

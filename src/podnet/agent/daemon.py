@@ -127,6 +127,7 @@ class Agent:
             ready=self._ready,
             pools_and_labels=self._pools_and_labels,
             queue_dir=delete_queue_dir(config.socket),
+            on_wired=self._on_wired,
         )
         self._router_ip: str | None = None
         self._vxlan = None  # VXLANTunnel once this node has a VTEP
@@ -134,6 +135,10 @@ class Agent:
         self._ipip = None  # IPIPTunnel once some node is reached over IPIP
         self._underlay_mtu: int | None = None
         self.policy_plan = None  # the PolicyPlan last applied (the drop monitor explains drops by it)
+        self.cilium = None  # CiliumDatapath (agent.cilium_datapath) once the Cilium profile runs here
+        self.cilium_plan = None  # the CiliumPlan last written to its maps
+        self.bpf_events = None  # BpfEvents (agent.bpf_events): the Cilium datapath's drops and verdicts
+        self._nft_policy_on = True  # the nftables policy table may exist (removed on Cilium nodes)
         self.drops = None  # DropMonitor, from start()
         self._stop = threading.Event()
         self._servers: list = []
@@ -287,7 +292,8 @@ class Agent:
         traffic of no isolated local endpoint, no Service backend, no node or control-plane address
         skips conntrack."""
         from podnet.calc.conntrack import forward_policy_here, notrack_plan
-        from podnet.calc.policy_inputs import compile_cluster, service_backends
+        from podnet.calc.policy import datastore_address
+        from podnet.calc.policy_inputs import compile_cilium, compile_cluster, service_backends
 
         with self.syncer.lock:
             pods = self.cache.pod_infos()
@@ -311,11 +317,23 @@ class Agent:
             invalid = invalid_policies(self.cache.errors, self.layout)
             namespaces = dict(self.cache.namespaces)
             cluster = self._settings().cluster_name
+            cilium = None
+            if self._profile() == "cilium":
+                apiserver = [
+                    found[0]
+                    for found in map(datastore_address, getattr(self.store, "endpoints", []))
+                    if found is not None
+                ]
+                cilium = compile_cilium(self.cache, local.pods, self.config.node, apiserver)
         for policy, error in plan.errors.items():
             kv(log, logging.WARNING, "policy not compiled; it allows nothing", policy=policy, error=error)
         self._note_conflicts(local.conflicts)
         try:
-            self.policy.apply(plan, endpoints, control, notrack)
+            if cilium is not None:
+                self._apply_cilium(cilium, records, control)
+            else:
+                self.policy.apply(plan, endpoints, control, notrack)
+                self._nft_policy_on = True
             self.policy_plan = plan  # in force now (the drop monitor explains drops by it)
             self._last_local = {p.key: p for p in local.pods if p.key in endpoints}
             self._apply_host_endpoints()
@@ -324,6 +342,75 @@ class Agent:
             raise
         self.policy_status.report(revision, None, plan.errors, invalid, local.conflicts)
         self._apply_identities(local.pods, namespaces, cluster)  # after the policy: datastore I/O
+
+    def _cilium_datapath(self):  # type: ignore[no-untyped-def]
+        from podnet.agent.cilium_datapath import CiliumDatapath, pin_dir_for
+
+        if self.cilium is None:
+            self.cilium = CiliumDatapath(
+                pin_dir_for(self.config.bpf_dir, self.config.node), self.config.bpf_dirs()["cache_dir"]
+            )
+        return self.cilium
+
+    def _on_wired(self, wired) -> None:  # type: ignore[no-untyped-def]
+        """CNI ADD, the veth just made: on a Cilium node its tc programs are attached before the
+        ADD answers, with a "not ready" record (agent.cilium_datapath), so no packet passes
+        unjudged; the sync this ADD triggers writes its policy."""
+        if self._profile() == "cilium":
+            self._cilium_datapath().attach(wired.host_ifname, wired.addresses, wired.mac)
+
+    def _apply_cilium(self, plan, records: list, control: ControlPlane) -> None:  # type: ignore[no-untyped-def]
+        """Cilium profile: the eBPF datapath enforces ``plan``; the nftables policy table goes."""
+        if self._nft_policy_on:
+            self.policy.remove()
+            self._nft_policy_on = False
+        netdevs = [self.config.uplink]
+        if self._wants_vxlan():
+            netdevs.append(VXLAN_DEVICES["cilium"][0])
+        counts = self._cilium_datapath().apply(plan, records, control, netdevs)
+        self.cilium_plan = plan
+        self._start_bpf_events()
+        if any(counts.values()):
+            kv(
+                log,
+                logging.INFO,
+                "cilium maps synced",
+                **{k.removeprefix("pn_"): n for k, n in counts.items()},
+            )
+        overflow = self.cilium.lxc.overflow if self.cilium else ()
+        if overflow:
+            kv(
+                log,
+                logging.WARNING,
+                "policy map full: endpoints keep their previous policy",
+                pods=",".join(overflow),
+            )
+
+    def _start_bpf_events(self) -> None:
+        """The datapath's ring buffer read into the drop monitor (once its maps exist)."""
+        from podnet.agent.bpf_events import BpfEvents
+
+        if self.bpf_events is not None or self.drops is None or self.cilium is None:
+            return
+        lxc = self.cilium.lxc
+
+        def endpoint_map(endpoint_id: int):  # type: ignore[no-untyped-def]
+            plan = self.cilium_plan
+            key = lxc.pod_of(endpoint_id)
+            return plan.maps.get(key) if plan is not None and key else None
+
+        self.drops.other_sources = True
+        self.bpf_events = BpfEvents(
+            self.config.node,
+            lxc.events_path(),
+            self._pod_infos,
+            endpoint_map,
+            lxc.entry,
+            self.drops.add_records,
+            lxc.set_verdict_events,
+            lambda: lxc.stats()["events_lost"],
+        )
+        self.bpf_events.start()
 
     def _apply_identities(self, pods: list, namespaces: dict, cluster: str) -> None:
         """Cilium profile: every local pod's identity allocated cluster-wide and referenced by this
@@ -475,8 +562,10 @@ class Agent:
         """Only pods, namespaces, policies or services changed: no route, tunnel or BGP work. A
         Service change recompiles policy too: Calico ``services`` rules stand for its endpoints (a
         stale Deny would let its new endpoints through), and its backends stay tracked (notrack)."""
-        if kinds & {"pods", "namespaces", "policy", "services"}:
-            self._apply_policy()
+        if kinds & {"pods", "namespaces", "policy", "services"} or (
+            "identities" in kinds and self._profile() == "cilium"
+        ):
+            self._apply_policy()  # identity numbers: the Cilium profile's ipcache and maps
         if kinds & {"pods", "services"}:
             self._apply_services()
         return {}
@@ -549,6 +638,8 @@ class Agent:
     def _dispatch(self, doc: dict) -> dict:
         """The API: DROPS to the drop monitor, the CNI verbs (and anything else) to the CNI service."""
         if str(doc.get("verb", "")).upper() == DROPS and self.drops is not None:
+            if "policy-verdict" in (doc.get("types") or ()) and self.bpf_events is not None:
+                self.bpf_events.want_verdicts()  # the tc programs send them while someone asks
             return self.drops.handle(doc)
         return self.cni.handle(doc)
 
@@ -589,6 +680,7 @@ class Agent:
         if self.config.metrics_address:
             self._servers.append(metrics.serve(self.config.metrics_address, self.metrics, self.health))
         threading.Thread(target=self._watch_bird, name="bird-watch", daemon=True).start()
+        threading.Thread(target=self._collect_ct, name="ct-gc", daemon=True).start()
 
     def _watch_bird(self, interval: float = 1.0) -> None:
         """BIRD is the agent's child: if it exits (a crash, a graceful restart), the next apply
@@ -598,6 +690,19 @@ class Agent:
             if bird is not None and not bird.process_alive():
                 kv(log, logging.WARNING, "BIRD is not running; starting it again")
                 self.syncer.trigger()
+
+    def _collect_ct(self, interval: float = 5.0) -> None:
+        """The Cilium datapath's expired conntrack entries, removed now and then (the LRU map
+        evicts only when full)."""
+        import time
+
+        while not self._stop.wait(interval):
+            cilium = self.cilium
+            if cilium is not None:
+                try:
+                    cilium.maybe_gc(time.monotonic())
+                except Exception as exc:  # the next round tries again
+                    kv(log, logging.WARNING, "conntrack gc failed", error=str(exc))
 
     def _retry_queue(self, queue_dir: str) -> None:
         while not self._stop.wait(5.0):
@@ -621,6 +726,8 @@ class Agent:
         self.syncer.stop()
         self.policy_status.stop()
         self.identities.stop()
+        if self.bpf_events is not None:
+            self.bpf_events.stop()
         if self.drops is not None:
             self.drops.stop()  # answers the long polls before the server goes
         for server in self._servers:

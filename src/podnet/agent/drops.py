@@ -64,6 +64,8 @@ def describe(deniers: Iterable[Provenance]) -> str:
 class DropMonitor:
     """Reads NFLOG in a daemon thread, annotates each drop, keeps the last ``capacity`` of them."""
 
+    other_sources = False  # records also come from add_records (the Cilium datapath): no NFLOG is fine
+
     def __init__(
         self,
         node: str,
@@ -242,7 +244,10 @@ class DropMonitor:
     def add(self, drops: Iterable[Drop]) -> None:
         """Annotate ``drops`` against the plan in force now and append them to the ring."""
         plan = self._plan()
-        records = [self.annotate(d, plan) for d in drops]
+        self.add_records([self.annotate(d, plan) for d in drops])
+
+    def add_records(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append records annotated elsewhere (the Cilium datapath's events, agent.bpf_events)."""
         with self._cond:
             for record in records:
                 self._seq += 1
@@ -273,7 +278,7 @@ class DropMonitor:
                 raise ValueError(f"since >= 0, 0 <= wait <= {MAX_WAIT:g}, 0 < limit <= {MAX_LIMIT}")
         except (TypeError, ValueError) as exc:
             return {"ok": False, "code": ERR_BAD_REQUEST, "msg": f"bad DROPS request: {exc}", "details": ""}
-        if self._reader is None and self.error is not None:
+        if self._reader is None and self.error is not None and not self.other_sources:
             return {
                 "ok": False,
                 "code": ERR_TRY_AGAIN,

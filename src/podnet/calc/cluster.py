@@ -50,6 +50,8 @@ _POLICY_KINDS: dict[str, tuple[str, bool]] = {
     "baselineadminnetworkpolicies.policy.networking.k8s.io": ("baseline_policy", False),
     "clusternetworkpolicies.policy.networking.k8s.io": ("cluster_policies", False),
     "serviceaccounts": ("service_accounts", True),
+    "ciliumnetworkpolicies.cilium.io": ("cilium_policies", True),
+    "ciliumclusterwidenetworkpolicies.cilium.io": ("cilium_cluster_policies", False),
 }
 
 
@@ -126,6 +128,8 @@ class ClusterCache:
         self.baseline_policy: BaselineAdminNetworkPolicy | None = None  # the singleton "default"
         self.cluster_policies: dict[str, ClusterNetworkPolicy] = {}  # name
         self.service_accounts: dict[str, dict[str, str]] = {}  # "namespace/name" -> labels
+        self.cilium_policies: dict[str, object] = {}  # "namespace/name" -> CiliumNetworkPolicy
+        self.cilium_cluster_policies: dict[str, object] = {}  # name -> CiliumClusterwideNetworkPolicy
         # Cilium identities (datastore.identity_alloc): allocated numbers and label-set digests
         self.identities: dict[int, LabelSet] = {}
         self.identity_numbers: dict[str, int] = {}  # LabelSet.digest -> number

@@ -10,8 +10,11 @@ allows its peers on its ports, an entry per (peer identity, protocol, port prefi
   given), the namespace selector against its ``io.cilium.k8s.namespace.labels.*``; reserved
   identities (host, world, …) are no pods and match neither;
 - an ``ipBlock``: every node-local CIDR identity (:func:`podnet.calc.ipcache.cidr_identities`) whose
-  prefix lies inside the block and outside its ``except``s. Pods and nodes resolve to their own
-  identities, so an ipBlock does not select them (Cilium's rule; the Calico profile's ipBlock does);
+  prefix lies inside the block and outside its ``except``s, and, for Kubernetes' semantics (an
+  ipBlock selects pods and nodes by address, as the Calico profile does; Cilium's does not), every
+  pod or node identity all of whose member addresses (:attr:`IdentityUniverse.addresses`: its pods'
+  IPs; a node's primary IP) lie inside and outside the ``except``s. An identity whose members
+  straddle the block is not allowed (fail closed: one identity, one verdict);
 - no ``from``/``to``: any identity (0); no ``ports``: any protocol; a port range: port prefixes;
 - a named port: on ingress, the endpoint's own container port of that name; on egress, the ports of
   that name of the pods behind each peer identity (pods of one identity with different numbers for
@@ -57,6 +60,9 @@ class IdentityUniverse:
     labels: Mapping[int, Mapping[str, str]]
     pods: Mapping[int, tuple[PodInfo, ...]] = field(default_factory=dict)
     cidrs: Mapping[str, int] = field(default_factory=dict)
+    #: identity -> the addresses a NetworkPolicy ipBlock judges it by (pods' IPs; host and
+    #: remote-node: the nodes' primary IPs)
+    addresses: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,9 @@ class EndpointMap:
     ingress_enforced: bool
     egress_enforced: bool
     entries: PolicyMap
+    #: direction -> what enforces it: ``knp:<ns>/<name>``, ``cnp:<ns>/<name>``, ``ccnp:<name>``, or
+    #: ``enforcement:always`` (the default deny a drop names)
+    enforced_by: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def enforced(self, direction: str) -> bool:
         return self.ingress_enforced if direction == INGRESS else self.egress_enforced
@@ -106,10 +115,25 @@ def cidr_identities_within(cidr: str, excepts: Iterable[str], universe: Identity
     return out
 
 
+def members_within(cidr: str, excepts: Iterable[str], universe: IdentityUniverse) -> set[int]:
+    """The identities every member address of which is inside ``cidr`` and outside ``excepts``."""
+    block = ipaddress.ip_network(cidr, strict=False)
+    holes = [ipaddress.ip_network(e, strict=False) for e in excepts]
+
+    def inside(address: str) -> bool:
+        ip = ipaddress.ip_address(address)
+        return ip in block and not any(ip in h for h in holes)
+
+    return {n for n, members in universe.addresses.items() if members and all(map(inside, members))}
+
+
 def peer_identities(peer: NetworkPolicyPeer, namespace: str, universe: IdentityUniverse) -> set[int]:
     """The identities a ``from``/``to`` peer of a policy in ``namespace`` stands for."""
     if peer.ip_block is not None:
-        return cidr_identities_within(peer.ip_block.cidr, peer.ip_block.except_ or (), universe)
+        excepts = peer.ip_block.except_ or ()
+        return cidr_identities_within(peer.ip_block.cidr, excepts, universe) | members_within(
+            peer.ip_block.cidr, excepts, universe
+        )
     out = set()
     for number, labels in universe.labels.items():
         pod_namespace = labels.get(NAMESPACE_LABEL)
@@ -166,7 +190,12 @@ def compile_endpoint_maps(
     labels of its identity). ``enforcement`` is Cilium's policy enforcement mode: ``default``
     enforces a direction once a policy enforces it on the endpoint, ``always`` every direction,
     ``never`` none (and no entries)."""
-    from podnet.calc.policy_cnp import add_policy, apply_requires, requirements  # CNPs build on this
+    from podnet.calc.policy_cnp import (  # CNPs build on this module
+        add_policy,
+        apply_requires,
+        policy_name,
+        requirements,
+    )
 
     policies = list(policies)
     cilium_policies = list(cilium_policies)
@@ -174,6 +203,9 @@ def compile_endpoint_maps(
     for pod in sorted(local_pods, key=lambda p: p.key):
         entries: PolicyMap = {}
         enforced = {INGRESS: enforcement == "always", EGRESS: enforcement == "always"}
+        by: dict[str, list[str]] = {
+            d: ["enforcement:always"] if enforcement == "always" else [] for d in (INGRESS, EGRESS)
+        }
         if enforcement != "never":
             for policy in policies:
                 namespace = policy.namespace or "default"
@@ -182,17 +214,27 @@ def compile_endpoint_maps(
                 types = policy.effective_policy_types()
                 if "Ingress" in types:
                     enforced[INGRESS] = True
+                    by[INGRESS].append(f"knp:{namespace}/{policy.name}")
                     _ingress(policy, namespace, pod, universe, entries)
                 if "Egress" in types:
                     enforced[EGRESS] = True
+                    by[EGRESS].append(f"knp:{namespace}/{policy.name}")
                     _egress(policy, namespace, universe, entries)
             labels = dict((pod_labels or {}).get(pod.key, {}))
             for cilium_policy in cilium_policies:
                 directions = add_policy(cilium_policy, pod, labels, universe, entries)
-                enforced[INGRESS] |= directions[INGRESS]
-                enforced[EGRESS] |= directions[EGRESS]
+                for direction in (INGRESS, EGRESS):
+                    if directions[direction]:
+                        enforced[direction] = True
+                        by[direction].append(policy_name(cilium_policy))
             entries = apply_requires(entries, requirements(cilium_policies, labels), universe)
-        out[pod.key] = EndpointMap(pod.key, enforced[INGRESS], enforced[EGRESS], materialize(entries))
+        out[pod.key] = EndpointMap(
+            pod.key,
+            enforced[INGRESS],
+            enforced[EGRESS],
+            materialize(entries),
+            {d: tuple(sorted(set(names))) for d, names in by.items() if names},
+        )
     return out
 
 

@@ -7,18 +7,27 @@ disagree.
     --------  --------------------------------------------------------------------------------
     calico    NetworkPolicy (Kubernetes), Calico NetworkPolicy and GlobalNetworkPolicy in their
               Tiers, AdminNetworkPolicy, BaselineAdminNetworkPolicy, ClusterNetworkPolicy
-    cilium    NetworkPolicy (Kubernetes) only (Cilium does not implement the admin kinds;
-              CiliumNetworkPolicy is the eBPF issue's)
+    cilium    NetworkPolicy (Kubernetes) as nftables rules (:func:`compile_cluster`, what
+              ``policy explain`` and the drop monitor read), and NetworkPolicy,
+              CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy by identity into each local
+              endpoint's eBPF policy map (:func:`compile_cilium`, what the kernel enforces);
+              Cilium does not implement the admin kinds
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from podnet.calc.identity import pod_label_sets
+from podnet.calc.ipcache import IpcacheEntry, cidr_identities, ipcache
 from podnet.calc.memo import ObjectMemo
 from podnet.calc.policy import HostSubject, PodInfo, PolicyPlan, compile_policies
+from podnet.calc.policy_cilium import EndpointMap, IdentityUniverse, compile_endpoint_maps, policy_cidrs
+from podnet.calc.policy_cnp import rule_cidrs
 from podnet.calc.services import service_endpoints
+from podnet.model.identity import RESERVED
 
 CALICO = "calico"
 
@@ -91,3 +100,66 @@ def compile_hosts(
     """The GlobalNetworkPolicies of the Calico profile for host endpoint subjects ``hosts`` only
     (the same compile as the pods'; no pod is a subject here)."""
     return compile_cluster(cache, (), CALICO, hosts, list(cache.global_policies.values()), memo)
+
+
+@dataclass(frozen=True)
+class CiliumPlan:
+    """What the Cilium profile's datapath enforces on one node: each local pod's policy map, the
+    ipcache, every pod's identity number (pods whose label set has none yet are missing), and
+    the universe the peers were resolved against."""
+
+    maps: Mapping[str, EndpointMap]
+    ipcache: Mapping[str, IpcacheEntry]
+    pod_identity: Mapping[str, int]
+    universe: IdentityUniverse
+
+
+def compile_cilium(
+    cache: Any, local_pods: Iterable[PodInfo], node: str, apiserver: Iterable[str] = ()
+) -> CiliumPlan:
+    """The Cilium profile's plan for ``node`` from the watch cache (pure): identities by label set
+    (:mod:`podnet.calc.identity`; numbers from the datastore's allocator), NetworkPolicy and
+    CNP/CCNP compiled by identity (:func:`podnet.calc.policy_cilium.compile_endpoint_maps`), the
+    ipcache of every pod, node, the API server (``apiserver``) and policy CIDR."""
+    settings = cache.config.effective() if cache.config else None
+    cluster = settings.cluster_name if settings else "default"
+    enforcement = settings.policy_enforcement_mode if settings else "default"
+    pods = cache.pod_infos()
+    label_sets = pod_label_sets(pods, cache.namespaces, cluster)
+    pod_identity = {
+        key: cache.identity_numbers[ls.digest]
+        for key, ls in label_sets.items()
+        if ls.digest in cache.identity_numbers
+    }
+    netpols = list(cache.netpols.values())
+    cilium = [*cache.cilium_policies.values(), *cache.cilium_cluster_policies.values()]
+    cidrs = cidr_identities([*policy_cidrs(netpols), *rule_cidrs(cilium)])
+    by_number: dict[int, list[PodInfo]] = {}
+    for pod in pods:
+        if pod.key in pod_identity:
+            by_number.setdefault(pod_identity[pod.key], []).append(pod)
+    addresses = {n: tuple(ip for p in members for ip in p.ips) for n, members in by_number.items()}
+    primary = {name: info.ip for name, info in cache.nodes.items() if info.ip}
+    addresses[RESERVED["host"]] = tuple(ip for name, ip in primary.items() if name == node)
+    addresses[RESERVED["remote-node"]] = tuple(ip for name, ip in primary.items() if name != node)
+    universe = IdentityUniverse(
+        {number: ls.mapping() for number, ls in cache.identities.items()},
+        {number: tuple(members) for number, members in by_number.items()},
+        cidrs,
+        addresses,
+    )
+    local = list(local_pods)
+    maps = compile_endpoint_maps(
+        local,
+        netpols,
+        universe,
+        enforcement,
+        cilium,
+        {p.key: label_sets[p.key].mapping() for p in local if p.key in label_sets},
+    )
+    nodes = {
+        name: [a for a in (info.ip, info.vxlan_ip, info.router_ip) if a] for name, info in cache.nodes.items()
+    }
+    return CiliumPlan(
+        maps, ipcache(pods, pod_identity, nodes, node, apiserver, cidrs), pod_identity, universe
+    )

@@ -1,5 +1,7 @@
-"""``podnet monitor --type drop|log [--node N] [--follow]``: policy drops, like ``cilium monitor -t
-drop``, or the packets Calico ``Log`` rules logged (``--type log``).
+"""``podnet monitor --type drop|log|policy-verdict [--node N] [--follow]``: policy drops, like
+``cilium monitor -t drop``, the packets Calico ``Log`` rules logged (``--type log``), or the Cilium
+profile's policy verdicts of new connections (``--type policy-verdict``, like ``cilium monitor -t
+policy-verdict``: the agents ask their tc programs for them while someone asks, a minute at a time).
 
 Each node's agent reads the drops its policy table logs (NFLOG) and keeps the last few thousand,
 annotated with the pods and the policies (:mod:`podnet.agent.drops`); this command asks the agents
@@ -43,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-t",
         "--type",
         required=True,
-        choices=["drop", "log"],
-        help="the events to show: drop (policy drops), log (Calico Log rules)",
+        choices=["drop", "log", "policy-verdict"],
+        help="the events to show: drop (policy drops), log (Calico Log rules), policy-verdict "
+        "(Cilium profile: which rule allowed each new connection)",
     )
     parser.add_argument("--node", help="only this lab node (default: every node)")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new drops until Ctrl-C")
@@ -71,7 +74,7 @@ def format_text(drop: dict[str, Any]) -> str:
     """One line: time (UTC), node, protocol, source -> destination:port, direction and reason."""
     src = _endpoint(drop.get("srcPod"), drop.get("src", "?"))
     dst = _endpoint(drop.get("dstPod"), drop.get("dst", "?"), drop.get("dport"))
-    verb = "LOG" if drop.get("type") == "log" else "DROP"
+    verb = {"log": "LOG", "policy-verdict": "VERDICT"}.get(drop.get("type", "drop"), "DROP")
     return (
         f"{_clock(drop.get('time', ''))} {drop.get('node', '?')} {verb} {drop.get('protocol', '?')} "
         f"{src} -> {dst} {drop.get('direction', 'unknown')}: {drop.get('reason', '')}"
@@ -112,13 +115,16 @@ def agent_sockets(prefix: str | None, node: str | None) -> dict[str, str]:
     return {n: names.agent_socket(n) for n in nodes}
 
 
-def ask(node: str, path: str, since: int, wait: float = 0.0) -> dict[str, Any]:
-    """One DROPS request; a :class:`PodnetError` naming the node and socket when it fails."""
+def ask(node: str, path: str, since: int, wait: float = 0.0, types: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One DROPS request (``types``: the events wanted; policy verdicts are made only on request);
+    a :class:`PodnetError` naming the node and socket when it fails."""
     from podnet.agent import api
 
     try:
         reply = api.call(
-            path, {"verb": api.DROPS, "since": since, "wait": wait, "limit": LIMIT}, timeout=wait + 5.0
+            path,
+            {"verb": api.DROPS, "since": since, "wait": wait, "limit": LIMIT, "types": list(types)},
+            timeout=wait + 5.0,
         )
     except api.AgentUnavailable as exc:
         raise PodnetError(f"{node}: {exc}", hint=HINT) from None
@@ -131,12 +137,12 @@ def ask(node: str, path: str, since: int, wait: float = 0.0) -> dict[str, Any]:
     return reply
 
 
-def buffered(node: str, path: str) -> tuple[list[dict[str, Any]], int]:
+def buffered(node: str, path: str, types: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], int]:
     """Every drop the node's agent holds now, and the ``since`` that follows them."""
     drops: list[dict[str, Any]] = []
     since = 0
     while True:
-        reply = ask(node, path, since)
+        reply = ask(node, path, since, types=types)
         drops += reply["drops"]
         since = int(reply["next"])
         if len(reply["drops"]) < LIMIT:
@@ -146,11 +152,13 @@ def buffered(node: str, path: str) -> tuple[list[dict[str, Any]], int]:
 Emit = Callable[[str, Any], None]
 
 
-def _follow(node: str, path: str, since: int, emit: Emit, stop: threading.Event) -> None:
+def _follow(
+    node: str, path: str, since: int, emit: Emit, stop: threading.Event, types: tuple[str, ...] = ()
+) -> None:
     down = False
     while not stop.is_set():
         try:
-            reply = ask(node, path, since, WAIT)
+            reply = ask(node, path, since, WAIT, types)
         except PodnetError as exc:
             if not down:
                 emit("error", f"{exc.message} (retrying)")
@@ -167,7 +175,9 @@ def _follow(node: str, path: str, since: int, emit: Emit, stop: threading.Event)
             emit("drop", drop)
 
 
-def follow(sockets: dict[str, str], start: dict[str, int], wait: float = 0.5) -> Iterator[tuple[str, Any]]:
+def follow(
+    sockets: dict[str, str], start: dict[str, int], wait: float = 0.5, types: tuple[str, ...] = ()
+) -> Iterator[tuple[str, Any]]:
     """``("drop", record)`` and ``("error", text)`` as they come from every node, until closed."""
     import queue
 
@@ -179,7 +189,10 @@ def follow(sockets: dict[str, str], start: dict[str, int], wait: float = 0.5) ->
 
     threads = [
         threading.Thread(
-            target=_follow, args=(node, path, start[node], emit, stop), name=f"monitor-{node}", daemon=True
+            target=_follow,
+            args=(node, path, start[node], emit, stop, types),
+            name=f"monitor-{node}",
+            daemon=True,
         )
         for node, path in sockets.items()
     ]
@@ -218,7 +231,7 @@ def _run(args: argparse.Namespace) -> int:
     failures: list[PodnetError] = []
     for node, path in sockets.items():
         try:
-            got, start[node] = buffered(node, path)
+            got, start[node] = buffered(node, path, (args.type,))
         except PodnetError as exc:
             if len(sockets) == 1 or args.follow:
                 raise
@@ -238,7 +251,7 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     if not args.follow:
         return 0
-    for kind, value in follow(sockets, start):
+    for kind, value in follow(sockets, start, types=(args.type,)):
         if kind == "drop":
             if wanted(value, args.type):
                 print(format_drop(value, args.output), flush=True)

@@ -17,7 +17,10 @@ complete):
     ipip.py          the IPIP tunnel (Calico's tunl0), in tc eBPF where the kernel has no ipip
     bpf.py           eBPF plumbing: clang (cached), bpftool load/pin, tc attach, maps via bpf(2), bpffs
     sock_lb.py       Service load balancing at the socket (Cilium's socket-LB): cgroup v2 eBPF
-    cilium_maps.py   the Cilium profile's map layouts (ipcache, policy, endpoints) and safe update order
+    cilium_maps.py   the Cilium profile's map layouts (ipcache, policy, endpoints, conntrack, events)
+                     and their safe update order
+    lxc.py           the Cilium profile's tc datapath (bpf/lxc.c): load, attach per pod, sync maps
+    ringbuf.py       reading a pinned BPF ring buffer (BPF_MAP_TYPE_RINGBUF): mmap as libbpf does, epoll
     nft.py           what the nftables managers share: one ``nft -f`` transaction, table adoption
     policy.py        policy enforcement: the compiled PolicyPlan as one nftables table (tiers, Pass)
     host_policy.py   Calico HostEndpoints: the node's own traffic, as table inet podnet_host

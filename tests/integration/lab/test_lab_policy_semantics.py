@@ -32,6 +32,7 @@ import pytest
 from netpol_reference import reference_allowed
 from podnet.calc.policy import PodInfo, compile_policies
 from podnet.calc.policy_explain import explain
+from podnet.dataplane.lxc import pinned_endpoints, pinned_ipcache, pinned_policy
 from podnet.dataplane.netns import netns_exists
 from podnet.dataplane.policy import NOTRACK_SETS
 from podnet.datastore.etcd import EtcdDatastore
@@ -109,6 +110,11 @@ class Lab:
     pods: dict[str, PodInfo] = field(default_factory=dict)
     hosts: dict[str, PodInfo] = field(default_factory=dict)  # hostNetwork pods (not pods to policy)
     policies: dict[str, NetworkPolicy] = field(default_factory=dict)  # "ns/name" -> applied
+    profile: str = "calico"
+
+    def lxc_pins(self, node: str) -> str:
+        """The Cilium profile's datapath pins of ``node`` (dataplane.lxc)."""
+        return os.path.join(self.names.state_dir, "bpf", node, "lxc")
 
     def pod_netns(self, key: str) -> str:
         return self.names.pod_ns(*key.split("/", 1))
@@ -241,10 +247,35 @@ def set_members(lab: Lab, node: str) -> dict[str, list[ipaddress.IPv4Network]]:
 
 
 def in_some_set(lab: Lab, node: str, ip: str) -> bool:
-    """In a set some rule matches on (not the notrack set: it spans the pools, free addresses too)."""
+    """In a set some rule matches on (not the notrack set: it spans the pools, free addresses too);
+    the Cilium profile: mapped by the node's ipcache to an identity some policy entry names."""
+    if lab.profile == "cilium":
+        identity = pinned_ipcache(lab.lxc_pins(node)).get(f"{ip}/32", (None, 0))[0]
+        return identity is not None and any(
+            e.key.identity == identity for e in pinned_policy(lab.lxc_pins(node))
+        )
     address = ipaddress.IPv4Address(ip)
     sets = set_members(lab, node)
     return any(address in net for name, nets in sets.items() if name not in NOTRACK_SETS for net in nets)
+
+
+def sctp_entries(lab: Lab, node: str, ip: str) -> set[tuple[str, int, int]]:
+    """(direction, port, prefix) of the SCTP allows in the policy map of the endpoint with ``ip``."""
+    ids = {r.endpoint for r in pinned_endpoints(lab.lxc_pins(node)).values() if r.ipv4 == ip}
+    entries = pinned_policy(lab.lxc_pins(node))
+    return {
+        (e.key.direction, e.key.port, e.key.prefix)
+        for e in entries
+        if e.endpoint in ids and e.key.protocol == 132 and not e.deny
+    }
+
+
+def isolating(lab: Lab, node: str) -> bool:
+    """Does ``node`` isolate some endpoint (nftables deny chains; Cilium: an enforced endpoint)?"""
+    if lab.profile == "cilium":
+        records = pinned_endpoints(lab.lxc_pins(node)).values()
+        return any(r.ingress_enforced or r.egress_enforced for r in records)
+    return "pnd:" in nft(lab, node, "list", "table", "inet", "podnet_policy")
 
 
 def clear_policies(lab: Lab) -> None:
@@ -256,7 +287,7 @@ def clear_policies(lab: Lab) -> None:
         del lab.policies[key]
     deadline = time.monotonic() + SETTLE
     while True:
-        busy = [n for n in NODES if "pnd:" in nft(lab, n, "list", "table", "inet", "podnet_policy")]
+        busy = [n for n in NODES if isolating(lab, n)]
         if not busy:
             return
         assert time.monotonic() < deadline, f"isolation left on {busy} after the policies were deleted"
@@ -382,6 +413,7 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
             names,
             ResourceStore(EtcdDatastore([info.etcd_endpoint])),
             {h.name: h.ip for h in info.topology.nodes},
+            profile=request.param,
         )
         the_lab.namespaces = {ns: dict(labels) for ns, labels in NAMESPACES.items()}
         the_lab.store.apply(
@@ -1185,9 +1217,14 @@ def test_sctp_ports_are_compiled(lab: Lab) -> None:
     node = lab.pods["a/web1"].node
     deadline = time.monotonic() + SETTLE
     while True:
-        ruleset = nft(lab, node, "list", "table", "inet", "podnet_policy")
-        ingress = re.search(r"sctp .*dport 9999 .*accept", ruleset)
-        egress = re.search(r"sctp .*dport 9997-9998 .*accept", ruleset)
+        if lab.profile == "cilium":  # web1's policy map: SCTP (132) keys, the range as port prefixes
+            ruleset = sctp_entries(lab, node, lab.pods["a/web1"].ips[0])
+            ingress = ("ingress", 9999, 16) in ruleset
+            egress = {("egress", 9997, 16), ("egress", 9998, 16)} <= ruleset
+        else:
+            ruleset = nft(lab, node, "list", "table", "inet", "podnet_policy")
+            ingress = re.search(r"sctp .*dport 9999 .*accept", ruleset)
+            egress = re.search(r"sctp .*dport 9997-9998 .*accept", ruleset)
         if ingress and egress:
             break
         assert time.monotonic() < deadline, f"no SCTP rules on {node}:\n{ruleset}"

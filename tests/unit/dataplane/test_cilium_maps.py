@@ -4,14 +4,27 @@ any step, what neither the old nor the new content allows."""
 
 from __future__ import annotations
 
+import struct
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from podnet.calc.policymap import EGRESS, INGRESS, PolicyEntry, PolicyKey, datapath_verdict, materialize
 from podnet.dataplane.cilium_maps import (
+    EVENT_DROP,
+    EVENT_SIZE,
+    IPCACHE_POD,
+    EndpointValue,
+    decode_ct,
+    decode_endpoint_value,
+    decode_event,
+    decode_ipcache_key,
+    decode_ipcache_value,
     decode_policy_key,
+    decode_policy_value,
     endpoint_value,
     ipcache_key,
+    ipcache_value,
     is_deny_value,
     lpm_matches,
     map_ops,
@@ -53,7 +66,47 @@ def test_layout_sizes_and_fields():
     assert is_deny_value(policy_value(PolicyEntry(True), 5)) and not is_deny_value(
         policy_value(PolicyEntry(), 5)
     )
-    assert len(endpoint_value(3, 300, "10.244.1.5", "02:00:00:00:00:01", True, False)) == 20
+    raw = endpoint_value(3, 300, "10.244.1.5", "02:00:00:00:00:01", True, False, "ee:ee:ee:ee:ee:01")
+    assert len(raw) == 24
+    assert decode_endpoint_value(raw) == EndpointValue(
+        3, 300, "10.244.1.5", "02:00:00:00:00:01", "ee:ee:ee:ee:ee:01", True, False, True
+    )
+    not_ready = endpoint_value(3, 0, "10.244.1.5", "02:00:00:00:00:01", True, True, ready=False)
+    assert not decode_endpoint_value(not_ready).ready
+    assert decode_ipcache_key(ipcache_key("10.244.1.5/32")) == "10.244.1.5/32"
+    assert decode_ipcache_key(ipcache_key("fd00::/64")) == "fd00::/64"
+    assert decode_ipcache_value(ipcache_value(300, IPCACHE_POD)) == (300, IPCACHE_POD)
+    assert decode_policy_value(policy_value(PolicyEntry(False, 15001), 9)) == (False, 15001, 9)
+
+
+def test_ct_and_event_records_decode_from_their_c_layout():
+    key = struct.pack("!4s4sHH", bytes([10, 244, 1, 5]), bytes([10, 244, 2, 7]), 40000, 8080)
+    key += struct.pack("=BBH", 6, 1, 12)
+    value = struct.pack("=QQQQIIIIHHBB2x", 3, 180, 2, 120, 5000, 4990, 300, 7, 8, 0, 0x12, 0x12)
+    ct = decode_ct(key, value)
+    assert (ct.saddr, ct.sport, ct.daddr, ct.dport, ct.protocol) == (
+        "10.244.1.5",
+        40000,
+        "10.244.2.7",
+        8080,
+        6,
+    )
+    assert (ct.direction, ct.endpoint, ct.expires, ct.peer_identity, ct.entry_id) == (
+        EGRESS,
+        12,
+        5000,
+        300,
+        7,
+    )
+    assert ct.flags == ("SEEN_REPLY",)
+    raw = struct.pack("=BBBBHBB", 1, 133, 0, 2, 12, 6, 0x02) + struct.pack("=IIII", 9, 300, 301, 0)
+    raw += struct.pack("!4s4sHH", bytes([10, 244, 1, 5]), bytes([10, 244, 2, 7]), 40000, 80)
+    raw += struct.pack("=IQB7x", 60, 123, 0)
+    assert len(raw) == EVENT_SIZE == 56
+    event = decode_event(raw)
+    assert (event.type, event.reason, event.direction, event.endpoint) == (EVENT_DROP, 133, INGRESS, 12)
+    assert (event.saddr, event.sport, event.daddr, event.dport) == ("10.244.1.5", 40000, "10.244.2.7", 80)
+    assert (event.src_identity, event.dst_identity, event.length, event.match) == (300, 301, 60, "none")
 
 
 def decoded(content: dict[bytes, bytes]) -> dict[PolicyKey, PolicyEntry]:

@@ -1,0 +1,235 @@
+"""The Cilium profile's datapath events, read from the ``pn_events`` ring buffer and annotated for
+``podnet monitor`` like the nftables drops (:mod:`podnet.agent.drops`, whose ring they join):
+
+    tc programs ──bpf_ringbuf──▶ BpfEvents thread ──annotate──▶ DropMonitor ring ◀── DROPS request
+                 (full: counted     pods by address (watch cache)
+                  in events_lost,   rules by entry id (dataplane.lxc), default deny by the
+                  never waits)      policies enforcing the endpoint's direction
+
+A drop names what decided it, as Cilium's reasons do: ``Policy denied`` (133) with the policies whose
+default deny it is, ``Policy denied by denylist`` (181) with the deny rule, anti-spoofing (130/132),
+the node control plane (230), an endpoint not ready yet (203). A policy verdict (``type
+policy-verdict``; only while someone asks for them, :meth:`BpfEvents.want_verdicts`) says which
+rule allowed a new connection. Events the ring could not take are counted (``lost``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from podnet.agent.log import kv
+from podnet.calc.policy import PodInfo
+from podnet.calc.policy_cilium import EndpointMap
+from podnet.calc.policymap import PolicyKey
+
+log = logging.getLogger("podnet.agent.bpf_events")
+
+POLL_SECONDS = 0.5
+VERDICT_LEASE = 60.0  # verdict events stay on this long after the last request that wanted them
+PROTOCOLS = {1: "ICMP", 6: "TCP", 17: "UDP", 132: "SCTP"}
+KINDS = {"knp": "NetworkPolicy", "cnp": "CiliumNetworkPolicy", "ccnp": "CiliumClusterwideNetworkPolicy"}
+SPOOF_REASONS = {
+    130: "Invalid source mac (anti-spoofing: source MAC is not the pod's own)",
+    132: "Invalid source ip (anti-spoofing: source address is not the pod's)",
+}
+
+
+def parse_provenance(text: str) -> dict[str, Any]:
+    """``knp:a/web:ingress:0`` / ``cnp:a/x:ingressDeny:1`` / ``ccnp:x:egress:0`` → the record's
+    policy fields (kind, namespace, name, section, rule)."""
+    prefix, _, rest = text.partition(":")
+    if prefix == "enforcement":
+        return {
+            "kind": "PolicyEnforcementMode",
+            "namespace": None,
+            "name": rest,
+            "section": None,
+            "rule": None,
+        }
+    parts = rest.split(":")
+    name = parts[0] if parts else rest
+    namespace, _, short = name.rpartition("/")
+    section = parts[1] if len(parts) > 1 else None
+    rule = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
+    return {
+        "kind": KINDS.get(prefix, prefix),
+        "namespace": namespace or None,
+        "name": short,
+        "section": section,
+        "rule": rule,
+    }
+
+
+def policy_text(p: dict[str, Any]) -> str:
+    where = f"{p['namespace']}/{p['name']}" if p.get("namespace") else p["name"]
+    text = f"{p['kind']} {where}"
+    if p.get("section") is not None:
+        text += f" {p['section']}[{p['rule']}]" if p.get("rule") is not None else f" {p['section']}"
+    return text
+
+
+def describe_key(key: PolicyKey) -> str:
+    peer = "any identity" if key.identity == 0 else f"identity {key.identity}"
+    if key.protocol == 0:
+        return f"{peer}, any protocol"
+    proto = PROTOCOLS.get(key.protocol, str(key.protocol))
+    ports = (
+        "any port" if key.prefix == 0 else f"port {key.port}" + (f"/{key.prefix}" if key.prefix < 16 else "")
+    )
+    return f"{peer}, {proto} {ports}"
+
+
+class BpfEvents:
+    """Reads the ring buffer in a daemon thread and hands annotated records to ``sink``."""
+
+    def __init__(
+        self,
+        node: str,
+        events_path: str,
+        pods: Callable[[], Iterable[PodInfo]],
+        endpoint_map: Callable[[int], EndpointMap | None],
+        entry: Callable[[int], tuple[str, PolicyKey, Any] | None],
+        sink: Callable[[list[dict[str, Any]]], None],
+        set_verdicts: Callable[[bool], None],
+        lost: Callable[[], int],
+    ) -> None:
+        self.node = node
+        self.events_path = events_path
+        self._pods = pods
+        self._endpoint_map = endpoint_map  # endpoint id -> its map (enforcers of a default deny)
+        self._entry = entry  # entry id -> (pod key, key, entry with provenance)
+        self._sink = sink
+        self._set_verdicts = set_verdicts
+        self._lost = lost
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._by_ip: dict[str, str] = {}
+        self._index_at = 0.0
+        self._verdicts_until = 0.0
+        self.error: str | None = None
+        self.read = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="bpf-events", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def want_verdicts(self) -> None:
+        """Someone asks for policy verdicts: the programs send them for :data:`VERDICT_LEASE` s."""
+        self._verdicts_until = time.monotonic() + VERDICT_LEASE
+
+    def status(self) -> dict[str, Any]:
+        try:
+            lost = self._lost()
+        except Exception:
+            lost = None
+        return {"read": self.read, "lost": lost, "error": self.error, "verdicts": self._verdicts_on()}
+
+    def _verdicts_on(self) -> bool:
+        return time.monotonic() < self._verdicts_until
+
+    def _run(self) -> None:
+        from podnet.dataplane import cilium_maps as cm
+        from podnet.dataplane.ringbuf import RingBuffer
+
+        ring = None
+        verdicts = None
+        while not self._stop.is_set():
+            try:
+                if ring is None:
+                    ring = RingBuffer(self.events_path)
+                    self.error = None
+                on = self._verdicts_on()
+                if on != verdicts:
+                    self._set_verdicts(on)
+                    verdicts = on
+                raws = ring.poll(POLL_SECONDS)
+            except Exception as exc:
+                if self.error != str(exc):
+                    kv(log, logging.WARNING, "datapath events not readable", error=str(exc))
+                self.error = str(exc)
+                if ring is not None:
+                    ring.close()
+                    ring = None
+                self._stop.wait(1.0)
+                continue
+            if raws:
+                self.read += len(raws)
+                self._sink([self.annotate(cm.decode_event(raw)) for raw in raws])
+        if ring is not None:
+            ring.close()
+
+    def _index(self) -> None:
+        now = time.monotonic()
+        if now - self._index_at < 1.0:
+            return
+        self._index_at = now
+        self._by_ip = {ip: pod.key for pod in self._pods() for ip in pod.ips}
+
+    def annotate(self, event: Any) -> dict[str, Any]:
+        """One event as the DROPS API returns it (``type`` drop or policy-verdict)."""
+        from podnet.dataplane import cilium_maps as cm
+
+        self._index()
+        wall = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=max(0.0, time.monotonic() - event.ts / 1e9))
+        policies: list[dict[str, Any]] = []
+        matched = self._entry(event.entry_id) if event.entry_id else None
+        if matched is not None:
+            policies = [parse_provenance(p) for p in matched[2].provenance]
+        reason_text = cm.DROP_REASONS.get(event.reason, f"drop reason {event.reason}")
+        if event.type == cm.EVENT_VERDICT:
+            kind = "policy-verdict"
+            if event.match == "host":
+                reason = "allowed: the node reaches its own pods (host identity)"
+            elif policies:
+                reason = f"allowed by {', '.join(policy_text(p) for p in policies)}"
+            else:
+                reason = "allowed"
+            if matched is not None:
+                reason += f" ({describe_key(matched[1])})"
+        else:
+            kind = "drop"
+            if event.reason == 133:
+                endpoint = self._endpoint_map(event.endpoint)
+                names = endpoint.enforced_by.get(event.direction, ()) if endpoint else ()
+                policies = [parse_provenance(n) for n in names]
+                which = ", ".join(policy_text(p) for p in policies) or "no policy known for it"
+                reason = f"{reason_text}: default deny of {which}"
+            elif event.reason == 181:
+                rules = ", ".join(policy_text(p) for p in policies) or "a deny rule no longer in the map"
+                reason = f"{reason_text}: {rules}"
+            elif event.reason in SPOOF_REASONS:
+                reason = SPOOF_REASONS[event.reason]
+            else:
+                reason = reason_text
+        src_pod, dst_pod = self._by_ip.get(event.saddr), self._by_ip.get(event.daddr)
+        return {
+            "time": wall.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "node": self.node,
+            "protocol": PROTOCOLS.get(event.protocol, str(event.protocol)),
+            "src": event.saddr,
+            "srcPod": src_pod,
+            "srcIdentity": event.src_identity,
+            "dst": event.daddr,
+            "dstPod": dst_pod,
+            "dstIdentity": event.dst_identity,
+            "sport": event.sport,
+            "dport": event.dport,
+            "direction": event.direction,
+            "reason": reason,
+            "dropReason": event.reason if event.type != cm.EVENT_VERDICT else None,
+            "verdict": "ALLOWED" if event.type == cm.EVENT_VERDICT else "DENIED",
+            "match": event.match,
+            "endpoint": event.endpoint,
+            "policies": policies,
+            "type": kind,
+        }
