@@ -70,6 +70,7 @@ BPF_OBJ_GET = 7
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_PROG_TEST_RUN = 10
 BPF_ANY = 0
 PERCPU_MAP_TYPES = {5, 6, 10, 21}  # percpu hash / array, lru percpu hash, percpu cgroup storage
 _SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351, "armv7l": 386}
@@ -452,6 +453,32 @@ class BpfMap:
     def percpu_values(self, raw: bytes) -> list[bytes]:
         stride = (self.info.value_size + 7) & ~7
         return [raw[i : i + self.info.value_size] for i in range(0, len(raw), stride)]
+
+
+def prog_test_run(pinned_prog: str, packet: bytes, repeat: int = 1) -> tuple[int, bytes]:
+    """Run the pinned program once (or ``repeat`` times) on ``packet`` with BPF_PROG_TEST_RUN:
+    (its return code, the packet as it left the program). Nothing is sent anywhere: a redirect is
+    only a return code (TC_ACT_REDIRECT), which makes this the datapath's deterministic test bed."""
+    fd = obj_get(pinned_prog)
+    try:
+        data_in = ctypes.create_string_buffer(packet, len(packet))
+        data_out = ctypes.create_string_buffer(len(packet) + 256)
+        attr = _attr(
+            (0, "I", fd),
+            (8, "I", len(packet)),
+            (12, "I", len(data_out)),
+            (16, "Q", ctypes.addressof(data_in)),
+            (24, "Q", ctypes.addressof(data_out)),
+            (32, "I", repeat),
+        )
+        try:
+            _sys_bpf(BPF_PROG_TEST_RUN, attr)
+        except OSError as exc:
+            raise BpfError(f"BPF_PROG_TEST_RUN {pinned_prog}: {exc.strerror}") from exc
+        retval, size = struct.unpack_from("=II", attr, 4)
+        return retval, data_out.raw[:size]
+    finally:
+        os.close(fd)
 
 
 def percpu_counters(pinned: str, names: Sequence[str]) -> dict[str, int]:
