@@ -12,8 +12,8 @@ from podnet.model.identity import RESERVED, LabelSet
 def universe_of(
     pods: list[PodInfo], namespaces: dict, cidrs: list[str]
 ) -> tuple[IdentityUniverse, dict[str, int]]:
-    """The universe of ``pods`` (numbers from 256 in label-set order; reserved ones too), and
-    pod key -> number."""
+    """The universe of ``pods`` (numbers from 256 in label-set order; reserved ones too; each
+    identity's member addresses, what a NetworkPolicy ipBlock judges), and pod key -> number."""
     sets = pod_label_sets(pods, namespaces)
     numbers = {labels: 256 + i for i, labels in enumerate(sorted(set(sets.values()), key=str))}
     pod_identity = {key: numbers[labels] for key, labels in sets.items()}
@@ -22,5 +22,8 @@ def universe_of(
     by_identity: dict[int, list[PodInfo]] = {}
     for pod in pods:
         by_identity.setdefault(pod_identity[pod.key], []).append(pod)
-    universe = IdentityUniverse(labels, {n: tuple(p) for n, p in by_identity.items()}, cidr_identities(cidrs))
+    addresses = {n: tuple(ip for p in members for ip in p.ips) for n, members in by_identity.items()}
+    universe = IdentityUniverse(
+        labels, {n: tuple(p) for n, p in by_identity.items()}, cidr_identities(cidrs), addresses
+    )
     return universe, pod_identity

@@ -128,3 +128,49 @@ def test_namespace_selectors_never_match_reserved_identities_and_enforcement_mod
     assert always.ingress_enforced and always.egress_enforced and not always.entries
     never = compile_endpoint_maps([web], [policy], universe, "never")["shop/web"]
     assert not never.ingress_enforced and not never.entries
+
+
+def test_ip_block_selects_pods_and_nodes_by_address_as_kubernetes_says():
+    """Kubernetes' ipBlock (not Cilium's): pods and nodes inside the block are selected, by every
+    member address of their identity; an identity straddling the block is not (fail closed)."""
+    inside = PodInfo("shop", "in", {"app": "in"}, ("10.244.1.5",))
+    excepted = PodInfo("shop", "ex", {"app": "ex"}, ("10.244.1.9",))
+    outside = PodInfo("shop", "out", {"app": "out"}, ("10.250.0.1",))
+    split_a = PodInfo("shop", "split-a", {"app": "split"}, ("10.244.1.20",))
+    split_b = PodInfo("shop", "split-b", {"app": "split"}, ("10.250.0.2",))  # same labels: one identity
+    web = PodInfo("shop", "web", {"app": "web"}, ("10.250.0.9",))
+    pods = [inside, excepted, outside, split_a, split_b, web]
+    policy = netpol(
+        {
+            "podSelector": {"matchLabels": {"app": "web"}},
+            "ingress": [{"from": [{"ipBlock": {"cidr": "10.244.0.0/16", "except": ["10.244.1.9/32"]}}]}],
+        }
+    )
+    universe, ids = universe_of(pods, {"shop": {}}, policy_cidrs([policy]))
+    universe = IdentityUniverse(
+        universe.labels,
+        universe.pods,
+        universe.cidrs,
+        {**universe.addresses, RESERVED["host"]: ("10.244.0.1",), RESERVED["remote-node"]: ("10.77.0.12",)},
+    )
+    maps = compile_endpoint_maps(pods, [policy], universe)
+    verdicts = {
+        name: endpoint_allows(maps, "shop/web", INGRESS, number, TCP, 80)
+        for name, number in (
+            ("in", ids["shop/in"]),
+            ("ex", ids["shop/ex"]),
+            ("out", ids["shop/out"]),
+            ("split", ids["shop/split-a"]),
+            ("host", RESERVED["host"]),
+            ("remote-node", RESERVED["remote-node"]),
+        )
+    }
+    assert verdicts == {
+        "in": True,
+        "ex": False,
+        "out": False,
+        "split": False,
+        "host": True,
+        "remote-node": False,
+    }
+    assert ids["shop/split-a"] == ids["shop/split-b"]
