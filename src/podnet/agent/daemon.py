@@ -340,7 +340,8 @@ class Agent:
         except Exception as exc:
             self.policy_status.report(revision, str(exc), plan.errors, invalid, local.conflicts)
             raise
-        self.policy_status.report(revision, None, plan.errors, invalid, local.conflicts)
+        full = self.cilium.lxc.overflow if cilium is not None and self.cilium is not None else ()
+        self.policy_status.report(revision, None, plan.errors, invalid, local.conflicts, full)
         self._apply_identities(local.pods, namespaces, cluster)  # after the policy: datastore I/O
 
     def _cilium_datapath(self):  # type: ignore[no-untyped-def]

@@ -57,8 +57,10 @@ class PolicyStatusWriter:
         compile_errors: dict[str, str],
         invalid: dict[str, str],
         endpoint_conflicts: dict[str, str] | None = None,
+        policy_map_full: tuple[str, ...] = (),
     ) -> None:
-        """Record one policy sync's outcome (``error`` None: nft accepted it)."""
+        """Record one policy sync's outcome (``error`` None: the kernel accepted it;
+        ``policy_map_full``: Cilium endpoints whose new policy did not fit and kept the old)."""
         if error is None:
             self.applied_revision = revision
         self._pending = PolicyReport(
@@ -70,6 +72,7 @@ class PolicyStatusWriter:
             compile_errors=dict(compile_errors),
             invalid=dict(invalid),
             endpoint_conflicts=dict(endpoint_conflicts or {}),
+            policy_map_full=tuple(policy_map_full),
         )
         self._wake.set()
 

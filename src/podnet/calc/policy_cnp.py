@@ -26,9 +26,10 @@ false}`` makes the rule add its allows without enforcing (Cilium's per-direction
 **Ports**: ``toPorts[].ports[]`` by number (``0``: all), range (``endPort``) or name (ingress: the
 endpoint's container port; egress: the peers' pods'), ``protocol`` TCP/UDP/SCTP or ANY (each of
 the three); ``icmps``: ICMP (IPv4) or ICMPv6 types, by number or Cilium's names, in the port field
-of the key as Cilium does; neither: any protocol. A ``toPorts`` entry with L7 ``rules`` is not
-enforced until the L7 proxy exists: it allows nothing (fail closed; :func:`l7_unenforced` names it
-for the policy's status). ``toServices``, ``from/toNodes`` and ``toFQDNs`` are not compiled yet: a
+of the key as Cilium does; neither: any protocol. A ``toPorts`` entry with L7 ``rules`` allows its
+ports at L4 until the L7 proxy exists; the rules themselves are not enforced yet, which the
+policy's status says (:func:`l7_unenforced`): the L3/L4 part isolates as written, never a silent
+allow. ``toServices``, ``from/toNodes`` and ``toFQDNs`` are not compiled yet: a
 section using them allows nothing (and :func:`unsupported` names them), as does an unknown ICMP name.
 
 **Requirements**: the ``from/toRequires`` selectors of every rule that selects an endpoint apply to
@@ -230,8 +231,8 @@ def _port_keys(
         return None
     out: list[tuple[int, int, int]] = []
     for port_rule in port_rules:
-        if port_rule.rules is not None:
-            continue  # L7: not enforced yet, allows nothing (l7_unenforced)
+        # L7 rules: their ports are allowed at L4 until the L7 proxy enforces the rules
+        # (l7_unenforced names them for the policy's status)
         for port in port_rule.ports or []:
             protocols = ("TCP", "UDP", "SCTP") if port.protocol == "ANY" else (port.protocol,)
             for protocol in protocols:
@@ -323,7 +324,8 @@ def unsupported(policy: Any) -> list[str]:
 
 
 def l7_unenforced(policy: Any) -> list[str]:
-    """``toPorts`` entries with L7 rules (not enforced until the L7 proxy: they allow nothing)."""
+    """``toPorts`` entries with L7 rules (their ports are allowed at L4; the rules are not enforced
+    until the L7 proxy exists)."""
     found = []
     for r, rule in enumerate(policy.rules()):
         for section in ("ingress", "egress"):

@@ -15,6 +15,16 @@ NetworkPolicyStatus, KEP-2943)::
                                               when only some nodes failed)
     Failure         True  InvalidObject       the stored object does not validate; nodes keep its
                                               last valid version
+    Failure         True  PolicyMapFull       (Cilium profile) a node's policy map cannot hold every
+                                              endpoint's entries: the endpoints named keep their
+                                              previous policy, never a truncated one (cilium#9117)
+
+Conditions about the object itself, from calc (``notes``; they do not change Accepted):
+
+    L7Enforced      False L7ProxyMissing      CNP/CCNP L7 rules: their ports are allowed at L4, the
+                                              rules themselves not enforced yet
+    Unsupported     True  NotCompiled         CNP/CCNP fields this profile does not compile: their
+                                              sections allow nothing
 
 Pure: no I/O.
 """
@@ -39,6 +49,7 @@ class PolicyReport:
     # "ns/name" -> why: local endpoints whose Pod object claims another node, none, or is gone;
     # they stay under policy here until CNI DEL (calc.local_pods)
     endpoint_conflicts: dict[str, str] = field(default_factory=dict)
+    policy_map_full: tuple[str, ...] = ()  # Cilium: endpoints whose new policy did not fit
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
@@ -55,6 +66,7 @@ class PolicyReport:
             compile_errors=dict(doc.get("compile_errors") or {}),
             invalid=dict(doc.get("invalid") or {}),
             endpoint_conflicts=dict(doc.get("endpoint_conflicts") or {}),
+            policy_map_full=tuple(doc.get("policy_map_full") or ()),
         )
 
 
@@ -66,7 +78,10 @@ POLICY_KINDS = {
     "adminnetworkpolicies.policy.networking.k8s.io": "AdminNetworkPolicy",
     "baselineadminnetworkpolicies.policy.networking.k8s.io": "BaselineAdminNetworkPolicy",
     "clusternetworkpolicies.policy.networking.k8s.io": "ClusterNetworkPolicy",
+    "ciliumnetworkpolicies.cilium.io": "CiliumNetworkPolicy",
+    "ciliumclusterwidenetworkpolicies.cilium.io": "CiliumClusterwideNetworkPolicy",
 }
+CILIUM_KINDS = ("NetworkPolicy", "CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy")
 
 
 def policy_ref(type_key: str, namespace: str | None, name: str) -> str | None:
@@ -88,14 +103,50 @@ def _nodes(reports: Iterable[PolicyReport]) -> str:
     return ", ".join(sorted(r.node for r in reports))
 
 
+def object_notes(kind: str, policy: Any) -> list[tuple[str, str, str, str]]:
+    """(type, status, reason, message) conditions about a CNP/CCNP object itself (its L7 rules and
+    the fields this profile does not compile), whatever the nodes report."""
+    if kind not in ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy"):
+        return []
+    from podnet.calc.policy_cnp import l7_unenforced, unsupported
+
+    notes = []
+    l7 = l7_unenforced(policy)
+    if l7:
+        notes.append(
+            (
+                "L7Enforced",
+                "False",
+                "L7ProxyMissing",
+                f"L7 rules at {', '.join(l7)} are not enforced yet: their ports are allowed at L4 "
+                "(to the peers the section names), every other port and peer stays denied",
+            )
+        )
+    missing = unsupported(policy)
+    if missing:
+        notes.append(
+            (
+                "Unsupported",
+                "True",
+                "NotCompiled",
+                f"{', '.join(missing)}: not compiled by this profile; these sections allow nothing",
+            )
+        )
+    return notes
+
+
 def conditions_for(
-    policy: str, resource_version: int, reports: Sequence[PolicyReport]
+    policy: str,
+    resource_version: int,
+    reports: Sequence[PolicyReport],
+    notes: Sequence[tuple[str, str, str, str]] = (),
 ) -> list[dict[str, Any]]:
     """``status.conditions`` of the policy ``policy`` (a :func:`policy_ref`) at ``resource_version``,
-    from every node's report."""
+    from every node's report, then ``notes`` (:func:`object_notes`)."""
+    latest = max((r.time for r in reports), default="")
+    extra = [_condition(t, status, reason, message, latest) for t, status, reason, message in notes]
     if not reports:
-        return [_condition("Accepted", "Unknown", "NoAgents", "no node agent has reported yet", "")]
-    latest = max(r.time for r in reports)
+        return [_condition("Accepted", "Unknown", "NoAgents", "no node agent has reported yet", ""), *extra]
     conditions = []
     invalid = [r for r in reports if policy in r.invalid]
     if invalid:
@@ -123,6 +174,22 @@ def conditions_for(
                     if ":" in policy
                     else "it isolates the pods it selects and allows nothing"
                 ),
+                latest,
+            )
+        )
+    policy_kind = policy.split(":", 1)[0] if ":" in policy else "NetworkPolicy"
+    full = [r for r in reports if r.policy_map_full] if policy_kind in CILIUM_KINDS else []
+    if full:
+        details = "; ".join(
+            f"{r.node}: {', '.join(r.policy_map_full)}" for r in sorted(full, key=lambda r: r.node)
+        )
+        conditions.append(
+            _condition(
+                "Failure",
+                "True",
+                "PolicyMapFull",
+                f"the policy map cannot hold every endpoint's entries ({details}): those endpoints keep "
+                "their previous policy, never a truncated one",
                 latest,
             )
         )
@@ -159,4 +226,4 @@ def conditions_for(
     else:
         message = f"programmed on {_nodes(done)}"
         conditions.append(_condition("Accepted", "True", "Programmed", message, latest))
-    return conditions
+    return conditions + extra

@@ -6,7 +6,7 @@ import argparse
 import re
 from collections.abc import Callable
 
-from podnet.errors import ValidationError
+from podnet.errors import PodnetError, ValidationError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,7 +96,8 @@ def _add_policy_status(store, type_key: str, docs: list[dict]) -> None:
     """``status.conditions`` of each policy (every kind the agents compile) from the node agents'
     reports (see :mod:`podnet.calc.policy_status`); whatever a stored object says in ``status`` is
     replaced."""
-    from podnet.calc.policy_status import PolicyReport, conditions_for, policy_ref
+    from podnet.calc.policy_status import POLICY_KINDS, PolicyReport, conditions_for, object_notes, policy_ref
+    from podnet.model import parse_resource
 
     items, _ = store.store.list(store.layout.policy_status_prefix())
     reports = []
@@ -109,4 +110,9 @@ def _add_policy_status(store, type_key: str, docs: list[dict]) -> None:
         meta = doc["metadata"]
         key = policy_ref(type_key, meta.get("namespace"), meta["name"])
         version = int(meta.get("resourceVersion") or 0)
-        doc["status"] = {"conditions": conditions_for(str(key), version, reports)}
+        kind = POLICY_KINDS.get(type_key, "")
+        try:
+            notes = object_notes(kind, parse_resource(doc)) if kind.startswith("Cilium") else []
+        except PodnetError:
+            notes = []  # an object that does not validate: InvalidObject says why
+        doc["status"] = {"conditions": conditions_for(str(key), version, reports, notes)}

@@ -170,7 +170,7 @@ def test_deny_wins_over_a_network_policy_allow_and_default_deny_can_be_off():
     assert allows(maps, "shop/web", INGRESS, ids["other/client"])
 
 
-def test_l7_and_unsupported_sections_fail_closed_and_are_named():
+def test_l7_rules_allow_their_ports_at_l4_unsupported_sections_fail_closed_both_are_named():
     spec = {
         "endpointSelector": {"matchLabels": {"app": "web"}},
         "ingress": [
@@ -186,7 +186,9 @@ def test_l7_and_unsupported_sections_fail_closed_and_are_named():
     policy = cnp(spec)
     maps, ids, _ = maps_for(policy)
     assert maps["shop/web"].ingress_enforced
-    assert not allows(maps, "shop/web", INGRESS, ids["shop/api"], 80)  # never a silent allow
+    assert allows(maps, "shop/web", INGRESS, ids["shop/api"], 80)  # L4 part, as the seed's example
+    assert not allows(maps, "shop/web", INGRESS, ids["shop/api"], 81)
+    assert not allows(maps, "shop/web", INGRESS, ids["other/client"], 80)  # L3 part enforced
     assert l7_unenforced(policy) == ["specs[0].ingress[0].toPorts[0].rules"]
     assert unsupported(policy) == ["specs[0].ingress[1].fromNodes"]
 

@@ -100,3 +100,45 @@ def test_every_policy_kind_is_named_as_the_compiler_names_it() -> None:
     broken = report("node-1", 3, 3, compile_errors={"AdminNetworkPolicy:ops": "bad peer"})
     c = by_type(conditions_for("AdminNetworkPolicy:ops", 3, [broken]))
     assert c["Failure"]["reason"] == "CompileFailed" and "fails closed" in c["Failure"]["message"]
+
+
+def test_cilium_policies_say_what_of_them_is_not_enforced_and_a_full_policy_map() -> None:
+    from podnet.calc.policy_status import object_notes
+
+    seed = parse_resource(
+        {
+            "apiVersion": "cilium.io/v2",
+            "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": "l7-rule", "namespace": "shop"},
+            "spec": {
+                "endpointSelector": {"matchLabels": {"app": "sensitive-api"}},
+                "ingress": [
+                    {
+                        "fromEndpoints": [{"matchLabels": {"app": "frontend"}}],
+                        "toPorts": [
+                            {
+                                "ports": [{"port": "80", "protocol": "TCP"}],
+                                "rules": {"http": [{"method": "PUT", "path": "/api/v1/*"}]},
+                            }
+                        ],
+                    },
+                    {"fromNodes": [{"matchLabels": {"zone": "a"}}]},
+                ],
+            },
+        }
+    )
+    ref = policy_ref("ciliumnetworkpolicies.cilium.io", "shop", "l7-rule")
+    assert ref == "CiliumNetworkPolicy:shop/l7-rule"
+    notes = object_notes("CiliumNetworkPolicy", seed)
+    c = by_type(conditions_for(str(ref), 4, [report("node-1", 4, 4)], notes))
+    assert c["Accepted"]["status"] == "True"  # programmed: the notes do not change it
+    assert c["L7Enforced"]["status"] == "False" and "toPorts[0].rules" in c["L7Enforced"]["message"]
+    assert c["Unsupported"]["reason"] == "NotCompiled" and "fromNodes" in c["Unsupported"]["message"]
+    assert object_notes("NetworkPolicy", seed) == []
+    full = report("node-2", 4, 4, policy_map_full=("shop/web",))
+    c = by_type(conditions_for(str(ref), 4, [report("node-1", 4, 4), full]))
+    assert c["Failure"]["reason"] == "PolicyMapFull" and "node-2: shop/web" in c["Failure"]["message"]
+    assert c["Accepted"]["status"] == "False"
+    calico = by_type(conditions_for("CalicoNetworkPolicy:shop/x", 4, [full]))
+    assert set(calico) == {"Accepted"}  # a Calico policy is not in a Cilium policy map
+    assert PolicyReport.from_json(full.to_json()) == full
