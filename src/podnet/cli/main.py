@@ -26,7 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ipam": ("podnet.cli.cmd_ipam", "IP address management: show, check, release, gc"),
     "lab": ("podnet.cli.cmd_lab", "an emulated cluster in network namespaces (up, down, probe, exec)"),
     "node": ("podnet.cli.cmd_node", "BGP status of a node's BIRD, like calicoctl node status"),
-    "bpf": ("podnet.cli.cmd_bpf", "BPF programs (prog list) and service maps (lb list), like cilium bpf"),
+    "bpf": (
+        "podnet.cli.cmd_bpf",
+        "BPF programs and maps (prog, lb, endpoint, ipcache, policy, ct), like cilium bpf",
+    ),
     "capture": ("podnet.cli.cmd_capture", "tcpdump on a lab node's uplink or tunnel device"),
     "policy": ("podnet.cli.cmd_policy", "NetworkPolicy: explain a verdict, test the lab against explain"),
     "identity": ("podnet.cli.cmd_identity", "security identities (list, get), like cilium-dbg identity list"),
