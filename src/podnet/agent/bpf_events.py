@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from podnet.agent.log import kv
+from podnet.calc.explain_cilium import PROTOCOL_NAMES, describe_key, parse_provenance, policy_text
 from podnet.calc.policy import PodInfo
 from podnet.calc.policy_cilium import EndpointMap
 from podnet.calc.policymap import PolicyKey
@@ -31,57 +32,10 @@ log = logging.getLogger("podnet.agent.bpf_events")
 
 POLL_SECONDS = 0.5
 VERDICT_LEASE = 60.0  # verdict events stay on this long after the last request that wanted them
-PROTOCOLS = {1: "ICMP", 6: "TCP", 17: "UDP", 132: "SCTP"}
-KINDS = {"knp": "NetworkPolicy", "cnp": "CiliumNetworkPolicy", "ccnp": "CiliumClusterwideNetworkPolicy"}
 SPOOF_REASONS = {
     130: "Invalid source mac (anti-spoofing: source MAC is not the pod's own)",
     132: "Invalid source ip (anti-spoofing: source address is not the pod's)",
 }
-
-
-def parse_provenance(text: str) -> dict[str, Any]:
-    """``knp:a/web:ingress:0`` / ``cnp:a/x:ingressDeny:1`` / ``ccnp:x:egress:0`` → the record's
-    policy fields (kind, namespace, name, section, rule)."""
-    prefix, _, rest = text.partition(":")
-    if prefix == "enforcement":
-        return {
-            "kind": "PolicyEnforcementMode",
-            "namespace": None,
-            "name": rest,
-            "section": None,
-            "rule": None,
-        }
-    parts = rest.split(":")
-    name = parts[0] if parts else rest
-    namespace, _, short = name.rpartition("/")
-    section = parts[1] if len(parts) > 1 else None
-    rule = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
-    return {
-        "kind": KINDS.get(prefix, prefix),
-        "namespace": namespace or None,
-        "name": short,
-        "section": section,
-        "rule": rule,
-    }
-
-
-def policy_text(p: dict[str, Any]) -> str:
-    where = f"{p['namespace']}/{p['name']}" if p.get("namespace") else p["name"]
-    text = f"{p['kind']} {where}"
-    if p.get("section") is not None:
-        text += f" {p['section']}[{p['rule']}]" if p.get("rule") is not None else f" {p['section']}"
-    return text
-
-
-def describe_key(key: PolicyKey) -> str:
-    peer = "any identity" if key.identity == 0 else f"identity {key.identity}"
-    if key.protocol == 0:
-        return f"{peer}, any protocol"
-    proto = PROTOCOLS.get(key.protocol, str(key.protocol))
-    ports = (
-        "any port" if key.prefix == 0 else f"port {key.port}" + (f"/{key.prefix}" if key.prefix < 16 else "")
-    )
-    return f"{peer}, {proto} {ports}"
 
 
 class BpfEvents:
@@ -215,7 +169,7 @@ class BpfEvents:
         return {
             "time": wall.isoformat(timespec="microseconds").replace("+00:00", "Z"),
             "node": self.node,
-            "protocol": PROTOCOLS.get(event.protocol, str(event.protocol)),
+            "protocol": PROTOCOL_NAMES.get(event.protocol, str(event.protocol)),
             "src": event.saddr,
             "srcPod": src_pod,
             "srcIdentity": event.src_identity,

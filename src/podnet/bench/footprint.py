@@ -56,10 +56,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from podnet.bench.cilium_fence import lxc_pins
 from podnet.bench.monitor import LineMonitor
 from podnet.bench.policy_scale import (
     RuleMonitor,
     Workload,
+    _key,
     _wait_running,
     chain_has,
     generate_workload,
@@ -311,18 +313,22 @@ def route_convergence(names: LabNames, info, store, timeout: float = 120.0, sett
 # ---------------------------------------------------------------------------------- the workload
 
 
-def load_workload(store, workload: Workload, node_ns: dict[str, str], timeout: float) -> dict:
-    """Apply the pods (until Running), then the policies (until programmed on every node)."""
+def load_workload(
+    store, workload: Workload, node_ns: dict[str, str], timeout: float, cilium: bool = False
+) -> dict:
+    """Apply the pods (until Running), then the policies (until programmed on every node: its
+    nftables chains, or, ``cilium``, its agent's maps at the apply's revision)."""
+    from podnet.bench.cilium_fence import wait_programmed
     from podnet.model import parse_resource
 
     started = time.perf_counter()
     store.apply([parse_resource(d) for d in workload.all_docs()])
     _, ips = _wait_running(store, workload, timeout)
     pods_s = time.perf_counter() - started
-    targets = node_targets(workload, ips, list(node_ns))
+    targets = {} if cilium else node_targets(workload, ips, list(node_ns))
     started = time.perf_counter()
     store.apply([parse_resource(p) for p in workload.policies])
-    done: dict[str, float] = {}
+    done: dict[str, float] = wait_programmed(store, node_ns, started, timeout) if cilium else {}
     while len(done) < len(targets):
         for node, target in targets.items():
             if node not in done and chain_has(node_ns[node], target.chain, target.comment):
@@ -342,11 +348,21 @@ def load_workload(store, workload: Workload, node_ns: dict[str, str], timeout: f
     }
 
 
-def policy_changes(store, workload: Workload, node_ns: dict[str, str], count: int, timeout: float) -> dict:
+def policy_changes(
+    store,
+    workload: Workload,
+    node_ns: dict[str, str],
+    count: int,
+    timeout: float,
+    cilium_pins: dict[str, str] | None = None,
+    ips: dict[str, str] | None = None,
+) -> dict:
     """policy_scale's change phase: each edit timed from the apply until every node that must show
-    the new rule does (``nft monitor``)."""
+    the new rule does (``nft monitor``; Cilium profile, ``cilium_pins``: its policy map's key)."""
     from podnet.model import parse_resource
 
+    if cilium_pins is not None:
+        return cilium_policy_changes(store, workload, cilium_pins, ips or {}, count, timeout)
     changes = plan_changes(workload, count)
     monitors = {node: RuleMonitor(ns) for node, ns in node_ns.items()}
     try:
@@ -367,6 +383,48 @@ def policy_changes(store, workload: Workload, node_ns: dict[str, str], count: in
     finally:
         for monitor in monitors.values():
             monitor.close()
+    return {
+        "first_node": latency_summary(first),
+        "all_nodes": latency_summary(last),
+        "samples_ms": [round(x * 1e3, 1) for x in last],
+    }
+
+
+def cilium_policy_changes(
+    store, workload: Workload, pins: dict[str, str], ips: dict[str, str], count: int, timeout: float
+) -> dict:
+    """The change phase on the Cilium profile: each edit timed until every node hosting a pod the
+    policy selects has the new rule's key in its policy map (bench.cilium_fence)."""
+    from podnet.bench.cilium_fence import ChangeWatch
+    from podnet.bench.policy_scale import selected_pods
+    from podnet.model import parse_resource
+
+    watches = {node: ChangeWatch(pin) for node, pin in pins.items()}
+    try:
+        first, last = [], []
+        for change in plan_changes(workload, count):
+            namespace = change.policy["metadata"]["namespace"]
+            source = change.policy["spec"]["ingress"][-1]["from"][0]["podSelector"]["matchLabels"]["pod"]
+            chosen = selected_pods(change.policy, workload.pods)
+            keys, before = {}, {}
+            for node in change.nodes:
+                here = [ips[_key(p)] for p in chosen if p["spec"]["nodeName"] == node and _key(p) in ips]
+                keys[node] = watches[node].keys_for(here, ips[f"{namespace}/{source}"], change.port)
+                before[node] = watches[node].values(keys[node])
+            store.apply([parse_resource(change.policy)])
+            applied = time.perf_counter()
+            seen = []
+            for node in change.nodes:
+                at = watches[node].wait_changed(before[node], timeout)
+                if at is None:
+                    raise TimeoutError(f"change {change.index} ({change.comment}) never reached {node}")
+                seen.append(max(0.0, at - applied))
+            first.append(min(seen))
+            last.append(max(seen))
+            time.sleep(0.2)
+    finally:
+        for watch in watches.values():
+            watch.close()
     return {
         "first_node": latency_summary(first),
         "all_nodes": latency_summary(last),
@@ -425,8 +483,8 @@ def _one_lab(
         workload = generate_workload(sizes.pods, sizes.policies, sizes.rules_per_policy, nodes=spec.nodes)
         step(f"{profile}: {len(workload.pods)} pods and {sizes.policies} policies")
         if memory or control_plane:
-            loaded = load_workload(store, workload, node_ns, sizes.timeout)
-            loaded.pop("ips")
+            loaded = load_workload(store, workload, node_ns, sizes.timeout, cilium=spec.profile == "cilium")
+            ips = loaded.pop("ips")
             out["workload"] = loaded
         step(f"{profile}: memory, loaded")
         if memory:
@@ -434,7 +492,16 @@ def _one_lab(
             out["memory"]["loaded"] = node_memory(names, spec.bgp)
         step(f"{profile}: policy change -> kernel ({sizes.changes} changes)")
         if control_plane:
-            cp["policy_change"] = policy_changes(store, workload, node_ns, sizes.changes, sizes.timeout)
+            pins = {n: lxc_pins(names.state_dir, n) for n in node_ns} if spec.profile == "cilium" else None
+            cp["policy_change"] = policy_changes(
+                store,
+                workload,
+                node_ns,
+                sizes.changes,
+                sizes.timeout,
+                pins,
+                ips if memory or control_plane else {},
+            )
     finally:
         step(f"{profile}: lab down")
         cluster.remove(names)

@@ -7,7 +7,10 @@ Both compute the verdict the way the agents do: the datastore's resources go thr
 :class:`~podnet.calc.cluster.ClusterCache` and :func:`~podnet.calc.policy_inputs.compile_cluster`
 (compiled for every pod, as if every node were asked), and ``explain`` walks the compiled form
 (:mod:`podnet.calc.policy_explain`), so it names the tier, policy and rule that each node's
-nftables table carries in its comments.
+nftables table carries in its comments. In the Cilium profile both sides are decided from the
+eBPF policy maps as the tc programs decide (:mod:`podnet.calc.explain_cilium`, every kind the
+profile enforces: NetworkPolicy, CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy), naming the
+deciding entry (peer identity, protocol, port) and its rules, or the default deny's policies.
 
 ``test`` probes every pod pair of the lab with real traffic (TCP connect / UDP datagram; a refused
 connection counts as reached: the packet got through policy to a port nobody serves) and prints the
@@ -60,6 +63,19 @@ class ClusterPolicy:
     cache: Any  # ClusterCache
     pods: dict[str, Any]  # "ns/name" -> PodInfo (pods with their own network)
     plan: Any  # PolicyPlan
+    cilium: Any = None  # Cilium profile: node -> CiliumPlan (calc.policy_inputs.compile_cilium), cached
+
+    def cilium_plan(self, node: str | None) -> Any:
+        """The Cilium plan as ``node``'s agent compiles it (None: the first node), every pod local."""
+        from podnet.calc.policy import datastore_address
+        from podnet.calc.policy_inputs import compile_cilium
+
+        node = node or min(self.cache.nodes, default="")
+        if node not in self.cilium:
+            endpoints = [datastore_address(e) for e in getattr(self.cache, "datastore_endpoints", [])]
+            apiserver = [found[0] for found in endpoints if found is not None]
+            self.cilium[node] = compile_cilium(self.cache, self.pods.values(), node, apiserver)
+        return self.cilium[node]
 
 
 def load(store) -> ClusterPolicy:
@@ -70,7 +86,11 @@ def load(store) -> ClusterPolicy:
     cache = cluster_cache(store)
     pods = {p.key: p for p in cache.pod_infos()}
     profile = cache.config.effective().profile if cache.config else "calico"
-    return ClusterPolicy(cache, pods, compile_cluster(cache, pods.values(), profile))
+    view = ClusterPolicy(cache, pods, compile_cluster(cache, pods.values(), profile))
+    if profile == "cilium":
+        view.cilium = {}
+        cache.datastore_endpoints = list(getattr(store.store, "endpoints", []))
+    return view
 
 
 def resolve(view: ClusterPolicy, ref: str):
@@ -132,13 +152,52 @@ def stored_policy(cache: Any, provenance: Any) -> Any:
 
 
 def predict(view: ClusterPolicy, src, dst, port: int, proto: str):
-    """:func:`~podnet.calc.policy.explain`, except that a pod always reaches itself (its own
-    loopback never crosses the node's forward hook; Kubernetes' e2e suite expects it too)."""
+    """:func:`~podnet.calc.policy.explain` (Cilium profile: both sides from the eBPF maps,
+    :mod:`podnet.calc.explain_cilium`), except that a pod always reaches itself (its own loopback
+    never crosses the node's forward hook; Kubernetes' e2e suite expects it too)."""
     from podnet.calc.policy_explain import Verdict, explain
 
     if not isinstance(src, str) and not isinstance(dst, str) and src.key == dst.key:
         return Verdict(True, "loopback", ())
+    if view.cilium is not None:
+        from podnet.calc.explain_cilium import explain as explain_cilium
+
+        sides = explain_cilium(view.cilium_plan, src, dst, port, proto)
+        denied = next((s for s in sides if not s.allowed), None)
+        decided = next((s for s in sides if s.enforced), None)
+        by = denied or decided
+        return Verdict(denied is None, by.direction if by else "not isolated", tuple(by.rules) if by else ())
     return explain(view.plan, src, dst, port, proto)
+
+
+def cilium_sides(view: ClusterPolicy, src, dst, port: int, proto: str) -> dict[str, Any]:
+    """Per direction, the Cilium profile's decision in the shape :func:`render_explain` reads."""
+    from podnet.calc.explain_cilium import describe_key, explain, parse_provenance, policy_text
+
+    out = {}
+    for side in explain(view.cilium_plan, src, dst, port, proto):
+        policies = [parse_provenance(p) for p in side.rules]
+        step = side.reason + (f" by {describe_key(side.key)}" if side.key is not None else "")
+        out[side.direction] = {
+            "endpoint": side.endpoint,
+            "isolated": side.enforced,
+            "allowed": side.allowed,
+            "peerIdentity": side.peer_identity,
+            "walk": [step],
+            "rules": [
+                {
+                    "policy": f"{p['namespace']}/{p['name']}" if p["namespace"] else p["name"],
+                    "kind": p["kind"],
+                    "tier": None,
+                    "direction": side.direction,
+                    "rule": p["rule"] if p["rule"] is not None and side.key is not None else -1,
+                    "text": policy_text(p),
+                    "spec": "",
+                }
+                for p in policies
+            ],
+        }
+    return out
 
 
 def explain_doc(view: ClusterPolicy, src, dst, port: int, proto: str) -> dict[str, Any]:
@@ -157,6 +216,12 @@ def explain_doc(view: ClusterPolicy, src, dst, port: int, proto: str) -> dict[st
         "rules": [str(p) for p in verdict.rules],
         "walk": [f"{step.direction}: {step}" for step in verdict.walk],
     }
+    if view.cilium is not None:
+        doc |= cilium_sides(view, src, dst, port, proto)
+        doc["walk"] = [
+            f"{d}: {w}" for d in ("egress", "ingress") for w in doc[d]["walk"] if doc[d]["isolated"]
+        ]
+        return doc
     for side in sides:
         doc[side.direction] = {
             "endpoint": side.endpoint,
@@ -200,7 +265,8 @@ def render_explain(doc: dict[str, Any], src_label: str, dst_label: str) -> str:
             for rule in side["rules"]:
                 lines.append(f"      {rule['text']}: {rule['spec']}")
         else:
-            lines.append(f"{head} denied: {walk}; the end-of-tier deny of")
+            deny = "the default deny of" if "peerIdentity" in side else "the end-of-tier deny of"
+            lines.append(f"{head} denied: {walk}; {deny}")
             lines += [f"      {rule['kind']} {rule['policy']}" for rule in side["rules"]]
     return "\n".join(lines)
 

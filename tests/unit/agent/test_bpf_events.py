@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from podnet.agent.bpf_events import BpfEvents, describe_key, parse_provenance, policy_text
+from podnet.agent.bpf_events import BpfEvents
+from podnet.calc.explain_cilium import describe_key, parse_provenance, policy_text
 from podnet.calc.policy import PodInfo
 from podnet.calc.policy_cilium import EndpointMap
 from podnet.calc.policymap import EGRESS, INGRESS, PolicyEntry, PolicyKey

@@ -1,0 +1,98 @@
+"""When the Cilium profile's kernel holds a policy change: what the policy benches fence on for that
+profile (the Calico profile's are nftables chains and ``nft monitor``).
+
+- **Programmed** (cold load): every node's agent reports a policy sync that compiled the datastore
+  at or after the apply's revision and that its maps accepted (``PolicyReport.applied_revision``,
+  written after the maps).
+- **One change in the kernel**: the node's pinned policy map answers the lookup of the new rule's
+  key — (the selected pod's endpoint, ingress, the source pod's identity, TCP, the new port) —
+  with another value than before the change (a new entry has its own entry id, so even a key that
+  a broader entry already covered is seen). One ``bpf(2)`` lookup per poll: millisecond precision.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping
+
+from podnet.calc.policy_status import PolicyReport
+from podnet.calc.policymap import INGRESS, PolicyKey
+from podnet.dataplane import bpf
+from podnet.dataplane import cilium_maps as cm
+from podnet.dataplane.lxc import POLICY, pinned_endpoints, pinned_ipcache
+
+POLL_SECONDS = 0.001
+TCP = 6
+
+
+def lxc_pins(state_dir: str, node: str) -> str:
+    """A lab node's pinned Cilium datapath (the agents' ``--bpf-dir`` is ``<state dir>/bpf``)."""
+    return os.path.join(state_dir, "bpf", node, "lxc")
+
+
+def applied_revisions(store) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """node -> the datastore revision its agent's maps last accepted."""
+    items, _ = store.store.list(store.layout.policy_status_prefix())
+    out = {}
+    for item in items:
+        try:
+            report = PolicyReport.from_json(item.value)
+        except (ValueError, KeyError, TypeError):
+            continue
+        out[report.node] = report.applied_revision
+    return out
+
+
+def wait_programmed(store, nodes: Iterable[str], since: float, timeout: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Seconds from ``since`` (perf_counter) until each node's maps hold the datastore as it is now."""
+    revision = store.store.revision()
+    pending, done = set(nodes), {}
+    while pending:
+        applied = applied_revisions(store)
+        now = time.perf_counter()
+        for node in [n for n in pending if applied.get(n, 0) >= revision]:
+            done[node] = now - since
+            pending.discard(node)
+        if pending and now - since > timeout:
+            raise TimeoutError(f"policies not programmed on {sorted(pending)} after {timeout:g}s")
+        time.sleep(0.02)
+    return done
+
+
+class ChangeWatch:
+    """The policy map of one node, and the keys one change must bring."""
+
+    def __init__(self, pins: str) -> None:
+        self.pins = pins
+        self.map = bpf.BpfMap(os.path.join(pins, POLICY))
+
+    def keys_for(self, selected_ips: Iterable[str], source_ip: str, port: int) -> list[bytes]:
+        """The new rule's key in the map of each selected pod's endpoint on this node."""
+        endpoints = {e.ipv4: e.endpoint for e in pinned_endpoints(self.pins).values()}
+        identity = pinned_ipcache(self.pins).get(f"{source_ip}/32", (None, 0))[0]
+        if identity is None:
+            raise ValueError(f"{source_ip} has no identity in {self.pins} yet")
+        return [
+            cm.policy_key(endpoints[ip], PolicyKey(INGRESS, identity, TCP, port, 16))
+            for ip in selected_ips
+            if ip in endpoints
+        ]
+
+    def values(self, keys: Iterable[bytes]) -> dict[bytes, bytes | None]:
+        return {k: self.map.lookup(k) for k in keys}
+
+    def wait_changed(self, before: Mapping[bytes, bytes | None], timeout: float) -> float | None:
+        """perf_counter time when every key's value differs from ``before`` (None: timed out)."""
+        deadline = time.perf_counter() + timeout
+        pending = dict(before)
+        while time.perf_counter() < deadline:
+            for key in [k for k, old in pending.items() if self.map.lookup(k) != old]:
+                pending.pop(key)
+            if not pending:
+                return time.perf_counter()
+            time.sleep(POLL_SECONDS)
+        return None
+
+    def close(self) -> None:
+        self.map.close()
