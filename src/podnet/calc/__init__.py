@@ -22,6 +22,7 @@ No I/O here; everything is testable without root. Every module of the package, o
     ipcache.py         the Cilium profile's ipcache: address or prefix -> identity (pods, nodes, CIDRs)
     policymap.py       the Cilium profile's per-endpoint policy map: keys, entries, deny precedence
     policy_cilium.py   Kubernetes NetworkPolicy by identity, into per-endpoint policy maps
+    explain_cilium.py  the Cilium profile's verdict from the endpoint maps: the deciding entry and its rules
     policy_cnp.py      CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy at L3/L4, into the same maps
     host_endpoints.py  Calico HostEndpoints of this node: what the host-endpoint table enforces
     host_policy.py     GlobalNetworkPolicy on host endpoint interfaces: host and forwarded subjects
