@@ -38,6 +38,26 @@ SPOOF_REASONS = {
 }
 
 
+#: drop reason -> the kind of the nftables log prefix (agent.drops) that stands for the same
+#: decision, so scripts reading ``podnet monitor -o json`` see one vocabulary in both profiles
+PREFIX_KINDS = {130: "pns", 132: "pns", 230: "pnc", 133: "pnd", 181: "pnx", 203: "pnr"}
+
+
+def prefix_of(event: Any) -> str:
+    """``pnd:ep7:in`` (a default deny of endpoint 7's ingress), ``pns:ep7:mac``, ``pnv:ep7:eg`` (a
+    verdict), ``bpf:134`` (another reason): what decided, in the drop monitor's prefix terms."""
+    from podnet.dataplane import cilium_maps as cm
+
+    side = "in" if event.direction == "ingress" else "eg"
+    if event.type == cm.EVENT_VERDICT:
+        return f"pnv:ep{event.endpoint}:{side}"
+    kind = PREFIX_KINDS.get(event.reason)
+    if kind is None:
+        return f"bpf:{event.reason}"
+    tail = {130: "mac", 230: "control"}.get(event.reason, side)
+    return f"{kind}:ep{event.endpoint}:{tail}"
+
+
 class BpfEvents:
     """Reads the ring buffer in a daemon thread and hands annotated records to ``sink``."""
 
@@ -185,5 +205,6 @@ class BpfEvents:
             "match": event.match,
             "endpoint": event.endpoint,
             "policies": policies,
+            "prefix": prefix_of(event),
             "type": kind,
         }

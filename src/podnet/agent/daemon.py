@@ -29,6 +29,7 @@ from podnet.calc.local_pods import local_pods
 from podnet.calc.memo import ObjectMemo
 from podnet.calc.mtu import IPIP_OVERHEAD, VXLAN_OVERHEAD, pod_mtu
 from podnet.calc.policy import BGP_PORT, ControlPlane, control_plane
+from podnet.calc.policy_inputs import CiliumMemo
 from podnet.calc.routes import VXLAN_DEVICES, RoutePlan, encap_policy
 from podnet.datastore import connect
 from podnet.datastore.keys import KeyLayout
@@ -139,6 +140,7 @@ class Agent:
         self.cilium_plan = None  # the CiliumPlan last written to its maps
         self.bpf_events = None  # BpfEvents (agent.bpf_events): the Cilium datapath's drops and verdicts
         self._nft_policy_on = True  # the nftables policy table may exist (removed on Cilium nodes)
+        self._cilium_memo = CiliumMemo()  # compile_cilium's memo between syncs
         self.drops = None  # DropMonitor, from start()
         self._stop = threading.Event()
         self._servers: list = []
@@ -324,7 +326,9 @@ class Agent:
                     for found in map(datastore_address, getattr(self.store, "endpoints", []))
                     if found is not None
                 ]
-                cilium = compile_cilium(self.cache, local.pods, self.config.node, apiserver)
+                cilium = compile_cilium(
+                    self.cache, local.pods, self.config.node, apiserver, self._cilium_memo
+                )
         for policy, error in plan.errors.items():
             kv(log, logging.WARNING, "policy not compiled; it allows nothing", policy=policy, error=error)
         self._note_conflicts(local.conflicts)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from podnet.calc.policy_status import PolicyReport
 from podnet.calc.policymap import INGRESS, PolicyKey
@@ -96,3 +97,51 @@ class ChangeWatch:
 
     def close(self) -> None:
         self.map.close()
+
+
+@dataclass(frozen=True)
+class MapChange:
+    """One policy edit and what it must bring: an ingress allow of ``port`` from ``source_ip`` to
+    the pods at ``selected`` (node -> their addresses on it)."""
+
+    policy: dict
+    selected: Mapping[str, tuple[str, ...]]
+    source_ip: str
+    port: int
+
+
+def time_changes(store, pins: Mapping[str, str], changes: Iterable[MapChange], timeout: float) -> dict:  # type: ignore[no-untyped-def]
+    """Apply each change and time it until the first and the last node concerned show it in their
+    policy map: p50/p99 of both, and the last node's samples (ms)."""
+    from podnet.bench.stats import latency_summary
+    from podnet.model import parse_resource
+
+    watches = {node: ChangeWatch(pin) for node, pin in pins.items()}
+    try:
+        first, last = [], []
+        for change in changes:
+            keys = {
+                node: watches[node].keys_for(ips, change.source_ip, change.port)
+                for node, ips in change.selected.items()
+            }
+            before = {node: watches[node].values(k) for node, k in keys.items()}
+            store.apply([parse_resource(change.policy)])
+            applied = time.perf_counter()
+            seen = []
+            for node in keys:
+                at = watches[node].wait_changed(before[node], timeout)
+                if at is None:
+                    name = change.policy["metadata"]["name"]
+                    raise TimeoutError(f"the change of {name} (port {change.port}) never reached {node}")
+                seen.append(max(0.0, at - applied))
+            first.append(min(seen))
+            last.append(max(seen))
+            time.sleep(0.2)
+    finally:
+        for watch in watches.values():
+            watch.close()
+    return {
+        "first_node": latency_summary(first),
+        "all_nodes": latency_summary(last),
+        "samples_ms": [round(x * 1e3, 1) for x in last],
+    }

@@ -395,41 +395,20 @@ def cilium_policy_changes(
 ) -> dict:
     """The change phase on the Cilium profile: each edit timed until every node hosting a pod the
     policy selects has the new rule's key in its policy map (bench.cilium_fence)."""
-    from podnet.bench.cilium_fence import ChangeWatch
+    from podnet.bench.cilium_fence import MapChange, time_changes
     from podnet.bench.policy_scale import selected_pods
-    from podnet.model import parse_resource
 
-    watches = {node: ChangeWatch(pin) for node, pin in pins.items()}
-    try:
-        first, last = [], []
-        for change in plan_changes(workload, count):
-            namespace = change.policy["metadata"]["namespace"]
-            source = change.policy["spec"]["ingress"][-1]["from"][0]["podSelector"]["matchLabels"]["pod"]
-            chosen = selected_pods(change.policy, workload.pods)
-            keys, before = {}, {}
-            for node in change.nodes:
-                here = [ips[_key(p)] for p in chosen if p["spec"]["nodeName"] == node and _key(p) in ips]
-                keys[node] = watches[node].keys_for(here, ips[f"{namespace}/{source}"], change.port)
-                before[node] = watches[node].values(keys[node])
-            store.apply([parse_resource(change.policy)])
-            applied = time.perf_counter()
-            seen = []
-            for node in change.nodes:
-                at = watches[node].wait_changed(before[node], timeout)
-                if at is None:
-                    raise TimeoutError(f"change {change.index} ({change.comment}) never reached {node}")
-                seen.append(max(0.0, at - applied))
-            first.append(min(seen))
-            last.append(max(seen))
-            time.sleep(0.2)
-    finally:
-        for watch in watches.values():
-            watch.close()
-    return {
-        "first_node": latency_summary(first),
-        "all_nodes": latency_summary(last),
-        "samples_ms": [round(x * 1e3, 1) for x in last],
-    }
+    changes = []
+    for change in plan_changes(workload, count):
+        namespace = change.policy["metadata"]["namespace"]
+        source = change.policy["spec"]["ingress"][-1]["from"][0]["podSelector"]["matchLabels"]["pod"]
+        chosen = [p for p in selected_pods(change.policy, workload.pods) if _key(p) in ips]
+        selected = {
+            node: tuple(ips[_key(p)] for p in chosen if p["spec"]["nodeName"] == node)
+            for node in change.nodes
+        }
+        changes.append(MapChange(change.policy, selected, ips[f"{namespace}/{source}"], change.port))
+    return time_changes(store, pins, changes, timeout)
 
 
 # --------------------------------------------------------------------------------------- the run

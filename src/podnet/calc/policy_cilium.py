@@ -29,9 +29,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from podnet.calc.identity import NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX
+from podnet.calc.memo import ObjectMemo
 from podnet.calc.policy import PodInfo
 from podnet.calc.policymap import (
     ANY_IDENTITY,
@@ -63,6 +65,23 @@ class IdentityUniverse:
     #: identity -> the addresses a NetworkPolicy ipBlock judges it by (pods' IPs; host and
     #: remote-node: the nodes' primary IPs)
     addresses: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    #: what peers resolved to, while this universe lives: (id of the peer or section, direction,
+    #: namespace) -> (that object, identities); the object kept so that its id is not reused
+    resolved: dict[tuple[int, str, str | None], tuple[object, frozenset[int] | None]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def memo(
+        self, part: object, direction: str, namespace: str | None, compute: Callable[[], set[int] | None]
+    ) -> set[int] | None:
+        """``compute()`` for ``part`` (a policy peer or section), once per universe."""
+        key = (id(part), direction, namespace)
+        found = self.resolved.get(key)
+        if found is not None and found[0] is part:
+            return None if found[1] is None else set(found[1])
+        value = compute()
+        self.resolved[key] = (part, None if value is None else frozenset(value))
+        return value
 
 
 @dataclass(frozen=True)
@@ -99,14 +118,20 @@ def policy_cidrs(policies: Iterable[NetworkPolicy]) -> list[str]:
     return sorted(out)
 
 
+@lru_cache(maxsize=65536)
+def _network(prefix: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A parsed prefix (parsed once: every CIDR rule is compared with every CIDR identity)."""
+    return ipaddress.ip_network(prefix, strict=False)
+
+
 def cidr_identities_within(cidr: str, excepts: Iterable[str], universe: IdentityUniverse) -> set[int]:
     """The node-local CIDR identities inside ``cidr`` and outside ``excepts`` (and ``world`` for a
     /0, Cilium's world = 0.0.0.0/0): what an ipBlock or a CNP CIDR rule stands for."""
-    block = ipaddress.ip_network(cidr, strict=False)
-    holes = [ipaddress.ip_network(e, strict=False) for e in excepts]
+    block = _network(cidr)
+    holes = [_network(e) for e in excepts]
     out = {RESERVED["world"]} if block.prefixlen == 0 else set()
     for prefix, number in universe.cidrs.items():
-        net = ipaddress.ip_network(prefix)
+        net = _network(prefix)
         if net.version != block.version or not net.subnet_of(block):  # type: ignore[arg-type]
             continue
         if any(net.version == h.version and net.subnet_of(h) for h in holes):  # type: ignore[arg-type]
@@ -129,6 +154,10 @@ def members_within(cidr: str, excepts: Iterable[str], universe: IdentityUniverse
 
 def peer_identities(peer: NetworkPolicyPeer, namespace: str, universe: IdentityUniverse) -> set[int]:
     """The identities a ``from``/``to`` peer of a policy in ``namespace`` stands for."""
+    return universe.memo(peer, "", namespace, lambda: _peer_identities(peer, namespace, universe)) or set()
+
+
+def _peer_identities(peer: NetworkPolicyPeer, namespace: str, universe: IdentityUniverse) -> set[int]:
     if peer.ip_block is not None:
         excepts = peer.ip_block.except_ or ()
         return cidr_identities_within(peer.ip_block.cidr, excepts, universe) | members_within(
@@ -184,58 +213,110 @@ def compile_endpoint_maps(
     enforcement: str = "default",
     cilium_policies: Iterable[Any] = (),
     pod_labels: Mapping[str, Mapping[str, str]] | None = None,
+    memo: ObjectMemo[Any] | None = None,
 ) -> dict[str, EndpointMap]:
     """Each local pod's map under Kubernetes ``policies`` and ``cilium_policies`` (CNP/CCNP,
     :mod:`podnet.calc.policy_cnp`; they select by identity labels, ``pod_labels``: pod key -> the
     labels of its identity). ``enforcement`` is Cilium's policy enforcement mode: ``default``
     enforces a direction once a policy enforces it on the endpoint, ``always`` every direction,
-    ``never`` none (and no entries)."""
-    from podnet.calc.policy_cnp import (  # CNPs build on this module
-        add_policy,
-        apply_requires,
-        policy_name,
-        requirements,
-    )
+    ``never`` none (and no entries). ``memo`` (kept by the caller between syncs) keeps each pod's
+    map while the pod, its labels, the universe and the policies selecting it are the same
+    objects; only the policies of the pod's namespace and the clusterwide ones are tried."""
+    from podnet.calc.policy_cnp import selects  # CNPs build on this module
 
     policies = list(policies)
     cilium_policies = list(cilium_policies)
+    by_namespace: dict[str | None, list[NetworkPolicy]] = {}
+    for policy in policies:
+        by_namespace.setdefault(policy.namespace or "default", []).append(policy)
+    cilium_by_namespace: dict[str | None, list[Any]] = {}
+    for cilium_policy in cilium_policies:
+        cilium_by_namespace.setdefault(_cilium_namespace(cilium_policy), []).append(cilium_policy)
     out: dict[str, EndpointMap] = {}
     for pod in sorted(local_pods, key=lambda p: p.key):
-        entries: PolicyMap = {}
-        enforced = {INGRESS: enforcement == "always", EGRESS: enforcement == "always"}
-        by: dict[str, list[str]] = {
-            d: ["enforcement:always"] if enforcement == "always" else [] for d in (INGRESS, EGRESS)
-        }
-        if enforcement != "never":
-            for policy in policies:
-                namespace = policy.namespace or "default"
-                if pod.namespace != namespace or not policy.spec.pod_selector.matches(pod.labels):
-                    continue
-                types = policy.effective_policy_types()
-                if "Ingress" in types:
-                    enforced[INGRESS] = True
-                    by[INGRESS].append(f"knp:{namespace}/{policy.name}")
-                    _ingress(policy, namespace, pod, universe, entries)
-                if "Egress" in types:
-                    enforced[EGRESS] = True
-                    by[EGRESS].append(f"knp:{namespace}/{policy.name}")
-                    _egress(policy, namespace, universe, entries)
-            labels = dict((pod_labels or {}).get(pod.key, {}))
-            for cilium_policy in cilium_policies:
-                directions = add_policy(cilium_policy, pod, labels, universe, entries)
-                for direction in (INGRESS, EGRESS):
-                    if directions[direction]:
-                        enforced[direction] = True
-                        by[direction].append(policy_name(cilium_policy))
-            entries = apply_requires(entries, requirements(cilium_policies, labels), universe)
-        out[pod.key] = EndpointMap(
-            pod.key,
-            enforced[INGRESS],
-            enforced[EGRESS],
-            materialize(entries),
-            {d: tuple(sorted(set(names))) for d, names in by.items() if names},
-        )
+        labels = dict((pod_labels or {}).get(pod.key, {}))
+        # only a policy of the pod's namespace (or a clusterwide one) can select it
+        knps = [p for p in by_namespace.get(pod.namespace, ()) if p.spec.pod_selector.matches(pod.labels)]
+        cnps = [
+            c
+            for c in (*cilium_by_namespace.get(pod.namespace, ()), *cilium_by_namespace.get(None, ()))
+            if any(selects(c, rule, labels) for rule in c.rules())
+        ]
+        if memo is not None:
+            context = (
+                id(universe),
+                enforcement,
+                tuple(sorted(labels.items())),
+                tuple(map(id, knps)),
+                tuple(map(id, cnps)),
+            )
+            found = memo.get(
+                pod.key,
+                pod,
+                context,
+                lambda pod=pod, labels=labels, knps=knps, cnps=cnps: (
+                    _endpoint_map(pod, knps, cnps, universe, enforcement, labels),
+                    knps,
+                    cnps,
+                    universe,
+                ),
+            )
+            out[pod.key] = found[0]
+            continue
+        out[pod.key] = _endpoint_map(pod, knps, cnps, universe, enforcement, labels)
+    if memo is not None:
+        memo.retain(set(out))
     return out
+
+
+def _cilium_namespace(policy: Any) -> str | None:
+    from podnet.calc.policy_cnp import _namespace
+
+    return _namespace(policy)
+
+
+def _endpoint_map(
+    pod: PodInfo,
+    policies: list[NetworkPolicy],
+    cilium_policies: list[Any],
+    universe: IdentityUniverse,
+    enforcement: str,
+    labels: dict[str, str],
+) -> EndpointMap:
+    """One pod's map under the policies that select it."""
+    from podnet.calc.policy_cnp import add_policy, apply_requires, policy_name, requirements
+
+    entries: PolicyMap = {}
+    enforced = {INGRESS: enforcement == "always", EGRESS: enforcement == "always"}
+    by: dict[str, list[str]] = {
+        d: ["enforcement:always"] if enforcement == "always" else [] for d in (INGRESS, EGRESS)
+    }
+    if enforcement != "never":
+        for policy in policies:
+            namespace = policy.namespace or "default"
+            types = policy.effective_policy_types()
+            if "Ingress" in types:
+                enforced[INGRESS] = True
+                by[INGRESS].append(f"knp:{namespace}/{policy.name}")
+                _ingress(policy, namespace, pod, universe, entries)
+            if "Egress" in types:
+                enforced[EGRESS] = True
+                by[EGRESS].append(f"knp:{namespace}/{policy.name}")
+                _egress(policy, namespace, universe, entries)
+        for cilium_policy in cilium_policies:
+            directions = add_policy(cilium_policy, pod, labels, universe, entries)
+            for direction in (INGRESS, EGRESS):
+                if directions[direction]:
+                    enforced[direction] = True
+                    by[direction].append(policy_name(cilium_policy))
+        entries = apply_requires(entries, requirements(cilium_policies, labels), universe)
+    return EndpointMap(
+        pod.key,
+        enforced[INGRESS],
+        enforced[EGRESS],
+        materialize(entries),
+        {d: tuple(sorted(set(names))) for d, names in by.items() if names},
+    )
 
 
 def _provenance(policy: NetworkPolicy, namespace: str, direction: str, index: int) -> str:

@@ -202,7 +202,12 @@ def rule_cidrs(policies: Iterable[Any]) -> list[str]:
 
 
 def _peers(part: Any, direction: str, namespace: str | None, universe: IdentityUniverse) -> set[int] | None:
-    """The identities of a section's L3 fields (None: it has none, any peer)."""
+    """The identities of a section's L3 fields (None: it has none, any peer); once per section
+    and universe (:meth:`IdentityUniverse.memo`)."""
+    return universe.memo(part, direction, namespace, lambda: _resolve(part, direction, namespace, universe))
+
+
+def _resolve(part: Any, direction: str, namespace: str | None, universe: IdentityUniverse) -> set[int] | None:
     prefix = "from" if direction == INGRESS else "to"
     endpoints = getattr(part, f"{prefix}_endpoints")
     entities = getattr(part, f"{prefix}_entities")

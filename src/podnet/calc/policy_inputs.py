@@ -17,7 +17,7 @@ disagree.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from podnet.calc.identity import pod_label_sets
@@ -114,8 +114,23 @@ class CiliumPlan:
     universe: IdentityUniverse
 
 
+@dataclass
+class CiliumMemo:
+    """What :func:`compile_cilium` keeps between syncs (the agent holds one): each pod's label set
+    while the pod and its namespace's labels are the same, the identity universe while its inputs
+    are (and with it every peer it resolved), each endpoint's map while its inputs are."""
+
+    labels: ObjectMemo[Any] = field(default_factory=ObjectMemo)
+    universe: ObjectMemo[Any] = field(default_factory=ObjectMemo)
+    maps: ObjectMemo[Any] = field(default_factory=ObjectMemo)
+
+
 def compile_cilium(
-    cache: Any, local_pods: Iterable[PodInfo], node: str, apiserver: Iterable[str] = ()
+    cache: Any,
+    local_pods: Iterable[PodInfo],
+    node: str,
+    apiserver: Iterable[str] = (),
+    memo: CiliumMemo | None = None,
 ) -> CiliumPlan:
     """The Cilium profile's plan for ``node`` from the watch cache (pure): identities by label set
     (:mod:`podnet.calc.identity`; numbers from the datastore's allocator), NetworkPolicy and
@@ -125,7 +140,19 @@ def compile_cilium(
     cluster = settings.cluster_name if settings else "default"
     enforcement = settings.policy_enforcement_mode if settings else "default"
     pods = cache.pod_infos()
-    label_sets = pod_label_sets(pods, cache.namespaces, cluster)
+    if memo is None:
+        label_sets = pod_label_sets(pods, cache.namespaces, cluster)
+    else:
+        label_sets = {
+            pod.key: memo.labels.get(
+                pod.key,
+                pod,
+                (cluster, tuple(sorted(cache.namespaces.get(pod.namespace, {}).items()))),
+                lambda pod=pod: pod_label_sets([pod], cache.namespaces, cluster)[pod.key],
+            )
+            for pod in pods
+        }
+        memo.labels.retain(set(label_sets))
     pod_identity = {
         key: cache.identity_numbers[ls.digest]
         for key, ls in label_sets.items()
@@ -142,12 +169,26 @@ def compile_cilium(
     primary = {name: info.ip for name, info in cache.nodes.items() if info.ip}
     addresses[RESERVED["host"]] = tuple(ip for name, ip in primary.items() if name == node)
     addresses[RESERVED["remote-node"]] = tuple(ip for name, ip in primary.items() if name != node)
-    universe = IdentityUniverse(
-        {number: ls.mapping() for number, ls in cache.identities.items()},
-        {number: tuple(members) for number, members in by_number.items()},
-        cidrs,
-        addresses,
-    )
+
+    def build() -> tuple[IdentityUniverse, dict[int, list[PodInfo]]]:
+        universe = IdentityUniverse(
+            {number: ls.mapping() for number, ls in cache.identities.items()},
+            {number: tuple(members) for number, members in by_number.items()},
+            cidrs,
+            addresses,
+        )
+        return universe, by_number  # the pods kept alive: their ids are in the context
+
+    if memo is None:
+        universe = build()[0]
+    else:
+        context = (
+            tuple(sorted((n, ls.digest) for n, ls in cache.identities.items())),
+            tuple(sorted(cidrs.items())),
+            tuple(sorted((n, tuple(map(id, members))) for n, members in by_number.items())),
+            tuple(sorted(addresses.items())),
+        )
+        universe = memo.universe.get("universe", cache, context, build)[0]
     local = list(local_pods)
     maps = compile_endpoint_maps(
         local,
@@ -156,6 +197,7 @@ def compile_cilium(
         enforcement,
         cilium,
         {p.key: label_sets[p.key].mapping() for p in local if p.key in label_sets},
+        memo.maps if memo is not None else None,
     )
     nodes = {
         name: [a for a in (info.ip, info.vxlan_ip, info.router_ip) if a] for name, info in cache.nodes.items()

@@ -267,15 +267,15 @@ class LxcDatapath:
             for ifindex in [i for i in self._endpoint_ids if i not in wanted]:
                 self._endpoint_ids.pop(ifindex)  # gone: its id is free once its entries are
             ids = {e.ifindex: self._endpoint_id(e.ifindex) for e in endpoints}
-            used = {i for (ep, _k), i in self._entry_ids.items() if ep in ids.values()}
-            self._entry_ids = {k: i for k, i in self._entry_ids.items() if k[0] in ids.values()}
+            live = set(ids.values())
+            self._entry_ids = {k: i for k, i in self._entry_ids.items() if k[0] in live}
+            used = set(self._entry_ids.values())
             encoded = {e.ifindex: self._encode(e, ids[e.ifindex], used) for e in endpoints}
             self._pods = {ids[e.ifindex]: e.key for e in endpoints}
             policy = self._fit(endpoints, encoded)
             self._encoded = encoded
-            self._entries = {
-                i: meaning for i, meaning in self._entries.items() if i in set(self._entry_ids.values())
-            }
+            in_use = set(self._entry_ids.values())
+            self._entries = {i: meaning for i, meaning in self._entries.items() if i in in_use}
             desired_endpoints = {
                 cm.u32_key(e.ifindex): cm.endpoint_value(
                     ids[e.ifindex],

@@ -145,7 +145,10 @@ class TableSync(Generic[R]):
         return mode, len(script.splitlines()) if script else 0
 
     def remove(self) -> None:
-        """Delete the table (absent is fine); the next sync is a full one."""
+        """Delete the table (absent is fine: nothing is written, so a restarted agent that finds
+        no table changes no kernel state); the next sync is a full one."""
         self.applied = None
+        if list_table(self.family, self.table, self.netns) is None:
+            return
         qualified = f"{self.family} {self.table}"
         self.run(f"add table {qualified}\ndelete table {qualified}\n")

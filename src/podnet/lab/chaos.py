@@ -39,7 +39,9 @@ Scenarios:
   rounds ``kill -9`` the guarded pod's node agent at 0.5, 0.9 and 1.2 times that; report what
   the kernel held at the kill — it must be a state the datastore had (``apply`` writes a batch in
   transactions of 128; each sync is one atomic nft transaction), every policy whole — and when,
-  after the restart, it held every rule.
+  after the restart, it held every rule. The Cilium profile's maps are written entry by entry
+  (never allowing more than the old or the new content at any step), so at the kill they hold any
+  subset of the batch, each policy's entry whole (found through the node's ipcache).
 - ``bird-restart`` (a lab with ``--bgp``): BIRD on one node (default node-2) stops with ``graceful
   restart``; its agent starts it again (``bird -R``); its peers keep its routes meanwhile. Reports
   when BIRD answered again and when every BGP session was up; the routes must never be deleted
@@ -147,6 +149,17 @@ class ChaosLab:
     @property
     def nodes(self) -> list[str]:
         return sorted(LabState(self.names.state_dir).meta()["nodes"])
+
+    @property
+    def profile(self) -> str:
+        """The ClusterConfiguration's profile (calico when unset)."""
+        from podnet.model import lookup
+
+        try:
+            config = self.store.get(lookup("clusterconfigurations"), "default")
+        except Exception:  # absent: the default profile
+            return "calico"
+        return str(config.spec.profile or "calico")
 
     def ensure_workload(self, timeout: float = 60.0) -> None:
         from podnet.model import lookup, parse_resource
@@ -489,16 +502,53 @@ def _etcd_blackhole(lab: ChaosLab, seconds: float) -> dict[str, Any]:
     }
 
 
-def _kernel_policy_rules(lab: ChaosLab, node: str, prefix: str) -> dict[str, int]:
-    """Rules in the node's policy table per policy named ``prefix…`` (from the rules' provenance)."""
+def _kernel_policy_rules(lab: ChaosLab, node: str, prefix: str, policies: int = 0) -> dict[str, int]:
+    """Rules in the node's policy table per policy named ``prefix…`` (from the rules' provenance);
+    the Cilium profile: its guarded endpoint's policy-map entries per policy (policy ``k`` is the
+    one allowing ``_sync_cidr(k)`` on ``8000 + k % 1000``, found through the node's ipcache)."""
     from collections import Counter
 
     from podnet.dataplane.nft import list_table
+
+    if lab.profile == "cilium":
+        return _map_policy_entries(lab, node, prefix, policies)
 
     listing = list_table("inet", POLICY_TABLE, lab.names.node_ns(node)) or {"nftables": []}
     origin = f"knp:{NAMESPACE}/{prefix}"
     comments = (item["rule"].get("comment", "") for item in listing["nftables"] if "rule" in item)
     return Counter(c.split(":")[1].split("/", 1)[1] for c in comments if c.startswith(origin))
+
+
+def _sync_cidr(k: int) -> str:
+    """The address block policy ``k`` of a mid-sync batch allows (a /32 of its own)."""
+    return f"172.16.{k // 250}.{k % 250 + 1}/32"
+
+
+def _map_policy_entries(lab: ChaosLab, node: str, prefix: str, policies: int) -> dict[str, int]:
+    """The Cilium profile's kernel state of a mid-sync batch: per policy ``prefix<k>``, 1 when the
+    guarded endpoint's map allows its CIDR's identity on its port, else nothing."""
+    import os
+
+    from podnet.calc.policymap import INGRESS
+    from podnet.dataplane.lxc import pinned_endpoints, pinned_ipcache, pinned_policy
+    from podnet.model import lookup
+
+    pins = os.path.join(lab.names.state_dir, "bpf", node, "lxc")
+    guarded = lab.store.get(lookup("pods"), GUARDED, NAMESPACE)
+    ip = guarded.status.pod_ip if guarded and guarded.status else None
+    endpoint = next((e.endpoint for e in pinned_endpoints(pins).values() if e.ipv4 == ip), None)
+    ipcache = pinned_ipcache(pins)
+    entries = {
+        (e.key.identity, e.key.port)
+        for e in pinned_policy(pins)
+        if e.endpoint == endpoint and e.key.direction == INGRESS and e.key.protocol == 6 and not e.deny
+    }
+    out = {}
+    for k in range(policies):
+        identity = ipcache.get(_sync_cidr(k), (None, 0))[0]
+        if identity is not None and (identity, 8000 + k % 1000) in entries:
+            out[f"{prefix}{k}"] = 1
+    return out
 
 
 def _whole_states(policies: int) -> set[int]:
@@ -517,7 +567,8 @@ def _kill_mid_policy_sync(
     from podnet.model import lookup, parse_resource
 
     node = node or lab.store.get(lookup("pods"), GUARDED, NAMESPACE).spec.node_name
-    expected = 2 * policies
+    per_policy = 1 if lab.profile == "cilium" else 2  # map entries (the podSelector matches no pod) or rules
+    expected = per_policy * policies
     rounds: list[dict[str, Any]] = []
     sync_seconds = 0.0
     for i, fraction in enumerate((None, *fractions)):
@@ -528,7 +579,7 @@ def _kill_mid_policy_sync(
                 n,
                 [
                     {
-                        "from": [{"ipBlock": {"cidr": f"172.16.{k // 250}.{k % 250 + 1}/32"}}],
+                        "from": [{"ipBlock": {"cidr": _sync_cidr(k)}}],
                         "ports": [{"port": 8000 + k % 1000}],
                     },
                     {"from": [{"podSelector": {"matchLabels": {"policy": n}}}]},
@@ -538,7 +589,7 @@ def _kill_mid_policy_sync(
         ]
         started = time.monotonic()
         lab.store.apply([parse_resource(d) for d in docs])
-        complete = lambda p=prefix: sum(_kernel_policy_rules(lab, node, p).values()) == expected  # noqa: E731
+        complete = lambda p=prefix: sum(_kernel_policy_rules(lab, node, p, policies).values()) == expected  # noqa: E731
         if fraction is None:
             took = _wait(complete, 60.0, 0.02)
             if took is None:
@@ -549,8 +600,11 @@ def _kill_mid_policy_sync(
             record = cluster.stop_process(lab.names, f"agent-{node}", signal.SIGKILL)
             killed_at = time.monotonic() - started
             time.sleep(0.2)  # an nft child of the killed agent finishes (or not) its transaction
-            held = _kernel_policy_rules(lab, node, prefix)
-            whole = all(n == 2 for n in held.values()) and set(held) == set(names[: len(held)])
+            held = _kernel_policy_rules(lab, node, prefix, policies)
+            whole = all(n == per_policy for n in held.values())
+            # nftables: one transaction, so a prefix of the batch; the maps are written entry by
+            # entry, so any subset (each entry whole, never more allowed than old or new)
+            whole = whole and (lab.profile == "cilium" or set(held) == set(names[: len(held)]))
             restarted = time.monotonic()
             cluster.start_process(lab.names, record)
             cluster.wait_agent(lab.names, node)
@@ -559,7 +613,10 @@ def _kill_mid_policy_sync(
                 {
                     "killed_after_seconds": round(killed_at, 3),
                     "policies_in_kernel_at_kill": len(held),
-                    "whole_datastore_state_at_kill": whole and len(held) in _whole_states(policies),
+                    # nftables: a state the datastore had (whole transactions); the maps: any
+                    # subset of the batch, each policy's entry whole
+                    "whole_datastore_state_at_kill": whole
+                    and (lab.profile == "cilium" or len(held) in _whole_states(policies)),
                     "rules_expected": expected,
                     "complete_after_restart_seconds": None
                     if took is None
@@ -567,7 +624,7 @@ def _kill_mid_policy_sync(
                 }
             )
         _delete_policies(lab, names)
-        if _wait(lambda p=prefix: not _kernel_policy_rules(lab, node, p), 60.0, 0.1) is None:
+        if _wait(lambda p=prefix: not _kernel_policy_rules(lab, node, p, policies), 60.0, 0.1) is None:
             raise LabError(f"the {prefix}* policies stayed in {node}'s kernel after their deletion")
     return {"batch_to_kernel_seconds": round(sync_seconds, 3), "rounds": rounds}
 

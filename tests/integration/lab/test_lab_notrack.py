@@ -1,6 +1,6 @@
 """Pod traffic that no policy and no NAT concerns creates no conntrack entry (calc.conntrack), on a
 2-node lab, with real TCP/UDP/ICMP from the pods' own processes, counted in each node's
-``/proc/net/nf_conntrack``:
+``/proc/net/nf_conntrack``. The Calico profile:
 
 - no policy: pod → pod on one node and across nodes leaves 0 entries, while pods behind a
   ClusterIP (same node and across nodes) still answer through it and are tracked (the counter's
@@ -9,6 +9,12 @@
   replies pass by ``ct state established`` only), is tracked on both nodes, and the policy is in
   force (c → a and b → c fail);
 - policies gone: new flows are untracked again.
+
+The Cilium profile: pod-to-pod traffic never meets netfilter (its tc programs track connections
+in their own map and deliver past the stack), whatever the policy: 0 entries without policy,
+through a ClusterIP (the socket LB connects straight to the backend), and under policy, while the
+eBPF conntrack map holds the connections; the node's own connections to a pod are tracked by
+netfilter as usual (the counter's positive control).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import subprocess
 import pytest
 from lab_support import until
 
+from podnet.dataplane.lxc import pinned_ct, pinned_endpoints
 from podnet.dataplane.policy import kernel_untracks
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
@@ -168,7 +175,7 @@ def running(store: ResourceStore) -> bool:
     )
 
 
-@pytest.mark.parametrize("profile", ["calico", "cilium"])
+@pytest.mark.parametrize("profile", ["calico"])
 def test_pod_traffic_untracked_unless_policy_or_nat_needs_it(profile: str) -> None:
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
     info = cluster.up(LabSpec(nodes=2, profile=profile, underlay=random_underlay()), names)
@@ -231,6 +238,82 @@ def test_pod_traffic_untracked_unless_policy_or_nat_needs_it(profile: str) -> No
         )
         assert pods.answered("a", c, 5353, "UDP", count=3) == {f"{NS}/c"}
         assert entries(names, "node-1", a, c, "udp") == 0 and entries(names, "node-2", a, c, "udp") == 0
+    finally:
+        cluster.teardown(names)
+        clean(names)
+
+
+def lxc_pins(names: LabNames, node: str) -> str:
+    return os.path.join(names.state_dir, "bpf", node, "lxc")
+
+
+def ready_endpoints(names: LabNames, node: str) -> set[str]:
+    """The pod addresses whose endpoint ``node``'s datapath holds with its policy computed."""
+    return {e.ipv4 for e in pinned_endpoints(lxc_pins(names, node)).values() if e.ready}
+
+
+def bpf_tracked(names: LabNames, node: str, src: str, dst: str, dport: int) -> int:
+    """Connections ``src`` -> ``dst``:``dport`` in ``node``'s eBPF conntrack map."""
+    return sum(
+        1 for e in pinned_ct(lxc_pins(names, node)) if (e.saddr, e.daddr, e.dport) == (src, dst, dport)
+    )
+
+
+def test_cilium_pod_traffic_never_meets_netfilter_conntrack() -> None:
+    names = LabNames(f"pnt{secrets.token_hex(2)}-")
+    info = cluster.up(LabSpec(nodes=2, profile="cilium", underlay=random_underlay()), names)
+    try:
+        store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
+        docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}]
+        docs += [pod(n) for n in PODS] + [service("svc-1", "s1"), service("svc-2", "s2")]
+        store.apply([parse_resource(d) for d in docs])
+        until("pods Running", lambda: running(store), timeout=30)
+        pods = Pods(names, store)
+        a, b, c, s1, s2 = (pods.ip[n] for n in ("a", "b", "c", "s1", "s2"))
+        on = {"node-1": {a, b, s1}, "node-2": {c, s2}}
+        for node, ips in on.items():  # fence: each node's datapath judges its pods
+            until(f"{node}'s endpoints ready", lambda n=node, i=ips: i <= ready_endpoints(names, n))
+        vip = {s.metadata.name: s.spec.cluster_ip for s in store.list(lookup("services"), NS)}
+
+        # No policy, then through a ClusterIP: answered, nothing in netfilter's table ...
+        assert pods.answered("a", b, 8080) == {f"{NS}/b"}
+        assert pods.answered("a", c, 8080) == {f"{NS}/c"}
+        assert pods.answered("a", c, 5353, "UDP", count=3) == {f"{NS}/c"}
+        assert all(r.ok for r in pods.probe("a", c, 0, "ICMP", count=3))
+        assert pods.answered("a", vip["svc-1"], 80) == {f"{NS}/s1"}
+        assert pods.answered("a", vip["svc-2"], 80) == {f"{NS}/s2"}
+        for node in ("node-1", "node-2"):
+            for peer in (b, c, s1, s2):
+                for proto in ("tcp", "udp", "icmp"):
+                    assert entries(names, node, a, peer, proto) == 0, (node, peer, conntrack(names, node)[:5])
+        # ... while the eBPF map holds them (each end's node, each direction of the endpoint)
+        assert bpf_tracked(names, "node-1", a, c, 8080) >= 10
+        assert bpf_tracked(names, "node-2", a, c, 8080) >= 10
+        assert bpf_tracked(names, "node-2", a, s2, 8081) >= 10  # the backend itself, no VIP
+        # The counter's positive control: the node's own connections to a pod are netfilter's.
+        node_ns = names.node_ns("node-1")
+        subprocess.run(
+            [IP, "netns", "exec", node_ns, "python3", "-c",
+             f"import socket; socket.create_connection(('{b}', 8080), 2).close()"],
+            check=True, timeout=10,
+        )  # fmt: skip
+        until(
+            "the node's connection in netfilter's table",
+            lambda: any(
+                original(e).get("dst") == b and original(e).get("dport") == "8080"
+                for e in conntrack(names, "node-1")
+            ),
+        )
+
+        # Policy: only a -> c:8080, enforced, and still nothing in netfilter's table.
+        store.apply([parse_resource(p) for p in POLICIES])
+        until("the policies in force", lambda: pods.blocked("b", c, 8080))
+        assert pods.answered("a", c, 8080, count=20) == {f"{NS}/c"}
+        assert pods.blocked("c", a, 8080) and pods.blocked("a", b, 8080)
+        for node in ("node-1", "node-2"):
+            assert entries(names, node, a, c, "tcp") == 0 and entries(names, node, b, c, "tcp") == 0
+        assert bpf_tracked(names, "node-2", a, c, 8080) >= 30
+        assert bpf_tracked(names, "node-2", b, c, 8080) == 0  # refused before it was tracked
     finally:
         cluster.teardown(names)
         clean(names)
