@@ -44,7 +44,8 @@ PREFIX_KINDS = {130: "pns", 132: "pns", 230: "pnc", 133: "pnd", 181: "pnx", 203:
 
 
 def prefix_of(event: Any) -> str:
-    """``pnd:ep7:in`` (a default deny of endpoint 7's ingress), ``pns:ep7:mac``, ``pnv:ep7:eg`` (a
+    """``pnd:ep7:in`` (a default deny of endpoint 7's ingress), ``pns:ep7:mac`` / ``pns:ep7:spoof``
+    (anti-spoofing by MAC / IP, as the nftables prefixes say), ``pnv:ep7:eg`` (a
     verdict), ``bpf:134`` (another reason): what decided, in the drop monitor's prefix terms."""
     from podnet.dataplane import cilium_maps as cm
 
@@ -54,7 +55,7 @@ def prefix_of(event: Any) -> str:
     kind = PREFIX_KINDS.get(event.reason)
     if kind is None:
         return f"bpf:{event.reason}"
-    tail = {130: "mac", 230: "control"}.get(event.reason, side)
+    tail = {130: "mac", 132: "spoof", 230: "control"}.get(event.reason, side)
     return f"{kind}:ep{event.endpoint}:{tail}"
 
 

@@ -88,7 +88,7 @@ def test_records_carry_the_drop_monitors_prefix_kinds():
     m = monitor()
     assert m.annotate(event(EVENT_DROP, 133))["prefix"] == "pnd:ep7:in"
     assert m.annotate(event(EVENT_DROP, 130, direction=EGRESS))["prefix"] == "pns:ep7:mac"
-    assert m.annotate(event(EVENT_DROP, 132, direction=EGRESS))["prefix"] == "pns:ep7:eg"
+    assert m.annotate(event(EVENT_DROP, 132, direction=EGRESS))["prefix"] == "pns:ep7:spoof"
     assert m.annotate(event(EVENT_DROP, 230, direction=EGRESS))["prefix"] == "pnc:ep7:control"
     assert m.annotate(event(EVENT_DROP, 181))["prefix"] == "pnx:ep7:in"
     assert m.annotate(event(EVENT_VERDICT, 0, match="host"))["prefix"] == "pnv:ep7:in"
