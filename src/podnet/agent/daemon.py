@@ -416,6 +416,7 @@ class Agent:
             lambda: lxc.stats()["events_lost"],
         )
         self.bpf_events.start()
+        self.metrics.watch_datapath(lxc.stats)  # events_lost and the other counters, scraped
 
     def _apply_identities(self, pods: list, namespaces: dict, cluster: str) -> None:
         """Cilium profile: every local pod's identity allocated cluster-wide and referenced by this

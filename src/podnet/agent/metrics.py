@@ -44,6 +44,33 @@ class AgentMetrics:
         )
         self.datastore_errors = Counter("podnet_datastore_errors_total", "datastore failures", registry=r)
         self.revision = Gauge("podnet_datastore_revision", "last datastore revision applied", registry=r)
+        self._datapath: Callable[[], dict[str, int]] | None = None
+
+    def watch_datapath(self, stats: Callable[[], dict[str, int]]) -> None:
+        """The Cilium datapath's own counters (``events_lost``, ``ct_created``, redirects …), read
+        at each scrape as ``podnet_bpf_datapath_total{counter=…}``."""
+        if self._datapath is None:
+            self.registry.register(_DatapathCollector(lambda: self._datapath() if self._datapath else {}))
+        self._datapath = stats
+
+
+class _DatapathCollector:
+    def __init__(self, stats: Callable[[], dict[str, int]]) -> None:
+        self._stats = stats
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily(
+            "podnet_bpf_datapath", "Cilium profile tc programs' counters (pn_stats)", labels=["counter"]
+        )
+        try:
+            stats = self._stats()
+        except Exception:  # a scrape never fails for it: the counters are missing, not wrong
+            stats = {}
+        for name, value in sorted(stats.items()):
+            family.add_metric([name], value)
+        yield family
 
 
 def serve(address: tuple[str, int], metrics: AgentMetrics, health: Callable[[], tuple[bool, dict]]):
