@@ -145,3 +145,29 @@ def time_changes(store, pins: Mapping[str, str], changes: Iterable[MapChange], t
         "all_nodes": latency_summary(last),
         "samples_ms": [round(x * 1e3, 1) for x in last],
     }
+
+
+def wait_enforced(pins: str, selected: str, unselected: str, timeout: float) -> None:
+    """Until the node's datapath enforces ingress on the endpoint at ``selected`` (a policy selects
+    it) and holds the one at ``unselected`` ready and open: the Cilium form of the benches' fence
+    on the policy table's notrack set."""
+    from podnet.dataplane.lxc import pinned_endpoints
+
+    deadline = time.monotonic() + timeout
+    while True:
+        by_ip = {e.ipv4: e for e in pinned_endpoints(pins).values()}
+        chosen, other = by_ip.get(selected), by_ip.get(unselected)
+        if (
+            chosen
+            and chosen.ready
+            and chosen.ingress_enforced
+            and other
+            and other.ready
+            and not other.ingress_enforced
+        ):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"{pins}: {selected} not enforced or {unselected} not ready and open in {timeout:g}s"
+            )
+        time.sleep(0.1)

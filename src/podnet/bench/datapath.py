@@ -613,7 +613,12 @@ def build_lab(stack: ExitStack, name: str) -> tuple[Side, LabSpec, int]:
         node_ns=(names.node_ns(CLIENT_NODE), names.node_ns(SERVER_NODE)),
     )
     wait_nginx(side)
-    wait_selected(names.node_ns(SERVER_NODE), side.policy_ip, side.server_ip)
+    if spec.profile == "cilium":  # its policy is in the eBPF maps, not in the nftables table
+        from podnet.bench.cilium_fence import lxc_pins, wait_enforced
+
+        wait_enforced(lxc_pins(names.state_dir, SERVER_NODE), side.policy_ip, side.server_ip, READY_TIMEOUT)
+    else:
+        wait_selected(names.node_ns(SERVER_NODE), side.policy_ip, side.server_ip)
     wait_nginx(side, server_ip=side.policy_ip)  # the policy lets the client in
     return side, spec, pod_mtu(client_ns)
 
