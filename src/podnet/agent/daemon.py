@@ -586,9 +586,11 @@ class Agent:
             self._vxlan.sync(plan.vxlan_peers)
         with self.syncer.lock:
             pools = [p for p in self.cache.pools.values()]
+        cilium_tunnel = self._profile() == "cilium" and self._wants_vxlan()
         self.nat.apply(
             [p.spec.cidr for p in pools if p.spec.nat_outgoing and not p.spec.disabled],
             [p.spec.cidr for p in pools],
+            [VXLAN_DEVICES["cilium"][2]] if cilium_tunnel else (),  # eBPF pod path: its tunnel untracked
         )
         if plan.ipip_map or "ipip" in plan.modes:
             if self._ipip is None:

@@ -12,7 +12,11 @@ Calico's rule (``cali-nat-outgoing``: ``-m set --match-set masq-ipam-pools src -
         }
     }
 
-Traffic between pools and to other nodes' pods is never masqueraded. Each change is one ``nft -f``
+Traffic between pools and to other nodes' pods is never masqueraded. The table's masquerade
+makes the kernel track every connection of the node; the Cilium profile's tunnel packets (its
+VXLAN UDP port, node to node: never masqueraded) are left untracked by two raw chains
+(``untracked_udp_ports``), as the pod packets inside them never meet netfilter either. Each change
+is one ``nft -f``
 transaction that replaces the whole table (``add``, ``delete``, define), so there is never a
 moment without the rule, and a render identical to the last applied one is not re-applied.
 """
@@ -31,8 +35,21 @@ def _elements(cidrs: Iterable[str]) -> str:
     return f" elements = {{ {', '.join(items)} }};" if items else ""
 
 
-def render_nat(masq_pools: Iterable[str], all_pools: Iterable[str]) -> str:
+def render_nat(
+    masq_pools: Iterable[str], all_pools: Iterable[str], untracked_udp_ports: Iterable[int] = ()
+) -> str:
     """The whole table as one ``nft -f`` transaction (pure)."""
+    ports = sorted(set(untracked_udp_ports))
+    untrack = ""
+    if ports:
+        listed = ", ".join(map(str, ports))
+        for chain, hook in (("tunnel_prerouting", "prerouting"), ("tunnel_output", "output")):
+            untrack += (
+                f"    chain {chain} {{\n"
+                f"        type filter hook {hook} priority raw; policy accept;\n"
+                f"        udp dport {{ {listed} }} notrack\n"
+                "    }\n"
+            )
     return (
         f"add table ip {TABLE}\n"
         f"delete table ip {TABLE}\n"
@@ -43,6 +60,7 @@ def render_nat(masq_pools: Iterable[str], all_pools: Iterable[str]) -> str:
         "        type nat hook postrouting priority srcnat; policy accept;\n"
         "        ip saddr @masq_pools ip daddr != @all_pools masquerade\n"
         "    }\n"
+        f"{untrack}"
         "}\n"
     )
 
@@ -56,7 +74,9 @@ class NatManager:
             "ip", TABLE, netns, full=lambda script: script, what="natOutgoing"
         )
 
-    def apply(self, masq_pools: Iterable[str], all_pools: Iterable[str]) -> bool:
+    def apply(
+        self, masq_pools: Iterable[str], all_pools: Iterable[str], untracked_udp_ports: Iterable[int] = ()
+    ) -> bool:
         """Apply if the rendering changed; True when something was written."""
-        mode, _ = self.table.sync(render_nat(masq_pools, all_pools))
+        mode, _ = self.table.sync(render_nat(masq_pools, all_pools, untracked_udp_ports))
         return mode == "full"
