@@ -214,6 +214,7 @@ def compile_endpoint_maps(
     cilium_policies: Iterable[Any] = (),
     pod_labels: Mapping[str, Mapping[str, str]] | None = None,
     memo: ObjectMemo[Any] | None = None,
+    selection: ObjectMemo[Any] | None = None,
 ) -> dict[str, EndpointMap]:
     """Each local pod's map under Kubernetes ``policies`` and ``cilium_policies`` (CNP/CCNP,
     :mod:`podnet.calc.policy_cnp`; they select by identity labels, ``pod_labels``: pod key -> the
@@ -221,7 +222,9 @@ def compile_endpoint_maps(
     enforces a direction once a policy enforces it on the endpoint, ``always`` every direction,
     ``never`` none (and no entries). ``memo`` (kept by the caller between syncs) keeps each pod's
     map while the pod, its labels, the universe and the policies selecting it are the same
-    objects; only the policies of the pod's namespace and the clusterwide ones are tried."""
+    objects; only the policies of the pod's namespace and the clusterwide ones are tried, and
+    ``selection`` keeps which of them select each pod while the pod, its labels and the candidates
+    are the same."""
     from podnet.calc.policy_cnp import selects  # CNPs build on this module
 
     policies = list(policies)
@@ -236,12 +239,23 @@ def compile_endpoint_maps(
     for pod in sorted(local_pods, key=lambda p: p.key):
         labels = dict((pod_labels or {}).get(pod.key, {}))
         # only a policy of the pod's namespace (or a clusterwide one) can select it
-        knps = [p for p in by_namespace.get(pod.namespace, ()) if p.spec.pod_selector.matches(pod.labels)]
-        cnps = [
-            c
-            for c in (*cilium_by_namespace.get(pod.namespace, ()), *cilium_by_namespace.get(None, ()))
-            if any(selects(c, rule, labels) for rule in c.rules())
-        ]
+        candidates = by_namespace.get(pod.namespace, [])
+        cilium_candidates = [*cilium_by_namespace.get(pod.namespace, ()), *cilium_by_namespace.get(None, ())]
+
+        def select(pod=pod, labels=labels, candidates=candidates, cilium_candidates=cilium_candidates):  # type: ignore[no-untyped-def]
+            knps = [p for p in candidates if p.spec.pod_selector.matches(pod.labels)]
+            cnps = [c for c in cilium_candidates if any(selects(c, rule, labels) for rule in c.rules())]
+            return knps, cnps, candidates, cilium_candidates  # the candidates kept: their ids are the context
+
+        if selection is None:
+            knps, cnps = select()[:2]
+        else:
+            context = (
+                tuple(sorted(labels.items())),
+                tuple(map(id, candidates)),
+                tuple(map(id, cilium_candidates)),
+            )
+            knps, cnps = selection.get(pod.key, pod, context, select)[:2]
         if memo is not None:
             context = (
                 id(universe),
@@ -266,6 +280,8 @@ def compile_endpoint_maps(
         out[pod.key] = _endpoint_map(pod, knps, cnps, universe, enforcement, labels)
     if memo is not None:
         memo.retain(set(out))
+    if selection is not None:
+        selection.retain(set(out))
     return out
 
 

@@ -123,6 +123,8 @@ class CiliumMemo:
     labels: ObjectMemo[Any] = field(default_factory=ObjectMemo)
     universe: ObjectMemo[Any] = field(default_factory=ObjectMemo)
     maps: ObjectMemo[Any] = field(default_factory=ObjectMemo)
+    selection: ObjectMemo[Any] = field(default_factory=ObjectMemo)
+    cidrs: ObjectMemo[Any] = field(default_factory=ObjectMemo)
 
 
 def compile_cilium(
@@ -160,7 +162,22 @@ def compile_cilium(
     }
     netpols = list(cache.netpols.values())
     cilium = [*cache.cilium_policies.values(), *cache.cilium_cluster_policies.values()]
-    cidrs = cidr_identities([*policy_cidrs(netpols), *rule_cidrs(cilium)])
+    if memo is None:
+        texts = [*policy_cidrs(netpols), *rule_cidrs(cilium)]
+    else:  # each policy's CIDRs parsed once while it is the same object
+        kinds = (
+            ("knp", cache.netpols, policy_cidrs),
+            ("cnp", cache.cilium_policies, rule_cidrs),
+            ("ccnp", cache.cilium_cluster_policies, rule_cidrs),
+        )
+        texts = []
+        names = set()
+        for kind, table, parse in kinds:
+            for key, policy in table.items():
+                names.add((kind, key))
+                texts += memo.cidrs.get((kind, key), policy, None, lambda p=policy, f=parse: f([p]))
+        memo.cidrs.retain(names)
+    cidrs = cidr_identities(texts)
     by_number: dict[int, list[PodInfo]] = {}
     for pod in pods:
         if pod.key in pod_identity:
@@ -198,6 +215,7 @@ def compile_cilium(
         cilium,
         {p.key: label_sets[p.key].mapping() for p in local if p.key in label_sets},
         memo.maps if memo is not None else None,
+        memo.selection if memo is not None else None,
     )
     nodes = {
         name: [a for a in (info.ip, info.vxlan_ip, info.router_ip) if a] for name, info in cache.nodes.items()

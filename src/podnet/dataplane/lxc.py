@@ -268,14 +268,22 @@ class LxcDatapath:
                 self._endpoint_ids.pop(ifindex)  # gone: its id is free once its entries are
             ids = {e.ifindex: self._endpoint_id(e.ifindex) for e in endpoints}
             live = set(ids.values())
-            self._entry_ids = {k: i for k, i in self._entry_ids.items() if k[0] in live}
+            if set(self._pods) - live:  # endpoints gone: their entry ids are free
+                self._entry_ids = {k: i for k, i in self._entry_ids.items() if k[0] in live}
             used = set(self._entry_ids.values())
+            previous = self._encoded
             encoded = {e.ifindex: self._encode(e, ids[e.ifindex], used) for e in endpoints}
+            for e in endpoints:  # entries an endpoint no longer has: their ids are free
+                old = previous.get(e.ifindex)
+                if old is not None and old is not encoded[e.ifindex] and old.endpoint_id == ids[e.ifindex]:
+                    for raw in old.entries.keys() - encoded[e.ifindex].entries.keys():
+                        self._entry_ids.pop((old.endpoint_id, raw), None)
             self._pods = {ids[e.ifindex]: e.key for e in endpoints}
-            policy = self._fit(endpoints, encoded)
+            policy_ops = self._policy_ops(endpoints, encoded, previous)
             self._encoded = encoded
-            in_use = set(self._entry_ids.values())
-            self._entries = {i: meaning for i, meaning in self._entries.items() if i in in_use}
+            if len(self._entries) > len(self._entry_ids):
+                in_use = set(self._entry_ids.values())
+                self._entries = {i: meaning for i, meaning in self._entries.items() if i in in_use}
             desired_endpoints = {
                 cm.u32_key(e.ifindex): cm.endpoint_value(
                     ids[e.ifindex],
@@ -301,7 +309,7 @@ class LxcDatapath:
             closed |= {cm.control_key(a, proto, port): cm.u32_key(1) for a, proto, port in control.remote}
             counts = {}
             counts[CONTROL] = self._apply(CONTROL, _upserts_then_deletes(self._current[CONTROL], closed))
-            counts[POLICY] = self._apply(POLICY, cm.map_ops(self._current[POLICY], policy, cm.is_deny_value))
+            counts[POLICY] = self._apply(POLICY, policy_ops)
             counts[ENDPOINTS] = self._apply(
                 ENDPOINTS, _upserts_then_deletes(self._current[ENDPOINTS], desired_endpoints)
             )
@@ -310,6 +318,31 @@ class LxcDatapath:
             )
             counts[IPCACHE] = self._apply(IPCACHE, _upserts_then_deletes(self._current[IPCACHE], cache))
             return counts
+
+    def _policy_ops(
+        self, endpoints: list[LxcEndpoint], encoded: dict[int, _Encoded], previous: dict[int, _Encoded]
+    ) -> list[cm.MapOp]:
+        """The policy map's steps: only the entries of the endpoints whose encoding changed (keys
+        carry the endpoint id: endpoints never share one) when the map fits, else the whole map
+        through :meth:`_fit` (also after a restart, when nothing was encoded yet)."""
+        if previous and not self.overflow:
+            changed = [e.ifindex for e in endpoints if previous.get(e.ifindex) is not encoded[e.ifindex]]
+            gone = [i for i in previous if i not in encoded]
+            old_sub: dict[bytes, bytes] = {}
+            for ifindex in [*changed, *gone]:
+                if ifindex in previous:
+                    old_sub.update(previous[ifindex].entries)
+            new_sub: dict[bytes, bytes] = {}
+            for ifindex in changed:
+                new_sub.update(encoded[ifindex].entries)
+            total = len(self._current[POLICY]) - len(old_sub) + len(new_sub)
+            if total <= self._maps[POLICY].info.max_entries:
+                return cm.map_ops(
+                    {k: self._current[POLICY][k] for k in old_sub if k in self._current[POLICY]},
+                    new_sub,
+                    cm.is_deny_value,
+                )
+        return cm.map_ops(self._current[POLICY], self._fit(endpoints, encoded), cm.is_deny_value)
 
     def _fit(self, endpoints: list[LxcEndpoint], encoded: dict[int, _Encoded]) -> dict[bytes, bytes]:
         """The policy map's desired content; when it would overflow, the endpoints that grew keep
