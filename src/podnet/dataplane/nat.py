@@ -14,9 +14,10 @@ Calico's rule (``cali-nat-outgoing``: ``-m set --match-set masq-ipam-pools src -
 
 Traffic between pools and to other nodes' pods is never masqueraded. The table's masquerade
 makes the kernel track every connection of the node; the Cilium profile's tunnel packets (its
-VXLAN UDP port, node to node: never masqueraded) are left untracked by two raw chains
-(``untracked_udp_ports``), as the pod packets inside them never meet netfilter either. Each change
-is one ``nft -f``
+VXLAN UDP port, node to node: never masqueraded) are left untracked by two raw chains in a table
+of their own, ``ip podnet_tunnel`` (``untracked_udp_ports``; its own table, so an agent of an
+earlier version, which does not know it, leaves it and the NAT table alone), as the pod packets
+inside them never meet netfilter either. Each change is one ``nft -f``
 transaction that replaces the whole table (``add``, ``delete``, define), so there is never a
 moment without the rule, and a render identical to the last applied one is not re-applied.
 """
@@ -28,6 +29,7 @@ from collections.abc import Iterable
 from podnet.dataplane.nft import TableSync
 
 TABLE = "podnet_nat"
+TUNNEL_TABLE = "podnet_tunnel"
 
 
 def _elements(cidrs: Iterable[str]) -> str:
@@ -35,21 +37,8 @@ def _elements(cidrs: Iterable[str]) -> str:
     return f" elements = {{ {', '.join(items)} }};" if items else ""
 
 
-def render_nat(
-    masq_pools: Iterable[str], all_pools: Iterable[str], untracked_udp_ports: Iterable[int] = ()
-) -> str:
+def render_nat(masq_pools: Iterable[str], all_pools: Iterable[str]) -> str:
     """The whole table as one ``nft -f`` transaction (pure)."""
-    ports = sorted(set(untracked_udp_ports))
-    untrack = ""
-    if ports:
-        listed = ", ".join(map(str, ports))
-        for chain, hook in (("tunnel_prerouting", "prerouting"), ("tunnel_output", "output")):
-            untrack += (
-                f"    chain {chain} {{\n"
-                f"        type filter hook {hook} priority raw; policy accept;\n"
-                f"        udp dport {{ {listed} }} notrack\n"
-                "    }\n"
-            )
     return (
         f"add table ip {TABLE}\n"
         f"delete table ip {TABLE}\n"
@@ -60,9 +49,22 @@ def render_nat(
         "        type nat hook postrouting priority srcnat; policy accept;\n"
         "        ip saddr @masq_pools ip daddr != @all_pools masquerade\n"
         "    }\n"
-        f"{untrack}"
         "}\n"
     )
+
+
+def render_tunnel(untracked_udp_ports: Iterable[int]) -> str:
+    """The tunnel table: its UDP ports untracked on the way in and out (pure)."""
+    listed = ", ".join(map(str, sorted(set(untracked_udp_ports))))
+    chains = "".join(
+        f"    chain {chain} {{\n"
+        f"        type filter hook {hook} priority raw; policy accept;\n"
+        f"        udp dport {{ {listed} }} notrack\n"
+        "    }\n"
+        for chain, hook in (("prerouting", "prerouting"), ("output", "output"))
+    )
+    head = f"add table ip {TUNNEL_TABLE}\ndelete table ip {TUNNEL_TABLE}\n"
+    return f"{head}table ip {TUNNEL_TABLE} {{\n{chains}}}\n"
 
 
 class NatManager:
@@ -73,10 +75,21 @@ class NatManager:
         self.table: TableSync[str] = TableSync(
             "ip", TABLE, netns, full=lambda script: script, what="natOutgoing"
         )
+        self.tunnel: TableSync[str] = TableSync(
+            "ip", TUNNEL_TABLE, netns, full=lambda script: script, what="untracked tunnel"
+        )
+        self._tunnel_ports: tuple[int, ...] | None = None
 
     def apply(
         self, masq_pools: Iterable[str], all_pools: Iterable[str], untracked_udp_ports: Iterable[int] = ()
     ) -> bool:
         """Apply if the rendering changed; True when something was written."""
-        mode, _ = self.table.sync(render_nat(masq_pools, all_pools, untracked_udp_ports))
-        return mode == "full"
+        mode, _ = self.table.sync(render_nat(masq_pools, all_pools))
+        ports = tuple(sorted(set(untracked_udp_ports)))
+        written = mode == "full"
+        if ports:
+            written |= self.tunnel.sync(render_tunnel(ports))[0] == "full"
+        elif self._tunnel_ports != ():
+            self.tunnel.remove()  # absent already: nothing is written
+        self._tunnel_ports = ports
+        return written

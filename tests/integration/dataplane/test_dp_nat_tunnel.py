@@ -8,8 +8,9 @@ import subprocess
 
 import pytest
 
-from podnet.dataplane.nat import NatManager
+from podnet.dataplane.nat import TABLE, TUNNEL_TABLE, NatManager
 from podnet.dataplane.netns import in_netns
+from podnet.dataplane.nft import list_table
 
 pytestmark = [pytest.mark.root]
 
@@ -42,7 +43,9 @@ def test_the_tunnel_port_is_untracked_and_the_rest_still_tracked(make_netns) -> 
     send_udp(netns, 8472)
     send_udp(netns, 8473)  # the positive control: the table does track the node's traffic
     assert tracked_udp_ports(netns) == {"8473"}
-    assert nat.apply(["10.244.0.0/16"], ["10.244.0.0/16"])  # the Calico profile: nothing untracked
+    assert not nat.apply(["10.244.0.0/16"], ["10.244.0.0/16"], [8472])  # unchanged: nothing written
+    nat.apply(["10.244.0.0/16"], ["10.244.0.0/16"])  # the Calico profile: nothing untracked
+    assert list_table("ip", TUNNEL_TABLE, netns) is None and list_table("ip", TABLE, netns) is not None
     send_udp(netns, 8472)
     assert "8472" in tracked_udp_ports(netns)
     assert not nat.apply(["10.244.0.0/16"], ["10.244.0.0/16"])  # unchanged: nothing written
