@@ -145,10 +145,6 @@ class CiliumDatapath:
             kv(log, logging.INFO, "conntrack gc", removed=removed)
         return removed
 
-    @property
-    def pin_dir(self) -> str:
-        return self.lxc.pin_dir
-
 
 def pin_dir_for(bpf_dir: str, node: str) -> str:
     """Where node ``node``'s Cilium datapath is pinned (``podnet bpf`` reads it there)."""

@@ -35,7 +35,6 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from podnet.calc.ipcache import IpcacheEntry
 from podnet.calc.policy import ControlPlane
@@ -190,14 +189,6 @@ class LxcDatapath:
         with contextlib.suppress(bpf.BpfError):
             bpf.detach_tc(dev, "ingress", pref=TC_PREF)
             bpf.delete_clsact_if_empty(dev)
-
-    def attached_devices(self) -> dict[str, set[str]]:
-        """device -> the hooks ("ingress", "egress") where one of these programs runs."""
-        out: dict[str, set[str]] = {}
-        for prog in bpf.list_programs():
-            if prog.get("name") in PROGRAMS:
-                out.setdefault(prog["device"], set()).add(prog["direction"])
-        return out
 
     def _require_loaded(self) -> None:
         if not self.progs or not self._maps:
@@ -457,11 +448,6 @@ class LxcDatapath:
 def _upserts_then_deletes(current: Mapping[bytes, bytes], desired: Mapping[bytes, bytes]) -> list[cm.MapOp]:
     ops = [cm.MapOp(k, v) for k, v in sorted(desired.items()) if current.get(k) != v]
     return ops + [cm.MapOp(k, None) for k in sorted(current) if k not in desired]
-
-
-def describe(datapath: LxcDatapath) -> dict[str, Any]:
-    """A summary for status pages: element counts per synced map and the global counters."""
-    return {name: len(datapath.contents(name)) for name in SYNCED} | {"stats": datapath.stats()}
 
 
 # ---------------------------------------------------------------------- reading pins (the CLI, tests)

@@ -266,6 +266,8 @@ def test_drops_carry_cilium_reasons_and_the_deciding_entry(bed: Bed) -> None:
     )  # type: ignore[index]
     packets, _ = bed.lxc.entry_stats(verdicts[0].entry_id)
     assert packets == 2  # two new connections decided by that entry
+    counted = bed.lxc.endpoint_stats(1)[INGRESS]  # the endpoint's own counters (id 1: the first)
+    assert (counted["packets"], counted["drop_packets"]) == (2, 2) and counted["drop_bytes"] > 0
 
 
 def icmp_error(quoted_packet: bytes) -> bytes:
