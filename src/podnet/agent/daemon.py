@@ -304,23 +304,30 @@ class Agent:
             plan = compile_cluster(self.cache, local.pods, self._profile(), memo=self._compiled)
             endpoints = {r.pod_key: (r.host_ifname, r.addresses, r.mac) for r in records}
             control = self._control_plane()
-            notrack = notrack_plan(
-                plan,
-                [p.spec.cidr for p in self.cache.pools.values()],
-                service_backends(self.cache),
-                [a for n in self.cache.nodes.values() for a in (n.ip, n.vxlan_ip, n.router_ip)]
-                + [ip for ip, _protocol, _port in control.remote],
-                forward_policy=self._profile() == "calico"
-                and forward_policy_here(
-                    self.config.node, self.cache.host_endpoints.values(), self.cache.global_policies.values()
-                ),
+            cilium_profile = self._profile() == "cilium"
+            # the notrack sets are the nftables table's; the Cilium profile has no such table
+            notrack = (
+                None
+                if cilium_profile
+                else notrack_plan(
+                    plan,
+                    [p.spec.cidr for p in self.cache.pools.values()],
+                    service_backends(self.cache),
+                    [a for n in self.cache.nodes.values() for a in (n.ip, n.vxlan_ip, n.router_ip)]
+                    + [ip for ip, _protocol, _port in control.remote],
+                    forward_policy=forward_policy_here(
+                        self.config.node,
+                        self.cache.host_endpoints.values(),
+                        self.cache.global_policies.values(),
+                    ),
+                )
             )
             revision = self.cache.revision
             invalid = invalid_policies(self.cache.errors, self.layout)
             namespaces = dict(self.cache.namespaces)
             cluster = self._settings().cluster_name
             cilium = None
-            if self._profile() == "cilium":
+            if cilium_profile:
                 apiserver = [
                     found[0]
                     for found in map(datastore_address, getattr(self.store, "endpoints", []))

@@ -205,7 +205,6 @@ def explain_doc(view: ClusterPolicy, src, dst, port: int, proto: str) -> dict[st
     from podnet.calc.policy_explain import explain_sides
 
     verdict = predict(view, src, dst, port, proto)
-    sides = explain_sides(view.plan, src, dst, port, proto)
     doc: dict[str, Any] = {
         "from": src if isinstance(src, str) else src.key,
         "to": dst if isinstance(dst, str) else dst.key,
@@ -222,7 +221,7 @@ def explain_doc(view: ClusterPolicy, src, dst, port: int, proto: str) -> dict[st
             f"{d}: {w}" for d in ("egress", "ingress") for w in doc[d]["walk"] if doc[d]["isolated"]
         ]
         return doc
-    for side in sides:
+    for side in explain_sides(view.plan, src, dst, port, proto):
         doc[side.direction] = {
             "endpoint": side.endpoint,
             "isolated": side.isolated,

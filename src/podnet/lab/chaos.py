@@ -60,6 +60,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from podnet.lab import cluster
@@ -150,9 +151,9 @@ class ChaosLab:
     def nodes(self) -> list[str]:
         return sorted(LabState(self.names.state_dir).meta()["nodes"])
 
-    @property
+    @cached_property
     def profile(self) -> str:
-        """The ClusterConfiguration's profile (calico when unset)."""
+        """The ClusterConfiguration's profile (calico when unset), read once: polling loops ask."""
         from podnet.model import lookup
 
         try:
