@@ -45,9 +45,14 @@ def applied_revisions(store) -> dict[str, int]:  # type: ignore[no-untyped-def]
     return out
 
 
-def wait_programmed(store, nodes: Iterable[str], since: float, timeout: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    """Seconds from ``since`` (perf_counter) until each node's maps hold the datastore as it is now."""
-    revision = store.store.revision()
+def wait_programmed(  # type: ignore[no-untyped-def]
+    store, nodes: Iterable[str], since: float, timeout: float, keys: Iterable[str] = ()
+) -> dict[str, float]:
+    """Seconds from ``since`` (perf_counter) until each node's maps hold the revision that wrote
+    ``keys`` (the applied objects' last write; not the datastore's revision now, which the agents'
+    own status writes move past what any policy sync compiles)."""
+    found = [store.store.get(k) for k in keys]
+    revision = max((kv.mod_revision for kv in found if kv is not None), default=0) or store.store.revision()
     pending, done = set(nodes), {}
     while pending:
         applied = applied_revisions(store)

@@ -296,8 +296,9 @@ def run(opts: Options, step=lambda text: None) -> dict[str, Any]:  # type: ignor
         out["memory_idle"] = _memory(names)
         step(f"{len(policies)} CNPs, cold")
         started = time.perf_counter()
-        store.apply([parse_resource(p) for p in policies])
-        done = wait_programmed(store, nodes, started, opts.timeout)
+        resources = [parse_resource(p) for p in policies]
+        store.apply(resources)
+        done = wait_programmed(store, nodes, started, opts.timeout, [store.key_of(r) for r in resources])
         out["cold_programming_s"] = round(max(done.values()), 2)
         out["maps"] = {n: map_figures(pin) for n, pin in pins.items()}
         out["memory_loaded"] = _memory(names)

@@ -327,8 +327,10 @@ def load_workload(
     pods_s = time.perf_counter() - started
     targets = {} if cilium else node_targets(workload, ips, list(node_ns))
     started = time.perf_counter()
-    store.apply([parse_resource(p) for p in workload.policies])
-    done: dict[str, float] = wait_programmed(store, node_ns, started, timeout) if cilium else {}
+    resources = [parse_resource(p) for p in workload.policies]
+    store.apply(resources)
+    keys = [store.key_of(r) for r in resources]
+    done: dict[str, float] = wait_programmed(store, node_ns, started, timeout, keys) if cilium else {}
     while len(done) < len(targets):
         for node, target in targets.items():
             if node not in done and chain_has(node_ns[node], target.chain, target.comment):
