@@ -54,6 +54,17 @@ PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 
 
 @dataclass(frozen=True)
+class ServiceTarget:
+    """What a ``toServices`` rule matches a Service by: its name, namespace and labels, and the pod
+    selector its endpoints come from (None: a Service without a selector)."""
+
+    namespace: str
+    name: str
+    labels: Mapping[str, str]
+    selector: Mapping[str, str] | None
+
+
+@dataclass(frozen=True)
 class IdentityUniverse:
     """What peers are resolved against: every known identity's labels (reserved ones included or
     not: they match no selector), the cluster's pods per identity (egress named ports), and the
@@ -65,6 +76,8 @@ class IdentityUniverse:
     #: identity -> the addresses a NetworkPolicy ipBlock judges it by (pods' IPs; host and
     #: remote-node: the nodes' primary IPs)
     addresses: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+    #: the cluster's Services, for ``toServices`` (empty when no policy has such a rule)
+    services: tuple[ServiceTarget, ...] = ()
     #: what peers resolved to, while this universe lives: (id of the peer or section, direction,
     #: namespace) -> (that object, identities); the object kept so that its id is not reused
     resolved: dict[tuple[int, str, str | None], tuple[object, frozenset[int] | None]] = field(

@@ -21,6 +21,12 @@ false}`` makes the rule add its allows without enforcing (Cilium's per-direction
 - ``from/toCIDR``, ``from/toCIDRSet`` (``except``): the node-local CIDR identities inside and not
   excepted, and ``world`` for ``0.0.0.0/0`` (Cilium: world = 0.0.0.0/0); pods and nodes keep their
   own identities, so CIDR rules never select them;
+- ``toServices`` (egress; never with ``toPorts``): the identities of the pods behind each Service
+  it names (``k8sService`` by name, ``k8sServiceSelector`` by the Service's labels; ``namespace``
+  omitted: any), i.e. the Service's selector in its namespace, as current Cilium translates a
+  Service with a selector into ``toEndpoints``; the socket LB has already turned the ClusterIP
+  into a backend's address when the programs judge the connection. A Service without a selector
+  has no endpoints in podnet, so it adds nothing (Cilium turns its Endpoints into ``toCIDRSet``);
 - no L3 field: any peer (a ports-only rule).
 
 **Ports**: ``toPorts[].ports[]`` by number (``0``: all), range (``endPort``) or name (ingress: the
@@ -29,8 +35,8 @@ the three); ``icmps``: ICMP (IPv4) or ICMPv6 types, by number or Cilium's names,
 of the key as Cilium does; neither: any protocol. A ``toPorts`` entry with L7 ``rules`` allows its
 ports at L4 until the L7 proxy exists; the rules themselves are not enforced yet, which the
 policy's status says (:func:`l7_unenforced`): the L3/L4 part isolates as written, never a silent
-allow. ``toServices``, ``from/toNodes`` and ``toFQDNs`` are not compiled yet: a
-section using them allows nothing (and :func:`unsupported` names them), as does an unknown ICMP name.
+allow. ``from/toNodes`` and ``toFQDNs`` are not compiled yet: a section using them allows nothing
+(and :func:`unsupported` names them), as does an unknown ICMP name.
 
 **Requirements**: the ``from/toRequires`` selectors of every rule that selects an endpoint apply to
 all of that endpoint's allows in that direction, whichever policy (NetworkPolicy too) gave them:
@@ -50,7 +56,12 @@ from typing import Any
 
 from podnet.calc.identity import NAMESPACE_LABEL
 from podnet.calc.policy import PodInfo
-from podnet.calc.policy_cilium import PROTOCOL_NUMBERS, IdentityUniverse, cidr_identities_within
+from podnet.calc.policy_cilium import (
+    PROTOCOL_NUMBERS,
+    IdentityUniverse,
+    ServiceTarget,
+    cidr_identities_within,
+)
 from podnet.calc.policymap import (
     ANY_IDENTITY,
     EGRESS,
@@ -61,14 +72,13 @@ from podnet.calc.policymap import (
     add_entry,
     port_prefixes,
 )
-from podnet.model.cilium import CiliumClusterwideNetworkPolicy, CiliumRule, PortRule
+from podnet.model.cilium import CiliumClusterwideNetworkPolicy, CiliumRule, PortRule, ServiceRef
 from podnet.model.identity import RESERVED
 from podnet.model.selectors import EndpointSelector
 
 #: The reserved identities Cilium's ``cluster`` entity includes besides every pod.
 CLUSTER_RESERVED = ("host", "remote-node", "init", "health", "unmanaged", "kube-apiserver", "ingress")
 UNSUPPORTED_FIELDS = (
-    ("to_services", "toServices"),
     ("from_nodes", "fromNodes"),
     ("to_nodes", "toNodes"),
     ("to_fqdns", "toFQDNs"),
@@ -213,9 +223,12 @@ def _resolve(part: Any, direction: str, namespace: str | None, universe: Identit
     entities = getattr(part, f"{prefix}_entities")
     cidrs = getattr(part, f"{prefix}_cidr")
     cidr_sets = getattr(part, f"{prefix}_cidr_set")
-    if endpoints is None and entities is None and cidrs is None and cidr_sets is None:
+    services = getattr(part, "to_services", None) if direction == EGRESS else None
+    if endpoints is None and entities is None and cidrs is None and cidr_sets is None and services is None:
         return None
     out: set[int] = set()
+    for ref in services or []:
+        out |= service_identities(ref, universe)
     for selector in endpoints or []:
         out |= endpoint_identities(selector, namespace, universe)
     for entity in entities or []:
@@ -226,6 +239,46 @@ def _resolve(part: Any, direction: str, namespace: str | None, universe: Identit
         if cidr_set.cidr:
             out |= cidr_identities_within(cidr_set.cidr, cidr_set.except_ or (), universe)
     return out
+
+
+def service_matches(ref: ServiceRef, service: ServiceTarget) -> bool:
+    """Whether a ``toServices`` entry names ``service``: by name, or by a selector on the Service's
+    labels; in its ``namespace``, or in any when that is omitted (as Cilium matches them)."""
+    if ref.k8s_service is not None:
+        named, namespace = ref.k8s_service.service_name, ref.k8s_service.namespace
+        return named == service.name and namespace in (None, "", service.namespace)
+    assert ref.k8s_service_selector is not None
+    namespace = ref.k8s_service_selector.namespace
+    return namespace in (None, "", service.namespace) and ref.k8s_service_selector.selector.matches(
+        service.labels
+    )
+
+
+def service_identities(ref: ServiceRef, universe: IdentityUniverse) -> set[int]:
+    """The identities behind the Services a ``toServices`` entry names: those of the pods each
+    Service's selector matches in its namespace (Cilium's translation to ``toEndpoints``). A Service
+    without a selector has no endpoints here (podnet keeps no EndpointSlices): it adds nothing."""
+    out: set[int] = set()
+    for service in universe.services:
+        if service.selector is None or not service_matches(ref, service):
+            continue
+        wanted = {**service.selector, NAMESPACE_LABEL: service.namespace}
+        out |= {
+            number
+            for number, labels in universe.labels.items()
+            if all(labels.get(k) == v for k, v in wanted.items())
+        }
+    return out
+
+
+def uses_services(policies: Iterable[Any]) -> bool:
+    """Whether any rule of ``policies`` has a ``toServices`` peer (then the Services are an input)."""
+    return any(
+        part.to_services
+        for policy in policies
+        for rule in policy.rules()
+        for part in (*(rule.egress or []), *(rule.egress_deny or []))
+    )
 
 
 def _port_keys(

@@ -24,8 +24,14 @@ from podnet.calc.identity import pod_label_sets
 from podnet.calc.ipcache import IpcacheEntry, cidr_identities, ipcache
 from podnet.calc.memo import ObjectMemo
 from podnet.calc.policy import HostSubject, PodInfo, PolicyPlan, compile_policies
-from podnet.calc.policy_cilium import EndpointMap, IdentityUniverse, compile_endpoint_maps, policy_cidrs
-from podnet.calc.policy_cnp import rule_cidrs
+from podnet.calc.policy_cilium import (
+    EndpointMap,
+    IdentityUniverse,
+    ServiceTarget,
+    compile_endpoint_maps,
+    policy_cidrs,
+)
+from podnet.calc.policy_cnp import rule_cidrs, uses_services
 from podnet.calc.services import service_endpoints
 from podnet.model.identity import RESERVED
 
@@ -44,6 +50,20 @@ def policy_objects(cache: Any, profile: str) -> list[Any]:
         objects.append(cache.baseline_policy)
     objects += cache.cluster_policies.values()
     return objects
+
+
+def service_targets(cache: Any) -> tuple[ServiceTarget, ...]:
+    """Every Service as ``toServices`` rules match it (sorted: part of the universe's memo key)."""
+    out = []
+    for service in cache.services.values():
+        meta, spec = service.metadata, service.spec
+        selector = tuple(sorted(spec.selector.items())) if spec.selector else None
+        labels = tuple(sorted((meta.labels or {}).items()))
+        out.append((meta.namespace or "default", meta.name, labels, selector))
+    return tuple(
+        ServiceTarget(ns, name, dict(labels), None if selector is None else dict(selector))
+        for ns, name, labels, selector in sorted(out)
+    )
 
 
 def service_backends(cache: Any) -> dict[str, tuple[tuple[str, str, int], ...]]:
@@ -164,20 +184,25 @@ def compile_cilium(
     cilium = [*cache.cilium_policies.values(), *cache.cilium_cluster_policies.values()]
     if memo is None:
         texts = [*policy_cidrs(netpols), *rule_cidrs(cilium)]
-    else:  # each policy's CIDRs parsed once while it is the same object
+        services_used = uses_services(cilium)
+    else:  # each policy's CIDRs (and whether it names Services) found once while it is the same object
         kinds = (
-            ("knp", cache.netpols, policy_cidrs),
-            ("cnp", cache.cilium_policies, rule_cidrs),
-            ("ccnp", cache.cilium_cluster_policies, rule_cidrs),
+            ("knp", cache.netpols, lambda p: (policy_cidrs([p]), False)),
+            ("cnp", cache.cilium_policies, lambda p: (rule_cidrs([p]), uses_services([p]))),
+            ("ccnp", cache.cilium_cluster_policies, lambda p: (rule_cidrs([p]), uses_services([p]))),
         )
         texts = []
+        services_used = False
         names = set()
         for kind, table, parse in kinds:
             for key, policy in table.items():
                 names.add((kind, key))
-                texts += memo.cidrs.get((kind, key), policy, None, lambda p=policy, f=parse: f([p]))
+                found, uses = memo.cidrs.get((kind, key), policy, None, lambda p=policy, f=parse: f(p))
+                texts += found
+                services_used |= uses
         memo.cidrs.retain(names)
     cidrs = cidr_identities(texts)
+    services = service_targets(cache) if services_used else ()
     by_number: dict[int, list[PodInfo]] = {}
     for pod in pods:
         if pod.key in pod_identity:
@@ -193,6 +218,7 @@ def compile_cilium(
             {number: tuple(members) for number, members in by_number.items()},
             cidrs,
             addresses,
+            services,
         )
         return universe, by_number  # the pods kept alive: their ids are in the context
 
@@ -204,6 +230,7 @@ def compile_cilium(
             tuple(sorted(cidrs.items())),
             tuple(sorted((n, tuple(map(id, members))) for n, members in by_number.items())),
             tuple(sorted(addresses.items())),
+            services,
         )
         universe = memo.universe.get("universe", cache, context, build)[0]
     local = list(local_pods)

@@ -41,7 +41,7 @@ from podnet.lab.cleanup import clean
 from podnet.lab.naming import LabError, LabNames
 from podnet.lab.netns import Spawned, spawn
 from podnet.lab.podserver import podserver_command
-from podnet.lab.probe import Probe, ProbeResult, run_probes
+from podnet.lab.probe import Probe, ProbeResult, probe_in_pod, run_probes
 from podnet.lab.topology import LabSpec, random_underlay
 from podnet.model import lookup, parse_resource
 from podnet.model.identity import RESERVED
@@ -113,6 +113,7 @@ class Lab:
     nodes_of: dict[str, str] = field(default_factory=dict)  # "ns/name" -> node
     labels: dict[str, dict[str, str]] = field(default_factory=dict)  # "ns/name" -> labels
     applied: dict[str, str] = field(default_factory=dict)  # datastore key -> what (for messages)
+    services: dict[str, str] = field(default_factory=dict)  # "svc:ns/name" -> ClusterIP
 
     def netns(self, source: str) -> str:
         if source == "ext":
@@ -122,9 +123,13 @@ class Lab:
         return self.names.pod_ns(*source.split("/", 1))
 
     def address(self, target: str) -> str:
-        return {"ext": self.ext_ip, "ext2": self.ext2_ip, "etcd": self.etcd_ip}.get(target) or self.pods[
-            target
-        ]
+        fixed = {"ext": self.ext_ip, "ext2": self.ext2_ip, "etcd": self.etcd_ip, **self.services}
+        return fixed.get(target) or self.pods[target]
+
+    def cgroup(self, pod: str) -> str:
+        namespace, name = pod.split("/", 1)
+        uid = self.store.get(lookup("pods"), name, namespace).metadata.uid
+        return self.names.pod_cgroup(self.nodes_of[pod], str(uid))
 
     def pins(self, node: str) -> str:
         return os.path.join(self.names.state_dir, "bpf", node, "lxc")
@@ -304,8 +309,8 @@ def cell(src: str, dst: str, what: str, allowed: bool) -> Cell:
 
 
 def expected_answer(c: Cell) -> str | None:
-    if c.proto == "ICMP" or c.dst == "etcd":
-        return None
+    if c.proto == "ICMP" or c.dst == "etcd" or c.dst.startswith("svc:"):
+        return None  # a Service: whichever backend answers
     return "ext" if c.dst in ("ext", "ext2") else c.dst
 
 
@@ -324,6 +329,11 @@ def check(lab: Lab, cells: list[Cell], timeout: float = SETTLE) -> None:
     deadline = time.monotonic() + timeout
     while True:
         results = run_probes(probes, PROBE_TIMEOUT)
+        for i, c in enumerate(cells):  # to a Service: from the pod's cgroup, where the socket LB runs
+            if c.dst.startswith("svc:"):
+                (results[i],) = probe_in_pod(
+                    lab.netns(c.src), lab.cgroup(c.src), lab.address(c.dst), c.port, c.proto, 1, PROBE_TIMEOUT
+                )
         verdicts = [holds(c, r) for c, r in zip(cells, results, strict=True)]
         if all(verdicts) or time.monotonic() > deadline:
             break
@@ -649,6 +659,77 @@ def test_egress_to_endpoints_and_ports(lab: Lab) -> None:
         return got if want <= got else None
 
     until(f"db's SCTP entries {sorted(want)}", sctp, timeout=SETTLE)
+
+
+def service(lab: Lab, name: str, selector: dict[str, str] | None, port: int, labels: dict[str, str]) -> None:
+    """A ClusterIP Service in ``shop`` (applied: removed after the test); ``lab.services`` has it."""
+    spec: dict = {"ports": [{"port": port, "protocol": "TCP"}]}
+    if selector:
+        spec["selector"] = selector
+    meta = {"name": name, "namespace": "shop", "labels": labels}
+    apply(lab, {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec})
+    lab.services[f"svc:shop/{name}"] = str(lab.store.get(lookup("services"), name, "shop").spec.cluster_ip)
+
+
+def patch_service(lab: Lab, name: str, patch: dict) -> None:
+    patched = lab.store.patch(lookup("services"), name, patch, "shop")
+    fence(lab, int(patched.metadata.resource_version or 0))
+
+
+def test_to_services_follow_the_services_endpoints(lab: Lab) -> None:
+    service(lab, "api-svc", {"app": "sensitive-api"}, 80, {"expose": "yes"})
+    service(lab, "db-svc", {"app": "db"}, 5432, {"expose": "yes"})
+    service(lab, "outside", None, 8080, {"expose": "yes"})  # no selector: no endpoints
+    apply(
+        lab,
+        cnp(
+            "shop",
+            "frontend-to-api",
+            endpointSelector=sel(app="frontend"),
+            egress=[{"toServices": [{"k8sService": {"serviceName": "api-svc", "namespace": "shop"}}]}],
+        ),
+        ccnp(
+            "tool-to-exposed",
+            endpointSelector=sel({NS: "ops"}, role="tool"),
+            egress=[
+                {"toServices": [{"k8sServiceSelector": {"selector": sel(expose="yes"), "namespace": "shop"}}]}
+            ],
+        ),
+    )
+    api_svc, db_svc = "svc:shop/api-svc", "svc:shop/db-svc"
+    check(
+        lab,
+        [
+            cell(FE, api_svc, "80/TCP", True),  # through the ClusterIP (the socket LB picks the backend)
+            cell(FE, API, "80/TCP", True),
+            cell(FE, API, "8080/TCP", True),  # no toPorts: every port of the Service's pods
+            cell(FE, DB, "5432/TCP", False),
+            cell(FE, db_svc, "5432/TCP", False),
+            cell(FE, OTHER, "8080/TCP", False),
+            cell(FE, "ext", "8080/TCP", False),
+            cell(TOOL, api_svc, "80/TCP", True),
+            cell(TOOL, db_svc, "5432/TCP", True),
+            cell(TOOL, DB, "8081/TCP", True),
+            cell(TOOL, OTHER, "8080/TCP", False),
+            cell(TOOL, MON, "8081/TCP", False),
+            cell(MON, API, "80/TCP", True),  # not selected
+        ],
+    )
+    # The Services changed after the fact: the allowed pods follow them.
+    patch_service(lab, "api-svc", {"spec": {"selector": {"app": "other"}}})
+    patch_service(lab, "db-svc", {"metadata": {"labels": {"expose": None}}})
+    check(
+        lab,
+        [
+            cell(FE, OTHER, "8080/TCP", True),
+            cell(FE, API, "80/TCP", False),
+            cell(FE, API, "8080/TCP", False),
+            cell(TOOL, OTHER, "8080/TCP", True),  # api-svc still exposed, now other's
+            cell(TOOL, API, "80/TCP", False),
+            cell(TOOL, DB, "8081/TCP", False),
+            cell(TOOL, db_svc, "5432/TCP", False),
+        ],
+    )
 
 
 def test_icmp_rules(lab: Lab) -> None:

@@ -81,3 +81,62 @@ def test_memoised_cilium_compile_equals_the_plain_one_through_changes() -> None:
     check()
     del cache.netpols[sorted(cache.netpols)[0]]  # a NetworkPolicy deleted
     check()
+
+
+def test_to_services_follow_the_services_through_the_memo() -> None:
+    """A Service's selector or labels changed: the endpoints' maps follow (the universe's memo
+    key has the Services once a policy names them)."""
+    workload = generate_workload(30, 4, 2, nodes=3, seed=7)
+    ips = {_key(p): f"10.244.0.{i + 1}" for i, p in enumerate(workload.pods)}
+    pods = pod_infos(workload.pods, ips)
+    client = pods[0]
+    apps = [p.labels["pod"] for p in pods if p.namespace == client.namespace and p is not client]
+
+    def service(selector: dict, labels: dict) -> object:
+        meta = {"name": "svc", "namespace": client.namespace, "labels": labels}
+        spec = {"selector": selector, "ports": [{"port": 80}]}
+        return parse_resource({"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec})
+
+    exposed = {"matchLabels": {"x": "1"}}
+    cache = FakeCache(
+        pods=pods,
+        namespaces={
+            d["metadata"]["name"]: dict(d["metadata"].get("labels") or {}) for d in workload.namespaces
+        },
+        identities={},
+        identity_numbers={},
+        netpols={},
+        cilium_policies={},
+        cilium_cluster_policies={
+            "out": parse_resource(
+                {
+                    "apiVersion": "cilium.io/v2",
+                    "kind": "CiliumClusterwideNetworkPolicy",
+                    "metadata": {"name": "out"},
+                    "spec": {
+                        "endpointSelector": {"matchLabels": {"pod": client.name}},
+                        "egress": [{"toServices": [{"k8sServiceSelector": {"selector": exposed}}]}],
+                    },
+                }
+            )
+        },
+        services={f"{client.namespace}/svc": service({"pod": apps[0]}, {"x": "1"})},
+        nodes={},
+        config=None,
+    )
+    allocate(cache)
+    memo = CiliumMemo()
+
+    def peers() -> set[int]:
+        plain = compile_cilium(cache, [client], client.node)
+        memoised = compile_cilium(cache, [client], client.node, memo=memo)
+        assert memoised.maps == plain.maps
+        return {k.identity for k in plain.maps[client.key].entries}
+
+    first = peers()
+    assert first and peers() == first
+    cache.services = {f"{client.namespace}/svc": service({"pod": apps[1]}, {"x": "1"})}
+    second = peers()
+    assert second and second != first  # the selector's new pods
+    cache.services = {f"{client.namespace}/svc": service({"pod": apps[1]}, {"x": "2"})}
+    assert peers() == set()  # the rule no longer names the Service: egress denied

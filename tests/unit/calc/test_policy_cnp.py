@@ -3,18 +3,21 @@ maps (calc.policy_cnp), feature by feature, as the datapath's lookups decide."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from cilium_support import universe_of
 
 from podnet.calc.identity import pod_label_sets
 from podnet.calc.ipcache import ipcache, lookup
 from podnet.calc.policy import PodInfo
-from podnet.calc.policy_cilium import compile_endpoint_maps, endpoint_allows
+from podnet.calc.policy_cilium import ServiceTarget, compile_endpoint_maps, endpoint_allows
 from podnet.calc.policy_cnp import l7_unenforced, rule_cidrs, unsupported
 from podnet.calc.policymap import EGRESS, INGRESS
 from podnet.model import parse_resource
 from podnet.model.identity import RESERVED
 
 TCP, UDP, SCTP = 6, 17, 132
+NS = "k8s:io.kubernetes.pod.namespace"
 NAMESPACES = {"shop": {"team": "blue"}, "other": {"team": "red"}}
 WEB = PodInfo("shop", "web", {"app": "web"}, ("192.168.0.2",), ports=(("http", 8080, "TCP"),))
 API = PodInfo("shop", "api", {"app": "api"}, ("192.168.0.3",), ports=(("http", 9000, "TCP"),))
@@ -228,3 +231,43 @@ def test_icmps_by_number_and_name_per_family():
     assert not allows(maps, "shop/web", INGRESS, 4242, 0, 1)  # echo reply: not listed
     assert not allows(maps, "shop/web", INGRESS, 4242, 8)  # TCP port 8: ICMP rules are ICMP only
     assert unsupported(policy) == ["specs[0].ingress[1].icmps[0].fields[0].type NoSuchType"]
+
+
+def test_to_services_select_the_pods_behind_the_services_they_name():
+    def service(name, namespace, selector, labels=None):
+        return ServiceTarget(namespace, name, labels or {}, selector)
+
+    services = (
+        service("web-svc", "shop", {"app": "web"}, {"expose": "yes"}),
+        service("api-svc", "shop", {"app": "api"}),
+        service("web-svc", "other", {"app": "client"}),  # same name, another namespace
+        service("outside", "shop", None, {"expose": "yes"}),  # no selector: no endpoints here
+    )
+
+    def egress(*refs, deny=False, extra=()):
+        section = "egressDeny" if deny else "egress"
+        spec = {"endpointSelector": {"matchLabels": {"app": "client"}}, section: [{"toServices": list(refs)}]}
+        if deny:
+            spec["egress"] = [{"toEndpoints": [{"matchLabels": {NS: "shop"}}]}]
+        policies = (cnp(spec, namespace="other"), *extra)
+        universe, ids = universe_of(PODS, NAMESPACES, [])
+        universe = dataclasses.replace(universe, services=services)
+        labels = {key: s.mapping() for key, s in pod_label_sets(PODS, NAMESPACES).items()}
+        maps = compile_endpoint_maps(PODS, (), universe, cilium_policies=policies, pod_labels=labels)
+        assert maps["other/client"].egress_enforced
+        return {  # two ports: a toServices rule has no toPorts, so it allows every port or none
+            peer: {allows(maps, "other/client", EGRESS, ids[peer], port) for port in (80, 9000)} == {True}
+            for peer in ("shop/web", "shop/api", "other/client")
+        }
+
+    by_name = {"k8sService": {"serviceName": "web-svc", "namespace": "shop"}}
+    assert egress(by_name) == {"shop/web": True, "shop/api": False, "other/client": False}
+    any_namespace = {"k8sService": {"serviceName": "web-svc"}}
+    assert egress(any_namespace) == {"shop/web": True, "shop/api": False, "other/client": True}
+    by_labels = {"k8sServiceSelector": {"selector": {"matchLabels": {"expose": "yes"}}, "namespace": "shop"}}
+    assert egress(by_labels) == {"shop/web": True, "shop/api": False, "other/client": False}
+    nothing = {"k8sService": {"serviceName": "outside", "namespace": "shop"}}
+    assert egress(nothing) == {"shop/web": False, "shop/api": False, "other/client": False}
+    # in egressDeny: the Service's pods denied though another rule allows the namespace
+    assert egress(by_name, deny=True) == {"shop/web": False, "shop/api": True, "other/client": False}
+    assert unsupported(cnp({"endpointSelector": {}, "egress": [{"toServices": [by_name]}]})) == []
