@@ -136,6 +136,7 @@ class ClusterCache:
         self.errors: dict[str, str] = {}  # key -> why its value was not taken
         self.revision = 0
         self._pod_infos: ObjectMemo[PodInfo] = ObjectMemo()  # per pod key, while its Pod is the same
+        self._pod_list: list[PodInfo] | None = None  # pod_infos() until a pod or endpoint changes
 
     def reset(self, items: Iterable[KeyValue], revision: int) -> None:
         self.__init__(self.layout)  # type: ignore[misc]
@@ -153,6 +154,8 @@ class ClusterCache:
             self.errors[key] = str(exc)
             return None
         self.errors.pop(key, None)
+        if kind in ("pods", "endpoints"):
+            self._pod_list = None
         return kind
 
     def _update(self, key: str, value: bytes | None) -> str | None:
@@ -276,7 +279,10 @@ class ClusterCache:
         endpoint records agents write at CNI ADD, else the Pod's status). Host-network pods are
         left out: they are their node (its address, its traffic), so no pod selector picks them
         and no policy isolates them, as in Calico and Cilium. A pod whose object and recorded
-        addresses are unchanged gives the same PodInfo object as before (callers must not edit it)."""
+        addresses are unchanged gives the same PodInfo object as before (callers must not edit it);
+        the list itself is kept until a pod or an endpoint record changes (a sync asks several times)."""
+        if self._pod_list is not None:
+            return list(self._pod_list)
         addresses: dict[str, set[str]] = {}
         for record in self.endpoints.values():
             addresses.setdefault(record.pod_key, set()).update(record.addresses)
@@ -287,7 +293,8 @@ class ClusterCache:
             recorded = tuple(sorted(addresses.get(key, ())))
             out.append(self._pod_infos.get(key, pod, recorded, lambda p=pod, r=recorded: _pod_info(p, r)))
         self._pod_infos.retain({info.key for info in out})
-        return out
+        self._pod_list = out
+        return list(out)
 
     def local_endpoints(self, node: str) -> list[EndpointRecord]:
         return [e for e in self.endpoints.values() if e.node == node]

@@ -138,13 +138,15 @@ class CiliumPlan:
 class CiliumMemo:
     """What :func:`compile_cilium` keeps between syncs (the agent holds one): each pod's label set
     while the pod and its namespace's labels are the same, the identity universe while its inputs
-    are (and with it every peer it resolved), each endpoint's map while its inputs are."""
+    are (and with it every peer it resolved), the CIDRs' numbers while the CIDRs are, each
+    endpoint's map while its inputs are."""
 
     labels: ObjectMemo[Any] = field(default_factory=ObjectMemo)
     universe: ObjectMemo[Any] = field(default_factory=ObjectMemo)
     maps: ObjectMemo[Any] = field(default_factory=ObjectMemo)
     selection: ObjectMemo[Any] = field(default_factory=ObjectMemo)
     cidrs: ObjectMemo[Any] = field(default_factory=ObjectMemo)
+    cidr_numbers: ObjectMemo[Any] = field(default_factory=ObjectMemo)
 
 
 def compile_cilium(
@@ -201,7 +203,10 @@ def compile_cilium(
                 texts += found
                 services_used |= uses
         memo.cidrs.retain(names)
-    cidrs = cidr_identities(texts)
+    if memo is None:
+        cidrs = cidr_identities(texts)
+    else:  # the same CIDRs sync after sync: numbered once
+        cidrs = memo.cidr_numbers.get("cidrs", None, tuple(texts), lambda: cidr_identities(texts))
     services = service_targets(cache) if services_used else ()
     by_number: dict[int, list[PodInfo]] = {}
     for pod in pods:

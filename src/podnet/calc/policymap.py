@@ -122,11 +122,14 @@ def add_entry(entries: PolicyMap, key: PolicyKey, entry: PolicyEntry) -> None:
 def materialize(entries: Mapping[PolicyKey, PolicyEntry]) -> PolicyMap:
     """``entries`` with every allow nested in a deny of the same direction and identity turned
     into that deny (see the module docstring): what the map holds."""
-    denies = [key for key, entry in entries.items() if entry.deny]
+    denies: dict[tuple[str, int], list[PolicyKey]] = {}
+    for key, entry in entries.items():
+        if entry.deny:
+            denies.setdefault((key.direction, key.identity), []).append(key)
     out: PolicyMap = {}
-    for key, entry in sorted(entries.items()):
-        if not entry.deny:
-            covering = [d for d in denies if d != key and d.contains(key)]
+    for key, entry in entries.items():
+        if not entry.deny and (key.direction, key.identity) in denies:
+            covering = [d for d in denies[(key.direction, key.identity)] if d.contains(key)]
             if covering:
                 reasons = {*entry.provenance, *(p for d in covering for p in entries[d].provenance)}
                 entry = PolicyEntry(True, 0, tuple(sorted(reasons)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 SOURCE = "k8s"
 
@@ -58,9 +59,10 @@ class LabelSet:
             out[key if source == SOURCE else f"{source}:{key}"] = value
         return out
 
-    @property
+    @cached_property
     def digest(self) -> str:
-        """A stable name for the set (datastore keys): sha256 of the canonical text, 32 hex digits."""
+        """A stable name for the set (datastore keys): sha256 of the canonical text, 32 hex digits
+        (computed once per set: every sync reads it for every pod)."""
         return hashlib.sha256("\n".join(self.labels).encode()).hexdigest()[:32]
 
     def __str__(self) -> str:
