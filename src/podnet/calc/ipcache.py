@@ -20,6 +20,7 @@ import ipaddress
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from podnet.calc.policy import PodInfo
 from podnet.model.identity import LOCAL_CIDR_BASE, RESERVED
@@ -37,6 +38,7 @@ class IpcacheEntry:
     source: str
 
 
+@lru_cache(maxsize=65536)
 def _host_prefix(address: str) -> str | None:
     try:
         ip = ipaddress.ip_address(address)

@@ -139,7 +139,7 @@ class CiliumMemo:
     """What :func:`compile_cilium` keeps between syncs (the agent holds one): each pod's label set
     while the pod and its namespace's labels are the same, the identity universe while its inputs
     are (and with it every peer it resolved), the CIDRs' numbers while the CIDRs are, each
-    endpoint's map while its inputs are."""
+    endpoint's map while its inputs are, the ipcache while its inputs are."""
 
     labels: ObjectMemo[Any] = field(default_factory=ObjectMemo)
     universe: ObjectMemo[Any] = field(default_factory=ObjectMemo)
@@ -147,6 +147,7 @@ class CiliumMemo:
     selection: ObjectMemo[Any] = field(default_factory=ObjectMemo)
     cidrs: ObjectMemo[Any] = field(default_factory=ObjectMemo)
     cidr_numbers: ObjectMemo[Any] = field(default_factory=ObjectMemo)
+    ipcache: ObjectMemo[Any] = field(default_factory=ObjectMemo)
 
 
 def compile_cilium(
@@ -252,6 +253,23 @@ def compile_cilium(
     nodes = {
         name: [a for a in (info.ip, info.vxlan_ip, info.router_ip) if a] for name, info in cache.nodes.items()
     }
-    return CiliumPlan(
-        maps, ipcache(pods, pod_identity, nodes, node, apiserver, cidrs), pod_identity, universe
-    )
+    apiserver = tuple(apiserver)
+    if memo is None:
+        cache_entries = ipcache(pods, pod_identity, nodes, node, apiserver, cidrs)
+    else:  # the same object while its inputs are (the datapath then skips re-encoding it)
+        context = (
+            tuple(map(id, pods)),
+            tuple(pod_identity.items()),
+            tuple((n, tuple(a)) for n, a in sorted(nodes.items())),
+            node,
+            apiserver,
+            tuple(cidrs.items()),
+        )
+        cache_entries = memo.ipcache.get(
+            "ipcache",
+            None,
+            context,
+            # the pods kept alive with the value: their ids are in the context
+            lambda: (ipcache(pods, pod_identity, nodes, node, apiserver, cidrs), pods),
+        )[0]
+    return CiliumPlan(maps, cache_entries, pod_identity, universe)

@@ -117,6 +117,7 @@ class LxcDatapath:
         self._entry_hint = 1
         self._pods: dict[int, str] = {}  # endpoint id -> pod key (last sync)
         self.overflow: tuple[str, ...] = ()  # endpoints whose new policy did not fit (last sync)
+        self._ipcache: tuple[object, dict[bytes, bytes]] = (None, {})  # (source, encoded)
 
     def __repr__(self) -> str:
         return f"LxcDatapath({self.pin_dir!r})"
@@ -289,12 +290,17 @@ class LxcDatapath:
                 for e in endpoints
             }
             local_ips = {cm.local_ip_key(e.ipv4): cm.u32_key(e.ifindex) for e in endpoints if e.ipv4}
-            cache = {
-                cm.ipcache_key(prefix): cm.ipcache_value(
-                    entry.identity, cm.IPCACHE_POD if entry.source.startswith("pod ") else 0
+            if ipcache is not self._ipcache[0]:  # encoded once per ipcache object (calc memoises it)
+                self._ipcache = (
+                    ipcache,
+                    {
+                        cm.ipcache_key(prefix): cm.ipcache_value(
+                            entry.identity, cm.IPCACHE_POD if entry.source.startswith("pod ") else 0
+                        )
+                        for prefix, entry in ipcache.items()
+                    },
                 )
-                for prefix, entry in ipcache.items()
-            }
+            cache = self._ipcache[1]
             control = control or ControlPlane()
             closed = {cm.control_key(None, proto, port): cm.u32_key(1) for proto, port in control.local}
             closed |= {cm.control_key(a, proto, port): cm.u32_key(1) for a, proto, port in control.remote}

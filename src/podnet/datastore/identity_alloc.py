@@ -138,20 +138,37 @@ def release_node(store: Datastore, layout: KeyLayout, node: str, keep: Iterable[
 
 def collect_garbage(store: Datastore, layout: KeyLayout) -> list[int]:
     """Delete every number no node references (see the module docstring for the race with a new
-    reference); returns those deleted."""
+    reference); returns those deleted. Three range reads whatever the count, in this order: every
+    number (so each was created, with its labels key, before the next read), every labels key
+    (read BEFORE the references are listed: their revisions fence the deletes), every reference;
+    then one transaction per unreferenced number."""
+    numbers = store.list(layout.identities_prefix())[0]
+    labels_kvs = {kv.key: kv for kv in store.list(layout.identity_labels(""))[0]}
+    referenced = set(references(store, layout))
     deleted = []
-    for number, labels in list_identities(store, layout).items():
-        labels_key = layout.identity_labels(labels.digest)
-        labels_kv = store.get(labels_key)  # read BEFORE the references are listed
-        id_kv = store.get(layout.identity(number))
-        if store.list(layout.identity_ref(number, ""))[0] or id_kv is None:
+    for kv in numbers:
+        number = _number(layout, kv)
+        if number is None or number in referenced:
             continue
-        writes = [Write(layout.identity(number), None, id_kv.mod_revision)]
-        if labels_kv is not None and json.loads(labels_kv.value).get("id") == number:
-            writes.append(Write(labels_key, None, labels_kv.mod_revision))
+        try:
+            labels_key = layout.identity_labels(parse_label_set(json.loads(kv.value)["labels"]).digest)
+        except (ValueError, KeyError, TypeError):
+            labels_key = None
+        writes = [Write(layout.identity(number), None, kv.mod_revision)]
+        labels_kv = labels_kvs.get(labels_key) if labels_key else None
+        if labels_kv is not None and _labels_number(labels_kv) == number:
+            writes.append(Write(labels_kv.key, None, labels_kv.mod_revision))
         try:
             store.commit(writes)
         except (ConflictError, NotFoundError):
             continue  # referenced or changed meanwhile: kept
         deleted.append(number)
     return deleted
+
+
+def _labels_number(kv: KeyValue) -> int | None:
+    try:
+        number = json.loads(kv.value).get("id")
+    except (ValueError, AttributeError):
+        return None
+    return number if isinstance(number, int) else None
