@@ -20,6 +20,7 @@ from podnet.agent.api import DROPS, delete_queue_dir
 from podnet.agent.cni_service import CALICO_GATEWAY, CNIService
 from podnet.agent.delete_queue import ExclusiveQueueLock, drain
 from podnet.agent.identities import IdentityKeeper
+from podnet.agent.idle_gc import IdleCollector
 from podnet.agent.log import kv
 from podnet.agent.policy_status import PolicyStatusWriter, invalid_policies
 from podnet.agent.syncer import Syncer
@@ -116,6 +117,7 @@ class Agent:
             apply_partial=self._apply_partial,
         )
         self.syncer.on_synced.append(self._on_first_sync)
+        self.idle_gc = IdleCollector(self.syncer.idle_seconds)  # full gc when quiet, not mid-sync
         self.syncer.bgp = self._bgp_enabled
         self.cni = CNIService(
             config.node,
@@ -681,6 +683,7 @@ class Agent:
         self.policy_status.start()
         self.identities.start()
         self.syncer.start()
+        self.idle_gc.start()
         # DELs queued by the plugin while we were down: drain them, and start listening before
         # the lock is released, so a plugin either reaches us or its entry is seen (see cni.delete_queue).
         queue_dir = delete_queue_dir(self.config.socket)
@@ -739,6 +742,7 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
         self.syncer.stop()
+        self.idle_gc.stop()
         self.policy_status.stop()
         self.identities.stop()
         if self.bpf_events is not None:

@@ -24,7 +24,7 @@ from podnet.errors import PodnetError
 from podnet.model.identity import LabelSet
 
 log = logging.getLogger(__name__)
-GC_INTERVAL = 60.0
+GC_INTERVAL = 900.0  # Cilium operator's identity-gc-interval default (15 minutes)
 RETRY = 2.0
 
 

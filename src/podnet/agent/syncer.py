@@ -71,6 +71,9 @@ class Syncer:
         self.in_sync = threading.Event()
         self._trigger = threading.Event()
         self._stop = threading.Event()
+        self._backoff = 0.1  # the wait before retrying a failed apply (doubles up to 5 s)
+        self._applying = False
+        self._idle_since = time.monotonic()
         self._sync = PrefixSync(store, cache.layout.root, on_error=self._datastore_error)
         self._status_prefix = cache.layout.status_prefix()
         self.last_error: str | None = None
@@ -131,7 +134,6 @@ class Syncer:
             self._trigger.set()
 
     def _apply_loop(self) -> None:
-        backoff = 0.1
         while not self._stop.is_set():
             fired = self._trigger.wait(self.refresh_seconds)
             if self._stop.is_set():
@@ -148,43 +150,58 @@ class Syncer:
                 dirty, self._dirty = (self._dirty if fired else {FULL}), set()
             if not dirty:
                 continue
-            started = time.monotonic()
+            self._applying = True
             try:
-                if self.apply_partial is not None and dirty <= PARTIAL_KINDS:
-                    self.apply_partial(dirty)
-                    self.metrics.syncs.labels("ok").inc()
-                    self.metrics.sync_seconds.observe(time.monotonic() - started)
-                    backoff = 0.1
-                    continue
-                with self.lock:
-                    policy = encap_policy(self.cache.pools.values(), self.cache.config, self.bgp())
-                    plan = node_routes(
-                        self.node,
-                        self.cache.nodes,
-                        list(self.cache.blocks.values()),
-                        list(self.endpoints.values()),
-                        self.uplink,
-                        policy,
-                    )
-                done = self.apply_routes(plan)
-                self.last_plan, self.last_error = plan, None
+                self._apply(dirty)
+            finally:
+                self._applying = False
+                self._idle_since = time.monotonic()
+
+    def idle_seconds(self) -> float:
+        """How long no apply has run or been asked for (0 while one runs or is pending)."""
+        if self._applying or self._trigger.is_set():
+            return 0.0
+        return time.monotonic() - self._idle_since
+
+    def _apply(self, dirty: set[str]) -> None:
+        """One apply of what ``dirty`` names; a failure is retried with back-off (a full resync)."""
+        started = time.monotonic()
+        try:
+            if self.apply_partial is not None and dirty <= PARTIAL_KINDS:
+                self.apply_partial(dirty)
                 self.metrics.syncs.labels("ok").inc()
                 self.metrics.sync_seconds.observe(time.monotonic() - started)
-                self.metrics.routes.set(len(plan.routes))
-                self.metrics.endpoints.set(len(self.endpoints))
-                if any(done.values()):
-                    kv(
-                        log,
-                        logging.INFO,
-                        "routes applied",
-                        **done,
-                        ms=round((time.monotonic() - started) * 1e3, 1),
-                    )
-                backoff = 0.1
-            except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                self.metrics.syncs.labels("error").inc()
-                kv(log, logging.ERROR, "apply failed; will retry with a full resync", error=self.last_error)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-                self.trigger()
+                self._backoff = 0.1
+                return
+            with self.lock:
+                policy = encap_policy(self.cache.pools.values(), self.cache.config, self.bgp())
+                plan = node_routes(
+                    self.node,
+                    self.cache.nodes,
+                    list(self.cache.blocks.values()),
+                    list(self.endpoints.values()),
+                    self.uplink,
+                    policy,
+                )
+            done = self.apply_routes(plan)
+            self.last_plan, self.last_error = plan, None
+            self.metrics.syncs.labels("ok").inc()
+            self.metrics.sync_seconds.observe(time.monotonic() - started)
+            self.metrics.routes.set(len(plan.routes))
+            self.metrics.endpoints.set(len(self.endpoints))
+            if any(done.values()):
+                kv(
+                    log,
+                    logging.INFO,
+                    "routes applied",
+                    **done,
+                    ms=round((time.monotonic() - started) * 1e3, 1),
+                )
+            self._backoff = 0.1
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.metrics.syncs.labels("error").inc()
+            kv(log, logging.ERROR, "apply failed; will retry with a full resync", error=self.last_error)
+            self._stop.wait(self._backoff)
+            self._backoff = min(self._backoff * 2, 5.0)
+            self.trigger()
