@@ -67,6 +67,11 @@ class ObjectMemo(Generic[V]):
             self._entries[name] = (obj, context, value)
         return value
 
+    def peek(self, name: Hashable) -> tuple[object, Hashable, V] | None:
+        """What is remembered under ``name``: (object, context, value), or None."""
+        with self._lock:
+            return self._entries.get(name)
+
     def retain(self, names: set[Hashable]) -> None:
         with self._lock:
             for name in self._entries.keys() - names:

@@ -255,19 +255,35 @@ def compile_endpoint_maps(
         candidates = by_namespace.get(pod.namespace, [])
         cilium_candidates = [*cilium_by_namespace.get(pod.namespace, ()), *cilium_by_namespace.get(None, ())]
 
-        def select(pod=pod, labels=labels, candidates=candidates, cilium_candidates=cilium_candidates):  # type: ignore[no-untyped-def]
-            knps = [p for p in candidates if p.spec.pod_selector.matches(pod.labels)]
-            cnps = [c for c in cilium_candidates if any(selects(c, rule, labels) for rule in c.rules())]
-            return knps, cnps, candidates, cilium_candidates  # the candidates kept: their ids are the context
+        label_items = tuple(sorted(labels.items()))
+        # a candidate judged for this pod and these labels last time keeps its verdict (a policy
+        # changed: only it is matched again, not every policy of the namespace)
+        before = selection.peek(pod.key) if selection is not None else None
+        known = before[2][2] if before and before[0] is pod and before[1][0] == label_items else {}
+
+        def select(
+            pod=pod, labels=labels, candidates=candidates, cilium_candidates=cilium_candidates, known=known
+        ):  # type: ignore[no-untyped-def]
+            verdicts: dict[int, tuple[object, bool]] = {}
+
+            def judged(policy: Any, test: Callable[[], bool]) -> bool:
+                found = known.get(id(policy))
+                verdict = found[1] if found is not None and found[0] is policy else test()
+                verdicts[id(policy)] = (policy, verdict)  # the policy kept: its id is the key
+                return verdict
+
+            knps = [p for p in candidates if judged(p, lambda p=p: p.spec.pod_selector.matches(pod.labels))]
+            cnps = [
+                c
+                for c in cilium_candidates
+                if judged(c, lambda c=c: any(selects(c, rule, labels) for rule in c.rules()))
+            ]
+            return knps, cnps, verdicts
 
         if selection is None:
             knps, cnps = select()[:2]
         else:
-            context = (
-                tuple(sorted(labels.items())),
-                tuple(map(id, candidates)),
-                tuple(map(id, cilium_candidates)),
-            )
+            context = (label_items, tuple(map(id, candidates)), tuple(map(id, cilium_candidates)))
             knps, cnps = selection.get(pod.key, pod, context, select)[:2]
         if memo is not None:
             context = (

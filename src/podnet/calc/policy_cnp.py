@@ -311,6 +311,11 @@ def _port_keys(
     return list(dict.fromkeys(out))
 
 
+def _names_ports(port_rules: list[PortRule] | None) -> bool:
+    """Whether a ``toPorts`` names a port (by name, not number)."""
+    return any(not port.port.isdigit() for rule in port_rules or [] for port in rule.ports or [])
+
+
 def _icmp_keys(icmps: list[Any]) -> list[tuple[int, int, int]]:
     """(ICMP protocol, type, 16) per field; an unknown name adds nothing (fail closed)."""
     out = []
@@ -351,10 +356,15 @@ def add_policy(
                 requires = part.from_requires if direction == INGRESS else part.to_requires
                 if peers is None and requires:
                     continue  # requirements only: they never allow by themselves
+                # the keys depend on the peer only through egress named ports (the peer's pods')
+                shared = part.icmps or not (direction == EGRESS and _names_ports(part.to_ports))
+                same = None
+                if part.icmps:
+                    same = _icmp_keys(part.icmps)
+                elif shared:
+                    same = _port_keys(part.to_ports, direction, pod, ANY_IDENTITY, universe)
                 for peer in sorted({ANY_IDENTITY} if peers is None else peers):
-                    keys = _port_keys(part.to_ports, direction, pod, peer, universe)
-                    if part.icmps:
-                        keys = _icmp_keys(part.icmps)
+                    keys = same if shared else _port_keys(part.to_ports, direction, pod, peer, universe)
                     if keys is None:
                         add_entry(entries, PolicyKey(direction, peer), entry)
                         continue

@@ -168,11 +168,15 @@ def compile_cilium(
     if memo is None:
         label_sets = pod_label_sets(pods, cache.namespaces, cluster)
     else:
+        contexts = {  # per namespace, not per pod
+            name: (cluster, tuple(sorted(labels.items()))) for name, labels in cache.namespaces.items()
+        }
+        empty = (cluster, ())
         label_sets = {
             pod.key: memo.labels.get(
                 pod.key,
                 pod,
-                (cluster, tuple(sorted(cache.namespaces.get(pod.namespace, {}).items()))),
+                contexts.get(pod.namespace, empty),
                 lambda pod=pod: pod_label_sets([pod], cache.namespaces, cluster)[pod.key],
             )
             for pod in pods
