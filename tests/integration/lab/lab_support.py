@@ -15,6 +15,7 @@ from podnet.datastore.resources import ResourceStore
 from podnet.lab.naming import LabNames
 
 T = TypeVar("T")
+Port = tuple[str | None, int, str]  # a container port: (name or None, number, protocol)
 
 
 def podnet(
@@ -73,3 +74,31 @@ def agent_metric(netns: str, name: str) -> float:
     with in_netns(netns):
         text = urllib.request.urlopen("http://127.0.0.1:9099/metrics", timeout=5).read().decode()
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def pod_doc(
+    key: str,
+    node: str,
+    labels: dict[str, str],
+    ports: tuple[Port, ...],
+    account: str | None = None,
+    host_network: bool = False,
+) -> dict:
+    """A Pod ``namespace/name`` on ``node`` with these labels and container ports (the lab's pod
+    server serves each), its ServiceAccount, or on the host's network."""
+    namespace, name = key.split("/", 1)
+    container_ports = [
+        {"containerPort": number, "protocol": protocol, **({"name": port_name} if port_name else {})}
+        for port_name, number, protocol in ports
+    ]
+    spec: dict = {"nodeName": node, "containers": [{"name": "c", "ports": container_ports}]}
+    if account:
+        spec["serviceAccountName"] = account
+    if host_network:
+        spec["hostNetwork"] = True
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": spec,
+    }

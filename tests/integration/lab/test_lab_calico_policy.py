@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from lab_support import podnet, policy_applied, until
+from lab_support import Port, pod_doc, podnet, policy_applied, until
 
 from podnet.calc.policy_explain import explain
 from podnet.cli.cmd_policy import load
@@ -52,7 +52,6 @@ CALICO = "projectcalico.org/v3"
 #: test name it and only their labels and expectedIPs matter (what global() matches).
 ABSENT_INTERFACE = "hep-absent0"
 
-Port = tuple[str | None, int, str]
 DNS: Port = ("dns", 5353, "UDP")
 
 #: pod -> (node, labels, serviceAccountName, containerPorts). "web" is 8080 on web1 and 8081 on web2.
@@ -104,25 +103,6 @@ class Lab:
         if source in self.node_ips:
             return self.names.node_ns(source)
         return self.names.pod_ns(*source.split("/", 1))
-
-
-def pod_doc(
-    key: str, node: str, labels: dict[str, str], account: str | None, ports: tuple[Port, ...]
-) -> dict:
-    namespace, name = key.split("/", 1)
-    container_ports = [
-        {"containerPort": number, "protocol": protocol, **({"name": port_name} if port_name else {})}
-        for port_name, number, protocol in ports
-    ]
-    spec: dict = {"nodeName": node, "containers": [{"name": "c", "ports": container_ports}]}
-    if account:
-        spec["serviceAccountName"] = account
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": spec,
-    }
 
 
 def fence(lab: Lab, revision: int) -> dict:
@@ -277,7 +257,8 @@ def _start(lab: Lab) -> None:
         "metadata": {"name": "web-svc", "namespace": "shop"},
         "spec": {"selector": {"app": "web"}, "ports": [{"name": "web", "port": 80, "targetPort": "web"}]},
     }
-    docs = [*ns_docs, *accounts, *tiers, service, *(pod_doc(k, *v) for k, v in LAYOUT.items())]
+    pods = [pod_doc(k, node, labels, ports, account) for k, (node, labels, account, ports) in LAYOUT.items()]
+    docs = [*ns_docs, *accounts, *tiers, service, *pods]
     lab.store.apply([parse_resource(d) for d in docs])
 
     def running() -> dict[str, str] | None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import yaml
-from lab_support import podnet, policy_applied, until
+from lab_support import Port, pod_doc, podnet, policy_applied, until
 
 from podnet.dataplane.lxc import pinned_endpoints, pinned_ipcache, pinned_policy
 from podnet.dataplane.netlink import Netlink
@@ -59,7 +59,6 @@ NS = "k8s:io.kubernetes.pod.namespace"
 SA = "io.cilium.k8s.policy.serviceaccount"
 TEAM = "k8s:io.cilium.k8s.namespace.labels.team"
 
-Port = tuple[str | None, int, str]  # (name, containerPort, protocol)
 DNS: Port = ("dns", 5353, "UDP")
 DNS_TCP: Port = ("dns-tcp", 5353, "TCP")
 NAMESPACES = {"shop": {"team": "shop"}, "ops": {"team": "ops"}}
@@ -135,27 +134,9 @@ class Lab:
         return os.path.join(self.names.state_dir, "bpf", node, "lxc")
 
 
-def pod_doc(
-    key: str, node: str, labels: dict[str, str], account: str | None, ports: tuple[Port, ...]
-) -> dict:
-    namespace, name = key.split("/", 1)
-    container_ports = [
-        {"containerPort": number, "protocol": protocol, **({"name": port_name} if port_name else {})}
-        for port_name, number, protocol in ports
-    ]
-    spec: dict = {"nodeName": node, "containers": [{"name": "c", "ports": container_ports}]}
-    if account:
-        spec["serviceAccountName"] = account
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": spec,
-    }
-
-
 def start_pods(lab: Lab, layout: dict[str, tuple[str, dict[str, str], str | None, tuple[Port, ...]]]) -> None:
-    lab.store.apply([parse_resource(pod_doc(k, *v)) for k, v in layout.items()])
+    docs = [pod_doc(k, node, labels, ports, account) for k, (node, labels, account, ports) in layout.items()]
+    lab.store.apply([parse_resource(d) for d in docs])
 
     def running() -> dict[str, str] | None:
         found = {

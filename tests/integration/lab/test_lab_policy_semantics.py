@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import pytest
+from lab_support import Port, pod_doc
 
 from netpol_reference import reference_allowed
 from podnet.calc.policy import PodInfo, compile_policies
@@ -56,7 +57,6 @@ POD_CIDR = "10.244.0.0/16"  # the lab's IP pool
 SETTLE = 6.0  # a policy change must show in the traffic within this many seconds
 PROBE_TIMEOUT = 0.7  # a denied probe ends in this timeout
 
-Port = tuple[str | None, int, str]  # (name, containerPort, protocol)
 DNS: Port = ("dns", 5353, "UDP")
 DNS_TCP: Port = ("dns-tcp", 5353, "TCP")
 
@@ -118,27 +118,6 @@ class Lab:
 
     def pod_netns(self, key: str) -> str:
         return self.names.pod_ns(*key.split("/", 1))
-
-
-def pod_doc(
-    key: str, node: str, labels: dict[str, str], ports: tuple[Port, ...], host_network: bool = False
-) -> dict:
-    namespace, name = key.split("/", 1)
-    container_ports = []
-    for port_name, number, protocol in ports:
-        entry: dict = {"containerPort": number, "protocol": protocol}
-        if port_name:
-            entry["name"] = port_name
-        container_ports.append(entry)
-    spec: dict = {"nodeName": node, "containers": [{"name": "c", "ports": container_ports}]}
-    if host_network:
-        spec["hostNetwork"] = True
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": spec,
-    }
 
 
 def start_pods(
