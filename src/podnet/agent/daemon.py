@@ -355,7 +355,7 @@ class Agent:
             raise
         full = self.cilium.lxc.overflow if cilium is not None and self.cilium is not None else ()
         self.policy_status.report(revision, None, plan.errors, invalid, local.conflicts, full)
-        self._apply_identities(local.pods, namespaces, cluster)  # after the policy: datastore I/O
+        self._apply_identities(local.pods, namespaces, cluster, cilium)  # after the policy: datastore I/O
 
     def _cilium_datapath(self):  # type: ignore[no-untyped-def]
         from podnet.agent.cilium_datapath import CiliumDatapath, pin_dir_for
@@ -427,13 +427,18 @@ class Agent:
         self.bpf_events.start()
         self.metrics.watch_datapath(lxc.stats)  # events_lost and the other counters, scraped
 
-    def _apply_identities(self, pods: list, namespaces: dict, cluster: str) -> None:
+    def _apply_identities(self, pods: list, namespaces: dict, cluster: str, plan=None) -> None:  # type: ignore[no-untyped-def]
         """Cilium profile: every local pod's identity allocated cluster-wide and referenced by this
         node (agent.identities, its own thread: the datastore I/O never holds up this loop); in
-        another profile this node references none."""
+        another profile this node references none. The label sets are the Cilium ``plan``'s."""
         from podnet.calc.identity import pod_label_sets
 
-        wanted = pod_label_sets(pods, namespaces, cluster) if self._profile() == "cilium" else {}
+        if self._profile() != "cilium":
+            wanted = {}
+        elif plan is not None and all(p.key in plan.label_sets for p in pods):
+            wanted = {p.key: plan.label_sets[p.key] for p in pods}
+        else:
+            wanted = pod_label_sets(pods, namespaces, cluster)
         self.identities.request(wanted)
 
     def _note_conflicts(self, conflicts: dict[str, str]) -> None:

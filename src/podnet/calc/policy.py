@@ -110,8 +110,9 @@ class PodInfo:
     ports: tuple[tuple[str | None, int, str], ...] = ()  # (name | None, containerPort, protocol)
     service_account: str = ""  # spec.serviceAccountName ("" when unset)
 
-    @property
+    @cached_property
     def key(self) -> str:
+        """``namespace/name`` (made once: every sync reads it for every pod)."""
         return f"{self.namespace}/{self.name}"
 
     def named_port(self, name: str, protocol: str) -> int | None:

@@ -238,7 +238,7 @@ def compile_endpoint_maps(
     objects; only the policies of the pod's namespace and the clusterwide ones are tried, and
     ``selection`` keeps which of them select each pod while the pod, its labels and the candidates
     are the same."""
-    from podnet.calc.policy_cnp import selects  # CNPs build on this module
+    from podnet.calc.policy_cnp import _namespace, selects  # CNPs build on this module
 
     policies = list(policies)
     cilium_policies = list(cilium_policies)
@@ -247,7 +247,7 @@ def compile_endpoint_maps(
         by_namespace.setdefault(policy.namespace or "default", []).append(policy)
     cilium_by_namespace: dict[str | None, list[Any]] = {}
     for cilium_policy in cilium_policies:
-        cilium_by_namespace.setdefault(_cilium_namespace(cilium_policy), []).append(cilium_policy)
+        cilium_by_namespace.setdefault(_namespace(cilium_policy), []).append(cilium_policy)
     out: dict[str, EndpointMap] = {}
     for pod in sorted(local_pods, key=lambda p: p.key):
         labels = dict((pod_labels or {}).get(pod.key, {}))
@@ -312,12 +312,6 @@ def compile_endpoint_maps(
     if selection is not None:
         selection.retain(set(out))
     return out
-
-
-def _cilium_namespace(policy: Any) -> str | None:
-    from podnet.calc.policy_cnp import _namespace
-
-    return _namespace(policy)
 
 
 def _endpoint_map(

@@ -33,7 +33,7 @@ from podnet.calc.policy_cilium import (
 )
 from podnet.calc.policy_cnp import rule_cidrs, uses_services
 from podnet.calc.services import service_endpoints
-from podnet.model.identity import RESERVED
+from podnet.model.identity import RESERVED, LabelSet
 
 CALICO = "calico"
 
@@ -126,12 +126,13 @@ def compile_hosts(
 class CiliumPlan:
     """What the Cilium profile's datapath enforces on one node: each local pod's policy map, the
     ipcache, every pod's identity number (pods whose label set has none yet are missing), and
-    the universe the peers were resolved against."""
+    the universe the peers were resolved against, every pod's identity label set."""
 
     maps: Mapping[str, EndpointMap]
     ipcache: Mapping[str, IpcacheEntry]
     pod_identity: Mapping[str, int]
     universe: IdentityUniverse
+    label_sets: Mapping[str, LabelSet] = field(default_factory=dict)
 
 
 @dataclass
@@ -276,4 +277,4 @@ def compile_cilium(
             # the pods kept alive with the value: their ids are in the context
             lambda: (ipcache(pods, pod_identity, nodes, node, apiserver, cidrs), pods),
         )[0]
-    return CiliumPlan(maps, cache_entries, pod_identity, universe)
+    return CiliumPlan(maps, cache_entries, pod_identity, universe, label_sets)

@@ -51,7 +51,11 @@ class LabelSet:
 
     def mapping(self) -> dict[str, str]:
         """What selectors match: ``k8s:`` labels by their plain key, other sources (``reserved:host``)
-        under the full prefixed key (an ``EndpointSelector`` reads both)."""
+        under the full prefixed key (an ``EndpointSelector`` reads both). A new dict each call."""
+        return dict(self._mapping)
+
+    @cached_property
+    def _mapping(self) -> dict[str, str]:
         out = {}
         for label in self.labels:
             source, _, rest = label.partition(":")
