@@ -7,7 +7,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DEBIAN_PACKAGES=(etcd-server etcd-client nftables iproute2 iptables containernetworking-plugins iperf3 tcpdump python3-venv
   clang libbpf-dev bpftool linux-libc-dev  # eBPF: clang -target bpf, bpf_helpers.h, bpftool, linux/bpf.h
   bird2 gobgpd  # BGP: BIRD 2 on every node, GoBGP as the lab's external (top-of-rack) router
-  wrk nginx-light)  # bench.services: wrk measures connections/s to nginx in the backend pods
+  wrk nginx-light  # bench.services: wrk measures connections/s to nginx in the backend pods
+  haproxy)  # the Cilium profile's L7 proxy (transparent, TPROXY)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
@@ -23,10 +24,10 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Debian's packages may start system daemons (etcd on :2379, bird, gobgpd, nginx on :80); podnet
+# Debian's packages may start system daemons (etcd on :2379, bird, gobgpd, nginx on :80, haproxy); podnet
 # runs its own in the lab's namespaces, so stop those.
 if command -v systemctl >/dev/null 2>&1; then
-  for unit in etcd bird gobgpd nginx; do
+  for unit in etcd bird gobgpd nginx haproxy; do
     if systemctl is-active --quiet "$unit" 2>/dev/null; then
       systemctl disable --now "$unit" >/dev/null 2>&1 || true
     fi
