@@ -66,6 +66,7 @@ class ProxySettings:
     pidfile: str
     timeout_client: int = 60  # seconds: an idle keep-alive connection is closed after this
     timeout_server: int = 60
+    maxconn: int = 4096  # per process; HAProxy raises its file limit to about twice this
 
 
 def quote(text: str) -> str:
@@ -162,7 +163,7 @@ def render_haproxy(policies: Iterable[HttpPolicy], settings: ProxySettings) -> s
         f"    pidfile {settings.pidfile}",
         f"    stats socket {settings.admin_socket} mode 600 level admin expose-fd listeners",
         f"    log unix@{settings.log_socket} len 4096 format raw local0",
-        "    maxconn 20000",
+        f"    maxconn {settings.maxconn}",
         "",
         "defaults",
         "    mode http",

@@ -20,6 +20,7 @@ complete):
     cilium_maps.py   the Cilium profile's map layouts (ipcache, policy, endpoints, conntrack, events)
                      and their safe update order
     lxc.py           the Cilium profile's tc datapath (bpf/lxc.c): load, attach per pod, sync maps
+    l7proxy.py       the node's L7 proxy: HAProxy in its cgroup, the tproxy table and the proxy route
     ringbuf.py       reading a pinned BPF ring buffer (BPF_MAP_TYPE_RINGBUF): mmap as libbpf does, epoll
     nft.py           what the nftables managers share: one ``nft -f`` transaction, table adoption
     policy.py        policy enforcement: the compiled PolicyPlan as one nftables table (tiers, Pass)

@@ -173,3 +173,21 @@ def _command(cmd: Sequence[str], kwargs: dict[str, Any]) -> Callable[[], subproc
         kwargs.setdefault("capture_output", True)
     kwargs.setdefault("text", True)
     return lambda: subprocess.run(argv, **kwargs)
+
+
+def join_cgroup(cgroup: str | None):
+    """A ``preexec_fn`` that moves the child into ``cgroup`` (None: stays where it is) before it
+    execs: a process must join its pod's cgroup before it enters the pod's network namespace
+    (``ip netns exec`` remounts /sys), so that cgroup eBPF programs see its sockets."""
+    if cgroup is None:
+        return None
+    path = os.path.join(cgroup, "cgroup.procs").encode()
+
+    def preexec() -> None:  # runs in the child between fork and exec: plain syscalls only
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, b"0")  # "0" moves the writing process itself
+        finally:
+            os.close(fd)
+
+    return preexec

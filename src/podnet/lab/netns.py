@@ -32,7 +32,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from podnet.dataplane.netns import NETNS_RUN_DIR, netns_exists, netns_path
+from podnet.dataplane.netns import NETNS_RUN_DIR, join_cgroup, netns_exists, netns_path
 from podnet.lab.naming import MARKER_ENV, LabError
 
 IP = "ip"
@@ -187,24 +187,6 @@ class Spawned:
         if not wait_gone([(self.pid, self.start_time)], timeout, self.popen):
             signal_process(self.pid, self.start_time, signal.SIGKILL, group=True)
             wait_gone([(self.pid, self.start_time)], 2.0, self.popen)
-
-
-def join_cgroup(cgroup: str | None):
-    """A ``preexec_fn`` that moves the child into ``cgroup`` (None: stays where it is) before it
-    execs: a process must join its pod's cgroup before it enters the pod's network namespace
-    (``ip netns exec`` remounts /sys), so that cgroup eBPF programs see its sockets."""
-    if cgroup is None:
-        return None
-    path = os.path.join(cgroup, "cgroup.procs").encode()
-
-    def preexec() -> None:  # runs in the child between fork and exec: plain syscalls only
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.write(fd, b"0")  # "0" moves the writing process itself
-        finally:
-            os.close(fd)
-
-    return preexec
 
 
 def spawn(

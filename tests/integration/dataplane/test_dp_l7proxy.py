@@ -1,0 +1,223 @@
+"""The node's L7 proxy in real namespaces (dataplane.l7proxy, calc.haproxy): a client, a "node" that
+forwards between two subnets and runs the proxy, and a server that reports who connected.
+
+Packets the tc programs would mark for the ingress listener are marked here by a stand-in nftables
+rule (the only thing the test adds); everything else is the module's: the ``tproxy`` table, the
+proxy route, HAProxy's configuration, process and reloads. Checked: an allowed request reaches the
+server from the client's own address; a refused one gets 403 ``Access denied``; HAProxy's verdicts
+equal the reference matcher's (calc.l7_http) request by request; each request leaves a record
+naming its rule; a reload in the middle of a request does not break it; with the proxy killed the
+redirected port fails closed (no request reaches the server) until it is started again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import http.server
+import json
+import os
+import secrets
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from podnet.calc.haproxy import HttpPolicy
+from podnet.calc.l7_http import HttpRequest, HttpRule, allowed
+from podnet.dataplane import sysctl
+from podnet.dataplane.l7proxy import TO_INGRESS_PROXY, L7Proxy
+from podnet.dataplane.netlink import Netlink
+from podnet.dataplane.netns import in_netns
+
+pytestmark = [pytest.mark.root]
+
+CLIENT, SERVER = "10.98.0.2", "10.98.1.2"
+CGROUP2 = "/sys/fs/cgroup/unified"
+RULES = (
+    HttpRule(method="PUT", path="/api/v1/*"),
+    HttpRule(method="GET", path="/public/.*", headers=(("x-token", None),)),
+    HttpRule(method="DELETE", host="api(:80)?", headers=(("x-env", "prod"),)),
+)
+POLICY = HttpPolicy("ingress", SERVER, 80, 80, frozenset({300}), RULES, "cnp:shop/l7:ingress:0")
+
+
+@dataclass
+class Net:
+    client: str
+    node: str
+    server: str
+    seen: list[tuple[str, str, str]]  # (client address, method, path) as the server saw them
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _any(self) -> None:
+        if self.path.startswith("/slow"):
+            time.sleep(1.0)
+        self.server.seen.append((self.client_address[0], self.command, self.path))  # type: ignore[attr-defined]
+        body = json.dumps({"client": self.client_address[0]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def net(make_netns) -> Iterator[Net]:  # type: ignore[no-untyped-def]
+    client, node, server = make_netns("l7c"), make_netns("l7n"), make_netns("l7s")
+    with Netlink.open(node) as nl:
+        nl.link_add_veth("c0", "eth0", peer_netns=client, mtu=1500, up=True)
+        nl.link_add_veth("s0", "eth0", peer_netns=server, mtu=1500, up=True)
+        nl.addr_add("c0", "10.98.0.1/24")
+        nl.addr_add("s0", "10.98.1.1/24")
+    for ns, ip, gateway in ((client, CLIENT, "10.98.0.1"), (server, SERVER, "10.98.1.1")):
+        with Netlink.open(ns) as nl:
+            nl.link_set("eth0", up=True)
+            nl.addr_add("eth0", f"{ip}/24")
+            nl.route_add("0.0.0.0/0", gateway=gateway)
+    sysctl.write_many(sysctl.NODE_SYSCTLS, node)
+    with in_netns(server):
+        httpd = http.server.ThreadingHTTPServer((SERVER, 80), Handler)
+    httpd.seen = []  # type: ignore[attr-defined]
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    # the stand-in for the tc programs: connections to the server's port 80 go to the ingress proxy
+    subprocess.run(
+        ["nsenter", f"--net={node}", "nft", "-f", "-"],
+        input=(
+            "table ip pntest_redirect {\n"
+            "  chain pre {\n"
+            "    type filter hook prerouting priority mangle - 1; policy accept;\n"
+            f"    ip daddr {SERVER} tcp dport 80 meta mark set {TO_INGRESS_PROXY:#x}\n"
+            "  }\n"
+            "}\n"
+        ),
+        text=True,
+        check=True,
+    )
+    try:
+        yield Net(client, node, server, httpd.seen)  # type: ignore[attr-defined]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture
+def proxy(net: Net, tmp_path) -> Iterator[L7Proxy]:  # type: ignore[no-untyped-def]
+    the_proxy = L7Proxy(str(tmp_path / "l7"), f"{CGROUP2}/pntest-l7-{secrets.token_hex(3)}")
+    os.makedirs(the_proxy.state_dir)
+    try:
+        with in_netns(net.node):
+            the_proxy.ensure_plumbing()
+        yield the_proxy
+    finally:
+        the_proxy.stop()
+        assert not os.path.exists(the_proxy.cgroup)
+
+
+def records(proxy: L7Proxy) -> socket.socket:
+    """The agent's end of the records socket (bound before HAProxy starts)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(proxy.settings.log_socket)
+    sock.settimeout(2.0)
+    return sock
+
+
+def request(net: Net, method: str, path: str, headers: dict[str, str] | None = None, timeout: float = 2.0):  # type: ignore[no-untyped-def]
+    """(status, body) of one request from the client's namespace; None on a timeout or reset."""
+    conn = http.client.HTTPConnection(SERVER, 80, timeout=timeout)
+    try:
+        with in_netns(net.client):
+            conn.sock = socket.create_connection((SERVER, 80), timeout=timeout)
+        conn.request(method, path, headers={"Host": "api", **(headers or {})})
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    except (TimeoutError, ConnectionError, OSError):
+        return None
+    finally:
+        conn.close()
+
+
+def apply(net: Net, proxy: L7Proxy, policy: HttpPolicy = POLICY) -> bool:
+    with in_netns(net.node):
+        return proxy.apply([policy], {"10.98.0.0/24": 300, "0.0.0.0/0": 2})
+
+
+def test_verdicts_addresses_and_records(net: Net, proxy: L7Proxy) -> None:
+    sink = records(proxy)
+    assert apply(net, proxy)
+    assert not apply(net, proxy)  # unchanged: nothing reloaded
+    cases = [
+        ("PUT", "/api/v1", {}),
+        ("PUT", "/api/v1//", {}),
+        ("PUT", "/api/v1/x", {}),
+        ("PUT", "/api/v1?q=1", {}),
+        ("GET", "/api/v1", {}),
+        ("GET", "/public/a", {"X-Token": "1"}),
+        ("GET", "/public/a", {}),
+        ("DELETE", "/x", {"X-Env": "prod"}),
+        ("DELETE", "/x", {"X-Env": "dev"}),
+    ]
+    for method, path, headers in cases:
+        want = allowed(RULES, HttpRequest(method, path, "api", headers)) is not None
+        got = request(net, method, path, headers)
+        assert got is not None, (method, path)
+        if want:
+            assert got[0] == 200 and json.loads(got[1]) == {"client": CLIENT}, (method, path, got)
+        else:
+            assert got == (403, "Access denied"), (method, path, got)
+    reached = [(method, path) for _, method, path in net.seen]
+    assert all(client == CLIENT for client, _, _ in net.seen)  # transparent: the client's own address
+    assert reached == [(m, p) for m, p, h in cases if allowed(RULES, HttpRequest(m, p, "api", h)) is not None]
+    seen_records = []
+    with contextlib.suppress(TimeoutError):
+        while len(seen_records) < len(cases):
+            seen_records.append(json.loads(sink.recv(65536).decode().strip()))
+    sink.close()
+    assert [(r["method"], r["uri"], r["status"]) for r in seen_records] == [
+        (m, p, 200 if allowed(RULES, HttpRequest(m, p, "api", h)) is not None else 403) for m, p, h in cases
+    ]
+    assert seen_records[0]["rule"] == "cnp:shop/l7:ingress:0:http:0" and seen_records[0]["peer"] == 300
+    assert seen_records[4]["rule"] == "default-deny"
+
+
+def test_a_peer_of_another_identity_is_refused(net: Net, proxy: L7Proxy) -> None:
+    apply(
+        net, proxy, HttpPolicy("ingress", SERVER, 80, 80, frozenset({301}), RULES, "cnp:shop/other:ingress:0")
+    )
+    assert request(net, "PUT", "/api/v1") == (403, "Access denied")
+    assert net.seen == []
+
+
+def test_a_reload_mid_request_and_a_killed_proxy_fails_closed(net: Net, proxy: L7Proxy) -> None:
+    slow = HttpPolicy("ingress", SERVER, 80, 80, None, (HttpRule(path="/slow"),), "cnp:shop/slow:ingress:0")
+    apply(net, proxy, slow)
+    result: list[object] = []
+    worker = threading.Thread(target=lambda: result.append(request(net, "GET", "/slow", timeout=5.0)))
+    worker.start()
+    time.sleep(0.3)  # the request is at the server (it answers after 1 s)
+    both = HttpPolicy("ingress", SERVER, 80, 80, None, (HttpRule(path="/slow"), HttpRule(path="/fast")), "x")
+    assert apply(net, proxy, both)  # a reload while the request is in flight
+    worker.join(10)
+    assert result and result[0] is not None and result[0][0] == 200  # type: ignore[index]
+    assert request(net, "GET", "/fast")[0] == 200  # type: ignore[index]  # the new configuration
+    # the proxy killed: the redirected port fails closed, nothing reaches the server
+    assert proxy._process is not None
+    os.killpg(proxy._process.pid, 9)
+    proxy._process.wait(5)
+    before = len(net.seen)
+    assert request(net, "GET", "/fast", timeout=1.0) is None
+    assert len(net.seen) == before
+    with in_netns(net.node):
+        assert proxy.restart_if_dead()
+    assert request(net, "GET", "/fast")[0] == 200  # type: ignore[index]
