@@ -53,6 +53,8 @@ class HttpPolicy:
     identities: frozenset[int] | None
     rules: tuple[HttpRule, ...]
     name: str
+    #: each rule's own name (the section it comes from); empty: ``<name>:http:<index>``
+    rule_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,8 @@ def _frontend(direction: str, policies: list[HttpPolicy], settings: ProxySetting
             out.append(f"    acl {prefix}_peer var(txn.peer) -m int {numbers}")
             conditions.append(f"{prefix}_peer")
         rules: list[tuple[str, HttpRule | None]] = [(policy.name, None)] if not policy.rules else []
-        rules += [(f"{policy.name}:http:{j}", rule) for j, rule in enumerate(policy.rules)]
+        labels = policy.rule_names or tuple(f"{policy.name}:http:{j}" for j in range(len(policy.rules)))
+        rules += list(zip(labels, policy.rules, strict=True))
         for j, (name, rule) in enumerate(rules):
             names = list(conditions)
             if rule is not None:

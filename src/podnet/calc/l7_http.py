@@ -25,8 +25,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from podnet.calc.policymap import EGRESS, INGRESS
+
 #: The rules of a port that an L4-only rule also allows: every request passes.
 ALLOW_ALL: tuple[HttpRule, ...] = ()
+#: The node's proxy listeners: the port a redirect entry of each direction sends its traffic to.
+PROXY_PORTS = {INGRESS: 15001, EGRESS: 15002}
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,21 @@ class HttpRule:
     headers: tuple[tuple[str, str | None], ...] = ()
     #: a field this profile cannot check (a secret-sourced value): the rule matches nothing
     unmatchable: bool = False
+
+
+@dataclass(frozen=True)
+class L7Part:
+    """An L7 section of one endpoint's policy: its ``direction`` traffic with ``peer`` (0: any) on
+    (``protocol``, ``port``, ``prefix``) goes to the proxy, which lets through what ``rules`` match.
+    ``provenance``: the section's name (``cnp:<ns>/<name>:<section>:<index>``)."""
+
+    direction: str
+    peer: int
+    protocol: int
+    port: int
+    prefix: int
+    rules: tuple[HttpRule, ...]
+    provenance: str
 
 
 @dataclass(frozen=True)

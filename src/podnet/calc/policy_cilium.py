@@ -33,6 +33,7 @@ from functools import lru_cache
 from typing import Any
 
 from podnet.calc.identity import NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX
+from podnet.calc.l7_http import L7Part
 from podnet.calc.memo import ObjectMemo
 from podnet.calc.policy import PodInfo
 from podnet.calc.policymap import (
@@ -108,6 +109,8 @@ class EndpointMap:
     #: direction -> what enforces it: ``knp:<ns>/<name>``, ``cnp:<ns>/<name>``, ``ccnp:<name>``, or
     #: ``enforcement:always`` (the default deny a drop names)
     enforced_by: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: the HTTP rules its redirect entries send to the proxy (with the L7 proxy on)
+    l7: tuple[L7Part, ...] = ()
 
     def enforced(self, direction: str) -> bool:
         return self.ingress_enforced if direction == INGRESS else self.egress_enforced
@@ -228,6 +231,7 @@ def compile_endpoint_maps(
     pod_labels: Mapping[str, Mapping[str, str]] | None = None,
     memo: ObjectMemo[Any] | None = None,
     selection: ObjectMemo[Any] | None = None,
+    l7_proxy: bool = False,
 ) -> dict[str, EndpointMap]:
     """Each local pod's map under Kubernetes ``policies`` and ``cilium_policies`` (CNP/CCNP,
     :mod:`podnet.calc.policy_cnp`; they select by identity labels, ``pod_labels``: pod key -> the
@@ -237,7 +241,8 @@ def compile_endpoint_maps(
     map while the pod, its labels, the universe and the policies selecting it are the same
     objects; only the policies of the pod's namespace and the clusterwide ones are tried, and
     ``selection`` keeps which of them select each pod while the pod, its labels and the candidates
-    are the same."""
+    are the same. ``l7_proxy``: the node runs the L7 proxy, so ports with HTTP rules become
+    redirect entries (:func:`podnet.calc.policy_cnp.add_policy`) and each map lists its L7 parts."""
     from podnet.calc.policy_cnp import _namespace, selects  # CNPs build on this module
 
     policies = list(policies)
@@ -289,7 +294,8 @@ def compile_endpoint_maps(
             context = (
                 id(universe),
                 enforcement,
-                tuple(sorted(labels.items())),
+                l7_proxy,
+                label_items,
                 tuple(map(id, knps)),
                 tuple(map(id, cnps)),
             )
@@ -298,7 +304,7 @@ def compile_endpoint_maps(
                 pod,
                 context,
                 lambda pod=pod, labels=labels, knps=knps, cnps=cnps: (
-                    _endpoint_map(pod, knps, cnps, universe, enforcement, labels),
+                    _endpoint_map(pod, knps, cnps, universe, enforcement, labels, l7_proxy),
                     knps,
                     cnps,
                     universe,
@@ -306,7 +312,7 @@ def compile_endpoint_maps(
             )
             out[pod.key] = found[0]
             continue
-        out[pod.key] = _endpoint_map(pod, knps, cnps, universe, enforcement, labels)
+        out[pod.key] = _endpoint_map(pod, knps, cnps, universe, enforcement, labels, l7_proxy)
     if memo is not None:
         memo.retain(set(out))
     if selection is not None:
@@ -321,11 +327,13 @@ def _endpoint_map(
     universe: IdentityUniverse,
     enforcement: str,
     labels: dict[str, str],
+    l7_proxy: bool = False,
 ) -> EndpointMap:
     """One pod's map under the policies that select it."""
     from podnet.calc.policy_cnp import add_policy, apply_requires, policy_name, requirements
 
     entries: PolicyMap = {}
+    l7: list[L7Part] | None = [] if l7_proxy else None
     enforced = {INGRESS: enforcement == "always", EGRESS: enforcement == "always"}
     by: dict[str, list[str]] = {
         d: ["enforcement:always"] if enforcement == "always" else [] for d in (INGRESS, EGRESS)
@@ -343,7 +351,7 @@ def _endpoint_map(
                 by[EGRESS].append(f"knp:{namespace}/{policy.name}")
                 _egress(policy, namespace, universe, entries)
         for cilium_policy in cilium_policies:
-            directions = add_policy(cilium_policy, pod, labels, universe, entries)
+            directions = add_policy(cilium_policy, pod, labels, universe, entries, l7)
             for direction in (INGRESS, EGRESS):
                 if directions[direction]:
                     enforced[direction] = True
@@ -355,6 +363,7 @@ def _endpoint_map(
         enforced[EGRESS],
         materialize(entries),
         {d: tuple(sorted(set(names))) for d, names in by.items() if names},
+        tuple(l7 or ()),
     )
 
 

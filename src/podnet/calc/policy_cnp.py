@@ -32,10 +32,12 @@ false}`` makes the rule add its allows without enforcing (Cilium's per-direction
 **Ports**: ``toPorts[].ports[]`` by number (``0``: all), range (``endPort``) or name (ingress: the
 endpoint's container port; egress: the peers' pods'), ``protocol`` TCP/UDP/SCTP or ANY (each of
 the three); ``icmps``: ICMP (IPv4) or ICMPv6 types, by number or Cilium's names, in the port field
-of the key as Cilium does; neither: any protocol. A ``toPorts`` entry with L7 ``rules`` allows its
-ports at L4 until the L7 proxy exists; the rules themselves are not enforced yet, which the
-policy's status says (:func:`l7_unenforced`): the L3/L4 part isolates as written, never a silent
-allow. ``from/toNodes`` and ``toFQDNs`` are not compiled yet: a section using them allows nothing
+of the key as Cilium does; neither: any protocol. A ``toPorts`` entry with HTTP ``rules`` (TCP
+only: the model refuses others) becomes, where the node runs the L7 proxy (``add_policy``'s
+``l7``), a redirect entry to the direction's proxy listener, its rules kept for the proxy
+(:mod:`podnet.calc.policy_l7`); elsewhere it allows its ports at L4 and the policy's status says
+its rules are not enforced (:func:`l7_unenforced`): the L3/L4 part isolates as written, never a
+silent allow. ``from/toNodes`` and ``toFQDNs`` are not compiled yet: a section using them allows nothing
 (and :func:`unsupported` names them), as does an unknown ICMP name.
 
 **Requirements**: the ``from/toRequires`` selectors of every rule that selects an endpoint apply to
@@ -52,9 +54,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from podnet.calc.identity import NAMESPACE_LABEL
+from podnet.calc.l7_http import PROXY_PORTS, HttpRule, L7Part, http_rules
 from podnet.calc.policy import PodInfo
 from podnet.calc.policy_cilium import (
     PROTOCOL_NUMBERS,
@@ -281,16 +285,19 @@ def uses_services(policies: Iterable[Any]) -> bool:
     )
 
 
+PortKey = tuple[int, int, int, tuple[HttpRule, ...] | None]
+
+
 def _port_keys(
     port_rules: list[PortRule] | None, direction: str, pod: PodInfo, peer: int, universe: IdentityUniverse
-) -> list[tuple[int, int, int]] | None:
-    """(protocol, port, prefix) of a section's ``toPorts`` for ``peer``; None: any protocol."""
+) -> list[PortKey] | None:
+    """(protocol, port, prefix, the HTTP rules of its ``toPorts`` entry or None) of a section's
+    ``toPorts`` for ``peer``; None: any protocol."""
     if not port_rules:
         return None
-    out: list[tuple[int, int, int]] = []
+    out: list[PortKey] = []
     for port_rule in port_rules:
-        # L7 rules: their ports are allowed at L4 until the L7 proxy enforces the rules
-        # (l7_unenforced names them for the policy's status)
+        http = http_rules(port_rule.rules.http) if port_rule.rules and port_rule.rules.http else None
         for port in port_rule.ports or []:
             protocols = ("TCP", "UDP", "SCTP") if port.protocol == "ANY" else (port.protocol,)
             for protocol in protocols:
@@ -298,16 +305,16 @@ def _port_keys(
                 if port.port.isdigit():
                     first = int(port.port)
                     if first == 0:
-                        out.append((number, 0, 0))
+                        out.append((number, 0, 0, http))
                         continue
                     for start, prefix in port_prefixes(first, max(first, port.end_port or first)):
-                        out.append((number, start, prefix))
+                        out.append((number, start, prefix, http))
                     continue
                 if direction == INGRESS:
                     found = {pod.named_port(port.port, protocol)}
                 else:
                     found = {p.named_port(port.port, protocol) for p in universe.pods.get(peer, ())}
-                out += [(number, n, 16) for n in sorted(f for f in found if f is not None)]
+                out += [(number, n, 16, http) for n in sorted(f for f in found if f is not None)]
     return list(dict.fromkeys(out))
 
 
@@ -316,22 +323,29 @@ def _names_ports(port_rules: list[PortRule] | None) -> bool:
     return any(not port.port.isdigit() for rule in port_rules or [] for port in rule.ports or [])
 
 
-def _icmp_keys(icmps: list[Any]) -> list[tuple[int, int, int]]:
-    """(ICMP protocol, type, 16) per field; an unknown name adds nothing (fail closed)."""
-    out = []
+def _icmp_keys(icmps: list[Any]) -> list[PortKey]:
+    """(ICMP protocol, type, 16, None) per field; an unknown name adds nothing (fail closed)."""
+    out: list[PortKey] = []
     for icmp_rule in icmps:
         for field in icmp_rule.fields:
             number = icmp_type(field.type, field.family)
             if number is not None:
-                out.append((ICMP_PROTOCOLS[field.family], number, 16))
+                out.append((ICMP_PROTOCOLS[field.family], number, 16, None))
     return list(dict.fromkeys(out))
 
 
 def add_policy(
-    policy: Any, pod: PodInfo, labels: dict[str, str], universe: IdentityUniverse, entries: PolicyMap
+    policy: Any,
+    pod: PodInfo,
+    labels: dict[str, str],
+    universe: IdentityUniverse,
+    entries: PolicyMap,
+    l7: list[L7Part] | None = None,
 ) -> dict[str, bool]:
     """Add the entries ``policy`` gives endpoint ``pod`` (identity ``labels``) to ``entries``;
-    returns the directions it enforces."""
+    returns the directions it enforces. With ``l7`` (the node runs the L7 proxy), a port with
+    HTTP rules becomes a redirect entry to the direction's proxy listener and its rules are
+    appended to ``l7``; without, it is a plain allow (the rules unenforced, said in the status)."""
     enforced = {INGRESS: False, EGRESS: False}
     namespace = _namespace(policy)
     name = policy_name(policy)
@@ -368,8 +382,13 @@ def add_policy(
                     if keys is None:
                         add_entry(entries, PolicyKey(direction, peer), entry)
                         continue
-                    for protocol, port, prefix in keys:
-                        add_entry(entries, PolicyKey(direction, peer, protocol, port, prefix), entry)
+                    for protocol, port, prefix, http in keys:
+                        key = PolicyKey(direction, peer, protocol, port, prefix)
+                        if http is None or l7 is None or deny:
+                            add_entry(entries, key, entry)
+                            continue
+                        add_entry(entries, key, replace(entry, proxy_port=PROXY_PORTS[direction]))
+                        l7.append(L7Part(direction, peer, protocol, port, prefix, http, entry.provenance[0]))
     return enforced
 
 

@@ -157,11 +157,13 @@ def compile_cilium(
     node: str,
     apiserver: Iterable[str] = (),
     memo: CiliumMemo | None = None,
+    l7_proxy: bool = False,
 ) -> CiliumPlan:
     """The Cilium profile's plan for ``node`` from the watch cache (pure): identities by label set
     (:mod:`podnet.calc.identity`; numbers from the datastore's allocator), NetworkPolicy and
     CNP/CCNP compiled by identity (:func:`podnet.calc.policy_cilium.compile_endpoint_maps`), the
-    ipcache of every pod, node, the API server (``apiserver``) and policy CIDR."""
+    ipcache of every pod, node, the API server (``apiserver``) and policy CIDR. ``l7_proxy``: the node
+    runs the L7 proxy (ports with HTTP rules become redirect entries)."""
     settings = cache.config.effective() if cache.config else None
     cluster = settings.cluster_name if settings else "default"
     enforcement = settings.policy_enforcement_mode if settings else "default"
@@ -254,6 +256,7 @@ def compile_cilium(
         {p.key: label_sets[p.key].mapping() for p in local if p.key in label_sets},
         memo.maps if memo is not None else None,
         memo.selection if memo is not None else None,
+        l7_proxy,
     )
     nodes = {
         name: [a for a in (info.ip, info.vxlan_ip, info.router_ip) if a] for name, info in cache.nodes.items()
