@@ -5,8 +5,10 @@ podnet lab up [--nodes N] [--profile calico|cilium] [--encapsulation none|vxlan|
 podnet lab down | clean | status
 podnet lab wait [--timeout S]                  until every pod is Running
 podnet lab exec NS/POD -- CMD...               run a command inside a pod (its netns and cgroup)
-podnet lab probe NS/POD|ext|NODE  NS/POD|svc/NS/NAME|NODE|IP  PORT/PROTO [--timeout S]
-                                               exit 0 if it got through, 1 if not
+podnet lab probe NS/POD|ext|NODE  NS/POD|svc/NS/NAME|[node/]NODE|IP  PORT/PROTO|ICMP [--timeout S]
+                 [--http METHOD PATH [-H 'Name: value']...] [-o json]
+                                               exit 0 if it got through (--http: a 2xx answer), 1 if
+                                               not; -o json: {"ok", "detail", "http_status", "latency_ms"}
 podnet lab probe --matrix PORT/PROTO [-o json] [--timeout S]
 podnet lab chaos SCENARIO [--node N] [--seconds S] [--policies N] [--version REF] [-o json]
                  kill-agent | kill-all-agents | agent-upgrade | agent-downgrade-upgrade |
@@ -51,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     probe.add_argument("--matrix", action="store_true")
     probe.add_argument("--timeout", type=float, default=1.0)
     probe.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    probe.add_argument(
+        "--http", nargs=2, metavar=("METHOD", "PATH"), help="an HTTP request: exit 0 on a 2xx answer only"
+    )
+    probe.add_argument(
+        "-H", "--header", action="append", default=[], metavar="'Name: value'", help="with --http, repeatable"
+    )
     from podnet.lab import chaos as witnessed
     from podnet.lab import pod_churn
 
@@ -248,7 +256,7 @@ def _probe(args) -> int:
     import json
 
     from podnet.cli.context import parse_port
-    from podnet.lab.probe import probe_all, probe_in_pod, render_matrix, truth_table
+    from podnet.lab.probe import HttpProbe, probe_all, probe_in_pod, render_matrix, truth_table
 
     if args.matrix:
         if len(args.args) != 1:
@@ -264,16 +272,43 @@ def _probe(args) -> int:
             print(render_matrix(table))
         return 0 if all(all(row.values()) for row in table.values()) else 1
     if len(args.args) != 3:
-        hint = "podnet lab probe ns/a ns/b 80/TCP (DST: NS/POD, svc/NS/NAME or an IP)"
+        hint = "podnet lab probe ns/a ns/b 80/TCP (DST: NS/POD, svc/NS/NAME, node/NAME or an IP; ICMP)"
         raise PodnetError("probe takes SRC DST PORT/PROTO", hint=hint)
     address = _destination(args, args.args[1])
-    port, proto = parse_port(args.args[2])
+    if args.args[2].upper() == "ICMP":
+        port, proto = 0, "ICMP"
+    else:
+        port, proto = parse_port(args.args[2])
+    http = None
+    if args.http:
+        if proto != "TCP":
+            raise PodnetError("--http needs a TCP port", hint="podnet lab probe a b 80/TCP --http GET /")
+        headers = []
+        for text in args.header:
+            name, colon, value = text.partition(":")
+            if not colon or not name.strip():
+                raise PodnetError(f"bad header {text!r}", hint="-H 'Name: value'")
+            headers.append((name.strip(), value.strip()))
+        http = HttpProbe(args.http[0].upper(), args.http[1], tuple(headers))
     netns, cgroup = _source(args, args.args[0])
-    result = probe_in_pod(netns, cgroup, address, port, proto, 1, args.timeout)[0]
-    print(
-        f"{args.args[0]} -> {args.args[1]} ({address}:{port}/{proto}): "
-        f"{'ok' if result.ok else 'FAILED'} {result.detail} ({result.elapsed * 1000:.1f} ms)"
-    )
+    result = probe_in_pod(netns, cgroup, address, port, proto, 1, args.timeout, http)[0]
+    if args.output == "json":
+        print(
+            json.dumps(
+                {
+                    "ok": result.ok,
+                    "detail": result.detail,
+                    "http_status": result.http_status,
+                    "latency_ms": round(result.elapsed * 1000, 3),
+                }
+            )
+        )
+    else:
+        what = "ICMP" if proto == "ICMP" else f"{port}/{proto}"
+        print(
+            f"{args.args[0]} -> {args.args[1]} ({address} {what}): "
+            f"{'ok' if result.ok else 'FAILED'} {result.detail} ({result.elapsed * 1000:.1f} ms)"
+        )
     return 0 if result.ok else 1
 
 
@@ -306,8 +341,8 @@ def _destination(args, ref: str) -> str:
     from podnet.lab.state import LabState
 
     nodes = LabState(lab_names().state_dir).meta().get("nodes") or {}
-    if ref in nodes:
-        return nodes[ref]["ip"]
+    if ref in nodes or ref.removeprefix("node/") in nodes:
+        return nodes[ref.removeprefix("node/")]["ip"]
     if ref.startswith("svc/"):
         namespace, _, name = ref.removeprefix("svc/").rpartition("/")
         service = resource_store(args).get(lookup("services"), name, namespace or "default")

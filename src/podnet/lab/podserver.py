@@ -5,8 +5,9 @@ Like ``agnhost serve-hostname``, standard library only, one process and one thre
     python -m podnet.lab.podserver --name default/web-1 --port 80/TCP --port 53/UDP --lab-prefix=pn-
 
 - TCP: a client that says nothing gets ``<name>\\n`` after ``TCP_GRACE`` (50 ms) and the connection
-  closes; a client that speaks HTTP (``GET / HTTP/1.1`` …) gets ``200 OK`` with ``<name>\\n`` as the
-  body, with keep-alive and pipelining, so curl and wrk work; any other bytes get the name and close.
+  closes; a client that speaks HTTP (any method and path) gets ``200 OK`` with a small JSON body,
+  ``{"pod": <name>, "method": ..., "path": ...}`` (like Cilium's json-mock echo server), with
+  keep-alive and pipelining, so curl and wrk work; any other bytes get the name and close.
   The grace period is what lets one port serve both kinds of client.
 - UDP: every datagram is answered with ``<name>\\n``.
 - SCTP: not served (this kernel cannot open SCTP sockets): a warning on stderr, the rest still runs.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import heapq
+import json
 import os
 import resource
 import selectors
@@ -194,8 +196,10 @@ class PodServer:
             del conn.inbuf[: head_end + 4 + body_len]
             connection = headers.get("connection", "").lower()
             keep = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
-            body = b"" if method == "HEAD" else self.answer
-            conn.outbuf += _http_response(200, body, keep_alive=keep, length=len(self.answer))
+            target = rest.rpartition(" ")[0]
+            answer = json.dumps({"pod": self.name, "method": method, "path": target}).encode() + b"\n"
+            body = b"" if method == "HEAD" else answer
+            conn.outbuf += _http_response(200, body, keep_alive=keep, length=len(answer))
             if not keep:
                 conn.closing = True
                 return
@@ -225,8 +229,9 @@ class PodServer:
 
 def _http_response(status: int, body: bytes, *, keep_alive: bool, length: int | None = None) -> bytes:
     reason = {200: "OK", 431: "Request Header Fields Too Large"}[status]
+    kind = "application/json" if status == 200 else "text/plain"
     return (
-        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n"
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\n"
         f"Content-Length: {len(body) if length is None else length}\r\n"
         f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
     ).encode() + body

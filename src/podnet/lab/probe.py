@@ -97,6 +97,7 @@ class ProbeResult:
     detail: str
     elapsed: float
     answer: str | None = None
+    http_status: int | None = None  # an HTTP probe's status (None: no answer)
 
 
 class _Flight:
@@ -351,6 +352,48 @@ def render_matrix(table: Mapping[str, Mapping[str, bool | ProbeResult]]) -> str:
 # ------------------------------------------------------------------------ probes from inside a pod
 
 
+@dataclass(frozen=True)
+class HttpProbe:
+    """An HTTP request instead of a bare connection: ``method`` ``path`` with ``headers``."""
+
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def args(self) -> list[str]:
+        return ["--http", self.method, self.path, *(f"{k}: {v}" for k, v in self.headers)]
+
+
+def http_request(
+    dst_ip: str, port: int, request: HttpProbe, timeout: float, attempts: int = 2
+) -> ProbeResult:
+    """One HTTP/1.1 request from this process: ok on a 2xx answer; the status either way. The lab's
+    pod server takes a client silent for 50 ms as a plain TCP probe and answers with its name: a
+    request that came later than that (a starved machine) gets no HTTP answer, and is sent again
+    on a new connection (``attempts`` in all)."""
+    import http.client
+
+    started = time.monotonic()
+    conn = http.client.HTTPConnection(dst_ip, port, timeout=timeout)
+    try:
+        conn.request(request.method, request.path, headers=dict(request.headers))
+        response = conn.getresponse()
+        body = response.read(4096).decode("utf-8", "replace")
+    except http.client.BadStatusLine as exc:
+        if attempts > 1:
+            return http_request(dst_ip, port, request, timeout, attempts - 1)
+        return ProbeResult(False, f"not an HTTP answer: {exc}", time.monotonic() - started)
+    except TimeoutError:
+        return ProbeResult(False, f"timeout after {timeout:g}s", time.monotonic() - started)
+    except OSError as exc:
+        return ProbeResult(False, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
+    finally:
+        conn.close()
+    elapsed = time.monotonic() - started
+    detail = f"HTTP {response.status} {response.reason}"
+    return ProbeResult(200 <= response.status < 300, detail, elapsed, body.strip()[:200], response.status)
+
+
 def probe_in_pod(
     netns: str,
     cgroup: str | None,
@@ -359,11 +402,12 @@ def probe_in_pod(
     proto: str = "TCP",
     count: int = 1,
     timeout: float = 1.0,
+    http: HttpProbe | None = None,
 ) -> list[ProbeResult]:
     """``count`` concurrent probes from a process that joined the pod's ``cgroup`` first and then
     entered its ``netns`` — as the pod's own processes do, so cgroup eBPF programs (socket load
     balancing) see its sockets; a probe from a thread that only entered the netns would bypass them.
-    """
+    With ``http``, each probe is that HTTP request (TCP) and reports its status."""
     import json
     import subprocess
     import sys
@@ -383,6 +427,7 @@ def probe_in_pod(
         proto,
         str(count),
         str(timeout),
+        *(http.args() if http else []),
     ]
     out = subprocess.run(
         cmd, capture_output=True, text=True, preexec_fn=join_cgroup(cgroup), timeout=timeout * 3 + 30
@@ -393,12 +438,23 @@ def probe_in_pod(
 
 
 def _main(argv: Sequence[str]) -> int:
-    """``python -m podnet.lab.probe DST PORT PROTO COUNT TIMEOUT``: JSON results on stdout."""
+    """``python -m podnet.lab.probe DST PORT PROTO COUNT TIMEOUT [--http METHOD PATH [HEADER...]]``:
+    JSON results on stdout."""
     import json
+    from concurrent.futures import ThreadPoolExecutor
     from dataclasses import asdict
 
-    dst, port, proto, count, timeout = argv
-    results = run_probes([Probe(None, dst, int(port), proto)] * int(count), float(timeout))
+    dst, port, proto, count, timeout = argv[:5]
+    if argv[5:6] == ["--http"]:
+        method, path, *lines = argv[6:]
+        headers = tuple((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lines))
+        request = HttpProbe(method, path, headers)
+        with ThreadPoolExecutor(max_workers=int(count)) as pool:
+            one = (dst, int(port), request, float(timeout))
+            jobs = [pool.submit(http_request, *one) for _ in range(int(count))]
+        results = [job.result() for job in jobs]
+    else:
+        results = run_probes([Probe(None, dst, int(port), proto)] * int(count), float(timeout))
     print(json.dumps([asdict(r) for r in results]))
     return 0
 

@@ -1291,6 +1291,32 @@ def test_l7_rule_seed_example(lab: Lab) -> None:
     conditions = {c["type"]: c for c in shown["status"]["conditions"]}
     assert conditions["L7Enforced"]["status"] == "False", conditions
     assert "toPorts[0].rules" in conditions["L7Enforced"]["message"], conditions
+    # the lab's HTTP probe, as a user runs it: a request, its status and latency
+    allowed = podnet(
+        lab.names,
+        "lab",
+        "probe",
+        FE,
+        API,
+        "80/TCP",
+        "--http",
+        "PUT",
+        "/api/v1",
+        "-H",
+        "X-Env: prod",
+        "-o",
+        "json",
+    )
+    answer = json.loads(allowed.stdout)
+    assert answer["ok"] and answer["http_status"] == 200 and answer["latency_ms"] > 0, answer
+    refused = podnet(
+        lab.names, "lab", "probe", OTHER, API, "80/TCP", "--http", "GET", "/", "-o", "json", check=False
+    )
+    answer = json.loads(refused.stdout)
+    assert refused.returncode == 1 and not answer["ok"] and answer["http_status"] is None, answer
+    assert answer["detail"].startswith("timeout"), answer  # a policy drop: no answer at all
+    ping = podnet(lab.names, "lab", "probe", TOOL, f"node/{lab.nodes_of[API]}", "ICMP", "-o", "json")
+    assert json.loads(ping.stdout)["ok"]
 
 
 def test_policy_verdicts_name_the_rule(lab: Lab) -> None:

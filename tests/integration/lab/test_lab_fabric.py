@@ -3,6 +3,7 @@ pod servers, probe matrices and spawned processes in their cgroup and namespace.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -179,7 +180,7 @@ def test_podserver_answers_tcp_and_udp(lab4, podservers):
         udp = probe(n1.netns, podservers[dst], 8053, "UDP", 1.0, expect=dst)
         assert tcp.ok and udp.ok, (tcp, udp)
     curl = run_in_netns(n1.netns, ["curl", "-s", "-m", "2", f"http://{podservers['node-3']}:8080/"])
-    assert curl.stdout == "node-3\n"
+    assert json.loads(curl.stdout)["pod"] == "node-3"
 
 
 @pytest.mark.parametrize("proto,port", [("TCP", 8080), ("UDP", 8053)])

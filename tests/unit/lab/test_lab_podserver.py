@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 import subprocess
 import time
@@ -51,13 +52,18 @@ def test_http_get_keep_alive_and_head(podserver, free_port):
     for _ in range(3):  # keep-alive: one connection, three requests
         conn.request("GET", "/")
         resp = conn.getresponse()
-        assert (resp.status, resp.read()) == (200, b"default/web-1\n")
-    conn.request("HEAD", "/")
+        assert resp.status == 200 and resp.getheader("Content-Type") == "application/json"
+        assert json.loads(resp.read()) == {"pod": "default/web-1", "method": "GET", "path": "/"}
+    conn.request("HEAD", "/a?b=1")
     resp = conn.getresponse()
-    assert resp.status == 200 and resp.getheader("Content-Length") == str(len(b"default/web-1\n"))
+    head_of = json.dumps({"pod": "default/web-1", "method": "HEAD", "path": "/a?b=1"}).encode() + b"\n"
+    assert resp.status == 200 and resp.getheader("Content-Length") == str(len(head_of))
     assert resp.read() == b""
-    conn.request("POST", "/x", body=b"a" * 5000)
-    assert conn.getresponse().read() == b"default/web-1\n"
+    for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS"):  # every method and path: 200
+        conn.request(method, "/api/v1/x", body=b"a" * 5000)
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert json.loads(resp.read()) == {"pod": "default/web-1", "method": method, "path": "/api/v1/x"}
     conn.close()
 
 
@@ -69,7 +75,9 @@ def test_http_pipelined_and_close(podserver, free_port):
         data = b""
         while chunk := s.recv(4096):
             data += chunk
-    assert data.count(b"HTTP/1.1 200 OK") == 2 and data.endswith(b"a/b\n")
+    assert data.count(b"HTTP/1.1 200 OK") == 2 and data.endswith(
+        b'{"pod": "a/b", "method": "GET", "path": "/"}\n'
+    )
 
 
 def test_curl_works(podserver, free_port):
@@ -78,7 +86,7 @@ def test_curl_works(podserver, free_port):
     out = subprocess.run(
         ["curl", "-s", f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=10
     )
-    assert out.stdout == "ns/curl\n"
+    assert json.loads(out.stdout)["pod"] == "ns/curl"
 
 
 def test_non_http_bytes_get_the_name(podserver, free_port):
