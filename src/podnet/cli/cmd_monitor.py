@@ -1,7 +1,9 @@
-"""``podnet monitor --type drop|log|policy-verdict [--node N] [--follow]``: policy drops, like
+"""``podnet monitor --type drop|log|policy-verdict|l7 [--node N] [--follow]``: policy drops, like
 ``cilium monitor -t drop``, the packets Calico ``Log`` rules logged (``--type log``), or the Cilium
 profile's policy verdicts of new connections (``--type policy-verdict``, like ``cilium monitor -t
-policy-verdict``: the agents ask their tc programs for them while someone asks, a minute at a time).
+policy-verdict``: the agents ask their tc programs for them while someone asks, a minute at a time),
+or the HTTP requests the Cilium profile's L7 proxy handled (``--type l7``, like ``cilium monitor -t
+l7``: ``... L7 http A -> B:80 ingress: PUT /api/v1 => 200 (1.2 ms) FORWARDED by <rule>``).
 
 Each node's agent reads the drops its policy table logs (NFLOG) and keeps the last few thousand,
 annotated with the pods and the policies (:mod:`podnet.agent.drops`); this command asks the agents
@@ -45,9 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-t",
         "--type",
         required=True,
-        choices=["drop", "log", "policy-verdict"],
+        choices=["drop", "log", "policy-verdict", "l7"],
         help="the events to show: drop (policy drops), log (Calico Log rules), policy-verdict "
-        "(Cilium profile: which rule allowed each new connection)",
+        "(Cilium profile: which rule allowed each new connection), l7 (each HTTP request the "
+        "L7 proxy handled)",
     )
     parser.add_argument("--node", help="only this lab node (default: every node)")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new drops until Ctrl-C")
@@ -70,8 +73,23 @@ def _clock(stamp: str) -> str:
         return stamp
 
 
+def format_l7(record: dict[str, Any]) -> str:
+    """One line: time (UTC), node, L7 http, source -> destination:port, direction, the request,
+    its status and latency, the verdict and the rule."""
+    src = _endpoint(record.get("srcPod"), record.get("src", "?"), record.get("sport"))
+    dst = _endpoint(record.get("dstPod"), record.get("dst", "?"), record.get("dport"))
+    return (
+        f"{_clock(record.get('time', ''))} {record.get('node', '?')} L7 {record.get('protocol', 'http')} "
+        f"{src} -> {dst} {record.get('direction', 'unknown')}: {record.get('method', '?')} "
+        f"{record.get('url', '?')} => {record.get('status', '?')} ({record.get('latencyMs', 0):g} ms) "
+        f"{record.get('verdict', '?')} by {record.get('rule', '?')}"
+    )
+
+
 def format_text(drop: dict[str, Any]) -> str:
     """One line: time (UTC), node, protocol, source -> destination:port, direction and reason."""
+    if drop.get("type") == "l7":
+        return format_l7(drop)
     src = _endpoint(drop.get("srcPod"), drop.get("src", "?"))
     dst = _endpoint(drop.get("dstPod"), drop.get("dst", "?"), drop.get("dport"))
     verb = {"log": "LOG", "policy-verdict": "VERDICT"}.get(drop.get("type", "drop"), "DROP")

@@ -12,7 +12,6 @@ redirected port fails closed (no request reaches the server) until it is started
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import http.server
 import json
@@ -27,8 +26,10 @@ from dataclasses import dataclass
 
 import pytest
 
+from podnet.agent.l7_records import L7Records
 from podnet.calc.haproxy import HttpPolicy
 from podnet.calc.l7_http import HttpRequest, HttpRule, allowed
+from podnet.calc.policy import PodInfo
 from podnet.dataplane import sysctl
 from podnet.dataplane.l7proxy import TO_INGRESS_PROXY, L7Proxy
 from podnet.dataplane.netlink import Netlink
@@ -125,12 +126,13 @@ def proxy(net: Net, tmp_path) -> Iterator[L7Proxy]:  # type: ignore[no-untyped-d
         assert not os.path.exists(the_proxy.cgroup)
 
 
-def records(proxy: L7Proxy) -> socket.socket:
-    """The agent's end of the records socket (bound before HAProxy starts)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(proxy.settings.log_socket)
-    sock.settimeout(2.0)
-    return sock
+def records(proxy: L7Proxy) -> tuple[L7Records, list[dict]]:
+    """The agent's reader of the records socket (bound before HAProxy starts), into a list."""
+    got: list[dict] = []
+    pods = [PodInfo("shop", "client", {}, (CLIENT,)), PodInfo("shop", "api", {}, (SERVER,))]
+    reader = L7Records(proxy.settings.log_socket, "node-x", lambda: pods, got.extend)
+    reader.start()
+    return reader, got
 
 
 def request(net: Net, method: str, path: str, headers: dict[str, str] | None = None, timeout: float = 2.0):  # type: ignore[no-untyped-def]
@@ -154,7 +156,7 @@ def apply(net: Net, proxy: L7Proxy, policy: HttpPolicy = POLICY) -> bool:
 
 
 def test_verdicts_addresses_and_records(net: Net, proxy: L7Proxy) -> None:
-    sink = records(proxy)
+    reader, logged = records(proxy)
     assert apply(net, proxy)
     assert not apply(net, proxy)  # unchanged: nothing reloaded
     cases = [
@@ -179,16 +181,26 @@ def test_verdicts_addresses_and_records(net: Net, proxy: L7Proxy) -> None:
     reached = [(method, path) for _, method, path in net.seen]
     assert all(client == CLIENT for client, _, _ in net.seen)  # transparent: the client's own address
     assert reached == [(m, p) for m, p, h in cases if allowed(RULES, HttpRequest(m, p, "api", h)) is not None]
-    seen_records = []
-    with contextlib.suppress(TimeoutError):
-        while len(seen_records) < len(cases):
-            seen_records.append(json.loads(sink.recv(65536).decode().strip()))
-    sink.close()
-    assert [(r["method"], r["uri"], r["status"]) for r in seen_records] == [
-        (m, p, 200 if allowed(RULES, HttpRequest(m, p, "api", h)) is not None else 403) for m, p, h in cases
+    deadline = time.monotonic() + 5.0
+    while len(logged) < len(cases) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    reader.stop()
+    assert reader.bad == 0
+    expected = [allowed(RULES, HttpRequest(m, p, "api", h)) is not None for m, p, h in cases]
+    assert [(r["method"], r["url"], r["status"], r["verdict"]) for r in logged] == [
+        (m, p, 200 if ok else 403, "FORWARDED" if ok else "DENIED")
+        for (m, p, _), ok in zip(cases, expected, strict=True)
     ]
-    assert seen_records[0]["rule"] == "cnp:shop/l7:ingress:0:http:0" and seen_records[0]["peer"] == 300
-    assert seen_records[4]["rule"] == "default-deny"
+    first = logged[0]
+    assert (first["srcPod"], first["src"], first["dstPod"], first["dst"], first["dport"]) == (
+        "shop/client",
+        CLIENT,
+        "shop/api",
+        SERVER,
+        80,
+    )
+    assert first["direction"] == "ingress" and first["peerIdentity"] == 300
+    assert first["rule"] == "cnp:shop/l7:ingress:0:http:0" and logged[4]["rule"] == "default-deny"
 
 
 def test_a_peer_of_another_identity_is_refused(net: Net, proxy: L7Proxy) -> None:
