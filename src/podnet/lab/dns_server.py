@@ -1,0 +1,197 @@
+"""The lab's DNS servers, on dnspython (chosen because the agent's DNS proxy needs the same message
+parsing, and a server that reads the datastore is the CoreDNS ``kubernetes`` plugin's design):
+
+- the **cluster DNS** (:func:`cluster_resolver`): names of the cluster zone answered from the
+  Services and Pods (:mod:`podnet.lab.cluster_dns`), every other name forwarded to an upstream
+  (SERVFAIL when it does not answer);
+- a **test zone** (:func:`zone_resolver`): fixed names with several addresses and short TTLs, the
+  "outside world" the lab's ``ext`` host serves (``*.example.test``); other names NXDOMAIN.
+
+:class:`DnsServer` serves a resolver on UDP and TCP (two-byte length prefix, RFC 1035 4.2.2), one
+thread each, until :meth:`DnsServer.stop`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterable, Mapping
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.query
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from podnet.lab.cluster_dns import FORWARD, NXDOMAIN, ZONE, answer
+
+Resolver = Callable[[dns.message.Message], dns.message.Message]
+CLUSTER_TTL = 5  # seconds (CoreDNS's kubernetes plugin default)
+
+
+def _reply(query: dns.message.Message, rcode: int, addresses: Iterable[str] = (), ttl: int = CLUSTER_TTL):
+    """The response to ``query`` with ``rcode`` and, for an A question, ``addresses``."""
+    response = dns.message.make_response(query)
+    response.flags |= dns.flags.AA
+    response.set_rcode(rcode)
+    question = query.question[0]
+    found = list(addresses)
+    if rcode == dns.rcode.NOERROR and found and question.rdtype in (dns.rdatatype.A, dns.rdatatype.ANY):
+        response.answer.append(dns.rrset.from_text_list(question.name, ttl, "IN", "A", found))
+    return response
+
+
+def cluster_resolver(
+    snapshot: Callable[[], tuple[list, list]],  # type: ignore[type-arg]
+    upstream: tuple[str, int] | None,
+    zone: str = ZONE,
+    timeout: float = 2.0,
+) -> Resolver:
+    """Answers ``zone`` from ``snapshot()`` (the Services and Pods now), forwards the rest."""
+
+    def resolve(query: dns.message.Message) -> dns.message.Message:
+        question = query.question[0]
+        services, pods = snapshot()
+        found = answer(question.name.to_text(), services, pods, zone)
+        if found.rcode == FORWARD:
+            return _forward(query, upstream, timeout)
+        if found.rcode == NXDOMAIN:
+            return _reply(query, dns.rcode.NXDOMAIN)
+        return _reply(query, dns.rcode.NOERROR, found.addresses)
+
+    return resolve
+
+
+def _forward(
+    query: dns.message.Message, upstream: tuple[str, int] | None, timeout: float
+) -> dns.message.Message:
+    if upstream is None:
+        return _reply(query, dns.rcode.SERVFAIL)
+    try:
+        response = dns.query.udp(query, upstream[0], timeout=timeout, port=upstream[1])
+        if response.flags & dns.flags.TC:
+            response = dns.query.tcp(query, upstream[0], timeout=timeout, port=upstream[1])
+    except (dns.exception.DNSException, OSError):
+        return _reply(query, dns.rcode.SERVFAIL)
+    response.id = query.id
+    return response
+
+
+def zone_resolver(names: Mapping[str, tuple[tuple[str, ...], int]]) -> Resolver:
+    """Answers exactly ``names`` (name -> (addresses, TTL)); every other name is NXDOMAIN."""
+    table = {dns.name.from_text(name).canonicalize(): value for name, value in names.items()}
+
+    def resolve(query: dns.message.Message) -> dns.message.Message:
+        question = query.question[0]
+        found = table.get(question.name.canonicalize())
+        if found is None:
+            return _reply(query, dns.rcode.NXDOMAIN)
+        addresses, ttl = found
+        return _reply(query, dns.rcode.NOERROR, addresses, ttl)
+
+    return resolve
+
+
+class DnsServer:
+    """``resolver`` served on ``host``:``port`` (UDP and TCP); ``port`` 0 picks one (:attr:`port`)."""
+
+    def __init__(self, resolver: Resolver, host: str = "0.0.0.0", port: int = 53) -> None:
+        self.resolver = resolver
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind((host, port))
+        self.port = self.udp.getsockname()[1]
+        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.tcp.bind((host, self.port))
+        self.tcp.listen(64)
+        self.udp.settimeout(0.5)
+        self.tcp.settimeout(0.5)
+        self.answered = 0
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._serve_udp, name="dns-udp", daemon=True),
+            threading.Thread(target=self._serve_tcp, name="dns-tcp", daemon=True),
+        ]
+
+    def start(self) -> DnsServer:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _respond(self, wire: bytes) -> bytes | None:
+        try:
+            query = dns.message.from_wire(wire)
+        except dns.exception.DNSException:
+            return None  # not a DNS message: no answer
+        if len(query.question) != 1:
+            response = dns.message.make_response(query)
+            response.set_rcode(dns.rcode.FORMERR)
+        else:
+            response = self.resolver(query)
+        self.answered += 1
+        return response.to_wire()
+
+    def _serve_udp(self) -> None:
+        while not self._stop.is_set():
+            try:
+                wire, peer = self.udp.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            out = self._respond(wire)
+            if out is not None:
+                with contextlib.suppress(OSError):
+                    self.udp.sendto(out, peer)
+
+    def _serve_tcp(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.tcp.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._tcp_conn, args=(conn,), daemon=True).start()
+
+    def _tcp_conn(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5.0)
+            try:
+                while not self._stop.is_set():
+                    head = _recv_exactly(conn, 2)
+                    if head is None:
+                        return
+                    wire = _recv_exactly(conn, struct.unpack("!H", head)[0])
+                    if wire is None:
+                        return
+                    out = self._respond(wire)
+                    if out is None:
+                        return
+                    conn.sendall(struct.pack("!H", len(out)) + out)
+            except OSError:
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        for sock in (self.udp, self.tcp):
+            sock.close()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(2.0)
+
+
+def _recv_exactly(conn: socket.socket, size: int) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
