@@ -26,6 +26,7 @@ No I/O here; everything is testable without root. Every module of the package, o
     policy_cnp.py      CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy at L3/L4, into the same maps
     l7_http.py         Cilium's HTTP rules normalised, and what they allow (Envoy's full-match regexes)
     l7_dns.py          Cilium's DNS names in policy: matchName, matchPattern (`*` within one label)
+    fqdn_cache.py      what the DNS proxy learnt for toFQDNs: name -> address -> expiry (min TTL)
     haproxy.py         the node's L7 proxy: HAProxy's transparent configuration from the HTTP rules
     policy_l7.py       which HTTP rules the proxy enforces, from the local endpoints' redirect entries
     host_endpoints.py  Calico HostEndpoints of this node: what the host-endpoint table enforces
