@@ -20,9 +20,8 @@ ZONE = {"api.example.test": (("192.0.2.10", "192.0.2.11"), 3), "db.example.test"
 @pytest.fixture
 def servers():
     upstream = DnsServer(zone_resolver(ZONE), "127.0.0.1", 0).start()
-    cluster = DnsServer(
-        cluster_resolver(lambda: (SERVICES, PODS), ("127.0.0.1", upstream.port)), "127.0.0.1", 0
-    ).start()
+    resolver = cluster_resolver(lambda: (SERVICES, PODS), ("127.0.0.1", upstream.port), timeout=1.0)
+    cluster = DnsServer(resolver, "127.0.0.1", 0).start()
     yield cluster, upstream
     cluster.stop()
     upstream.stop()
@@ -31,7 +30,7 @@ def servers():
 def ask(server: DnsServer, name: str, tcp: bool = False) -> dns.message.Message:
     query = dns.message.make_query(name, "A")
     send = dns.query.tcp if tcp else dns.query.udp
-    return send(query, "127.0.0.1", timeout=2, port=server.port)
+    return send(query, "127.0.0.1", timeout=5, port=server.port)  # longer than the forward's 1 s
 
 
 def addresses(response: dns.message.Message) -> list[str]:
