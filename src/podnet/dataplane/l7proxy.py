@@ -227,8 +227,27 @@ class L7Proxy:
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait(5.0)
         self._applied = None
-        with contextlib.suppress(OSError):
-            os.rmdir(self.cgroup)
+        self._empty_cgroup()
+
+    def _empty_cgroup(self, timeout: float = 5.0) -> None:
+        """Every process left in the proxy's cgroup (workers still exiting, or orphaned by a
+        killed master) killed, then the cgroup removed once the kernel has let them go."""
+        procs = os.path.join(self.cgroup, "cgroup.procs")
+        deadline = time.monotonic() + timeout
+        while os.path.isdir(self.cgroup):
+            try:
+                with open(procs) as f:
+                    pids = [int(line) for line in f if line.strip()]
+            except OSError:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.rmdir(self.cgroup)
+            if time.monotonic() > deadline:
+                raise DataplaneError(f"the proxy's cgroup {self.cgroup} did not empty in {timeout:g} s")
+            time.sleep(0.02)
 
 
 def _write(path: str, text: str) -> None:
