@@ -41,6 +41,8 @@ SPOOF_REASONS = {
 #: drop reason -> the kind of the nftables log prefix (agent.drops) that stands for the same
 #: decision, so scripts reading ``podnet monitor -o json`` see one vocabulary in both profiles
 PREFIX_KINDS = {130: "pns", 132: "pns", 230: "pnc", 133: "pnd", 181: "pnx", 203: "pnr"}
+#: a verdict event's result: REDIRECTED is allowed to the L7 proxy (Hubble's verdict of that name)
+VERDICTS = {1: "ALLOWED", 3: "REDIRECTED"}
 
 
 def prefix_of(event: Any) -> str:
@@ -166,7 +168,8 @@ class BpfEvents:
             if event.match == "host":
                 reason = "allowed: the node reaches its own pods (host identity)"
             elif policies:
-                reason = f"allowed by {', '.join(policy_text(p) for p in policies)}"
+                how = "redirected to the L7 proxy" if event.verdict == cm.VERDICT_REDIRECTED else "allowed"
+                reason = f"{how} by {', '.join(policy_text(p) for p in policies)}"
             else:
                 reason = "allowed"
             if matched is not None:
@@ -202,7 +205,7 @@ class BpfEvents:
             "direction": event.direction,
             "reason": reason,
             "dropReason": event.reason if event.type != cm.EVENT_VERDICT else None,
-            "verdict": "ALLOWED" if event.type == cm.EVENT_VERDICT else "DENIED",
+            "verdict": VERDICTS.get(event.verdict, "ALLOWED") if event.type == cm.EVENT_VERDICT else "DENIED",
             "match": event.match,
             "endpoint": event.endpoint,
             "policies": policies,

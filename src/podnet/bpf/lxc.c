@@ -21,6 +21,7 @@
  *                INGRESS from the host identity (1): allowed (Cilium's allow-localhost)
  *                pn_policy[ep, dir, identity, proto, port] and [.., identity 0, ..] (LPM both):
  *                  a deny from either: drop 181; else an allow from either: pass; else drop 133
+ *                an allow with a proxy port: redirect to the L7 proxy (below)
  *              create pn_ct[ep, dir, tuple] (also when not enforced: replies must pass later)
  *   events     drops always, policy verdicts of new connections when pn_config asks for them,
  *              into the pn_events ring buffer; a full ring counts STAT_EVENTS_LOST, never waits
@@ -33,6 +34,17 @@
  * half for packets arriving from other nodes. Both halves share ct_judge(), so the stack path and
  * the redirect path decide alike. A connection whose first packet was redirected to its pod has its
  * replies redirected too, whatever their destination (CT_BYPASS): netfilter sees no half flows.
+ *
+ * L7 redirect (Cilium's proxy redirect): a new connection whose entry names a proxy port gets a
+ * CT_PROXY entry; it and its later packets are marked (0x0A00 ingress, 0x0B00 egress) and go up
+ * the stack, where nftables tproxy hands them to the node's HAProxy (or drops them: no proxy, no
+ * passage). The proxy opens its own connection with the client's address and port, the same tuple:
+ * at to_container that connection's packets meet the CT_PROXY entry and pass, and the server's
+ * answers (a reverse hit on a CT_PROXY entry) go up the stack to the proxy's transparent socket,
+ * never straight to the client. A redirect can only happen before the routing step (from_container,
+ * from_netdev); met at to_container, a new connection is dropped (231), unless it comes from the
+ * proxy itself (mark 0x0C00), whose egress frontend has judged the request for this destination's
+ * ingress rules as well (calc.policy_l7: the rules of a local destination are ANDed in).
  *
  * Layouts are mirrored by podnet/dataplane/cilium_maps.py (keys, values, events, counters).
  */
@@ -73,6 +85,7 @@ enum { DIR_INGRESS = 0, DIR_EGRESS = 1 };
 #define DROP_POLICY_DENY 181
 #define DROP_EP_NOT_READY 203
 #define DROP_CONTROL_PLANE 230 /* podnet's: the node control plane is closed to pods */
+#define DROP_NO_PROXY_PATH 231 /* podnet's: a redirect to the L7 proxy met where none can happen */
 
 /* connection tracking lifetimes (Cilium's defaults), seconds */
 #define CT_LIFETIME_TCP 21600
@@ -97,6 +110,18 @@ enum { DIR_INGRESS = 0, DIR_EGRESS = 1 };
 #define CT_RST 4
 #define CT_SEEN_REPLY 8
 #define CT_BYPASS 16 /* the first packet skipped the stack (redirected): so do the replies */
+#define CT_PROXY 32 /* redirected to the node's L7 proxy: later packets too, replies to its socket */
+
+/* skb->mark, the nibble dataplane/l7proxy.py's nftables rules read and write */
+#define MARK_MASK 0x0F00
+#define MARK_TO_INGRESS_PROXY 0x0A00
+#define MARK_TO_EGRESS_PROXY 0x0B00
+#define MARK_FROM_PROXY 0x0C00
+
+/* how ct_judge wants a passing packet sent on (bits) */
+#define HOW_REPLY_BYPASS 1 /* a reply of a CT_BYPASS connection: past the stack too */
+#define HOW_TO_PROXY 2 /* to the L7 proxy: marked, up the stack, where tproxy takes it */
+#define HOW_PROXY_REPLY 4 /* an answer to the proxy's own socket: up the stack, unmarked */
 
 /* pn_config flags */
 #define CFG_VERDICT_EVENTS 1
@@ -108,6 +133,7 @@ enum { DIR_INGRESS = 0, DIR_EGRESS = 1 };
 /* verdict event results */
 #define VERDICT_ALLOWED 1
 #define VERDICT_DENIED 2
+#define VERDICT_REDIRECTED 3 /* allowed, to the L7 proxy */
 
 /* how a new connection's policy was decided (event.match) */
 #define MATCH_NONE 0
@@ -125,6 +151,7 @@ enum {
 	STAT_REDIRECT_NEIGH,
 	STAT_TO_STACK,
 	STAT_NO_ENDPOINT,
+	STAT_TO_PROXY,
 	STAT_MAX,
 };
 
@@ -563,10 +590,11 @@ static __always_inline void ct_touch(struct ct_entry *e, struct pkt *p, int repl
 }
 
 static __always_inline int ct_create(struct ct_key *k, struct pkt *p, __u32 now, __u32 peer, __u32 entry_id,
-				     __u16 flags)
+				     __u16 flags, __u16 proxy_port)
 {
 	struct ct_entry e = {
 		.flags = flags,
+		.proxy_port = proxy_port,
 		.packets_fwd = 1,
 		.bytes_fwd = p->len,
 		.created = now,
@@ -669,29 +697,34 @@ static __always_inline int verdict_events(void)
  * 0: pass; >0: the drop reason (the drop event is already sent).
  */
 static __always_inline int ct_judge(struct __sk_buff *skb, const struct endpoint *ep, __u32 ifindex,
-				    __u8 dir, struct pkt *p, int bypass, int *reply_bypass)
+				    __u8 dir, struct pkt *p, int bypass, int routed, int *how)
 {
 	struct ct_key k = {};
 	struct ct_entry *e;
-	struct policy_value *hit, *any;
+	struct policy_value *hit, *any, *chosen = 0;
 	__u32 now = now_seconds();
 	__u8 other = dir == DIR_EGRESS ? DIR_INGRESS : DIR_EGRESS;
 	__u32 peer, entry_id = 0;
-	__u8 match = MATCH_NONE;
+	__u8 match = MATCH_NONE, verdict = VERDICT_ALLOWED;
+	__u16 ct_flags = bypass ? CT_BYPASS : 0, proxy_port = 0;
 	int enforced;
 
 	ct_key_of(&k, ep->id, dir, p->saddr, p->daddr, p->sport, p->dport, p->proto);
 	e = ct_find(&k, now);
 	if (e) {
 		ct_touch(e, p, 0, now);
+		if (e->flags & CT_PROXY)
+			*how |= HOW_TO_PROXY;
 		return 0;
 	}
 	ct_key_of(&k, ep->id, other, p->daddr, p->saddr, p->dport, p->sport, p->proto);
 	e = ct_find(&k, now);
 	if (e) {
 		ct_touch(e, p, 1, now);
-		if (reply_bypass && (e->flags & CT_BYPASS))
-			*reply_bypass = 1;
+		if (e->flags & CT_PROXY)
+			*how |= HOW_PROXY_REPLY;
+		else if (e->flags & CT_BYPASS)
+			*how |= HOW_REPLY_BYPASS;
 		return 0;
 	}
 	if (p->icmp_error) {
@@ -734,20 +767,43 @@ static __always_inline int ct_judge(struct __sk_buff *skb, const struct endpoint
 				     peer, 0);
 				return DROP_POLICY;
 			}
-			entry_id = hit ? hit->entry_id : any->entry_id;
+			chosen = hit ? hit : any;
+			entry_id = chosen->entry_id;
 			match = hit ? MATCH_IDENTITY : MATCH_WILDCARD;
+			if (chosen->proxy_port && routed) {
+				/* past the routing step: only the proxy's own connection may pass */
+				if ((skb->mark & MARK_MASK) != MARK_FROM_PROXY) {
+					emit(EVENT_DROP, DROP_NO_PROXY_PATH, dir, VERDICT_DENIED, match, ep,
+					     ifindex, p, peer, entry_id);
+					return DROP_NO_PROXY_PATH;
+				}
+			} else if (chosen->proxy_port) {
+				ct_flags = CT_PROXY;
+				proxy_port = chosen->proxy_port;
+				verdict = VERDICT_REDIRECTED;
+			}
 			entry_count(entry_id, p->len);
 		}
 	}
 	ct_key_of(&k, ep->id, dir, p->saddr, p->daddr, p->sport, p->dport, p->proto);
-	if (ct_create(&k, p, now, peer, entry_id, bypass ? CT_BYPASS : 0) < 0) {
+	if (ct_create(&k, p, now, peer, entry_id, ct_flags, proxy_port) < 0) {
 		emit(EVENT_DROP, DROP_CT_CREATE_FAILED, dir, VERDICT_DENIED, match, ep, ifindex, p, peer,
 		     entry_id);
 		return DROP_CT_CREATE_FAILED;
 	}
+	if (proxy_port)
+		*how |= HOW_TO_PROXY;
 	if (match != MATCH_NOT_ENFORCED && verdict_events())
-		emit(EVENT_VERDICT, 0, dir, VERDICT_ALLOWED, match, ep, ifindex, p, peer, entry_id);
+		emit(EVENT_VERDICT, 0, dir, verdict, match, ep, ifindex, p, peer, entry_id);
 	return 0;
+}
+
+/* Up the stack to the L7 proxy: the mark nftables' tproxy rule looks for. */
+static __always_inline int to_proxy(struct __sk_buff *skb, __u8 dir)
+{
+	skb->mark = (skb->mark & ~MARK_MASK) | (dir == DIR_EGRESS ? MARK_TO_EGRESS_PROXY : MARK_TO_INGRESS_PROXY);
+	stat_inc(STAT_TO_PROXY);
+	return TC_ACT_OK;
 }
 
 /* The stack's forwarding step done here: TTL - 1 (checksum kept). <0: the TTL would expire. */
@@ -776,16 +832,25 @@ static __always_inline int set_macs(struct __sk_buff *skb, const __u8 *dst, cons
 static __always_inline int deliver_local(struct __sk_buff *skb, __u32 ifindex, struct pkt *p)
 {
 	struct endpoint *dst = bpf_map_lookup_elem(&pn_endpoints, &ifindex);
-	int reason;
+	int reason, how = 0;
 
 	if (!dst) {
 		stat_inc(STAT_NO_ENDPOINT);
 		return TC_ACT_OK; /* being wired: the stack and to_container decide */
 	}
-	reason = ct_judge(skb, dst, ifindex, DIR_INGRESS, p, 1, 0);
+	reason = ct_judge(skb, dst, ifindex, DIR_INGRESS, p, 1, 0, &how);
 	if (reason) {
 		ep_count(dst->id, DIR_INGRESS, p->len, 1);
 		return TC_ACT_SHOT;
+	}
+	if (how & HOW_TO_PROXY) {
+		ep_count(dst->id, DIR_INGRESS, p->len, 0);
+		return to_proxy(skb, DIR_INGRESS);
+	}
+	if (how & HOW_PROXY_REPLY) {
+		/* the destination's egress proxy answered: to its socket (bound to the pod's address) */
+		stat_inc(STAT_TO_STACK);
+		return TC_ACT_OK;
 	}
 	if (ttl_decrement(skb, p->ttl) < 0 || set_macs(skb, dst->mac, dst->host_mac) < 0)
 		return TC_ACT_OK; /* the stack sends the ICMP time exceeded */
@@ -862,7 +927,7 @@ int from_container(struct __sk_buff *skb)
 	__u8 smac[ETH_ALEN];
 	__u32 ipc_flags = 0, peer;
 	__u32 *local;
-	int rc, reply_bypass = 0;
+	int rc, how = 0;
 
 	if (!ep) {
 		stat_inc(STAT_NO_ENDPOINT);
@@ -897,18 +962,25 @@ int from_container(struct __sk_buff *skb)
 		ep_count(ep->id, DIR_EGRESS, p.len, 1);
 		return TC_ACT_SHOT;
 	}
-	if (ct_judge(skb, ep, ifindex, DIR_EGRESS, &p, 0, &reply_bypass)) {
+	if (ct_judge(skb, ep, ifindex, DIR_EGRESS, &p, 0, 0, &how)) {
 		ep_count(ep->id, DIR_EGRESS, p.len, 1);
 		return TC_ACT_SHOT;
 	}
 	ep_count(ep->id, DIR_EGRESS, p.len, 0);
+	if (how & HOW_TO_PROXY)
+		return to_proxy(skb, DIR_EGRESS);
+	if (how & HOW_PROXY_REPLY) {
+		/* the server's answer to the ingress proxy's connection: to its socket, not the client */
+		stat_inc(STAT_TO_STACK);
+		return TC_ACT_OK;
+	}
 
 	local = bpf_map_lookup_elem(&pn_local_ips, &p.daddr);
 	if (local)
 		return deliver_local(skb, *local, &p);
 	/* to a pod, or a reply of a connection whose packets skipped the stack on the way in (netfilter
 	 * would see half a connection: conntrack would take it up mid-stream, NAT would rewrite it) */
-	if ((ipc_flags & IPC_POD) || reply_bypass)
+	if ((ipc_flags & IPC_POD) || (how & HOW_REPLY_BYPASS))
 		return forward_remote(skb, &p);
 	stat_inc(STAT_TO_STACK);
 	return TC_ACT_OK;
@@ -920,7 +992,7 @@ int to_container(struct __sk_buff *skb)
 	__u32 ifindex = skb->ifindex;
 	struct endpoint *ep = bpf_map_lookup_elem(&pn_endpoints, &ifindex);
 	struct pkt p = {};
-	int rc;
+	int rc, how = 0;
 
 	if (!ep) {
 		stat_inc(STAT_NO_ENDPOINT);
@@ -937,7 +1009,7 @@ int to_container(struct __sk_buff *skb)
 		ep_count(ep->id, DIR_INGRESS, p.len, 1);
 		return TC_ACT_SHOT;
 	}
-	if (ct_judge(skb, ep, ifindex, DIR_INGRESS, &p, 0, 0)) {
+	if (ct_judge(skb, ep, ifindex, DIR_INGRESS, &p, 0, 1, &how)) {
 		ep_count(ep->id, DIR_INGRESS, p.len, 1);
 		return TC_ACT_SHOT;
 	}

@@ -459,24 +459,51 @@ def prog_test_run(pinned_prog: str, packet: bytes, repeat: int = 1) -> tuple[int
     """Run the pinned program once (or ``repeat`` times) on ``packet`` with BPF_PROG_TEST_RUN:
     (its return code, the packet as it left the program). Nothing is sent anywhere: a redirect is
     only a return code (TC_ACT_REDIRECT), which makes this the datapath's deterministic test bed."""
+    retval, data, _ = _test_run(pinned_prog, packet, repeat, None)
+    return retval, data
+
+
+def prog_test_run_marked(pinned_prog: str, packet: bytes, mark: int = 0) -> tuple[int, int]:
+    """:func:`prog_test_run` of a tc program on a packet carrying ``skb->mark`` = ``mark``: (its
+    return code, the mark it left)."""
+    retval, _, mark_out = _test_run(pinned_prog, packet, 1, mark)
+    return retval, mark_out
+
+
+_SKB_CTX = struct.Struct("=IIII")  # the head of struct __sk_buff: len, pkt_type, mark, queue_mapping
+
+
+def _test_run(pinned_prog: str, packet: bytes, repeat: int, mark: int | None) -> tuple[int, bytes, int]:
     fd = obj_get(pinned_prog)
     try:
         data_in = ctypes.create_string_buffer(packet, len(packet))
         data_out = ctypes.create_string_buffer(len(packet) + 256)
-        attr = _attr(
+        fields = [
             (0, "I", fd),
             (8, "I", len(packet)),
             (12, "I", len(data_out)),
             (16, "Q", ctypes.addressof(data_in)),
             (24, "Q", ctypes.addressof(data_out)),
             (32, "I", repeat),
-        )
+        ]
+        ctx_in = ctx_out = None
+        if mark is not None:
+            ctx_in = ctypes.create_string_buffer(_SKB_CTX.pack(0, 0, mark, 0), _SKB_CTX.size)
+            ctx_out = ctypes.create_string_buffer(256)  # the whole struct __sk_buff, or ENOSPC
+            fields += [
+                (40, "I", _SKB_CTX.size),
+                (44, "I", len(ctx_out)),
+                (48, "Q", ctypes.addressof(ctx_in)),
+                (56, "Q", ctypes.addressof(ctx_out)),
+            ]
+        attr = _attr(*fields)
         try:
             _sys_bpf(BPF_PROG_TEST_RUN, attr)
         except OSError as exc:
             raise BpfError(f"BPF_PROG_TEST_RUN {pinned_prog}: {exc.strerror}") from exc
         retval, size = struct.unpack_from("=II", attr, 4)
-        return retval, data_out.raw[:size]
+        mark_out = _SKB_CTX.unpack_from(ctx_out.raw)[2] if ctx_out is not None else 0
+        return retval, data_out.raw[:size], mark_out
     finally:
         os.close(fd)
 

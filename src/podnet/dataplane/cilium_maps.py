@@ -172,7 +172,7 @@ def decode_policy_value(raw: bytes) -> tuple[bool, int, int]:
 
 _CT_KEY = struct.Struct("=4s4sHHBBH")
 _CT_VALUE = struct.Struct("=QQQQIIIIHHBB2x")
-CT_FLAGS = {1: "FIN_FWD", 2: "FIN_REV", 4: "RST", 8: "SEEN_REPLY", 16: "BYPASS"}
+CT_FLAGS = {1: "FIN_FWD", 2: "FIN_REV", 4: "RST", 8: "SEEN_REPLY", 16: "BYPASS", 32: "PROXY"}
 
 
 @dataclass(frozen=True)
@@ -231,6 +231,7 @@ def socket_port(raw: int) -> int:
 
 
 EVENT_DROP, EVENT_VERDICT = 1, 2
+VERDICT_ALLOWED, VERDICT_DENIED, VERDICT_REDIRECTED = 1, 2, 3
 _EVENT = struct.Struct("=BBBBHBBIIII4s4sHHIQB7x")
 EVENT_SIZE = _EVENT.size
 MATCHES = {0: "none", 1: "identity", 2: "any identity", 3: "host", 4: "not enforced"}
@@ -335,8 +336,10 @@ DROP_REASONS = {
     181: "Policy denied by denylist",
     203: "Endpoint not ready (its policy is not computed yet)",
     230: "Node control plane closed to pods",
+    231: "No path to the L7 proxy (a redirect met past the routing step)",
 }
 DROP_CONTROL_PLANE = 230
+DROP_NO_PROXY_PATH = 231
 _CONTROL_KEY = struct.Struct("!4sBxH")
 L4_NUMBERS = {"tcp": 6, "udp": 17, "sctp": 132}
 
@@ -357,6 +360,7 @@ STATS = (
     "redirect_neigh",
     "to_stack",
     "no_endpoint",
+    "to_proxy",
 )
 CONFIG_VERDICT_EVENTS = 1
 

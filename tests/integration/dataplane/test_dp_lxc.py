@@ -414,3 +414,60 @@ def test_a_policy_map_that_would_overflow_keeps_the_previous_entries(bed: Bed) -
     assert bed.inbound("10.99.1.1", TCP, 1005) == SHOT  # never truncated to a partial new one
     bed.sync(policy(small))
     assert bed.lxc.overflow == ()
+
+
+def marked(bed: Bed, prog: str, src: str, dst: str, segment: bytes, mark: int = 0) -> tuple[int, int]:
+    """A TCP packet through ``prog`` carrying ``mark``: (verdict, the mark it leaves with)."""
+    packet = frame(
+        "02:00:00:00:00:99" if prog != FROM_CONTAINER else POD_MAC, POD_MAC, ipv4(src, dst, TCP, segment)
+    )
+    return bpf.prog_test_run_marked(bed.lxc.progs[prog], packet, mark)
+
+
+TO_INGRESS_PROXY, TO_EGRESS_PROXY, FROM_PROXY = 0x0A00, 0x0B00, 0x0C00
+
+
+def test_a_redirect_entry_sends_the_connection_to_the_proxy_and_the_answers_to_its_socket(bed: Bed) -> None:
+    """Ingress: a redirected connection's packets are marked for the ingress listener and go up the
+    stack; the proxy's own connection (same tuple) passes to_container; the server's answers go up
+    the stack to the proxy's socket, not past it to the client (as a bypassed reply would)."""
+    entries: dict[PolicyKey, PolicyEntry] = {}
+    add_entry(
+        entries, PolicyKey(INGRESS, 300, TCP, 80, 16), PolicyEntry(False, 15001, ("cnp:t/a:ingress:0",))
+    )
+    add_entry(
+        entries, PolicyKey(EGRESS, 300, TCP, 8080, 16), PolicyEntry(False, 15002, ("cnp:t/a:egress:0",))
+    )
+    bed.sync(policy(entries, ingress=True, egress=True))
+    bed.lxc.set_verdict_events(True)
+    peer, other = "10.99.1.1", "10.99.1.2"
+    assert marked(bed, FROM_NETDEV, peer, POD_IP, tcp(46000, 80), 0x4000) == (OK, 0x4000 | TO_INGRESS_PROXY)
+    assert marked(bed, FROM_NETDEV, peer, POD_IP, tcp(46000, 80, ACK)) == (OK, TO_INGRESS_PROXY)  # later ones
+    assert marked(bed, FROM_NETDEV, other, POD_IP, tcp(46001, 80))[0] == SHOT  # the L3 part still holds
+    # the proxy's connection to the server: the client's tuple, from the stack
+    assert marked(bed, TO_CONTAINER, peer, POD_IP, tcp(46000, 80), FROM_PROXY) == (OK, FROM_PROXY)
+    # the server's answer: up the stack (0), where the bypassed reply of a plain allow is redirected (7)
+    assert marked(bed, FROM_CONTAINER, POD_IP, peer, tcp(80, 46000, SYNACK)) == (OK, 0)
+    # a redirect decision past the routing step: only the proxy's own connection passes
+    assert marked(bed, TO_CONTAINER, peer, POD_IP, tcp(46002, 80))[0] == SHOT
+    assert marked(bed, TO_CONTAINER, peer, POD_IP, tcp(46003, 80), FROM_PROXY)[0] == OK
+
+    # egress: the pod's connection to the listener for egress, the answers back to the proxy
+    assert marked(bed, FROM_CONTAINER, POD_IP, peer, tcp(46010, 8080)) == (OK, TO_EGRESS_PROXY)
+    assert marked(bed, FROM_CONTAINER, POD_IP, peer, tcp(46010, 8080, ACK)) == (OK, TO_EGRESS_PROXY)
+    assert marked(bed, FROM_NETDEV, peer, POD_IP, tcp(8080, 46010, SYNACK)) == (OK, 0)  # not redirect_peer
+    assert marked(bed, TO_CONTAINER, peer, POD_IP, tcp(8080, 46010, SYNACK), FROM_PROXY)[0] == OK
+    assert marked(bed, FROM_CONTAINER, POD_IP, other, tcp(46011, 8080))[0] == SHOT
+
+    flows = {e.sport: e for e in bed.lxc.ct_entries()}
+    assert "PROXY" in flows[46000].flags and "BYPASS" not in flows[46000].flags
+    assert "PROXY" in flows[46010].flags and "PROXY" not in flows[46003].flags
+    events = bed.events()
+    verdicts = {(e.sport, e.verdict) for e in events if e.type == cm.EVENT_VERDICT}
+    assert {
+        (46000, cm.VERDICT_REDIRECTED),
+        (46010, cm.VERDICT_REDIRECTED),
+        (46003, cm.VERDICT_ALLOWED),
+    } <= verdicts
+    assert [e.sport for e in events if e.reason == cm.DROP_NO_PROXY_PATH] == [46002]
+    assert bed.lxc.stats()["to_proxy"] == 4
