@@ -111,25 +111,26 @@ def _rule_acls(prefix: str, rule: HttpRule) -> tuple[list[str], list[str]]:
     return lines, names
 
 
-def _frontend(direction: str, policies: list[HttpPolicy], settings: ProxySettings) -> list[str]:
-    me, peer = ("dst", "src") if direction == INGRESS else ("src", "dst")
-    out = [
-        f"frontend {direction}",
-        f"    bind 0.0.0.0:{settings.ports[direction]} transparent",
-        f"    http-request set-var(txn.peer) {peer},map_ip({settings.ipcache_map},{RESERVED['world']})",
-        f"    http-request set-var(txn.rule) str({DEFAULT_DENY})",
-    ]
+def _stage(
+    prefix: str, policies: list[HttpPolicy], me: str, peer_var: str, passed: str, joiner: str = ""
+) -> list[str]:
+    """One judging stage: for each policy that applies (the endpoint, the port, the peer's
+    identity in ``peer_var``), its rules in order; the first that matches names itself in
+    ``txn.rule`` (after ``joiner``, when it adds to a name already there) and sets ``passed``."""
+    out = [f"    acl {passed} var(txn.{passed}) -m bool"]
     for i, policy in enumerate(policies):
         if policy.identities is not None and not policy.identities:
             continue  # no peer can match
-        prefix = f"p{i}"
-        out.append(f"    acl {prefix}_ep {me} {policy.endpoint}")
-        out.append(f"    acl {prefix}_port dst_port {policy.first}:{policy.last}")
-        conditions = [f"{prefix}_ep", f"{prefix}_port"]
+        tag = f"{prefix}{i}"
+        out.append(f"    acl {tag}_ep {me} {policy.endpoint}")
+        out.append(f"    acl {tag}_port dst_port {policy.first}:{policy.last}")
+        conditions = [f"{tag}_ep", f"{tag}_port"]
         if policy.identities is not None:
             numbers = " ".join(str(n) for n in sorted(policy.identities))
-            out.append(f"    acl {prefix}_peer var(txn.peer) -m int {numbers}")
-            conditions.append(f"{prefix}_peer")
+            out.append(f"    acl {tag}_peer var(txn.{peer_var}) -m int {numbers}")
+            conditions.append(f"{tag}_peer")
+        if joiner:
+            out.append(f"    http-request set-var(txn.{passed}_applies) bool(1) if {' '.join(conditions)}")
         rules: list[tuple[str, HttpRule | None]] = [(policy.name, None)] if not policy.rules else []
         labels = policy.rule_names or tuple(f"{policy.name}:http:{j}" for j in range(len(policy.rules)))
         rules += list(zip(labels, policy.rules, strict=True))
@@ -138,13 +139,45 @@ def _frontend(direction: str, policies: list[HttpPolicy], settings: ProxySetting
             if rule is not None:
                 if rule.unmatchable:
                     continue
-                lines, extra = _rule_acls(f"{prefix}r{j}", rule)
+                lines, extra = _rule_acls(f"{tag}r{j}", rule)
                 out += [f"    {line}" for line in lines]
                 names += extra
-            condition = " ".join(names)
-            out.append(f"    http-request set-var(txn.rule) str({_name(name)}) if {condition}")
-            out.append(f"    http-request allow if {condition}")
-    out.append(f'    http-request deny deny_status 403 content-type text/plain string "{DENIED_BODY}"')
+            condition = " ".join([*names, f"!{passed}"])
+            if joiner:
+                added = f'"%[var(txn.rule)]{joiner}{_name(name)}"'
+                out.append(f"    http-request set-var-fmt(txn.rule) {added} if {condition}")
+            else:
+                out.append(f"    http-request set-var(txn.rule) str({_name(name)}) if {condition}")
+            out.append(f"    http-request set-var(txn.{passed}) bool(1) if {condition}")
+    return out
+
+
+_DENY = f'    http-request deny deny_status 403 content-type text/plain string "{DENIED_BODY}"'
+
+
+def _frontend(
+    direction: str, policies: list[HttpPolicy], local_ingress: list[HttpPolicy], settings: ProxySettings
+) -> list[str]:
+    """One listener's frontend. The egress one also judges a request to a local endpoint by that
+    endpoint's ingress rules for the client (``local_ingress``): the proxy's own connection reaches
+    it past the routing step, where no second redirect can happen (bpf/lxc.c lets it pass)."""
+    me, peer = ("dst", "src") if direction == INGRESS else ("src", "dst")
+    out = [
+        f"frontend {direction}",
+        f"    bind 0.0.0.0:{settings.ports[direction]} transparent",
+        f"    http-request set-var(txn.peer) {peer},map_ip({settings.ipcache_map},{RESERVED['world']})",
+        f"    http-request set-var(txn.rule) str({DEFAULT_DENY})",
+        *_stage("p", policies, me, "peer", "passed"),
+        f"{_DENY} if !passed",
+    ]
+    if local_ingress:
+        out += [
+            f"    http-request set-var(txn.client) src,map_ip({settings.ipcache_map},{RESERVED['world']})",
+            *_stage("q", local_ingress, "dst", "client", "passed_in", joiner="&"),
+            "    acl inbound var(txn.passed_in_applies) -m bool",
+            f"    http-request set-var(txn.rule) str({DEFAULT_DENY}) if inbound !passed_in",
+            f"{_DENY} if inbound !passed_in",
+        ]
     out.append("    default_backend original")
     return out
 
@@ -179,12 +212,15 @@ def render_haproxy(policies: Iterable[HttpPolicy], settings: ProxySettings) -> s
         "    timeout http-request 10s",
         "",
     ]
-    for direction in (INGRESS, EGRESS):
-        out += _frontend(direction, [p for p in ordered if p.direction == direction], settings)
-        out.append("")
+    ingress = [p for p in ordered if p.direction == INGRESS]
+    out += _frontend(INGRESS, ingress, [], settings)
+    out.append("")
+    out += _frontend(EGRESS, [p for p in ordered if p.direction == EGRESS], ingress, settings)
+    out.append("")
     out += [
         "backend original",
-        "    source 0.0.0.0 usesrc clientip",
+        "    http-reuse never",  # a server connection carries one client's requests, from its address
+        "    source 0.0.0.0 usesrc client",  # the client's address and port: the tuple bpf/lxc.c tracks
         "    server original 0.0.0.0:0",
         "",
     ]

@@ -31,7 +31,7 @@ from podnet.calc.haproxy import HttpPolicy
 from podnet.calc.l7_http import HttpRequest, HttpRule, allowed
 from podnet.calc.policy import PodInfo
 from podnet.dataplane import sysctl
-from podnet.dataplane.l7proxy import TO_INGRESS_PROXY, L7Proxy
+from podnet.dataplane.l7proxy import TO_EGRESS_PROXY, TO_INGRESS_PROXY, L7Proxy
 from podnet.dataplane.netlink import Netlink
 from podnet.dataplane.netns import in_netns
 
@@ -233,3 +233,43 @@ def test_a_reload_mid_request_and_a_killed_proxy_fails_closed(net: Net, proxy: L
     with in_netns(net.node):
         assert proxy.restart_if_dead()
     assert request(net, "GET", "/fast")[0] == 200  # type: ignore[index]
+
+
+def test_the_egress_listener_also_applies_a_local_destinations_ingress_rules(
+    net: Net, proxy: L7Proxy
+) -> None:
+    """An egress-redirected request to a local endpoint with ingress HTTP rules passes only if both
+    rule sets allow it: the proxy's own connection reaches that endpoint past the routing step,
+    where the tc programs let it through instead of redirecting it a second time."""
+    subprocess.run(
+        ["nsenter", f"--net={net.node}", "nft", "-f", "-"],
+        input=(
+            "flush chain ip pntest_redirect pre\n"
+            f"add rule ip pntest_redirect pre ip saddr {CLIENT} tcp dport 80"
+            f" meta mark set {TO_EGRESS_PROXY:#x}\n"
+        ),
+        text=True,
+        check=True,
+    )
+    egress = HttpPolicy(
+        "egress", CLIENT, 80, 80, None, (HttpRule(method="PUT|GET"),), "cnp:shop/out:egress:0"
+    )
+    ingress = HttpPolicy(
+        "ingress", SERVER, 80, 80, frozenset({300}), (HttpRule(method="PUT"),), "cnp:shop/in:ingress:0"
+    )
+    reader, logged = records(proxy)
+    with in_netns(net.node):
+        assert proxy.apply([egress, ingress], {"10.98.0.0/24": 300, "0.0.0.0/0": 2})
+    assert request(net, "PUT", "/a")[0] == 200  # type: ignore[index]
+    assert request(net, "GET", "/b") == (403, "Access denied")  # the destination's rules refuse it
+    assert request(net, "POST", "/c") == (403, "Access denied")  # the client's rules refuse it
+    assert [(m, p) for _, m, p in net.seen] == [("PUT", "/a")]
+    deadline = time.monotonic() + 5.0
+    while len(logged) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    reader.stop()
+    assert [(r["direction"], r["status"], r["rule"]) for r in logged] == [
+        ("egress", 200, "cnp:shop/out:egress:0:http:0&cnp:shop/in:ingress:0:http:0"),
+        ("egress", 403, "default-deny"),
+        ("egress", 403, "default-deny"),
+    ]

@@ -52,7 +52,7 @@ def test_haproxy_accepts_the_rendered_configuration(tmp_path: Path):
     check = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     # negative control: a broken line is refused, so the check above can fail
-    path.write_text(text.replace("http-request allow if", "http-request allow iff", 1))
+    path.write_text(text.replace("set-var(txn.passed) bool(1) if", "set-var(txn.passed) bool(1) iff", 1))
     assert subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True).returncode != 0
 
 
@@ -68,16 +68,19 @@ def test_structure_and_order(tmp_path: Path):
     assert "bind 0.0.0.0:15002 transparent" in egress and "dst,map_ip(" in egress
     assert "acl p0_peer var(txn.peer) -m int 300 301" in ingress
     assert (
-        "str(cnp:shop/l7:ingress:0:http:0)" in ingress and "str(knp-free:any) if p1_ep p1_port\n" in ingress
+        "str(cnp:shop/l7:ingress:0:http:0)" in ingress
+        and "str(knp-free:any) if p1_ep p1_port !passed\n" in ingress
     )
-    assert "10.0.0.5" not in egress  # a policy no peer can match adds nothing
-    for section in (ingress, egress):  # refused unless allowed, with Cilium's answer
-        lines = section.strip().splitlines()
-        assert (
-            lines[-2]
-            == '    http-request deny deny_status 403 content-type text/plain string "Access denied"'
-        )
-    assert "usesrc clientip" in text and "server original 0.0.0.0:0" in text
+    assert "src 10.0.0.5" not in egress  # a policy no peer can match adds nothing
+    deny = '    http-request deny deny_status 403 content-type text/plain string "Access denied"'
+    assert ingress.strip().splitlines()[-2] == f"{deny} if !passed"  # refused unless allowed
+    # the egress listener also judges requests to local endpoints by their ingress rules
+    assert (
+        f"{deny} if !passed\n" in egress
+        and egress.strip().splitlines()[-2] == f"{deny} if inbound !passed_in"
+    )
+    assert "acl q0_ep dst 10.0.0.5" in egress and "acl q0_peer var(txn.client) -m int 300 301" in egress
+    assert "usesrc client\n" in text and "http-reuse never" in text and "server original 0.0.0.0:0" in text
 
 
 def test_quote_keeps_every_character():
