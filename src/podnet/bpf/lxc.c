@@ -39,7 +39,8 @@
  * CT_PROXY entry; it and its later packets are marked (0x0A00 ingress, 0x0B00 egress) and go up
  * the stack, where nftables tproxy hands them to the node's HAProxy (or drops them: no proxy, no
  * passage). The proxy opens its own connection with the client's address and port, the same tuple:
- * at to_container that connection's packets meet the CT_PROXY entry and pass, and the server's
+ * at to_container that connection's packets (marked 0x0C00 by the proxy's cgroup) meet the
+ * CT_PROXY entry and pass, any other packet of it is dropped (231), and the server's
  * answers (a reverse hit on a CT_PROXY entry) go up the stack to the proxy's transparent socket,
  * never straight to the client. A redirect can only happen before the routing step (from_container,
  * from_netdev); met at to_container, a new connection is dropped (231), unless it comes from the
@@ -712,6 +713,12 @@ static __always_inline int ct_judge(struct __sk_buff *skb, const struct endpoint
 	ct_key_of(&k, ep->id, dir, p->saddr, p->daddr, p->sport, p->dport, p->proto);
 	e = ct_find(&k, now);
 	if (e) {
+		if ((e->flags & CT_PROXY) && routed && (skb->mark & MARK_MASK) != MARK_FROM_PROXY) {
+			/* a redirected connection reaches its server only through the proxy */
+			emit(EVENT_DROP, DROP_NO_PROXY_PATH, dir, VERDICT_DENIED, MATCH_NONE, ep, ifindex, p,
+			     e->peer_identity, e->entry_id);
+			return DROP_NO_PROXY_PATH;
+		}
 		ct_touch(e, p, 0, now);
 		if (e->flags & CT_PROXY)
 			*how |= HOW_TO_PROXY;

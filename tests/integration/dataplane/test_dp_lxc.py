@@ -446,6 +446,7 @@ def test_a_redirect_entry_sends_the_connection_to_the_proxy_and_the_answers_to_i
     assert marked(bed, FROM_NETDEV, other, POD_IP, tcp(46001, 80))[0] == SHOT  # the L3 part still holds
     # the proxy's connection to the server: the client's tuple, from the stack
     assert marked(bed, TO_CONTAINER, peer, POD_IP, tcp(46000, 80), FROM_PROXY) == (OK, FROM_PROXY)
+    assert marked(bed, TO_CONTAINER, peer, POD_IP, tcp(46000, 80, ACK))[0] == SHOT  # not via the proxy
     # the server's answer: up the stack (0), where the bypassed reply of a plain allow is redirected (7)
     assert marked(bed, FROM_CONTAINER, POD_IP, peer, tcp(80, 46000, SYNACK)) == (OK, 0)
     # a redirect decision past the routing step: only the proxy's own connection passes
@@ -469,5 +470,5 @@ def test_a_redirect_entry_sends_the_connection_to_the_proxy_and_the_answers_to_i
         (46010, cm.VERDICT_REDIRECTED),
         (46003, cm.VERDICT_ALLOWED),
     } <= verdicts
-    assert [e.sport for e in events if e.reason == cm.DROP_NO_PROXY_PATH] == [46002]
+    assert [e.sport for e in events if e.reason == cm.DROP_NO_PROXY_PATH] == [46000, 46002]
     assert bed.lxc.stats()["to_proxy"] == 4
