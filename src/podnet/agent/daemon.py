@@ -141,6 +141,7 @@ class Agent:
         self.cilium = None  # CiliumDatapath (agent.cilium_datapath) once the Cilium profile runs here
         self.cilium_plan = None  # the CiliumPlan last written to its maps
         self.bpf_events = None  # BpfEvents (agent.bpf_events): the Cilium datapath's drops and verdicts
+        self.l7 = None  # NodeL7 (agent.l7): the node's L7 proxy, from the first redirect entry on
         self._nft_policy_on = True  # the nftables policy table may exist (removed on Cilium nodes)
         self._cilium_memo = CiliumMemo()  # compile_cilium's memo between syncs
         self.drops = None  # DropMonitor, from start()
@@ -336,7 +337,7 @@ class Agent:
                     if found is not None
                 ]
                 cilium = compile_cilium(
-                    self.cache, local.pods, self.config.node, apiserver, self._cilium_memo
+                    self.cache, local.pods, self.config.node, apiserver, self._cilium_memo, l7_proxy=True
                 )
         for policy, error in plan.errors.items():
             kv(log, logging.WARNING, "policy not compiled; it allows nothing", policy=policy, error=error)
@@ -351,10 +352,14 @@ class Agent:
             self._last_local = {p.key: p for p in local.pods if p.key in endpoints}
             self._apply_host_endpoints()
         except Exception as exc:
-            self.policy_status.report(revision, str(exc), plan.errors, invalid, local.conflicts)
+            self.policy_status.report(
+                revision, str(exc), plan.errors, invalid, local.conflicts, **self._l7_report()
+            )
             raise
         full = self.cilium.lxc.overflow if cilium is not None and self.cilium is not None else ()
-        self.policy_status.report(revision, None, plan.errors, invalid, local.conflicts, full)
+        self.policy_status.report(
+            revision, None, plan.errors, invalid, local.conflicts, full, **self._l7_report()
+        )
         self._apply_identities(local.pods, namespaces, cluster, cilium)  # after the policy: datastore I/O
 
     def _cilium_datapath(self):  # type: ignore[no-untyped-def]
@@ -381,6 +386,7 @@ class Agent:
         netdevs = [self.config.uplink]
         if self._wants_vxlan():
             netdevs.append(VXLAN_DEVICES["cilium"][0])
+        self._node_l7().apply(plan, records)  # before the maps point at it
         counts = self._cilium_datapath().apply(plan, records, control, netdevs)
         self.cilium_plan = plan
         self._start_bpf_events()
@@ -399,6 +405,29 @@ class Agent:
                 "policy map full: endpoints keep their previous policy",
                 pods=",".join(overflow),
             )
+
+    def _node_l7(self):  # type: ignore[no-untyped-def]
+        from podnet.agent.l7 import NodeL7
+
+        if self.l7 is None:
+            self.l7 = NodeL7(
+                self.config.node,
+                os.path.join(self.config.state_dir, "l7", self.config.node),
+                self.config.cgroup,
+                self._pod_infos,
+                self._add_records,
+            )
+        return self.l7
+
+    def _add_records(self, records) -> None:  # type: ignore[no-untyped-def]
+        if self.drops is not None:
+            self.drops.add_records(records)
+
+    def _l7_report(self) -> dict:
+        """What the policy report says of the L7 proxy (PolicyReport.l7_proxy, l7_error)."""
+        if self.l7 is None:
+            return {}
+        return {"l7_proxy": self.l7.running, "l7_error": self.l7.last_error}
 
     def _start_bpf_events(self) -> None:
         """The datapath's ring buffer read into the drop monitor (once its maps exist)."""
@@ -655,6 +684,7 @@ class Agent:
             "invalidKeys": self.cache.errors,
             "endpointConflicts": self.endpoint_conflicts,
             "dropMonitor": self.drops.status() if self.drops else None,
+            "l7Proxy": self.l7.status() if self.l7 is not None else None,
         }
 
     def _dispatch(self, doc: dict) -> dict:
@@ -752,6 +782,8 @@ class Agent:
         self.identities.stop()
         if self.bpf_events is not None:
             self.bpf_events.stop()
+        if self.l7 is not None:
+            self.l7.close()
         if self.drops is not None:
             self.drops.stop()  # answers the long polls before the server goes
         for server in self._servers:

@@ -58,6 +58,8 @@ class PolicyStatusWriter:
         invalid: dict[str, str],
         endpoint_conflicts: dict[str, str] | None = None,
         policy_map_full: tuple[str, ...] = (),
+        l7_proxy: bool = False,
+        l7_error: str | None = None,
     ) -> None:
         """Record one policy sync's outcome (``error`` None: the kernel accepted it;
         ``policy_map_full``: Cilium endpoints whose new policy did not fit and kept the old)."""
@@ -73,6 +75,8 @@ class PolicyStatusWriter:
             invalid=dict(invalid),
             endpoint_conflicts=dict(endpoint_conflicts or {}),
             policy_map_full=tuple(policy_map_full),
+            l7_proxy=l7_proxy,
+            l7_error=l7_error,
         )
         self._wake.set()
 

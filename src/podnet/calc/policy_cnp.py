@@ -36,7 +36,7 @@ of the key as Cilium does; neither: any protocol. A ``toPorts`` entry with HTTP 
 only: the model refuses others) becomes, where the node runs the L7 proxy (``add_policy``'s
 ``l7``), a redirect entry to the direction's proxy listener, its rules kept for the proxy
 (:mod:`podnet.calc.policy_l7`); elsewhere it allows its ports at L4 and the policy's status says
-its rules are not enforced (:func:`l7_unenforced`): the L3/L4 part isolates as written, never a
+its rules are not enforced (:func:`l7_sections`): the L3/L4 part isolates as written, never a
 silent allow. ``from/toNodes`` and ``toFQDNs`` are not compiled yet: a section using them allows nothing
 (and :func:`unsupported` names them), as does an unknown ICMP name.
 
@@ -410,16 +410,16 @@ def unsupported(policy: Any) -> list[str]:
     return found
 
 
-def l7_unenforced(policy: Any) -> list[str]:
-    """``toPorts`` entries with L7 rules (their ports are allowed at L4; the rules are not enforced
-    until the L7 proxy exists)."""
-    found = []
+def l7_sections(policy: Any) -> dict[str, list[str]]:
+    """``toPorts`` entries with L7 rules, by protocol (``http``, ``dns``): their paths in the object."""
+    found: dict[str, list[str]] = {}
     for r, rule in enumerate(policy.rules()):
         for section in ("ingress", "egress"):
             for i, part in enumerate(getattr(rule, section) or []):
                 for j, port_rule in enumerate(part.to_ports or []):
                     if port_rule.rules is not None:
-                        found.append(f"specs[{r}].{section}[{i}].toPorts[{j}].rules")
+                        for kind in port_rule.rules.types():
+                            found.setdefault(kind, []).append(f"specs[{r}].{section}[{i}].toPorts[{j}].rules")
     return found
 
 

@@ -21,8 +21,12 @@ NetworkPolicyStatus, KEP-2943)::
 
 Conditions about the object itself, from calc (``notes``; they do not change Accepted):
 
-    L7Enforced      False L7ProxyMissing      CNP/CCNP L7 rules: their ports are allowed at L4, the
-                                              rules themselves not enforced yet
+    L7Enforced      True  ProxyRedirect       CNP/CCNP HTTP rules: the nodes' L7 proxies enforce them
+    L7Enforced      False L7ProxyFailed       a node's proxy cannot run: its sync failed, the node
+                                              keeps its previous maps (redirected ports fail closed)
+    L7Enforced      Unknown NoProxy           no node runs the proxy yet (no local endpoint has them)
+    L7Enforced      False DNSProxyMissing     DNS rules: their ports are allowed at L4, the rules
+                                              themselves not enforced yet
     Unsupported     True  NotCompiled         CNP/CCNP fields this profile does not compile: their
                                               sections allow nothing
 
@@ -50,6 +54,8 @@ class PolicyReport:
     # they stay under policy here until CNI DEL (calc.local_pods)
     endpoint_conflicts: dict[str, str] = field(default_factory=dict)
     policy_map_full: tuple[str, ...] = ()  # Cilium: endpoints whose new policy did not fit
+    l7_proxy: bool = False  # Cilium: the node's L7 proxy runs and enforces its endpoints' HTTP rules
+    l7_error: str | None = None  # Cilium: why the node's L7 proxy could not be configured
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
@@ -67,6 +73,8 @@ class PolicyReport:
             invalid=dict(doc.get("invalid") or {}),
             endpoint_conflicts=dict(doc.get("endpoint_conflicts") or {}),
             policy_map_full=tuple(doc.get("policy_map_full") or ()),
+            l7_proxy=bool(doc.get("l7_proxy", False)),
+            l7_error=doc.get("l7_error"),
         )
 
 
@@ -103,23 +111,58 @@ def _nodes(reports: Iterable[PolicyReport]) -> str:
     return ", ".join(sorted(r.node for r in reports))
 
 
-def object_notes(kind: str, policy: Any) -> list[tuple[str, str, str, str]]:
-    """(type, status, reason, message) conditions about a CNP/CCNP object itself (its L7 rules and
-    the fields this profile does not compile), whatever the nodes report."""
+def object_notes(
+    kind: str, policy: Any, reports: Sequence[PolicyReport] = ()
+) -> list[tuple[str, str, str, str]]:
+    """(type, status, reason, message) conditions about a CNP/CCNP object itself (its L7 rules, as
+    the nodes' proxies report them, and the fields this profile does not compile)."""
     if kind not in ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy"):
         return []
-    from podnet.calc.policy_cnp import l7_unenforced, unsupported
+    from podnet.calc.policy_cnp import l7_sections, unsupported
 
     notes = []
-    l7 = l7_unenforced(policy)
-    if l7:
+    l7 = l7_sections(policy)
+    http, dns = l7.get("http", []), l7.get("dns", [])
+    failed = [r for r in reports if r.l7_error]
+    running = [r for r in reports if r.l7_proxy]
+    if dns:
         notes.append(
             (
                 "L7Enforced",
                 "False",
-                "L7ProxyMissing",
-                f"L7 rules at {', '.join(l7)} are not enforced yet: their ports are allowed at L4 "
+                "DNSProxyMissing",
+                f"DNS rules at {', '.join(dns)} are not enforced yet: their ports are allowed at L4 "
                 "(to the peers the section names), every other port and peer stays denied",
+            )
+        )
+    elif http and failed:
+        details = "; ".join(f"{r.node}: {r.l7_error}" for r in sorted(failed, key=lambda r: r.node))
+        notes.append(
+            (
+                "L7Enforced",
+                "False",
+                "L7ProxyFailed",
+                f"the L7 proxy could not be configured ({details}); those nodes keep their previous "
+                "policy maps, and redirected ports refuse connections while no proxy listens",
+            )
+        )
+    elif http and running:
+        notes.append(
+            (
+                "L7Enforced",
+                "True",
+                "ProxyRedirect",
+                f"HTTP rules at {', '.join(http)} are enforced by the L7 proxy on {_nodes(running)}",
+            )
+        )
+    elif http:
+        notes.append(
+            (
+                "L7Enforced",
+                "Unknown",
+                "NoProxy",
+                f"no node runs the L7 proxy for the HTTP rules at {', '.join(http)} yet "
+                "(no endpoint they select is local to a Cilium-profile node)",
             )
         )
     missing = unsupported(policy)

@@ -112,7 +112,7 @@ def _add_policy_status(store, type_key: str, docs: list[dict]) -> None:
         version = int(meta.get("resourceVersion") or 0)
         kind = POLICY_KINDS.get(type_key, "")
         try:
-            notes = object_notes(kind, parse_resource(doc)) if kind.startswith("Cilium") else []
+            notes = object_notes(kind, parse_resource(doc), reports) if kind.startswith("Cilium") else []
         except PodnetError:
             notes = []  # an object that does not validate: InvalidObject says why
         doc["status"] = {"conditions": conditions_for(str(key), version, reports, notes)}

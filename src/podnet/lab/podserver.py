@@ -6,7 +6,8 @@ Like ``agnhost serve-hostname``, standard library only, one process and one thre
 
 - TCP: a client that says nothing gets ``<name>\\n`` after ``TCP_GRACE`` (50 ms) and the connection
   closes; a client that speaks HTTP (any method and path) gets ``200 OK`` with a small JSON body,
-  ``{"pod": <name>, "method": ..., "path": ...}`` (like Cilium's json-mock echo server), with
+  ``{"pod": <name>, "method": ..., "path": ..., "client": <the address it came from>}`` (like
+  Cilium's json-mock echo server), with
   keep-alive and pipelining, so curl and wrk work; any other bytes get the name and close.
   The grace period is what lets one port serve both kinds of client.
 - UDP: every datagram is answered with ``<name>\\n``.
@@ -49,10 +50,11 @@ def parse_port(text: str) -> tuple[int, str]:
 
 
 class _Tcp:
-    __slots__ = ("closing", "deadline", "http", "inbuf", "outbuf", "sock")
+    __slots__ = ("closing", "deadline", "http", "inbuf", "outbuf", "peer", "sock")
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
+    def __init__(self, sock: socket.socket, deadline: float, peer: str = "") -> None:
         self.sock = sock
+        self.peer = peer
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.deadline = deadline
@@ -116,13 +118,13 @@ class PodServer:
     def _accept(self, listener: socket.socket) -> None:
         for _ in range(256):
             try:
-                sock, _ = listener.accept()
+                sock, address = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return  # EMFILE and friends: retried on the next readiness
             sock.setblocking(False)
-            conn = _Tcp(sock, time.monotonic() + TCP_GRACE)
+            conn = _Tcp(sock, time.monotonic() + TCP_GRACE, str(address[0]))
             self.sel.register(sock, selectors.EVENT_READ, conn)
             heapq.heappush(self.timers, (conn.deadline, id(conn), conn))
 
@@ -197,7 +199,8 @@ class PodServer:
             connection = headers.get("connection", "").lower()
             keep = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
             target = rest.rpartition(" ")[0]
-            answer = json.dumps({"pod": self.name, "method": method, "path": target}).encode() + b"\n"
+            echo = {"pod": self.name, "method": method, "path": target, "client": conn.peer}
+            answer = json.dumps(echo).encode() + b"\n"
             body = b"" if method == "HEAD" else answer
             conn.outbuf += _http_response(200, body, keep_alive=keep, length=len(answer))
             if not keep:

@@ -41,7 +41,7 @@ from podnet.lab.cleanup import clean
 from podnet.lab.naming import LabError, LabNames
 from podnet.lab.netns import Spawned, spawn
 from podnet.lab.podserver import podserver_command
-from podnet.lab.probe import Probe, ProbeResult, probe_in_pod, run_probes
+from podnet.lab.probe import HttpProbe, Probe, ProbeResult, probe_in_pod, run_probes
 from podnet.lab.topology import LabSpec, random_underlay
 from podnet.model import lookup, parse_resource
 from podnet.model.identity import RESERVED
@@ -1234,9 +1234,21 @@ def test_namespace_relabelled_after_the_policy(lab: Lab) -> None:
 # ------------------------------------------------------------------------------------ observability
 
 
+def http(
+    lab: Lab, src: str, dst: str, method: str, path: str, port: int = 80, timeout: float = 2.0
+) -> ProbeResult:
+    """One HTTP request from ``src``'s namespace and cgroup to ``dst``."""
+    (result,) = probe_in_pod(
+        lab.netns(src), lab.cgroup(src), lab.address(dst), port, "TCP", 1, timeout, HttpProbe(method, path)
+    )
+    return result
+
+
 def test_l7_rule_seed_example(lab: Lab) -> None:
-    """The seed's policy: until the L7 proxy exists, its port is allowed at L4 to its peer, the rest
-    is denied; the drop names the policy and the status says L7 is not enforced."""
+    """The seed's policy through the node's L7 proxy: PUT /api/v1 from frontend passes and reaches
+    the server from frontend's own address; GET, and PUT on a longer path, get 403 Access denied
+    from the proxy; another pod times out (dropped before the proxy); the monitor shows both
+    requests with the rule that decided; the policy's status says its HTTP rules are enforced."""
     apply(
         lab,
         cnp(
@@ -1260,61 +1272,77 @@ def test_l7_rule_seed_example(lab: Lab) -> None:
     check(
         lab,
         [
-            cell(FE, API, "80/TCP", True),
-            cell(OTHER, API, "80/TCP", False),  # times out
+            cell(OTHER, API, "80/TCP", False),
             cell(FE, API, "8080/TCP", False),
             cell(TOOL, API, "80/TCP", False),
         ],
     )
+    allowed = until(
+        "PUT /api/v1 from frontend answered 200",
+        lambda: (r := http(lab, FE, API, "PUT", "/api/v1")).ok and r,
+        timeout=SETTLE,
+    )
+    echo = json.loads(allowed.answer or "{}")
+    assert (echo["pod"], echo["method"], echo["path"]) == (API, "PUT", "/api/v1"), echo
+    assert echo["client"] == lab.pods[FE], echo  # transparent: the server sees frontend's own address
+    for method, path in (("GET", "/api/v1"), ("PUT", "/api/v1/x")):
+        denied = http(lab, FE, API, method, path)
+        assert (denied.http_status, denied.answer) == (403, "Access denied"), (method, path, denied)
+    other = http(lab, OTHER, API, "PUT", "/api/v1", timeout=1.0)
+    assert other.http_status is None and other.detail.startswith("timeout"), other
 
-    def denied() -> list[dict]:
+    def l7() -> list[dict]:
         return [
-            d
-            for d in monitor(lab, "drop")
-            if d["src"] == lab.pods[OTHER]
-            and d["dst"] == lab.pods[API]
-            and d["dport"] == 80
-            and d["time"] >= started
+            r for r in monitor(lab, "l7") if r["time"] >= started and r["dstPod"] == API and r["srcPod"] == FE
         ]
 
-    drops = until("the drop of other -> api:80 in podnet monitor", denied, timeout=SETTLE)
-    drop = drops[-1]
-    assert drop["reason"].startswith("Policy denied"), drop
-    assert "CiliumNetworkPolicy shop/l7-rule" in drop["reason"], drop
-    assert (drop["srcPod"], drop["dstPod"], drop["node"], drop["direction"]) == (
-        OTHER,
-        API,
-        "node-2",
-        "ingress",
-    ), drop
+    records = until(
+        "the forwarded and the denied requests in podnet monitor --type l7",
+        lambda: len(l7()) >= 3 and l7(),
+        timeout=SETTLE,
+    )
+    seen = {(r["method"], r["url"]): r for r in records}
+    forwarded, refused = seen[("PUT", "/api/v1")], seen[("GET", "/api/v1")]
+    assert (forwarded["verdict"], forwarded["status"], forwarded["node"]) == ("FORWARDED", 200, "node-2"), (
+        forwarded
+    )
+    assert forwarded["rule"].startswith("cnp:shop/l7-rule:ingress"), forwarded
+    assert (refused["verdict"], refused["status"], refused["rule"]) == ("DENIED", 403, "default-deny"), (
+        refused
+    )
+    text = podnet(lab.names, "monitor", "--type", "l7", "--lab-prefix", lab.names.prefix).stdout
+    assert "PUT /api/v1 => 200" in text and "FORWARDED by cnp:shop/l7-rule" in text, text
     shown = yaml.safe_load(podnet(lab.names, "get", "cnp", "l7-rule", "-n", "shop", "-o", "yaml").stdout)
     conditions = {c["type"]: c for c in shown["status"]["conditions"]}
-    assert conditions["L7Enforced"]["status"] == "False", conditions
-    assert "toPorts[0].rules" in conditions["L7Enforced"]["message"], conditions
+    assert (conditions["L7Enforced"]["status"], conditions["L7Enforced"]["reason"]) == (
+        "True",
+        "ProxyRedirect",
+    )
+    assert "node-2" in conditions["L7Enforced"]["message"], conditions
     # the lab's HTTP probe, as a user runs it: a request, its status and latency
-    allowed = podnet(
-        lab.names,
-        "lab",
-        "probe",
-        FE,
-        API,
-        "80/TCP",
-        "--http",
-        "PUT",
-        "/api/v1",
-        "-H",
-        "X-Env: prod",
-        "-o",
-        "json",
+    answer = json.loads(
+        podnet(
+            lab.names,
+            "lab",
+            "probe",
+            FE,
+            API,
+            "80/TCP",
+            "--http",
+            "PUT",
+            "/api/v1",
+            "-H",
+            "X-Env: prod",
+            "-o",
+            "json",
+        ).stdout
     )
-    answer = json.loads(allowed.stdout)
     assert answer["ok"] and answer["http_status"] == 200 and answer["latency_ms"] > 0, answer
-    refused = podnet(
-        lab.names, "lab", "probe", OTHER, API, "80/TCP", "--http", "GET", "/", "-o", "json", check=False
+    refused_probe = podnet(
+        lab.names, "lab", "probe", FE, API, "80/TCP", "--http", "GET", "/", "-o", "json", check=False
     )
-    answer = json.loads(refused.stdout)
-    assert refused.returncode == 1 and not answer["ok"] and answer["http_status"] is None, answer
-    assert answer["detail"].startswith("timeout"), answer  # a policy drop: no answer at all
+    answer = json.loads(refused_probe.stdout)
+    assert refused_probe.returncode == 1 and not answer["ok"] and answer["http_status"] == 403, answer
     ping = podnet(lab.names, "lab", "probe", TOOL, f"node/{lab.nodes_of[API]}", "ICMP", "-o", "json")
     assert json.loads(ping.stdout)["ok"]
 

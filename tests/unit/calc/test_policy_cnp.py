@@ -11,7 +11,7 @@ from podnet.calc.identity import pod_label_sets
 from podnet.calc.ipcache import ipcache, lookup
 from podnet.calc.policy import PodInfo
 from podnet.calc.policy_cilium import ServiceTarget, compile_endpoint_maps, endpoint_allows
-from podnet.calc.policy_cnp import l7_unenforced, rule_cidrs, unsupported
+from podnet.calc.policy_cnp import l7_sections, rule_cidrs, unsupported
 from podnet.calc.policymap import EGRESS, INGRESS
 from podnet.model import parse_resource
 from podnet.model.identity import RESERVED
@@ -192,7 +192,7 @@ def test_l7_rules_allow_their_ports_at_l4_unsupported_sections_fail_closed_both_
     assert allows(maps, "shop/web", INGRESS, ids["shop/api"], 80)  # L4 part, as the seed's example
     assert not allows(maps, "shop/web", INGRESS, ids["shop/api"], 81)
     assert not allows(maps, "shop/web", INGRESS, ids["other/client"], 80)  # L3 part enforced
-    assert l7_unenforced(policy) == ["specs[0].ingress[0].toPorts[0].rules"]
+    assert l7_sections(policy) == {"http": ["specs[0].ingress[0].toPorts[0].rules"]}
     assert unsupported(policy) == ["specs[0].ingress[1].fromNodes"]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from podnet.calc.policy import PodInfo, compile_policies
 from podnet.calc.policy_status import POLICY_KINDS, PolicyReport, conditions_for, policy_ref
 from podnet.model import parse_resource
@@ -129,10 +131,21 @@ def test_cilium_policies_say_what_of_them_is_not_enforced_and_a_full_policy_map(
     )
     ref = policy_ref("ciliumnetworkpolicies.cilium.io", "shop", "l7-rule")
     assert ref == "CiliumNetworkPolicy:shop/l7-rule"
-    notes = object_notes("CiliumNetworkPolicy", seed)
-    c = by_type(conditions_for(str(ref), 4, [report("node-1", 4, 4)], notes))
+    nodes = [report("node-1", 4, 4)]
+    notes = object_notes("CiliumNetworkPolicy", seed, nodes)
+    c = by_type(conditions_for(str(ref), 4, nodes, notes))
     assert c["Accepted"]["status"] == "True"  # programmed: the notes do not change it
-    assert c["L7Enforced"]["status"] == "False" and "toPorts[0].rules" in c["L7Enforced"]["message"]
+    assert c["L7Enforced"]["reason"] == "NoProxy" and "toPorts[0].rules" in c["L7Enforced"]["message"]
+    # the proxy runs on node-2, and fails on node-3: the failure is what the condition says
+    nodes.append(dataclasses.replace(report("node-2", 4, 4), l7_proxy=True))
+    c = by_type(conditions_for(str(ref), 4, nodes, object_notes("CiliumNetworkPolicy", seed, nodes)))
+    assert (c["L7Enforced"]["status"], c["L7Enforced"]["reason"]) == ("True", "ProxyRedirect")
+    assert "on node-2" in c["L7Enforced"]["message"]
+    nodes.append(dataclasses.replace(report("node-3", 4, 4), l7_error="haproxy refused it"))
+    c = by_type(conditions_for(str(ref), 4, nodes, object_notes("CiliumNetworkPolicy", seed, nodes)))
+    assert (c["L7Enforced"]["status"], c["L7Enforced"]["reason"]) == ("False", "L7ProxyFailed")
+    assert "node-3: haproxy refused it" in c["L7Enforced"]["message"]
+    assert PolicyReport.from_json(nodes[2].to_json()) == nodes[2]
     assert c["Unsupported"]["reason"] == "NotCompiled" and "fromNodes" in c["Unsupported"]["message"]
     assert object_notes("NetworkPolicy", seed) == []
     full = report("node-2", 4, 4, policy_map_full=("shop/web",))

@@ -53,17 +53,32 @@ def test_http_get_keep_alive_and_head(podserver, free_port):
         conn.request("GET", "/")
         resp = conn.getresponse()
         assert resp.status == 200 and resp.getheader("Content-Type") == "application/json"
-        assert json.loads(resp.read()) == {"pod": "default/web-1", "method": "GET", "path": "/"}
+        assert json.loads(resp.read()) == {
+            "pod": "default/web-1",
+            "method": "GET",
+            "path": "/",
+            "client": "127.0.0.1",
+        }
     conn.request("HEAD", "/a?b=1")
     resp = conn.getresponse()
-    head_of = json.dumps({"pod": "default/web-1", "method": "HEAD", "path": "/a?b=1"}).encode() + b"\n"
+    head_of = (
+        json.dumps(
+            {"pod": "default/web-1", "method": "HEAD", "path": "/a?b=1", "client": "127.0.0.1"}
+        ).encode()
+        + b"\n"
+    )
     assert resp.status == 200 and resp.getheader("Content-Length") == str(len(head_of))
     assert resp.read() == b""
     for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS"):  # every method and path: 200
         conn.request(method, "/api/v1/x", body=b"a" * 5000)
         resp = conn.getresponse()
         assert resp.status == 200
-        assert json.loads(resp.read()) == {"pod": "default/web-1", "method": method, "path": "/api/v1/x"}
+        assert json.loads(resp.read()) == {
+            "pod": "default/web-1",
+            "method": method,
+            "path": "/api/v1/x",
+            "client": "127.0.0.1",
+        }
     conn.close()
 
 
@@ -76,7 +91,7 @@ def test_http_pipelined_and_close(podserver, free_port):
         while chunk := s.recv(4096):
             data += chunk
     assert data.count(b"HTTP/1.1 200 OK") == 2 and data.endswith(
-        b'{"pod": "a/b", "method": "GET", "path": "/"}\n'
+        b'{"pod": "a/b", "method": "GET", "path": "/", "client": "127.0.0.1"}\n'
     )
 
 
