@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
@@ -118,6 +119,7 @@ class L7Proxy:
             os.path.join(state_dir, "haproxy.pid"),
         )
         self.config_path = os.path.join(state_dir, "haproxy.cfg")
+        self.master_socket = os.path.join(state_dir, "master.sock")
         self.table: TableSync[str] = TableSync(
             "ip", TABLE, None, full=lambda script: script, what="L7 proxy redirection"
         )
@@ -173,11 +175,56 @@ class L7Proxy:
         _write(self.config_path, config)
         if self.running():
             assert self._process is not None
+            before = self.workers()
             self._process.send_signal(signal.SIGUSR2)  # hitless: new workers, the old ones drain
+            self._wait_reloaded(before)
         else:
             self._start()
         self._applied = (config, mapping)
         return True
+
+    def master(self, command: str, timeout: float = 2.0) -> str:
+        """One command on the master's CLI (``-S``), its answer."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            try:
+                sock.connect(self.master_socket)
+                sock.sendall(command.encode() + b"\n")
+                sock.shutdown(socket.SHUT_WR)
+                chunks = []
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
+            except OSError as exc:
+                raise DataplaneError(f"the L7 proxy's master CLI: {command}: {exc}") from exc
+        return b"".join(chunks).decode(errors="replace")
+
+    def workers(self) -> set[int]:
+        """The pids of the current workers (not the old ones still finishing their connections)."""
+        section, found = "", set()
+        for line in self.master("show proc", timeout=1.0).splitlines():
+            if line.startswith("#"):
+                section = line.strip("# ").lower()
+            elif section == "workers" and line.split() and line.split()[0].isdigit():
+                found.add(int(line.split()[0]))
+        return found
+
+    def _wait_reloaded(self, before: set[int], timeout: float = 5.0) -> None:
+        """Until the workers of the new configuration have replaced ``before``, which then stop
+        accepting and close their idle keep-alive connections (HAProxy's soft stop): from here on
+        a request on an old connection is not judged by the old rules, beyond one in flight."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                now = self.workers()
+            except DataplaneError:
+                now = set()
+            if now and not now & before:
+                return
+            if not self.running():
+                raise DataplaneError(f"haproxy exited during a reload (see {self.state_dir}/haproxy.log)")
+            if time.monotonic() > deadline:
+                raise DataplaneError(f"haproxy's new workers did not take over in {timeout:g} s")
+            time.sleep(0.01)
 
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -192,12 +239,13 @@ class L7Proxy:
         return True
 
     def _start(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.settings.admin_socket)
+        for stale in (self.settings.admin_socket, self.master_socket):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
         log = open(os.path.join(self.state_dir, "haproxy.log"), "ab")  # noqa: SIM115 (the child's)
         try:
             self._process = subprocess.Popen(
-                [self.binary, "-W", "-f", self.config_path],
+                [self.binary, "-W", "-S", f"{self.master_socket},mode,600", "-f", self.config_path],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

@@ -273,3 +273,34 @@ def test_the_egress_listener_also_applies_a_local_destinations_ingress_rules(
         ("egress", 403, "default-deny"),
         ("egress", 403, "default-deny"),
     ]
+
+
+def test_a_policy_change_reaches_an_open_keep_alive_connection(net: Net, proxy: L7Proxy) -> None:
+    """After a change, no request on a connection opened before it is judged by the old rules: the
+    old worker finishes what is in flight and closes the connection; the client's next connection
+    meets the new rules."""
+    apply(net, proxy, HttpPolicy("ingress", SERVER, 80, 80, None, (HttpRule(path="/a"),), "old"))
+    conn = http.client.HTTPConnection(SERVER, 80, timeout=2.0)
+    with in_netns(net.client):
+        conn.sock = socket.create_connection((SERVER, 80), timeout=2.0)
+    conn.request("GET", "/a", headers={"Host": "api"})
+    first = conn.getresponse()
+    assert first.status == 200 and not first.will_close
+    first.read()
+    assert apply(net, proxy, HttpPolicy("ingress", SERVER, 80, 80, None, (HttpRule(path="/b"),), "new"))
+    outcomes = []
+    for _ in range(20):  # the same connection, as long as it stays open
+        try:
+            conn.request("GET", "/a", headers={"Host": "api"})
+            response = conn.getresponse()
+            outcomes.append(response.status)
+            response.read()
+            if response.will_close:
+                break
+        except (http.client.HTTPException, ConnectionError, OSError):
+            outcomes.append("closed")
+            break
+        time.sleep(0.05)
+    conn.close()
+    assert 200 not in outcomes, outcomes
+    assert request(net, "GET", "/a") == (403, "Access denied") and request(net, "GET", "/b")[0] == 200  # type: ignore[index]
