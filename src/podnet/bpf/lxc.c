@@ -13,7 +13,7 @@
  *   anti-spoofing (from_container): source MAC and IPv4 are the pod's own  else drop 130 / 132
  *   control plane (from_container, not to a pod): pn_control[daddr or any local, proto, port]
  *              drop 230 (podnet's reason), before conntrack
- *   conntrack  pn_ct[ep, dir, tuple]           hit: established, pass
+ *   conntrack  pn_ct[ep, dir, tuple]           hit: established, pass (a SYN on a closing one: new)
  *              pn_ct[ep, other dir, reversed]  hit: a reply, pass
  *              ICMP error: the same two lookups for the tuple it quotes: related, pass
  *   new        direction enforced (endpoint flags)?
@@ -590,6 +590,14 @@ static __always_inline void ct_touch(struct ct_entry *e, struct pkt *p, int repl
 		e->lifetime = lifetime;
 }
 
+/* A TCP SYN (no ACK) on the tuple of a connection that is closing (a FIN or a RST seen): the peer
+ * reuses the port for a new connection, which policy must judge, not the old entry let through. */
+static __always_inline int reopened(const struct ct_entry *e, const struct pkt *p)
+{
+	return p->proto == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN &&
+	       (e->flags & (CT_RST | CT_FIN_FWD | CT_FIN_REV));
+}
+
 static __always_inline int ct_create(struct ct_key *k, struct pkt *p, __u32 now, __u32 peer, __u32 entry_id,
 				     __u16 flags, __u16 proxy_port)
 {
@@ -712,6 +720,8 @@ static __always_inline int ct_judge(struct __sk_buff *skb, const struct endpoint
 
 	ct_key_of(&k, ep->id, dir, p->saddr, p->daddr, p->sport, p->dport, p->proto);
 	e = ct_find(&k, now);
+	if (e && reopened(e, p))
+		e = 0; /* a new connection on the tuple of a closing one: judged anew (Cilium's CT_REOPENED) */
 	if (e) {
 		if ((e->flags & CT_PROXY) && routed && (skb->mark & MARK_MASK) != MARK_FROM_PROXY) {
 			/* a redirected connection reaches its server only through the proxy */
@@ -726,6 +736,8 @@ static __always_inline int ct_judge(struct __sk_buff *skb, const struct endpoint
 	}
 	ct_key_of(&k, ep->id, other, p->daddr, p->saddr, p->dport, p->sport, p->proto);
 	e = ct_find(&k, now);
+	if (e && reopened(e, p))
+		e = 0;
 	if (e) {
 		ct_touch(e, p, 1, now);
 		if (e->flags & CT_PROXY)

@@ -472,3 +472,28 @@ def test_a_redirect_entry_sends_the_connection_to_the_proxy_and_the_answers_to_i
     } <= verdicts
     assert [e.sport for e in events if e.reason == cm.DROP_NO_PROXY_PATH] == [46000, 46002]
     assert bed.lxc.stats()["to_proxy"] == 4
+
+
+def test_a_new_connection_on_the_tuple_of_a_closed_one_is_judged_anew(bed: Bed) -> None:
+    """A client reusing its port within the closing entry's lifetime (10 s) opens a new connection:
+    policy applied since then must judge it, and a redirect must still send it to the proxy."""
+    fin, rst = 0x11, 0x04
+    bed.sync(policy({}, ingress=False))  # open: the first connection is not enforced
+    for sport in (47000, 47001):
+        assert bed.inbound("10.99.1.1", TCP, 80, SYN, sport=sport) == OK
+        assert bed.outbound("10.99.1.1", TCP, sport, SYNACK, sport=80) in (OK, REDIRECT)
+    assert bed.inbound("10.99.1.1", TCP, 80, fin, sport=47000) == OK
+    assert bed.outbound("10.99.1.1", TCP, 47000, fin, sport=80) in (OK, REDIRECT)
+    assert bed.inbound("10.99.1.1", TCP, 80, rst, sport=47001) == OK
+    entries: dict[PolicyKey, PolicyEntry] = {}
+    add_entry(entries, PolicyKey(INGRESS, 301, TCP, 80, 16), PolicyEntry(False, 0, ("cnp:t/a:ingress:0",)))
+    bed.sync(policy(entries))  # now only 301 may connect
+    assert bed.inbound("10.99.1.1", TCP, 80, SYN, sport=47000) == SHOT  # was let through by the old entry
+    assert bed.inbound("10.99.1.1", TCP, 80, SYN, sport=47001) == SHOT
+    assert bed.inbound("10.99.1.1", TCP, 80, ACK, sport=47000) == OK  # the closing one's last packets pass
+    # a redirect applies to the reopened tuple, not the old plain entry
+    add_entry(
+        entries, PolicyKey(INGRESS, 300, TCP, 80, 16), PolicyEntry(False, 15001, ("cnp:t/b:ingress:0",))
+    )
+    bed.sync(policy(entries))
+    assert marked(bed, FROM_NETDEV, "10.99.1.1", POD_IP, tcp(47000, 80)) == (OK, TO_INGRESS_PROXY)

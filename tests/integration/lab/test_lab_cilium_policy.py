@@ -23,9 +23,14 @@ import datetime as dt
 import json
 import os
 import secrets
+import signal
+import socket
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.client import HTTPConnection, HTTPException
 
 import pytest
 import yaml
@@ -33,7 +38,7 @@ from lab_support import Port, pod_doc, podnet, policy_applied, until
 
 from podnet.dataplane.lxc import pinned_endpoints, pinned_ipcache, pinned_policy
 from podnet.dataplane.netlink import Netlink
-from podnet.dataplane.netns import netns_exists
+from podnet.dataplane.netns import in_netns, netns_exists
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
 from podnet.lab import cluster
@@ -94,6 +99,7 @@ LAYOUT: dict[str, tuple[str, dict[str, str], str | None, tuple[Port, ...]]] = {
 }
 FE, API, DB, OTHER, TOOL, MON = "shop/frontend", "shop/api", "shop/db", "shop/other", "ops/tool", "ops/mon"
 EXT_PORTS = ["8080/TCP", "5353/UDP"]
+HEALTHZ = "http://127.0.0.1:9099/healthz"  # each agent's, in its node's namespace
 
 
 # ----------------------------------------------------------------------------------------- the lab
@@ -1235,13 +1241,47 @@ def test_namespace_relabelled_after_the_policy(lab: Lab) -> None:
 
 
 def http(
-    lab: Lab, src: str, dst: str, method: str, path: str, port: int = 80, timeout: float = 2.0
+    lab: Lab,
+    src: str,
+    dst: str,
+    method: str,
+    path: str,
+    port: int = 80,
+    timeout: float = 2.0,
+    **headers: str,
 ) -> ProbeResult:
-    """One HTTP request from ``src``'s namespace and cgroup to ``dst``."""
+    """One HTTP request from ``src``'s namespace and cgroup to ``dst`` (``X_Token="1"``: the
+    header ``X-Token: 1``)."""
+    sent = tuple((name.replace("_", "-"), value) for name, value in headers.items())
     (result,) = probe_in_pod(
-        lab.netns(src), lab.cgroup(src), lab.address(dst), port, "TCP", 1, timeout, HttpProbe(method, path)
+        lab.netns(src),
+        lab.cgroup(src),
+        lab.address(dst),
+        port,
+        "TCP",
+        1,
+        timeout,
+        HttpProbe(method, path, sent),
     )
     return result
+
+
+def statuses(lab: Lab, cases: list[tuple[str, str, str, str, int, dict[str, str], int | None]]) -> None:
+    """Every ``(src, dst, method, path, port, headers, status)`` case answers ``status`` (None: no
+    answer, a policy drop), within :data:`SETTLE` (the first), all checked and reported together."""
+
+    def outcome() -> list[str]:
+        wrong = []
+        for src, dst, method, path, port, headers, want in cases:
+            got = http(lab, src, dst, method, path, port, 1.0 if want is None else 2.0, **headers)
+            if got.http_status != want or (want == 403 and got.answer != "Access denied"):
+                wrong.append(f"{src} -> {dst}:{port} {method} {path} {headers}: {got.detail}, want {want}")
+        return wrong
+
+    deadline = time.monotonic() + SETTLE
+    while (wrong := outcome()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not wrong, "\n".join(wrong)
 
 
 def test_l7_rule_seed_example(lab: Lab) -> None:
@@ -1381,3 +1421,268 @@ def test_policy_verdicts_name_the_rule(lab: Lab) -> None:
     assert {(p["kind"], p["namespace"], p["name"], p["section"], p["rule"]) for p in verdict["policies"]} == {
         ("CiliumNetworkPolicy", "shop", "db-from-frontend", "ingress", 0)
     }, verdict
+
+
+# ----------------------------------------------------------------------------------------- L7 (HTTP)
+
+
+def http_section(ports: list[dict], rules: list[dict]) -> dict:
+    return {"ports": ports, "rules": {"http": rules}}
+
+
+def test_http_rules_fields_ports_and_entries(lab: Lab) -> None:
+    """Ingress HTTP rules through the proxy: method, path and host are full-match regexes, headers
+    must be present (or equal), headerMatches must equal; entries are ORed, fields ANDed; a port
+    range and a named port redirect like a number; peers and ports outside the rule stay dropped."""
+    apply(
+        lab,
+        cnp(
+            "shop",
+            "api-http",
+            endpointSelector=sel(app="sensitive-api"),
+            ingress=[
+                {
+                    "fromEndpoints": [sel(app="frontend")],
+                    "toPorts": [
+                        http_section(
+                            [{"port": "80", "protocol": "TCP"}],
+                            [
+                                {"method": "GET", "path": "/public/.*"},
+                                {"method": "POST", "path": "/submit", "headers": ["X-Token"]},
+                                {"method": "DELETE", "host": "api\\.shop(:80)?"},
+                                {"method": "PATCH", "headerMatches": [{"name": "X-Env", "value": "prod"}]},
+                            ],
+                        ),
+                        http_section(
+                            [{"port": "9000", "endPort": 9001, "protocol": "TCP"}], [{"method": "PUT"}]
+                        ),
+                        http_section([{"port": "web", "protocol": "TCP"}], [{"path": "/named"}]),
+                    ],
+                }
+            ],
+        ),
+    )
+    statuses(
+        lab,
+        [
+            (FE, API, "GET", "/public/a", 80, {}, 200),
+            (FE, API, "GET", "/public", 80, {}, 403),  # full match: "/public/.*" needs the slash
+            (FE, API, "GET", "/private", 80, {}, 403),
+            (FE, API, "POST", "/submit", 80, {"X_Token": "t"}, 200),
+            (FE, API, "POST", "/submit", 80, {}, 403),  # the header is missing
+            (FE, API, "PUT", "/submit", 80, {"X_Token": "t"}, 403),  # fields are ANDed
+            (FE, API, "DELETE", "/x", 80, {"Host": "api.shop"}, 200),
+            (FE, API, "DELETE", "/x", 80, {"Host": "evil.shop"}, 403),
+            (FE, API, "PATCH", "/x", 80, {"X_Env": "prod"}, 200),
+            (FE, API, "PATCH", "/x", 80, {"X_Env": "dev"}, 403),
+            (FE, API, "PUT", "/any", 9000, {}, 200),
+            (FE, API, "PUT", "/any", 9001, {}, 200),
+            (FE, API, "GET", "/any", 9001, {}, 403),
+            (FE, API, "PUT", "/any", 9002, {}, None),  # outside the range: dropped at L4
+            (FE, API, "GET", "/named", 8080, {}, 200),  # "web" is 8080 on api
+            (FE, API, "GET", "/other", 8080, {}, 403),
+            (OTHER, API, "GET", "/public/a", 80, {}, None),  # not the peer: dropped before the proxy
+            (TOOL, API, "PUT", "/any", 9000, {}, None),
+        ],
+    )
+
+
+def test_http_egress_rules_an_l4_rule_on_the_same_port_and_a_local_destination(lab: Lab) -> None:
+    """Egress HTTP rules go through the client's node's proxy, which connects from the client's own
+    address. An L4-only rule on the same port lets every request pass (Cilium's rule). A local
+    destination with ingress HTTP rules of its own: a request passes only if both allow it."""
+    apply(
+        lab,
+        cnp(
+            "shop",
+            "frontend-out",
+            endpointSelector=sel(app="frontend"),
+            egress=[
+                {
+                    "toEndpoints": [sel(app="sensitive-api")],
+                    "toPorts": [
+                        http_section(
+                            [{"port": "80", "protocol": "TCP"}], [{"method": "GET", "path": "/eg/.*"}]
+                        )
+                    ],
+                },
+                {
+                    "toEndpoints": [sel({NS: "ops"}, role="tool")],
+                    "toPorts": [http_section([{"port": "8080", "protocol": "TCP"}], [{"method": "GET|PUT"}])],
+                },
+            ],
+        ),
+        cnp(
+            "ops",
+            "tool-in",
+            endpointSelector=sel(role="tool"),
+            ingress=[
+                {
+                    "fromEndpoints": [sel({NS: "shop"}, app="frontend")],
+                    "toPorts": [http_section([{"port": "8080", "protocol": "TCP"}], [{"path": "/x"}])],
+                }
+            ],
+        ),
+    )
+    assert lab.nodes_of[FE] == lab.nodes_of[TOOL]  # the local destination
+    statuses(
+        lab,
+        [
+            (FE, API, "GET", "/eg/1", 80, {}, 200),
+            (FE, API, "GET", "/no", 80, {}, 403),
+            (FE, API, "GET", "/eg/1", 8080, {}, None),  # egress isolated: other ports dropped
+            (FE, TOOL, "GET", "/x", 8080, {}, 200),  # both allow it
+            (FE, TOOL, "GET", "/y", 8080, {}, 403),  # tool's ingress rules refuse it
+            (FE, TOOL, "POST", "/x", 8080, {}, 403),  # frontend's egress rules refuse it
+        ],
+    )
+    echo = json.loads(http(lab, FE, API, "GET", "/eg/2").answer or "{}")
+    assert echo["client"] == lab.pods[FE], echo  # from the client's own address
+    apply(
+        lab,
+        cnp(
+            "shop",
+            "frontend-out-l4",
+            endpointSelector=sel(app="frontend"),
+            egress=[
+                {
+                    "toEndpoints": [sel(app="sensitive-api")],
+                    "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}],
+                }
+            ],
+        ),
+    )
+    statuses(lab, [(FE, API, "GET", "/no", 80, {}, 200), (FE, TOOL, "GET", "/y", 8080, {}, 403)])
+
+
+def test_a_policy_change_reaches_an_open_keep_alive_connection(lab: Lab) -> None:
+    """A keep-alive connection opened before a change gets no answer from the old rules after it:
+    HAProxy's old workers close it, the next connection meets the new rules."""
+
+    def policy(path: str) -> dict:
+        return cnp(
+            "shop",
+            "api-keepalive",
+            endpointSelector=sel(app="sensitive-api"),
+            ingress=[
+                {
+                    "fromEndpoints": [sel(app="frontend")],
+                    "toPorts": [http_section([{"port": "80", "protocol": "TCP"}], [{"path": path}])],
+                }
+            ],
+        )
+
+    apply(lab, policy("/old"))
+    statuses(lab, [(FE, API, "GET", "/old", 80, {}, 200)])
+    conn = HTTPConnection(lab.pods[API], 80, timeout=2.0)
+    with in_netns(lab.netns(FE)):
+        conn.sock = socket.create_connection((lab.pods[API], 80), timeout=2.0)
+    try:
+        conn.request("GET", "/old")
+        first = conn.getresponse()
+        first.read()
+        assert first.status == 200
+        apply(lab, policy("/new"))
+        outcomes: list[object] = []
+        for _ in range(20):
+            try:
+                conn.request("GET", "/old")
+                response = conn.getresponse()
+                response.read()
+                outcomes.append(response.status)
+                if response.will_close:
+                    break
+            except (HTTPException, OSError):
+                outcomes.append("closed")
+                break
+            time.sleep(0.05)
+    finally:
+        conn.close()
+    assert 200 not in outcomes, outcomes
+    statuses(lab, [(FE, API, "GET", "/old", 80, {}, 403), (FE, API, "GET", "/new", 80, {}, 200)])
+
+
+def test_a_killed_proxy_fails_closed_and_comes_back(lab: Lab) -> None:
+    """The proxy of the server's node killed under load (every process of its cgroup, SIGKILL):
+    allowed requests fail meanwhile and resume once the agent has started it again, within the gap
+    the agent measured (plus one request's timeout); a denied request never passes."""
+    apply(
+        lab,
+        cnp(
+            "shop",
+            "api-kill",
+            endpointSelector=sel(app="sensitive-api"),
+            ingress=[
+                {
+                    "fromEndpoints": [sel(app="frontend")],
+                    "toPorts": [http_section([{"port": "80", "protocol": "TCP"}], [{"method": "PUT"}])],
+                }
+            ],
+        ),
+    )
+    statuses(lab, [(FE, API, "PUT", "/", 80, {}, 200)])
+    node = lab.nodes_of[API]
+    timeout = 0.5
+
+    def one(method: str) -> int | None:
+        conn = HTTPConnection(lab.pods[API], 80, timeout=timeout)
+        try:
+            with in_netns(lab.netns(FE)):
+                conn.sock = socket.create_connection((lab.pods[API], 80), timeout=timeout)
+            conn.request(method, "/")
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        except (HTTPException, OSError):
+            return None
+        finally:
+            conn.close()
+
+    results: list[tuple[float, str, int | None]] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            for method in ("PUT", "GET"):
+                results.append((time.monotonic(), method, one(method)))
+
+    def health() -> dict:
+        with in_netns(lab.netns(node)), urllib.request.urlopen(HEALTHZ, timeout=2.0) as answer:
+            return json.loads(answer.read())
+
+    restarts_before = (health().get("l7Proxy") or {}).get("restarts", 0)
+    workers = [threading.Thread(target=load) for _ in range(2)]
+    for w in workers:
+        w.start()
+    try:
+        time.sleep(1.0)
+        procs = os.path.join(lab.names.node_cgroup(node), "l7-proxy", "cgroup.procs")
+        with open(procs) as f:
+            pids = [int(p) for p in f.read().split()]
+        assert pids, "the proxy runs in its cgroup"
+        killed = time.monotonic()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proxy = until(
+            "the agent restarted the proxy",
+            lambda: (
+                (h := health().get("l7Proxy") or {}).get("restarts", 0) > restarts_before
+                and h["running"]
+                and h
+            ),
+            timeout=10.0,
+        )
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(10)
+    passed_denied = [r for r in results if r[1] == "GET" and r[2] not in (403, None)]
+    assert not passed_denied, passed_denied  # nothing denied ever passes
+    after = [t for t, method, status in results if method == "PUT" and status == 200 and t > killed]
+    assert after, "allowed requests resumed"
+    gap = proxy["lastGapMs"] / 1000
+    outage = after[0] - killed
+    assert outage <= gap + 2 * timeout + 0.5, (outage, gap)  # within the gap (and the requests' timeout)
+    assert sum(1 for r in results if r[1] == "PUT" and r[2] == 200) > 10  # there was load
