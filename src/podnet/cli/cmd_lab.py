@@ -7,6 +7,7 @@ podnet lab wait [--timeout S]                  until every pod is Running
 podnet lab exec NS/POD -- CMD...               run a command inside a pod (its netns and cgroup)
 podnet lab probe NS/POD|ext|NODE  NS/POD|svc/NS/NAME|[node/]NODE|IP  PORT/PROTO|ICMP [--timeout S]
                  [--http METHOD PATH [-H 'Name: value']...] [-o json]
+podnet lab probe NS/POD --dns NAME [-o json]   resolve through the pod's resolver (cluster DNS)
                                                exit 0 if it got through (--http: a 2xx answer), 1 if
                                                not; -o json: {"ok", "detail", "http_status", "latency_ms"}
 podnet lab probe --matrix PORT/PROTO [-o json] [--timeout S]
@@ -40,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="calico profile: BIRD on every node distributes the pod blocks (node-to-node mesh)",
     )
+    up.add_argument(
+        "--no-dns",
+        dest="dns",
+        action="store_false",
+        help="no cluster DNS (kube-system/kube-dns) and no test zone *.example.test on ext",
+    )
     sub.add_parser("down", help="remove exactly what the lab created")
     sub.add_parser("clean", help="remove leftovers of a lab that crashed (by name prefix)")
     sub.add_parser("status", help="what the lab runs")
@@ -58,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     probe.add_argument(
         "-H", "--header", action="append", default=[], metavar="'Name: value'", help="with --http, repeatable"
+    )
+    probe.add_argument(
+        "--dns",
+        metavar="NAME",
+        help="resolve NAME through SRC's resolver instead (podnet lab probe SRC --dns NAME)",
     )
     from podnet.lab import chaos as witnessed
     from podnet.lab import pod_churn
@@ -111,6 +123,7 @@ def _up(args) -> int:
             profile=args.profile,
             encapsulation=args.encapsulation,
             bgp=args.bgp,
+            dns=args.dns,
         )
     )
     topo = info.topology
@@ -271,6 +284,8 @@ def _probe(args) -> int:
         else:
             print(render_matrix(table))
         return 0 if all(all(row.values()) for row in table.values()) else 1
+    if args.dns:
+        return _probe_dns(args)
     if len(args.args) != 3:
         hint = "podnet lab probe ns/a ns/b 80/TCP (DST: NS/POD, svc/NS/NAME, node/NAME or an IP; ICMP)"
         raise PodnetError("probe takes SRC DST PORT/PROTO", hint=hint)
@@ -308,6 +323,29 @@ def _probe(args) -> int:
         print(
             f"{args.args[0]} -> {args.args[1]} ({address} {what}): "
             f"{'ok' if result.ok else 'FAILED'} {result.detail} ({result.elapsed * 1000:.1f} ms)"
+        )
+    return 0 if result.ok else 1
+
+
+def _probe_dns(args) -> int:
+    """``podnet lab probe SRC --dns NAME``: exit 0 if NAME has addresses; -o json adds them."""
+    import json
+
+    from podnet.lab.probe import dns_in_pod
+
+    if len(args.args) != 1:
+        raise PodnetError("--dns takes only the source", hint="podnet lab probe shop/web --dns api.shop")
+    netns, cgroup = _source(args, args.args[0])
+    result = dns_in_pod(netns, cgroup, args.dns, args.timeout)
+    addresses = result.answer.split(",") if result.answer else []
+    if args.output == "json":
+        latency = round(result.elapsed * 1000, 3)
+        doc = {"ok": result.ok, "detail": result.detail, "http_status": None, "latency_ms": latency}
+        print(json.dumps({**doc, "addresses": addresses}))
+    else:
+        print(
+            f"{args.args[0]} resolves {args.dns}: {'ok' if result.ok else 'FAILED'} {result.detail} "
+            f"({result.elapsed * 1000:.1f} ms)"
         )
     return 0 if result.ok else 1
 

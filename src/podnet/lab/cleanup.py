@@ -231,6 +231,8 @@ def clean(names: LabNames | str, *, timeout: float = 5.0) -> CleanupReport:
     _kill_members(_members(ids, cgroups, (names.marker, names.prefix)), report, timeout)
     _delete_namespaces([(n, names.netns_kind(n) or "other") for n in namespaces], report)
     _remove_cgroups(cgroups, report, timeout)
+    for leftover in netns_etc_dirs(names.prefix):  # pods' resolv.conf (ip netns exec's /etc/netns)
+        _remove_path(leftover, report)
     _unmount_under(names.state_dir, report)
     if os.path.exists(names.state_dir):
         _remove_path(names.state_dir, report)
@@ -239,6 +241,18 @@ def clean(names: LabNames | str, *, timeout: float = 5.0) -> CleanupReport:
     # A state problem we recovered from is not a failure of clean.
     report.errors = [e for e in report.errors if not e.startswith("state unusable")]
     return report
+
+
+NETNS_ETC = "/etc/netns"
+
+
+def netns_etc_dirs(prefix: str) -> list[str]:
+    """``/etc/netns/<name>`` directories of namespaces with ``prefix`` (what ``ip netns exec``
+    mounts over ``/etc`` in them: the lab's pods' resolv.conf)."""
+    try:
+        return [os.path.join(NETNS_ETC, n) for n in sorted(os.listdir(NETNS_ETC)) if n.startswith(prefix)]
+    except OSError:
+        return []
 
 
 # -- before/after comparison -------------------------------------------------------------------
@@ -305,6 +319,6 @@ def snapshot_host(names: LabNames | str) -> HostSnapshot:
         routes=tuple(sorted(routes)),
         netns=tuple(namespaces),
         processes=tuple(sorted(processes)),
-        files=tuple(sorted(_tree(names.state_dir))),
+        files=tuple(sorted([*_tree(names.state_dir), *netns_etc_dirs(names.prefix)])),
         cgroups=tuple(sorted(_tree(names.cgroup_dir, dirs_only=True))),
     )

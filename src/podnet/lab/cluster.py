@@ -229,6 +229,58 @@ def _start_etcd(names: LabNames, topo: Topology, state: LabState) -> str:
     return endpoint
 
 
+def zone_records(topo: Topology) -> list[str]:
+    """The test zone ``ext`` serves (``NAME=IP[,IP...]/TTL``): names with several addresses and
+    short TTLs on ``ext``'s subnet (.3 is ext's own address; .4 is free for a test to add)."""
+    assert topo.external is not None
+    own = topo.external.ip
+    other = own.rsplit(".", 1)[0] + ".4"
+    return [
+        f"web.example.test={own},{other}/3",
+        f"api.example.test={own}/3",
+        f"other.example.test={other}/30",
+    ]
+
+
+def _start_dns(
+    names: LabNames, topo: Topology, state: LabState, store: ResourceStore, timeout: float = 30.0
+) -> None:
+    """The test zone's server on ``ext`` (port 53), then the cluster DNS: Service
+    ``kube-system/kube-dns`` (the service range's tenth address) and its pod on the first node,
+    forwarding other names to ``ext``; returns once the pod is Running (it answers)."""
+    import ipaddress
+
+    from podnet.lab.cluster_dns import DNS_NAMESPACE, dns_docs
+    from podnet.model import lookup
+
+    if topo.external is None:
+        raise LabError("the cluster DNS needs the lab's external host (its upstream)")
+    ready = os.path.join(names.log_dir, "dns-upstream.ready")
+    records = [arg for r in zone_records(topo) for arg in ("--record", r)]
+    command = [sys.executable, "-m", "podnet.lab.dns_server", "zone", "--listen", topo.external.ip, *records]
+    spawned = spawn(
+        [*command, "--ready-file", ready, f"--lab-prefix={names.prefix}"],
+        netns=topo.external.netns,
+        lab_prefix=names.prefix,
+        log=os.path.join(names.log_dir, "dns-upstream.log"),
+    )
+    state.record_process(ProcessRecord.of("dns-upstream", spawned))
+    config = parse_resource(cluster_resources(topo)[0]).spec
+    cluster_ip = str(ipaddress.ip_network(config.service_cluster_ip_range)[10])
+    store.apply(
+        [parse_resource(d) for d in dns_docs(cluster_ip, topo.nodes[0].name, f"{topo.external.ip}:53")]
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        pod = store.get(lookup("pods"), "coredns", DNS_NAMESPACE)
+        if pod.status and pod.status.phase == "Running" and os.path.exists(ready):
+            os.unlink(ready)
+            return
+        if time.monotonic() > deadline:
+            raise LabError(f"the cluster DNS did not start in {timeout:g}s", hint=f"see {names.log_dir}")
+        time.sleep(0.1)
+
+
 def _start_agents(names: LabNames, topo: Topology, state: LabState, timeout: float = 30.0) -> None:
     """Hand every node's agent to the kubelet (it starts them and restarts them: a DaemonSet) and
     wait until each answers."""
@@ -412,6 +464,8 @@ def up(spec: LabSpec, names: LabNames | None = None) -> LabInfo:
         write_cni_files(names, topo, state)
         _start_kubelet(names, endpoint, state)  # first: it starts the agents
         _start_agents(names, topo, state)
+        if spec.dns:
+            _start_dns(names, topo, state, store)
     except BaseException:
         down(names.state_dir)
         raise

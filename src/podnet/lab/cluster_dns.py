@@ -20,6 +20,11 @@ from dataclasses import dataclass
 from podnet.calc.services import service_endpoints
 
 ZONE = "cluster.local"
+#: the lab's cluster DNS, as a cluster runs CoreDNS: this Service, served by pods with this label and
+#: this container image (the kubelet runs ``python -m podnet.lab.dns_server cluster`` for it)
+DNS_NAMESPACE, DNS_SERVICE, DNS_LABEL = "kube-system", "kube-dns", ("k8s-app", "kube-dns")
+DNS_IMAGE = "podnet.io/cluster-dns"
+NDOTS = 5
 NOERROR, NXDOMAIN = "NOERROR", "NXDOMAIN"
 #: the name is outside the cluster zone: ask the upstream
 FORWARD = "FORWARD"
@@ -62,3 +67,43 @@ def _service(name: str, namespace: str, services: list, pods: list) -> Answer:  
         found = {b.ip for backends in service_endpoints(service, pods).values() for b in backends}
         return Answer(NOERROR, tuple(sorted(found, key=ipaddress.IPv4Address)))
     return Answer(NXDOMAIN)
+
+
+def resolv_conf(namespace: str, nameserver: str, zone: str = ZONE) -> str:
+    """A pod's ``/etc/resolv.conf`` (the kubelet's ``ClusterFirst``): the cluster DNS, the search
+    list of its namespace, ``ndots:5``."""
+    search = f"{namespace}.svc.{zone} svc.{zone} {zone}"
+    return f"nameserver {nameserver}\nsearch {search}\noptions ndots:{NDOTS}\n"
+
+
+def dns_docs(cluster_ip: str, node: str, upstream: str | None) -> list[dict]:
+    """The cluster DNS's objects: Service ``kube-system/kube-dns`` at ``cluster_ip`` (53/UDP,
+    53/TCP) and its pod ``coredns`` on ``node``, forwarding other names to ``upstream``
+    (``IP:PORT``)."""
+    labels = {DNS_LABEL[0]: DNS_LABEL[1]}
+    ports = [("dns", "UDP"), ("dns-tcp", "TCP")]
+    container: dict = {
+        "name": "coredns",
+        "image": DNS_IMAGE,
+        "ports": [{"name": n, "containerPort": 53, "protocol": p} for n, p in ports],
+    }
+    if upstream:
+        container["args"] = ["--upstream", upstream]
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": DNS_SERVICE, "namespace": DNS_NAMESPACE, "labels": labels},
+            "spec": {
+                "selector": labels,
+                "clusterIP": cluster_ip,
+                "ports": [{"name": n, "port": 53, "targetPort": 53, "protocol": p} for n, p in ports],
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "coredns", "namespace": DNS_NAMESPACE, "labels": labels},
+            "spec": {"nodeName": node, "containers": [container]},
+        },
+    ]

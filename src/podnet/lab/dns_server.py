@@ -17,6 +17,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 
 import dns.exception
@@ -29,6 +30,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from podnet.dataplane.netns import in_netns
 from podnet.lab.cluster_dns import FORWARD, NXDOMAIN, ZONE, answer
 
 Resolver = Callable[[dns.message.Message], dns.message.Message]
@@ -101,15 +103,18 @@ def zone_resolver(names: Mapping[str, tuple[tuple[str, ...], int]]) -> Resolver:
 class DnsServer:
     """``resolver`` served on ``host``:``port`` (UDP and TCP); ``port`` 0 picks one (:attr:`port`)."""
 
-    def __init__(self, resolver: Resolver, host: str = "0.0.0.0", port: int = 53) -> None:
-        self.resolver = resolver
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind((host, port))
-        self.port = self.udp.getsockname()[1]
-        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind((host, self.port))
-        self.tcp.listen(64)
+    def __init__(
+        self, resolver: Resolver, host: str = "0.0.0.0", port: int = 53, netns: str | None = None
+    ) -> None:
+        self.resolver, self.netns = resolver, netns
+        with in_netns(netns):  # the sockets stay in that namespace; so do the threads (forwards)
+            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.udp.bind((host, port))
+            self.port = self.udp.getsockname()[1]
+            self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.tcp.bind((host, self.port))
+            self.tcp.listen(64)
         self.udp.settimeout(0.5)
         self.tcp.settimeout(0.5)
         self.answered = 0
@@ -138,6 +143,10 @@ class DnsServer:
         return response.to_wire()
 
     def _serve_udp(self) -> None:
+        with in_netns(self.netns):
+            self._udp_loop()
+
+    def _udp_loop(self) -> None:
         while not self._stop.is_set():
             try:
                 wire, peer = self.udp.recvfrom(65535)
@@ -161,7 +170,7 @@ class DnsServer:
             threading.Thread(target=self._tcp_conn, args=(conn,), daemon=True).start()
 
     def _tcp_conn(self, conn: socket.socket) -> None:
-        with conn:
+        with in_netns(self.netns), conn:
             conn.settimeout(5.0)
             try:
                 while not self._stop.is_set():
@@ -195,3 +204,93 @@ def _recv_exactly(conn: socket.socket, size: int) -> bytes | None:
             return None
         data += chunk
     return data
+
+
+# ---------------------------------------------------------------------------------- the processes
+
+
+class Snapshot:
+    """The cluster's Services and Pods, listed from the datastore every ``interval`` seconds by a
+    daemon thread (CoreDNS watches; a lab's few objects are cheaper to list than to watch)."""
+
+    def __init__(self, store, interval: float = 0.5) -> None:  # type: ignore[no-untyped-def]
+        self.store, self.interval = store, interval
+        self.current: tuple[list, list] = ([], [])  # type: ignore[type-arg]
+        self.errors = 0
+        self._refresh()
+        threading.Thread(target=self._loop, name="dns-snapshot", daemon=True).start()
+
+    def _refresh(self) -> None:
+        from podnet.errors import PodnetError
+        from podnet.model import lookup
+
+        try:
+            self.current = (list(self.store.list(lookup("services"))), list(self.store.list(lookup("pods"))))
+        except PodnetError:
+            self.errors += 1  # the last good snapshot stays
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            self._refresh()
+
+    def __call__(self) -> tuple[list, list]:  # type: ignore[type-arg]
+        return self.current
+
+
+def parse_record(text: str) -> tuple[str, tuple[tuple[str, ...], int]]:
+    """``NAME=IP[,IP...][/TTL]`` -> (name, (addresses, TTL)); TTL 30 when not given."""
+    name, _, rest = text.partition("=")
+    addresses, _, ttl = rest.partition("/")
+    return name, (tuple(a for a in addresses.split(",") if a), int(ttl or 30))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m podnet.lab.dns_server cluster --etcd EP --netns NS [--upstream IP:PORT]`` (the
+    cluster DNS pod: the datastore read from this process's namespace, the queries served in the
+    pod's) or ``... zone --listen IP --record NAME=IP[,IP...][/TTL]...`` (the test zone);
+    ``--ready-file`` is written once the sockets are bound. Runs until SIGTERM."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m podnet.lab.dns_server")
+    parser.add_argument("mode", choices=("cluster", "zone"))
+    parser.add_argument("--etcd", default=None)
+    parser.add_argument("--netns", default=None, help="serve in this network namespace")
+    parser.add_argument("--upstream", default=None, metavar="IP:PORT")
+    parser.add_argument("--listen", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=53)
+    parser.add_argument("--record", action="append", default=[])
+    parser.add_argument("--ready-file", default=None)
+    parser.add_argument("--lab-prefix", default=None)  # marks lab processes
+    args = parser.parse_args(argv)
+    if args.mode == "cluster":
+        from podnet.datastore.etcd import EtcdDatastore
+        from podnet.datastore.resources import ResourceStore
+
+        if not args.etcd:
+            parser.error("cluster needs --etcd")
+        upstream = None
+        if args.upstream:
+            host, _, port = args.upstream.rpartition(":")
+            upstream = (host, int(port))
+        snapshot = Snapshot(ResourceStore(EtcdDatastore([args.etcd])))
+        resolver = cluster_resolver(snapshot, upstream)
+    else:
+        resolver = zone_resolver(dict(parse_record(r) for r in args.record))
+    server = DnsServer(resolver, args.listen, args.port, args.netns).start()
+    if args.ready_file:
+        with open(args.ready_file, "w") as f:
+            f.write(f"{server.port}\n")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import sys
 import threading
 import time
@@ -37,7 +38,9 @@ from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
 from podnet.datastore.sync import PrefixSync, Snapshot
 from podnet.errors import ConflictError, NotFoundError
+from podnet.lab.cleanup import NETNS_ETC
 from podnet.lab.cluster import cni_bin_dir
+from podnet.lab.cluster_dns import DNS_IMAGE, DNS_NAMESPACE, DNS_SERVICE, resolv_conf
 from podnet.lab.naming import LabNames
 from podnet.lab.netns import create_cgroup, create_netns, delete_netns, remove_cgroup, spawn
 from podnet.lab.podserver import podserver_command
@@ -221,6 +224,7 @@ class Kubelet:
                     self._capabilities(pod),
                 )
                 rp.ip = result["ips"][0]["address"].split("/")[0]
+                self._write_resolv_conf(pod, rp)
             self._start_server(pod, rp)
             self._remember(rp)
             self._set_status(pod, "Running", rp)
@@ -268,6 +272,7 @@ class Kubelet:
             except Exception as exc:
                 kv(log, logging.WARNING, "CNI DEL failed", pod=rp.key, error=str(exc))
             delete_netns(rp.netns)
+            shutil.rmtree(os.path.join(NETNS_ETC, rp.netns), ignore_errors=True)
         with contextlib.suppress(Exception):
             remove_cgroup(rp.cgroup)
         self._forget(rp)
@@ -307,6 +312,41 @@ class Kubelet:
             caps["bandwidth"] = bandwidth
         return caps
 
+    def _write_resolv_conf(self, pod: Pod, rp: RunningPod) -> None:
+        """``/etc/netns/<pod netns>/resolv.conf`` (``ip netns exec`` mounts it over the pod's
+        /etc/resolv.conf) when the cluster has its DNS: its Service's ClusterIP, the pod
+        namespace's search list (the kubelet's ``ClusterFirst``). The DNS pods themselves keep the
+        node's (``Default``)."""
+        if any(c.image == DNS_IMAGE for c in pod.spec.containers) or rp.netns is None:
+            return
+        try:
+            service = self.resources.get(lookup("services"), DNS_SERVICE, DNS_NAMESPACE)
+        except NotFoundError:
+            return  # a lab without a cluster DNS
+        cluster_ip = service.spec.cluster_ip
+        if not cluster_ip or cluster_ip == "None":
+            return
+        directory = os.path.join(NETNS_ETC, rp.netns)
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "resolv.conf"), "w") as f:
+            f.write(resolv_conf(pod.metadata.namespace, cluster_ip))
+
+    def _server_command(
+        self, pod: Pod, rp: RunningPod, ports: list[str], ready: str
+    ) -> tuple[list[str], str]:
+        """(the pod's process, the namespace it starts in). The lab's pod server answers on the
+        declared ports; a cluster DNS pod (its image) runs the cluster DNS, which reads the datastore
+        from the node's namespace and serves in the pod's."""
+        dns = next((c for c in pod.spec.containers if c.image == DNS_IMAGE), None)
+        node_ns = self.nodes[rp.node]["netns"]
+        if dns is None or rp.netns is None:
+            return podserver_command(rp.key, ports, self.names.prefix, ready_file=ready), rp.netns or node_ns
+        etcd = self.state.meta().get("etcd_cluster_endpoint") or ""
+        args = [str(a) for a in (dns.args or [])]
+        command = [sys.executable, "-m", "podnet.lab.dns_server", "cluster", "--etcd", etcd]
+        command += ["--netns", rp.netns, "--ready-file", ready, *args, f"--lab-prefix={self.names.prefix}"]
+        return command, node_ns
+
     def _start_server(self, pod: Pod, rp: RunningPod, timeout: float = 15.0) -> None:
         """Run the pod's server and wait until every port is bound (the pod's readiness)."""
         ports, warnings = [], []
@@ -323,9 +363,10 @@ class Kubelet:
             return
         stem = os.path.join(self.names.node_log_dir(rp.node), f"pod-{rp.key.replace('/', '.')}")
         ready = f"{stem}.{rp.container_id[:8]}.ready"
+        command, netns = self._server_command(pod, rp, ports, ready)
         spawned = spawn(
-            podserver_command(rp.key, ports, self.names.prefix, ready_file=ready),
-            netns=rp.netns or self.nodes[rp.node]["netns"],
+            command,
+            netns=netns,
             cgroup=rp.cgroup,
             lab_prefix=self.names.prefix,
             log=f"{stem}.log",

@@ -437,13 +437,62 @@ def probe_in_pod(
     return [ProbeResult(**r) for r in json.loads(out.stdout)]
 
 
+def dns_lookup(name: str, timeout: float) -> ProbeResult:
+    """``name``'s A records through this process's resolver (``/etc/resolv.conf``: in a lab pod,
+    the cluster DNS with the pod's search list and ndots): ok with at least one address; the
+    answer is the addresses, comma-separated; the detail the outcome (NXDOMAIN, REFUSED, ...)."""
+    import dns.exception
+    import dns.resolver
+
+    started = time.monotonic()
+    try:
+        resolver = dns.resolver.Resolver()
+        answer = resolver.resolve(name, "A", search=True, lifetime=timeout)
+        addresses = sorted(r.address for r in answer)
+        return ProbeResult(
+            True, f"{answer.qname} A {' '.join(addresses)}", time.monotonic() - started, ",".join(addresses)
+        )
+    except dns.resolver.NXDOMAIN:
+        return ProbeResult(False, "NXDOMAIN", time.monotonic() - started)
+    except dns.resolver.NoAnswer:
+        return ProbeResult(False, "NOERROR, no A record", time.monotonic() - started)
+    except dns.resolver.NoNameservers as exc:
+        codes = sorted({str(err[3]) for err in exc.kwargs.get("errors", [])})  # e.g. REFUSED, SERVFAIL
+        return ProbeResult(False, ", ".join(codes) or "no nameserver answered", time.monotonic() - started)
+    except dns.exception.Timeout:
+        return ProbeResult(False, f"timeout after {timeout:g}s", time.monotonic() - started)
+    except (dns.exception.DNSException, OSError) as exc:
+        return ProbeResult(False, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
+
+
+def dns_in_pod(netns: str, cgroup: str | None, name: str, timeout: float = 2.0) -> ProbeResult:
+    """:func:`dns_lookup` in a process of the pod (its cgroup, then ``ip netns exec``, which puts
+    the pod's resolv.conf in place)."""
+    import json
+    import subprocess
+    import sys
+
+    from podnet.lab.netns import IP, join_cgroup
+
+    cmd = [IP, "netns", "exec", netns, sys.executable, "-m", "podnet.lab.probe", "--dns", name, str(timeout)]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, preexec_fn=join_cgroup(cgroup), timeout=timeout * 3 + 30
+    )
+    if out.returncode != 0:
+        raise OSError(f"DNS probe in {netns} failed: {out.stderr.strip()[-500:]}")
+    return ProbeResult(**json.loads(out.stdout)[0])
+
+
 def _main(argv: Sequence[str]) -> int:
-    """``python -m podnet.lab.probe DST PORT PROTO COUNT TIMEOUT [--http METHOD PATH [HEADER...]]``:
-    JSON results on stdout."""
+    """``python -m podnet.lab.probe DST PORT PROTO COUNT TIMEOUT [--http METHOD PATH [HEADER...]]``
+    or ``... --dns NAME TIMEOUT``: JSON results on stdout."""
     import json
     from concurrent.futures import ThreadPoolExecutor
     from dataclasses import asdict
 
+    if argv[:1] == ["--dns"]:
+        print(json.dumps([asdict(dns_lookup(argv[1], float(argv[2])))]))
+        return 0
     dst, port, proto, count, timeout = argv[:5]
     if argv[5:6] == ["--http"]:
         method, path, *lines = argv[6:]

@@ -45,6 +45,7 @@ class LabSpec:
     underlay: str = DEFAULT_UNDERLAY
     mtu: int = UNDERLAY_MTU
     bgp: bool = False  # Calico profile: BIRD on every node, node-to-node mesh
+    dns: bool = False  # a cluster DNS (kube-system/kube-dns) and the test zone *.example.test on ext
 
     def __post_init__(self) -> None:
         problems = []

@@ -56,3 +56,25 @@ def test_services_pods_and_the_rest():
     assert answer("a.b.c.shop.svc.cluster.local", SERVICES, PODS).rcode == NXDOMAIN
     assert answer("api.example.test", SERVICES, PODS) == Answer(FORWARD)
     assert answer("local", SERVICES, PODS) == Answer(FORWARD)
+
+
+def test_resolv_conf_and_the_dns_objects() -> None:
+    from podnet.lab.cluster_dns import DNS_IMAGE, dns_docs, resolv_conf
+    from podnet.model import parse_resource
+
+    assert resolv_conf("shop", "10.96.0.10") == (
+        "nameserver 10.96.0.10\n"
+        "search shop.svc.cluster.local svc.cluster.local cluster.local\n"
+        "options ndots:5\n"
+    )
+    service, pod = (parse_resource(d) for d in dns_docs("10.96.0.10", "node-1", "10.9.0.3:53"))
+    assert (service.metadata.namespace, service.metadata.name, service.spec.cluster_ip) == (
+        "kube-system",
+        "kube-dns",
+        "10.96.0.10",
+    )
+    assert sorted(p.protocol for p in service.spec.ports) == ["TCP", "UDP"]
+    assert service.spec.selector == pod.metadata.labels == {"k8s-app": "kube-dns"}
+    container = pod.spec.containers[0]
+    assert container.image == DNS_IMAGE and container.args == ["--upstream", "10.9.0.3:53"]
+    assert pod.spec.node_name == "node-1"

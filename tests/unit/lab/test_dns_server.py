@@ -61,3 +61,13 @@ def test_what_is_not_dns_gets_no_answer(servers):
         with pytest.raises(TimeoutError):
             s.recvfrom(512)
     assert addresses(ask(cluster, "web.shop.svc.cluster.local")) == ["10.96.0.10"]  # and it lives on
+
+
+def test_zone_records_from_the_command_line() -> None:
+    from podnet.lab.dns_server import parse_record
+
+    assert parse_record("web.example.test=10.0.0.3,10.0.0.4/3") == (
+        "web.example.test",
+        (("10.0.0.3", "10.0.0.4"), 3),
+    )
+    assert parse_record("a.example.test=10.0.0.3") == ("a.example.test", (("10.0.0.3",), 30))

@@ -1,0 +1,114 @@
+"""The lab's cluster DNS, in both profiles: pods resolve Services, pods and outside names through
+``kube-system/kube-dns`` with their namespace's search list (``/etc/netns/<pod>/resolv.conf``), as
+a user does with ``podnet lab probe --dns`` and with curl in ``podnet lab exec``; names that do not
+exist are NXDOMAIN; the lab leaves no resolv.conf behind.
+
+One 2-node lab per profile (``LabSpec(dns=True)``): ``shop/web`` on node-1 behind Service
+``shop/web``, ``shop/client`` on node-2; the test zone on ``ext`` answers ``*.example.test``. The
+Cilium profile reaches the DNS ClusterIP over UDP through its socket LB (sendmsg/recvmsg), the
+Calico profile through nftables DNAT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+
+import pytest
+from lab_support import pod_doc, podnet, until
+
+from podnet.datastore.etcd import EtcdDatastore
+from podnet.datastore.resources import ResourceStore
+from podnet.lab import cluster
+from podnet.lab.cleanup import clean, netns_etc_dirs
+from podnet.lab.cluster_dns import DNS_LABEL, DNS_NAMESPACE, DNS_SERVICE
+from podnet.lab.naming import LabNames
+from podnet.lab.topology import LabSpec, random_underlay
+from podnet.model import lookup, parse_resource
+
+pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.lab]
+
+if os.geteuid() != 0:
+    pytest.skip("lab tests need root", allow_module_level=True)
+
+WEB, CLIENT = "shop/web", "shop/client"
+
+
+@pytest.fixture(params=["calico", "cilium"], scope="module")
+def lab(request) -> Iterator[tuple[LabNames, ResourceStore, dict[str, str]]]:  # type: ignore[no-untyped-def]
+    names = LabNames(f"pnd{os.urandom(2).hex()}-")
+    try:
+        info = cluster.up(
+            LabSpec(nodes=2, profile=request.param, underlay=random_underlay(), dns=True), names
+        )
+        store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
+        docs = [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
+            pod_doc(WEB, "node-1", {"app": "web"}, (("http", 80, "TCP"),)),
+            pod_doc(CLIENT, "node-2", {"app": "client"}, ()),
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "web", "namespace": "shop"},
+                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 80}]},
+            },
+        ]
+        store.apply([parse_resource(d) for d in docs])
+
+        def running() -> dict[str, str] | None:
+            pods = {f"shop/{p.metadata.name}": p for p in store.list(lookup("pods"), "shop")}
+            ok = len(pods) == 2 and all(p.status and p.status.phase == "Running" for p in pods.values())
+            return {k: p.status.pod_ip for k, p in pods.items()} if ok else None
+
+        ips = until("the pods Running", running, timeout=60)
+        assert info.topology.external is not None
+        ips["ext"] = info.topology.external.ip
+        ips["svc"] = store.get(lookup("services"), "web", "shop").spec.cluster_ip
+        yield names, store, ips
+    finally:
+        cluster.remove(names)
+        clean(names)
+    assert netns_etc_dirs(names.prefix) == []  # no pod's resolv.conf left behind
+
+
+def resolve(names: LabNames, name: str) -> tuple[int, dict]:
+    out = podnet(names, "lab", "probe", CLIENT, "--dns", name, "-o", "json", "--timeout", "2", check=False)
+    return out.returncode, json.loads(out.stdout)
+
+
+def test_pods_resolve_services_pods_and_outside_names(lab) -> None:  # type: ignore[no-untyped-def]
+    names, store, ips = lab
+    dns = store.get(lookup("services"), DNS_SERVICE, DNS_NAMESPACE)
+    assert dns.spec.cluster_ip == "10.96.0.10"
+    server = store.get(lookup("pods"), "coredns", DNS_NAMESPACE)
+    assert server.metadata.labels[DNS_LABEL[0]] == DNS_LABEL[1]  # a pod policies can select
+    ext_other = ips["ext"].rsplit(".", 1)[0] + ".4"
+    dashed = ips[WEB].replace(".", "-")
+    cases = {
+        "web": [ips["svc"]],  # the search list: web.shop.svc.cluster.local
+        "web.shop": [ips["svc"]],
+        "web.shop.svc.cluster.local": [ips["svc"]],
+        f"{dashed}.shop.pod.cluster.local": [ips[WEB]],
+        "web.example.test": sorted([ips["ext"], ext_other]),  # forwarded to the test zone on ext
+        "api.example.test": [ips["ext"]],
+    }
+    for name, want in cases.items():
+        code, doc = until(
+            f"{name} resolves", lambda name=name: (r := resolve(names, name))[0] == 0 and r, timeout=15
+        )
+        assert doc["ok"] and doc["addresses"] == want, (name, doc)
+        assert doc["latency_ms"] > 0
+    for name in ("nope.shop.svc.cluster.local", "nope.example.test"):
+        code, doc = resolve(names, name)
+        assert code == 1 and not doc["ok"] and doc["detail"] == "NXDOMAIN", (name, doc)
+    # a program in the pod resolves with its search list too (glibc, /etc/resolv.conf)
+    curl = podnet(names, "lab", "exec", CLIENT, "--", "curl", "-s", "-m", "5", "http://web.shop/hello")
+    assert json.loads(curl.stdout)["pod"] == WEB, curl.stdout
+    with open(os.path.join("/etc/netns", names.pod_ns("shop", "client"), "resolv.conf")) as f:
+        conf = f.read()
+    assert conf.splitlines() == [
+        "nameserver 10.96.0.10",
+        "search shop.svc.cluster.local svc.cluster.local cluster.local",
+        "options ndots:5",
+    ]
