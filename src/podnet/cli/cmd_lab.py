@@ -275,7 +275,9 @@ def _probe(args) -> int:
         if len(args.args) != 1:
             raise PodnetError("--matrix takes one PORT/PROTO", hint="podnet lab probe --matrix 80/TCP")
         port, proto = parse_port(args.args[0])
-        pods = [p for p in _pods(args) if p.status and p.status.pod_ip]
+        pods = [  # the workloads: kube-system's pods (the cluster DNS) serve the cluster, not the probe
+            p for p in _pods(args) if p.status and p.status.pod_ip and p.metadata.namespace != "kube-system"
+        ]
         sources = {f"{p.metadata.namespace}/{p.metadata.name}": _netns_of(p) for p in pods}
         targets = {f"{p.metadata.namespace}/{p.metadata.name}": p.status.pod_ip for p in pods}
         table = truth_table(probe_all(sources, targets, port, proto, args.timeout))
