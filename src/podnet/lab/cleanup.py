@@ -206,6 +206,9 @@ def down(state_dir: str, *, timeout: float = 5.0) -> CleanupReport:
     # 3.-5.
     _unmount_under(state_dir, report)
     _delete_namespaces([(n["name"], n["kind"]) for n in doc["namespaces"]], report)
+    for n in doc["namespaces"]:  # a pod's resolv.conf (the kubelet writes it, ip netns exec mounts it)
+        if os.path.exists(etc := os.path.join(NETNS_ETC, n["name"])):
+            _remove_path(etc, report)
     _remove_cgroups(doc["cgroups"], report, timeout)
     for path in doc["files"] + sorted(doc["dirs"], key=lambda p: -p.count("/")):
         _remove_path(path, report)
