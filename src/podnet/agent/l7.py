@@ -4,6 +4,7 @@
                                                         ──▶ then the maps with their redirect entries
     HAProxy exits ──▶ watchdog thread ──▶ started again at once; the gap is measured and kept
     HAProxy's records socket ──▶ agent.l7_records ──▶ the event ring (``podnet monitor --type l7``)
+    DNS rules ── calc.policy_l7.dns_policies(plan) ──▶ agent.dns_proxy (in this process) ──▶ records
 
 The proxy starts with the first redirect entry a local endpoint needs and keeps running after (an
 empty configuration refuses everything, and nothing is redirected to it). The order inside a sync
@@ -58,6 +59,7 @@ class NodeL7:
         self._pods, self._sink = pods, sink
         self.proxy: Any = None  # dataplane.l7proxy.L7Proxy, from the first redirect entry on
         self.records: Any = None  # agent.l7_records.L7Records
+        self.dns: Any = None  # agent.dns_proxy.DnsProxy, started with the HTTP proxy
         self.gaps: list[float] = []  # seconds from the proxy's exit to its listeners being back
         self.last_error: str | None = None
         self._lock = threading.Lock()
@@ -66,24 +68,26 @@ class NodeL7:
 
     @property
     def running(self) -> bool:
-        return self.proxy is not None and self.proxy.running()
+        return self.proxy is not None and self.proxy.running() and self.dns is not None
 
     def apply(self, plan: CiliumPlan, records: Iterable[EndpointRecord]) -> bool:
         """The proxy enforces the HTTP rules of ``plan``'s maps for the endpoints of ``records``
         (started when the first is needed). True when a new configuration went into force. Raises
         (the sync fails, the maps stay as they were) when the proxy cannot run or refuses it."""
-        from podnet.calc.policy_l7 import http_policies
+        from podnet.calc.policy_l7 import dns_policies, http_policies
 
         addresses = {r.pod_key: next((a for a in r.addresses if ":" not in a), "") for r in records}
         policies = http_policies(plan.maps, addresses)
+        lookups = dns_policies(plan.maps, addresses)
         with self._lock:
-            if self.proxy is None and not policies:
+            if self.proxy is None and not policies and not lookups:
                 return False
             try:
                 if self.proxy is None:
                     self._start()
                 ipcache = {prefix: entry.identity for prefix, entry in plan.ipcache.items()}
                 changed = bool(self.proxy.apply(policies, ipcache))
+                changed |= self.dns.update(lookups, ipcache)
             except PodnetError as exc:
                 self.last_error = exc.message
                 raise
@@ -93,7 +97,9 @@ class NodeL7:
         return changed
 
     def _start(self) -> None:
+        from podnet.agent.dns_proxy import DnsProxy
         from podnet.agent.l7_records import L7Records
+        from podnet.calc.l7_dns import DNS_PROXY_PORT
         from podnet.dataplane.l7proxy import L7Proxy
         from podnet.dataplane.sock_lb import mount_cgroup2_privately
 
@@ -112,6 +118,8 @@ class NodeL7:
         if self.records is None:
             self.records = L7Records(proxy.settings.log_socket, self.node, self._pods, self._sink)
             self.records.start()  # bound before HAProxy sends its first record
+        if self.dns is None:
+            self.dns = DnsProxy(self.node, DNS_PROXY_PORT, self._pods, self._sink).start()
         self.proxy = proxy
         self._watchdog = threading.Thread(target=self._watch, name="l7-watchdog", daemon=True)
         self._watchdog.start()
@@ -147,6 +155,11 @@ class NodeL7:
             "lastGapMs": round(self.gaps[-1] * 1000, 1) if self.gaps else None,
             "error": self.last_error,
             "records": {"bad": self.records.bad} if self.records is not None else None,
+            "dns": (
+                {"answered": self.dns.answered, "refused": self.dns.refused, "failed": self.dns.failed}
+                if self.dns is not None
+                else None
+            ),
         }
 
     def close(self) -> None:
@@ -155,3 +168,5 @@ class NodeL7:
         self._stop.set()
         if self.records is not None:
             self.records.stop()
+        if self.dns is not None:
+            self.dns.stop()  # lookups fail closed until the next agent listens (nftables drops them)

@@ -36,7 +36,8 @@
  * replies redirected too, whatever their destination (CT_BYPASS): netfilter sees no half flows.
  *
  * L7 redirect (Cilium's proxy redirect): a new connection whose entry names a proxy port gets a
- * CT_PROXY entry; it and its later packets are marked (0x0A00 ingress, 0x0B00 egress) and go up
+ * CT_PROXY entry; it and its later packets are marked (0x0A00 ingress, 0x0B00 egress, 0x0E00 to the
+ * DNS proxy) and go up
  * the stack, where nftables tproxy hands them to the node's HAProxy (or drops them: no proxy, no
  * passage). The proxy opens its own connection with the client's address and port, the same tuple:
  * at to_container that connection's packets (marked 0x0C00 by the proxy's cgroup) meet the
@@ -118,6 +119,8 @@ enum { DIR_INGRESS = 0, DIR_EGRESS = 1 };
 #define MARK_TO_INGRESS_PROXY 0x0A00
 #define MARK_TO_EGRESS_PROXY 0x0B00
 #define MARK_FROM_PROXY 0x0C00
+#define MARK_TO_DNS_PROXY 0x0E00
+#define DNS_PROXY_PORT 15053 /* calc.l7_dns.DNS_PROXY_PORT: its redirects get their own mark */
 
 /* how ct_judge wants a passing packet sent on (bits) */
 #define HOW_REPLY_BYPASS 1 /* a reply of a CT_BYPASS connection: past the stack too */
@@ -706,7 +709,7 @@ static __always_inline int verdict_events(void)
  * 0: pass; >0: the drop reason (the drop event is already sent).
  */
 static __always_inline int ct_judge(struct __sk_buff *skb, const struct endpoint *ep, __u32 ifindex,
-				    __u8 dir, struct pkt *p, int bypass, int routed, int *how)
+				    __u8 dir, struct pkt *p, int bypass, int routed, int *how, __u16 *port)
 {
 	struct ct_key k = {};
 	struct ct_entry *e;
@@ -730,8 +733,10 @@ static __always_inline int ct_judge(struct __sk_buff *skb, const struct endpoint
 			return DROP_NO_PROXY_PATH;
 		}
 		ct_touch(e, p, 0, now);
-		if (e->flags & CT_PROXY)
+		if (e->flags & CT_PROXY) {
 			*how |= HOW_TO_PROXY;
+			*port = e->proxy_port;
+		}
 		return 0;
 	}
 	ct_key_of(&k, ep->id, other, p->daddr, p->saddr, p->dport, p->sport, p->proto);
@@ -810,17 +815,24 @@ static __always_inline int ct_judge(struct __sk_buff *skb, const struct endpoint
 		     entry_id);
 		return DROP_CT_CREATE_FAILED;
 	}
-	if (proxy_port)
+	if (proxy_port) {
 		*how |= HOW_TO_PROXY;
+		*port = proxy_port;
+	}
 	if (match != MATCH_NOT_ENFORCED && verdict_events())
 		emit(EVENT_VERDICT, 0, dir, verdict, match, ep, ifindex, p, peer, entry_id);
 	return 0;
 }
 
-/* Up the stack to the L7 proxy: the mark nftables' tproxy rule looks for. */
-static __always_inline int to_proxy(struct __sk_buff *skb, __u8 dir)
+/* Up the stack to the L7 proxy: the mark nftables' tproxy rule looks for (the DNS proxy's, or the
+ * HTTP proxy's listener of the direction). */
+static __always_inline int to_proxy(struct __sk_buff *skb, __u8 dir, __u16 proxy_port)
 {
-	skb->mark = (skb->mark & ~MARK_MASK) | (dir == DIR_EGRESS ? MARK_TO_EGRESS_PROXY : MARK_TO_INGRESS_PROXY);
+	__u32 mark = dir == DIR_EGRESS ? MARK_TO_EGRESS_PROXY : MARK_TO_INGRESS_PROXY;
+
+	if (proxy_port == DNS_PROXY_PORT)
+		mark = MARK_TO_DNS_PROXY;
+	skb->mark = (skb->mark & ~MARK_MASK) | mark;
 	stat_inc(STAT_TO_PROXY);
 	return TC_ACT_OK;
 }
@@ -852,19 +864,20 @@ static __always_inline int deliver_local(struct __sk_buff *skb, __u32 ifindex, s
 {
 	struct endpoint *dst = bpf_map_lookup_elem(&pn_endpoints, &ifindex);
 	int reason, how = 0;
+	__u16 port = 0;
 
 	if (!dst) {
 		stat_inc(STAT_NO_ENDPOINT);
 		return TC_ACT_OK; /* being wired: the stack and to_container decide */
 	}
-	reason = ct_judge(skb, dst, ifindex, DIR_INGRESS, p, 1, 0, &how);
+	reason = ct_judge(skb, dst, ifindex, DIR_INGRESS, p, 1, 0, &how, &port);
 	if (reason) {
 		ep_count(dst->id, DIR_INGRESS, p->len, 1);
 		return TC_ACT_SHOT;
 	}
 	if (how & HOW_TO_PROXY) {
 		ep_count(dst->id, DIR_INGRESS, p->len, 0);
-		return to_proxy(skb, DIR_INGRESS);
+		return to_proxy(skb, DIR_INGRESS, port);
 	}
 	if (how & HOW_PROXY_REPLY) {
 		/* the destination's egress proxy answered: to its socket (bound to the pod's address) */
@@ -947,6 +960,7 @@ int from_container(struct __sk_buff *skb)
 	__u32 ipc_flags = 0, peer;
 	__u32 *local;
 	int rc, how = 0;
+	__u16 port = 0;
 
 	if (!ep) {
 		stat_inc(STAT_NO_ENDPOINT);
@@ -981,13 +995,13 @@ int from_container(struct __sk_buff *skb)
 		ep_count(ep->id, DIR_EGRESS, p.len, 1);
 		return TC_ACT_SHOT;
 	}
-	if (ct_judge(skb, ep, ifindex, DIR_EGRESS, &p, 0, 0, &how)) {
+	if (ct_judge(skb, ep, ifindex, DIR_EGRESS, &p, 0, 0, &how, &port)) {
 		ep_count(ep->id, DIR_EGRESS, p.len, 1);
 		return TC_ACT_SHOT;
 	}
 	ep_count(ep->id, DIR_EGRESS, p.len, 0);
 	if (how & HOW_TO_PROXY)
-		return to_proxy(skb, DIR_EGRESS);
+		return to_proxy(skb, DIR_EGRESS, port);
 	if (how & HOW_PROXY_REPLY) {
 		/* the server's answer to the ingress proxy's connection: to its socket, not the client */
 		stat_inc(STAT_TO_STACK);
@@ -1012,6 +1026,7 @@ int to_container(struct __sk_buff *skb)
 	struct endpoint *ep = bpf_map_lookup_elem(&pn_endpoints, &ifindex);
 	struct pkt p = {};
 	int rc, how = 0;
+	__u16 port = 0;
 
 	if (!ep) {
 		stat_inc(STAT_NO_ENDPOINT);
@@ -1028,7 +1043,7 @@ int to_container(struct __sk_buff *skb)
 		ep_count(ep->id, DIR_INGRESS, p.len, 1);
 		return TC_ACT_SHOT;
 	}
-	if (ct_judge(skb, ep, ifindex, DIR_INGRESS, &p, 0, 1, &how)) {
+	if (ct_judge(skb, ep, ifindex, DIR_INGRESS, &p, 0, 1, &how, &port)) {
 		ep_count(ep->id, DIR_INGRESS, p.len, 1);
 		return TC_ACT_SHOT;
 	}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -47,3 +48,34 @@ def matches(selector: Any, name: str) -> bool:
 def allowed(selectors: Iterable[Any], name: str) -> bool:
     """Whether a lookup of ``name`` passes the DNS rules ``selectors`` (any one matching)."""
     return any(matches(selector, name) for selector in selectors)
+
+
+#: The node's DNS proxy listener (UDP and TCP): where a DNS rule's redirect entry sends lookups.
+DNS_PROXY_PORT = 15053
+
+
+@dataclass(frozen=True)
+class DnsSelector:
+    """One ``rules.dns`` entry, normalised (hashable): ``match_name`` or ``match_pattern``."""
+
+    match_name: str | None = None
+    match_pattern: str | None = None
+
+
+def dns_selectors(entries: Iterable[Any]) -> tuple[DnsSelector, ...]:
+    """A port's ``rules.dns`` entries (``FQDNSelector`` models) as :class:`DnsSelector`."""
+    return tuple(DnsSelector(e.match_name, e.match_pattern) for e in entries)
+
+
+@dataclass(frozen=True)
+class DnsPart:
+    """A DNS section of one endpoint's egress policy: lookups to ``peer`` (0: any) on (``protocol``,
+    ``port``, ``prefix``) go to the DNS proxy, which answers REFUSED unless ``selectors`` allow the
+    name. ``provenance``: the section's name."""
+
+    peer: int
+    protocol: int
+    port: int
+    prefix: int
+    selectors: tuple[DnsSelector, ...]
+    provenance: str

@@ -33,6 +33,7 @@ from functools import lru_cache
 from typing import Any
 
 from podnet.calc.identity import NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX
+from podnet.calc.l7_dns import DnsPart
 from podnet.calc.l7_http import L7Part
 from podnet.calc.memo import ObjectMemo
 from podnet.calc.policy import PodInfo
@@ -111,6 +112,8 @@ class EndpointMap:
     enforced_by: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: the HTTP rules its redirect entries send to the proxy (with the L7 proxy on)
     l7: tuple[L7Part, ...] = ()
+    #: the DNS rules its redirect entries send to the DNS proxy (with the L7 proxy on)
+    dns: tuple[DnsPart, ...] = ()
 
     def enforced(self, direction: str) -> bool:
         return self.ingress_enforced if direction == INGRESS else self.egress_enforced
@@ -333,7 +336,7 @@ def _endpoint_map(
     from podnet.calc.policy_cnp import add_policy, apply_requires, policy_name, requirements
 
     entries: PolicyMap = {}
-    l7: list[L7Part] | None = [] if l7_proxy else None
+    l7: list[L7Part | DnsPart] | None = [] if l7_proxy else None
     enforced = {INGRESS: enforcement == "always", EGRESS: enforcement == "always"}
     by: dict[str, list[str]] = {
         d: ["enforcement:always"] if enforcement == "always" else [] for d in (INGRESS, EGRESS)
@@ -363,7 +366,8 @@ def _endpoint_map(
         enforced[EGRESS],
         materialize(entries),
         {d: tuple(sorted(set(names))) for d, names in by.items() if names},
-        tuple(l7 or ()),
+        tuple(p for p in l7 or () if isinstance(p, L7Part)),
+        tuple(p for p in l7 or () if isinstance(p, DnsPart)),
     )
 
 

@@ -58,7 +58,8 @@ from dataclasses import replace
 from typing import Any
 
 from podnet.calc.identity import NAMESPACE_LABEL
-from podnet.calc.l7_http import PROXY_PORTS, HttpRule, L7Part, http_rules
+from podnet.calc.l7_dns import DNS_PROXY_PORT, DnsPart, dns_selectors
+from podnet.calc.l7_http import PROXY_PORTS, L7Part, http_rules
 from podnet.calc.policy import PodInfo
 from podnet.calc.policy_cilium import (
     PROTOCOL_NUMBERS,
@@ -285,7 +286,9 @@ def uses_services(policies: Iterable[Any]) -> bool:
     )
 
 
-PortKey = tuple[int, int, int, tuple[HttpRule, ...] | None]
+#: (protocol, port, prefix, the L7 rules of its toPorts entry: ("http", HttpRule...) or ("dns",
+#: DnsSelector...), or None)
+PortKey = tuple[int, int, int, tuple[str, tuple[Any, ...]] | None]
 
 
 def _port_keys(
@@ -297,7 +300,12 @@ def _port_keys(
         return None
     out: list[PortKey] = []
     for port_rule in port_rules:
-        http = http_rules(port_rule.rules.http) if port_rule.rules and port_rule.rules.http else None
+        rules = port_rule.rules
+        http: tuple[str, tuple[Any, ...]] | None = None
+        if rules is not None and rules.http:
+            http = ("http", http_rules(rules.http))
+        elif rules is not None and rules.dns is not None:
+            http = ("dns", dns_selectors(rules.dns))
         for port in port_rule.ports or []:
             protocols = ("TCP", "UDP", "SCTP") if port.protocol == "ANY" else (port.protocol,)
             for protocol in protocols:
@@ -340,7 +348,7 @@ def add_policy(
     labels: dict[str, str],
     universe: IdentityUniverse,
     entries: PolicyMap,
-    l7: list[L7Part] | None = None,
+    l7: list[L7Part | DnsPart] | None = None,
 ) -> dict[str, bool]:
     """Add the entries ``policy`` gives endpoint ``pod`` (identity ``labels``) to ``entries``;
     returns the directions it enforces. With ``l7`` (the node runs the L7 proxy), a port with
@@ -382,13 +390,19 @@ def add_policy(
                     if keys is None:
                         add_entry(entries, PolicyKey(direction, peer), entry)
                         continue
-                    for protocol, port, prefix, http in keys:
+                    for protocol, port, prefix, rules in keys:
                         key = PolicyKey(direction, peer, protocol, port, prefix)
-                        if http is None or l7 is None or deny:
+                        kind = rules[0] if rules is not None else None
+                        if kind is None or l7 is None or deny or (kind == "dns" and direction != EGRESS):
                             add_entry(entries, key, entry)
                             continue
+                        origin = entry.provenance[0]
+                        if kind == "dns":
+                            add_entry(entries, key, replace(entry, proxy_port=DNS_PROXY_PORT))
+                            l7.append(DnsPart(peer, protocol, port, prefix, rules[1], origin))
+                            continue
                         add_entry(entries, key, replace(entry, proxy_port=PROXY_PORTS[direction]))
-                        l7.append(L7Part(direction, peer, protocol, port, prefix, http, entry.provenance[0]))
+                        l7.append(L7Part(direction, peer, protocol, port, prefix, rules[1], origin))
     return enforced
 
 

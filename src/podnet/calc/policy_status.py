@@ -21,12 +21,11 @@ NetworkPolicyStatus, KEP-2943)::
 
 Conditions about the object itself, from calc (``notes``; they do not change Accepted):
 
-    L7Enforced      True  ProxyRedirect       CNP/CCNP HTTP rules: the nodes' L7 proxies enforce them
+    L7Enforced      True  ProxyRedirect       CNP/CCNP HTTP and DNS rules: the nodes' proxies enforce them
     L7Enforced      False L7ProxyFailed       a node's proxy cannot run: its sync failed, the node
                                               keeps its previous maps (redirected ports fail closed)
     L7Enforced      Unknown NoProxy           no node runs the proxy yet (no local endpoint has them)
-    L7Enforced      False DNSProxyMissing     DNS rules: their ports are allowed at L4, the rules
-                                              themselves not enforced yet
+
     Unsupported     True  NotCompiled         CNP/CCNP fields this profile does not compile: their
                                               sections allow nothing
 
@@ -122,20 +121,10 @@ def object_notes(
 
     notes = []
     l7 = l7_sections(policy)
-    http, dns = l7.get("http", []), l7.get("dns", [])
+    sections = [*l7.get("http", []), *l7.get("dns", [])]  # HTTP and DNS: both through the node's proxies
     failed = [r for r in reports if r.l7_error]
     running = [r for r in reports if r.l7_proxy]
-    if dns:
-        notes.append(
-            (
-                "L7Enforced",
-                "False",
-                "DNSProxyMissing",
-                f"DNS rules at {', '.join(dns)} are not enforced yet: their ports are allowed at L4 "
-                "(to the peers the section names), every other port and peer stays denied",
-            )
-        )
-    elif http and failed:
+    if sections and failed:
         details = "; ".join(f"{r.node}: {r.l7_error}" for r in sorted(failed, key=lambda r: r.node))
         notes.append(
             (
@@ -146,22 +135,22 @@ def object_notes(
                 "policy maps, and redirected ports refuse connections while no proxy listens",
             )
         )
-    elif http and running:
+    elif sections and running:
         notes.append(
             (
                 "L7Enforced",
                 "True",
                 "ProxyRedirect",
-                f"HTTP rules at {', '.join(http)} are enforced by the L7 proxy on {_nodes(running)}",
+                f"L7 rules at {', '.join(sections)} are enforced by the L7 proxies on {_nodes(running)}",
             )
         )
-    elif http:
+    elif sections:
         notes.append(
             (
                 "L7Enforced",
                 "Unknown",
                 "NoProxy",
-                f"no node runs the L7 proxy for the HTTP rules at {', '.join(http)} yet "
+                f"no node runs the L7 proxy for the L7 rules at {', '.join(sections)} yet "
                 "(no endpoint they select is local to a Cilium-profile node)",
             )
         )

@@ -78,6 +78,14 @@ def format_l7(record: dict[str, Any]) -> str:
     its status and latency, the verdict and the rule."""
     src = _endpoint(record.get("srcPod"), record.get("src", "?"), record.get("sport"))
     dst = _endpoint(record.get("dstPod"), record.get("dst", "?"), record.get("dport"))
+    if record.get("protocol") == "dns":  # a lookup the DNS proxy handled
+        answer = " ".join([record.get("rcode", "?"), *record.get("addresses", [])])
+        return (
+            f"{_clock(record.get('time', ''))} {record.get('node', '?')} L7 dns {src} -> {dst} "
+            f"{record.get('direction', 'egress')}: {record.get('qtype', '?')} {record.get('query', '?')} "
+            f"=> {answer} ({record.get('latencyMs', 0):g} ms) "
+            f"{record.get('verdict', '?')} by {record.get('rule', '?')}"
+        )
     return (
         f"{_clock(record.get('time', ''))} {record.get('node', '?')} L7 {record.get('protocol', 'http')} "
         f"{src} -> {dst} {record.get('direction', 'unknown')}: {record.get('method', '?')} "

@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from podnet.calc.haproxy import HttpPolicy, ProxySettings, ipcache_map, render_haproxy
+from podnet.calc.l7_dns import DNS_PROXY_PORT
 from podnet.calc.policymap import EGRESS, INGRESS
 from podnet.dataplane.errors import DataplaneError
 from podnet.dataplane.netns import join_cgroup
@@ -47,9 +48,11 @@ TO_INGRESS_PROXY = 0x0A00
 TO_EGRESS_PROXY = 0x0B00
 FROM_PROXY = 0x0C00
 TO_PROXY_SOCKET = 0x0D00
+TO_DNS_PROXY = 0x0E00
 ROUTE_TABLE = 2004
 RULE_PRIORITY = 9  # before the main table (32766)
-DEFAULT_PORTS = {INGRESS: 15001, EGRESS: 15002}
+DNS = "dns"  # the DNS proxy's listener (the agent's, UDP and TCP), beside the HTTP proxy's two
+DEFAULT_PORTS = {INGRESS: 15001, EGRESS: 15002, DNS: DNS_PROXY_PORT}
 CGROUP2_MOUNT = "/sys/fs/cgroup"  # nft names a cgroup by its path below this
 
 
@@ -61,9 +64,12 @@ def render_table(ports: Mapping[str, int], cgroup_path: str, cgroup_level: int) 
     """The ``ip podnet_l7`` table as one transaction (pure)."""
     to_socket = _set(TO_PROXY_SOCKET)
     tproxy = []
-    for direction, mark in ((INGRESS, TO_INGRESS_PROXY), (EGRESS, TO_EGRESS_PROXY)):
+    for direction, mark in ((INGRESS, TO_INGRESS_PROXY), (EGRESS, TO_EGRESS_PROXY), (DNS, TO_DNS_PROXY)):
         marked = f"meta mark & {MARK_MASK:#06x} == {mark:#06x}"
-        tproxy.append(f"        meta l4proto tcp {marked} tproxy to :{ports[direction]} {to_socket} accept")
+        protocols = "{ tcp, udp }" if direction == DNS else "tcp"
+        tproxy.append(
+            f"        meta l4proto {protocols} {marked} tproxy to :{ports[direction]} {to_socket} accept"
+        )
         tproxy.append(f"        {marked} drop")  # no listener (the proxy is down): fail closed
     return "\n".join(
         [
@@ -72,7 +78,7 @@ def render_table(ports: Mapping[str, int], cgroup_path: str, cgroup_level: int) 
             f"table ip {TABLE} {{",
             "    chain prerouting {",
             "        type filter hook prerouting priority mangle; policy accept;",
-            f"        meta l4proto tcp socket transparent 1 {to_socket} accept",
+            f"        meta l4proto {{ tcp, udp }} socket transparent 1 {to_socket} accept",
             *tproxy,
             "    }",
             "    chain output {",

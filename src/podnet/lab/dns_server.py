@@ -30,6 +30,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from podnet.agent.dns_proxy import recv_exactly
 from podnet.dataplane.netns import in_netns
 from podnet.lab.cluster_dns import FORWARD, NXDOMAIN, ZONE, answer
 
@@ -174,10 +175,10 @@ class DnsServer:
             conn.settimeout(5.0)
             try:
                 while not self._stop.is_set():
-                    head = _recv_exactly(conn, 2)
+                    head = recv_exactly(conn, 2)
                     if head is None:
                         return
-                    wire = _recv_exactly(conn, struct.unpack("!H", head)[0])
+                    wire = recv_exactly(conn, struct.unpack("!H", head)[0])
                     if wire is None:
                         return
                     out = self._respond(wire)
@@ -194,16 +195,6 @@ class DnsServer:
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(2.0)
-
-
-def _recv_exactly(conn: socket.socket, size: int) -> bytes | None:
-    data = b""
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
 
 
 # ---------------------------------------------------------------------------------- the processes

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator
 
 import pytest
+import yaml
 from lab_support import pod_doc, podnet, until
 
 from podnet.datastore.etcd import EtcdDatastore
@@ -112,3 +114,105 @@ def test_pods_resolve_services_pods_and_outside_names(lab) -> None:  # type: ign
         "search shop.svc.cluster.local svc.cluster.local cluster.local",
         "options ndots:5",
     ]
+
+
+def test_dns_rules_through_the_dns_proxy(lab) -> None:  # type: ignore[no-untyped-def]
+    """Cilium profile: ``rules.dns`` sends the client's lookups to its node's DNS proxy; a name the
+    rules allow is answered (UDP and TCP), another gets REFUSED; each lookup is an L7 record naming
+    the rule; the policy's status says its L7 rules are enforced. As in Cilium, the search list's
+    expansions are names like any other (``api.example.test.shop.svc.cluster.local`` is REFUSED
+    here, which stops a resolver): the outside names are asked fully qualified."""
+    names, store, ips = lab
+    if store.get(lookup("clusterconfigurations"), "default").spec.profile != "cilium":
+        pytest.skip("DNS rules go through the Cilium profile's DNS proxy")
+    policy = {
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "client-dns", "namespace": "shop"},
+        "spec": {
+            "endpointSelector": {"matchLabels": {"app": "client"}},
+            "egress": [
+                {
+                    "toEndpoints": [
+                        {
+                            "matchLabels": {
+                                "k8s:io.kubernetes.pod.namespace": DNS_NAMESPACE,
+                                DNS_LABEL[0]: DNS_LABEL[1],
+                            }
+                        }
+                    ],
+                    "toPorts": [
+                        {
+                            "ports": [{"port": "53", "protocol": "UDP"}, {"port": "53", "protocol": "TCP"}],
+                            "rules": {
+                                "dns": [
+                                    {"matchPattern": "*.example.test"},
+                                    {"matchName": "web.shop.svc.cluster.local"},
+                                ]
+                            },
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+    store.apply([parse_resource(policy)])
+    try:
+        code, doc = until(
+            "api.example.test through the proxy",
+            lambda: (r := resolve(names, "api.example.test."))[0] == 0 and r,
+            timeout=20,
+        )
+        assert doc["addresses"] == [ips["ext"]]
+        code, doc = resolve(names, "web")  # the search list's first name: allowed by matchName
+        assert code == 0 and doc["addresses"] == [ips["svc"]], doc
+        code, doc = resolve(names, "other.shop.svc.cluster.local.")
+        assert code == 1 and doc["detail"] == "REFUSED", doc
+        tcp = podnet(
+            names,
+            "lab",
+            "exec",
+            CLIENT,
+            "--",
+            sys.executable,
+            "-c",
+            "import dns.resolver; r = dns.resolver.Resolver(); "
+            "print(sorted(a.address for a in r.resolve('api.example.test.', 'A', tcp=True, lifetime=3)))",
+        )
+        assert tcp.stdout.strip() == repr([ips["ext"]]), tcp.stdout + tcp.stderr
+        denied_tcp = podnet(
+            names,
+            "lab",
+            "exec",
+            CLIENT,
+            "--",
+            sys.executable,
+            "-c",
+            "import dns.resolver, sys\n"
+            "try: dns.resolver.Resolver().resolve('x.other.test.', 'A', tcp=True, lifetime=3)\n"
+            "except dns.resolver.NoNameservers as e: print([err[3] for err in e.kwargs['errors']])",
+        )
+        assert "REFUSED" in denied_tcp.stdout, denied_tcp.stdout + denied_tcp.stderr
+
+        def records() -> list[dict]:
+            out = podnet(names, "monitor", "--type", "l7", "-o", "json").stdout
+            return [r for r in map(json.loads, out.splitlines()) if r.get("protocol") == "dns"]
+
+        seen = until(
+            "the lookups in podnet monitor --type l7", lambda: len(records()) >= 4 and records(), timeout=10
+        )
+        forwarded = next(r for r in seen if r["query"] == "api.example.test." and r["transport"] == "udp")
+        assert forwarded["verdict"] == "FORWARDED" and forwarded["rcode"] == "NOERROR"
+        assert forwarded["rule"].startswith("cnp:shop/client-dns:egress:0") and forwarded["srcPod"] == CLIENT
+        assert forwarded["addresses"] == [ips["ext"]]
+        refused = next(r for r in seen if r["query"] == "other.shop.svc.cluster.local.")
+        assert (refused["verdict"], refused["rcode"], refused["rule"]) == (
+            "DENIED",
+            "REFUSED",
+            "default-deny",
+        )
+        shown = yaml.safe_load(podnet(names, "get", "cnp", "client-dns", "-n", "shop", "-o", "yaml").stdout)
+        conditions = {c["type"]: c for c in shown["status"]["conditions"]}
+        assert conditions["L7Enforced"]["reason"] == "ProxyRedirect", conditions
+    finally:
+        store.delete(lookup("ciliumnetworkpolicies"), "client-dns", "shop")

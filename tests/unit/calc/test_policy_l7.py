@@ -155,3 +155,41 @@ def test_egress_ranges_and_named_ports():
     assert (
         other.rules == (HttpRule(),) and allowed(other.rules, HttpRequest("DELETE", "/x")) == 0
     )  # {} matches all
+
+
+def test_dns_rules_redirect_to_the_dns_proxy_and_an_l4_rule_lets_every_name_through():
+    from podnet.calc.l7_dns import DNS_PROXY_PORT, allowed
+    from podnet.calc.policy_l7 import dns_policies
+
+    dns_port = [
+        {
+            "ports": [{"port": "53", "protocol": "UDP"}, {"port": "53", "protocol": "TCP"}],
+            "rules": {
+                "dns": [{"matchPattern": "*.example.test"}, {"matchName": "api.shop.svc.cluster.local"}]
+            },
+        }
+    ]
+    to_api = {"toEndpoints": [{"matchLabels": {"app": "sensitive-api"}}], "toPorts": dns_port}
+    policy = cnp("dns", {"endpointSelector": {"matchLabels": {"app": "frontend"}}, "egress": [to_api]})
+    maps, ids = compile_(policy)
+    for protocol in (6, 17):
+        entry = maps[FRONT.key].entries[PolicyKey(EGRESS, ids[API.key], protocol, 53, 16)]
+        assert entry.proxy_port == DNS_PROXY_PORT
+    assert http_policies(maps, ADDRESSES) == []  # the HTTP proxy has nothing of it
+    policies = dns_policies(maps, ADDRESSES)
+    assert sorted(p.protocol for p in policies) == [6, 17]
+    for p in policies:
+        assert (p.endpoint, p.first, p.last, p.identities) == ("10.0.0.3", 53, 53, frozenset({ids[API.key]}))
+        assert p.selectors is not None and p.name == "cnp:shop/dns:egress:0"
+        assert allowed(p.selectors, "web.example.test.") and allowed(
+            p.selectors, "API.shop.svc.cluster.local"
+        )
+        assert not allowed(p.selectors, "a.b.example.test") and not allowed(p.selectors, "example.test")
+    plain = {
+        "toEndpoints": [{"matchLabels": {"app": "sensitive-api"}}],
+        "toPorts": [{"ports": [{"port": "53", "protocol": "UDP"}]}],
+    }
+    both = cnp("l4", {"endpointSelector": {"matchLabels": {"app": "frontend"}}, "egress": [plain]})
+    maps, _ = compile_(policy, both)
+    by_protocol = {p.protocol: p.selectors for p in dns_policies(maps, ADDRESSES)}
+    assert by_protocol[17] is None and by_protocol[6] is not None  # UDP: every name; TCP: the rules
