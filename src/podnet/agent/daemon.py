@@ -142,6 +142,7 @@ class Agent:
         self.cilium_plan = None  # the CiliumPlan last written to its maps
         self.bpf_events = None  # BpfEvents (agent.bpf_events): the Cilium datapath's drops and verdicts
         self.l7 = None  # NodeL7 (agent.l7): the node's L7 proxy, from the first redirect entry on
+        self.fqdn = None  # FqdnTracker (agent.fqdn): what the DNS proxy learnt, for toFQDNs
         self._nft_policy_on = True  # the nftables policy table may exist (removed on Cilium nodes)
         self._cilium_memo = CiliumMemo()  # compile_cilium's memo between syncs
         self.drops = None  # DropMonitor, from start()
@@ -337,7 +338,13 @@ class Agent:
                     if found is not None
                 ]
                 cilium = compile_cilium(
-                    self.cache, local.pods, self.config.node, apiserver, self._cilium_memo, l7_proxy=True
+                    self.cache,
+                    local.pods,
+                    self.config.node,
+                    apiserver,
+                    self._cilium_memo,
+                    l7_proxy=True,
+                    fqdns=self._fqdn().view(),
                 )
         for policy, error in plan.errors.items():
             kv(log, logging.WARNING, "policy not compiled; it allows nothing", policy=policy, error=error)
@@ -416,8 +423,22 @@ class Agent:
                 self.config.cgroup,
                 self._pod_infos,
                 self._add_records,
+                on_answer=self._fqdn().learn,
             )
         return self.l7
+
+    def _fqdn(self):  # type: ignore[no-untyped-def]
+        from podnet.agent.fqdn import HOLD_SECONDS, FqdnTracker
+
+        if self.fqdn is None:
+            self.fqdn = FqdnTracker(
+                os.path.join(self.config.state_dir, "fqdn", f"{self.config.node}.json"),
+                lambda: self._settings().to_fqdns_min_ttl,
+                lambda: [*self.cache.cilium_policies.values(), *self.cache.cilium_cluster_policies.values()],
+                lambda wait: self.syncer.apply_and_wait("policy", HOLD_SECONDS if wait else 0.0),
+            )
+            self.fqdn.start()
+        return self.fqdn
 
     def _add_records(self, records) -> None:  # type: ignore[no-untyped-def]
         if self.drops is not None:
@@ -784,6 +805,8 @@ class Agent:
             self.bpf_events.stop()
         if self.l7 is not None:
             self.l7.close()
+        if self.fqdn is not None:
+            self.fqdn.stop()
         if self.drops is not None:
             self.drops.stop()  # answers the long polls before the server goes
         for server in self._servers:

@@ -57,8 +57,10 @@ class DnsProxy:
         pods: Callable[[], Iterable[PodInfo]],
         sink: Callable[[Iterable[dict[str, Any]]], None],
         timeout: float = 2.0,
+        on_answer: Callable[[str, list[str], int], None] | None = None,
     ) -> None:
         self.node, self.port, self._pods, self._sink, self.timeout = node, port, pods, sink, timeout
+        self.on_answer = on_answer  # (name, addresses, TTL) of an allowed answer, before the client gets it
         self._policies: tuple[DnsPolicy, ...] = ()
         self._ipcache: list[tuple[ipaddress.IPv4Network, int]] = []
         self._lock = threading.Lock()
@@ -206,6 +208,8 @@ class DnsProxy:
                 response = dns.message.make_response(query)
                 response.set_rcode(dns.rcode.SERVFAIL)
                 wire = response.to_wire()
+            else:
+                self._learn(wire)
             self.answered += 1
         else:
             response = dns.message.make_response(query)
@@ -214,6 +218,20 @@ class DnsProxy:
             self.refused += 1
         self._record(client, server, protocol, question, wire, ok, rule, time.monotonic() - started)
         return wire
+
+    def _learn(self, wire: bytes) -> None:
+        """Hand an allowed answer's A records to ``on_answer`` (toFQDNs), which may hold the
+        answer until the policy allows the addresses."""
+        if self.on_answer is None:
+            return
+        try:
+            response = dns.message.from_wire(wire)
+        except dns.exception.DNSException:
+            return
+        for rrset in response.answer:
+            if rrset.rdtype == dns.rdatatype.A:
+                with contextlib.suppress(Exception):  # a failure here must not lose the answer
+                    self.on_answer(rrset.name.to_text(), [r.address for r in rrset], int(rrset.ttl))
 
     def _forward(self, data: bytes, server: tuple[str, int], protocol: int) -> bytes | None:
         """The server's answer, asked from the node's own address (None: no answer in time)."""

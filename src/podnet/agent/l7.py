@@ -54,8 +54,10 @@ class NodeL7:
         pods_cgroup: str | None,
         pods: Callable[[], Iterable[PodInfo]],
         sink: Callable[[Iterable[dict[str, Any]]], None],
+        on_answer: Callable[[str, list[str], int], None] | None = None,
     ) -> None:
         self.node, self.state_dir, self.pods_cgroup = node, state_dir, pods_cgroup
+        self._on_answer = on_answer  # the DNS proxy's allowed answers (toFQDNs learns from them)
         self._pods, self._sink = pods, sink
         self.proxy: Any = None  # dataplane.l7proxy.L7Proxy, from the first redirect entry on
         self.records: Any = None  # agent.l7_records.L7Records
@@ -119,7 +121,9 @@ class NodeL7:
             self.records = L7Records(proxy.settings.log_socket, self.node, self._pods, self._sink)
             self.records.start()  # bound before HAProxy sends its first record
         if self.dns is None:
-            self.dns = DnsProxy(self.node, DNS_PROXY_PORT, self._pods, self._sink).start()
+            self.dns = DnsProxy(
+                self.node, DNS_PROXY_PORT, self._pods, self._sink, on_answer=self._on_answer
+            ).start()
         self.proxy = proxy
         self._watchdog = threading.Thread(target=self._watch, name="l7-watchdog", daemon=True)
         self._watchdog.start()

@@ -74,6 +74,9 @@ class Syncer:
         self._backoff = 0.1  # the wait before retrying a failed apply (doubles up to 5 s)
         self._applying = False
         self._idle_since = time.monotonic()
+        self._applies = threading.Condition()
+        self._started = 0  # applies begun
+        self._succeeded = 0  # the number of the last apply that succeeded
         self._sync = PrefixSync(store, cache.layout.root, on_error=self._datastore_error)
         self._status_prefix = cache.layout.status_prefix()
         self.last_error: str | None = None
@@ -99,6 +102,18 @@ class Syncer:
         with self.lock:
             self._dirty.add(FULL)
         self._trigger.set()
+
+    def apply_and_wait(self, kind: str, timeout: float) -> bool:
+        """Ask for an apply of ``kind`` (e.g. ``policy``) and wait until one that began after the
+        call has succeeded (False: not within ``timeout``). What the DNS proxy waits for before it
+        answers a lookup whose addresses a toFQDNs rule now allows (Cilium holds the answer too)."""
+        with self._applies:
+            target = self._started + 1
+        with self.lock:
+            self._dirty.add(kind)
+        self._trigger.set()
+        with self._applies:
+            return self._applies.wait_for(lambda: self._succeeded >= target, timeout)
 
     def _watch_loop(self) -> None:
         for item in self._sync:
@@ -151,8 +166,14 @@ class Syncer:
             if not dirty:
                 continue
             self._applying = True
+            with self._applies:
+                self._started += 1
+                number = self._started
             try:
-                self._apply(dirty)
+                if self._apply(dirty):
+                    with self._applies:
+                        self._succeeded = number
+                        self._applies.notify_all()
             finally:
                 self._applying = False
                 self._idle_since = time.monotonic()
@@ -163,8 +184,9 @@ class Syncer:
             return 0.0
         return time.monotonic() - self._idle_since
 
-    def _apply(self, dirty: set[str]) -> None:
-        """One apply of what ``dirty`` names; a failure is retried with back-off (a full resync)."""
+    def _apply(self, dirty: set[str]) -> bool:
+        """One apply of what ``dirty`` names (True if it succeeded); a failure is retried with
+        back-off (a full resync)."""
         started = time.monotonic()
         try:
             if self.apply_partial is not None and dirty <= PARTIAL_KINDS:
@@ -172,7 +194,7 @@ class Syncer:
                 self.metrics.syncs.labels("ok").inc()
                 self.metrics.sync_seconds.observe(time.monotonic() - started)
                 self._backoff = 0.1
-                return
+                return True
             with self.lock:
                 policy = encap_policy(self.cache.pools.values(), self.cache.config, self.bgp())
                 plan = node_routes(
@@ -198,6 +220,7 @@ class Syncer:
                     ms=round((time.monotonic() - started) * 1e3, 1),
                 )
             self._backoff = 0.1
+            return True
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             self.metrics.syncs.labels("error").inc()
@@ -205,3 +228,4 @@ class Syncer:
             self._stop.wait(self._backoff)
             self._backoff = min(self._backoff * 2, 5.0)
             self.trigger()
+            return False

@@ -72,3 +72,12 @@ class FqdnCache:
             for name, known in doc["names"].items()
         }
         return cls(int(doc.get("minTTL", 3600)), names)
+
+    def view(self, now: float) -> dict[str, tuple[str, ...]]:
+        """Name -> its unexpired addresses (sorted): what ``toFQDNs`` compiles against."""
+        out = {}
+        for name, known in self.names.items():
+            alive = tuple(sorted(a for a, until in known.items() if until > now))
+            if alive:
+                out[name] = alive
+        return out

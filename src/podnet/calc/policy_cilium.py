@@ -80,6 +80,9 @@ class IdentityUniverse:
     addresses: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
     #: the cluster's Services, for ``toServices`` (empty when no policy has such a rule)
     services: tuple[ServiceTarget, ...] = ()
+    #: what this node's DNS proxy learnt (normalised name -> addresses), for ``toFQDNs``; each
+    #: address has a CIDR identity (a /32 in ``cidrs``)
+    fqdns: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: what peers resolved to, while this universe lives: (id of the peer or section, direction,
     #: namespace) -> (that object, identities); the object kept so that its id is not reused
     resolved: dict[tuple[int, str, str | None], tuple[object, frozenset[int] | None]] = field(

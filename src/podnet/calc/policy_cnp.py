@@ -59,6 +59,7 @@ from typing import Any
 
 from podnet.calc.identity import NAMESPACE_LABEL
 from podnet.calc.l7_dns import DNS_PROXY_PORT, DnsPart, dns_selectors
+from podnet.calc.l7_dns import matches as dns_matches
 from podnet.calc.l7_http import PROXY_PORTS, L7Part, http_rules
 from podnet.calc.policy import PodInfo
 from podnet.calc.policy_cilium import (
@@ -86,7 +87,6 @@ CLUSTER_RESERVED = ("host", "remote-node", "init", "health", "unmanaged", "kube-
 UNSUPPORTED_FIELDS = (
     ("from_nodes", "fromNodes"),
     ("to_nodes", "toNodes"),
-    ("to_fqdns", "toFQDNs"),
     ("from_groups", "fromGroups"),
     ("to_groups", "toGroups"),
 )
@@ -229,9 +229,16 @@ def _resolve(part: Any, direction: str, namespace: str | None, universe: Identit
     cidrs = getattr(part, f"{prefix}_cidr")
     cidr_sets = getattr(part, f"{prefix}_cidr_set")
     services = getattr(part, "to_services", None) if direction == EGRESS else None
-    if endpoints is None and entities is None and cidrs is None and cidr_sets is None and services is None:
+    fqdns = getattr(part, "to_fqdns", None) if direction == EGRESS else None
+    fields = (endpoints, entities, cidrs, cidr_sets, services, fqdns)
+    if all(field is None for field in fields):
         return None
     out: set[int] = set()
+    for selector in fqdns or []:  # the addresses the DNS proxy learnt for the names it matches
+        for name, addresses in universe.fqdns.items():
+            if dns_matches(selector, name):
+                for address in addresses:
+                    out |= cidr_identities_within(f"{address}/32", (), universe)
     for ref in services or []:
         out |= service_identities(ref, universe)
     for selector in endpoints or []:

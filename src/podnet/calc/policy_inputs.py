@@ -158,12 +158,14 @@ def compile_cilium(
     apiserver: Iterable[str] = (),
     memo: CiliumMemo | None = None,
     l7_proxy: bool = False,
+    fqdns: Mapping[str, tuple[str, ...]] | None = None,
 ) -> CiliumPlan:
     """The Cilium profile's plan for ``node`` from the watch cache (pure): identities by label set
     (:mod:`podnet.calc.identity`; numbers from the datastore's allocator), NetworkPolicy and
     CNP/CCNP compiled by identity (:func:`podnet.calc.policy_cilium.compile_endpoint_maps`), the
     ipcache of every pod, node, the API server (``apiserver``) and policy CIDR. ``l7_proxy``: the node
-    runs the L7 proxy (ports with HTTP rules become redirect entries)."""
+    runs the L7 proxy (ports with HTTP rules become redirect entries). ``fqdns``: what the node's DNS
+    proxy learnt (name -> addresses), which ``toFQDNs`` selects."""
     settings = cache.config.effective() if cache.config else None
     cluster = settings.cluster_name if settings else "default"
     enforcement = settings.policy_enforcement_mode if settings else "default"
@@ -211,6 +213,8 @@ def compile_cilium(
                 texts += found
                 services_used |= uses
         memo.cidrs.retain(names)
+    fqdns = dict(fqdns or {})
+    texts += sorted({f"{a}/32" for addresses in fqdns.values() for a in addresses})
     if memo is None:
         cidrs = cidr_identities(texts)
     else:  # the same CIDRs sync after sync: numbered once
@@ -232,6 +236,7 @@ def compile_cilium(
             cidrs,
             addresses,
             services,
+            fqdns,
         )
         return universe, by_number  # the pods kept alive: their ids are in the context
 
@@ -244,6 +249,7 @@ def compile_cilium(
             tuple(sorted((n, tuple(map(id, members))) for n, members in by_number.items())),
             tuple(sorted(addresses.items())),
             services,
+            tuple(sorted(fqdns.items())),
         )
         universe = memo.universe.get("universe", cache, context, build)[0]
     local = list(local_pods)

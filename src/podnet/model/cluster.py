@@ -96,6 +96,7 @@ class EffectiveClusterSettings:
     failsafe_inbound: tuple[Failsafe, ...] = ()
     failsafe_outbound: tuple[Failsafe, ...] = ()
     cluster_name: str = "default"
+    to_fqdns_min_ttl: int = 0  # seconds a toFQDNs address is kept at least (0: the answer's TTL)
 
     def tunnel_overhead(self) -> int:
         """Bytes of encapsulation the default mode adds to a pod packet (0 without a tunnel)."""
@@ -171,6 +172,10 @@ class ClusterConfigurationSpec(ApiModel):
     # Cilium's cluster-name: every identity carries it (io.cilium.k8s.policy.cluster). Unset stays
     # unset in the stored object (an agent of the previous release refuses fields it does not know)
     cluster_name: str | None = None
+    # Cilium's tofqdns-min-ttl: an address learnt for toFQDNs is kept at least this long (seconds)
+    to_fqdns_min_ttl: Annotated[int, Field(ge=0, le=86400)] | None = Field(
+        default=None, alias="toFQDNsMinTTL"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ClusterConfigurationSpec:
@@ -223,6 +228,7 @@ class ClusterConfigurationSpec(ApiModel):
             failsafe_inbound=_failsafe(self.failsafe_inbound_host_ports, DEFAULT_FAILSAFE_INBOUND),
             failsafe_outbound=_failsafe(self.failsafe_outbound_host_ports, DEFAULT_FAILSAFE_OUTBOUND),
             cluster_name=self.cluster_name or "default",
+            to_fqdns_min_ttl=self.to_fqdns_min_ttl or 0,
         )
 
 

@@ -18,14 +18,18 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
-from lab_support import pod_doc, podnet, until
+from lab_support import agent_metric, pod_doc, podnet, until
 
+from podnet.dataplane.netlink import Netlink
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
 from podnet.lab import cluster
 from podnet.lab.cleanup import clean, netns_etc_dirs
 from podnet.lab.cluster_dns import DNS_LABEL, DNS_NAMESPACE, DNS_SERVICE
 from podnet.lab.naming import LabNames
+from podnet.lab.netns import spawn
+from podnet.lab.podserver import podserver_command
+from podnet.lab.probe import Probe, run_probes
 from podnet.lab.topology import LabSpec, random_underlay
 from podnet.model import lookup, parse_resource
 
@@ -66,8 +70,15 @@ def lab(request) -> Iterator[tuple[LabNames, ResourceStore, dict[str, str]]]:  #
         ips = until("the pods Running", running, timeout=60)
         assert info.topology.external is not None
         ips["ext"] = info.topology.external.ip
+        ips["ext2"] = ips["ext"].rsplit(".", 1)[0] + ".4"  # web.example.test's second address
+        with Netlink.open(names.ext_ns) as nl:
+            nl.addr_add("eth0", f"{ips['ext2']}/24")
+        server = spawn(
+            podserver_command("ext", ["8080/TCP"], names.prefix), netns=names.ext_ns, lab_prefix=names.prefix
+        )
         ips["svc"] = store.get(lookup("services"), "web", "shop").spec.cluster_ip
         yield names, store, ips
+        server.stop()
     finally:
         cluster.remove(names)
         clean(names)
@@ -216,3 +227,84 @@ def test_dns_rules_through_the_dns_proxy(lab) -> None:  # type: ignore[no-untype
         assert conditions["L7Enforced"]["reason"] == "ProxyRedirect", conditions
     finally:
         store.delete(lookup("ciliumnetworkpolicies"), "client-dns", "shop")
+
+
+def connects(names: LabNames, address: str) -> bool:
+    """A TCP connection from the client to ``address``:8080 (ext's server answers "ext")."""
+    (result,) = run_probes([Probe(names.pod_ns("shop", "client"), address, 8080, "TCP", "ext")], 0.7)
+    return result.ok
+
+
+def test_to_fqdns_allows_what_the_dns_proxy_learnt(lab) -> None:  # type: ignore[no-untyped-def]
+    """Cilium profile: toFQDNs allows the addresses the node's DNS proxy learnt from allowed
+    answers, from before the answer reaches the pod; another address of the same host stays
+    dropped; an address goes when its TTL ends; the learnt addresses survive an agent restart."""
+    names, store, ips = lab
+    if store.get(lookup("clusterconfigurations"), "default").spec.profile != "cilium":
+        pytest.skip("toFQDNs goes through the Cilium profile's DNS proxy")
+    kube_dns = {"matchLabels": {"k8s:io.kubernetes.pod.namespace": DNS_NAMESPACE, DNS_LABEL[0]: DNS_LABEL[1]}}
+    policy = {
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "client-fqdn", "namespace": "shop"},
+        "spec": {
+            "endpointSelector": {"matchLabels": {"app": "client"}},
+            "egress": [
+                {
+                    "toEndpoints": [kube_dns],
+                    "toPorts": [
+                        {
+                            "ports": [{"port": "53", "protocol": "ANY"}],
+                            "rules": {"dns": [{"matchPattern": "*"}]},
+                        }
+                    ],
+                },
+                {
+                    "toFQDNs": [{"matchName": "api.example.test"}],
+                    "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}],
+                },
+            ],
+        },
+    }
+    store.apply([parse_resource(policy)])
+    node_ns = names.node_ns("node-2")
+    try:
+        until("the policy isolates the client", lambda: not connects(names, ips["ext"]), timeout=10)
+        code, doc = resolve(names, "api.example.test.")
+        assert code == 0 and doc["addresses"] == [ips["ext"]], doc
+        assert connects(names, ips["ext"])  # at once: the answer waited for the policy
+        assert not connects(names, ips["ext2"])  # the same host's other address: never learnt for it
+        code, doc = resolve(names, "web.example.test.")  # allowed by the DNS rule, selected by no toFQDNs
+        assert code == 0 and sorted(doc["addresses"]) == sorted([ips["ext"], ips["ext2"]])
+        assert not connects(names, ips["ext2"])
+        # the TTL (3 s, no minimum): the address goes, new connections are dropped again
+        until("the learnt address expired", lambda: not connects(names, ips["ext"]), timeout=15)
+        # an agent restart keeps what was learnt (a minimum TTL long enough to see it)
+        config = store.get(lookup("clusterconfigurations"), "default")
+        store.patch(lookup("clusterconfigurations"), "default", {"spec": {"toFQDNsMinTTL": 60}})
+        code, doc = until(
+            "api.example.test again", lambda: (r := resolve(names, "api.example.test."))[0] == 0 and r
+        )
+        assert connects(names, ips["ext"])
+        pid = cluster.agent_pids(names)["node-2"]
+        os.kill(pid, 9)
+        until(
+            "the agent restarted",
+            lambda: cluster.agent_pids(names).get("node-2") not in (None, pid),
+            timeout=20,
+        )
+        cluster.wait_agent(names, "node-2")
+        until(
+            "its first policy sync",
+            lambda: agent_metric(node_ns, 'podnet_dataplane_syncs_total{result="ok"}') >= 1,
+            timeout=20,
+        )
+        assert connects(names, ips["ext"])  # the new agent's maps still allow it
+        assert not connects(names, ips["ext2"])
+        store.patch(
+            lookup("clusterconfigurations"),
+            "default",
+            {"spec": {"toFQDNsMinTTL": config.spec.to_fqdns_min_ttl}},
+        )
+    finally:
+        store.delete(lookup("ciliumnetworkpolicies"), "client-fqdn", "shop")
