@@ -445,10 +445,21 @@ class Agent:
             self.drops.add_records(records)
 
     def _l7_report(self) -> dict:
-        """What the policy report says of the L7 proxy (PolicyReport.l7_proxy, l7_error)."""
-        if self.l7 is None:
-            return {}
-        return {"l7_proxy": self.l7.running, "l7_error": self.l7.last_error}
+        """What the policy report says of the L7 proxy (PolicyReport.l7_proxy, l7_error) and of
+        toFQDNs rules that can learn nothing (fqdn_without_dns)."""
+        from podnet.calc.policy_cnp import fqdn_without_dns
+
+        out: dict = {}
+        if self.cilium_plan is not None:
+            kinds = {"cnp": "CiliumNetworkPolicy", "ccnp": "CiliumClusterwideNetworkPolicy"}
+            blind = fqdn_without_dns(self.cilium_plan.maps)
+            out["fqdn_without_dns"] = {
+                f"{kinds[name.split(':', 1)[0]]}:{name.split(':', 1)[1]}": keys
+                for name, keys in blind.items()
+            }
+        if self.l7 is not None:
+            out.update(l7_proxy=self.l7.running, l7_error=self.l7.last_error)
+        return out
 
     def _start_bpf_events(self) -> None:
         """The datapath's ring buffer read into the drop monitor (once its maps exist)."""

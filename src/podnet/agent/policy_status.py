@@ -60,6 +60,7 @@ class PolicyStatusWriter:
         policy_map_full: tuple[str, ...] = (),
         l7_proxy: bool = False,
         l7_error: str | None = None,
+        fqdn_without_dns: dict[str, list[str]] | None = None,
     ) -> None:
         """Record one policy sync's outcome (``error`` None: the kernel accepted it;
         ``policy_map_full``: Cilium endpoints whose new policy did not fit and kept the old)."""
@@ -77,6 +78,7 @@ class PolicyStatusWriter:
             policy_map_full=tuple(policy_map_full),
             l7_proxy=l7_proxy,
             l7_error=l7_error,
+            fqdn_without_dns=dict(fqdn_without_dns or {}),
         )
         self._wake.set()
 

@@ -117,6 +117,8 @@ class EndpointMap:
     l7: tuple[L7Part, ...] = ()
     #: the DNS rules its redirect entries send to the DNS proxy (with the L7 proxy on)
     dns: tuple[DnsPart, ...] = ()
+    #: the policies whose toFQDNs apply to it (``cnp:<ns>/<name>``, ``ccnp:<name>``)
+    fqdn_policies: tuple[str, ...] = ()
 
     def enforced(self, direction: str) -> bool:
         return self.ingress_enforced if direction == INGRESS else self.egress_enforced
@@ -336,10 +338,11 @@ def _endpoint_map(
     l7_proxy: bool = False,
 ) -> EndpointMap:
     """One pod's map under the policies that select it."""
-    from podnet.calc.policy_cnp import add_policy, apply_requires, policy_name, requirements
+    from podnet.calc.policy_cnp import add_policy, apply_requires, policy_name, requirements, uses_fqdns
 
     entries: PolicyMap = {}
     l7: list[L7Part | DnsPart] | None = [] if l7_proxy else None
+    fqdn: list[str] = []
     enforced = {INGRESS: enforcement == "always", EGRESS: enforcement == "always"}
     by: dict[str, list[str]] = {
         d: ["enforcement:always"] if enforcement == "always" else [] for d in (INGRESS, EGRESS)
@@ -357,6 +360,8 @@ def _endpoint_map(
                 by[EGRESS].append(f"knp:{namespace}/{policy.name}")
                 _egress(policy, namespace, universe, entries)
         for cilium_policy in cilium_policies:
+            if uses_fqdns(cilium_policy, labels):
+                fqdn.append(policy_name(cilium_policy))
             directions = add_policy(cilium_policy, pod, labels, universe, entries, l7)
             for direction in (INGRESS, EGRESS):
                 if directions[direction]:
@@ -371,6 +376,7 @@ def _endpoint_map(
         {d: tuple(sorted(set(names))) for d, names in by.items() if names},
         tuple(p for p in l7 or () if isinstance(p, L7Part)),
         tuple(p for p in l7 or () if isinstance(p, DnsPart)),
+        tuple(sorted(set(fqdn))),
     )
 
 

@@ -431,6 +431,25 @@ def unsupported(policy: Any) -> list[str]:
     return found
 
 
+def uses_fqdns(policy: Any, labels: dict[str, str]) -> bool:
+    """Whether a rule of ``policy`` that selects the endpoint with ``labels`` has toFQDNs."""
+    return any(
+        selects(policy, rule, labels) and any(part.to_fqdns for part in rule.egress or [])
+        for rule in policy.rules()
+    )
+
+
+def fqdn_without_dns(maps: Any) -> dict[str, list[str]]:
+    """Policy name -> the local endpoints its toFQDNs applies to while no DNS rule sends their
+    lookups to the DNS proxy: nothing can ever be learnt for them (cilium#28427's footgun)."""
+    out: dict[str, list[str]] = {}
+    for key, endpoint in sorted(maps.items()):
+        if endpoint.fqdn_policies and not endpoint.dns:
+            for name in endpoint.fqdn_policies:
+                out.setdefault(name, []).append(key)
+    return out
+
+
 def l7_sections(policy: Any) -> dict[str, list[str]]:
     """``toPorts`` entries with L7 rules, by protocol (``http``, ``dns``): their paths in the object."""
     found: dict[str, list[str]] = {}

@@ -25,6 +25,8 @@ Conditions about the object itself, from calc (``notes``; they do not change Acc
     L7Enforced      False L7ProxyFailed       a node's proxy cannot run: its sync failed, the node
                                               keeps its previous maps (redirected ports fail closed)
     L7Enforced      Unknown NoProxy           no node runs the proxy yet (no local endpoint has them)
+    FQDNLearnable   False NoDNSRule           toFQDNs applies to endpoints whose lookups no DNS rule
+                                              sends to the DNS proxy: it can never allow anything
 
     Unsupported     True  NotCompiled         CNP/CCNP fields this profile does not compile: their
                                               sections allow nothing
@@ -55,6 +57,8 @@ class PolicyReport:
     policy_map_full: tuple[str, ...] = ()  # Cilium: endpoints whose new policy did not fit
     l7_proxy: bool = False  # Cilium: the node's L7 proxy runs and enforces its endpoints' HTTP rules
     l7_error: str | None = None  # Cilium: why the node's L7 proxy could not be configured
+    #: Cilium: policy ref -> local endpoints its toFQDNs applies to with no DNS rule to learn from
+    fqdn_without_dns: dict[str, list[str]] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
@@ -74,6 +78,7 @@ class PolicyReport:
             policy_map_full=tuple(doc.get("policy_map_full") or ()),
             l7_proxy=bool(doc.get("l7_proxy", False)),
             l7_error=doc.get("l7_error"),
+            fqdn_without_dns={str(k): list(v) for k, v in (doc.get("fqdn_without_dns") or {}).items()},
         )
 
 
@@ -222,6 +227,20 @@ def conditions_for(
                 "PolicyMapFull",
                 f"the policy map cannot hold every endpoint's entries ({details}): those endpoints keep "
                 "their previous policy, never a truncated one",
+                latest,
+            )
+        )
+    blind = [r for r in reports if policy in r.fqdn_without_dns]
+    if blind:
+        where = "; ".join(f"{r.node}: {', '.join(r.fqdn_without_dns[policy])}" for r in blind)
+        conditions.append(
+            _condition(
+                "FQDNLearnable",
+                "False",
+                "NoDNSRule",
+                f"toFQDNs can learn no address for {where}: no DNS rule sends their lookups to the DNS "
+                "proxy, so the names it selects allow nothing; add an egress rule with rules.dns "
+                "(e.g. matchPattern '*') on port 53 to kube-dns",
                 latest,
             )
         )

@@ -266,9 +266,23 @@ def test_to_fqdns_allows_what_the_dns_proxy_learnt(lab) -> None:  # type: ignore
             ],
         },
     }
-    store.apply([parse_resource(policy)])
+    # first without the DNS rule: the status says toFQDNs can learn nothing (cilium#28427)
+    blind = {**policy, "spec": {**policy["spec"], "egress": policy["spec"]["egress"][1:]}}
+    store.apply([parse_resource(blind)])
     node_ns = names.node_ns("node-2")
     try:
+
+        def learnable() -> dict | None:
+            shown = yaml.safe_load(
+                podnet(names, "get", "cnp", "client-fqdn", "-n", "shop", "-o", "yaml").stdout
+            )
+            found = {c["type"]: c for c in shown["status"]["conditions"]}.get("FQDNLearnable")
+            return found
+
+        condition = until("the FQDNLearnable condition", learnable, timeout=10)
+        assert condition["reason"] == "NoDNSRule" and "shop/client" in condition["message"], condition
+        store.apply([parse_resource(policy)])
+        until("the condition gone with the DNS rule", lambda: learnable() is None, timeout=10)
         until("the policy isolates the client", lambda: not connects(names, ips["ext"]), timeout=10)
         code, doc = resolve(names, "api.example.test.")
         assert code == 0 and doc["addresses"] == [ips["ext"]], doc

@@ -193,3 +193,19 @@ def test_dns_rules_redirect_to_the_dns_proxy_and_an_l4_rule_lets_every_name_thro
     maps, _ = compile_(policy, both)
     by_protocol = {p.protocol: p.selectors for p in dns_policies(maps, ADDRESSES)}
     assert by_protocol[17] is None and by_protocol[6] is not None  # UDP: every name; TCP: the rules
+
+
+def test_to_fqdns_without_a_dns_rule_is_named():
+    from podnet.calc.policy_cnp import fqdn_without_dns
+
+    fqdn_only = {"toFQDNs": [{"matchName": "api.example.test"}], "toPorts": [{"ports": [{"port": "443"}]}]}
+    blind = cnp("fqdn", {"endpointSelector": {"matchLabels": {"app": "frontend"}}, "egress": [fqdn_only]})
+    maps, _ = compile_(blind)
+    assert maps[FRONT.key].fqdn_policies == ("cnp:shop/fqdn",)
+    assert fqdn_without_dns(maps) == {"cnp:shop/fqdn": [FRONT.key]}
+    dns = {
+        "toPorts": [{"ports": [{"port": "53", "protocol": "UDP"}], "rules": {"dns": [{"matchPattern": "*"}]}}]
+    }
+    visible = cnp("dns", {"endpointSelector": {"matchLabels": {"app": "frontend"}}, "egress": [dns]})
+    maps, _ = compile_(blind, visible)
+    assert fqdn_without_dns(maps) == {}  # its lookups go through the proxy now

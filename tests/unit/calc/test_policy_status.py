@@ -155,3 +155,13 @@ def test_cilium_policies_say_what_of_them_is_not_enforced_and_a_full_policy_map(
     calico = by_type(conditions_for("CalicoNetworkPolicy:shop/x", 4, [full]))
     assert set(calico) == {"Accepted"}  # a Calico policy is not in a Cilium policy map
     assert PolicyReport.from_json(full.to_json()) == full
+
+
+def test_to_fqdns_that_can_learn_nothing_is_a_condition() -> None:
+    ref = "CiliumNetworkPolicy:shop/fqdn"
+    blind = dataclasses.replace(report("node-2", 4, 4), fqdn_without_dns={ref: ["shop/web"]})
+    c = by_type(conditions_for(ref, 4, [report("node-1", 4, 4), blind]))
+    assert (c["FQDNLearnable"]["status"], c["FQDNLearnable"]["reason"]) == ("False", "NoDNSRule")
+    assert "node-2: shop/web" in c["FQDNLearnable"]["message"]
+    assert "FQDNLearnable" not in by_type(conditions_for(ref, 4, [report("node-1", 4, 4)]))
+    assert PolicyReport.from_json(blind.to_json()) == blind
