@@ -80,6 +80,6 @@ def test_demo_runs_end_to_end_and_leaves_nothing_behind(tmp_path):
     assert out.rstrip().endswith("demo finished: every step did what it should")
     assert not list(Path(tmp_path).glob("podnet-etcd-*")), "the demo must remove its etcd data"
     if as_root:
-        assert "6 pods Running" in out
+        assert "7 pods Running" in out  # six demo pods and the cluster DNS
         assert out.count("✓") == 2 * 36 and "✗" not in out, "every pod must reach every pod, TCP and UDP"
         assert snapshot_host(prefix).diff(before) == {}, "the lab must leave nothing behind"

@@ -19,6 +19,11 @@ Scenarios, each a wrk run from the client pod (its cgroup, then its netns), inte
 
 Ratios are L7 / L3-L4 of the medians. Goals (issue 15): with one keep-alive connection, L7 keeps
 at least half the requests/s, and its p99 is at most 1 ms above.
+
+DNS: sequential lookups of a cluster name for ``--duration`` seconds from ``client`` (its lookups
+go straight to the cluster DNS) and from ``client-dns`` (a DNS rule allowing that name sends them
+through node-1's DNS proxy), interleaved: lookups/s and p99. Control: another name is REFUSED to
+``client-dns`` only (the proxy is in its path, not in ``client``'s).
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ from podnet.lab.naming import LabNames
 BENCH_PREFIX = "pnl7-"
 NAMESPACE = "bench"
 CLIENT, L4, L7 = "client", "server-l4", "server-l7"
+DNS_CLIENT = "client-dns"  # its lookups go through the DNS proxy (a DNS rule); CLIENT's go direct
+DNS_NAME = "kube-dns.kube-system.svc.cluster.local."  # answered by the cluster DNS itself
+DNS_CONTROL_NAME = "kubernetes.default.svc.cluster.local."  # not allowed by the DNS rule
 SCENARIOS = {  # name -> (connections, Connection: close)
     "keepalive_1": (1, False),
     "keepalive_16": (16, False),
@@ -75,12 +83,63 @@ def policies() -> list[dict]:
             },
         }
 
-    return [cnp("l4", L4, None), cnp("l7", L7, {"http": [{"method": "GET", "path": "/.*"}]})]
+    dns = {
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "dns", "namespace": NAMESPACE},
+        "spec": {
+            "endpointSelector": {"matchLabels": {"app": DNS_CLIENT}},
+            "egress": [
+                {
+                    "toEndpoints": [{"matchLabels": {"k8s:io.kubernetes.pod.namespace": "kube-system"}}],
+                    "toPorts": [
+                        {
+                            "ports": [{"port": "53", "protocol": "ANY"}],
+                            "rules": {"dns": [{"matchName": DNS_NAME.rstrip(".")}]},
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+    return [cnp("l4", L4, None), cnp("l7", L7, {"http": [{"method": "GET", "path": "/.*"}]}), dns]
+
+
+#: one process in a client pod: sequential lookups for DURATION seconds; prints count and p99 (ms)
+LOOKUP_LOOP = """
+import sys, time, dns.resolver
+name, duration = sys.argv[1], float(sys.argv[2])
+resolver = dns.resolver.Resolver()
+latencies = []
+end = time.monotonic() + duration
+while time.monotonic() < end:
+    started = time.monotonic()
+    resolver.resolve(name, "A", search=False, lifetime=2)
+    latencies.append(time.monotonic() - started)
+latencies.sort()
+print(len(latencies), latencies[int(len(latencies) * 0.99) - 1] * 1000 if latencies else 0)
+"""
+
+
+def lookups_in_pod(netns: str, cgroup: str, duration: int) -> tuple[float, float]:
+    """(lookups/s, p99 ms) of :data:`LOOKUP_LOOP` in the pod (its cgroup, then its netns)."""
+    import subprocess
+
+    from podnet.lab.netns import IP, join_cgroup
+
+    cmd = [IP, "netns", "exec", netns, sys.executable, "-c", LOOKUP_LOOP, DNS_NAME, str(duration)]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, preexec_fn=join_cgroup(cgroup), timeout=duration + 30
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"L7 bench: lookups in {netns} failed: {out.stderr.strip()[-500:]}")
+    count, p99 = out.stdout.split()
+    return int(count) / duration, float(p99)
 
 
 def _pods() -> list[dict]:
     docs: list[dict] = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}]
-    for pod, node in ((CLIENT, "node-1"), (L4, "node-2"), (L7, "node-2")):
+    for pod, node in ((CLIENT, "node-1"), (DNS_CLIENT, "node-1"), (L4, "node-2"), (L7, "node-2")):
         docs.append(
             {
                 "apiVersion": "v1",
@@ -113,6 +172,7 @@ def run(opts: Options, step=lambda text: None) -> dict[str, Any]:  # type: ignor
     from podnet.datastore.etcd import EtcdDatastore
     from podnet.datastore.resources import ResourceStore
     from podnet.lab import cluster
+    from podnet.lab.probe import dns_in_pod
     from podnet.lab.topology import LabSpec, random_underlay
     from podnet.model import lookup, parse_resource
 
@@ -124,13 +184,13 @@ def run(opts: Options, step=lambda text: None) -> dict[str, Any]:  # type: ignor
     }
     try:
         step("lab up")
-        info = cluster.up(LabSpec(nodes=2, profile="cilium", underlay=random_underlay()), names)
+        info = cluster.up(LabSpec(nodes=2, profile="cilium", underlay=random_underlay(), dns=True), names)
         store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
         store.apply([parse_resource(d) for d in [*_pods(), *policies()]])
 
         def running() -> dict[str, Any] | None:
             pods = {p.metadata.name: p for p in store.list(lookup("pods"), NAMESPACE)}
-            ok = len(pods) == 3 and all(p.status and p.status.phase == "Running" for p in pods.values())
+            ok = len(pods) == 4 and all(p.status and p.status.phase == "Running" for p in pods.values())
             return pods if ok else None
 
         _wait("the bench pods Running", lambda: running() is not None)
@@ -187,6 +247,31 @@ def run(opts: Options, step=lambda text: None) -> dict[str, Any]:  # type: ignor
                     "p99_ms": statistics.median(s["p99_ms"] for s in runs),
                     "errors": sum(s["errors"] for s in runs),
                 }
+        step("DNS lookups: through the DNS proxy vs direct")
+        dns_cg = names.pod_cgroup("node-1", pods[DNS_CLIENT].metadata.uid)
+        dns_sides = {"direct": (client_ns, client_cg), "proxy": (names.pod_ns(NAMESPACE, DNS_CLIENT), dns_cg)}
+        _wait("the DNS client's lookups", lambda: lookups_in_pod(*dns_sides["proxy"], 1)[0] > 0)
+        other = {side: dns_in_pod(*where, DNS_CONTROL_NAME).detail for side, where in dns_sides.items()}
+        if other["proxy"] != "REFUSED" or other["direct"] == "REFUSED":
+            raise RuntimeError(
+                f"L7 bench: {DNS_CONTROL_NAME} answered {other}: the DNS proxy is not (only) in its path"
+            )
+        out["control"]["dns_other_name"] = other
+        lookups: dict[str, list[tuple[float, float]]] = {"direct": [], "proxy": []}
+        for r in range(opts.repeats):
+            for side in rotate(["direct", "proxy"], r):
+                lookups[side].append(lookups_in_pod(*dns_sides[side], opts.duration))
+        out["dns"] = {
+            side: {
+                "samples": [{"lookups_per_s": n, "p99_ms": p} for n, p in runs],
+                "lookups_per_s": statistics.median(n for n, _ in runs),
+                "p99_ms": statistics.median(p for _, p in runs),
+            }
+            for side, runs in lookups.items()
+        }
+        out["dns"]["ratio"] = round(
+            out["dns"]["proxy"]["lookups_per_s"] / out["dns"]["direct"]["lookups_per_s"], 3
+        )
         out["ratios"] = {
             scenario: round(out["sides"][L7][scenario]["rps"] / out["sides"][L4][scenario]["rps"], 3)
             for scenario in SCENARIOS
@@ -220,6 +305,14 @@ def render(r: dict[str, Any]) -> str:
             f"  {scenario:<14}{l4['rps']:>13,.0f}{l7['rps']:>11,.0f}{r['ratios'].get(scenario, 0):>8.2f}"
             f"{goal_ratio:>7}{l4['p99_ms']:>9.2f}ms{l7['p99_ms']:>7.2f}ms{r['p99_extra_ms'][scenario]:>+8.2f}"
             f"{goal_p99:>8}"
+        )
+    dns = r.get("dns")
+    if dns:
+        lines.append(
+            f"  DNS lookups/s (one client, sequential): direct {dns['direct']['lookups_per_s']:,.0f} "
+            f"(p99 {dns['direct']['p99_ms']:.2f} ms), "
+            f"through the DNS proxy {dns['proxy']['lookups_per_s']:,.0f} "
+            f"(p99 {dns['proxy']['p99_ms']:.2f} ms): {dns['ratio']:.2f}"
         )
     return "\n".join(lines)
 

@@ -32,3 +32,8 @@ def test_quick_l7_bench() -> None:
             assert len(figures["samples"]) == l7.QUICK.repeats
     assert set(r["ratios"]) == set(l7.SCENARIOS)
     assert "keepalive_1" in l7.render(r)
+    for side in ("direct", "proxy"):  # both DNS sides answered, the proxy's through a DNS rule
+        assert r["dns"][side]["lookups_per_s"] > 0, (side, r["dns"])
+        assert len(r["dns"][side]["samples"]) == l7.QUICK.repeats
+    assert r["control"]["dns_other_name"]["proxy"] == "REFUSED"
+    assert r["dns"]["ratio"] > 0 and "DNS lookups/s" in l7.render(r)
