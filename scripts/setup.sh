@@ -8,7 +8,8 @@ DEBIAN_PACKAGES=(etcd-server etcd-client nftables iproute2 iptables containernet
   clang libbpf-dev bpftool linux-libc-dev  # eBPF: clang -target bpf, bpf_helpers.h, bpftool, linux/bpf.h
   bird2 gobgpd  # BGP: BIRD 2 on every node, GoBGP as the lab's external (top-of-rack) router
   wrk nginx-light  # bench.services: wrk measures connections/s to nginx in the backend pods
-  haproxy)  # the Cilium profile's L7 proxy (transparent, TPROXY)
+  haproxy  # the Cilium profile's L7 proxy (transparent, TPROXY)
+  graphviz)  # podnet observe map: dot draws the service map (svg, png)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

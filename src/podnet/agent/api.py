@@ -37,6 +37,7 @@ DEFAULT_SOCKET = "/run/podnet/agent.sock"
 ENV_SOCKET = "PODNET_AGENT_SOCKET"
 VERBS = ("ADD", "DEL", "CHECK", "GC", "STATUS")
 DROPS = "DROPS"  # the drop monitor's verb (not a CNI verb)
+FLOWS = "FLOWS"  # the flows API's verb (agent.flows; podnet observe)
 
 
 # The deletion queue (see podnet.cni.delete_queue): DELs the plugin could not hand to a stopped

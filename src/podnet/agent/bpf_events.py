@@ -10,7 +10,10 @@ A drop names what decided it, as Cilium's reasons do: ``Policy denied`` (133) wi
 default deny it is, ``Policy denied by denylist`` (181) with the deny rule, anti-spoofing (130/132),
 the node control plane (230), an endpoint not ready yet (203). A policy verdict (``type
 policy-verdict``; only while someone asks for them, :meth:`BpfEvents.want_verdicts`) says which
-rule allowed a new connection. Events the ring could not take are counted (``lost``).
+rule allowed a new connection. With flows on (ClusterConfiguration ``flows``, the default) the
+programs send a trace event per new connection instead (``type trace``: a flow, FORWARDED or
+REDIRECTED, the rule that allowed it), which also stands for the verdict while verdicts are asked
+for. Events the ring could not take are counted (``lost``).
 """
 
 from __future__ import annotations
@@ -41,19 +44,21 @@ SPOOF_REASONS = {
 #: drop reason -> the kind of the nftables log prefix (agent.drops) that stands for the same
 #: decision, so scripts reading ``podnet monitor -o json`` see one vocabulary in both profiles
 PREFIX_KINDS = {130: "pns", 132: "pns", 230: "pnc", 133: "pnd", 181: "pnx", 203: "pnr"}
-#: a verdict event's result: REDIRECTED is allowed to the L7 proxy (Hubble's verdict of that name)
+#: a verdict's result: REDIRECTED is allowed to the L7 proxy (Hubble's verdict of that name)
 VERDICTS = {1: "ALLOWED", 3: "REDIRECTED"}
 
 
-def prefix_of(event: Any) -> str:
+def prefix_of(event: Any, verdict: bool = False) -> str:
     """``pnd:ep7:in`` (a default deny of endpoint 7's ingress), ``pns:ep7:mac`` / ``pns:ep7:spoof``
     (anti-spoofing by MAC / IP, as the nftables prefixes say), ``pnv:ep7:eg`` (a
     verdict), ``bpf:134`` (another reason): what decided, in the drop monitor's prefix terms."""
     from podnet.dataplane import cilium_maps as cm
 
     side = "in" if event.direction == "ingress" else "eg"
-    if event.type == cm.EVENT_VERDICT:
+    if event.type == cm.EVENT_VERDICT or verdict:
         return f"pnv:ep{event.endpoint}:{side}"
+    if event.type == cm.EVENT_TRACE:
+        return f"pnt:ep{event.endpoint}:{side}"
     kind = PREFIX_KINDS.get(event.reason)
     if kind is None:
         return f"bpf:{event.reason}"
@@ -72,8 +77,9 @@ class BpfEvents:
         endpoint_map: Callable[[int], EndpointMap | None],
         entry: Callable[[int], tuple[str, PolicyKey, Any] | None],
         sink: Callable[[list[dict[str, Any]]], None],
-        set_verdicts: Callable[[bool], None],
+        set_events: Callable[[bool, bool], None],
         lost: Callable[[], int],
+        traces: Callable[[], bool] = lambda: True,
     ) -> None:
         self.node = node
         self.events_path = events_path
@@ -81,7 +87,8 @@ class BpfEvents:
         self._endpoint_map = endpoint_map  # endpoint id -> its map (enforcers of a default deny)
         self._entry = entry  # entry id -> (pod key, key, entry with provenance)
         self._sink = sink
-        self._set_verdicts = set_verdicts
+        self._set_events = set_events
+        self._traces = traces  # flows on: a trace event per new connection (ClusterConfiguration)
         self._lost = lost
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -119,16 +126,16 @@ class BpfEvents:
         from podnet.dataplane.ringbuf import RingBuffer
 
         ring = None
-        verdicts = None
+        asked: tuple[bool, bool] | None = None
         while not self._stop.is_set():
             try:
                 if ring is None:
                     ring = RingBuffer(self.events_path)
                     self.error = None
-                on = self._verdicts_on()
-                if on != verdicts:
-                    self._set_verdicts(on)
-                    verdicts = on
+                wanted = (self._verdicts_on(), bool(self._traces()))
+                if wanted != asked:
+                    self._set_events(*wanted)
+                    asked = wanted
                 raws = ring.poll(POLL_SECONDS)
             except Exception as exc:
                 if self.error != str(exc):
@@ -141,7 +148,7 @@ class BpfEvents:
                 continue
             if raws:
                 self.read += len(raws)
-                self._sink([self.annotate(cm.decode_event(raw)) for raw in raws])
+                self._sink(self.records([cm.decode_event(raw) for raw in raws]))
         if ring is not None:
             ring.close()
 
@@ -152,8 +159,22 @@ class BpfEvents:
         self._index_at = now
         self._by_ip = {ip: pod.key for pod in self._pods() for ip in pod.ips}
 
+    def records(self, events: Iterable[Any]) -> list[dict[str, Any]]:
+        """The ring's records of ``events``: a trace event is a ``trace`` record, and also a
+        ``policy-verdict`` one while someone asks for verdicts and policy judged the connection."""
+        from podnet.dataplane import cilium_maps as cm
+
+        out = []
+        verdicts = self._verdicts_on()
+        for event in events:
+            record = self.annotate(event)
+            out.append(record)
+            if event.type == cm.EVENT_TRACE and verdicts and event.match != "not enforced":
+                out.append({**record, "type": "policy-verdict", "prefix": prefix_of(event, verdict=True)})
+        return out
+
     def annotate(self, event: Any) -> dict[str, Any]:
-        """One event as the DROPS API returns it (``type`` drop or policy-verdict)."""
+        """One event as the DROPS API returns it (``type`` drop, trace or policy-verdict)."""
         from podnet.dataplane import cilium_maps as cm
 
         self._index()
@@ -163,9 +184,12 @@ class BpfEvents:
         if matched is not None:
             policies = [parse_provenance(p) for p in matched[2].provenance]
         reason_text = cm.DROP_REASONS.get(event.reason, f"drop reason {event.reason}")
-        if event.type == cm.EVENT_VERDICT:
-            kind = "policy-verdict"
-            if event.match == "host":
+        judged = event.type in (cm.EVENT_VERDICT, cm.EVENT_TRACE)
+        if judged:
+            kind = "policy-verdict" if event.type == cm.EVENT_VERDICT else "trace"
+            if event.match == "not enforced":
+                reason = "allowed: no policy selects the endpoint in this direction"
+            elif event.match == "host":
                 reason = "allowed: the node reaches its own pods (host identity)"
             elif policies:
                 how = "redirected to the L7 proxy" if event.verdict == cm.VERDICT_REDIRECTED else "allowed"
@@ -204,8 +228,9 @@ class BpfEvents:
             "dport": event.dport,
             "direction": event.direction,
             "reason": reason,
-            "dropReason": event.reason if event.type != cm.EVENT_VERDICT else None,
-            "verdict": VERDICTS.get(event.verdict, "ALLOWED") if event.type == cm.EVENT_VERDICT else "DENIED",
+            "dropReason": None if judged else event.reason,
+            "verdict": VERDICTS.get(event.verdict, "ALLOWED") if judged else "DENIED",
+            "tcpFlags": event.tcp_flags,
             "match": event.match,
             "endpoint": event.endpoint,
             "policies": policies,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from podnet.agent.log import kv
@@ -135,11 +135,13 @@ class CiliumDatapath:
                 self._hooked.pop(name, None)
         return counts
 
-    def maybe_gc(self, now: float) -> int:
-        """Expired conntrack entries removed, at most every :data:`GC_SECONDS`."""
+    def maybe_gc(self, now: float, before: Callable[[], None] = lambda: None) -> int:
+        """Expired conntrack entries removed, at most every :data:`GC_SECONDS` (``before``: the
+        flows take their last counts from them first)."""
         if not self._loaded or now - self._last_gc < GC_SECONDS:
             return 0
         self._last_gc = now
+        before()
         removed = self.lxc.ct_gc()
         if removed:
             kv(log, logging.INFO, "conntrack gc", removed=removed)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from podnet.agent import api_server, metrics
-from podnet.agent.api import DROPS, delete_queue_dir
+from podnet.agent.api import DROPS, FLOWS, delete_queue_dir
 from podnet.agent.cni_service import CALICO_GATEWAY, CNIService
 from podnet.agent.delete_queue import ExclusiveQueueLock, drain
 from podnet.agent.identities import IdentityKeeper
@@ -146,6 +146,7 @@ class Agent:
         self._nft_policy_on = True  # the nftables policy table may exist (removed on Cilium nodes)
         self._cilium_memo = CiliumMemo()  # compile_cilium's memo between syncs
         self.drops = None  # DropMonitor, from start()
+        self.flows = None  # FlowService (agent.flows) over the drop monitor's ring, from start()
         self._stop = threading.Event()
         self._servers: list = []
 
@@ -482,8 +483,9 @@ class Agent:
             endpoint_map,
             lxc.entry,
             self.drops.add_records,
-            lxc.set_verdict_events,
+            lxc.set_events,
             lambda: lxc.stats()["events_lost"],
+            lambda: self._settings().flows,
         )
         self.bpf_events.start()
         self.metrics.watch_datapath(lxc.stats)  # events_lost and the other counters, scraped
@@ -721,11 +723,36 @@ class Agent:
 
     def _dispatch(self, doc: dict) -> dict:
         """The API: DROPS to the drop monitor, the CNI verbs (and anything else) to the CNI service."""
-        if str(doc.get("verb", "")).upper() == DROPS and self.drops is not None:
+        verb = str(doc.get("verb", "")).upper()
+        if verb == DROPS and self.drops is not None:
             if "policy-verdict" in (doc.get("types") or ()) and self.bpf_events is not None:
                 self.bpf_events.want_verdicts()  # the tc programs send them while someone asks
             return self.drops.handle(doc)
+        if verb == FLOWS and self.flows is not None:
+            asked = [t for t in doc.get("filters") or () if isinstance(t, list) and t[1:2] == ["type"]]
+            if any(t[2:3] == ["policy-verdict"] for t in asked) and self.bpf_events is not None:
+                self.bpf_events.want_verdicts()
+            return self.flows.handle(doc)
         return self.cni.handle(doc)
+
+    def _refresh_traffic(self, records: list) -> None:
+        """Flows' bytes from conntrack: the Cilium datapath's entries (the Calico profile's come
+        with conntrack's events)."""
+        from podnet.agent.flows import traffic_from_ct
+
+        if self.cilium is not None and self.bpf_events is not None:
+            try:
+                traffic_from_ct(records, self.cilium.lxc.ct_entries())
+            except Exception as exc:  # the flows are answered without bytes, never not at all
+                kv(log, logging.DEBUG, "conntrack not readable for flows", error=str(exc))
+
+    def _flows_counted(self) -> None:
+        """Before conntrack entries go: the flows in the ring take their last counts."""
+        if self.drops is not None:
+            self._refresh_traffic(self.drops.query(0, 0.0, self.drops.capacity)["drops"])
+
+    def _events_lost(self) -> int | None:
+        return self.bpf_events.status().get("lost") if self.bpf_events is not None else None
 
     def _pod_infos(self) -> list:
         with self.syncer.lock:
@@ -747,6 +774,11 @@ class Agent:
 
         self.drops = DropMonitor(self.config.node, self._pod_infos, lambda: self.policy_plan)
         self.drops.start()  # a group it cannot bind is a warning, not a failure
+        from podnet.agent.flows import FlowService
+
+        self.flows = FlowService(
+            self.drops.query, self._pod_infos, self._refresh_traffic, self._events_lost, self.drops.capacity
+        )
         self.policy_status.start()
         self.identities.start()
         self.syncer.start()
@@ -785,7 +817,7 @@ class Agent:
             cilium = self.cilium
             if cilium is not None:
                 try:
-                    cilium.maybe_gc(time.monotonic())
+                    cilium.maybe_gc(time.monotonic(), self._flows_counted)
                 except Exception as exc:  # the next round tries again
                     kv(log, logging.WARNING, "conntrack gc failed", error=str(exc))
 

@@ -80,6 +80,7 @@ class DropMonitor:
         self._plan = plan
         self._open_reader = open_reader
         self._clock = clock
+        self.capacity = capacity
         self._ring: deque[dict[str, Any]] = deque(maxlen=capacity)
         self._seq = 0
         self._cond = threading.Condition()

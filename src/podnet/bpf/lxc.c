@@ -23,7 +23,8 @@
  *                  a deny from either: drop 181; else an allow from either: pass; else drop 133
  *                an allow with a proxy port: redirect to the L7 proxy (below)
  *              create pn_ct[ep, dir, tuple] (also when not enforced: replies must pass later)
- *   events     drops always, policy verdicts of new connections when pn_config asks for them,
+ *   events     drops always; a trace event per new connection (flows) or only policy verdicts,
+ *              as pn_config asks,
  *              into the pn_events ring buffer; a full ring counts STAT_EVENTS_LOST, never waits
  *
  * Delivery: a packet from a pod to a local pod is judged for the destination's INGRESS too and
@@ -129,10 +130,12 @@ enum { DIR_INGRESS = 0, DIR_EGRESS = 1 };
 
 /* pn_config flags */
 #define CFG_VERDICT_EVENTS 1
+#define CFG_TRACE_EVENTS 2 /* a trace event per new connection (flows); it also carries the verdict */
 
 /* event types */
 #define EVENT_DROP 1
 #define EVENT_VERDICT 2
+#define EVENT_TRACE 3
 
 /* verdict event results */
 #define VERDICT_ALLOWED 1
@@ -696,12 +699,12 @@ static __always_inline void emit(__u8 type, __u8 reason, __u8 dir, __u8 verdict,
 	bpf_ringbuf_submit(e, 0);
 }
 
-static __always_inline int verdict_events(void)
+static __always_inline __u32 config_flags(void)
 {
 	__u32 zero = 0;
 	struct config *c = bpf_map_lookup_elem(&pn_config, &zero);
 
-	return c && (c->flags & CFG_VERDICT_EVENTS);
+	return c ? c->flags : 0;
 }
 
 /*
@@ -719,6 +722,7 @@ static __always_inline int ct_judge(struct __sk_buff *skb, const struct endpoint
 	__u32 peer, entry_id = 0;
 	__u8 match = MATCH_NONE, verdict = VERDICT_ALLOWED;
 	__u16 ct_flags = bypass ? CT_BYPASS : 0, proxy_port = 0;
+	__u32 flags;
 	int enforced;
 
 	ct_key_of(&k, ep->id, dir, p->saddr, p->daddr, p->sport, p->dport, p->proto);
@@ -819,7 +823,10 @@ static __always_inline int ct_judge(struct __sk_buff *skb, const struct endpoint
 		*how |= HOW_TO_PROXY;
 		*port = proxy_port;
 	}
-	if (match != MATCH_NOT_ENFORCED && verdict_events())
+	flags = config_flags();
+	if (flags & CFG_TRACE_EVENTS)
+		emit(EVENT_TRACE, 0, dir, verdict, match, ep, ifindex, p, peer, entry_id);
+	else if (match != MATCH_NOT_ENFORCED && (flags & CFG_VERDICT_EVENTS))
 		emit(EVENT_VERDICT, 0, dir, verdict, match, ep, ifindex, p, peer, entry_id);
 	return 0;
 }

@@ -34,4 +34,6 @@ No I/O here; everything is testable without root. Every module of the package, o
     services.py        Services and the Pods behind them: what one node must load-balance
     bird.py            BIRD 2 configuration for one node, and BIRD's status parsed
     memo.py            a bounded memo for pure functions asked the same questions sync after sync
+    flows.py           flows: one shape for both profiles' events and L7 records (hubble observe's JSON)
+    flow_filter.py     hubble observe's filters over flows (values ORed, flags ANDed, --not)
 """

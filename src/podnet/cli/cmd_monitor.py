@@ -178,13 +178,16 @@ def buffered(node: str, path: str, types: tuple[str, ...] = ()) -> tuple[list[di
 Emit = Callable[[str, Any], None]
 
 
+Fetch = Callable[[str, str, int, float], dict[str, Any]]  # (node, socket, since, wait) -> reply
+
+
 def _follow(
-    node: str, path: str, since: int, emit: Emit, stop: threading.Event, types: tuple[str, ...] = ()
+    node: str, path: str, since: int, emit: Emit, stop: threading.Event, fetch: Fetch, items: str
 ) -> None:
     down = False
     while not stop.is_set():
         try:
-            reply = ask(node, path, since, WAIT, types)
+            reply = fetch(node, path, since, WAIT)
         except PodnetError as exc:
             if not down:
                 emit("error", f"{exc.message} (retrying)")
@@ -195,16 +198,28 @@ def _follow(
             emit("error", f"{node}: agent reachable again")
             down = False
         if reply.get("missed") and since:
-            emit("error", f"{node}: {reply['missed']} drops were missed (the agent's buffer is full)")
+            emit("error", f"{node}: {reply['missed']} {items} were missed (the agent's buffer is full)")
         since = int(reply["next"])
-        for drop in reply["drops"]:
+        for drop in reply[items]:
             emit("drop", drop)
 
 
 def follow(
-    sockets: dict[str, str], start: dict[str, int], wait: float = 0.5, types: tuple[str, ...] = ()
+    sockets: dict[str, str],
+    start: dict[str, int],
+    wait: float = 0.5,
+    types: tuple[str, ...] = (),
+    fetch: Fetch | None = None,
+    items: str = "drops",
 ) -> Iterator[tuple[str, Any]]:
-    """``("drop", record)`` and ``("error", text)`` as they come from every node, until closed."""
+    """``("drop", record)`` and ``("error", text)`` as they come from every node, until closed
+    (``fetch``: one long poll of a node, by default a DROPS request for ``types``; ``items``: the
+    reply's list)."""
+    if fetch is None:
+
+        def fetch(node: str, path: str, since: int, wait: float) -> dict[str, Any]:
+            return ask(node, path, since, wait, types)
+
     import queue
 
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -216,7 +231,7 @@ def follow(
     threads = [
         threading.Thread(
             target=_follow,
-            args=(node, path, start[node], emit, stop, types),
+            args=(node, path, start[node], emit, stop, fetch, items),
             name=f"monitor-{node}",
             daemon=True,
         )

@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "identity": ("podnet.cli.cmd_identity", "security identities (list, get), like cilium-dbg identity list"),
     "service": ("podnet.cli.cmd_service", "services and their backends (list), like cilium service list"),
     "monitor": ("podnet.cli.cmd_monitor", "policy drops on lab nodes, like cilium monitor -t drop"),
+    "observe": (
+        "podnet.cli.cmd_observe",
+        "flows of every lab node and their service map, like hubble observe",
+    ),
     "bench": ("podnet.cli.cmd_bench", "the seed article's benchmark table, measured on this machine's lab"),
     "etcd": ("podnet.cli.cmd_etcd", "run a private etcd server for trying podnet out"),
     "demo": ("podnet.cli.cmd_demo", "start an etcd, apply example resources, allocate addresses"),

@@ -230,7 +230,7 @@ def socket_port(raw: int) -> int:
     return struct.unpack("!H", struct.pack("=H", raw))[0]
 
 
-EVENT_DROP, EVENT_VERDICT = 1, 2
+EVENT_DROP, EVENT_VERDICT, EVENT_TRACE = 1, 2, 3
 VERDICT_ALLOWED, VERDICT_DENIED, VERDICT_REDIRECTED = 1, 2, 3
 _EVENT = struct.Struct("=BBBBHBBIIII4s4sHHIQB7x")
 EVENT_SIZE = _EVENT.size
@@ -363,6 +363,7 @@ STATS = (
     "to_proxy",
 )
 CONFIG_VERDICT_EVENTS = 1
+CONFIG_TRACE_EVENTS = 2
 
 
 def config_value(flags: int) -> bytes:

@@ -372,9 +372,10 @@ class LxcDatapath:
             self._write(name, op.key, op.value)  # a delete of a missing key is no error
         return len(ops)
 
-    def set_verdict_events(self, on: bool) -> None:
-        """Ask the programs for a policy-verdict event per new connection (or stop asking)."""
-        flags = cm.CONFIG_VERDICT_EVENTS if on else 0
+    def set_events(self, verdicts: bool, traces: bool) -> None:
+        """Ask the programs for a policy-verdict event per new connection, or a trace event per
+        new connection (which carries the verdict too), or neither (drops are always sent)."""
+        flags = (cm.CONFIG_VERDICT_EVENTS if verdicts else 0) | (cm.CONFIG_TRACE_EVENTS if traces else 0)
         with self._lock:
             self._require_loaded()
             if flags != self._config_flags:

@@ -97,6 +97,7 @@ class EffectiveClusterSettings:
     failsafe_outbound: tuple[Failsafe, ...] = ()
     cluster_name: str = "default"
     to_fqdns_min_ttl: int = 0  # seconds a toFQDNs address is kept at least (0: the answer's TTL)
+    flows: bool = True  # a flow record per new connection (Hubble's enable-hubble; drops always)
 
     def tunnel_overhead(self) -> int:
         """Bytes of encapsulation the default mode adds to a pod packet (0 without a tunnel)."""
@@ -176,6 +177,9 @@ class ClusterConfigurationSpec(ApiModel):
     to_fqdns_min_ttl: Annotated[int, Field(ge=0, le=86400)] | None = Field(
         default=None, alias="toFQDNsMinTTL"
     )
+    # a flow record per new connection on every node (Hubble's enable-hubble); drops are always
+    # recorded. Off: no trace events from the datapath (the bench measures what they cost)
+    flows: bool | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ClusterConfigurationSpec:
@@ -229,6 +233,7 @@ class ClusterConfigurationSpec(ApiModel):
             failsafe_outbound=_failsafe(self.failsafe_outbound_host_ports, DEFAULT_FAILSAFE_OUTBOUND),
             cluster_name=self.cluster_name or "default",
             to_fqdns_min_ttl=self.to_fqdns_min_ttl or 0,
+            flows=True if self.flows is None else self.flows,
         )
 
 

@@ -258,7 +258,7 @@ def test_drops_carry_cilium_reasons_and_the_deciding_entry(bed: Bed) -> None:
     assert meaning is not None and meaning[2].provenance == ("cnp:t/deny-301:ingressDeny:0",)
     assert drops[1].entry_id == 0
     assert not [e for e in events if e.type == cm.EVENT_VERDICT]  # verdicts only when asked
-    bed.lxc.set_verdict_events(True)
+    bed.lxc.set_events(verdicts=True, traces=False)
     assert bed.inbound("10.99.1.1", TCP, 80) == OK
     verdicts = [e for e in bed.events() if e.type == cm.EVENT_VERDICT]
     assert len(verdicts) == 1 and bed.lxc.entry(verdicts[0].entry_id)[2].provenance == (
@@ -268,6 +268,18 @@ def test_drops_carry_cilium_reasons_and_the_deciding_entry(bed: Bed) -> None:
     assert packets == 2  # two new connections decided by that entry
     counted = bed.lxc.endpoint_stats(1)[INGRESS]  # the endpoint's own counters (id 1: the first)
     assert (counted["packets"], counted["drop_packets"]) == (2, 2) and counted["drop_bytes"] > 0
+    # flows: a trace per new connection, carrying the verdict (and no verdict event beside it);
+    # none for a packet of a known connection, and drops as before
+    bed.lxc.set_events(verdicts=True, traces=True)
+    assert bed.inbound("10.99.1.1", TCP, 80, sport=41000) == OK
+    assert bed.inbound("10.99.1.1", TCP, 80, flags=ACK, sport=41000) == OK
+    assert bed.inbound("10.99.1.3", TCP, 80) == SHOT
+    events = bed.events()
+    assert [(e.type, e.sport) for e in events if e.type != cm.EVENT_DROP] == [(cm.EVENT_TRACE, 41000)]
+    trace = next(e for e in events if e.type == cm.EVENT_TRACE)
+    assert (trace.verdict, trace.match, trace.direction) == (cm.VERDICT_ALLOWED, "identity", INGRESS)
+    assert bed.lxc.entry(trace.entry_id)[2].provenance == ("knp:t/web:ingress:0",)  # type: ignore[index]
+    assert [e.reason for e in events if e.type == cm.EVENT_DROP] == [133]
 
 
 def icmp_error(quoted_packet: bytes) -> bytes:
@@ -439,7 +451,7 @@ def test_a_redirect_entry_sends_the_connection_to_the_proxy_and_the_answers_to_i
         entries, PolicyKey(EGRESS, 300, TCP, 8080, 16), PolicyEntry(False, 15002, ("cnp:t/a:egress:0",))
     )
     bed.sync(policy(entries, ingress=True, egress=True))
-    bed.lxc.set_verdict_events(True)
+    bed.lxc.set_events(verdicts=True, traces=False)
     peer, other = "10.99.1.1", "10.99.1.2"
     assert marked(bed, FROM_NETDEV, peer, POD_IP, tcp(46000, 80), 0x4000) == (OK, 0x4000 | TO_INGRESS_PROXY)
     assert marked(bed, FROM_NETDEV, peer, POD_IP, tcp(46000, 80, ACK)) == (OK, TO_INGRESS_PROXY)  # later ones

@@ -6,10 +6,11 @@ import time
 
 from podnet.agent.bpf_events import BpfEvents
 from podnet.calc.explain_cilium import describe_key, parse_provenance, policy_text
+from podnet.calc.flows import flow_of
 from podnet.calc.policy import PodInfo
 from podnet.calc.policy_cilium import EndpointMap
 from podnet.calc.policymap import EGRESS, INGRESS, PolicyEntry, PolicyKey
-from podnet.dataplane.cilium_maps import EVENT_DROP, EVENT_VERDICT, Event
+from podnet.dataplane.cilium_maps import EVENT_DROP, EVENT_TRACE, EVENT_VERDICT, Event
 
 PODS = [PodInfo("shop", "web", {}, ("10.244.1.5",)), PodInfo("shop", "client", {}, ("10.244.2.7",))]
 ENTRY = PolicyEntry(True, 0, ("cnp:shop/no-client:ingressDeny:0", "knp:shop/web:ingress:1"))
@@ -31,7 +32,7 @@ def monitor() -> BpfEvents:
         lambda endpoint: WEB_MAP if endpoint == 7 else None,
         lambda entry_id: ("shop/web", PolicyKey(INGRESS, 300, 6, 80, 16), ENTRY) if entry_id == 5 else None,
         lambda records: None,
-        lambda on: None,
+        lambda verdicts, traces: None,
         lambda: 0,
     )
 
@@ -93,3 +94,24 @@ def test_records_carry_the_drop_monitors_prefix_kinds():
     assert m.annotate(event(EVENT_DROP, 181))["prefix"] == "pnx:ep7:in"
     assert m.annotate(event(EVENT_VERDICT, 0, match="host"))["prefix"] == "pnv:ep7:in"
     assert m.annotate(event(EVENT_DROP, 134))["prefix"] == "bpf:134"
+
+
+def test_a_trace_is_a_flow_record_and_the_verdict_while_verdicts_are_asked_for():
+    m = monitor()
+    judged, unenforced = (
+        event(EVENT_TRACE, 0, entry_id=5, match="identity"),
+        event(EVENT_TRACE, 0, match="not enforced"),
+    )
+    records = m.records([judged, unenforced])
+    assert [r["type"] for r in records] == ["trace", "trace"]  # nobody asked for verdicts
+    assert records[0]["prefix"] == "pnt:ep7:in" and records[0]["tcpFlags"] == 0x02
+    assert records[1]["reason"] == "allowed: no policy selects the endpoint in this direction"
+    flow = flow_of(records[0])["flow"]
+    assert flow["verdict"] == "FORWARDED" and flow["event_type"] == {"type": "trace"}
+    assert flow["l4"]["TCP"]["flags"] == {"SYN": True} and "drop_reason" not in flow
+    m.want_verdicts()
+    records = m.records([judged, unenforced])
+    assert [r["type"] for r in records] == ["trace", "policy-verdict", "trace"]  # policy judged one
+    assert records[1]["prefix"] == "pnv:ep7:in" and records[1]["reason"].endswith(
+        "(identity 300, TCP port 80)"
+    )
