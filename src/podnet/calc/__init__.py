@@ -36,4 +36,5 @@ No I/O here; everything is testable without root. Every module of the package, o
     memo.py            a bounded memo for pure functions asked the same questions sync after sync
     flows.py           flows: one shape for both profiles' events and L7 records (hubble observe's JSON)
     flow_filter.py     hubble observe's filters over flows (values ORed, flags ANDed, --not)
+    service_map.py     the service map: workloads, services and the outside world, flows as edges (DOT)
 """
