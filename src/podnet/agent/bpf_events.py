@@ -231,6 +231,7 @@ class BpfEvents:
             "dropReason": None if judged else event.reason,
             "verdict": VERDICTS.get(event.verdict, "ALLOWED") if judged else "DENIED",
             "tcpFlags": event.tcp_flags,
+            "length": event.length,
             "match": event.match,
             "endpoint": event.endpoint,
             "policies": policies,

@@ -147,6 +147,8 @@ class Agent:
         self._cilium_memo = CiliumMemo()  # compile_cilium's memo between syncs
         self.drops = None  # DropMonitor, from start()
         self.flows = None  # FlowService (agent.flows) over the drop monitor's ring, from start()
+        self._counting = ""  # which profile's kernel counters the flow metrics read
+        self.ct_flows = None  # ConntrackFlows (agent.ct_flows): the Calico profile's flow source
         self._stop = threading.Event()
         self._servers: list = []
 
@@ -325,6 +327,7 @@ class Agent:
                         self.cache.host_endpoints.values(),
                         self.cache.global_policies.values(),
                     ),
+                    flows=self._settings().flows,
                 )
             )
             revision = self.cache.revision
@@ -356,6 +359,7 @@ class Agent:
             else:
                 self.policy.apply(plan, endpoints, control, notrack)
                 self._nft_policy_on = True
+                self._count_calico()
             self.policy_plan = plan  # in force now (the drop monitor explains drops by it)
             self._last_local = {p.key: p for p in local.pods if p.key in endpoints}
             self._apply_host_endpoints()
@@ -489,6 +493,21 @@ class Agent:
         )
         self.bpf_events.start()
         self.metrics.watch_datapath(lxc.stats)  # events_lost and the other counters, scraped
+
+        def forwarded() -> dict[str, tuple[int, int]]:
+            return {direction: n for (reason, direction), n in lxc.metrics().items() if reason == 0}
+
+        def dropped() -> dict[tuple[int, str], tuple[int, int]]:
+            return {key: n for key, n in lxc.metrics().items() if key[0] != 0}
+
+        self.metrics.flows.use_kernel(
+            forwarded,
+            dropped,
+            cilium=True,
+            lost=lambda: lxc.stats()["events_lost"],
+            parse_errors=lambda: self.l7.records.bad if self.l7 is not None and self.l7.records else 0,
+        )
+        self._counting = "cilium"
 
     def _apply_identities(self, pods: list, namespaces: dict, cluster: str, plan=None) -> None:  # type: ignore[no-untyped-def]
         """Cilium profile: every local pod's identity allocated cluster-wide and referenced by this
@@ -735,16 +754,58 @@ class Agent:
             return self.flows.handle(doc)
         return self.cni.handle(doc)
 
+    def _count_calico(self) -> None:
+        """Calico profile: the forwarding counters table (once), and the metrics read from it."""
+        from podnet.dataplane import forward_counters
+
+        if self._counting == "calico":
+            return
+        forward_counters.ensure()
+        drops = self.drops
+
+        def lost() -> int | None:
+            if drops is None:
+                return None
+            return drops.read_errors + (self.ct_flows.lost if self.ct_flows is not None else 0)
+
+        self.metrics.flows.use_kernel(forward_counters.read, None, cilium=False, lost=lost)
+        if self.ct_flows is None and self._settings().flows and drops is not None:
+            from podnet.agent.ct_flows import ConntrackFlows
+
+            self.ct_flows = ConntrackFlows(
+                self.config.node,
+                self._pod_infos,
+                self._service_ips,
+                drops.add_records,
+                lambda: self.policy_plan,
+            )
+            self.ct_flows.start()
+        self._counting = "calico"
+
+    def _service_ips(self) -> dict[tuple[str, str, int], str]:
+        """(ClusterIP, protocol, port) -> ``ns/name``: which Service a connection went through."""
+        out = {}
+        for svc in list(self.cache.services.values()):
+            spec = svc.spec
+            for ip in {*(spec.cluster_ips or ()), *((spec.cluster_ip,) if spec.cluster_ip else ())}:
+                for port in spec.ports or ():
+                    out[(ip, str(port.protocol or "TCP"), int(port.port))] = (
+                        f"{svc.metadata.namespace}/{svc.metadata.name}"
+                    )
+        return out
+
     def _refresh_traffic(self, records: list) -> None:
         """Flows' bytes from conntrack: the Cilium datapath's entries (the Calico profile's come
         with conntrack's events)."""
         from podnet.agent.flows import traffic_from_ct
 
-        if self.cilium is not None and self.bpf_events is not None:
-            try:
+        try:
+            if self.cilium is not None and self.bpf_events is not None:
                 traffic_from_ct(records, self.cilium.lxc.ct_entries())
-            except Exception as exc:  # the flows are answered without bytes, never not at all
-                kv(log, logging.DEBUG, "conntrack not readable for flows", error=str(exc))
+            if self.ct_flows is not None:
+                self.ct_flows.refresh(records)
+        except Exception as exc:  # the flows are answered without bytes, never not at all
+            kv(log, logging.DEBUG, "conntrack not readable for flows", error=str(exc))
 
     def _flows_counted(self) -> None:
         """Before conntrack entries go: the flows in the ring take their last counts."""
@@ -774,6 +835,7 @@ class Agent:
 
         self.drops = DropMonitor(self.config.node, self._pod_infos, lambda: self.policy_plan)
         self.drops.start()  # a group it cannot bind is a warning, not a failure
+        self.drops.observers.append(self.metrics.flows.observe)
         from podnet.agent.flows import FlowService
 
         self.flows = FlowService(
@@ -846,6 +908,8 @@ class Agent:
         self.identities.stop()
         if self.bpf_events is not None:
             self.bpf_events.stop()
+        if self.ct_flows is not None:
+            self.ct_flows.stop()
         if self.l7 is not None:
             self.l7.close()
         if self.fqdn is not None:

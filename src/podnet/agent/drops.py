@@ -81,6 +81,7 @@ class DropMonitor:
         self._open_reader = open_reader
         self._clock = clock
         self.capacity = capacity
+        self.observers: list[Callable[[list[dict[str, Any]]], None]] = []  # each batch added
         self._ring: deque[dict[str, Any]] = deque(maxlen=capacity)
         self._seq = 0
         self._cond = threading.Condition()
@@ -239,6 +240,7 @@ class DropMonitor:
                 for p in policies
             ],
             "prefix": drop.prefix,
+            "length": drop.length,
             "type": "log" if kind == "pnl" else "drop",
         }
 
@@ -247,13 +249,20 @@ class DropMonitor:
         plan = self._plan()
         self.add_records([self.annotate(d, plan) for d in drops])
 
-    def add_records(self, records: Iterable[dict[str, Any]]) -> None:
-        """Append records annotated elsewhere (the Cilium datapath's events, agent.bpf_events)."""
+    def add_records(self, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append records annotated elsewhere (the Cilium datapath's events, agent.bpf_events),
+        then hand them to the :attr:`observers` (the flow metrics); returns the ring's records
+        (numbered), which a source may complete later (a connection's final counts)."""
+        added = []
         with self._cond:
             for record in records:
                 self._seq += 1
-                self._ring.append({"seq": self._seq, **record})
+                added.append({"seq": self._seq, **record})
+            self._ring.extend(added)
             self._cond.notify_all()
+        for observe in self.observers:
+            observe(added)
+        return added
 
     # -- queries -----------------------------------------------------------------------------
     def query(self, since: int = 0, wait: float = 0.0, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:

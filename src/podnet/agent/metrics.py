@@ -45,6 +45,9 @@ class AgentMetrics:
         self.datastore_errors = Counter("podnet_datastore_errors_total", "datastore failures", registry=r)
         self.revision = Gauge("podnet_datastore_revision", "last datastore revision applied", registry=r)
         self._datapath: Callable[[], dict[str, int]] | None = None
+        from podnet.agent.flow_metrics import FlowMetrics
+
+        self.flows = FlowMetrics(r)  # forwarding, drops, verdicts, L7 (agent.flow_metrics)
 
     def watch_datapath(self, stats: Callable[[], dict[str, int]]) -> None:
         """The Cilium datapath's own counters (``events_lost``, ``ct_created``, redirects …), read

@@ -402,6 +402,31 @@ static __always_inline void stat_inc(__u32 index)
 		*value += 1;
 }
 
+/* Cilium's metricsmap: packets and bytes by (reason, direction); reason 0 is forwarded. Exact even
+ * when the event ring is full: the agent's podnet_forward_* and podnet_drop_* metrics read it. */
+struct metrics_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32); /* reason << 1 | direction */
+	__type(value, struct metrics_value);
+	__uint(max_entries, 512);
+} pn_metrics SEC(".maps");
+
+static __always_inline void metrics_count(__u8 reason, __u8 dir, __u32 len)
+{
+	__u32 key = ((__u32)reason << 1) | (dir & 1);
+	struct metrics_value *m = bpf_map_lookup_elem(&pn_metrics, &key);
+
+	if (m) {
+		m->packets += 1;
+		m->bytes += len;
+	}
+}
+
 static __always_inline __u32 now_seconds(void)
 {
 	return (__u32)(bpf_ktime_get_ns() / NSEC_PER_SEC);
@@ -420,6 +445,7 @@ static __always_inline void ep_count(__u16 ep, __u8 dir, __u32 len, int dropped)
 	} else {
 		s->packets[dir] += 1;
 		s->bytes[dir] += len;
+		metrics_count(0, dir, len);
 	}
 }
 
@@ -666,8 +692,11 @@ static __always_inline void emit(__u8 type, __u8 reason, __u8 dir, __u8 verdict,
 				 const struct endpoint *ep, __u32 ifindex, struct pkt *p, __u32 peer,
 				 __u32 entry_id)
 {
-	struct event *e = bpf_ringbuf_reserve(&pn_events, sizeof(*e), 0);
+	struct event *e;
 
+	if (type == EVENT_DROP)
+		metrics_count(reason, dir, p->len);
+	e = bpf_ringbuf_reserve(&pn_events, sizeof(*e), 0);
 	if (!e) {
 		stat_inc(STAT_EVENTS_LOST);
 		return;

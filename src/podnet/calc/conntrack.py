@@ -144,14 +144,17 @@ def notrack_plan(
     backends: Mapping[str, Iterable[Triple]] | Iterable[Triple],
     also_tracked: Iterable[str | None] = (),
     forward_policy: bool = False,
+    flows: bool = False,
 ) -> NotrackPlan:
     """The ``notrack`` set for this node (see the module docstring): ``plan`` is the node's
     compiled policy (its endpoints are the local ones), ``pool_cidrs`` every IP pool (disabled ones
     too: pods may still hold their addresses), ``backends`` every Service's ready backends (a
     mapping ``ns/name`` -> triples, or the triples), ``also_tracked`` every node's addresses and the
     control plane's hosts (those inside the pools stay tracked; others are outside anyway);
-    ``forward_policy``: host-endpoint policy may judge forwarded traffic here (nothing untracked)."""
-    if forward_policy:
+    ``forward_policy``: host-endpoint policy may judge forwarded traffic here (nothing untracked);
+    ``flows``: flow records are on, and conntrack is where this profile learns of a connection and
+    counts its bytes (nothing untracked: Calico's own default, the bench's flows rows price it)."""
+    if forward_policy or flows:
         return NotrackPlan()
     nets = [n for n in (ipaddress.ip_network(c, strict=False) for c in pool_cidrs) if n.version == 4]
     pools: list[ipaddress.IPv4Network] = list(ipaddress.collapse_addresses(nets))  # type: ignore[arg-type]

@@ -47,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="no cluster DNS (kube-system/kube-dns) and no test zone *.example.test on ext",
     )
+    up.add_argument(
+        "--no-flows",
+        dest="flows",
+        action="store_false",
+        help="no flow record per new connection (ClusterConfiguration flows: false); drops still are",
+    )
     sub.add_parser("down", help="remove exactly what the lab created")
     sub.add_parser("clean", help="remove leftovers of a lab that crashed (by name prefix)")
     sub.add_parser("status", help="what the lab runs")
@@ -124,6 +130,7 @@ def _up(args) -> int:
             encapsulation=args.encapsulation,
             bgp=args.bgp,
             dns=args.dns,
+            flows=args.flows,
         )
     )
     topo = info.topology

@@ -26,6 +26,9 @@ complete):
     policy.py        policy enforcement: the compiled PolicyPlan as one nftables table (tiers, Pass)
     host_policy.py   Calico HostEndpoints: the node's own traffic, as table inet podnet_host
     nflog.py         NFLOG: the packets the policy tables log (drops, Log rules), read in a netns
+    ctnetlink.py     ctnetlink messages: conntrack tuples, counters and attributes, parsed and built
+    ct_events.py     conntrack's NEW and DESTROY events with accounting, read in a netns (flows)
+    forward_counters.py  the Calico profile's forwarded packets and bytes by direction (nft counters)
     services_nft.py  Kubernetes Services as one nftables table (kube-proxy's nftables proxier)
     nat.py           natOutgoing: pods leaving every IP pool are masqueraded to the node address
     bird.py          running BIRD 2 for one node: config, start, reload on change, status

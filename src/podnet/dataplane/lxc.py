@@ -49,6 +49,7 @@ SOURCE = "lxc.c"
 IPCACHE, POLICY, ENDPOINTS, LOCAL_IPS = "pn_ipcache", "pn_policy", "pn_endpoints", "pn_local_ips"
 CT, FRAGS, EVENTS, STATS = "pn_ct", "pn_frags", "pn_events", "pn_stats"
 EP_STATS, ENTRY_STATS, CONFIG, CONTROL = "pn_ep_stats", "pn_entry_stats", "pn_config", "pn_control"
+METRICS = "pn_metrics"
 MAPS = (
     IPCACHE,
     POLICY,
@@ -62,6 +63,7 @@ MAPS = (
     ENTRY_STATS,
     CONFIG,
     CONTROL,
+    METRICS,
 )
 FROM_CONTAINER, TO_CONTAINER, FROM_NETDEV = "from_container", "to_container", "from_netdev"
 PROGRAMS = (FROM_CONTAINER, TO_CONTAINER, FROM_NETDEV)
@@ -433,6 +435,24 @@ class LxcDatapath:
                 total[0] += int.from_bytes(value[:8], "little")
                 total[1] += int.from_bytes(value[8:16], "little")
             return total[0], total[1]
+
+    def metrics(self) -> dict[tuple[int, str], tuple[int, int]]:
+        """(reason, direction) -> (packets, bytes) the programs counted, reason 0 being forwarded
+        (Cilium's metricsmap); only the reasons the programs know, only those seen."""
+        out = {}
+        with self._lock:
+            self._require_loaded()
+            m = self._maps[METRICS]
+            for reason in (0, *cm.DROP_REASONS):
+                for direction, bit in cm.DIRECTIONS.items():
+                    raw = m.lookup(cm.u32_key(reason << 1 | bit)) or b""
+                    packets = octets = 0
+                    for value in m.percpu_values(raw):
+                        packets += int.from_bytes(value[:8], "little")
+                        octets += int.from_bytes(value[8:16], "little")
+                    if packets:
+                        out[(reason, direction)] = (packets, octets)
+        return out
 
     def contents(self, name: str) -> dict[bytes, bytes]:
         """The last written content of a synced map (``pn_policy``, ``pn_endpoints``, …)."""

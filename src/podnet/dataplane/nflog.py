@@ -45,6 +45,7 @@ class Drop:
     dst: str
     protocol: str
     dport: int | None
+    length: int = 0  # the IP packet's total length (bytes)
 
 
 def _nlattr(kind: int, payload: bytes) -> bytes:
@@ -80,6 +81,7 @@ def parse_nflog_packet(body: bytes) -> Drop | None:
         dst=str(ipaddress.IPv4Address(payload[16:20])),
         protocol=_IP_PROTOCOLS.get(proto, str(proto)),
         dport=dport,
+        length=struct.unpack_from("!H", payload, 2)[0],
     )
 
 

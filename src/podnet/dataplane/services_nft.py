@@ -107,6 +107,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from podnet.calc.services import CLUSTER_IP, EXTERNAL_IP, NODE_PORT, Backend, Frontend, ServicePlan
+from podnet.dataplane.ctnetlink import (
+    CTA_TUPLE_ORIG,
+    CTA_TUPLE_REPLY,
+    IPCTNL_MSG_CT_DELETE,
+    NETLINK_NETFILTER,
+    NLA_F_NESTED,
+    NLM_F_ACK,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    CtTuple,
+    attrs,
+    dump_table,
+    nfgenmsg,
+    request,
+)
+from podnet.dataplane.ctnetlink import nla as _nla
+from podnet.dataplane.ctnetlink import parse_tuple as _tuple
 from podnet.dataplane.netns import run_in_netns
 from podnet.dataplane.nft import TableSync
 
@@ -445,60 +462,10 @@ def stale_udp_flows(old: Rendering | None, new: Rendering) -> list[StaleFlow]:
     return flows
 
 
-# ------------------------------------------------------------------------------- ctnetlink (UDP)
-
-_NETLINK_NETFILTER = 12
-_NFNL_SUBSYS_CTNETLINK = 1
-_IPCTNL_MSG_CT_GET, _IPCTNL_MSG_CT_DELETE = 1, 2
-_CTA_TUPLE_ORIG, _CTA_TUPLE_REPLY = 1, 2
-_CTA_TUPLE_IP, _CTA_TUPLE_PROTO = 1, 2
-_CTA_IP_V4_SRC, _CTA_IP_V4_DST = 1, 2
-_CTA_PROTO_NUM, _CTA_PROTO_SRC_PORT, _CTA_PROTO_DST_PORT = 1, 2, 3
-_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_DUMP = 0x1, 0x4, 0x300
-_NLMSG_ERROR, _NLMSG_DONE = 2, 3
-_NLA_F_NESTED = 0x8000
+# ------------------------------------------------------- ctnetlink (UDP); the codec: dataplane/ctnetlink.py
 
 
-def _attrs(data: bytes) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    offset = 0
-    while offset + 4 <= len(data):
-        length, kind = struct.unpack_from("=HH", data, offset)
-        if length < 4:
-            break
-        out[kind & 0x3FFF] = data[offset + 4 : offset + length]
-        offset += (length + 3) & ~3
-    return out
-
-
-def _nla(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
-
-
-def _tuple(raw: bytes) -> tuple[str, str, int, int, int] | None:
-    """(src, dst, proto, sport, dport) of a CTA_TUPLE_* attribute."""
-    attrs = _attrs(raw)
-    ip, proto = _attrs(attrs.get(_CTA_TUPLE_IP, b"")), _attrs(attrs.get(_CTA_TUPLE_PROTO, b""))
-    if _CTA_IP_V4_SRC not in ip or _CTA_PROTO_NUM not in proto:
-        return None
-    sport = struct.unpack("!H", proto[_CTA_PROTO_SRC_PORT])[0] if _CTA_PROTO_SRC_PORT in proto else 0
-    dport = struct.unpack("!H", proto[_CTA_PROTO_DST_PORT])[0] if _CTA_PROTO_DST_PORT in proto else 0
-    return (
-        socket.inet_ntoa(ip[_CTA_IP_V4_SRC]),
-        socket.inet_ntoa(ip[_CTA_IP_V4_DST]),
-        proto[_CTA_PROTO_NUM][0],
-        sport,
-        dport,
-    )
-
-
-def _matches(
-    flow: StaleFlow,
-    orig: tuple[str, str, int, int, int],
-    reply: tuple[str, str, int, int, int],
-    local: set[str],
-) -> bool:
+def _matches(flow: StaleFlow, orig: CtTuple, reply: CtTuple, local: set[str]) -> bool:
     if orig[2] != socket.IPPROTO_UDP or orig[4] != flow.port:
         return False
     if flow.dst is not None and orig[1] != flow.dst:
@@ -517,39 +484,23 @@ def delete_udp_flows(flows: list[StaleFlow], local_addresses: Iterable[str] = ()
     if not flows:
         return 0
     local = set(local_addresses)
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER) as sock:
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
         sock.bind((0, 0))
-        nfgen = struct.pack("!BBH", socket.AF_INET, 0, 0)
-        kind = (_NFNL_SUBSYS_CTNETLINK << 8) | _IPCTNL_MSG_CT_GET
-        sock.send(struct.pack("=IHHII", 20, kind, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0) + nfgen)
         victims: list[bytes] = []
-        done = False
-        while not done:
-            data = sock.recv(1 << 20)
-            offset = 0
-            while offset + 16 <= len(data):
-                length, msg_type = struct.unpack_from("=IH", data, offset)
-                if length < 16:
-                    done = True
-                    break
-                if msg_type in (_NLMSG_DONE, _NLMSG_ERROR):
-                    done = True
-                    break
-                attrs = _attrs(data[offset + 20 : offset + length])
-                orig_raw = attrs.get(_CTA_TUPLE_ORIG)
-                orig = _tuple(orig_raw) if orig_raw else None
-                reply = _tuple(attrs[_CTA_TUPLE_REPLY]) if _CTA_TUPLE_REPLY in attrs else None
-                if orig and reply and orig_raw and any(_matches(f, orig, reply, local) for f in flows):
-                    victims.append(orig_raw)
-                offset += (length + 3) & ~3
-        kind = (_NFNL_SUBSYS_CTNETLINK << 8) | _IPCTNL_MSG_CT_DELETE
+        for payload in dump_table(sock, socket.AF_INET, seq=1):
+            entry = attrs(payload[4:])
+            orig_raw = entry.get(CTA_TUPLE_ORIG)
+            orig = _tuple(orig_raw) if orig_raw else None
+            reply = _tuple(entry[CTA_TUPLE_REPLY]) if CTA_TUPLE_REPLY in entry else None
+            if orig and reply and orig_raw and any(_matches(f, orig, reply, local) for f in flows):
+                victims.append(orig_raw)
         deleted = 0
         for seq, orig_raw in enumerate(victims, start=2):
-            body = nfgen + _nla(_CTA_TUPLE_ORIG | _NLA_F_NESTED, orig_raw)
-            sock.send(struct.pack("=IHHII", 16 + len(body), kind, _NLM_F_REQUEST | _NLM_F_ACK, seq, 0) + body)
+            body = nfgenmsg(socket.AF_INET) + _nla(CTA_TUPLE_ORIG | NLA_F_NESTED, orig_raw)
+            sock.send(request(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, seq, body))
             answer = sock.recv(65536)
             if (
-                struct.unpack_from("=H", answer, 4)[0] == _NLMSG_ERROR
+                struct.unpack_from("=H", answer, 4)[0] == NLMSG_ERROR
                 and struct.unpack_from("=i", answer, 16)[0] == 0
             ):
                 deleted += 1

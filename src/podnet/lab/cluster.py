@@ -101,6 +101,8 @@ def cluster_resources(topo: Topology) -> list[dict]:
     spec = topo.spec
     ipip, vxlan = ENCAPSULATION_MODES[spec.encapsulation]
     config: dict = {"profile": spec.profile}
+    if not spec.flows:
+        config["flows"] = False
     if spec.profile == "cilium":
         config["tunnel"] = "disabled" if spec.encapsulation == "none" else "vxlan"
     else:

@@ -46,6 +46,7 @@ class LabSpec:
     mtu: int = UNDERLAY_MTU
     bgp: bool = False  # Calico profile: BIRD on every node, node-to-node mesh
     dns: bool = False  # a cluster DNS (kube-system/kube-dns) and the test zone *.example.test on ext
+    flows: bool = True  # ClusterConfiguration flows: a flow record per new connection
 
     def __post_init__(self) -> None:
         problems = []

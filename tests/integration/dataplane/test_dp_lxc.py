@@ -280,6 +280,11 @@ def test_drops_carry_cilium_reasons_and_the_deciding_entry(bed: Bed) -> None:
     assert (trace.verdict, trace.match, trace.direction) == (cm.VERDICT_ALLOWED, "identity", INGRESS)
     assert bed.lxc.entry(trace.entry_id)[2].provenance == ("knp:t/web:ingress:0",)  # type: ignore[index]
     assert [e.reason for e in events if e.type == cm.EVENT_DROP] == [133]
+    # the metrics map counts as the endpoint's counters do, drops by reason (two 133s, one 181)
+    metrics, counted = bed.lxc.metrics(), bed.lxc.endpoint_stats(1)[INGRESS]
+    assert metrics[(0, INGRESS)] == (counted["packets"], counted["bytes"])
+    assert metrics[(133, INGRESS)][0] == 2 and metrics[(181, INGRESS)][0] == 1
+    assert metrics[(133, INGRESS)][1] + metrics[(181, INGRESS)][1] == counted["drop_bytes"]
 
 
 def icmp_error(quoted_packet: bytes) -> bytes:

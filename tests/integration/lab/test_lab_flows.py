@@ -3,6 +3,8 @@
 - ``podnet observe --type drop --follow`` shows a policy drop as it happens, naming its policy;
 - ``podnet observe --from-pod demo/frontend -o json`` shows the forwarded connections with their
   bytes, which agree with what the client really received (curl's own count);
+- the node's metrics count what was forwarded (bytes of a known transfer, both directions) and
+  dropped (by reason and direction), with Cilium's names beside podnet's on Cilium nodes;
 - filters combine as Hubble's (``--not``, ``--to-pod``, ``--verdict``), and a node whose agent
   does not answer is named while the other node's flows are still shown.
 
@@ -21,7 +23,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from lab_support import pod_doc, podnet, until
+from lab_support import agent_metric, pod_doc, podnet, until
 
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
@@ -180,3 +182,25 @@ def test_a_node_that_does_not_answer_is_named_and_the_others_shown(lab) -> None:
     assert "node-1" in out.stderr and "its flows are not shown" in out.stderr
     assert out.stdout.strip() and "node-2" not in out.stderr  # node-2's flows are there
     assert observe(names, "--since", "5m").returncode == 0  # and node-1 answers again
+
+
+def test_metrics_count_forwarded_bytes_and_policy_drops(lab) -> None:  # type: ignore[no-untyped-def]
+    names, store, ips = lab
+    node2 = names.node_ns("node-2")
+    fwd = 'podnet_forward_bytes_total{direction="ingress"}'
+    before = agent_metric(node2, fwd)
+    size = 2_000_000  # the api pod answers a POST with its body's size; the body is what we count
+    out = podnet(names, "lab", "exec", "demo/frontend", "--", "sh", "-c",
+                 f"head -c {size} /dev/zero | curl -s -o /dev/null -w '%{{size_upload}}' "
+                 f"--data-binary @- http://{ips['demo/api']}:8080/upload")  # fmt: skip
+    assert int(out.stdout) == size
+    grown = agent_metric(node2, fwd) - before
+    assert size <= grown <= size * 1.05, grown  # the body plus headers, within 5 %
+    denied = 'podnet_drop_count_total{direction="ingress",reason="POLICY_DENIED"}'
+    drops = agent_metric(node2, denied)
+    assert _probe(names, "demo/other", False)
+    until("the drop counted", lambda: agent_metric(node2, denied) > drops, timeout=10)
+    profile = store.get(lookup("clusterconfigurations"), "default")
+    cilium = profile is not None and profile.spec.effective().profile == "cilium"
+    alias = agent_metric(node2, 'cilium_forward_bytes_total{direction="INGRESS"}')
+    assert (alias > 0) == cilium  # Cilium's name on Cilium nodes only
