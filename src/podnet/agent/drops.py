@@ -232,6 +232,7 @@ class DropMonitor:
             "srcPod": src_pod,
             "dst": drop.dst,
             "dstPod": dst_pod,
+            "sport": drop.sport,
             "dport": drop.dport,
             "direction": direction,
             "reason": reason,

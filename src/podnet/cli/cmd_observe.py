@@ -96,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-o",
         "--output",
         choices=["compact", "json", "table", "svg", "png", "html"],
-        help="flows: compact (default), json, table; map: svg (default), png, html",
+        help="flows: compact (default), json, table; map: svg (default), png, html, json (the graph)",
     )
     parser.add_argument("--file", help="map: write the picture here instead of standard output")
 
@@ -320,13 +320,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _map(args: argparse.Namespace) -> int:
-    from podnet.calc.service_map import build, to_dot
+    from podnet.calc.service_map import build, summary, to_dot
     from podnet.cli.service_map_render import render
 
     output = args.output or "svg"
-    if output not in ("svg", "png", "html"):
+    if output not in ("svg", "png", "html", "json"):
         raise PodnetError(
-            f"-o {output} is for flows; a map is svg, png or html", hint="podnet observe map -o png"
+            f"-o {output} is for flows; a map is svg, png, html or json", hint="podnet observe map -o png"
         )
     if args.follow:
         raise PodnetError("a map is drawn once: no --follow", hint="podnet observe map --since 5m -o png")
@@ -336,7 +336,11 @@ def _map(args: argparse.Namespace) -> int:
     flows, _, failures, sockets = collect(args)
     if failures and len(failures) == len(sockets):
         raise failures[0]
-    picture = render(to_dot(build(flows)), output)
+    drawn = build(flows)
+    if output == "json":  # the graph itself: nodes, edges and their counts
+        picture = (json.dumps(summary(drawn), indent=2) + "\n").encode()
+    else:
+        picture = render(to_dot(drawn), output)
     if args.file:
         with open(args.file, "wb") as f:
             f.write(picture)

@@ -46,6 +46,7 @@ class Drop:
     protocol: str
     dport: int | None
     length: int = 0  # the IP packet's total length (bytes)
+    sport: int | None = None
 
 
 def _nlattr(kind: int, payload: bytes) -> bytes:
@@ -72,9 +73,9 @@ def parse_nflog_packet(body: bytes) -> Drop | None:
         return None
     ihl = (payload[0] & 0x0F) * 4
     proto = payload[9]
-    dport = None
+    sport = dport = None
     if proto in (6, 17, 132) and len(payload) >= ihl + 4:
-        dport = struct.unpack_from("!H", payload, ihl + 2)[0]
+        sport, dport = struct.unpack_from("!HH", payload, ihl)
     return Drop(
         prefix=prefix,
         src=str(ipaddress.IPv4Address(payload[12:16])),
@@ -82,6 +83,7 @@ def parse_nflog_packet(body: bytes) -> Drop | None:
         protocol=_IP_PROTOCOLS.get(proto, str(proto)),
         dport=dport,
         length=struct.unpack_from("!H", payload, 2)[0],
+        sport=sport,
     )
 
 

@@ -1352,6 +1352,18 @@ def test_l7_rule_seed_example(lab: Lab) -> None:
     )
     text = podnet(lab.names, "monitor", "--type", "l7", "--lab-prefix", lab.names.prefix).stdout
     assert "PUT /api/v1 => 200" in text and "FORWARDED by cnp:shop/l7-rule" in text, text
+    # the flows (issue 17): podnet observe --type l7 --http-status 403 shows the denied requests
+    observed = podnet(lab.names, "observe", "--type", "l7", "--http-status", "403", "--since", "5m",
+                      "--to-pod", API, "-o", "json", "--lab-prefix", lab.names.prefix).stdout  # fmt: skip
+    denied_flows = [json.loads(line)["flow"] for line in observed.splitlines()]
+    assert {(f["l7"]["http"]["method"], f["l7"]["http"]["url"]) for f in denied_flows} >= {
+        ("GET", "/api/v1"),
+        ("PUT", "/api/v1/x"),
+    }, denied_flows
+    assert all(f["verdict"] == "DROPPED" and f["l7"]["http"]["code"] == 403 for f in denied_flows)
+    compact = podnet(lab.names, "observe", "--type", "l7", "--http-status", "403", "--http-method", "PUT",
+                     "--since", "5m", "--lab-prefix", lab.names.prefix).stdout  # fmt: skip
+    assert "http-response DROPPED (HTTP/1.1 403" in compact and "PUT /api/v1/x" in compact, compact
     shown = yaml.safe_load(podnet(lab.names, "get", "cnp", "l7-rule", "-n", "shop", "-o", "yaml").stdout)
     conditions = {c["type"]: c for c in shown["status"]["conditions"]}
     assert (conditions["L7Enforced"]["status"], conditions["L7Enforced"]["reason"]) == (

@@ -5,11 +5,14 @@
   bytes, which agree with what the client really received (curl's own count);
 - the node's metrics count what was forwarded (bytes of a known transfer, both directions) and
   dropped (by reason and direction), with Cilium's names beside podnet's on Cilium nodes;
+- ``podnet observe map`` of the three tiers (frontend → api → db, frontend → db denied) draws
+  them: the graph's nodes and edges (``-o json``) and a PNG;
 - filters combine as Hubble's (``--not``, ``--to-pod``, ``--verdict``), and a node whose agent
   does not answer is named while the other node's flows are still shown.
 
-One 2-node lab per profile: ``demo/frontend`` and ``demo/other`` on node-1, ``demo/api`` on node-2
-under a NetworkPolicy that admits frontend only.
+One 2-node lab per profile: ``demo/frontend``, ``demo/other`` and ``demo/db`` on node-1, ``demo/api``
+on node-2 behind Service ``demo/api`` and under a NetworkPolicy that admits frontend only; db admits
+api only.
 """
 
 from __future__ import annotations
@@ -50,6 +53,22 @@ POLICY = {
     },
 }
 
+DB_POLICY = {
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "NetworkPolicy",
+    "metadata": {"name": "db-from-api", "namespace": "demo"},
+    "spec": {
+        "podSelector": {"matchLabels": {"app": "db"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "api"}}}]}],
+    },
+}
+API_SERVICE = {
+    "apiVersion": "v1",
+    "kind": "Service",
+    "metadata": {"name": "api", "namespace": "demo"},
+    "spec": {"selector": {"app": "api"}, "ports": [{"port": 80, "targetPort": 8080}]},
+}
+
 
 @pytest.fixture(params=["calico", "cilium"], scope="module")
 def lab(request) -> Iterator[tuple[LabNames, ResourceStore, dict[str, str]]]:  # type: ignore[no-untyped-def]
@@ -62,13 +81,16 @@ def lab(request) -> Iterator[tuple[LabNames, ResourceStore, dict[str, str]]]:  #
             pod_doc("demo/frontend", "node-1", {"app": "frontend"}, ()),
             pod_doc("demo/other", "node-1", {"app": "other"}, ()),
             pod_doc("demo/api", "node-2", {"app": "api"}, (("http", 8080, "TCP"),)),
+            pod_doc("demo/db", "node-1", {"app": "db"}, (("pg", 8080, "TCP"),)),
             POLICY,
+            DB_POLICY,
+            API_SERVICE,
         ]
         store.apply([parse_resource(d) for d in docs])
 
         def running() -> dict[str, str] | None:
             pods = {f"demo/{p.metadata.name}": p for p in store.list(lookup("pods"), "demo")}
-            ok = len(pods) == 3 and all(p.status and p.status.phase == "Running" for p in pods.values())
+            ok = len(pods) == 4 and all(p.status and p.status.phase == "Running" for p in pods.values())
             return {k: p.status.pod_ip for k, p in pods.items()} if ok else None
 
         ips = until("the pods Running", running, timeout=60)
@@ -204,3 +226,35 @@ def test_metrics_count_forwarded_bytes_and_policy_drops(lab) -> None:  # type: i
     cilium = profile is not None and profile.spec.effective().profile == "cilium"
     alias = agent_metric(node2, 'cilium_forward_bytes_total{direction="INGRESS"}')
     assert (alias > 0) == cilium  # Cilium's name on Cilium nodes only
+
+
+def test_the_service_map_of_three_tiers_shows_the_denied_edge(lab, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    names, store, _ = lab
+    vip = store.get(lookup("services"), "api", "demo").spec.cluster_ip
+    until("frontend -> Service api", lambda: podnet(names, "lab", "exec", "demo/frontend", "--", "curl", "-s",
+          "-m", "2", "-o", "/dev/null", "-w", "%{http_code}", f"http://{vip}/", check=False).stdout == "200",
+          timeout=20)  # fmt: skip
+    assert podnet(names, "lab", "probe", "demo/api", "demo/db", "8080/TCP").returncode == 0
+    assert _probe_to(names, "demo/frontend", "demo/db") is False  # denied: db admits api only
+
+    graph = json.loads(observe(names, "map", "-n", "demo", "--since", "2m", "-o", "json").stdout)
+    workloads = {n["name"] for n in graph["nodes"] if n["kind"] == "workload"}
+    assert {"frontend", "api", "db"} <= workloads
+    edges = {(e["source"], e["destination"]): e for e in graph["edges"]}
+    denied = edges[("workload:demo/frontend", "workload:demo/db")]
+    assert denied["status"] == "dropped" and denied["connections"].get("DROPPED", 0) >= 1
+    assert edges[("workload:demo/api", "workload:demo/db")]["status"] == "forwarded"
+    through = edges.get(("workload:demo/frontend", "service:demo/api"))  # the ClusterIP seen (Calico)
+    direct = edges.get(("workload:demo/frontend", "workload:demo/api"))  # translated at connect (Cilium)
+    assert (through or direct) and (through or direct)["connections"].get("FORWARDED", 0) >= 1
+    picture = tmp_path / "map.png"
+    out = observe(names, "map", "-n", "demo", "--since", "2m", "-o", "png", "--file", str(picture))
+    data = picture.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000, out.stderr
+    svg = observe(names, "map", "-n", "demo", "--since", "2m", "-o", "svg").stdout
+    assert "frontend" in svg and "db" in svg and "stroke-dasharray" in svg  # the denied edge, dashed
+
+
+def _probe_to(names: LabNames, src: str, dst: str) -> bool:
+    out = podnet(names, "lab", "probe", src, dst, "8080/TCP", "--timeout", "1", check=False)
+    return out.returncode == 0

@@ -106,6 +106,7 @@ def test_ingress_deny_names_pods_ports_and_the_policy():
         ],
         "prefix": deny_prefix("np/api", "ingress"),
         "length": 0,
+        "sport": None,
         "type": "drop",
     }
 

@@ -310,7 +310,9 @@ def test_parse_nflog_packet():
     prefix = deny_prefix("default/web", "ingress").encode() + b"\0"
     body = struct.pack("!BBH", 2, 0, 7) + _attr(10, prefix) + _attr(9, ip_header + tcp)
     drop = parse_nflog_packet(body)
-    assert drop == Drop(deny_prefix("default/web", "ingress"), "10.244.1.13", "10.244.1.12", "TCP", 9090, 40)  # a bare TCP header: 40 bytes
+    assert drop == Drop(
+        deny_prefix("default/web", "ingress"), "10.244.1.13", "10.244.1.12", "TCP", 9090, 40, 40000
+    )
     assert parse_nflog_packet(struct.pack("!BBH", 10, 0, 7) + _attr(9, b"\x60" + b"\0" * 39)) is None  # IPv6
 
 
