@@ -19,6 +19,7 @@ for. Events the ring could not take are counted (``lost``).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import threading
 import time
@@ -97,6 +98,8 @@ class BpfEvents:
         self._verdicts_until = 0.0
         self.error: str | None = None
         self.read = 0
+        self.traces_on = False  # the programs were last asked for trace events
+        self._offset, self._offset_at = 0.0, float("-inf")  # wall clock - monotonic clock
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="bpf-events", daemon=True)
@@ -136,6 +139,7 @@ class BpfEvents:
                 if wanted != asked:
                     self._set_events(*wanted)
                     asked = wanted
+                    self.traces_on = wanted[1]
                 raws = ring.poll(POLL_SECONDS)
             except Exception as exc:
                 if self.error != str(exc):
@@ -159,6 +163,35 @@ class BpfEvents:
         self._index_at = now
         self._by_ip = {ip: pod.key for pod in self._pods() for ip in pod.ips}
 
+    def _wall(self, ts_ns: int) -> str:
+        """The RFC 3339 wall time of a CLOCK_MONOTONIC stamp (the clocks' offset taken once per
+        second: a trace per new connection makes this a hot path)."""
+        now = time.monotonic()
+        if now - self._offset_at > 1.0:
+            self._offset = time.time() - now
+            self._offset_at = now
+        wall = dt.datetime.fromtimestamp(ts_ns / 1e9 + self._offset, dt.UTC)
+        return wall.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 (one monitor per agent, kept for its life)
+    def _allowed(self, matched: Any, verdict: int, match: str) -> tuple[tuple[dict[str, Any], ...], str]:
+        """(policies, reason) of a judged connection: the same entry judges many connections."""
+        from podnet.dataplane import cilium_maps as cm
+
+        policies = tuple(parse_provenance(p) for p in matched[2].provenance) if matched is not None else ()
+        if match == "not enforced":
+            reason = "allowed: no policy selects the endpoint in this direction"
+        elif match == "host":
+            reason = "allowed: the node reaches its own pods (host identity)"
+        elif policies:
+            how = "redirected to the L7 proxy" if verdict == cm.VERDICT_REDIRECTED else "allowed"
+            reason = f"{how} by {', '.join(policy_text(p) for p in policies)}"
+        else:
+            reason = "allowed"
+        if matched is not None:
+            reason += f" ({describe_key(matched[1])})"
+        return policies, reason
+
     def records(self, events: Iterable[Any]) -> list[dict[str, Any]]:
         """The ring's records of ``events``: a trace event is a ``trace`` record, and also a
         ``policy-verdict`` one while someone asks for verdicts and policy judged the connection."""
@@ -178,27 +211,16 @@ class BpfEvents:
         from podnet.dataplane import cilium_maps as cm
 
         self._index()
-        wall = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=max(0.0, time.monotonic() - event.ts / 1e9))
-        policies: list[dict[str, Any]] = []
+        wall = self._wall(event.ts)
         matched = self._entry(event.entry_id) if event.entry_id else None
-        if matched is not None:
-            policies = [parse_provenance(p) for p in matched[2].provenance]
         reason_text = cm.DROP_REASONS.get(event.reason, f"drop reason {event.reason}")
         judged = event.type in (cm.EVENT_VERDICT, cm.EVENT_TRACE)
         if judged:
             kind = "policy-verdict" if event.type == cm.EVENT_VERDICT else "trace"
-            if event.match == "not enforced":
-                reason = "allowed: no policy selects the endpoint in this direction"
-            elif event.match == "host":
-                reason = "allowed: the node reaches its own pods (host identity)"
-            elif policies:
-                how = "redirected to the L7 proxy" if event.verdict == cm.VERDICT_REDIRECTED else "allowed"
-                reason = f"{how} by {', '.join(policy_text(p) for p in policies)}"
-            else:
-                reason = "allowed"
-            if matched is not None:
-                reason += f" ({describe_key(matched[1])})"
+            policies, reason = self._allowed(matched, event.verdict, event.match)
+            policies = [dict(p) for p in policies]
         else:
+            policies = [parse_provenance(p) for p in matched[2].provenance] if matched is not None else []
             kind = "drop"
             if event.reason == 133:
                 endpoint = self._endpoint_map(event.endpoint)
@@ -215,7 +237,7 @@ class BpfEvents:
                 reason = reason_text
         src_pod, dst_pod = self._by_ip.get(event.saddr), self._by_ip.get(event.daddr)
         return {
-            "time": wall.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "time": wall,
             "node": self.node,
             "protocol": PROTOCOL_NAMES.get(event.protocol, str(event.protocol)),
             "src": event.saddr,

@@ -59,6 +59,7 @@ class AgentConfig:
     state_dir: str = "/var/lib/podnet"  # compiled BPF objects are cached here
     bpf_dir: str = "/sys/fs/bpf/podnet"  # pins (on a bpffs that outlives the agent)
     cgroup: str | None = None  # the pods' cgroup v2 directory (eBPF socket load balancing)
+    flow_ring_size: int = 4096  # records of each event ring (new connections; drops, verdicts, L7)
 
     def bpf_dirs(self) -> dict:
         import os
@@ -149,6 +150,7 @@ class Agent:
         self.flows = None  # FlowService (agent.flows) over the drop monitor's ring, from start()
         self._counting = ""  # which profile's kernel counters the flow metrics read
         self.ct_flows = None  # ConntrackFlows (agent.ct_flows): the Calico profile's flow source
+        self._tracks_all = False  # Calico: the policy table in force leaves no pod traffic untracked
         self._stop = threading.Event()
         self._servers: list = []
 
@@ -359,6 +361,7 @@ class Agent:
             else:
                 self.policy.apply(plan, endpoints, control, notrack)
                 self._nft_policy_on = True
+                self._tracks_all = notrack is not None and not notrack.pools
                 self._count_calico()
             self.policy_plan = plan  # in force now (the drop monitor explains drops by it)
             self._last_local = {p.key: p for p in local.pods if p.key in endpoints}
@@ -738,6 +741,20 @@ class Agent:
             "endpointConflicts": self.endpoint_conflicts,
             "dropMonitor": self.drops.status() if self.drops else None,
             "l7Proxy": self.l7.status() if self.l7 is not None else None,
+            "flows": self._flows_status(),
+        }
+
+    def _flows_status(self) -> dict:
+        """What the flow records rest on now: Cilium, whether the tc programs send a trace per
+        new connection; Calico, whether the policy table in force tracks every connection and
+        conntrack's events are read (``on``: the setting as the datapath applies it)."""
+        if self.bpf_events is not None and self._profile() == "cilium":
+            return {"on": self.bpf_events.traces_on, "source": "tc trace events", "lost": self._events_lost()}
+        reading = self.ct_flows is not None and self.ct_flows.error is None
+        return {
+            "on": bool(self._tracks_all and reading),
+            "source": "conntrack events",
+            "lost": self.ct_flows.lost if self.ct_flows is not None else None,
         }
 
     def _dispatch(self, doc: dict) -> dict:
@@ -755,20 +772,11 @@ class Agent:
         return self.cni.handle(doc)
 
     def _count_calico(self) -> None:
-        """Calico profile: the forwarding counters table (once), and the metrics read from it."""
+        """Calico profile: the forwarding counters table and the metrics read from it (once), and
+        conntrack's events read for flows while flows are on."""
         from podnet.dataplane import forward_counters
 
-        if self._counting == "calico":
-            return
-        forward_counters.ensure()
         drops = self.drops
-
-        def lost() -> int | None:
-            if drops is None:
-                return None
-            return drops.read_errors + (self.ct_flows.lost if self.ct_flows is not None else 0)
-
-        self.metrics.flows.use_kernel(forward_counters.read, None, cilium=False, lost=lost)
         if self.ct_flows is None and self._settings().flows and drops is not None:
             from podnet.agent.ct_flows import ConntrackFlows
 
@@ -778,8 +786,19 @@ class Agent:
                 self._service_ips,
                 drops.add_records,
                 lambda: self.policy_plan,
+                lambda: self._settings().flows,
             )
             self.ct_flows.start()
+        if self._counting == "calico":
+            return
+        forward_counters.ensure()
+
+        def lost() -> int | None:
+            if drops is None:
+                return None
+            return drops.read_errors + (self.ct_flows.lost if self.ct_flows is not None else 0)
+
+        self.metrics.flows.use_kernel(forward_counters.read, None, cilium=False, lost=lost)
         self._counting = "calico"
 
     def _service_ips(self) -> dict[tuple[str, str, int], str]:
@@ -833,7 +852,9 @@ class Agent:
         sysctl.write_many(sysctl.NODE_SYSCTLS)  # a node forwards pod traffic
         from podnet.agent.drops import DropMonitor
 
-        self.drops = DropMonitor(self.config.node, self._pod_infos, lambda: self.policy_plan)
+        self.drops = DropMonitor(
+            self.config.node, self._pod_infos, lambda: self.policy_plan, capacity=self.config.flow_ring_size
+        )
         self.drops.start()  # a group it cannot bind is a warning, not a failure
         self.drops.observers.append(self.metrics.flows.observe)
         from podnet.agent.flows import FlowService

@@ -21,10 +21,12 @@ monitor logs a warning, says so in its :meth:`status` and on DROPS, and tries ag
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import logging
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -61,6 +63,24 @@ def describe(deniers: Iterable[Provenance]) -> str:
     return f"default deny of {', '.join(names)}" if names else "default deny (no policy known for it)"
 
 
+class Evicted:
+    """The increasing numbers of records a ring let go, the last ``keep`` of them:
+    :meth:`after` counts those numbered after ``since`` (a lower bound once older ones are
+    forgotten)."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._seqs = array("q")
+
+    def add(self, seq: int) -> None:
+        self._seqs.append(seq)
+        if len(self._seqs) > 2 * self.keep:
+            del self._seqs[: len(self._seqs) - self.keep]
+
+    def after(self, since: int) -> int:
+        return len(self._seqs) - bisect.bisect_right(self._seqs, since)
+
+
 class DropMonitor:
     """Reads NFLOG in a daemon thread, annotates each drop, keeps the last ``capacity`` of them."""
 
@@ -82,7 +102,11 @@ class DropMonitor:
         self._clock = clock
         self.capacity = capacity
         self.observers: list[Callable[[list[dict[str, Any]]], None]] = []  # each batch added
-        self._ring: deque[dict[str, Any]] = deque(maxlen=capacity)
+        # two rings: a trace per new connection would push the rare drops out of a shared one
+        self._ring: deque[dict[str, Any]] = deque(maxlen=capacity)  # drops, logs, verdicts, L7
+        self._traces: deque[dict[str, Any]] = deque(maxlen=capacity)  # new connections (flows)
+        # the numbers of the records each ring let go, for ``missed`` (the last 4 x capacity)
+        self._gone, self._gone_traces = Evicted(4 * capacity), Evicted(4 * capacity)
         self._seq = 0
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -259,24 +283,42 @@ class DropMonitor:
             for record in records:
                 self._seq += 1
                 added.append({"seq": self._seq, **record})
-            self._ring.extend(added)
+            for record in added:
+                trace = record.get("type") == "trace"
+                ring, gone = (self._traces, self._gone_traces) if trace else (self._ring, self._gone)
+                if len(ring) == ring.maxlen:
+                    gone.add(ring[0]["seq"])
+                ring.append(record)
             self._cond.notify_all()
         for observe in self.observers:
             observe(added)
         return added
 
     # -- queries -----------------------------------------------------------------------------
-    def query(self, since: int = 0, wait: float = 0.0, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
-        """The drops with ``seq > since`` (waiting up to ``wait`` s for one), ``next`` and ``missed``."""
+    def query(
+        self, since: int = 0, wait: float = 0.0, limit: int = DEFAULT_LIMIT, types: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """The records with ``seq > since`` (of ``types``, when given; waiting up to ``wait`` s for
+        one), ``next`` and ``missed`` (numbered after ``since`` and gone from the rings)."""
+        wanted = set(types)
         with self._cond:
             if since > self._seq:
                 since = 0  # numbered by an earlier agent: everything this one has is new
             if wait > 0 and since == self._seq:
                 self._cond.wait_for(lambda: self._seq > since or self._stop.is_set(), timeout=wait)
-            first = self._ring[0]["seq"] if self._ring else self._seq + 1
-            drops = [r for r in self._ring if r["seq"] > since][:limit]
-            missed = max(0, first - since - 1)
-            next_seq = drops[-1]["seq"] if drops else self._seq
+            newer = [r for r in self._ring if r["seq"] > since]
+            newer_traces = [r for r in self._traces if r["seq"] > since]
+            if wanted == {"trace"}:
+                chosen, gone = newer_traces, [self._gone_traces]
+            elif wanted and "trace" not in wanted:
+                chosen, gone = newer, [self._gone]
+            else:
+                chosen, gone = newer + newer_traces, [self._gone, self._gone_traces]
+            if wanted:
+                chosen = [r for r in chosen if r.get("type", "drop") in wanted]
+            drops = sorted(chosen, key=lambda r: r["seq"])[:limit]
+            missed = sum(seqs.after(since) for seqs in gone)
+            next_seq = drops[-1]["seq"] if len(drops) == limit else self._seq
         return {"ok": True, "drops": drops, "next": next_seq, "missed": missed}
 
     def handle(self, doc: dict) -> dict[str, Any]:
@@ -296,4 +338,5 @@ class DropMonitor:
                 "msg": f"the drop monitor is not reading NFLOG: {self.error}",
                 "details": "",
             }
-        return self.query(since, wait, limit)
+        types = [str(t) for t in doc.get("types") or ()]
+        return self.query(since, wait, limit, types)

@@ -25,6 +25,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "default: none, services then go through nftables only",
     )
     p.add_argument("--refresh-seconds", type=float, default=60.0, help="periodic full resync")
+    p.add_argument(
+        "--flow-ring-size",
+        type=int,
+        default=4096,
+        help="flows kept for podnet observe: new connections, and apart from them drops, verdicts and L7",
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-file", default=None)
     p.add_argument("--lab-prefix", default=None, help=argparse.SUPPRESS)  # marks lab processes
@@ -52,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         args.state_dir,
         args.bpf_dir,
         args.cgroup,
+        args.flow_ring_size,
     )
     try:
         Agent(config).run_forever()

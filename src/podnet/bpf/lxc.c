@@ -136,6 +136,7 @@ enum { DIR_INGRESS = 0, DIR_EGRESS = 1 };
 #define EVENT_DROP 1
 #define EVENT_VERDICT 2
 #define EVENT_TRACE 3
+#define TRACE_WAKEUP_BYTES (256 << 10) /* backlog of the events ring that wakes the agent for traces */
 
 /* verdict event results */
 #define VERDICT_ALLOWED 1
@@ -725,7 +726,12 @@ static __always_inline void emit(__u8 type, __u8 reason, __u8 dir, __u8 verdict,
 	e->ts = bpf_ktime_get_ns();
 	e->match = match;
 	__builtin_memset(e->pad, 0, sizeof(e->pad));
-	bpf_ringbuf_submit(e, 0);
+	/* A trace (one per new connection) wakes the agent only once a backlog has built up: it reads
+	 * them in batches on its poll timeout; a drop or a verdict wakes it at once. */
+	if (type == EVENT_TRACE && bpf_ringbuf_query(&pn_events, BPF_RB_AVAIL_DATA) < TRACE_WAKEUP_BYTES)
+		bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	else
+		bpf_ringbuf_submit(e, 0);
 }
 
 static __always_inline __u32 config_flags(void)

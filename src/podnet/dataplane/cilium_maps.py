@@ -33,6 +33,7 @@ prefix match is the model's ``covers``.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -227,7 +228,7 @@ def decode_ct(key: bytes, value: bytes) -> CtEntry:
 
 def socket_port(raw: int) -> int:
     """A port read host-order from network-order bytes, back to its number."""
-    return struct.unpack("!H", struct.pack("=H", raw))[0]
+    return socket.ntohs(raw)
 
 
 EVENT_DROP, EVENT_VERDICT, EVENT_TRACE = 1, 2, 3
@@ -276,8 +277,8 @@ def decode_event(raw: bytes) -> Event:
         src,
         dst,
         entry_id,
-        str(ipaddress.IPv4Address(saddr)),
-        str(ipaddress.IPv4Address(daddr)),
+        socket.inet_ntoa(saddr),  # ipaddress's str() costs ten times more, per event
+        socket.inet_ntoa(daddr),
         socket_port(sport),
         socket_port(dport),
         length,

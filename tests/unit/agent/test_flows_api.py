@@ -98,3 +98,19 @@ def test_workloads_from_the_usual_labels() -> None:
         "a/y-1": "kube-dns",
         "a/z": "z",
     }
+
+
+def test_traces_have_a_ring_of_their_own_and_missed_counts_the_kind_asked_for() -> None:
+    ring = DropMonitor("node-1", lambda: PODS, lambda: None, open_reader=lambda: None, capacity=4)  # type: ignore[arg-type,return-value]
+    ring.add_records([record("drop", "t0")])
+    ring.add_records([record("trace", f"t{i}") for i in range(1, 11)])  # 10 traces: 6 pushed out
+    drops = ring.query(types=["drop"])
+    assert [r["time"] for r in drops["drops"]] == ["t0"] and drops["missed"] == 0  # the drop stays
+    traces = ring.query(types=["trace"])
+    assert [r["time"] for r in traces["drops"]] == ["t7", "t8", "t9", "t10"] and traces["missed"] == 6
+    everything = ring.query()
+    assert [r["seq"] for r in everything["drops"]] == [1, 8, 9, 10, 11] and everything["missed"] == 6
+    assert ring.query(since=9)["missed"] == 0 and ring.query(since=5, types=["trace"])["missed"] == 2
+    limited = ring.query(limit=2)
+    assert [r["seq"] for r in limited["drops"]] == [1, 8] and limited["next"] == 8
+    assert ring.query(types=["l7"]) == {"ok": True, "drops": [], "next": 11, "missed": 0}
