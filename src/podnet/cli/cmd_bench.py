@@ -2,14 +2,16 @@
 
     podnet bench [--profiles calico-ipip,calico-ipip-crosssubnet,calico-bgp,cilium-vxlan,cilium-direct]
                  [--repeats N] [--duration S] [--quick] [--out DIR]
-                 [--skip-footprint] [--skip-control-plane]
+                 [--skip-footprint] [--skip-control-plane] [--skip-flows]
 
 1. Data path (:func:`podnet.bench.datapath.run`): a lab per profile and the hand-built kernel
    baselines (direct, VXLAN, IPIP), every scenario ``--repeats`` times.
 2. Footprint and control plane (:func:`podnet.bench.footprint.run`): agent (and BIRD) memory idle
    and loaded, CNI ADD/DEL latency, IPAM allocations/s, policy change -> kernel, route convergence
    after a node joins.
-3. ``<out>/bench.json`` (every raw sample, the summaries, the seed's figures), one PNG bar chart
+3. Flow records on vs off (:func:`podnet.bench.flows.run`): one iperf3 stream and new connections/s
+   with ClusterConfiguration ``flows`` on and off, per style; records per connection, events lost.
+4. ``<out>/bench.json`` (every raw sample, the summaries, the seed's figures), one PNG bar chart
    per metric, and the table in the seed's layout on stdout.
 
 Progress goes to stderr: a one-line bar redrawn in place on a terminal, plain lines otherwise.
@@ -87,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where bench.json and the plots go (default ./bench-results/<timestamp>)",
     )
     parser.add_argument("--skip-footprint", action="store_true", help="no agent/BIRD memory readings")
+    parser.add_argument(
+        "--skip-flows", action="store_true", help="no flow records on vs off rows (podnet.bench.flows)"
+    )
     parser.add_argument(
         "--skip-control-plane",
         action="store_true",
@@ -199,11 +204,26 @@ def run(args: argparse.Namespace) -> int:
                     f"podnet bench: footprint/control plane failed: {result['footprint_error']}",
                     file=sys.stderr,
                 )
+        if not args.skip_flows:
+            from podnet.bench import flows
+
+            styles = tuple(p for p in flows.PROFILES if any(name.startswith(p) for name in opts["profiles"]))
+            size = flows.QUICK if opts["quick"] else flows.Options(repeats=opts["repeats"])
+            phase = bar.phase_of("flows on/off")
+            try:
+                result["flows"] = flows.run(size, styles, step=lambda text: phase(text, 0, 1))
+            except Exception as exc:  # as the footprint: reported, the rest stands
+                result["flows_error"] = f"{type(exc).__name__}: {exc}"
+                print(f"podnet bench: flows on/off failed: {result['flows_error']}", file=sys.stderr)
     finally:
         bar.close()
     result.setdefault("settings", {}).setdefault("wall_s", round(time.monotonic() - started, 1))
     json_path = report.write_json(result, os.path.join(out, "bench.json"))
     plots = report.write_plots(result, out)
     print(report.render_table(result))
+    if "flows" in result:
+        from podnet.bench import flows
+
+        print("\n" + flows.render(result["flows"]))
     print(f"\nraw samples and summaries: {json_path}; {len(plots)} plots in {out}/")
     return 0

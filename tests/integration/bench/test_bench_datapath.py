@@ -94,6 +94,7 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BenchRun]:
         "1",
         "--skip-footprint",
         "--skip-control-plane",
+        "--skip-flows",  # bench/test_bench_flows.py runs that phase
         "--out",
         str(out),
     ]
