@@ -9,7 +9,8 @@ DEBIAN_PACKAGES=(etcd-server etcd-client nftables iproute2 iptables containernet
   bird2 gobgpd  # BGP: BIRD 2 on every node, GoBGP as the lab's external (top-of-rack) router
   wrk nginx-light  # bench.services: wrk measures connections/s to nginx in the backend pods
   haproxy  # the Cilium profile's L7 proxy (transparent, TPROXY)
-  graphviz)  # podnet observe map: dot draws the service map (svg, png)
+  graphviz  # podnet observe map: dot draws the service map (svg, png)
+  prometheus)  # podnet lab up --prometheus: Prometheus 2.42 scrapes the agents; podnet metrics queries it
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
@@ -25,10 +26,10 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Debian's packages may start system daemons (etcd on :2379, bird, gobgpd, nginx on :80, haproxy); podnet
-# runs its own in the lab's namespaces, so stop those.
+# Debian's packages may start system daemons (etcd on :2379, bird, gobgpd, nginx on :80, haproxy,
+# prometheus on :9090); podnet runs its own in the lab's namespaces, so stop those.
 if command -v systemctl >/dev/null 2>&1; then
-  for unit in etcd bird gobgpd nginx haproxy; do
+  for unit in etcd bird gobgpd nginx haproxy prometheus; do
     if systemctl is-active --quiet "$unit" 2>/dev/null; then
       systemctl disable --now "$unit" >/dev/null 2>&1 || true
     fi

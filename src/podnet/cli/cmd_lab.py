@@ -1,7 +1,7 @@
 """``podnet lab``: an emulated cluster in network namespaces on this machine (needs root).
 
 podnet lab up [--nodes N] [--profile calico|cilium] [--encapsulation none|vxlan|ipip|ipip-crosssubnet]
-              [--subnets 1|2]
+              [--subnets 1|2] [--prometheus]
 podnet lab down | clean | status
 podnet lab wait [--timeout S]                  until every pod is Running
 podnet lab exec NS/POD -- CMD...               run a command inside a pod (its netns and cgroup)
@@ -52,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="flows",
         action="store_false",
         help="no flow record per new connection (ClusterConfiguration flows: false); drops still are",
+    )
+    up.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="a Prometheus (Debian's) in its own namespace scraping every agent every 5 s; "
+        "query it with podnet metrics",
     )
     sub.add_parser("down", help="remove exactly what the lab created")
     sub.add_parser("clean", help="remove leftovers of a lab that crashed (by name prefix)")
@@ -131,6 +137,7 @@ def _up(args) -> int:
             bgp=args.bgp,
             dns=args.dns,
             flows=args.flows,
+            prometheus=args.prometheus,
         )
     )
     topo = info.topology
@@ -145,6 +152,11 @@ def _up(args) -> int:
         f"  etcd       {topo.etcd_endpoint} in netns {topo.etcd.netns}; the CLI reaches it at "
         f"{info.etcd_endpoint}"
     )
+    if topo.prometheus is not None:
+        print(
+            f"  prometheus http://{topo.prometheus.ip}:9090 in netns {topo.prometheus.netns}; the CLI "
+            f"reaches it at {info.prometheus_endpoint} (podnet metrics query 'up')"
+        )
     print("apply pods with `podnet apply -f FILE`; `podnet lab down` removes everything")
     return 0
 
@@ -177,6 +189,8 @@ def _status(args) -> int:
         return 1
     meta = state.meta()
     print(f"etcd (for the CLI): {meta.get('etcd_endpoint')}")
+    if meta.get("prometheus_endpoint"):
+        print(f"prometheus (for the CLI): {meta['prometheus_endpoint']}")
     for proc in state.processes():
         alive = "running" if proc_alive(proc.pid, proc.start_time) else "DEAD"
         print(f"  {proc.name:28} pid {proc.pid:<8} {alive:8} {proc.netns or '(root netns)'}")

@@ -39,6 +39,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "podnet.cli.cmd_observe",
         "flows of every lab node and their service map, like hubble observe",
     ),
+    "metrics": (
+        "podnet.cli.cmd_metrics",
+        "the lab's Prometheus (lab up --prometheus): query PromQL, compare nodes' figures at two times",
+    ),
     "bench": ("podnet.cli.cmd_bench", "the seed article's benchmark table, measured on this machine's lab"),
     "etcd": ("podnet.cli.cmd_etcd", "run a private etcd server for trying podnet out"),
     "demo": ("podnet.cli.cmd_demo", "start an etcd, apply example resources, allocate addresses"),

@@ -12,8 +12,10 @@
 Order of ``up``: fabric → etcd (+ proxy for the CLI, the only way in from the root namespace) →
 cluster resources (ClusterConfiguration, IPPool, Nodes, Namespaces) → CNI configuration per node
 → the kubelet → one agent per node, started by the kubelet as a DaemonSet's pod (and restarted with
-back-off when it exits: lab/supervisor.py); ``up`` waits until each answers STATUS. Any failure
-tears down what was made. Everything is recorded in the lab state, so ``down`` removes exactly that.
+back-off when it exits: lab/supervisor.py); ``up`` waits until each answers STATUS; then the
+cluster DNS, and with ``--prometheus`` a Prometheus scraping the agents (lab/prometheus.py, its own
+proxy for the CLI). Any failure tears down what was made. Everything is recorded in the lab state,
+so ``down`` removes exactly that.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from podnet.agent import api
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.etcd_server import EtcdServer
 from podnet.datastore.resources import ResourceStore
-from podnet.lab import supervisor
+from podnet.lab import prometheus, supervisor
 from podnet.lab.cleanup import CleanupReport, clean, down
 from podnet.lab.cni_runtime import install_podnet_plugin
 from podnet.lab.etcd_proxy import start_etcd_proxy
@@ -71,6 +73,7 @@ class LabInfo:
     topology: Topology
     etcd_endpoint: str  # for the CLI, on root loopback through the proxy
     seconds: float
+    prometheus_endpoint: str | None = None  # LabSpec.prometheus: for the CLI, through its proxy
 
 
 def lab_names(prefix: str | None = None) -> LabNames:
@@ -307,7 +310,9 @@ def _start_agents(names: LabNames, topo: Topology, state: LabState, timeout: flo
             "--socket",
             names.agent_socket(host.name),
             "--metrics",
-            "127.0.0.1:9099",
+            # with Prometheus on the fabric, on the node's addresses too (closed to pods all the
+            # same: the control plane); else on loopback, where nothing outside the node looks
+            f"{'0.0.0.0' if topo.spec.prometheus else '127.0.0.1'}:{prometheus.AGENT_METRICS_PORT}",
             "--bpf-dir",
             bpf_dir,
             "--cgroup",
@@ -468,10 +473,11 @@ def up(spec: LabSpec, names: LabNames | None = None) -> LabInfo:
         _start_agents(names, topo, state)
         if spec.dns:
             _start_dns(names, topo, state, store)
+        metrics = prometheus.start(names, topo, state) if spec.prometheus else None
     except BaseException:
         down(names.state_dir)
         raise
-    return LabInfo(names, topo, endpoint, time.monotonic() - started)
+    return LabInfo(names, topo, endpoint, time.monotonic() - started, metrics)
 
 
 def teardown(names: LabNames | None = None) -> CleanupReport:

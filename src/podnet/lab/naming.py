@@ -8,6 +8,7 @@ marker argument ``--lab-prefix=<prefix>``. That is what makes ``down`` and ``cle
     pn-fabric                    the "switch": bridges br0 (and br1), one port per attached host
     pn-router                    only with 2 subnets: eth0 = 10.77.0.1, eth1 = 10.77.1.1
     pn-etcd                      the cluster's etcd: eth0 = 10.77.0.2
+    pn-prometheus                only with --prometheus: Prometheus, eth0 = 10.77.0.5
     pn-node-1 … pn-node-N        one per node: eth0 = 10.77.<subnet>.<10+i>
     pn-p-<ns>.<pod>-<hash>       one per pod (readable slug + a hash that makes it unique)
 
@@ -103,6 +104,11 @@ class LabNames:
     def ext_ns(self) -> str:
         """A client outside the cluster (NodePort tests, like a user's machine on the node LAN)."""
         return f"{self.prefix}ext"
+
+    @property
+    def prometheus_ns(self) -> str:
+        """The lab's Prometheus server (``podnet lab up --prometheus``)."""
+        return f"{self.prefix}prometheus"
 
     def node_ns(self, node: str) -> str:
         return f"{self.prefix}{node}"

@@ -16,7 +16,9 @@ With one subnet there is no router, only ``br0``; nodes and etcd then have no de
 is nothing beyond the subnet). Node ``i`` (1-based, over the whole lab) gets ``<net>.<s>.<10+i>``
 in subnet ``s``; with two subnets the first ``ceil(N/2)`` nodes are in subnet 0. Node addresses are
 unique across subnets so ``node-3`` is always ``.13``. The underlay is a /16 so tests can pick one
-that never meets a user's lab (10.77.0.0/16 is the default).
+that never meets a user's lab (10.77.0.0/16 is the default). With ``prometheus`` (``podnet lab up
+--prometheus``) one more host, ``pn-prometheus`` at ``<net>.0.5`` on ``br0``, runs the Prometheus
+server (:mod:`podnet.lab.prometheus`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ UNDERLAY_MTU = 1500
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 FIRST_NODE_HOST = 10  # node i gets host number 10 + i
+PROMETHEUS_HOST = 5  # .1 router, .2 etcd, .3 ext, .4 left for tests (ext's second address)
 MAX_NODES = 254 - FIRST_NODE_HOST
 
 
@@ -47,6 +50,7 @@ class LabSpec:
     bgp: bool = False  # Calico profile: BIRD on every node, node-to-node mesh
     dns: bool = False  # a cluster DNS (kube-system/kube-dns) and the test zone *.example.test on ext
     flows: bool = True  # ClusterConfiguration flows: a flow record per new connection
+    prometheus: bool = False  # Prometheus in a namespace of its own, scraping every agent (lab/prometheus.py)
 
     def __post_init__(self) -> None:
         problems = []
@@ -132,17 +136,20 @@ class Topology:
     etcd: Host
     router: Host | None = None
     external: Host | None = None  # a client outside the cluster, on subnet 0
+    prometheus: Host | None = None  # LabSpec.prometheus: the Prometheus server, on subnet 0
     mtu: int = UNDERLAY_MTU
     etcd_client_port: int = ETCD_CLIENT_PORT
     etcd_peer_port: int = ETCD_PEER_PORT
 
     @property
     def hosts(self) -> tuple[Host, ...]:
-        """Every attached namespace: router first (if any), then etcd, the external client, the nodes."""
+        """Every attached namespace: router first (if any), then etcd, the external client,
+        Prometheus (if any), the nodes."""
         return (
             ((self.router,) if self.router else ())
             + (self.etcd,)
             + ((self.external,) if self.external else ())
+            + ((self.prometheus,) if self.prometheus else ())
             + tuple(self.nodes)
         )
 
@@ -171,6 +178,7 @@ class Topology:
             "router": _host_dict(self.router) if self.router else None,
             "etcd": _host_dict(self.etcd) | {"endpoint": self.etcd_endpoint},
             "external": _host_dict(self.external) if self.external else None,
+            "prometheus": _host_dict(self.prometheus) if self.prometheus else None,
             "nodes": [_host_dict(h) for h in self.nodes],
             "mtu": self.mtu,
         }
@@ -249,6 +257,16 @@ def build_topology(spec: LabSpec | None = None, names: LabNames | None = None) -
         attachments=(Attachment("eth0", link_name("ext"), "br0", addr(0, 3)),),
         gateway=gw(0),
     )
+    prometheus = None
+    if spec.prometheus:
+        prometheus = Host(
+            name="prometheus",
+            kind="other",  # the state's namespace kinds (lab/state.py NETNS_ORDER), as the tor's
+            netns=names.prometheus_ns,
+            subnet=0,
+            attachments=(Attachment("eth0", link_name("prometheus"), "br0", addr(0, PROMETHEUS_HOST)),),
+            gateway=gw(0),
+        )
     nodes = []
     for i in range(1, spec.nodes + 1):
         s = node_subnet(spec, i)
@@ -275,5 +293,6 @@ def build_topology(spec: LabSpec | None = None, names: LabNames | None = None) -
         etcd=etcd,
         router=router,
         external=external,
+        prometheus=prometheus,
         mtu=spec.mtu,
     )
