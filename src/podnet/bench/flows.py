@@ -95,6 +95,22 @@ def _counts(nodes: list[str]) -> tuple[int, int]:
     return records, lost
 
 
+def agent_cpu(names: LabNames) -> float:
+    """CPU seconds the lab's agents have used (their threads, from /proc)."""
+    import os
+
+    from podnet.lab.state import LabState
+
+    hz = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for process in LabState(names.state_dir).processes():
+        if process.name.startswith("agent-"):
+            with open(f"/proc/{process.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / hz
+
+
 def _settled(nodes: list[str], quiet: float = 1.0, timeout: float = 20.0) -> tuple[int, int]:
     """:func:`_counts` once the agents have taken in what the run made (no new record for
     ``quiet`` seconds): a loaded agent reads its events in batches, some after the run."""
@@ -125,6 +141,7 @@ def _profile(profile: str, opts: Options, step) -> dict[str, Any]:  # type: igno
     }
     rates: list[float] = []
     completeness: dict[str, list[float]] = {"on": [], "off": []}
+    cpu: dict[str, list[float]] = {"on": [], "off": []}  # the agents' CPU seconds per second
     lost_during: dict[str, int] = {"on": 0, "off": 0}
     try:
         step(f"{profile}: lab up")
@@ -163,11 +180,12 @@ def _profile(profile: str, opts: Options, step) -> dict[str, Any]:  # type: igno
                 switch(state == "on")
                 wrk_in_pod(client_ns, client_cg, url, 1, 1, 1, True)  # warm: nginx and the path
                 before, lost_before = _counts(nodes)
-                started = time.monotonic()
+                started, cpu_before = time.monotonic(), agent_cpu(names)
                 samples[state]["tcp_1"].append(iperf(side, opts.duration).gbps)
                 result = wrk_in_pod(client_ns, client_cg, url, opts.duration, 1, WRK_CONNECTIONS, True)
                 samples[state]["conn_s"].append(result.requests_per_s)
                 ended = time.monotonic()
+                cpu[state].append((agent_cpu(names) - cpu_before) / (ended - started))
                 after, lost_after = _settled(nodes)
                 lost_during[state] += lost_after - lost_before
                 # every connection is a record on each node while flows are on: iperf3's two, wrk's
@@ -187,6 +205,7 @@ def _profile(profile: str, opts: Options, step) -> dict[str, Any]:  # type: igno
         # records / (2 x connections): 1.0 with flows on (none missing), 0.0 with them off
         "records_complete": {state: round(min(v), 3) if v else 0.0 for state, v in completeness.items()},
         "events_lost": lost_during,
+        "agent_cpu": {state: round(statistics.median(v), 3) if v else 0.0 for state, v in cpu.items()},
     }
 
 
@@ -269,6 +288,10 @@ def render(r: dict[str, Any]) -> str:
             f"{p['records_complete']['on']:.3f} of one per connection per node "
             f"({p['records_complete']['off']:.3f} with flows off); "
             f"events lost: {lost['on']} (on), {lost['off']} (off)"
+        )
+        lines.append(
+            f"  {profile:<9}agents' CPU while measuring: {p['agent_cpu']['on']:.2f} s/s with flows on, "
+            f"{p['agent_cpu']['off']:.2f} s/s off"
         )
     m = r["ring_memory"]
     lines.append(
