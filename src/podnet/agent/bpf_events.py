@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from podnet.agent.drops import LazyRecord
 from podnet.agent.log import kv
 from podnet.calc.explain_cilium import PROTOCOL_NAMES, describe_key, parse_provenance, policy_text
 from podnet.calc.policy import PodInfo
@@ -197,22 +198,47 @@ class BpfEvents:
         ``policy-verdict`` one while someone asks for verdicts and policy judged the connection."""
         from podnet.dataplane import cilium_maps as cm
 
-        out = []
+        out: list[dict[str, Any]] = []
         verdicts = self._verdicts_on()
         for event in events:
+            if event.type == cm.EVENT_TRACE and not verdicts:
+                out.append(self._lazy(event))
+                continue
             record = self.annotate(event)
             out.append(record)
             if event.type == cm.EVENT_TRACE and verdicts and event.match != "not enforced":
                 out.append({**record, "type": "policy-verdict", "prefix": prefix_of(event, verdict=True)})
         return out
 
-    def annotate(self, event: Any) -> dict[str, Any]:
-        """One event as the DROPS API returns it (``type`` drop, trace or policy-verdict)."""
+    def _lazy(self, event: Any) -> LazyRecord:
+        """A trace record annotated when read; what it depends on that may change (the policy
+        entry, the pods by address) is taken now."""
+        self._index()
+        matched = self._entry(event.entry_id) if event.entry_id else None
+        src_pod, dst_pod = self._by_ip.get(event.saddr), self._by_ip.get(event.daddr)
+        fields = {
+            "type": "trace",
+            "direction": event.direction,
+            "match": event.match,
+            "verdict": VERDICTS.get(event.verdict, "ALLOWED"),
+        }
+        return LazyRecord(fields, lambda: self.annotate(event, (matched,), (src_pod, dst_pod)))
+
+    def annotate(
+        self, event: Any, entry: tuple[Any] | None = None, pods: tuple[str | None, str | None] | None = None
+    ) -> dict[str, Any]:
+        """One event as the DROPS API returns it (``type`` drop, trace or policy-verdict);
+        ``entry`` and ``pods``: the policy entry and the pods as they were when it came."""
         from podnet.dataplane import cilium_maps as cm
 
-        self._index()
         wall = self._wall(event.ts)
-        matched = self._entry(event.entry_id) if event.entry_id else None
+        if entry is None:
+            matched = self._entry(event.entry_id) if event.entry_id else None
+        else:
+            (matched,) = entry
+        if pods is None:
+            self._index()
+            pods = (self._by_ip.get(event.saddr), self._by_ip.get(event.daddr))
         reason_text = cm.DROP_REASONS.get(event.reason, f"drop reason {event.reason}")
         judged = event.type in (cm.EVENT_VERDICT, cm.EVENT_TRACE)
         if judged:
@@ -235,7 +261,7 @@ class BpfEvents:
                 reason = SPOOF_REASONS[event.reason]
             else:
                 reason = reason_text
-        src_pod, dst_pod = self._by_ip.get(event.saddr), self._by_ip.get(event.daddr)
+        src_pod, dst_pod = pods
         return {
             "time": wall,
             "node": self.node,

@@ -63,6 +63,25 @@ def describe(deniers: Iterable[Provenance]) -> str:
     return f"default deny of {', '.join(names)}" if names else "default deny (no policy known for it)"
 
 
+class LazyRecord(dict):
+    """A record whose other fields are computed only when it is read (:meth:`DropMonitor.query`
+    calls :meth:`materialize`): a trace per new connection is mostly never asked for, so its
+    annotation waits. What the observers need (type, direction, verdict, match) is there from the
+    start."""
+
+    __slots__ = ("_fill",)
+
+    def __init__(self, fields: dict[str, Any], fill: Callable[[], dict[str, Any]]) -> None:
+        super().__init__(fields)
+        self._fill: Callable[[], dict[str, Any]] | None = fill
+
+    def materialize(self) -> LazyRecord:
+        fill, self._fill = self._fill, None
+        if fill is not None:
+            self.update(fill())
+        return self
+
+
 class Evicted:
     """The increasing numbers of records a ring let go, the last ``keep`` of them:
     :meth:`after` counts those numbered after ``since`` (a lower bound once older ones are
@@ -282,7 +301,11 @@ class DropMonitor:
         with self._cond:
             for record in records:
                 self._seq += 1
-                added.append({"seq": self._seq, **record})
+                if isinstance(record, LazyRecord):
+                    record["seq"] = self._seq  # numbered in place: it stays lazy
+                    added.append(record)
+                else:
+                    added.append({"seq": self._seq, **record})
             for record in added:
                 trace = record.get("type") == "trace"
                 ring, gone = (self._traces, self._gone_traces) if trace else (self._ring, self._gone)
@@ -319,6 +342,9 @@ class DropMonitor:
             drops = sorted(chosen, key=lambda r: r["seq"])[:limit]
             missed = sum(seqs.after(since) for seqs in gone)
             next_seq = drops[-1]["seq"] if len(drops) == limit else self._seq
+        for record in drops:
+            if isinstance(record, LazyRecord):
+                record.materialize()
         return {"ok": True, "drops": drops, "next": next_seq, "missed": missed}
 
     def handle(self, doc: dict) -> dict[str, Any]:

@@ -4,7 +4,8 @@ One 2-node lab per profile: ``client`` on node-1, ``server`` on node-2 (nginx, a
 server per run). Each round switches flows on or off (interleaved, the order alternating) and
 fences on every agent's ``/healthz`` saying the datapath applies it (Cilium: the tc programs are
 asked for a trace event per new connection or not; Calico: the policy table tracks every
-connection and conntrack's events are read, or the untracked fast path is back), then measures:
+connection and conntrack's events are read, or the untracked fast path is back) and on the agents
+being idle again, then measures:
 
 - ``tcp_1``: one iperf3 TCP stream client → server (Gbit/s);
 - ``conn_s``: wrk with 16 connections, ``Connection: close``: new connections per second, each
@@ -111,6 +112,14 @@ def agent_cpu(names: LabNames) -> float:
     return total / hz
 
 
+def _idle(names: LabNames, window: float = 0.5, busy: float = 0.05) -> bool:
+    """Did the agents use less than ``busy`` CPU seconds per second over ``window``? (The sync a
+    configuration change starts must not run into the measurement.)"""
+    before = agent_cpu(names)
+    time.sleep(window)
+    return (agent_cpu(names) - before) / window < busy
+
+
 def _settled(nodes: list[str], quiet: float = 1.0, timeout: float = 20.0) -> tuple[int, int]:
     """:func:`_counts` once the agents have taken in what the run made (no new record for
     ``quiet`` seconds): a loaded agent reads its events in batches, some after the run."""
@@ -173,6 +182,7 @@ def _profile(profile: str, opts: Options, step) -> dict[str, Any]:  # type: igno
                 f"flows {'on' if on else 'off'} on every node",
                 lambda: all(bool((health(n).get("flows") or {}).get("on")) == on for n in nodes),
             )
+            _wait("the agents idle after the switch", lambda: _idle(names))
 
         for r in range(opts.repeats):
             for state in rotate(["on", "off"], r):
@@ -255,9 +265,16 @@ def ring_memory(count: int = 4096) -> dict[str, float]:
         for raw in raws:
             ring.add_records(events.records([cm.decode_event(raw)]))
         grown = tracemalloc.get_traced_memory()[0] - before
+        ring.query(limit=count)  # read: every record annotated (what it holds after a podnet observe)
+        read = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    return {"records": count, "mib": round(grown / 2**20, 2), "bytes_per_record": round(grown / count)}
+    return {
+        "records": count,
+        "mib": round(grown / 2**20, 2),
+        "bytes_per_record": round(grown / count),
+        "mib_read": round(read / 2**20, 2),
+    }
 
 
 def run(opts: Options, profiles: tuple[str, ...] = PROFILES, step=lambda text: None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -296,7 +313,7 @@ def render(r: dict[str, Any]) -> str:
     m = r["ring_memory"]
     lines.append(
         f"  the agent's ring: {m['mib']:.2f} MiB per {m['records']:,} new-connection records "
-        f"({m['bytes_per_record']:,} bytes each)"
+        f"({m['bytes_per_record']:,} bytes each; {m['mib_read']:.2f} MiB once read, every record annotated)"
     )
     return "\n".join(lines)
 

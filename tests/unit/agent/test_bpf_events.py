@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from podnet.agent.bpf_events import BpfEvents
+from podnet.agent.drops import DropMonitor, LazyRecord
 from podnet.calc.explain_cilium import describe_key, parse_provenance, policy_text
 from podnet.calc.flows import flow_of
 from podnet.calc.policy import PodInfo
@@ -104,6 +105,17 @@ def test_a_trace_is_a_flow_record_and_the_verdict_while_verdicts_are_asked_for()
     )
     records = m.records([judged, unenforced])
     assert [r["type"] for r in records] == ["trace", "trace"]  # nobody asked for verdicts
+    # lazy: what the metrics need now, the rest when read (the ring's query materializes them)
+    assert all(isinstance(r, LazyRecord) for r in records) and "prefix" not in records[0]
+    assert (records[0]["direction"], records[0]["match"], records[0]["verdict"]) == (
+        "ingress",
+        "identity",
+        "ALLOWED",
+    )
+    ring = DropMonitor("node-1", lambda: PODS, lambda: None, open_reader=lambda: None)  # type: ignore[arg-type,return-value]
+    ring.add_records(records)
+    records = ring.query()["drops"]
+    assert [r["seq"] for r in records] == [1, 2] and records[0]["srcPod"] == "shop/client"
     assert records[0]["prefix"] == "pnt:ep7:in" and records[0]["tcpFlags"] == 0x02
     assert records[1]["reason"] == "allowed: no policy selects the endpoint in this direction"
     flow = flow_of(records[0])["flow"]
