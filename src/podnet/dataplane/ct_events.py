@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from podnet.dataplane import sysctl
 from podnet.dataplane.ctnetlink import (
@@ -110,8 +110,7 @@ NEW, DESTROY, DUMP = "new", "destroy", "dump"
 _NEW_ENTRY = NLM_F_CREATE | NLM_F_EXCL
 
 
-@dataclass(frozen=True, slots=True)
-class CtEvent:
+class CtEvent(NamedTuple):
     """One conntrack entry as an event reported it (``kind`` "new" or "destroy") or a dump saw it
     ("dump"). ``src``/``dst``/``sport``/``dport`` are the original direction (the client's view),
     ``reply_*`` the reply direction (after DNAT ``reply_src`` is the backend). Counters are 0 when
@@ -145,7 +144,9 @@ class CtEvent:
 
 
 def _counters(raw: bytes | None) -> tuple[int, int]:
-    nested = attrs(raw or b"")
+    if not raw:  # NEW events carry none
+        return 0, 0
+    nested = attrs(raw)
     return be_uint(nested.get(CTA_COUNTERS_PACKETS)), be_uint(nested.get(CTA_COUNTERS_BYTES))
 
 

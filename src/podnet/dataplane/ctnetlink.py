@@ -93,8 +93,31 @@ def be_uint(raw: bytes | None) -> int:
     return int.from_bytes(raw, "big") if raw else 0
 
 
+#: the layout the kernel writes for an IPv4 TCP/UDP/SCTP tuple (ctnetlink_dump_tuples): IP
+#: (src, dst), then protocol (number, source port, destination port), each attribute padded to 4
+_FAST_TUPLE = struct.Struct("=HHHH4sHH4sHHHHB3xHH2s2xHH2s2x")
+_FAST_HEADERS = (
+    *(20, 0x8000 | CTA_TUPLE_IP, 8, CTA_IP_V4_SRC, 8, CTA_IP_V4_DST),
+    *(28, 0x8000 | CTA_TUPLE_PROTO, 5, CTA_PROTO_NUM, 6, CTA_PROTO_SRC_PORT, 6, CTA_PROTO_DST_PORT),
+)
+
+
 def parse_tuple(raw: bytes) -> CtTuple | None:
-    """(src, dst, protocol, sport, dport) of a ``CTA_TUPLE_*`` attribute; None if it is not IPv4."""
+    """(src, dst, protocol, sport, dport) of a ``CTA_TUPLE_*`` attribute; None if it is not IPv4.
+    The kernel's usual layout is read with one unpack (a NEW or DESTROY event per connection makes
+    this hot); anything else goes through the attribute walk."""
+    if len(raw) >= _FAST_TUPLE.size:
+        (l1, t1, l2, t2, src, l3, t3, dst, l4, t4, l5, t5, number, l6, t6, sport, l7, t7, dport) = (
+            _FAST_TUPLE.unpack_from(raw)
+        )
+        if (l1, t1, l2, t2, l3, t3, l4, t4, l5, t5, l6, t6, l7, t7) == _FAST_HEADERS:
+            return CtTuple(
+                socket.inet_ntoa(src),
+                socket.inet_ntoa(dst),
+                number,
+                int.from_bytes(sport, "big"),
+                int.from_bytes(dport, "big"),
+            )
     tup = attrs(raw)
     ip, proto = attrs(tup.get(CTA_TUPLE_IP, b"")), attrs(tup.get(CTA_TUPLE_PROTO, b""))
     if len(ip.get(CTA_IP_V4_SRC, b"")) != 4 or len(ip.get(CTA_IP_V4_DST, b"")) != 4:
