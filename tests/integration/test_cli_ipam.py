@@ -82,4 +82,10 @@ def test_demo_runs_end_to_end_and_leaves_nothing_behind(tmp_path):
     if as_root:
         assert "7 pods Running" in out  # six demo pods and the cluster DNS
         assert out.count("✓") == 2 * 36 and "✗" not in out, "every pod must reach every pod, TCP and UDP"
+        flows = [
+            line for line in out.splitlines() if "demo/echo-1:" in line and "-> demo/echo-5:8080" in line
+        ]
+        assert {"to-network FORWARDED", "to-endpoint FORWARDED"} <= {
+            " ".join(line.split()[-5:-3]) for line in flows
+        }, out[-2000:]  # the probe's connection, seen leaving node-1 and entering node-3
         assert snapshot_host(prefix).diff(before) == {}, "the lab must leave nothing behind"

@@ -6,7 +6,8 @@
    collect it, then stop etcd and remove its data.
 2. A lab cluster (root): ``podnet lab up`` (3 nodes, 1 subnet), apply ordinary Pod YAML, wait for
    Running, show the pods, and probe every pod from every pod over TCP and UDP (the connectivity
-   matrix), then ``podnet lab down`` (``--keep`` leaves the lab up to explore).
+   matrix) and the flows of one connection as both nodes recorded them, then ``podnet lab down``
+   (``--keep`` leaves the lab up to explore).
 
 Every step is a real ``podnet`` command, printed before it runs, so the output doubles as a
 tutorial. Exits non-zero if any step does not do what it should.
@@ -136,6 +137,8 @@ def lab_cluster(keep: bool) -> None:
             _podnet("lab", "probe", "demo/echo-1", "demo/echo-5", "8080/TCP")
             _podnet("lab", "exec", "demo/echo-1", "--", "ip", "-4", "-brief", "address", "show", "eth0")
             _podnet("lab", "exec", "demo/echo-1", "--", "ip", "route")
+            _step("the flows every node recorded of that last connection, merged by time (hubble observe)")
+            _podnet("observe", "--from-pod", "demo/echo-1", "--to-pod", "demo/echo-5", "--last", "2")
         finally:
             if not keep:
                 _step("remove the lab: namespaces, processes, cgroups, files")
