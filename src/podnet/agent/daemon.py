@@ -48,6 +48,9 @@ ROUTER_DEVICE = "cilium_host"
 DATASTORE_RETRY_SECONDS = 3.0
 
 
+PROXY_METRICS_PORT = 8405  # the L7 proxy's Prometheus exporter (HAProxy's PROMEX), beside the agent's
+
+
 @dataclass
 class AgentConfig:
     node: str
@@ -432,8 +435,16 @@ class Agent:
                 self._pod_infos,
                 self._add_records,
                 on_answer=self._fqdn().learn,
+                exporter=self._proxy_exporter(),
             )
         return self.l7
+
+    def _proxy_exporter(self) -> str | None:
+        """The L7 proxy's Prometheus exporter: beside the agent's metrics (same address), port
+        :data:`PROXY_METRICS_PORT`; none when the agent serves no metrics."""
+        if self.config.metrics_address is None:
+            return None
+        return f"{self.config.metrics_address[0]}:{PROXY_METRICS_PORT}"
 
     def _fqdn(self):  # type: ignore[no-untyped-def]
         from podnet.agent.fqdn import HOLD_SECONDS, FqdnTracker
@@ -593,7 +604,8 @@ class Agent:
 
     def _control_plane(self) -> ControlPlane:
         """What no pod may reach (calc.policy.control_plane): BGP's listen port, this agent's metrics
-        port (every agent gets the same flags), every node's addresses, the datastore endpoints."""
+        port and its L7 proxy's exporter (every agent gets the same flags), every node's addresses,
+        the datastore endpoints."""
         bgp_spec = getattr(self.cache.bgp_config, "spec", None)
         addresses = [a for n in self.cache.nodes.values() for a in (n.ip, n.vxlan_ip, n.router_ip)]
         metrics_port = self.config.metrics_address[1] if self.config.metrics_address else None
@@ -602,6 +614,7 @@ class Agent:
             getattr(self.store, "endpoints", []),
             getattr(bgp_spec, "listen_port", BGP_PORT),
             metrics_port,
+            PROXY_METRICS_PORT if metrics_port else None,
         )
 
     def _apply_services(self) -> None:

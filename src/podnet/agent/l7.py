@@ -55,8 +55,10 @@ class NodeL7:
         pods: Callable[[], Iterable[PodInfo]],
         sink: Callable[[Iterable[dict[str, Any]]], None],
         on_answer: Callable[[str, list[str], int], None] | None = None,
+        exporter: str | None = None,
     ) -> None:
         self.node, self.state_dir, self.pods_cgroup = node, state_dir, pods_cgroup
+        self.exporter = exporter  # where the proxy serves its Prometheus metrics (None: nowhere)
         self._on_answer = on_answer  # the DNS proxy's allowed answers (toFQDNs learns from them)
         self._pods, self._sink = pods, sink
         self.proxy: Any = None  # dataplane.l7proxy.L7Proxy, from the first redirect entry on
@@ -113,7 +115,7 @@ class NodeL7:
             )
         if not os.path.exists(self.pods_cgroup):
             mount_cgroup2_privately(self.pods_cgroup)  # an agent started by `ip netns exec`
-        proxy = L7Proxy(self.state_dir, os.path.join(self.pods_cgroup, CGROUP_NAME))
+        proxy = L7Proxy(self.state_dir, os.path.join(self.pods_cgroup, CGROUP_NAME), exporter=self.exporter)
         os.makedirs(self.state_dir, exist_ok=True)
         proxy.stop()  # what a previous agent left: it would share the listeners (SO_REUSEPORT)
         proxy.ensure_plumbing()

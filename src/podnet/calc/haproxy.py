@@ -69,6 +69,7 @@ class ProxySettings:
     timeout_client: int = 60  # seconds: an idle keep-alive connection is closed after this
     timeout_server: int = 60
     maxconn: int = 4096  # per process; HAProxy raises its file limit to about twice this
+    exporter: str | None = None  # "ADDRESS:PORT" of HAProxy's Prometheus exporter (PROMEX); None: none
 
 
 def quote(text: str) -> str:
@@ -217,6 +218,16 @@ def render_haproxy(policies: Iterable[HttpPolicy], settings: ProxySettings) -> s
     out.append("")
     out += _frontend(EGRESS, [p for p in ordered if p.direction == EGRESS], ingress, settings)
     out.append("")
+    if settings.exporter:
+        out += [
+            "frontend prometheus",  # HAProxy's own exporter: the proxy's counters, for Prometheus
+            "    mode http",
+            f"    bind {settings.exporter}",
+            "    no log",
+            "    http-request use-service prometheus-exporter if { path /metrics }",
+            "    http-request deny",
+            "",
+        ]
     out += [
         "backend original",
         "    http-reuse never",  # a server connection carries one client's requests, from its address

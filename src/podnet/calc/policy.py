@@ -580,12 +580,18 @@ def control_plane(
     datastore_endpoints: Iterable[str],
     bgp_port: int = BGP_PORT,
     metrics_port: int | None = None,
+    proxy_metrics_port: int | None = None,
 ) -> ControlPlane:
     """The control plane of a cluster whose nodes have ``node_addresses`` (underlay IPs, VTEPs;
     Nones and IPv6 are ignored), whose BIRD listens on ``bgp_port``, whose agents serve metrics
-    and health on ``metrics_port`` (the same flag on every node) and whose datastore is at
+    and health on ``metrics_port`` (the same flag on every node; their L7 proxies' exporter on
+    ``proxy_metrics_port``) and whose datastore is at
     ``datastore_endpoints`` (pure)."""
-    ports = sorted({("tcp", bgp_port)} | ({("tcp", metrics_port)} if metrics_port else set()))
+    ports = sorted(
+        {("tcp", bgp_port)}
+        | ({("tcp", metrics_port)} if metrics_port else set())
+        | ({("tcp", proxy_metrics_port)} if proxy_metrics_port else set())
+    )
     remote: set[tuple[str, str, int]] = set()
     for text in node_addresses:
         if text and ipaddress.ip_address(text).version == 4:

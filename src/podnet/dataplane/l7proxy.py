@@ -115,6 +115,7 @@ class L7Proxy:
         cgroup: str,
         ports: Mapping[str, int] = DEFAULT_PORTS,
         binary: str = "haproxy",
+        exporter: str | None = None,
     ) -> None:
         self.state_dir, self.cgroup, self.ports, self.binary = state_dir, cgroup, dict(ports), binary
         self.settings = ProxySettings(
@@ -123,6 +124,7 @@ class L7Proxy:
             os.path.join(state_dir, "admin.sock"),
             os.path.join(state_dir, "records.sock"),
             os.path.join(state_dir, "haproxy.pid"),
+            exporter=exporter,
         )
         self.config_path = os.path.join(state_dir, "haproxy.cfg")
         self.master_socket = os.path.join(state_dir, "master.sock")

@@ -50,6 +50,8 @@ PORT = 9090
 SCRAPE_INTERVAL = 5  # seconds; also the rule evaluation interval
 AGENT_METRICS_PORT = 9099  # the agents' --metrics port (lab/cluster.py)
 AGENT_JOB = "podnet-agent"
+PROXY_METRICS_PORT = 8405  # the node L7 proxy's exporter (HAProxy's PROMEX), where a node runs one
+PROXY_JOB = "podnet-l7-proxy"
 PROCESS = "prometheus"
 PROXY_PROCESS = "prometheus-proxy"
 META_ENDPOINT = "prometheus_endpoint"  # in the lab state's meta: the CLI's URL (root loopback)
@@ -63,11 +65,13 @@ def render_config(
     nodes: Sequence[tuple[str, str]],
     *,
     agent_port: int = AGENT_METRICS_PORT,
+    proxy_port: int = PROXY_METRICS_PORT,
     interval: int = SCRAPE_INTERVAL,
 ) -> str:
     """``prometheus.yml`` for a lab whose nodes are ``(name, address)`` (pure): job
     ``podnet-agent`` scrapes every node's agent at ``address:agent_port``, one static target per
-    node labelled ``node=<name>``, every ``interval`` seconds (rules evaluated as often)."""
+    node labelled ``node=<name>``, every ``interval`` seconds (rules evaluated as often); job
+    ``podnet-l7-proxy`` the nodes' L7 proxy exporters at ``address:proxy_port`` alike."""
     if not nodes:
         raise ValueError("a lab has at least one node")
     agents = {
@@ -83,7 +87,17 @@ def render_config(
             "scrape_timeout": f"{max(1, interval - 1)}s",
             "evaluation_interval": f"{interval}s",
         },
-        "scrape_configs": [agents],
+        "scrape_configs": [
+            agents,
+            {  # a Cilium node runs the proxy once an L7 rule applies there: down until then
+                "job_name": PROXY_JOB,
+                "metrics_path": "/metrics",
+                "static_configs": [
+                    {"targets": [f"{address}:{proxy_port}"], "labels": {"node": node}}
+                    for node, address in nodes
+                ],
+            },
+        ],
     }
     header = "# rendered by podnet.lab.prometheus.render_config; podnet lab down removes it\n"
     return header + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)

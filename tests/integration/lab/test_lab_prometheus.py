@@ -293,6 +293,55 @@ def test_cilium_profile_closes_the_metrics_port_to_pods_too() -> None:
     with prometheus_lab("cilium") as lab:
         router = lab.store.get(lookup("nodes"), "node-1").metadata.annotations[ANNOTATION_CILIUM_HOST]
         metrics_port_closed_to_pods(lab, ["node/node-1", router])
+        l7_proxy_exporter_is_scraped(lab)
+
+
+def l7_proxy_exporter_is_scraped(lab: Lab) -> None:
+    """With an HTTP rule on node-2, its L7 proxy runs and serves HAProxy's exporter: Prometheus's
+    ``podnet-l7-proxy`` target for node-2 comes up and counts the requests the proxy handled; a
+    pod cannot reach the exporter's port."""
+    names = lab.names
+    policy = {
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "server-http", "namespace": "perf"},
+        "spec": {
+            "endpointSelector": {"matchLabels": {"app": "server"}},
+            "ingress": [
+                {
+                    "fromEndpoints": [{"matchLabels": {"app": "client"}}],
+                    "toPorts": [
+                        {
+                            "ports": [{"port": "8080", "protocol": "TCP"}],
+                            "rules": {"http": [{"method": "GET"}]},
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+    web = pod_doc("perf/web", "node-2", {"app": "server"}, (("http", 8080, "TCP"),))  # serves 8080
+    lab.store.apply([parse_resource(web), parse_resource(policy)])
+
+    def answered() -> bool:
+        probe = podnet(
+            names, "lab", "probe", CLIENT, "perf/web", "8080/TCP", "--http", "GET", "/", check=False
+        )
+        return probe.returncode == 0
+
+    until("GET through node-2's L7 proxy", answered, timeout=60)
+    for _ in range(5):
+        podnet(names, "lab", "probe", CLIENT, "perf/web", "8080/TCP", "--http", "GET", "/")
+
+    def proxy_counted() -> float:
+        data = query_json(
+            names, 'sum(haproxy_frontend_http_requests_total{job="podnet-l7-proxy",node="node-2"})'
+        )
+        return sum(float(r["value"][1]) for r in data.get("result", []))
+
+    assert until("the proxy's exporter scraped with the requests", lambda: proxy_counted() >= 5, timeout=30)
+    probe = podnet(names, "lab", "probe", CLIENT, "node/node-2", "8405/TCP", "--timeout", "1", check=False)
+    assert probe.returncode == 1, probe.stdout  # the exporter is node control plane too
 
 
 def test_lab_down_removes_prometheus_its_proxy_and_its_data() -> None:

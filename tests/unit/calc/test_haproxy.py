@@ -86,3 +86,21 @@ def test_structure_and_order(tmp_path: Path):
 def test_quote_keeps_every_character():
     assert quote("a b") == "'a b'"
     assert quote('it\'s $x \\ "y"') == '"it\'s \\$x \\\\ \\"y\\""'
+
+
+def test_the_exporter_frontend_is_accepted_and_serves_only_metrics(tmp_path: Path):
+    import dataclasses
+
+    conf = dataclasses.replace(settings(tmp_path), exporter="10.0.0.1:8405")
+    text = render_haproxy(POLICIES, conf)
+    exporter = text[text.index("frontend prometheus") : text.index("\nbackend original")]
+    assert (
+        "bind 10.0.0.1:8405" in exporter
+        and "use-service prometheus-exporter if { path /metrics }" in exporter
+    )
+    assert "no log" in exporter  # scrapes are not L7 records
+    path = tmp_path / "haproxy.cfg"
+    path.write_text(text)
+    check = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "frontend prometheus" not in render_haproxy(POLICIES, settings(tmp_path))  # none unless asked

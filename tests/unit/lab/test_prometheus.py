@@ -23,13 +23,17 @@ from podnet.lab.topology import LabSpec, build_topology
 NODES = [("node-1", "10.77.0.11"), ("node-2", "10.77.0.12"), ("node-3", "10.77.1.13")]
 
 
-def test_config_scrapes_every_agent_labelled_by_node_every_5s() -> None:
+def test_config_scrapes_every_agent_and_l7_proxy_labelled_by_node_every_5s() -> None:
     doc = yaml.safe_load(prometheus.render_config(NODES))
     assert doc["global"] == {"scrape_interval": "5s", "scrape_timeout": "4s", "evaluation_interval": "5s"}
-    (job,) = doc["scrape_configs"]
+    job, proxy = doc["scrape_configs"]
     assert job["job_name"] == "podnet-agent" and job["metrics_path"] == "/metrics"
     assert job["static_configs"] == [
         {"targets": [f"{ip}:9099"], "labels": {"node": name}} for name, ip in NODES
+    ]
+    assert proxy["job_name"] == "podnet-l7-proxy"
+    assert proxy["static_configs"] == [
+        {"targets": [f"{ip}:8405"], "labels": {"node": name}} for name, ip in NODES
     ]
 
 
