@@ -165,8 +165,11 @@ ProgressFn = Callable[[str, int, int], None]
 
 
 def profile_spec(name: str, underlay: str | None = None) -> LabSpec:
-    """The 2-node LabSpec of profile ``name`` (random throw-away underlay unless given)."""
-    return LabSpec(nodes=2, underlay=underlay or random_underlay(), **PROFILES[name].spec)
+    """The 2-node LabSpec of profile ``name`` (random throw-away underlay unless given), flow
+    records off: the data path itself against the bare kernel; what flows add is
+    :mod:`podnet.bench.flows`' measurement (with them on the Calico profile tracks every
+    connection, and the policy rows' tracked/untracked contrast would be gone)."""
+    return LabSpec(nodes=2, underlay=underlay or random_underlay(), flows=False, **PROFILES[name].spec)
 
 
 def nodes_cross_subnets(spec: LabSpec) -> bool:
