@@ -39,6 +39,7 @@ from podnet.dataplane.policy import deny_reasons, endpoint_hash, log_reasons
 log = logging.getLogger("podnet.agent.drops")
 
 CAPACITY = 4096
+MONITOR_TYPES = ("drop", "log", "policy-verdict", "l7")  # what DROPS answers unless asked for types
 MAX_WAIT = 30.0  # seconds a DROPS request may wait
 MAX_LIMIT = 4096
 DEFAULT_LIMIT = 1000
@@ -364,5 +365,6 @@ class DropMonitor:
                 "msg": f"the drop monitor is not reading NFLOG: {self.error}",
                 "details": "",
             }
-        types = [str(t) for t in doc.get("types") or ()]
+        # the drop monitor's records; a trace per new connection is the flows API's (FLOWS)
+        types = [str(t) for t in doc.get("types") or ()] or list(MONITOR_TYPES)
         return self.query(since, wait, limit, types)

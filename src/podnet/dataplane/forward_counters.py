@@ -16,8 +16,9 @@ node let through, by direction (the Cilium profile counts in its tc programs, ``
 The chains run after the policy table's (priority ``filter`` and ``filter + 1``): a packet policy
 dropped never reaches them, so they count what was forwarded. The table is the agent's own and
 outlives policy syncs (the policy table is replaced whole on a full sync, which would reset
-counters); :func:`ensure` creates what is missing and never resets a counter, so a restarted
-agent goes on counting where the kernel is (Prometheus sees no reset). Bytes are the IP packets'
+counters); :func:`ensure` writes nothing when the kernel's table is already what it renders, creates
+what is missing and never resets a counter, so a restarted agent goes on counting where the kernel
+is (Prometheus sees no reset) and changes nothing. Bytes are the IP packets'
 lengths, as conntrack and nftables count them.
 """
 
@@ -27,7 +28,7 @@ import json
 
 from podnet.dataplane.errors import DataplaneError
 from podnet.dataplane.netns import run_in_netns
-from podnet.dataplane.nft import NFT_TIMEOUT, run_nft
+from podnet.dataplane.nft import NFT_TIMEOUT, kernel_matches, run_nft
 
 TABLE = "podnet_counters"
 QUALIFIED = f"inet {TABLE}"
@@ -65,7 +66,12 @@ def render() -> str:
 
 
 def ensure(netns: str | None = None) -> None:
-    run_nft(render(), netns, "forwarding counters")
+    """The table as :func:`render` makes it; nothing is written when the kernel holds it already
+    (a restarted agent must not touch the kernel: the fault suite watches for that)."""
+    script = render()
+    if kernel_matches(script, "inet", TABLE, netns):
+        return
+    run_nft(script, netns, "forwarding counters")
 
 
 def remove(netns: str | None = None) -> None:
