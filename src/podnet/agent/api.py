@@ -38,6 +38,7 @@ ENV_SOCKET = "PODNET_AGENT_SOCKET"
 VERBS = ("ADD", "DEL", "CHECK", "GC", "STATUS")
 DROPS = "DROPS"  # the drop monitor's verb (not a CNI verb)
 FLOWS = "FLOWS"  # the flows API's verb (agent.flows; podnet observe)
+PROXY_METRICS_PORT = 8405  # the node L7 proxy's Prometheus exporter (HAProxy's PROMEX), beside the agent's
 
 
 # The deletion queue (see podnet.cni.delete_queue): DELs the plugin could not hand to a stopped

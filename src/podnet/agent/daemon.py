@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from podnet.agent import api_server, metrics
-from podnet.agent.api import DROPS, FLOWS, delete_queue_dir
+from podnet.agent.api import DROPS, FLOWS, PROXY_METRICS_PORT, delete_queue_dir
 from podnet.agent.cni_service import CALICO_GATEWAY, CNIService
 from podnet.agent.delete_queue import ExclusiveQueueLock, drain
 from podnet.agent.identities import IdentityKeeper
@@ -46,9 +46,6 @@ ROUTER_DEVICE = "cilium_host"
 # How long one datastore request retries unreachable endpoints: a CNI ADD while etcd is down must
 # fail (code 11, "try again later") within 5 s, as kubelet then retries.
 DATASTORE_RETRY_SECONDS = 3.0
-
-
-PROXY_METRICS_PORT = 8405  # the L7 proxy's Prometheus exporter (HAProxy's PROMEX), beside the agent's
 
 
 @dataclass

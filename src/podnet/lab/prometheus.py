@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from podnet.agent.api import PROXY_METRICS_PORT
 from podnet.errors import PodnetError, ValidationError
 from podnet.lab.etcd_proxy import start_etcd_proxy
 from podnet.lab.naming import LabError, LabNames
@@ -50,7 +51,6 @@ PORT = 9090
 SCRAPE_INTERVAL = 5  # seconds; also the rule evaluation interval
 AGENT_METRICS_PORT = 9099  # the agents' --metrics port (lab/cluster.py)
 AGENT_JOB = "podnet-agent"
-PROXY_METRICS_PORT = 8405  # the node L7 proxy's exporter (HAProxy's PROMEX), where a node runs one
 PROXY_JOB = "podnet-l7-proxy"
 PROCESS = "prometheus"
 PROXY_PROCESS = "prometheus-proxy"
