@@ -69,7 +69,7 @@ class FlowService:
             return {"ok": False, "code": ERR_BAD_REQUEST, "msg": str(exc), "details": ""}
         except (TypeError, ValueError) as exc:
             return {"ok": False, "code": ERR_BAD_REQUEST, "msg": f"bad FLOWS request: {exc}", "details": ""}
-        reply = self._query(since, wait, self.capacity)
+        reply = self._query(since, wait, 2 * self.capacity)  # both rings: new connections, the rest
         records = reply["drops"]
         self._refresh(records)
         described = describe_pods(self._pods())

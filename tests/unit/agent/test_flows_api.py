@@ -114,3 +114,12 @@ def test_traces_have_a_ring_of_their_own_and_missed_counts_the_kind_asked_for() 
     limited = ring.query(limit=2)
     assert [r["seq"] for r in limited["drops"]] == [1, 8] and limited["next"] == 8
     assert ring.query(types=["l7"]) == {"ok": True, "drops": [], "next": 11, "missed": 0}
+
+
+def test_full_rings_answer_the_newest_flows() -> None:
+    ring = DropMonitor("node-1", lambda: PODS, lambda: None, open_reader=lambda: None, capacity=3)  # type: ignore[arg-type,return-value]
+    ring.add_records([record("drop", f"2026-12-07T12:00:0{i}Z") for i in range(3)])
+    ring.add_records([record("trace", f"2026-12-07T12:00:1{i}Z") for i in range(5)])
+    api = FlowService(ring.query, lambda: PODS, capacity=3)
+    times = [f["time"] for f in api.handle({})["flows"]]
+    assert times[-1] == "2026-12-07T12:00:14Z" and len(times) == 6  # both rings whole, the newest last
