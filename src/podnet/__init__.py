@@ -4,7 +4,7 @@ Layers (imports point down only; a layer may import any layer below it, ``a | b`
 siblings that import neither each other; checked by import-linter in the test run, and this line is
 compared with the contract in pyproject.toml by tests/unit/test_package_docs.py):
 
-    cli → bench → lab → cni → agent → dataplane → calc → ipam → datastore → model → errors | stats
+    cli → bench → lab → agent → cni → dataplane → calc → ipam → datastore → model → errors | stats
 """
 
 __version__ = "0.1.0"

@@ -1,2 +1,2 @@
-"""The per-node agent. Keep this package's ``__init__`` free of imports: the CNI plugin imports
-:mod:`podnet.agent.api` and must start in milliseconds."""
+"""The per-node agent: the CNI service, the datastore→kernel syncer, the local API socket,
+drops and flows, the L7 and DNS proxies."""

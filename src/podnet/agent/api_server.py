@@ -1,4 +1,4 @@
-"""The agent's UNIX-socket server for :mod:`podnet.agent.api` (one JSON line in, one out)."""
+"""The agent's UNIX-socket server for :mod:`podnet.cni.agent_api` (one JSON line in, one out)."""
 
 from __future__ import annotations
 

@@ -12,8 +12,19 @@ served first (:func:`podnet.agent.delete_queue.serve_queued`): queued earlier, i
 after the ADD (it would unwire the new pod and free its address); if it cannot be served, the ADD
 fails with 11.
 
-DEL is idempotent: a missing netns, veth, record or handle is success. Requests are serialised
-per node (one lock), which also keeps IPAM's per-host block limit exact, as Calico's host lock does.
+DEL is idempotent: a missing netns, veth, record or handle is success.
+
+Concurrency (a burst of ADDs on one node is the normal case at scale). Requests run side by side,
+each in its API thread; what must not overlap is locked on its own, for as short as it can be:
+
+- one request per attachment (containerID + ifname) at a time: a DEL never overtakes the ADD it
+  undoes;
+- IPAM's allocations and releases of this node, one at a time (Calico's host lock: it keeps the
+  per-host block limit exact, and spares the node's own requests conflicts on its block);
+- the datapath attach (``on_wired``: the Cilium profile's tc programs), one at a time;
+- GC alone: it waits for the requests in flight and holds new ones back.
+
+Wiring the veth, the datastore reads and the endpoint record run outside all of them.
 Errors carry CNI codes: 11 (try again later) when the datastore is unreachable, 7 for bad input,
 100+ for podnet's own failures; the message names what failed.
 """
@@ -25,6 +36,7 @@ import ipaddress
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +47,7 @@ from podnet.datastore.resources import ResourceStore
 from podnet.errors import DatastoreUnavailable, NotFoundError, PodnetError, ValidationError
 from podnet.ipam import (
     IPAM,
+    HandleInUse,
     handle_id,
     requested_addresses,
     requested_pools,
@@ -117,6 +130,8 @@ class CNIService:
         pools_and_labels: Callable[[], tuple[list, dict]],
         queue_dir: str | None = None,
         on_wired: Callable[[Any], None] | None = None,  # dataplane.endpoint.WiredEndpoint
+        cached_pod: Callable[[str, str], Any] | None = None,  # (namespace, name) -> Pod | None
+        cached_namespace: Callable[[str], dict | None] | None = None,  # name -> IPAM annotations
     ) -> None:
         self.node = node
         self.resources = resources
@@ -129,9 +144,16 @@ class CNIService:
         self.pools_and_labels = pools_and_labels  # from the agent's watch cache: no datastore read
         self.queue_dir = queue_dir  # the deletion queue; None: where the request's plugin queues
         self.on_wired = on_wired  # called with each new veth before ADD answers (eBPF attach)
-        self.lock = threading.Lock()
-        self.timings: dict[str, float] = {}  # of the request being served (under the lock)
-        self._wiring: frozenset[str] = frozenset()  # pod /32s the request being served is changing
+        # The agent's watch cache, read before the datastore (a miss, or a Pod whose UID is not the
+        # runtime's K8S_POD_UID, is read from the datastore).
+        self.cached_pod = cached_pod
+        self.cached_namespace = cached_namespace
+        self._ipam_lock = threading.Lock()  # this node's allocations and releases, one at a time
+        self._attach_lock = threading.Lock()  # on_wired, one at a time
+        self._gate = Gate()  # requests share it, GC holds it alone
+        self._attachments = KeyedLocks()  # one request per attachment at a time
+        self._state = threading.Lock()  # guards _wiring
+        self._wiring: Counter[str] = Counter()  # pod /32s requests in flight are changing
 
     # -- dispatch --------------------------------------------------------------------------
     def handle(self, doc: dict) -> dict:
@@ -151,10 +173,16 @@ class CNIService:
                 raise CNIFailure(4, "containerID is required")
             if req.verb == "ADD":
                 self._serve_queued_delete(doc, req)
-            with self.lock:
+            timings: dict[str, float] = {}
+            with contextlib.ExitStack() as held:
+                if req.verb == "GC":
+                    held.enter_context(self._gate.alone())
+                else:
+                    held.enter_context(self._gate.shared())
+                    if req.container_id:
+                        held.enter_context(self._attachments.hold(f"{req.container_id}/{req.ifname}"))
                 waited = time.monotonic() - started
-                self.timings = {}
-                result = method(req)
+                result = method(req, timings) if req.verb == "ADD" else method(req)
             kv(
                 log,
                 logging.INFO,
@@ -164,7 +192,7 @@ class CNIService:
                 pod=f"{req.namespace}/{req.pod}",
                 ms=round((time.monotonic() - started) * 1000, 1),
                 queued_ms=round(waited * 1e3, 1),
-                **self.timings,
+                **timings,
                 ok=True,
             )
             return {"ok": True, "result": result}
@@ -194,8 +222,8 @@ class CNIService:
 
     def _serve_queued_delete(self, doc: dict, req: Request) -> None:
         """A DEL of this attachment queued while we were down comes before this ADD: serve it now."""
-        from podnet.agent.api import delete_queue_dir, socket_path
         from podnet.agent.delete_queue import serve_queued
+        from podnet.cni.agent_api import delete_queue_dir, socket_path
 
         queue_dir = (
             self.queue_dir
@@ -218,21 +246,28 @@ class CNIService:
         """Pod /32s whose kernel routes a route plan built from ``planned`` may be stale about:
         those an ADD or DEL is wiring now, and those wired or unwired since (their next apply,
         which the ADD or DEL triggers, knows them). See ``RouteManager.apply(settling=...)``."""
-        wiring = self._wiring  # read first: a request clears it only after updating endpoints
+        with self._state:  # read first: a request clears its part only after updating endpoints
+            wiring = set(self._wiring)
         now = {_host_net(a) for record in list(self.endpoints.values()) for a in record.addresses}
-        return set(wiring) | (now ^ planned)
+        return wiring | (now ^ planned)
 
     @contextlib.contextmanager
     def _changing(self, addresses: tuple[str, ...] | list[str]) -> Iterator[None]:
         """Mark ``addresses`` as being wired or unwired by this request (see ``settling``)."""
-        self._wiring = frozenset(_host_net(a) for a in addresses)
+        nets = [_host_net(a) for a in addresses]
+        with self._state:
+            self._wiring.update(nets)
         try:
             yield
         finally:
-            self._wiring = frozenset()
+            with self._state:
+                self._wiring.subtract(nets)
+                for net in nets:
+                    if self._wiring[net] <= 0:
+                        del self._wiring[net]
 
     # -- ADD -------------------------------------------------------------------------------
-    def add(self, req: Request) -> dict:
+    def add(self, req: Request, timings: dict[str, float] | None = None) -> dict:
         from podnet.dataplane import endpoint as dp
 
         if not req.netns:
@@ -250,7 +285,9 @@ class CNIService:
             )
         t0 = time.monotonic()
         pod = self._pod(req)
-        addresses = self._allocate(req, pod)
+        with self._ipam_lock:
+            t_lock = time.monotonic()
+            addresses = self._allocate(req, pod)
         t1 = time.monotonic()
         scheme, gateway = self.scheme()
         host_ifname = dp.host_ifname_for("lxc" if scheme == "cilium" else "cali", req.namespace, req.pod)
@@ -267,15 +304,16 @@ class CNIService:
             try:
                 wired = dp.wire_endpoint(spec)
             except Exception as exc:
-                self.ipam.release_handle(req.handle)
+                self._release(req.handle)
                 raise CNIFailure(ERR_WIRING, f"wiring {req.ifname} in {req.netns} failed: {exc}") from exc
             try:
                 if self.on_wired is not None:
-                    self.on_wired(wired)
+                    with self._attach_lock:
+                        self.on_wired(wired)
                 t2 = time.monotonic()
             except Exception as exc:
                 dp.unwire_endpoint(wired.host_ifname, req.netns, req.ifname)
-                self.ipam.release_handle(req.handle)
+                self._release(req.handle)
                 raise CNIFailure(
                     ERR_WIRING, f"attaching {wired.host_ifname}'s datapath failed: {exc}"
                 ) from exc
@@ -298,15 +336,18 @@ class CNIService:
                 self.resources.store.put(key, record.to_json())
             except Exception:
                 dp.unwire_endpoint(wired.host_ifname, req.netns, req.ifname)
-                self.ipam.release_handle(req.handle)
+                self._release(req.handle)
                 raise
             self.endpoints[key] = record
         self.on_change()
-        self.timings = {
-            "ipam_ms": round((t1 - t0) * 1e3, 1),
-            "wire_ms": round((t2 - t1) * 1e3, 1),
-            "record_ms": round((time.monotonic() - t2) * 1e3, 1),
-        }
+        (timings if timings is not None else {}).update(
+            {
+                "pod_ms": round((t_lock - t0) * 1e3, 1),  # the Pod read and the wait for IPAM's lock
+                "ipam_ms": round((t1 - t_lock) * 1e3, 1),
+                "wire_ms": round((t2 - t1) * 1e3, 1),
+                "record_ms": round((time.monotonic() - t2) * 1e3, 1),
+            }
+        )
         return {
             "cniVersion": "1.1.0",
             "interfaces": [
@@ -320,22 +361,30 @@ class CNIService:
 
     def _pod(self, req: Request):  # type: ignore[no-untyped-def]
         """The Pod being wired, or None when the datastore has no such object."""
+        if self.cached_pod is not None:
+            pod = self.cached_pod(req.namespace, req.pod)
+            uid = req.args.get("K8S_POD_UID")
+            if pod is not None and (not uid or pod.metadata.uid == uid):
+                return pod
         try:
             return self.resources.get(lookup("pods"), req.pod, req.namespace)
         except NotFoundError:
             return None
 
-    def _allocate(self, req: Request, pod) -> list[str]:  # type: ignore[no-untyped-def]
-        held = self.ipam.handle_ips(req.handle)
-        if held:
-            return held  # a retried ADD after a timeout: same handle, same addresses
-        pod_annotations: dict = (pod.metadata.annotations or {}) if pod is not None else {}
-        ns_annotations: dict = {}
+    def _namespace_annotations(self, namespace: str) -> dict:
+        cached = self.cached_namespace(namespace) if self.cached_namespace is not None else None
+        if cached is not None:
+            return cached
         try:
-            ns = self.resources.get(lookup("namespaces"), req.namespace)
-            ns_annotations = ns.metadata.annotations or {}
+            return self.resources.get(lookup("namespaces"), namespace).metadata.annotations or {}
         except NotFoundError:
-            pass
+            return {}
+
+    def _allocate(self, req: Request, pod) -> list[str]:  # type: ignore[no-untyped-def]
+        """The attachment's addresses. A retried ADD (after a timeout: same handle) gets the ones
+        its handle holds: ``new_handle`` has the allocation's own transaction check that."""
+        pod_annotations: dict = (pod.metadata.annotations or {}) if pod is not None else {}
+        ns_annotations = self._namespace_annotations(req.namespace)
         pools, node_labels = self.pools_and_labels()
         attrs = {
             "node": self.node,
@@ -346,16 +395,25 @@ class CNIService:
         try:
             wanted = requested_addresses(pod_annotations)
             if wanted:
+                held = self.ipam.handle_ips(req.handle)
+                if held:
+                    return held
                 return [self.ipam.assign_ip(ip, req.handle, self.node, pools, attrs) for ip in wanted]
             requested = requested_pools(pod_annotations, ns_annotations)
             config_pools = (req.config.get("ipam") or {}).get("ipv4_pools")
             chosen = select_pools(pools, node_labels, requested=requested or config_pools)
-            return self.ipam.auto_assign(req.handle, self.node, chosen, attrs)
+            return self.ipam.auto_assign(req.handle, self.node, chosen, attrs, new_handle=True)
+        except HandleInUse as held:
+            return held.addresses
         except DatastoreUnavailable:
             raise
         except PodnetError as exc:
-            self.ipam.release_handle(req.handle)
+            self.ipam.release_handle(req.handle)  # under the IPAM lock already
             raise CNIFailure(ERR_IPAM, f"IPAM: {exc.message}", exc.hint or "") from exc
+
+    def _release(self, handle: str) -> list[str]:
+        with self._ipam_lock:
+            return self.ipam.release_handle(handle)
 
     # -- DEL -------------------------------------------------------------------------------
     def delete(self, req: Request) -> dict:
@@ -374,7 +432,7 @@ class CNIService:
             handle = req.handle
         with self._changing(record.addresses if record is not None else ()):
             dp.unwire_endpoint(host_ifname, req.netns or None, req.ifname)
-            self.ipam.release_handle(handle)
+            self._release(handle)
             with contextlib.suppress(NotFoundError):
                 self.resources.store.delete(key)
             popped = self.endpoints.pop(key, None) is not None
@@ -441,7 +499,7 @@ class CNIService:
                 and alloc.handle_id.startswith(prefix)
                 and alloc.handle_id not in valid_handles
             ):
-                self.ipam.release_handle(alloc.handle_id)
+                self._release(alloc.handle_id)
         kv(log, logging.INFO, "cni gc", removed=len(removed))
         return {}
 
@@ -455,3 +513,65 @@ class CNIService:
         except DatastoreUnavailable as exc:
             raise CNIFailure(50, f"datastore unavailable: {exc.message}", exc.hint or "") from exc
         return {}
+
+
+class Gate:
+    """Many holders at once (:meth:`shared`) or one alone (:meth:`alone`, which waits for the shared
+    holders to leave and holds new ones back while it waits)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._alone = False
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._alone and not self._waiting)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            self._cond.wait_for(lambda: not self._alone and not self._shared)
+            self._waiting -= 1
+            self._alone = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._alone = False
+                self._cond.notify_all()
+
+
+class KeyedLocks:
+    """One holder per key at a time; a key's lock exists while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (None, 0))
+            lock = lock or threading.Lock()
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                _, users = self._locks[key]
+                if users <= 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)

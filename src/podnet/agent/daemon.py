@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from podnet.agent import api_server, metrics
-from podnet.agent.api import DROPS, FLOWS, PROXY_METRICS_PORT, delete_queue_dir
 from podnet.agent.cni_service import CALICO_GATEWAY, CNIService
 from podnet.agent.delete_queue import ExclusiveQueueLock, drain
 from podnet.agent.identities import IdentityKeeper
@@ -32,6 +31,7 @@ from podnet.calc.mtu import IPIP_OVERHEAD, VXLAN_OVERHEAD, pod_mtu
 from podnet.calc.policy import BGP_PORT, ControlPlane, control_plane
 from podnet.calc.policy_inputs import CiliumMemo
 from podnet.calc.routes import VXLAN_DEVICES, RoutePlan, encap_policy
+from podnet.cni.agent_api import DROPS, EXEC, FLOWS, PROXY_METRICS_PORT, delete_queue_dir
 from podnet.datastore import connect
 from podnet.datastore.keys import KeyLayout
 from podnet.datastore.resources import ResourceStore
@@ -132,6 +132,8 @@ class Agent:
             pools_and_labels=self._pools_and_labels,
             queue_dir=delete_queue_dir(config.socket),
             on_wired=self._on_wired,
+            cached_pod=lambda namespace, name: self.cache.pods.get(f"{namespace}/{name}"),
+            cached_namespace=lambda name: self.cache.namespace_ipam.get(name),
         )
         self._router_ip: str | None = None
         self._vxlan = None  # VXLANTunnel once this node has a VTEP
@@ -768,8 +770,14 @@ class Agent:
         }
 
     def _dispatch(self, doc: dict) -> dict:
-        """The API: DROPS to the drop monitor, the CNI verbs (and anything else) to the CNI service."""
+        """The API: DROPS to the drop monitor, FLOWS to the flows API, EXEC (an invocation the
+        plugin forwarded whole) to the plugin's verbs, the CNI verbs (and anything else) to the CNI
+        service."""
         verb = str(doc.get("verb", "")).upper()
+        if verb == EXEC:
+            from podnet.agent import cni_exec
+
+            return cni_exec.serve(doc, self.cni.handle)
         if verb == DROPS and self.drops is not None:
             if "policy-verdict" in (doc.get("types") or ()) and self.bpf_events is not None:
                 self.bpf_events.want_verdicts()  # the tc programs send them while someone asks

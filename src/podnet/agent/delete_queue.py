@@ -17,8 +17,8 @@ import logging
 import os
 from collections.abc import Callable
 
-from podnet.agent.api import DELETE_QUEUE_LOCK, DELETE_QUEUE_SUFFIX, delete_queue_entry
 from podnet.agent.log import kv
+from podnet.cni.agent_api import DELETE_QUEUE_LOCK, DELETE_QUEUE_SUFFIX, delete_queue_entry
 
 log = logging.getLogger("podnet.agent.delete_queue")
 

@@ -8,7 +8,7 @@ import sys
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from podnet.agent.api import DEFAULT_SOCKET
+    from podnet.cni.agent_api import DEFAULT_SOCKET
 
     p = argparse.ArgumentParser(prog="podnet-agent", description="podnet node agent")
     p.add_argument("--node", default=socket.gethostname(), help="this node's name (default: hostname)")

@@ -19,6 +19,7 @@ from podnet.datastore.base import KeyValue
 from podnet.datastore.keys import KeyLayout, token_to_cidr
 from podnet.errors import PodnetError
 from podnet.ipam.block import Block
+from podnet.ipam.pools import IPV4_POOLS_ANNOTATION
 from podnet.model import (
     AdminNetworkPolicy,
     BaselineAdminNetworkPolicy,
@@ -53,6 +54,9 @@ _POLICY_KINDS: dict[str, tuple[str, bool]] = {
     "ciliumnetworkpolicies.cilium.io": ("cilium_policies", True),
     "ciliumclusterwidenetworkpolicies.cilium.io": ("cilium_cluster_policies", False),
 }
+
+
+IPAM_ANNOTATIONS = (IPV4_POOLS_ANNOTATION,)  # the namespace annotations a pod's address depends on
 
 
 def _put(table: dict, key: str, value: object | None) -> None:
@@ -117,6 +121,7 @@ class ClusterCache:
         self.bgp_peers: dict[str, object] = {}
         self.pods: dict[str, object] = {}  # "namespace/name" -> Pod (NetworkPolicy needs labels, ports)
         self.namespaces: dict[str, dict[str, str]] = {}  # name -> labels
+        self.namespace_ipam: dict[str, dict[str, str]] = {}  # name -> its IPAM annotations (CNI ADD)
         self.netpols: dict[str, object] = {}  # "namespace/name" -> networking.k8s.io NetworkPolicy
         self.host_endpoints: dict[str, object] = {}  # name -> Calico HostEndpoint (host policy)
         self.services: dict[str, object] = {}  # "namespace/name" -> v1 Service
@@ -213,8 +218,12 @@ class ClusterCache:
         if type_key == "namespaces":
             if value is None:
                 self.namespaces.pop(name, None)
+                self.namespace_ipam.pop(name, None)
             else:
-                self.namespaces[name] = dict(parse_resource(json.loads(value)).metadata.labels or {})
+                meta = parse_resource(json.loads(value)).metadata
+                self.namespaces[name] = dict(meta.labels or {})
+                annotations = meta.annotations or {}
+                self.namespace_ipam[name] = {k: annotations[k] for k in IPAM_ANNOTATIONS if k in annotations}
             return "namespaces"
         if type_key == "networkpolicies.networking.k8s.io":
             key = f"{_namespace}/{name}"

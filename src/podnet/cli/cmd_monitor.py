@@ -144,7 +144,7 @@ def agent_sockets(prefix: str | None, node: str | None) -> dict[str, str]:
 def ask(node: str, path: str, since: int, wait: float = 0.0, types: tuple[str, ...] = ()) -> dict[str, Any]:
     """One DROPS request (``types``: the events wanted; policy verdicts are made only on request);
     a :class:`PodnetError` naming the node and socket when it fails."""
-    from podnet.agent import api
+    from podnet.cni import agent_api as api
 
     try:
         reply = api.call(

@@ -215,8 +215,8 @@ def _print(responses: list[Mapping[str, Any]], output: str, node_name: bool) -> 
 
 def ask(node: str, path: str, request: dict[str, Any], wait: float = 0.0) -> dict[str, Any]:
     """One FLOWS request; a :class:`PodnetError` naming the node when it fails."""
-    from podnet.agent import api
     from podnet.cli.cmd_monitor import HINT
+    from podnet.cni import agent_api as api
 
     try:
         reply = api.call(path, {"verb": api.FLOWS, **request, "wait": wait}, timeout=wait + 10.0)

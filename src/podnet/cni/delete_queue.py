@@ -32,9 +32,9 @@ import json
 import os
 import time
 
-from podnet.agent.api import DELETE_QUEUE_LOCK as LOCK_NAME
-from podnet.agent.api import DELETE_QUEUE_SUFFIX as SUFFIX
-from podnet.agent.api import delete_queue_dir, delete_queue_entry
+from podnet.cni.agent_api import DELETE_QUEUE_LOCK as LOCK_NAME
+from podnet.cni.agent_api import DELETE_QUEUE_SUFFIX as SUFFIX
+from podnet.cni.agent_api import delete_queue_dir, delete_queue_entry
 
 MAX_ENTRIES = 256
 default_dir = delete_queue_dir  # one rule for the plugin and the agent

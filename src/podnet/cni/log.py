@@ -16,11 +16,14 @@ _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 class Log:
     """Lines of ``time level podnet-cni[pid] context: message``, filtered by level."""
 
-    def __init__(self, level: str = "info", path: str | None = None, stream: object = None) -> None:
+    def __init__(
+        self, level: str = "info", path: str | None = None, stream: object = None, pid: int | None = None
+    ) -> None:
         self.threshold = _LEVELS.get(level, 20)
         self.path = path
         self.stream = stream if stream is not None else sys.stderr
         self.context = ""
+        self.pid = pid or os.getpid()  # the plugin process's, also when the agent serves it
 
     def configure(self, level: str, path: str | None) -> None:
         self.threshold = _LEVELS.get(level, self.threshold)
@@ -30,7 +33,7 @@ class Log:
         if _LEVELS[level] < self.threshold:
             return
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        line = f"{stamp} {level.upper()} podnet-cni[{os.getpid()}] {self.context}{message}\n"
+        line = f"{stamp} {level.upper()} podnet-cni[{self.pid}] {self.context}{message}\n"
         if self.path:
             try:
                 # backslashreplace: CNI_* values that were not UTF-8 arrive as lone surrogates.

@@ -1,8 +1,10 @@
 """``podnet-cni``: the executable a container runtime runs (``type: "podnet"`` in the CNI config).
 
-Start-up time is the plugin's latency floor, so this module imports nothing of its own until it
-knows the command: VERSION is answered from :mod:`podnet.cni.versions` alone; the other verbs load
-:mod:`podnet.cni.plugin` (standard library plus ``podnet.agent.api``: ``json``, ``socket``).
+Start-up time is the plugin's latency floor (and its CPU, times every concurrent ADD), so this
+module imports nothing of its own until it knows the command: VERSION is answered from
+:mod:`podnet.cni.versions` alone; the other verbs go to :mod:`podnet.cni.shim`, which forwards the
+invocation to the agent with C built-ins only and loads :mod:`podnet.cni.plugin` only when the
+agent cannot serve it.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(VERSION_JSON + "\n")
         return 0
-    from podnet.cni.plugin import run
+    from podnet.cni.shim import main as forward
 
-    return run(os.environ, sys.stdin.buffer, sys.stdout, sys.stderr)
+    return forward()
 
 
 if __name__ == "__main__":

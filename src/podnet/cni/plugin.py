@@ -1,7 +1,7 @@
 """The verbs of podnet-cni: validate, hand the request to the node agent, answer in the spec's terms.
 
 The plugin is thin by design: IPAM and netlink live in the agent (warm etcd and netlink connections,
-one writer per node), so an ADD costs one UNIX-socket round trip (``podnet.agent.api``)::
+one writer per node), so an ADD costs one UNIX-socket round trip (``podnet.cni.agent_api``)::
 
     runtime ──env+stdin──▶ podnet-cni ──{"verb","containerID","netns","ifname","args","config"}──▶ agent
             ◀──result/err── (convert)  ◀──{"ok":true,"result":<1.1.0 result>} / {"ok":false,code,msg}──
@@ -28,10 +28,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from io import BufferedIOBase, TextIOBase
 
-from podnet.agent import api
+from podnet.cni import agent_api as api
 from podnet.cni import delete_queue
 from podnet.cni.log import Log
 from podnet.cni.spec import (
@@ -62,7 +62,7 @@ HINT = (
 
 
 def build_request(verb: str, inv: Invocation, conf: NetConf) -> dict:
-    """The agent request (``podnet.agent.api`` format)."""
+    """The agent request (``podnet.cni.agent_api`` format)."""
     return {
         "verb": verb,
         "containerID": inv.container_id,
@@ -111,6 +111,11 @@ def _agent_not_running(exc: api.AgentUnavailable) -> bool:
     return isinstance(exc.__cause__, FileNotFoundError | ConnectionRefusedError)
 
 
+# One round trip to the agent: (socket, request, timeout) -> the agent's response object. Over the
+# socket in this process (:func:`call_agent`); a direct call when the verbs run in the agent itself.
+Call = Callable[[str, dict, float], object]
+
+
 def call_agent(socket: str, request: dict, timeout: float) -> object:
     """One round trip; an answer that is not JSON is code 999 (``AgentUnavailable`` propagates)."""
     try:
@@ -121,25 +126,33 @@ def call_agent(socket: str, request: dict, timeout: float) -> object:
         ) from None
 
 
-def ask_agent(verb: str, inv: Invocation, conf: NetConf, unavailable_code: int = ERR_TRY_AGAIN_LATER) -> dict:
+def ask_agent(
+    verb: str, inv: Invocation, conf: NetConf, call: Call, unavailable_code: int = ERR_TRY_AGAIN_LATER
+) -> dict:
     socket = socket_of(conf)
     try:
-        response = call_agent(socket, build_request(verb, inv, conf), conf.timeout_seconds)
+        response = call(socket, build_request(verb, inv, conf), conf.timeout_seconds)
     except api.AgentUnavailable as exc:
         raise CNIError(unavailable_code, str(exc), HINT) from None
     return interpret(response, socket)
 
 
-def _check_netns(inv: Invocation) -> None:
-    """``skel``'s ErrInvalidNetNS: configuring the plugin's own namespace would wire the node, not a pod."""
-    if inv.netns_override:
+def own_netns() -> tuple[int, int]:
+    """(device, inode) of the network namespace this process runs in."""
+    st = os.stat("/proc/self/ns/net")
+    return st.st_dev, st.st_ino
+
+
+def _check_netns(inv: Invocation, own: tuple[int, int] | None) -> None:
+    """``skel``'s ErrInvalidNetNS: configuring the plugin's own namespace (``own``: the invoked
+    process's, see :func:`own_netns`) would wire the node, not a pod."""
+    if inv.netns_override or own is None:
         return
     try:
         target = os.stat(inv.netns)
-        own = os.stat("/proc/self/ns/net")
     except OSError:
         return  # a missing namespace is the agent's to report, with the netlink error
-    if (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino):
+    if (target.st_dev, target.st_ino) == own:
         raise CNIError(
             ERR_INVALID_NETNS,
             "plugin's netns and netns from CNI_NETNS should not be the same",
@@ -147,9 +160,9 @@ def _check_netns(inv: Invocation) -> None:
         )
 
 
-def cmd_add(inv: Invocation, conf: NetConf, log: Log) -> dict:
-    _check_netns(inv)
-    result = ask_agent("ADD", inv, conf)
+def cmd_add(inv: Invocation, conf: NetConf, log: Log, call: Call, netns: tuple[int, int] | None) -> dict:
+    _check_netns(inv, netns)
+    result = ask_agent("ADD", inv, conf, call)
     try:
         own = upgrade_result(result, where="result")
     except CNIError as exc:
@@ -161,22 +174,24 @@ def cmd_add(inv: Invocation, conf: NetConf, log: Log) -> dict:
     return downgrade_result(own, conf.cni_version)
 
 
-def cmd_del(inv: Invocation, conf: NetConf, log: Log) -> None:
+def cmd_del(inv: Invocation, conf: NetConf, log: Log, call: Call, netns: tuple[int, int] | None) -> None:
     socket = socket_of(conf)
     request = build_request("DEL", inv, conf)
     try:
-        response = call_agent(socket, request, conf.timeout_seconds)
+        response = call(socket, request, conf.timeout_seconds)
     except api.AgentUnavailable as exc:
         if not _agent_not_running(exc):
             raise CNIError(ERR_TRY_AGAIN_LATER, str(exc), HINT) from None
-        response = _queue_delete(socket, request, conf, log, exc)
+        response = _queue_delete(socket, request, conf, log, call, exc)
         if response is None:
             return None
     interpret(response, socket)
     return None
 
 
-def _queue_delete(socket: str, request: dict, conf: NetConf, log: Log, first: api.AgentUnavailable) -> object:
+def _queue_delete(
+    socket: str, request: dict, conf: NetConf, log: Log, call: Call, first: api.AgentUnavailable
+) -> object:
     """The agent is not running: queue the DEL (see :mod:`podnet.cni.delete_queue`).
 
     Returns the agent's response if it came up while we waited for the queue lock, else None.
@@ -185,7 +200,7 @@ def _queue_delete(socket: str, request: dict, conf: NetConf, log: Log, first: ap
     try:
         with delete_queue.SharedLock(queue_dir, min(delete_queue.LOCK_TIMEOUT_SECONDS, conf.timeout_seconds)):
             try:
-                response = call_agent(socket, request, conf.timeout_seconds)
+                response = call(socket, request, conf.timeout_seconds)
                 log.info("the agent came up while waiting for the deletion queue lock: DEL delivered")
                 return response
             except api.AgentUnavailable as exc:
@@ -202,28 +217,42 @@ def _queue_delete(socket: str, request: dict, conf: NetConf, log: Log, first: ap
     return None
 
 
-def cmd_check(inv: Invocation, conf: NetConf, log: Log) -> None:
-    ask_agent("CHECK", inv, conf)
+def cmd_check(inv: Invocation, conf: NetConf, log: Log, call: Call, netns: tuple[int, int] | None) -> None:
+    ask_agent("CHECK", inv, conf, call)
     return None
 
 
-def cmd_gc(inv: Invocation, conf: NetConf, log: Log) -> None:
-    ask_agent("GC", inv, conf)
+def cmd_gc(inv: Invocation, conf: NetConf, log: Log, call: Call, netns: tuple[int, int] | None) -> None:
+    ask_agent("GC", inv, conf, call)
     return None
 
 
-def cmd_status(inv: Invocation, conf: NetConf, log: Log) -> None:
-    ask_agent("STATUS", inv, conf, unavailable_code=ERR_NOT_AVAILABLE)
+def cmd_status(inv: Invocation, conf: NetConf, log: Log, call: Call, netns: tuple[int, int] | None) -> None:
+    ask_agent("STATUS", inv, conf, call, unavailable_code=ERR_NOT_AVAILABLE)
     return None
 
 
 VERBS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STATUS": cmd_status}
 
 
-def run(env: Mapping[str, str], stdin: BufferedIOBase, stdout: TextIOBase, stderr: TextIOBase) -> int:
-    """One invocation: exactly one JSON document (or nothing) on ``stdout``; exit code 0 or 1."""
+def run(
+    env: Mapping[str, str],
+    stdin: BufferedIOBase,
+    stdout: TextIOBase,
+    stderr: TextIOBase,
+    *,
+    call: Call = call_agent,
+    netns: tuple[int, int] | None = None,
+    pid: int | None = None,
+) -> int:
+    """One invocation: exactly one JSON document (or nothing) on ``stdout``; exit code 0 or 1.
+
+    In the plugin's process the defaults hold; the agent, serving a forwarded invocation
+    (:mod:`podnet.agent.cni_exec`), passes a direct ``call``, the invoked process's ``netns``
+    (:func:`own_netns`) and ``pid`` (for the log).
+    """
     started = time.monotonic()
-    log = Log(stream=stderr)
+    log = Log(stream=stderr, pid=pid)
     version: str | None = None
     command = env.get("CNI_COMMAND", "")
     try:
@@ -242,7 +271,9 @@ def run(env: Mapping[str, str], stdin: BufferedIOBase, stdout: TextIOBase, stder
         log.configure(conf.log_level, conf.log_file)
         for warning in conf.warnings:
             log.warning(warning)
-        result = VERBS[inv.command](inv, conf, log)
+        if netns is None and call is call_agent:
+            netns = own_netns()
+        result = VERBS[inv.command](inv, conf, log, call, netns)
         if result is not None:
             stdout.write(json.dumps(result) + "\n")
         pod = "/".join(filter(None, (inv.args.get("K8S_POD_NAMESPACE"), inv.args.get("K8S_POD_NAME"))))

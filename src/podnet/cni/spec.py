@@ -30,7 +30,13 @@ import json
 import os
 from collections.abc import Mapping
 
-from podnet.cni.versions import NEWEST_VERSION, SUPPORTED_VERSIONS, VERSION_JSON
+from podnet.cni.versions import (
+    DEFAULT_TIMEOUT_SECONDS,
+    MAX_TIMEOUT_SECONDS,
+    NEWEST_VERSION,
+    SUPPORTED_VERSIONS,
+    VERSION_JSON,
+)
 
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 
@@ -51,8 +57,6 @@ ERR_INTERNAL = 999
 
 MAX_IFNAME_BYTES = 15  # IFNAMSIZ - 1
 LOG_LEVELS = ("debug", "info", "warning", "error")
-DEFAULT_TIMEOUT_SECONDS = 30.0
-MAX_TIMEOUT_SECONDS = 3600.0
 IPAM_TYPE = "podnet-ipam"
 GC_KEY = "cni.dev/valid-attachments"
 GC_KEY_OLD = "cni.dev/attachments"  # the spec's name until 2024-07; libcni sends both (#1101)

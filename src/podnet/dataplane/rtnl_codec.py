@@ -36,6 +36,7 @@ NLMSG_DONE = 3
 NLMSGERR_ATTR_MSG = 1
 
 RTM_NEWLINK = 16
+RTM_GETLINK = 18
 RTM_NEWADDR = 20
 RTM_NEWROUTE = 24
 RTM_DELROUTE = 25
@@ -46,8 +47,11 @@ IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
 IFLA_MTU = 4
 IFLA_LINK = 5
+IFLA_MASTER = 10
+IFLA_OPERSTATE = 16
 IFLA_LINKINFO = 18
 IFLA_NET_NS_FD = 28
+IFLA_LINK_NETNSID = 37
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
 VETH_INFO_PEER = 1
@@ -267,9 +271,13 @@ def attrs(data: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
+# RFC 2863 operational states (IFLA_OPERSTATE), as ip-link and pyroute2 name them
+OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
+
+
 @dataclass(frozen=True)
 class LinkInfo:
-    """The fields of an RTM_NEWLINK message that the fast path needs."""
+    """An RTM_NEWLINK message (an event, or one link of a dump), decoded."""
 
     index: int
     name: str | None
@@ -277,6 +285,14 @@ class LinkInfo:
     mtu: int | None
     up: bool
     link_index: int | None
+    kind: str | None = None  # IFLA_INFO_KIND: "veth", "vxlan", ... (None for lo / physical)
+    operstate: str = "UNKNOWN"
+    link_netnsid: int | None = None
+    master: int | None = None
+
+
+def _i32(raw: bytes | None) -> int | None:
+    return struct.unpack("=i", raw[:4])[0] if raw else None
 
 
 def parse_link(body: bytes) -> LinkInfo:
@@ -285,15 +301,27 @@ def parse_link(body: bytes) -> LinkInfo:
     name = values.get(IFLA_IFNAME)
     address = values.get(IFLA_ADDRESS)
     mtu = values.get(IFLA_MTU)
-    link = values.get(IFLA_LINK)
+    info = values.get(IFLA_LINKINFO)
+    kind = dict(attrs(info)).get(IFLA_INFO_KIND) if info else None
+    oper = values.get(IFLA_OPERSTATE)
+    master = values.get(IFLA_MASTER)
     return LinkInfo(
         index=index,
         name=name.rstrip(b"\0").decode() if name else None,
         mac=":".join(f"{b:02x}" for b in address) if address else None,
-        mtu=struct.unpack("=I", mtu)[0] if mtu else None,
+        mtu=struct.unpack("=I", mtu[:4])[0] if mtu else None,
         up=bool(flags & IFF_UP),
-        link_index=struct.unpack("=i", link)[0] if link else None,
+        link_index=_i32(values.get(IFLA_LINK)),
+        kind=kind.rstrip(b"\0").decode() if kind else None,
+        operstate=OPERSTATES[oper[0]] if oper and oper[0] < len(OPERSTATES) else "UNKNOWN",
+        link_netnsid=_i32(values.get(IFLA_LINK_NETNSID)),
+        master=_i32(master) or None,
     )
+
+
+def link_dump_body() -> bytes:
+    """RTM_GETLINK dump request: every link of the namespace."""
+    return IFINFO.pack(0, 0, 0, 0, 0)
 
 
 @dataclass(frozen=True)

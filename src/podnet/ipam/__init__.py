@@ -15,6 +15,7 @@ from podnet.ipam.errors import (
     BlockLimitReached,
     ContentionError,
     CorruptRecord,
+    HandleInUse,
     PoolExhausted,
     SequenceMismatch,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "ContentionError",
     "CorruptRecord",
     "GcResult",
+    "HandleInUse",
     "HandleRecord",
     "IPAMConfig",
     "NodeRelease",

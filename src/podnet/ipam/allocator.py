@@ -47,9 +47,18 @@ Per-ordinal sequence numbers (see :mod:`podnet.ipam.block`) make :meth:`IPAM.rel
 :class:`Release` naming a handle and/or sequence number refuse an address that was released and
 reassigned meanwhile (:class:`SequenceMismatch`); GC and rollback always release that way.
 
-The ``IPAM`` object holds no allocation state (only counters, the GC tracker and a per-node hint of
-which affine block to read first), so any number of them, in any number of processes, can share one
-datastore. It is thread-safe if the datastore is.
+The ``IPAM`` object holds no allocation state of its own (counters, the GC tracker, a per-node hint
+of which affine block to read first, and the values of its own last writes), so any number of them,
+in any number of processes, can share one datastore. It is thread-safe if the datastore is.
+
+Round trips. A node's agent allocates and releases its own pods' addresses, so the block and handle
+it is about to change are usually the ones it wrote last: the IPAM object keeps the value and mod
+revision of each key it committed (write-through, dropped when a commit fails or its outcome is
+unknown) and builds the next compare-and-swap on them without reading. Only a commit can make an
+address taken, and it is conditional on the revision it was built on, so a stale copy costs a
+conflict and a re-read, never a duplicate. With the hint, a lazily read IPAM configuration (only a
+block claim or a borrow needs it) and ``new_handle`` (a handle assumed absent, checked by the
+commit itself), a pod's address costs one transaction and its release one more.
 """
 
 from __future__ import annotations
@@ -74,6 +83,7 @@ from podnet.ipam.errors import (
     BlockLimitReached,
     ContentionError,
     CorruptRecord,
+    HandleInUse,
     SequenceMismatch,
 )
 from podnet.ipam.pools import WORKLOAD, PoolSpec, cached_network, pool_for_address, pool_for_block
@@ -82,6 +92,7 @@ from podnet.ipam.records import AffinityRecord, HandleRecord, IPAMConfig
 T = TypeVar("T")
 DEFAULT_MAX_RETRIES = 100
 DEFAULT_GC_GRACE_SECONDS = 15 * 60  # Calico's leakGracePeriod
+MAX_WRITTEN = 4096  # keys whose last committed value an IPAM object keeps (cleared when exceeded)
 
 
 @dataclass(frozen=True)
@@ -144,6 +155,7 @@ class IPAM:
         self._rng = rng or random.Random()
         self.stats: Counter[str] = Counter()
         self._last_block: dict[str, str] = {}  # node -> affine block that last had room (a read-order hint)
+        self._written: dict[str, KeyValue] = {}  # key -> what our last commit of it wrote (see above)
         self.gc_tracker = GcTracker()
 
     # -- configuration ---------------------------------------------------------------------
@@ -163,8 +175,14 @@ class IPAM:
         attrs: Mapping[str, str] | None = None,
         num: int = 1,
         use: str = WORKLOAD,
+        new_handle: bool = False,
     ) -> list[str]:
-        """Allocate ``num`` addresses for ``handle`` on ``node`` from ``pools`` (see module docstring)."""
+        """Allocate ``num`` addresses for ``handle`` on ``node`` from ``pools`` (see module docstring).
+
+        ``new_handle``: the handle must not hold addresses yet; if it does (a retried CNI ADD),
+        :class:`HandleInUse` carries them and nothing is allocated. Checked by the allocation's own
+        transaction, so it costs no read.
+        """
         if num < 1:
             raise ValueError("num must be >= 1")
         usable = [p for p in pools if not p.disabled and use in p.allowed_uses]
@@ -174,21 +192,28 @@ class IPAM:
                 f"no enabled IP pool allows {use} addresses for node {node!r} (pools given: {names})",
                 hint="create an IP pool, enable one, or check its nodeSelector and allowedUses",
             )
-        config = self.get_config()
         secondary = self._secondary(node, attrs)
         got: list[Allocation] = []
         try:
-            affine = self._node_block_cidrs(node)
-            ordered = self._sorted_in_pools(affine, usable)
             hint = self._last_block.get(node)
-            if hint in ordered:  # the block that had room last time usually still has: one read
-                ordered.remove(hint)
-                ordered.insert(0, hint)
-            for cidr in ordered:
-                got += self._assign_from_block(cidr, handle, secondary, num - len(got), affine_to=node)
+            if hint is not None and pool_for_block(usable, hint) is not None:
+                # the block that had room last time usually still has: no affinity listing
+                got += self._assign_from_block(
+                    hint, handle, secondary, num, affine_to=node, new_handle=new_handle
+                )
+                if len(got) == num:
+                    return [a.address for a in got]
+            affine = self._node_block_cidrs(node)
+            for cidr in self._sorted_in_pools(affine, usable):
+                if cidr == hint:
+                    continue
+                got += self._assign_from_block(
+                    cidr, handle, secondary, num - len(got), affine_to=node, new_handle=new_handle and not got
+                )
                 if len(got) == num:
                     self._last_block[node] = cidr
                     return [a.address for a in got]
+            config = self.get_config()
             blocks_held = len(affine)
             while len(got) < num and config.auto_allocate_blocks:
                 if blocks_held >= config.effective_max_blocks:
@@ -203,11 +228,19 @@ class IPAM:
                     break
                 blocks_held += 1
                 self._last_block[node] = cidr
-                got += self._assign_from_block(cidr, handle, secondary, num - len(got), affine_to=node)
+                got += self._assign_from_block(
+                    cidr, handle, secondary, num - len(got), affine_to=node, new_handle=new_handle and not got
+                )
             if len(got) < num and not config.strict_affinity:
                 for cidr, kv in self._borrow_candidates(node, usable):
                     got += self._assign_from_block(
-                        cidr, handle, secondary, num - len(got), affine_to=None, initial=kv
+                        cidr,
+                        handle,
+                        secondary,
+                        num - len(got),
+                        affine_to=None,
+                        initial=kv,
+                        new_handle=new_handle and not got,
                     )
                     if len(got) == num:
                         self.stats["borrowed"] += 1
@@ -275,7 +308,7 @@ class IPAM:
             block.assign_ordinal(block.ordinal(ip), handle, secondary)
             writes.append(Write(bkey, block.to_json(), bkv.mod_revision if bkv else MUST_NOT_EXIST))
             writes.append(self._handle_write(handle, {cidr: 1}))
-            self.store.commit(writes)
+            self._commit(writes)
             return ip
 
         return self._retry(f"assign {ip}", attempt)
@@ -283,7 +316,7 @@ class IPAM:
     # -- release ---------------------------------------------------------------------------
     def release_handle(self, handle: str) -> list[str]:
         """Release every address of ``handle``; idempotent (an unknown handle releases nothing)."""
-        kv = self.store.get(self.layout.handle(handle))
+        kv = self._read(self.layout.handle(handle))
         if kv is None:
             return []
         released: list[str] = []
@@ -486,9 +519,13 @@ class IPAM:
     def _cidr_of_block_key(self, key: str) -> str:
         return str(ipaddress.ip_network(token_to_cidr(key[len(self.layout.blocks_prefix()) :])))
 
-    def _handle_write(self, handle: str, added: Mapping[str, int]) -> Write:
+    def _handle_write(self, handle: str, added: Mapping[str, int], new_handle: bool = False) -> Write:
+        """The handle's record with ``added`` counted. ``new_handle``: the record is assumed absent
+        (unless this object wrote it): the commit's condition checks it, and a retry reads it."""
         hkey = self.layout.handle(handle)
-        hkv = self.store.get(hkey)
+        hkv = self._written.get(hkey) if new_handle else self._read(hkey)
+        if new_handle and hkv is not None:
+            raise HandleInUse(handle, self.handle_ips(handle))
         record = HandleRecord.from_json(hkv.value) if hkv else HandleRecord(handle)
         for cidr, n in added.items():
             record.add(cidr, n)
@@ -503,13 +540,16 @@ class IPAM:
         *,
         affine_to: str | None,
         initial: KeyValue | None = None,
+        new_handle: bool = False,
     ) -> list[Allocation]:
         """Take up to ``want`` addresses of one block (one CAS transaction with the handle)."""
         key = self.layout.block(cidr)
         first = [initial] if initial is not None else []
+        tries = [0]
 
         def attempt() -> list[Allocation]:
-            kv = first.pop() if first else self.store.get(key)
+            tries[0] += 1
+            kv = first.pop() if first else self._read(key)
             if kv is None:
                 return []
             try:
@@ -522,10 +562,14 @@ class IPAM:
             ordinals = block.assign(want, handle, secondary)
             if not ordinals:
                 return []
-            self.store.commit(
+            if new_handle and tries[0] > 1:  # lost a race: was it on the handle (a retried ADD)?
+                hkv = self.store.get(self.layout.handle(handle))
+                if hkv is not None:
+                    raise HandleInUse(handle, self.handle_ips(handle))
+            self._commit(
                 [
                     Write(key, block.to_json(), kv.mod_revision),
-                    self._handle_write(handle, {block.cidr: len(ordinals)}),
+                    self._handle_write(handle, {block.cidr: len(ordinals)}, new_handle and tries[0] == 1),
                 ]
             )
             allocs = [block.allocation(o) for o in ordinals]
@@ -576,7 +620,7 @@ class IPAM:
     def _commit_claim(self, node: str, cidr: str, block_write: Write) -> None:
         akey = self.layout.affinity(node, cidr)
         akv = self.store.get(akey)  # normally absent; a dangling one is overwritten (CAS on it)
-        self.store.commit(
+        self._commit(
             [block_write, Write(akey, AffinityRecord(node, cidr).to_json(), akv.mod_revision if akv else 0)]
         )
 
@@ -609,13 +653,13 @@ class IPAM:
     # -- internals: release ----------------------------------------------------------------
     def _release_handle_in_block(self, handle: str, cidr: str) -> list[str]:
         hkey = self.layout.handle(handle)
-        hkv = self.store.get(hkey)
+        hkv = self._read(hkey)
         record = HandleRecord.from_json(hkv.value) if hkv else None
         if hkv is None or record is None or cidr not in record.blocks:
             return []  # released meanwhile by someone else
         writes: list[Write] = []
         released: list[str] = []
-        bkv = self.store.get(self.layout.block(cidr))
+        bkv = self._read(self.layout.block(cidr))
         if bkv is not None:
             block = Block.from_json(bkv.value)
             ordinals = block.release_handle(handle)
@@ -624,7 +668,7 @@ class IPAM:
                 released = [block.address(o) for o in ordinals]
         record.blocks.pop(cidr)
         writes.append(Write(hkey, record.to_json() if record.blocks else None, hkv.mod_revision))
-        self.store.commit(writes)
+        self._commit(writes)
         return released
 
     def _release_in_block(self, cidr: str, requests: Sequence[Release]) -> list[str]:
@@ -646,7 +690,7 @@ class IPAM:
                 record = HandleRecord.from_json(hkv.value)
                 record.remove(block.cidr, n)
                 writes.append(Write(hkv.key, record.to_json() if record.blocks else None, hkv.mod_revision))
-            self.store.commit(writes)
+            self._commit(writes)
             return [block.address(o) for o in sorted(freed)]
 
         return self._retry(f"release addresses in block {cidr}", attempt)
@@ -659,15 +703,15 @@ class IPAM:
         block = Block.from_json(bkv.value) if bkv else None
         if bkv is None or block is None or block.node != node:
             if drop_affinity:
-                self.store.commit(drop_affinity)
+                self._commit(drop_affinity)
             return "released" if akv else None
         if block.is_empty():
-            self.store.commit([Write(bkv.key, None, bkv.mod_revision), *drop_affinity])
+            self._commit([Write(bkv.key, None, bkv.mod_revision), *drop_affinity])
             return "released"
         if require_empty:
             return "kept"
         block.affinity = None
-        self.store.commit([Write(bkv.key, block.to_json(), bkv.mod_revision), *drop_affinity])
+        self._commit([Write(bkv.key, block.to_json(), bkv.mod_revision), *drop_affinity])
         return "unaffined"
 
     # -- internals: CAS plumbing -----------------------------------------------------------
@@ -686,9 +730,34 @@ class IPAM:
             hint="the datastore is under heavy contention; retry later",
         )
 
+    def _read(self, key: str) -> KeyValue | None:
+        """``key`` as this object last committed it, else as the datastore has it."""
+        kv = self._written.get(key)
+        return kv if kv is not None else self.store.get(key)
+
+    def _commit(self, writes: Sequence[Write]) -> int:
+        """``Datastore.commit``, remembering what was written (forgetting it when the commit failed
+        or its outcome is unknown: the next attempt reads the datastore)."""
+        try:
+            revision = self.store.commit(writes)
+        except BaseException:
+            for w in writes:
+                self._written.pop(w.key, None)
+            raise
+        if len(self._written) + len(writes) > MAX_WRITTEN:
+            self._written.clear()
+        for w in writes:
+            if w.value is None:
+                self._written.pop(w.key, None)
+                continue
+            before = self._written.get(w.key)
+            created = revision if w.expect == MUST_NOT_EXIST else (before.create_revision if before else 0)
+            self._written[w.key] = KeyValue(w.key, w.value, revision, created)
+        return revision
+
     def _try_commit(self, writes: Sequence[Write]) -> bool:
         try:
-            self.store.commit(writes)
+            self._commit(writes)
             return True
         except (ConflictError, NotFoundError):
             return False  # changed since it was observed: no longer a GC candidate

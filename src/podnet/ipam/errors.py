@@ -19,6 +19,7 @@ __all__ = [
     "BlockLimitReached",
     "ContentionError",
     "CorruptRecord",
+    "HandleInUse",
     "IPAMError",
     "PoolExhausted",
     "SequenceMismatch",
@@ -51,3 +52,15 @@ class ContentionError(IPAMError):
 
 class CorruptRecord(IPAMError):
     code = "ipam-corrupt-record"
+
+
+class HandleInUse(IPAMError):
+    """``auto_assign(new_handle=True)`` for a handle that already holds addresses (a retried CNI
+    ADD): nothing was allocated; ``addresses`` are the ones it holds."""
+
+    code = "handle-in-use"
+
+    def __init__(self, handle: str, addresses: list[str]) -> None:
+        super().__init__(f"handle {handle!r} already holds {', '.join(addresses) or 'no address'}")
+        self.handle = handle
+        self.addresses = addresses

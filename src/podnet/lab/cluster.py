@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from podnet.agent import api
+from podnet.cni import agent_api as api
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.etcd_server import EtcdServer
 from podnet.datastore.resources import ResourceStore

@@ -40,10 +40,12 @@ timed: :class:`CNIResult` (a dict) and :class:`CNIError` carry the :class:`Plugi
 from __future__ import annotations
 
 import base64
+import compileall
 import contextlib
 import errno
 import json
 import os
+import py_compile
 import subprocess
 import sys
 import time
@@ -258,9 +260,14 @@ def install_podnet_plugin(bin_dir: str, name: str = "podnet", python: str = sys.
     """Write a podnet-cni launcher named ``name`` into a CNI bin directory; return its path.
 
     Faster than a symlink to the ``podnet-cni`` console script: ``python -S`` skips ``site`` and
-    its ``.pth`` hooks, and the launcher does not import ``re`` as pip's console script does.
+    its ``.pth`` hooks, and the launcher does not import ``re`` as pip's console script does. The
+    plugin's modules are byte-compiled here: with ``PYTHONDONTWRITEBYTECODE`` in the runtime's
+    environment (an editable install writes no ``.pyc`` of its own) every call would compile them.
     """
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(podnet.__file__)))
+    package = os.path.dirname(os.path.abspath(podnet.__file__))
+    py_compile.compile(os.path.join(package, "__init__.py"), quiet=1)
+    compileall.compile_dir(os.path.join(package, "cni"), quiet=1)
     path = os.path.join(bin_dir, name)
     source = (
         f"#!{python} -S\n"

@@ -349,7 +349,7 @@ def leftovers(
 ) -> dict[str, list[str]]:
     """What the sandboxes left behind after their DEL: host veths, /32 routes (protocol 112) to their
     addresses, endpoint records, IPAM handles, queued DELs, libcni cache entries, netns."""
-    from podnet.agent.api import delete_queue_dir
+    from podnet.cni.agent_api import delete_queue_dir
     from podnet.dataplane.endpoint import host_ifname_for
     from podnet.dataplane.netns import netns_exists
     from podnet.ipam import IPAM

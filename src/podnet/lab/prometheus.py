@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from podnet.agent.api import PROXY_METRICS_PORT
+from podnet.cni.agent_api import PROXY_METRICS_PORT
 from podnet.errors import PodnetError, ValidationError
 from podnet.lab.etcd_proxy import start_etcd_proxy
 from podnet.lab.naming import LabError, LabNames

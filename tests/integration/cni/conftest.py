@@ -1,4 +1,4 @@
-"""Fixtures of the plugin ↔ agent tests: a real UNIX-socket server speaking ``podnet.agent.api``."""
+"""Fixtures of the plugin ↔ agent tests: a real UNIX-socket server speaking ``podnet.cni.agent_api``."""
 
 from __future__ import annotations
 

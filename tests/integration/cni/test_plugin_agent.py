@@ -1,4 +1,4 @@
-"""podnet-cni against a small REAL UNIX-socket server speaking ``podnet.agent.api``'s format.
+"""podnet-cni against a small REAL UNIX-socket server speaking ``podnet.cni.agent_api``'s format.
 
 This checks the plugin's side of the contract exactly: the request it builds for each verb and how
 it turns the agent's answers (1.1.0 results, CNI errors, silence, garbage) into what the runtime
@@ -28,6 +28,7 @@ from cni_harness import (
     write_fake_plugin,
 )
 
+import podnet
 from podnet.cni import delete_queue
 from podnet.cni.versions import SUPPORTED_VERSIONS
 from podnet.lab.cni_runtime import CNIRuntime, conflist_from_bytes, kubernetes_args
@@ -340,3 +341,60 @@ def test_measure_start_up_and_add_round_trip(agent: FakeAgent, capsys) -> None:
     with capsys.disabled():
         print(f"\n[cni] bare python {bare:.1f} ms; VERSION {version:.1f} ms; ADD round trip {add_ms:.1f} ms")
     assert version < bare + 100 and add_ms < bare + 150
+
+
+# ---------------------------------------------------------------------------- the fast path (EXEC)
+
+
+@pytest.mark.parametrize("version", ["0.3.1", "1.1.0"])
+def test_add_goes_through_exec_and_matches_the_full_plugin(tmp_path, version: str) -> None:
+    """The same ADD against an agent serving EXEC (the fast path: the agent runs the verbs) and one
+    that predates it (the plugin runs them itself): one CNI request each, the same stdout."""
+    outs = []
+    for serves_exec in (True, False):
+        server = FakeAgent(str(tmp_path / f"exec-{serves_exec}" / "agent.sock"), serves_exec=serves_exec)
+        try:
+            server.responder = lambda request: ok(AGENT_RESULT)
+            stdin = json.dumps(config(version, agent_socket=server.path)).encode()
+            out = exec_plugin(base_env("ADD"), stdin)
+            assert out.rc == 0, out
+            assert server.exec_requests == 1  # the fast path was tried first, either way
+            [request] = server.requests
+            assert request["verb"] == "ADD" and request["containerID"] == ATTACHMENT_ENV["CNI_CONTAINERID"]
+            outs.append(out.stdout)
+        finally:
+            server.close()
+    assert outs[0] == outs[1]
+    assert json.loads(outs[0])["cniVersion"] == version
+
+
+def test_exec_refuses_the_plugins_own_netns(run_plugin, agent: FakeAgent) -> None:
+    """skel's check runs in the agent on the plugin process's namespace, which the shim sends."""
+    out = run_plugin("ADD", config(), {"CNI_NETNS": "/proc/self/ns/net"})
+    assert out.code == 8 and agent.requests == [] and agent.exec_requests == 1, out
+
+
+def test_fast_path_loads_no_json_module(agent: FakeAgent) -> None:
+    """The reason for the shim: a forwarded ADD imports neither json nor re nor the spec module
+    (each concurrent ADD pays the plugin's start-up on the node's cores)."""
+    agent.responder = lambda request: ok(AGENT_RESULT)
+    python = os.path.join(os.path.dirname(PLUGIN), "python")
+    source = os.path.dirname(os.path.dirname(os.path.abspath(podnet.__file__)))
+    probe = (
+        f"import sys; sys.path.insert(0, {source!r})\n"  # as the lab's launcher (python -S) does
+        "from podnet.cni.main import main\n"
+        "rc = main()\n"
+        "watched = ('json', 're', 'podnet.cni.spec', 'podnet.cni.plugin')\n"
+        "heavy = sorted(m for m in watched if m in sys.modules)\n"
+        "sys.stderr.write('LOADED=' + ','.join(heavy) + '\\n')\n"
+        "sys.exit(rc)\n"
+    )
+    stdin = json.dumps(config(agent_socket=agent.path)).encode()
+    proc = subprocess.run([python, "-S", "-c", probe], input=stdin, env=base_env("ADD"), capture_output=True)
+    assert proc.returncode == 0, proc
+    assert b"LOADED=\n" in proc.stderr, proc.stderr
+    assert len(agent.requests) == 1
+    # positive control: with the agent gone the full plugin runs (and loads them)
+    agent.close()
+    proc = subprocess.run([python, "-S", "-c", probe], input=stdin, env=base_env("ADD"), capture_output=True)
+    assert proc.returncode == 1 and b"json" in proc.stderr, proc.stderr

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from tcp_check import TcpServer, connect, wait_connect
 
-from podnet.agent import api
+from podnet.cni import agent_api as api
 from podnet.dataplane.bird import SOCKET_FILE, show_protocols
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore

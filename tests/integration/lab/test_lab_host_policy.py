@@ -24,7 +24,7 @@ from lab_support import policy_applied, until
 from tcp_check import TcpServer, connect
 from test_lab_host_endpoint import pod, running
 
-from podnet.agent import api
+from podnet.cni import agent_api as api
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
 from podnet.errors import NotFoundError

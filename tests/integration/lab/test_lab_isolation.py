@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from tcp_check import TcpServer, connect, wait_connect
 
-from podnet.agent import api
 from podnet.calc.policy_status import PolicyReport, conditions_for
+from podnet.cni import agent_api as api
 from podnet.dataplane.netns import in_netns
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore

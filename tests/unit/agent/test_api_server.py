@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from podnet.agent import api, api_server
+from podnet.agent import api_server
+from podnet.cni import agent_api as api
 
 
 def test_round_trip_and_bad_request(tmp_path):

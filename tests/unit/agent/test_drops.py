@@ -6,7 +6,7 @@ import datetime as dt
 import threading
 import time
 
-from podnet.agent import api, api_server
+from podnet.agent import api_server
 from podnet.agent.drops import CONTROL_REASON, MAC_SPOOF_REASON, SPOOF_REASON, DropMonitor
 from podnet.calc.policy import (
     CompiledPolicy,
@@ -18,6 +18,7 @@ from podnet.calc.policy import (
     PolicyPlan,
     Provenance,
 )
+from podnet.cni import agent_api as api
 from podnet.dataplane.nflog import Drop
 from podnet.dataplane.policy import control_prefix, deny_prefix, mac_spoof_prefix, rule_prefix, spoof_prefix
 

@@ -3,7 +3,7 @@
 * :func:`exec_plugin` runs the real ``podnet-cni`` executable the way a container runtime does:
   env + stdin in, stdout out (:class:`Outcome` insists stdout is one JSON document or nothing).
 * :func:`write_fake_plugin` writes small real plugin executables that record their calls.
-* :class:`FakeAgent` is a real UNIX-socket server speaking ``podnet.agent.api``'s wire format.
+* :class:`FakeAgent` is a real UNIX-socket server speaking ``podnet.cni.agent_api``'s wire format.
 """
 
 from __future__ import annotations
@@ -174,13 +174,27 @@ def plugin_error(code: int, msg: str, details: str = "") -> dict:
 CLOSE = object()  # responder verdict: close the connection without answering
 
 
+class _Verbatim(BaseException):  # BaseException: passes through the plugin's catch-all
+    """A responder's CLOSE or raw bytes, met while serving an EXEC: they are the agent's answer."""
+
+    def __init__(self, reply: object) -> None:
+        self.reply = reply
+
+
 class FakeAgent:
     """Accepts connections on ``path``; each request (one JSON line) is recorded in ``requests`` and
     answered with ``responder(request)``: a dict (sent as one JSON line), ``bytes`` (sent raw),
-    :data:`CLOSE`, or ``("sleep", seconds, reply)``. Default: ``{"ok": true, "result": {}}``."""
+    :data:`CLOSE`, or ``("sleep", seconds, reply)``. Default: ``{"ok": true, "result": {}}``.
 
-    def __init__(self, path: str) -> None:
+    As the real agent does, it serves EXEC (the plugin's fast path forwarding a whole invocation)
+    by running the plugin's verbs (``podnet.agent.cni_exec``) against the same recording responder,
+    so ``requests`` holds the CNI requests either way. ``serves_exec=False``: an agent that predates
+    EXEC (it answers with an error, and the plugin falls back to its own verbs)."""
+
+    def __init__(self, path: str, serves_exec: bool = True) -> None:
         self.path = path
+        self.serves_exec = serves_exec
+        self.exec_requests = 0
         self.requests: list[dict] = []
         self.responder: Callable[[dict], object] = lambda request: {"ok": True, "result": {}}
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -207,16 +221,38 @@ class FakeAgent:
                     return
                 data += chunk
             request = json.loads(data)
-            self.requests.append(request)
-            reply = self.responder(request)
-            if isinstance(reply, tuple) and reply[0] == "sleep":
-                time.sleep(reply[1])
-                reply = reply[2]
+            reply = self._exec(request) if request.get("verb") == "EXEC" else self._answer(request)
             if reply is CLOSE:
                 return
             payload = reply if isinstance(reply, bytes) else json.dumps(reply).encode() + b"\n"
             with contextlib.suppress(OSError):  # the plugin may have given up waiting
                 conn.sendall(payload)
+
+    def _answer(self, request: dict) -> object:
+        self.requests.append(request)
+        reply = self.responder(request)
+        if isinstance(reply, tuple) and reply[0] == "sleep":
+            time.sleep(reply[1])
+            reply = reply[2]
+        return reply
+
+    def _exec(self, request: dict) -> object:
+        from podnet.agent import cni_exec
+
+        self.exec_requests += 1
+        if not self.serves_exec:
+            return {"ok": False, "code": 4, "msg": "unknown verb 'EXEC'", "details": ""}
+
+        def handle(inner: dict) -> dict:
+            reply = self._answer(inner)
+            if reply is CLOSE or isinstance(reply, bytes):
+                raise _Verbatim(reply)
+            return reply  # type: ignore[return-value]
+
+        try:
+            return cni_exec.serve(request, handle)
+        except _Verbatim as verbatim:
+            return verbatim.reply
 
     def close(self) -> None:
         self.closed = True

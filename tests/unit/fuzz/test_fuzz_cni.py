@@ -30,7 +30,7 @@ from fuzz_common import JSON_VALUES, JUNK, fuzz_settings, mutated
 from hypothesis import given
 from hypothesis import strategies as st
 
-from podnet.agent import api
+from podnet.cni import agent_api as api
 from podnet.cni import plugin
 from podnet.cni.spec import (
     COMMANDS,

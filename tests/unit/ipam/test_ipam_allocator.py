@@ -16,6 +16,7 @@ from podnet.ipam import (
     AddressNotInPool,
     BlockLimitReached,
     ContentionError,
+    HandleInUse,
     IPAMConfig,
     PoolSpec,
     Release,
@@ -286,3 +287,69 @@ def test_threads_never_share_an_address(store: MemoryDatastore) -> None:
     ipam = IPAM(store)
     assert ipam.check(set(results), {f"n{i}" for i in range(4)}).ok
     assert sorted(ip for h in results for ip in ipam.handle_ips(h)) == sorted(held)
+
+
+class Counting:
+    """A datastore wrapper counting reads and commits (the round trips an etcd client would make)."""
+
+    def __init__(self, inner: MemoryDatastore) -> None:
+        self.inner = inner
+        self.calls: dict[str, int] = {}
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+def test_new_handle_gives_back_what_a_retried_add_holds(store: MemoryDatastore) -> None:
+    ipam = IPAM(store, backoff=0)
+    [ip] = ipam.auto_assign("h", "n1", [POOL], new_handle=True)
+    with pytest.raises(HandleInUse) as held:
+        ipam.auto_assign("h", "n1", [POOL], new_handle=True)
+    assert held.value.addresses == [ip]
+    # another IPAM object (an agent restarted after the first ADD): its commit's condition finds it
+    with pytest.raises(HandleInUse) as held:
+        IPAM(store, backoff=0).auto_assign("h", "n1", [POOL], new_handle=True)
+    assert held.value.addresses == [ip]
+    [block] = IPAM(store).blocks()
+    assert block.allocated_count() == 1  # nothing allocated by the refused calls
+    # positive control: without new_handle the same handle gets a second address
+    assert len(IPAM(store, backoff=0).auto_assign("h", "n1", [POOL])) == 1
+    assert len(IPAM(store).handle_ips("h")) == 2
+
+
+def test_a_warm_allocation_and_release_are_one_commit_each_without_reads(store: MemoryDatastore) -> None:
+    counting = Counting(store)
+    ipam = IPAM(counting, backoff=0)  # type: ignore[arg-type]
+    ipam.auto_assign("first", "n1", [POOL], new_handle=True)
+    counting.calls.clear()
+    [ip] = ipam.auto_assign("second", "n1", [POOL], new_handle=True)
+    assert counting.calls == {"commit": 1}
+    counting.calls.clear()
+    assert ipam.release_handle("second") == [ip]
+    assert counting.calls == {"commit": 1}
+    assert IPAM(store).check({"first"}, {"n1"}).ok
+
+
+def test_stale_copies_cost_a_conflict_never_a_duplicate(store: MemoryDatastore) -> None:
+    """Two IPAM objects for one node take turns: each builds on its own (stale) copy of the block."""
+    pool = PoolSpec("p", "10.3.0.0/27", block_size=28)  # 2 blocks of 16
+    a, b = IPAM(store, backoff=0), IPAM(store, backoff=0)
+    held: dict[str, str] = {}
+    for i in range(12):
+        ipam = (a, b)[i % 2]
+        [held[f"h{i}"]] = ipam.auto_assign(f"h{i}", "n1", [pool], new_handle=True)
+        if i % 4 == 3:
+            (b, a)[i % 2].release_handle(f"h{i - 1}")  # the other object releases: its copy is stale too
+            held.pop(f"h{i - 1}")
+    assert len(set(held.values())) == len(held)
+    assert a.stats["conflicts"] + b.stats["conflicts"] > 0  # the stale copies were really used
+    assert IPAM(store).check(set(held), {"n1"}).ok
+    assert sorted(ip for h in held for ip in IPAM(store).handle_ips(h)) == sorted(held.values())

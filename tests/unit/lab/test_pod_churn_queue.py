@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import os
 
-from podnet.agent.api import delete_queue_entry
 from podnet.agent.delete_queue import drain, serve_queued
 from podnet.cni import delete_queue as plugin_queue
+from podnet.cni.agent_api import delete_queue_entry
 
 REQUEST = {
     "verb": "ADD",

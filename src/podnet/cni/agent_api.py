@@ -19,6 +19,9 @@ Response (agent → plugin)::
 
 The plugin converts the 1.1.0 result to the cniVersion the runtime asked for.
 
+``EXEC`` carries a whole invocation (the CNI_* environment and stdin) from the plugin's fast path,
+and the agent runs the plugin's verbs on it (:mod:`podnet.cni.shim`, :mod:`podnet.agent.cni_exec`).
+
 One verb is not a CNI verb (and not in :data:`VERBS`): ``DROPS``, asked by ``podnet monitor --type
 drop``, answered by the agent's drop monitor (:mod:`podnet.agent.drops`), never by the CNI service::
 
@@ -33,8 +36,8 @@ import json
 import os
 import socket
 
-DEFAULT_SOCKET = "/run/podnet/agent.sock"
-ENV_SOCKET = "PODNET_AGENT_SOCKET"
+from podnet.cni.shim import DEFAULT_SOCKET, ENV_SOCKET, EXEC  # noqa: F401  (the fast path's verb)
+
 VERBS = ("ADD", "DEL", "CHECK", "GC", "STATUS")
 DROPS = "DROPS"  # the drop monitor's verb (not a CNI verb)
 FLOWS = "FLOWS"  # the flows API's verb (agent.flows; podnet observe)
