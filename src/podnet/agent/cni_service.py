@@ -32,7 +32,6 @@ Errors carry CNI codes: 11 (try again later) when the datastore is unreachable, 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import threading
 import time
@@ -110,8 +109,9 @@ class Request:
 
 
 def _host_net(address: str) -> str:
-    """``10.244.1.5`` -> ``10.244.1.5/32``: the destination of a pod's route, as calc writes it."""
-    return str(ipaddress.ip_network(address))
+    """``10.244.1.5`` -> ``10.244.1.5/32``: the destination of a pod's route, as calc writes it
+    (IPAM's addresses are canonical, so no parse: this runs for every endpoint on each route apply)."""
+    return f"{address}/128" if ":" in address else f"{address}/32"
 
 
 class CNIService:
@@ -154,6 +154,7 @@ class CNIService:
         self._attachments = KeyedLocks()  # one request per attachment at a time
         self._state = threading.Lock()  # guards _wiring
         self._wiring: Counter[str] = Counter()  # pod /32s requests in flight are changing
+        self._in_flight = 0  # ADDs and DELs being served (guarded by _state)
 
     # -- dispatch --------------------------------------------------------------------------
     def handle(self, doc: dict) -> dict:
@@ -175,6 +176,8 @@ class CNIService:
                 self._serve_queued_delete(doc, req)
             timings: dict[str, float] = {}
             with contextlib.ExitStack() as held:
+                if req.verb in ("ADD", "DEL"):
+                    held.enter_context(self._counted())
                 if req.verb == "GC":
                     held.enter_context(self._gate.alone())
                 else:
@@ -250,6 +253,20 @@ class CNIService:
             wiring = set(self._wiring)
         now = {_host_net(a) for record in list(self.endpoints.values()) for a in record.addresses}
         return wiring | (now ^ planned)
+
+    def busy(self) -> bool:
+        """ADDs or DELs are being served (the syncer holds an apply for the burst: Syncer.hold)."""
+        return self._in_flight > 0
+
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        with self._state:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._in_flight -= 1
 
     @contextlib.contextmanager
     def _changing(self, addresses: tuple[str, ...] | list[str]) -> Iterator[None]:

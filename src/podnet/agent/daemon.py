@@ -135,6 +135,7 @@ class Agent:
             cached_pod=lambda namespace, name: self.cache.pods.get(f"{namespace}/{name}"),
             cached_namespace=lambda name: self.cache.namespace_ipam.get(name),
         )
+        self.syncer.hold = self.cni.busy  # a burst of pods starting: one apply for it
         self._router_ip: str | None = None
         self._vxlan = None  # VXLANTunnel once this node has a VTEP
         self._bird = None  # BirdManager while BGP is on

@@ -83,6 +83,10 @@ class Syncer:
         self.last_plan: RoutePlan | None = None
         self.on_synced: list[Callable[[], None]] = []
         self.bgp: Callable[[], bool] = lambda: False  # set by the agent when BIRD routes for it
+        # While this says so (CNI requests in flight: a burst of pods starting), a triggered apply
+        # waits for it to stop, up to hold_seconds: one apply for the burst, not one per pod.
+        self.hold: Callable[[], bool] = lambda: False
+        self.hold_seconds = 0.1
 
     def _datastore_error(self, exc: Exception) -> None:
         self.metrics.datastore_errors.inc()
@@ -158,6 +162,9 @@ class Syncer:
                 continue
             if fired:
                 time.sleep(self.coalesce_seconds)  # let a burst of events land: one apply
+                until = time.monotonic() + self.hold_seconds
+                while self.hold() and time.monotonic() < until and not self._stop.is_set():
+                    time.sleep(self.coalesce_seconds)
             self._trigger.clear()
             with self.lock:
                 if self._mid_revision:

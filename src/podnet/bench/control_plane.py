@@ -15,6 +15,7 @@ The lab gets its own prefix and underlay, so it never meets a user's lab, and is
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -25,11 +26,12 @@ from podnet.bench.stats import latency_summary
 from podnet.dataplane.netns import netns_path
 from podnet.datastore.etcd import EtcdDatastore
 from podnet.datastore.resources import ResourceStore
+from podnet.errors import NotFoundError
 from podnet.lab import cluster
 from podnet.lab.cni_runtime import CNIRuntime
 from podnet.lab.naming import LabNames
 from podnet.lab.netns import create_netns, delete_netns
-from podnet.lab.state import LabState
+from podnet.lab.state import LabState, cpu_seconds
 from podnet.lab.topology import LabSpec, random_underlay
 from podnet.model import lookup, parse_resource
 
@@ -45,42 +47,88 @@ def _runtime(names: LabNames, info: cluster.LabInfo, node: str) -> CNIRuntime:
     )
 
 
+ELSEWHERE = "bench-elsewhere"  # the nodeName of the bench's Pod objects: no lab node, so no kubelet runs them
+
+
+def _write_pods(store: ResourceStore, node: str, names: list[str]) -> dict[str, str]:
+    """The Pod objects a kubelet's ADD is for (the agent reads their labels and annotations from its
+    watch cache), fenced until the node's agent has them; returns name -> uid."""
+    from podnet.bench.churn import Fence
+
+    docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}}] + [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "bench", "labels": {"app": "bench"}},
+            "spec": {"nodeName": ELSEWHERE, "containers": [{"name": "c"}]},
+        }
+        for name in names
+    ]
+    results = store.apply([parse_resource(d) for d in docs])
+    Fence(store, [node])(timeout=60.0)
+    return {r.resource.metadata.name: r.resource.metadata.uid or "" for r in results[1:]}
+
+
 def cni_latency(names: LabNames, info: cluster.LabInfo, sandboxes: int, concurrency: int) -> dict:
+    """``sandboxes`` ADDs then DELs through node-1's real chain, ``concurrency`` at once, for Pod
+    objects that exist (as a kubelet's are). Latencies per call, and the CPU each call cost per
+    process: the agent, etcd, the plugins (with the runtime's ``ip netns exec``) and the runtime."""
     node = info.topology.nodes[0].name
     runtime = _runtime(names, info, node)
-    boxes = [(uuid.uuid4().hex, names.pod_ns("bench", f"s{i}-{concurrency}")) for i in range(sandboxes)]
+    store = ResourceStore(EtcdDatastore([info.etcd_endpoint]))
+    pods = [f"s{i}-{concurrency}" for i in range(sandboxes)]
+    uids = _write_pods(store, node, pods)
+    boxes = [(uuid.uuid4().hex, names.pod_ns("bench", pod)) for pod in pods]
     state = LabState(names.state_dir)
+    procs = {p.name: p.pid for p in state.processes()}
+    watched = {"agent": procs[f"agent-{node}"], "etcd": procs["etcd"]}
     state.record_netns_many([(ns, "pod") for _, ns in boxes])
     for _, ns in boxes:
         create_netns(ns)
 
     def args(i: int) -> dict:
-        return {"K8S_POD_NAMESPACE": "bench", "K8S_POD_NAME": f"s{i}-{concurrency}"}
+        return {"K8S_POD_NAMESPACE": "bench", "K8S_POD_NAME": pods[i], "K8S_POD_UID": uids[pods[i]]}
 
     def timed(fn, *a):
         started = time.perf_counter()
         out = fn(*a)
         return time.perf_counter() - started, out
 
+    def cpu() -> dict[str, float]:
+        children = os.times()
+        return {name: cpu_seconds(pid) for name, pid in watched.items()} | {
+            "plugins": children.children_user + children.children_system,
+            "runtime": time.process_time(),
+        }
+
+    def per_call(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        return {k: round((after[k] - before[k]) * 1e3 / sandboxes, 2) for k in before}
+
     try:
         with ThreadPoolExecutor(concurrency) as pool:
+            before = cpu()
             adds = list(
                 pool.map(
                     lambda i: timed(runtime.add, boxes[i][0], netns_path(boxes[i][1]), "eth0", args(i)),
                     range(sandboxes),
                 )
             )
+            middle = cpu()
             dels = list(
                 pool.map(
                     lambda i: timed(runtime.delete, boxes[i][0], netns_path(boxes[i][1]), "eth0", args(i)),
                     range(sandboxes),
                 )
             )
+            after = cpu()
     finally:
         for _, ns in boxes:
             delete_netns(ns)
         for _, ns in boxes:
             state.forget_netns(ns)
+        for pod in pods:
+            with contextlib.suppress(NotFoundError):
+                store.delete(lookup("pods"), pod, "bench")
     podnet_add = [next(c.seconds for c in result.calls if c.plugin == "podnet") for _, result in adds]
     podnet_del = [next(c.seconds for c in calls if c.plugin == "podnet") for _, calls in dels]
     return {
@@ -89,6 +137,9 @@ def cni_latency(names: LabNames, info: cluster.LabInfo, sandboxes: int, concurre
         "add_podnet": latency_summary(podnet_add),
         "del_chain": latency_summary([s for s, _ in dels]),
         "del_podnet": latency_summary(podnet_del),
+        "add_cpu_ms": per_call(before, middle),
+        "del_cpu_ms": per_call(middle, after),
+        "add_chain_s": [round(s, 5) for s, _ in adds],
         "chain": [p["type"] for p in runtime.conflist["plugins"]],
     }
 

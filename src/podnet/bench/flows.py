@@ -98,18 +98,11 @@ def _counts(nodes: list[str]) -> tuple[int, int]:
 
 def agent_cpu(names: LabNames) -> float:
     """CPU seconds the lab's agents have used (their threads, from /proc)."""
-    import os
+    from podnet.lab.state import LabState, cpu_seconds
 
-    from podnet.lab.state import LabState
-
-    hz = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for process in LabState(names.state_dir).processes():
-        if process.name.startswith("agent-"):
-            with open(f"/proc/{process.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / hz
+    return sum(
+        cpu_seconds(p.pid) for p in LabState(names.state_dir).processes() if p.name.startswith("agent-")
+    )
 
 
 def _idle(names: LabNames, window: float = 0.5, busy: float = 0.05) -> bool:

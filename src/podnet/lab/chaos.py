@@ -66,7 +66,7 @@ from typing import Any
 from podnet.lab import cluster
 from podnet.lab.kernel_watch import KernelWatch, bpf_maps
 from podnet.lab.naming import LabError, LabNames
-from podnet.lab.state import LabState
+from podnet.lab.state import LabState, cpu_seconds
 from podnet.lab.witness import Flow, Witness, summarize
 
 NAMESPACE = "chaos"
@@ -195,22 +195,16 @@ class ChaosLab:
         return out
 
 
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _cpu_meter(names: LabNames) -> Callable[[], dict[str, float]]:
     """From now on: the returned function gives each agent's CPU use since, in % of one core."""
     pids = cluster.agent_pids(names)
-    before = {node: _cpu_seconds(pid) for node, pid in pids.items()}
+    before = {node: cpu_seconds(pid) for node, pid in pids.items()}
     started = time.monotonic()
 
     def percent() -> dict[str, float]:
         elapsed = time.monotonic() - started
         return {
-            node: round((_cpu_seconds(pid) - before[node]) / elapsed * 100, 1) for node, pid in pids.items()
+            node: round((cpu_seconds(pid) - before[node]) / elapsed * 100, 1) for node, pid in pids.items()
         }
 
     return percent
