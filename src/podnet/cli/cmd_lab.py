@@ -94,10 +94,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="resolve NAME through SRC's resolver instead (podnet lab probe SRC --dns NAME)",
     )
     from podnet.lab import chaos as witnessed
-    from podnet.lab import pod_churn
+    from podnet.lab import etcd_chaos, pod_churn
 
     chaos = sub.add_parser("chaos", help="a fault scenario on the lab (kill-agent, ipam-under-fire, ...)")
-    chaos.add_argument("scenario", choices=[*witnessed.SCENARIOS, *pod_churn.SCENARIOS])
+    chaos.add_argument(
+        "scenario", choices=[*witnessed.SCENARIOS, *pod_churn.SCENARIOS, *etcd_chaos.SCENARIOS]
+    )
     chaos.add_argument("--node", help="kill-agent: the node (default: node-2)")
     chaos.add_argument(
         "--member", help="etcd-member-kill, etcd-member-partition: the member (default: a follower)"
@@ -111,7 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=witnessed.PREVIOUS_VERSION,
         help="agent-downgrade-upgrade: the other version (a git commit of this checkout)",
     )
-    chaos.add_argument("--pods", type=int, help="kill-agent-mid-cni (default 30), ipam-under-fire (1000)")
+    chaos.add_argument(
+        "--pods", type=int, help="kill-agent-mid-cni (default 30), ipam-under-fire (1000), etcd-* (60)"
+    )
     chaos.add_argument(
         "--outage-seconds",
         type=float,
@@ -457,11 +461,14 @@ def _chaos(args) -> int:
     import json
 
     from podnet.cli.context import resource_store
-    from podnet.lab import chaos, pod_churn
+    from podnet.lab import chaos, etcd_chaos, pod_churn
     from podnet.lab.cluster import lab_names
 
     lab = chaos.ChaosLab(lab_names(), resource_store(args))
-    if args.scenario in pod_churn.SCENARIOS:
+    if args.scenario in etcd_chaos.SCENARIOS:
+        report = etcd_chaos.run_scenario(lab, args.scenario, args.member, pods=args.pods or 60)
+        module = etcd_chaos
+    elif args.scenario in pod_churn.SCENARIOS:
         report = pod_churn.run_scenario(
             lab, args.scenario, args.node, args.pods, args.outage_seconds, args.fault
         )
