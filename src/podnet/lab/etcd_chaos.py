@@ -156,6 +156,19 @@ def pick_member(lab: ChaosLab, scenario: str, wanted: str | None, node: str) -> 
 # ---------------------------------------------------------------------- the scenario
 
 
+def _leader_among_others(lab: ChaosLab, away: str, timeout: float = 15.0) -> tuple[str | None, float]:
+    """The leader the members other than ``away`` agree on (None: none within ``timeout``), and
+    when they did."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = etcd_cluster.statuses(lab.names, timeout=1.0)
+        answering = {k: v for k, v in found.items() if k != away and not isinstance(v, PodnetError)}
+        name = etcd_cluster.leader_name(answering) if len(answering) == len(found) - 1 else None
+        if name is not None or time.monotonic() > deadline:
+            return name, time.monotonic()
+        time.sleep(0.1)
+
+
 def _apply_until_acked(lab: ChaosLab, doc: dict, timeout: float = 20.0) -> float:
     """Apply ``doc`` (idempotent: the same object again) until a write is acknowledged; returns
     when it was."""
@@ -251,11 +264,9 @@ def run_scenario(
         else:
             record = cluster.stop_process(lab.names, target.name, signal.SIGKILL)
         try:
-            time.sleep(dwell)
-            others = {k: v for k, v in etcd_cluster.statuses(lab.names).items() if k != target.name}
-            figures["leader_during_fault"] = etcd_cluster.leader_name(
-                {k: v for k, v in others.items() if not isinstance(v, PodnetError)}
-            )
+            figures["leader_during_fault"], elected = _leader_among_others(lab, target.name)
+            figures["leader_seconds_into_fault"] = round(elected - started, 2)
+            time.sleep(max(0.0, started + dwell - time.monotonic()))
             acked_at = _apply_until_acked(lab, _policy_doc("deny-guarded", []))
             enforced = _wait(lambda: not answers(), 60.0)
             figures["policy_enforced_seconds"] = None if enforced is None else round(enforced, 2)
@@ -393,7 +404,8 @@ def render(report: dict[str, Any]) -> str:
     ipam = report.get("ipam") or {}
     lines = [
         f"scenario {report['scenario']}: member {report['member']} ({report['members']} members); "
-        f"leader {report['leader_before']} → during the fault {report.get('leader_during_fault')} → "
+        f"leader {report['leader_before']} → during the fault {report.get('leader_during_fault')} "
+        f"({report.get('leader_seconds_into_fault')} s in) → "
         f"after {report['leader_after']}",
         f"writes: {w['acknowledged']} acknowledged, {w['unknown_outcome']} outcome unknown "
         f"(landed per member {w['unknown_landed_per_member']}), {w['refused']} refused; "
