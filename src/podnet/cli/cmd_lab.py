@@ -1,8 +1,8 @@
 """``podnet lab``: an emulated cluster in network namespaces on this machine (needs root).
 
 podnet lab up [--nodes N] [--profile calico|cilium] [--encapsulation none|vxlan|ipip|ipip-crosssubnet]
-              [--subnets 1|2] [--prometheus]
-podnet lab down | clean | status
+              [--subnets 1|2] [--prometheus] [--etcd-members 1|3|5]
+podnet lab down | clean | status                status: every process; each etcd member's health, the leader
 podnet lab wait [--timeout S]                  until every pod is Running
 podnet lab exec NS/POD -- CMD...               run a command inside a pod (its netns and cgroup)
 podnet lab probe NS/POD|ext|NODE  NS/POD|svc/NS/NAME|[node/]NODE|IP  PORT/PROTO|ICMP [--timeout S]
@@ -15,6 +15,9 @@ podnet lab chaos SCENARIO [--node N] [--seconds S] [--policies N] [--version REF
                  kill-agent | kill-all-agents | agent-upgrade | agent-downgrade-upgrade |
                  etcd-outage | etcd-blackhole |
                  kill-agent-mid-policy-sync | bird-restart      (with the traffic witness)
+                 etcd-member-kill | etcd-leader-kill | etcd-member-partition   (a lab with
+                 --etcd-members 3: writes, a policy and IPAM under fire while a member is away;
+                 [--pods N] for the IPAM part, [--member NAME] which one)
 podnet lab chaos kill-agent-mid-cni [--node N] [--pods 30] [--outage-seconds S]
 podnet lab chaos ipam-under-fire [--pods 1000] [--fault kill:NODE|kill-all|etcd:S|kill-in-outage:NODE:S]...
 """
@@ -59,6 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a Prometheus (Debian's) in its own namespace scraping every agent every 5 s; "
         "query it with podnet metrics",
     )
+    up.add_argument(
+        "--etcd-members",
+        type=int,
+        choices=[1, 3, 5],
+        default=1,
+        help="etcd as a cluster of this many members, each in its own namespace (default 1)",
+    )
     sub.add_parser("down", help="remove exactly what the lab created")
     sub.add_parser("clean", help="remove leftovers of a lab that crashed (by name prefix)")
     sub.add_parser("status", help="what the lab runs")
@@ -84,11 +94,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="resolve NAME through SRC's resolver instead (podnet lab probe SRC --dns NAME)",
     )
     from podnet.lab import chaos as witnessed
-    from podnet.lab import pod_churn
+    from podnet.lab import etcd_chaos, pod_churn
 
     chaos = sub.add_parser("chaos", help="a fault scenario on the lab (kill-agent, ipam-under-fire, ...)")
-    chaos.add_argument("scenario", choices=[*witnessed.SCENARIOS, *pod_churn.SCENARIOS])
+    chaos.add_argument(
+        "scenario", choices=[*witnessed.SCENARIOS, *pod_churn.SCENARIOS, *etcd_chaos.SCENARIOS]
+    )
     chaos.add_argument("--node", help="kill-agent: the node (default: node-2)")
+    chaos.add_argument(
+        "--member", help="etcd-member-kill, etcd-member-partition: the member (default: a follower)"
+    )
     chaos.add_argument(
         "--seconds", type=float, default=10.0, help="etcd-outage, etcd-blackhole: how long etcd is away"
     )
@@ -98,7 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=witnessed.PREVIOUS_VERSION,
         help="agent-downgrade-upgrade: the other version (a git commit of this checkout)",
     )
-    chaos.add_argument("--pods", type=int, help="kill-agent-mid-cni (default 30), ipam-under-fire (1000)")
+    chaos.add_argument(
+        "--pods", type=int, help="kill-agent-mid-cni (default 30), ipam-under-fire (1000), etcd-* (60)"
+    )
     chaos.add_argument(
         "--outage-seconds",
         type=float,
@@ -138,6 +155,7 @@ def _up(args) -> int:
             dns=args.dns,
             flows=args.flows,
             prometheus=args.prometheus,
+            etcd_members=args.etcd_members,
         )
     )
     topo = info.topology
@@ -148,10 +166,9 @@ def _up(args) -> int:
     )
     for host in topo.nodes:
         print(f"  {host.name:10} netns {host.netns:14} {host.attachments[0].address}")
-    print(
-        f"  etcd       {topo.etcd_endpoint} in netns {topo.etcd.netns}; the CLI reaches it at "
-        f"{info.etcd_endpoint}"
-    )
+    for host in topo.etcd_members:
+        print(f"  {host.name:10} netns {host.netns:14} http://{host.ip}:{topo.etcd_client_port}")
+    print(f"  the CLI reaches etcd at {info.etcd_endpoint}")
     if topo.prometheus is not None:
         print(
             f"  prometheus http://{topo.prometheus.ip}:9090 in netns {topo.prometheus.netns}; the CLI "
@@ -194,8 +211,30 @@ def _status(args) -> int:
     for proc in state.processes():
         alive = "running" if proc_alive(proc.pid, proc.start_time) else "DEAD"
         print(f"  {proc.name:28} pid {proc.pid:<8} {alive:8} {proc.netns or '(root netns)'}")
+    _print_etcd(lab_names())
     _print_agents(state)
     return 0
+
+
+def _print_etcd(names) -> None:
+    """Each etcd member: its health (it answered its status, from inside its namespace), the
+    leader it knows, its raft term and revision."""
+    from podnet.datastore.etcd import MemberStatus
+    from podnet.lab import etcd_cluster
+
+    found = etcd_cluster.statuses(names)
+    leader = etcd_cluster.leader_name({k: v for k, v in found.items() if isinstance(v, MemberStatus)})
+    print(f"etcd members ({len(found)}; leader: {leader or 'NONE agreed'}):")
+    for m in etcd_cluster.members(names):
+        s = found[m.name]
+        if isinstance(s, MemberStatus):
+            role = "leader" if s.is_leader else ("follower" if s.leader else "NO LEADER")
+            print(
+                f"  {m.name:10} {m.endpoint:26} healthy    {role:9} id {s.member_id} term {s.raft_term} "
+                f"revision {s.revision}"
+            )
+        else:
+            print(f"  {m.name:10} {m.endpoint:26} UNHEALTHY  {s.message}")
 
 
 def _print_agents(state) -> None:
@@ -422,11 +461,14 @@ def _chaos(args) -> int:
     import json
 
     from podnet.cli.context import resource_store
-    from podnet.lab import chaos, pod_churn
+    from podnet.lab import chaos, etcd_chaos, pod_churn
     from podnet.lab.cluster import lab_names
 
     lab = chaos.ChaosLab(lab_names(), resource_store(args))
-    if args.scenario in pod_churn.SCENARIOS:
+    if args.scenario in etcd_chaos.SCENARIOS:
+        report = etcd_chaos.run_scenario(lab, args.scenario, args.member, pods=args.pods or 60)
+        module = etcd_chaos
+    elif args.scenario in pod_churn.SCENARIOS:
         report = pod_churn.run_scenario(
             lab, args.scenario, args.node, args.pods, args.outage_seconds, args.fault
         )

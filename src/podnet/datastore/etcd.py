@@ -10,11 +10,21 @@ calls, written here with explicit timeouts, endpoint fail-over and error mapping
 Failure semantics
 - Every request has a timeout; no call can hang forever.
 - A request that could not be sent (connection refused, unreachable) is retried on the next
-  endpoint, with back-off, until ``retry_deadline`` seconds have passed. Reads are also retried
-  after a timeout; writes are not (their outcome is unknown), the error says so.
+  endpoint, with back-off, until ``retry_deadline`` seconds have passed; so is one a member
+  refused before proposing it (``no leader``, ``raft proposal dropped``, ``too many requests``:
+  :data:`NEVER_APPLIED`). Reads are also retried after a timeout or any other unavailability;
+  writes are not (a member that timed out may have proposed it: its outcome is unknown), the
+  error says so and the caller decides (read back, then retry).
+- A multi-member cluster: whichever endpoint answered last is tried first; one that failed is
+  passed over (:meth:`EtcdDatastore.demote`) by the next request and the next watch.
 - When every endpoint failed, :class:`DatastoreUnavailable` names them all and the last error.
-- A watch whose stream goes silent checks the server's health every ``watch_idle_check`` seconds,
-  so a black-holed etcd ends the watch with :class:`DatastoreUnavailable` instead of a hang.
+- A watch whose stream goes silent checks *its own member's* health every ``watch_idle_check``
+  seconds (a linearizable read there, which needs a leader; another member answering proves
+  nothing about this stream), so a black-holed or partitioned member ends the watch with
+  :class:`DatastoreUnavailable` instead of a hang. Watches ask for a leader (gRPC metadata
+  ``hasleader``, as etcd's own client does): a member that loses its leader cancels them. The
+  caller (:class:`~podnet.datastore.sync.PrefixSync`) resumes from the last revision it saw, on
+  another member: etcd's history there replays exactly the revisions after it.
 - Connecting has its own short ``connect_timeout`` (a handshake takes a round trip, not seconds):
   while etcd is black-holed each attempt gives up quickly, so the first attempt after it comes
   back is never stuck behind a long SYN timeout (a policy written meanwhile reaches the agents
@@ -33,6 +43,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from podnet.datastore.base import MUST_NOT_EXIST, EventType, KeyValue, WatchEvent, Write, mark_revision_ends
@@ -49,10 +60,17 @@ ENV_ENDPOINTS = "PODNET_ETCD_ENDPOINTS"
 DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
 PAGE_SIZE = 1000
 _GRPC_OUT_OF_RANGE = 11  # "mvcc: required revision has been compacted"
+# etcd's refusals before a request is proposed to raft: a write refused so was never applied.
+NEVER_APPLIED = ("no leader", "raft proposal dropped", "too many requests")
+HEALTH_TIMEOUT = 2.0  # seconds for a silent watch's member to answer a read
+REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}  # the gateway passes it on as gRPC metadata
 
 
-def endpoints_from(value: str | None = None) -> list[str]:
-    """Endpoints from a flag value, else ``PODNET_ETCD_ENDPOINTS``, else the local default."""
+def endpoints_from(value: str | Sequence[str] | None = None) -> list[str]:
+    """Endpoints from a flag value (``A,B,C``; or a list of such values), else
+    ``PODNET_ETCD_ENDPOINTS``, else the local default. Duplicates are dropped."""
+    if value is not None and not isinstance(value, str):
+        value = ",".join(value)
     raw = value or os.environ.get(ENV_ENDPOINTS) or DEFAULT_ENDPOINTS
     out = []
     for item in raw.split(","):
@@ -67,7 +85,8 @@ def endpoints_from(value: str | None = None) -> list[str]:
                 f"bad etcd endpoint {item!r}",
                 hint="endpoints look like http://HOST:PORT, comma-separated",
             )
-        out.append(item)
+        if item not in out:
+            out.append(item)
     if not out:
         raise DatastoreError("no etcd endpoints given", hint=f"set --etcd-endpoints or {ENV_ENDPOINTS}")
     return out
@@ -103,7 +122,13 @@ def _kv(item: dict) -> KeyValue:
 
 
 class _Unsent(Exception):
-    """The request never reached a server: safe to retry anywhere."""
+    """The request never reached a server, or a member refused it before proposing it: safe to
+    retry anywhere."""
+
+
+class _Unanswered(Exception):
+    """A member answered that it is unavailable without saying the request was never proposed
+    (e.g. ``request timed out``): a read may be retried, a write's outcome is unknown."""
 
 
 class EtcdDatastore:
@@ -118,9 +143,7 @@ class EtcdDatastore:
         watch_idle_check: float = 5.0,
         connect_timeout: float = 1.0,
     ) -> None:
-        self.endpoints = (
-            endpoints_from(endpoints) if endpoints is None or isinstance(endpoints, str) else list(endpoints)
-        )
+        self.endpoints = endpoints_from(endpoints)
         self.timeout = timeout
         self.retry_deadline = retry_deadline
         self.watch_idle_check = watch_idle_check
@@ -143,9 +166,24 @@ class EtcdDatastore:
         if conn is not None:
             conn.close()
 
+    def demote(self, endpoint: str) -> None:
+        """``endpoint`` failed: the next request (and watch) starts with the one after it."""
+        if endpoint in self.endpoints and self.endpoints[self._preferred] == endpoint:
+            self._preferred = (self.endpoints.index(endpoint) + 1) % len(self.endpoints)
+
+    def ordered_endpoints(self) -> list[str]:
+        """The endpoints in the order the next request tries them: the preferred one first."""
+        start = self._preferred % len(self.endpoints)
+        return self.endpoints[start:] + self.endpoints[:start]
+
     def _post_once(self, endpoint: str, path: str, body: dict) -> dict:
         conn = self._connection(endpoint)
         payload = json.dumps(body).encode()
+        if conn.sock is not None and select.select([conn.sock], [], [], 0)[0]:
+            # readable while idle: the server closed the kept-alive connection (or sent junk);
+            # found *before* sending, so that a disconnect after sending is always ambiguous
+            self._drop_connection(endpoint)
+            conn = self._connection(endpoint)
         if conn.sock is None:
             try:
                 conn.timeout = self.connect_timeout
@@ -156,14 +194,16 @@ class EtcdDatastore:
                 self._drop_connection(endpoint)
                 raise _Unsent(str(exc)) from exc
         try:
-            conn.request("POST", path, payload, {"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            data = resp.read()
-        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-            # A kept-alive connection the server closed meanwhile: the request was not processed.
+            conn.request("POST", path, payload, {"Content-Type": "application/json", **REQUIRE_LEADER})
+        except OSError as exc:  # refused while sending: a partial request is never processed
             self._drop_connection(endpoint)
             raise _Unsent(str(exc)) from exc
+        try:
+            resp = conn.getresponse()
+            data = resp.read()
         except (OSError, http.client.HTTPException):
+            # sent whole, then the connection broke or timed out (a killed member, a proxy whose
+            # upstream died): the member may have applied it
             self._drop_connection(endpoint)
             raise
         try:
@@ -174,8 +214,10 @@ class EtcdDatastore:
             message = doc.get("message") or doc.get("error") or data.decode(errors="replace")
             if doc.get("code") == _GRPC_OUT_OF_RANGE and "compacted" in message:
                 raise CompactedError(0)
-            if resp.status in (502, 503) or "no leader" in message or "timed out" in message:
+            if any(marker in message for marker in NEVER_APPLIED):
                 raise _Unsent(f"HTTP {resp.status}: {message}")
+            if resp.status in (502, 503, 504) or "timed out" in message or "leader changed" in message:
+                raise _Unanswered(f"HTTP {resp.status}: {message}")
             raise DatastoreError(f"etcd at {endpoint} rejected {path}: {message}")
         return doc
 
@@ -184,15 +226,18 @@ class EtcdDatastore:
         errors: dict[str, str] = {}
         delay = 0.05
         attempt = 0
+        order = self.ordered_endpoints()
         while True:
-            endpoint = self.endpoints[(self._preferred + attempt) % len(self.endpoints)]
+            endpoint = order[attempt % len(order)]
             try:
                 doc = self._post_once(endpoint, path, body)
                 self._preferred = self.endpoints.index(endpoint)
                 return doc
             except _Unsent as exc:
                 errors[endpoint] = str(exc)
-            except (OSError, http.client.HTTPException) as exc:
+                self.demote(endpoint)
+            except (OSError, http.client.HTTPException, _Unanswered) as exc:
+                self.demote(endpoint)
                 errors[endpoint] = f"{type(exc).__name__}: {exc}"
                 if not idempotent:
                     raise DatastoreUnavailable(
@@ -217,7 +262,9 @@ class EtcdDatastore:
         kvs = doc.get("kvs") or []
         return _kv(kvs[0]) if kvs else None
 
-    def list(self, prefix: str) -> tuple[list[KeyValue], int]:
+    def list(self, prefix: str, *, serializable: bool = False) -> tuple[list[KeyValue], int]:
+        """Every key under ``prefix`` at one revision. ``serializable``: what the member that
+        answers holds locally, without asking the leader (reading each member's own copy)."""
         out: list[KeyValue] = []
         start = _b64(prefix)
         end = _prefix_end(prefix)
@@ -226,6 +273,8 @@ class EtcdDatastore:
             body = {"key": start, "range_end": end, "limit": PAGE_SIZE}
             if revision:
                 body["revision"] = revision  # every page from the same snapshot
+            if serializable:
+                body["serializable"] = True
             doc = self._post("/v3/kv/range", body, idempotent=True)
             revision = revision or int(doc["header"]["revision"])
             page = [_kv(item) for item in doc.get("kvs") or []]
@@ -233,6 +282,16 @@ class EtcdDatastore:
             if not doc.get("more") or not page:
                 return out, revision
             start = _b64(page[-1].key.encode() + b"\0")
+
+    def member_status(self, endpoint: str | None = None) -> MemberStatus:
+        """etcd's ``/v3/maintenance/status`` of one member (default: the first endpoint), asked
+        of that member only (no fail-over: the answer is about it)."""
+        endpoint = endpoint or self.endpoints[0]
+        try:
+            doc = self._post_once(endpoint, "/v3/maintenance/status", {})
+        except (_Unsent, _Unanswered, OSError, http.client.HTTPException) as exc:
+            raise DatastoreUnavailable(f"etcd member at {endpoint} did not answer: {exc}") from exc
+        return parse_status(doc, endpoint)
 
     def revision(self) -> int:
         doc = self._post("/v3/kv/range", {"key": _b64("\0"), "limit": 1}, idempotent=True)
@@ -318,6 +377,44 @@ class EtcdDatastore:
             self._drop_connection(endpoint)
 
 
+@dataclass(frozen=True)
+class MemberStatus:
+    """One member's view (``/v3/maintenance/status``); ids as etcd prints them (hex)."""
+
+    endpoint: str
+    member_id: str
+    leader: str  # "" when the member knows no leader
+    raft_term: int
+    revision: int
+    version: str
+
+    @property
+    def is_leader(self) -> bool:
+        return bool(self.leader) and self.leader == self.member_id
+
+
+def _member_id(value: object) -> str:
+    """The gateway sends uint64 ids as decimal strings; etcdctl shows them in hex."""
+    number = int(str(value or 0))
+    return f"{number:x}" if number else ""
+
+
+def parse_status(doc: dict, endpoint: str = "") -> MemberStatus:
+    """A :class:`MemberStatus` from the gateway's JSON answer to ``/v3/maintenance/status``."""
+    header = doc.get("header") or {}
+    member = _member_id(header.get("member_id"))
+    if not member:
+        raise DatastoreError(f"etcd at {endpoint} answered its status without a member id: {doc}")
+    return MemberStatus(
+        endpoint=endpoint,
+        member_id=member,
+        leader=_member_id(doc.get("leader")),
+        raft_term=int(doc.get("raftTerm") or doc.get("raft_term") or 0),
+        revision=int(header.get("revision") or 0),
+        version=str(doc.get("version") or ""),
+    )
+
+
 def _event(event: dict) -> WatchEvent:
     """One event of a watch response (JSON gateway form)."""
     kv = event["kv"]
@@ -348,7 +445,8 @@ class EtcdWatch:
             body["create_request"]["start_revision"] = str(self._start)
         payload = json.dumps(body).encode()
         errors = []
-        for endpoint in self._store.endpoints:
+        leader = "".join(f"{k}: {v}\r\n" for k, v in REQUIRE_LEADER.items()).encode()
+        for endpoint in self._store.ordered_endpoints():
             parts = urlsplit(endpoint)
             try:
                 sock = socket.create_connection(
@@ -357,13 +455,19 @@ class EtcdWatch:
                 sock.settimeout(self._store.timeout)
                 sock.sendall(
                     b"POST /v3/watch HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (parts.netloc.encode(), len(payload), payload)
+                    b"%sContent-Length: %d\r\n\r\n%s" % (parts.netloc.encode(), leader, len(payload), payload)
                 )
             except OSError as exc:
                 errors.append(f"{endpoint}: {exc}")
+                self._store.demote(endpoint)
                 continue
             self._sock = sock
-            self._read_headers(endpoint)
+            try:
+                self._read_headers(endpoint)
+            except DatastoreError:
+                self._shutdown()
+                self._store.demote(endpoint)
+                raise
             return endpoint
         raise DatastoreUnavailable(
             f"etcd unavailable at {', '.join(self._store.endpoints)} ({'; '.join(errors)})",
@@ -378,7 +482,7 @@ class EtcdWatch:
             if self._closed.is_set():
                 break
             if not ready:
-                self._store.revision()  # raises DatastoreUnavailable when etcd is gone
+                self._check_member()  # raises DatastoreUnavailable when this member is gone
                 continue
             try:
                 data = self._sock.recv(65536)
@@ -390,6 +494,25 @@ class EtcdWatch:
                 raise DatastoreUnavailable(f"etcd at {self._endpoint} closed the watch stream")
             return data
         return b""
+
+    def _check_member(self) -> None:
+        """A linearizable read on the watch's own member, on a fresh connection with a short
+        timeout: it needs that member reachable and with a leader."""
+        parts = urlsplit(self._endpoint)
+        timeout = min(self._store.timeout, HEALTH_TIMEOUT)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port or 2379, timeout=timeout)
+        body = json.dumps({"key": _b64("\0"), "limit": 1}).encode()
+        try:
+            conn.request("POST", "/v3/kv/range", body, {"Content-Type": "application/json", **REQUIRE_LEADER})
+            resp = conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise DatastoreUnavailable(f"etcd at {self._endpoint} (watched) did not answer: {exc}") from exc
+        finally:
+            conn.close()
+        if resp.status != 200:
+            detail = data[:200].decode(errors="replace")
+            raise DatastoreUnavailable(f"etcd at {self._endpoint} (watched) is unavailable: {detail}")
 
     def _read_until(self, marker: bytes) -> bytes | None:
         while marker not in self._buf:
@@ -457,6 +580,10 @@ class EtcdWatch:
                     raise DatastoreError(f"etcd canceled the watch: {result.get('cancel_reason', '')}")
                 # etcd sends every event of a revision (one transaction) in one response
                 yield from mark_revision_ends([_event(e) for e in result.get("events") or []])
+        except DatastoreError as exc:
+            if not isinstance(exc, CompactedError):
+                self._store.demote(self._endpoint)  # the next watch starts on another member
+            raise
         finally:
             self._shutdown()
 

@@ -3,6 +3,10 @@
 ``EtcdServer`` starts Debian's ``etcd`` on a fresh data directory and free loopback ports (or on a
 given address, e.g. inside the lab's fabric namespace), waits until it answers, and on ``stop()``
 kills it and removes the directory. It is a context manager, so a failing test still cleans up.
+
+A member of a cluster gets ``initial_cluster`` (``NAME=PEER_URL,...``, every member) and a
+``cluster_token`` (etcd's ``--initial-cluster-token``: members of another cluster bootstrapped
+with the same peers cannot join it by mistake); without them it is a cluster of one.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class EtcdServer:
         netns: str | None = None,
         name: str = "podnet-etcd",
         log_path: str | None = None,
+        initial_cluster: str | None = None,
+        cluster_token: str | None = None,
     ) -> None:
         self.host = host
         self.client_port = client_port or free_port(host if netns is None else "127.0.0.1")
@@ -48,6 +54,8 @@ class EtcdServer:
         self.netns = netns
         self.name = name
         self.log_path = log_path or os.path.join(self.data_dir, "etcd.log")
+        self.initial_cluster = initial_cluster or f"{name}=http://{host}:{self.peer_port}"
+        self.cluster_token = cluster_token
         self.process: subprocess.Popen | None = None
 
     @property
@@ -74,9 +82,10 @@ class EtcdServer:
             "--initial-advertise-peer-urls",
             f"http://{self.host}:{self.peer_port}",
             "--initial-cluster",
-            f"{self.name}=http://{self.host}:{self.peer_port}",
+            self.initial_cluster,
             "--initial-cluster-state",
             "new",
+            *(["--initial-cluster-token", self.cluster_token] if self.cluster_token else []),
             "--log-level",
             "warn",
             "--logger",

@@ -47,6 +47,11 @@ Scenarios:
   when BIRD answered again and when every BGP session was up; the routes must never be deleted
   (BIRD re-announcing them is expected, so for this scenario only deletions count).
 
+The etcd member scenarios of a lab with an etcd cluster (``etcd-member-kill``,
+``etcd-leader-kill``, ``etcd-member-partition``) live in :mod:`podnet.lab.etcd_chaos`: they churn
+pods through IPAM during the fault, which changes node kernels on purpose, so they run the witness
+without the kernel monitors; they reuse this module's workload, guarded-pod probe and policy helpers.
+
 The two policy scenarios change podnet's policy table on purpose; for them (and the downgrade)
 the events of that table are reported as ``policy_changes``, everything else counts. A kernel
 monitor that died, went deaf or reported an error fails every scenario, named: its silence proves

@@ -2,7 +2,8 @@
 
     root netns                         lab namespaces (prefix pn-)
     ───────────                        ───────────────────────────────────────────────────────
-    podnet CLI ──127.0.0.1:P──▶ etcd-proxy ══setns══▶ pn-etcd: etcd 10.77.0.2:2379
+    podnet CLI ──127.0.0.1:P──▶ etcd-proxy ══setns══▶ pn-etcd: etcd 10.77.0.2:2379 (--etcd-members 3:
+                                                       pn-etcd-2, pn-etcd-3 too; lab/etcd_cluster.py)
     lab kubelet (pods: netns, cgroup,                      ▲ fabric (pn-fabric: br0 [br1 + pn-router])
        CNI via `ip netns exec pn-node-N`)                  │
                                           pn-node-N: eth0 10.77.s.(10+N), podnet-agent,
@@ -31,18 +32,15 @@ from dataclasses import dataclass
 
 from podnet.cni import agent_api as api
 from podnet.datastore.etcd import EtcdDatastore
-from podnet.datastore.etcd_server import EtcdServer
 from podnet.datastore.resources import ResourceStore
-from podnet.lab import prometheus, supervisor
+from podnet.lab import etcd_cluster, prometheus, supervisor
 from podnet.lab.cleanup import CleanupReport, clean, down
 from podnet.lab.cni_runtime import install_podnet_plugin
-from podnet.lab.etcd_proxy import start_etcd_proxy
 from podnet.lab.fabric import fabric_up
 from podnet.lab.naming import LabError, LabNames
 from podnet.lab.netns import (
     create_cgroup,
     proc_alive,
-    proc_start_time,
     signal_process,
     spawn,
     stop_processes,
@@ -71,7 +69,7 @@ SUPPORTED_ENCAPSULATIONS = ("none", "vxlan", "ipip", "ipip-crosssubnet")
 class LabInfo:
     names: LabNames
     topology: Topology
-    etcd_endpoint: str  # for the CLI, on root loopback through the proxy
+    etcd_endpoint: str  # for the CLI, on root loopback through the proxy (a cluster: one per member)
     seconds: float
     prometheus_endpoint: str | None = None  # LabSpec.prometheus: for the CLI, through its proxy
 
@@ -201,39 +199,6 @@ def write_cni_files(names: LabNames, topo: Topology, state: LabState) -> None:
         state.record_dir(names.node_dir(host.name))
 
 
-def _start_etcd(names: LabNames, topo: Topology, state: LabState) -> str:
-    server = EtcdServer(
-        host=topo.etcd.ip,
-        client_port=topo.etcd_client_port,
-        peer_port=topo.etcd_peer_port,
-        data_dir=os.path.join(names.state_dir, "etcd"),
-        netns=topo.etcd.netns,
-        name="lab-etcd",
-        log_path=os.path.join(names.log_dir, "etcd.log"),
-    )
-    os.makedirs(names.log_dir, exist_ok=True)
-    server.start(wait=False)  # its address is only reachable inside the lab: wait through the proxy
-    assert server.process is not None
-    state.record_process(
-        ProcessRecord(
-            "etcd",
-            server.process.pid,
-            proc_start_time(server.process.pid) or 0,
-            topo.etcd.netns,
-            cmd=tuple(server.command()),
-        )
-    )
-    proxy, endpoint = start_etcd_proxy(
-        upstream=f"{topo.etcd.ip}:{topo.etcd_client_port}",
-        netns=topo.etcd.netns,
-        lab_prefix=names.prefix,
-        log=os.path.join(names.log_dir, "etcd-proxy.log"),
-    )
-    state.record_process(ProcessRecord.of("etcd-proxy", proxy))
-    server.wait_ready(30.0, endpoint)
-    return endpoint
-
-
 def zone_records(topo: Topology) -> list[str]:
     """The test zone ``ext`` serves (``NAME=IP[,IP...]/TTL``): names with several addresses and
     short TTLs on ``ext``'s subnet (.3 is ext's own address; .4 is free for a test to add)."""
@@ -306,7 +271,7 @@ def _start_agents(names: LabNames, topo: Topology, state: LabState, timeout: flo
             "--node",
             host.name,
             "--etcd-endpoints",
-            topo.etcd_endpoint,
+            topo.etcd_endpoints,
             "--socket",
             names.agent_socket(host.name),
             "--metrics",
@@ -460,10 +425,10 @@ def up(spec: LabSpec, names: LabNames | None = None) -> LabInfo:
     started = time.monotonic()
     topo, state, _ = fabric_up(spec, names)
     try:
-        endpoint = _start_etcd(names, topo, state)
+        endpoint = etcd_cluster.start(names, topo, state)
         state.set_meta(
             etcd_endpoint=endpoint,
-            etcd_cluster_endpoint=topo.etcd_endpoint,
+            etcd_cluster_endpoint=topo.etcd_endpoints,
             nodes={h.name: {"netns": h.netns, "ip": h.ip} for h in topo.nodes},
         )
         store = ResourceStore(EtcdDatastore([endpoint]))

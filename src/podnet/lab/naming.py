@@ -8,6 +8,7 @@ marker argument ``--lab-prefix=<prefix>``. That is what makes ``down`` and ``cle
     pn-fabric                    the "switch": bridges br0 (and br1), one port per attached host
     pn-router                    only with 2 subnets: eth0 = 10.77.0.1, eth1 = 10.77.1.1
     pn-etcd                      the cluster's etcd: eth0 = 10.77.0.2
+    pn-etcd-2 … pn-etcd-N        only with --etcd-members N: the other members, eth0 = 10.77.0.(4+i)
     pn-prometheus                only with --prometheus: Prometheus, eth0 = 10.77.0.5
     pn-node-1 … pn-node-N        one per node: eth0 = 10.77.<subnet>.<10+i>
     pn-p-<ns>.<pod>-<hash>       one per pod (readable slug + a hash that makes it unique)
@@ -100,6 +101,10 @@ class LabNames:
     def etcd_ns(self) -> str:
         return f"{self.prefix}etcd"
 
+    def etcd_member_ns(self, index: int) -> str:
+        """Etcd member ``index`` (1-based): member 1 is ``pn-etcd``, the others ``pn-etcd-<i>``."""
+        return self.etcd_ns if index == 1 else f"{self.etcd_ns}-{index}"
+
     @property
     def ext_ns(self) -> str:
         """A client outside the cluster (NodePort tests, like a user's machine on the node LAN)."""
@@ -135,7 +140,9 @@ class LabNames:
             return "pod"
         if rest.startswith("node-"):
             return "node"
-        return rest if rest in ("router", "etcd", "ext", "fabric") else "other"
+        if rest == "etcd" or (rest.startswith("etcd-") and rest[5:].isdigit()):
+            return "etcd"
+        return rest if rest in ("router", "ext", "fabric") else "other"
 
     # -- processes ---------------------------------------------------------------------------
     @property

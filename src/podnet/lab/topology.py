@@ -19,6 +19,12 @@ unique across subnets so ``node-3`` is always ``.13``. The underlay is a /16 so 
 that never meets a user's lab (10.77.0.0/16 is the default). With ``prometheus`` (``podnet lab up
 --prometheus``) one more host, ``pn-prometheus`` at ``<net>.0.5`` on ``br0``, runs the Prometheus
 server (:mod:`podnet.lab.prometheus`).
+
+With ``--etcd-members 3`` (1, 3 or 5) etcd is a cluster of that many members, each in a namespace of
+its own on ``br0``: member 1 is ``pn-etcd`` at ``.2`` as always, member ``i`` > 1 is ``pn-etcd-<i>``
+at ``.(4+i)`` (``.6``, ``.7``, …: below the nodes' ``.11``). They bootstrap statically
+(:func:`initial_cluster`); agents and the kubelet get every member's client URL
+(:attr:`Topology.etcd_endpoints`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 FIRST_NODE_HOST = 10  # node i gets host number 10 + i
 PROMETHEUS_HOST = 5  # .1 router, .2 etcd, .3 ext, .4 left for tests (ext's second address)
+ETCD_HOST = 2  # member 1; member i > 1 gets ETCD_PEER_HOST_BASE + i (.6, .7, .8, .9)
+ETCD_PEER_HOST_BASE = 4
+ETCD_MEMBER_COUNTS = (1, 3, 5)  # odd: an even count tolerates no more failures than one less
 MAX_NODES = 254 - FIRST_NODE_HOST
 
 
@@ -51,6 +60,7 @@ class LabSpec:
     dns: bool = False  # a cluster DNS (kube-system/kube-dns) and the test zone *.example.test on ext
     flows: bool = True  # ClusterConfiguration flows: a flow record per new connection
     prometheus: bool = False  # Prometheus in a namespace of its own, scraping every agent (lab/prometheus.py)
+    etcd_members: int = 1  # an etcd cluster of this many members, each in its own namespace
 
     def __post_init__(self) -> None:
         problems = []
@@ -74,6 +84,11 @@ class LabSpec:
                 problems.append(f"underlay must be a /16 or larger, not /{net.prefixlen}")
         except ValueError as exc:
             problems.append(f"bad underlay {self.underlay!r}: {exc}")
+        if self.etcd_members not in ETCD_MEMBER_COUNTS:
+            problems.append(
+                f"etcd members must be one of {', '.join(map(str, ETCD_MEMBER_COUNTS))}, not "
+                f"{self.etcd_members} (an even count tolerates no more failures than one less)"
+            )
         if not 1280 <= self.mtu <= 9000:
             problems.append(f"mtu must be 1280..9000, not {self.mtu}")
         if problems:
@@ -140,6 +155,12 @@ class Topology:
     mtu: int = UNDERLAY_MTU
     etcd_client_port: int = ETCD_CLIENT_PORT
     etcd_peer_port: int = ETCD_PEER_PORT
+    etcd_peers: tuple[Host, ...] = ()  # members 2..N of the etcd cluster (``etcd`` is member 1)
+
+    @property
+    def etcd_members(self) -> tuple[Host, ...]:
+        """Every etcd member's host, member 1 first."""
+        return (self.etcd, *self.etcd_peers)
 
     @property
     def hosts(self) -> tuple[Host, ...]:
@@ -147,7 +168,7 @@ class Topology:
         Prometheus (if any), the nodes."""
         return (
             ((self.router,) if self.router else ())
-            + (self.etcd,)
+            + self.etcd_members
             + ((self.external,) if self.external else ())
             + ((self.prometheus,) if self.prometheus else ())
             + tuple(self.nodes)
@@ -160,7 +181,17 @@ class Topology:
 
     @property
     def etcd_endpoint(self) -> str:
+        """Member 1's client URL."""
         return f"http://{self.etcd.ip}:{self.etcd_client_port}"
+
+    @property
+    def etcd_endpoints(self) -> str:
+        """Every member's client URL, comma-separated (what ``--etcd-endpoints`` takes)."""
+        return ",".join(f"http://{h.ip}:{self.etcd_client_port}" for h in self.etcd_members)
+
+    @property
+    def etcd_initial_cluster(self) -> str:
+        return initial_cluster([(h.name, h.ip) for h in self.etcd_members], self.etcd_peer_port)
 
     def node(self, name: str) -> Host:
         for host in self.nodes:
@@ -177,6 +208,7 @@ class Topology:
             "subnets": [asdict(s) for s in self.subnets],
             "router": _host_dict(self.router) if self.router else None,
             "etcd": _host_dict(self.etcd) | {"endpoint": self.etcd_endpoint},
+            "etcd_members": [_host_dict(h) for h in self.etcd_members],
             "external": _host_dict(self.external) if self.external else None,
             "prometheus": _host_dict(self.prometheus) if self.prometheus else None,
             "nodes": [_host_dict(h) for h in self.nodes],
@@ -193,6 +225,19 @@ def _host_dict(host: Host) -> dict:
         "gateway": host.gateway,
         "interfaces": [asdict(a) for a in host.attachments],
     }
+
+
+def initial_cluster(members: list[tuple[str, str]], peer_port: int = ETCD_PEER_PORT) -> str:
+    """etcd's ``--initial-cluster``: ``NAME=http://IP:PEER_PORT`` per member, comma-separated."""
+    names = [name for name, _ in members]
+    if not members or len(set(names)) != len(names):
+        raise LabError(f"etcd members need distinct names, got {names}")
+    return ",".join(f"{name}=http://{ip}:{peer_port}" for name, ip in members)
+
+
+def etcd_member_host(index: int) -> int:
+    """The host number of etcd member ``index`` (1-based) on subnet 0."""
+    return ETCD_HOST if index == 1 else ETCD_PEER_HOST_BASE + index
 
 
 def random_underlay() -> str:
@@ -246,8 +291,19 @@ def build_topology(spec: LabSpec | None = None, names: LabNames | None = None) -
         kind="etcd",
         netns=names.etcd_ns,
         subnet=0,
-        attachments=(Attachment("eth0", "etcd", "br0", addr(0, 2)),),
+        attachments=(Attachment("eth0", "etcd", "br0", addr(0, ETCD_HOST)),),
         gateway=gw(0),
+    )
+    etcd_peers = tuple(
+        Host(
+            name=f"etcd-{i}",
+            kind="etcd",
+            netns=names.etcd_member_ns(i),
+            subnet=0,
+            attachments=(Attachment("eth0", link_name(f"etcd-{i}"), "br0", addr(0, etcd_member_host(i))),),
+            gateway=gw(0),
+        )
+        for i in range(2, spec.etcd_members + 1)
     )
     external = Host(
         name="ext",
@@ -291,6 +347,7 @@ def build_topology(spec: LabSpec | None = None, names: LabNames | None = None) -
         subnets=subnets,
         nodes=tuple(nodes),
         etcd=etcd,
+        etcd_peers=etcd_peers,
         router=router,
         external=external,
         prometheus=prometheus,
