@@ -3,6 +3,7 @@
     podnet bench [--profiles calico-ipip,calico-ipip-crosssubnet,calico-bgp,cilium-vxlan,cilium-direct]
                  [--repeats N] [--duration S] [--quick] [--out DIR]
                  [--skip-footprint] [--skip-control-plane] [--skip-flows]
+    podnet bench --scale [--sections cni,...] [--quick] [--out DIR]
 
 1. Data path (:func:`podnet.bench.datapath.run`): a lab per profile and the hand-built kernel
    baselines (direct, VXLAN, IPIP), every scenario ``--repeats`` times.
@@ -13,6 +14,9 @@
    with ClusterConfiguration ``flows`` on and off, per style; records per connection, events lost.
 4. ``<out>/bench.json`` (every raw sample, the summaries, the seed's figures), one PNG bar chart
    per metric, and the table in the seed's layout on stdout.
+
+``--scale`` runs the scale sections instead (:mod:`podnet.bench.scale`: CNI under concurrency and
+the others of issue 18), each figure beside its goal, raw samples in ``<out>/bench.json``.
 
 Progress goes to stderr: a one-line bar redrawn in place on a terminal, plain lines otherwise.
 ``--quick`` (CI smoke) shortens every phase: 1 repeat of 2 s, small workloads, and one footprint lab
@@ -41,6 +45,18 @@ def _profiles(text: str) -> list[str]:
     if unknown or not chosen:
         raise argparse.ArgumentTypeError(
             f"unknown profile(s) {', '.join(unknown) or '(none given)'}; choose from {','.join(PROFILES)}"
+        )
+    return list(dict.fromkeys(chosen))
+
+
+def _sections(text: str) -> list[str]:
+    from podnet.bench.scale import SECTIONS
+
+    chosen = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in chosen if p not in SECTIONS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown section(s) {', '.join(unknown) or '(none given)'}; choose from {','.join(SECTIONS)}"
         )
     return list(dict.fromkeys(chosen))
 
@@ -87,6 +103,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         default=None,
         help="where bench.json and the plots go (default ./bench-results/<timestamp>)",
+    )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="run the scale sections (figures beside their goals) instead of the seed's table",
+    )
+    parser.add_argument(
+        "--sections",
+        type=_sections,
+        default=None,
+        metavar="LIST",
+        help="with --scale: comma-separated sections (default: all)",
     )
     parser.add_argument("--skip-footprint", action="store_true", help="no agent/BIRD memory readings")
     parser.add_argument(
@@ -168,12 +196,16 @@ def run(args: argparse.Namespace) -> int:
     from podnet.bench import report
 
     opts = settings(args)
+    if args.sections is not None and not args.scale:
+        raise PodnetError("--sections goes with --scale", hint="podnet bench --scale --sections cni")
     if os.geteuid() != 0:
         raise PodnetError(
             "podnet bench builds labs in network namespaces: it needs root", hint="sudo podnet bench ..."
         )
     out = opts["out"]
     os.makedirs(out, exist_ok=True)
+    if args.scale:
+        return _run_scale(args, out)
     bar = ProgressBar()
     started = time.monotonic()
     try:
@@ -227,3 +259,20 @@ def run(args: argparse.Namespace) -> int:
         print("\n" + flows.render(result["flows"]))
     print(f"\nraw samples and summaries: {json_path}; {len(plots)} plots in {out}/")
     return 0
+
+
+def _run_scale(args: argparse.Namespace, out: str) -> int:
+    from podnet.bench import scale
+
+    bar = ProgressBar()
+    try:
+        results = scale.run(
+            args.sections or list(scale.SECTIONS), bool(args.quick), step=lambda text: bar(text, 0, 1)
+        )
+    finally:
+        bar.close()
+    path = scale.write(results, out)
+    print(scale.render(results))
+    print(f"\nraw samples: {path}")
+    failed = [name for name in results["order"] if "error" in results[name]]
+    return 1 if failed else 0

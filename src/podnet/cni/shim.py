@@ -7,6 +7,9 @@ costs ~30 ms of CPU a call; this module loads nothing beyond C built-ins (``_jso
     runtime ─env+stdin─▶ shim ─{"verb":"EXEC","env":{CNI_*},"stdin":"…","netns":[dev,ino],"pid":N}─▶ agent
             ◀─stdout, exit─  ◀─{"ok":true,"exit":0|1,"stdout":"…","stderr":"…"}──────────────────┘
 
+The same fast path compiled (``forward.c``, the lab's ``podnet`` binary when a C compiler is
+there) skips the interpreter's start too; it execs this module for everything else.
+
 The agent answers with exactly what :func:`podnet.cni.plugin.run` would have printed had it run
 here (:mod:`podnet.agent.cni_exec` runs it, with a direct call in place of the socket). When the
 agent cannot be reached before anything was sent (not running: DEL must be queued; socket missing)
@@ -27,6 +30,9 @@ from podnet.cni.versions import DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS
 EXEC = "EXEC"
 DEFAULT_SOCKET = "/run/podnet/agent.sock"  # defined here, not in agent_api (which loads json, socket)
 ENV_SOCKET = "PODNET_AGENT_SOCKET"
+SENT_ENV = "PODNET_CNI_SENT"  # set by forward.c: sent, no answer (why)
+MALFORMED_ENV = "PODNET_CNI_MALFORMED"  # set by forward.c: sent, an answer that is not one (why)
+NO_EXEC_ENV = "PODNET_CNI_NO_EXEC"  # set by forward.c: the agent does not serve EXEC
 
 
 class _Decoding:
@@ -160,6 +166,13 @@ def main() -> int:
     if not env.get("CNI_COMMAND"):
         return _full_plugin(env, b"")  # the spec's error, with what this plugin is
     data = sys.stdin.buffer.read()
+    # The compiled front (podnet/cni/forward.c) sent the request and got no usable answer.
+    if env.get(SENT_ENV):
+        return _full_plugin(env, data, env[SENT_ENV])
+    if env.get(MALFORMED_ENV):
+        return _full_plugin(env, data, env[MALFORMED_ENV], malformed=True)
+    if env.get(NO_EXEC_ENV):  # forward.c found an agent without EXEC
+        return _full_plugin(env, data)
     stdin = data.decode("utf-8", "surrogateescape")
     path, timeout = _settings(stdin)
     forwarded = {k: v for k, v in env.items() if k.startswith("CNI_") or k == ENV_SOCKET}

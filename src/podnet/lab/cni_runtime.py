@@ -44,6 +44,7 @@ import compileall
 import contextlib
 import errno
 import json
+import logging
 import os
 import py_compile
 import subprocess
@@ -58,6 +59,7 @@ LIBCNI_VERSION = "1.1.0"
 ALL_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 DEFAULT_CACHE_DIR = "/var/lib/cni"
 CACHE_KIND = "cniCacheV1"
+log = logging.getLogger("podnet.lab.cni")
 
 
 class ConfListError(ValueError):
@@ -257,33 +259,69 @@ def kubernetes_args(namespace: str, name: str, sandbox_id: str, uid: str) -> dic
 
 
 def install_podnet_plugin(bin_dir: str, name: str = "podnet", python: str = sys.executable) -> str:
-    """Write a podnet-cni launcher named ``name`` into a CNI bin directory; return its path.
+    """Write the podnet plugin named ``name`` into a CNI bin directory; return its path.
 
-    Faster than a symlink to the ``podnet-cni`` console script: ``python -S`` skips ``site`` and
-    its ``.pth`` hooks, and the launcher does not import ``re`` as pip's console script does. The
-    plugin's modules are byte-compiled here: with ``PYTHONDONTWRITEBYTECODE`` in the runtime's
-    environment (an editable install writes no ``.pyc`` of its own) every call would compile them.
+    The binary is ``podnet/cni/forward.c`` compiled (cached by source digest): it forwards the
+    invocation to the agent without starting Python, and execs the Python plugin for the rest,
+    through a launcher written beside it (``.<name>-python``). Without a C compiler, the launcher
+    itself is the plugin. The launcher beats a symlink to the ``podnet-cni`` console script:
+    ``python -S`` skips ``site`` and its ``.pth`` hooks, and it does not import ``re`` as pip's
+    script does. The plugin's modules are byte-compiled here: with ``PYTHONDONTWRITEBYTECODE`` in
+    the runtime's environment (an editable install writes no ``.pyc`` of its own) every call
+    would compile them.
     """
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(podnet.__file__)))
     package = os.path.dirname(os.path.abspath(podnet.__file__))
     py_compile.compile(os.path.join(package, "__init__.py"), quiet=1)
     compileall.compile_dir(os.path.join(package, "cni"), quiet=1)
+    os.makedirs(bin_dir, exist_ok=True)
     path = os.path.join(bin_dir, name)
+    launcher = os.path.join(bin_dir, f".{name}-python")
     source = (
         f"#!{python} -S\n"
         "# podnet-cni launcher written by podnet.lab.cni_runtime.install_podnet_plugin\n"
         "import sys\n"
-        f"sys.path.insert(0, {package_parent!r})\n"
+        f"sys.path.insert(0, {os.path.dirname(package)!r})\n"
         "from podnet.cni.main import main\n"
         "sys.exit(main())\n"
     )
-    os.makedirs(bin_dir, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(source)
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, path)
+    _write_executable(launcher, source.encode())
+    if not _compile_front(python, launcher, path):
+        _write_executable(path, source.encode())
     return path
+
+
+def _write_executable(path: str, content: bytes) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as handle:
+        handle.write(content)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)  # a runtime exec'ing it meanwhile gets the old file or the new, never half
+
+
+def _compile_front(python: str, launcher: str, path: str) -> bool:
+    """Build ``forward.c`` for this interpreter and launcher at ``path``; False without a compiler
+    (or if it fails: the launcher then serves, logged)."""
+    import shutil
+
+    source = os.path.join(os.path.dirname(os.path.abspath(podnet.__file__)), "cni", "forward.c")
+    compiler = shutil.which("cc") or shutil.which("clang") or shutil.which("gcc")
+    if compiler is None:
+        return False
+    tmp = f"{path}.{os.getpid()}.tmp"
+    cmd = [compiler, "-O2", "-Wall", f"-DPODNET_PYTHON={_c_string(python)}"]
+    cmd += [f"-DPODNET_LAUNCHER={_c_string(launcher)}", "-o", tmp, source]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        log.warning("compiling %s failed, the Python plugin serves: %s", source, proc.stderr[-500:])
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return False
+    os.replace(tmp, path)
+    return True
+
+
+def _c_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def find_in_path(plugin: str, paths: Sequence[str]) -> str:

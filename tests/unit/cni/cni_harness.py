@@ -18,7 +18,23 @@ import threading
 import time
 from collections.abc import Callable
 
-PLUGIN = os.path.join(os.path.dirname(sys.executable), "podnet-cni")
+PLUGIN = os.path.join(os.path.dirname(sys.executable), "podnet-cni")  # the console script (Python)
+# What exec_plugin runs: PLUGIN, or the lab's compiled front (see :func:`plugin_variants`).
+ACTIVE = {"plugin": PLUGIN}
+
+
+def plugin_variants(tmp_dir: str) -> dict[str, str]:
+    """The plugin executables to run every test against: the Python console script, and the
+    compiled front (``podnet/cni/forward.c``, as the lab installs it) when a C compiler is there."""
+    from podnet.lab.cni_runtime import install_podnet_plugin
+
+    variants = {"python": PLUGIN}
+    path = install_podnet_plugin(tmp_dir, "podnet")
+    with open(path, "rb") as handle:
+        if not handle.read(2).startswith(b"#!"):
+            variants["compiled"] = path
+    return variants
+
 
 ATTACHMENT_ENV = {
     "CNI_CONTAINERID": "0123456789abcdef",
@@ -80,7 +96,9 @@ def base_env(command: str | None, extra: dict[str, str | None] | None = None) ->
 
 
 def exec_plugin(env: dict[str, str], stdin: bytes, timeout: float = 30.0) -> Outcome:
-    return Outcome(subprocess.run([PLUGIN], input=stdin, env=env, capture_output=True, timeout=timeout))
+    return Outcome(
+        subprocess.run([ACTIVE["plugin"]], input=stdin, env=env, capture_output=True, timeout=timeout)
+    )
 
 
 # ------------------------------------------------------------------------------ fake plugins
