@@ -575,3 +575,23 @@ def test_debian_portmap_chained_in_the_node_namespace(env: Env, netns) -> None:
         assert (exc.plugin, exc.code) == ("portmap", 999) and "could not check ipv6 dnat" in exc.msg
     rt.delete("pm1", f"/run/netns/{pod}", "eth0", ARGS, caps)
     assert "--dport 18080" not in ns_run(node, "iptables", "-t", "nat", "-S")
+
+
+def test_install_compiles_the_front_and_falls_back_to_the_launcher(tmp_path, monkeypatch) -> None:
+    """With a C compiler the plugin is the compiled front (an ELF that answers VERSION through the
+    Python launcher beside it); without one, the launcher itself is the plugin."""
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    path = install_podnet_plugin(str(tmp_path / "compiled"))
+    with open(path, "rb") as handle:
+        assert handle.read(4) == b"\x7fELF"
+    assert os.path.exists(os.path.join(tmp_path, "compiled", ".podnet-python"))
+    out = subprocess.run([path], env={"CNI_COMMAND": "VERSION"}, capture_output=True, timeout=30)
+    assert out.returncode == 0 and json.loads(out.stdout)["cniVersion"] == "1.1.0"
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    path = install_podnet_plugin(str(tmp_path / "script"))
+    with open(path, "rb") as handle:
+        assert handle.read(2) == b"#!"
+    out = subprocess.run([path], env={"CNI_COMMAND": "VERSION"}, capture_output=True, timeout=30)
+    assert out.returncode == 0 and json.loads(out.stdout)["cniVersion"] == "1.1.0"
