@@ -92,6 +92,7 @@ from podnet.ipam.records import AffinityRecord, HandleRecord, IPAMConfig
 T = TypeVar("T")
 DEFAULT_MAX_RETRIES = 100
 DEFAULT_GC_GRACE_SECONDS = 15 * 60  # Calico's leakGracePeriod
+MAX_BATCH = 64  # requests one group commit takes (etcd allows 128 operations per transaction)
 MAX_WRITTEN = 4096  # keys whose last committed value an IPAM object keeps (cleared when exceeded)
 
 
@@ -260,6 +261,80 @@ class IPAM:
             self._rollback(got)
             raise
         return [a.address for a in got]
+
+    def auto_assign_many(
+        self,
+        requests: Sequence[tuple[str, Mapping[str, str] | None]],
+        node: str,
+        pools: Sequence[PoolSpec],
+    ) -> list[list[str] | BaseException]:
+        """One address for each ``(handle, attrs)``, every handle new (as ``new_handle``), in one
+        transaction when the node's hinted block has room for all of them (a group commit: a burst
+        of pods starting on a node costs one etcd round trip, not one each). Otherwise, or when that
+        transaction loses a race, each is :meth:`auto_assign`-ed on its own. Per request: its
+        addresses, or the exception it met (:class:`HandleInUse` for a handle that holds some)."""
+        results: list[list[str] | BaseException | None] = [None] * len(requests)
+        batch = self._assign_batch(requests, node, pools, results) if len(requests) > 1 else False
+        for i, (handle, attrs) in enumerate(requests):
+            if batch and results[i] is not None:
+                continue
+            try:
+                results[i] = self.auto_assign(handle, node, pools, attrs, new_handle=True)
+            except Exception as exc:
+                results[i] = exc
+        return results  # type: ignore[return-value]
+
+    def _assign_batch(
+        self,
+        requests: Sequence[tuple[str, Mapping[str, str] | None]],
+        node: str,
+        pools: Sequence[PoolSpec],
+        results: list,
+    ) -> bool:
+        """The one-transaction path of :meth:`auto_assign_many`; False (nothing done) when it does
+        not apply or lost a race."""
+        hint = self._last_block.get(node)
+        usable = [p for p in pools if not p.disabled and WORKLOAD in p.allowed_uses]
+        if hint is None or pool_for_block(usable, hint) is None or len(requests) > MAX_BATCH:
+            return False
+        kv = self._read(self.layout.block(hint))
+        if kv is None:
+            return False
+        try:
+            block = Block.from_json(kv.value)
+        except CorruptRecord:
+            return False
+        if block.deleted or block.affinity != host_affinity(node) or block.free_count() < len(requests):
+            return False
+        writes = [Write(kv.key, b"", kv.mod_revision)]  # the block's value is filled in below
+        taken: list[tuple[int, list[int]]] = []
+        for i, (handle, attrs) in enumerate(requests):
+            hkey = self.layout.handle(handle)
+            if hkey in self._written:  # ours already: a retried ADD
+                try:
+                    results[i] = HandleInUse(handle, self.handle_ips(handle))
+                except Exception as exc:
+                    results[i] = exc
+                continue
+            ordinals = block.assign(1, handle, self._secondary(node, attrs))
+            record = HandleRecord(handle)
+            record.add(block.cidr, len(ordinals))
+            writes.append(Write(hkey, record.to_json(), MUST_NOT_EXIST))
+            taken.append((i, ordinals))
+        if not taken:
+            return True
+        writes[0] = Write(kv.key, block.to_json(), kv.mod_revision)
+        try:
+            self._commit(writes)
+        except (ConflictError, NotFoundError):
+            self.stats["conflicts"] += 1
+            for i, _ in taken:
+                results[i] = None  # each on its own, which tells a retried ADD's handle from a race
+            return True
+        self.stats["batched"] += len(taken)
+        for i, ordinals in taken:
+            results[i] = [block.address(o) for o in ordinals]
+        return True
 
     def assign_ip(
         self,

@@ -353,3 +353,50 @@ def test_stale_copies_cost_a_conflict_never_a_duplicate(store: MemoryDatastore) 
     assert a.stats["conflicts"] + b.stats["conflicts"] > 0  # the stale copies were really used
     assert IPAM(store).check(set(held), {"n1"}).ok
     assert sorted(ip for h in held for ip in IPAM(store).handle_ips(h)) == sorted(held.values())
+
+
+def test_a_burst_of_new_handles_is_one_transaction(store: MemoryDatastore) -> None:
+    pool = PoolSpec("p", "10.4.0.0/26", block_size=28)  # blocks of 16
+    counting = Counting(store)
+    ipam = IPAM(counting, backoff=0)  # type: ignore[arg-type]
+    ipam.auto_assign("warm", "n1", [pool], new_handle=True)  # claims the block, sets the hint
+    counting.calls.clear()
+    results = ipam.auto_assign_many([(f"h{i}", {"pod": f"p{i}"}) for i in range(5)], "n1", [pool])
+    assert counting.calls == {"commit": 1}
+    ips = [ip for r in results for ip in r]  # type: ignore[union-attr]
+    assert len(ips) == len(set(ips)) == 5
+    fresh = IPAM(store)
+    assert all(fresh.handle_ips(f"h{i}") == results[i] for i in range(5))
+    assert fresh.allocation(ips[2]).attrs["pod"] == "p2"  # type: ignore[union-attr]
+    assert fresh.check({"warm", *(f"h{i}" for i in range(5))}, {"n1"}).ok
+
+
+def test_a_burst_with_a_retried_handle_and_one_that_does_not_fit(store: MemoryDatastore) -> None:
+    pool = PoolSpec("p", "10.4.0.0/26", block_size=28)
+    ipam = IPAM(store, backoff=0)
+    [held] = ipam.auto_assign("again", "n1", [pool], new_handle=True)
+    results = ipam.auto_assign_many([("again", None), ("new", None)], "n1", [pool])
+    assert isinstance(results[0], HandleInUse) and results[0].addresses == [held]
+    assert isinstance(results[1], list) and len(results[1]) == 1
+    # a burst bigger than the block's room: each on its own (the second block is claimed)
+    burst = ipam.auto_assign_many([(f"b{i}", None) for i in range(16)], "n1", [pool])
+    ips = [ip for r in burst for ip in r]  # type: ignore[union-attr]
+    assert len(set(ips)) == 16 and len({block_of_28(ip) for ip in ips}) == 2
+    assert IPAM(store).check({"again", "new", *(f"b{i}" for i in range(16))}, {"n1"}).ok
+
+
+def block_of_28(address: str) -> str:
+    return str(ipaddress.ip_network(f"{address}/28", strict=False))
+
+
+def test_a_burst_that_loses_a_race_falls_back_one_by_one(flaky, store: MemoryDatastore) -> None:  # type: ignore[no-untyped-def]
+    pool = PoolSpec("p", "10.4.0.0/26", block_size=28)
+    ipam = IPAM(store, backoff=0)
+    ipam.auto_assign("warm", "n1", [pool], new_handle=True)
+    rival = IPAM(store, backoff=0)
+    rival.auto_assign("rival", "n1", [pool], new_handle=True)  # the block changed under ipam's copy
+    results = ipam.auto_assign_many([("x", None), ("y", None)], "n1", [pool])
+    assert ipam.stats["conflicts"] >= 1 and ipam.stats["batched"] == 0
+    ips = [ip for r in results for ip in r]  # type: ignore[union-attr]
+    assert len(set(ips)) == 2 and not set(ips) & set(rival.handle_ips("rival"))
+    assert IPAM(store).check({"warm", "rival", "x", "y"}, {"n1"}).ok
