@@ -22,6 +22,7 @@ each in its API thread; what must not overlap is locked on its own, for as short
 - IPAM's allocations and releases of this node, one at a time (Calico's host lock: it keeps the
   per-host block limit exact, and spares the node's own requests conflicts on its block);
 - the datapath attach (``on_wired``: the Cilium profile's tc programs), one at a time;
+- wiring and unwiring veths, a few at a time (``NETLINK_PARALLEL``);
 - GC alone: it waits for the requests in flight and holds new ones back.
 
 Wiring the veth, the datastore reads and the endpoint record run outside all of them.
@@ -64,6 +65,7 @@ ERR_WIRING = 101
 ERR_CHECK = 102
 ERR_INTERNAL = 199
 CALICO_GATEWAY = "169.254.1.1"
+NETLINK_PARALLEL = 4  # veths wired or unwired at once
 
 
 class CNIFailure(Exception):
@@ -151,9 +153,13 @@ class CNIService:
         self.cached_namespace = cached_namespace
         self._ipam_lock = threading.Lock()  # this node's allocations and releases, one at a time
         self._attach_lock = threading.Lock()  # on_wired, one at a time
+        # Wiring is netlink work the kernel does under one lock (rtnl): a few at once overlap the
+        # Python side with the kernel's; fifty at once only queue on the GIL and rtnl together.
+        self._netlink_slots = threading.BoundedSemaphore(NETLINK_PARALLEL)
         self._gate = Gate()  # requests share it, GC holds it alone
         self._attachments = KeyedLocks()  # one request per attachment at a time
         self._allocations = GroupCommit(self._ipam_lock, self._allocate_batch)  # a burst: one txn
+        self._releases = GroupCommit(self._ipam_lock, lambda handles: self.ipam.release_handles(handles))
         self._state = threading.Lock()  # guards _wiring
         self._wiring: Counter[str] = Counter()  # pod /32s requests in flight are changing
         self._in_flight = 0  # ADDs and DELs being served (guarded by _state)
@@ -320,7 +326,8 @@ class CNIService:
         )
         with self._changing(addresses):  # a route apply meanwhile leaves these alone
             try:
-                wired = dp.wire_endpoint(spec)
+                with self._netlink_slots:
+                    wired = dp.wire_endpoint(spec)
             except Exception as exc:
                 self._release(req.handle)
                 raise CNIFailure(ERR_WIRING, f"wiring {req.ifname} in {req.netns} failed: {exc}") from exc
@@ -444,8 +451,7 @@ class CNIService:
         return results
 
     def _release(self, handle: str) -> list[str]:
-        with self._ipam_lock:
-            return self.ipam.release_handle(handle)
+        return self._releases.submit(handle)
 
     # -- DEL -------------------------------------------------------------------------------
     def delete(self, req: Request) -> dict:
@@ -463,7 +469,8 @@ class CNIService:
             host_ifname = dp.host_ifname_for("lxc" if scheme == "cilium" else "cali", req.namespace, req.pod)
             handle = req.handle
         with self._changing(record.addresses if record is not None else ()):
-            dp.unwire_endpoint(host_ifname, req.netns or None, req.ifname)
+            with self._netlink_slots:
+                dp.unwire_endpoint(host_ifname, req.netns or None, req.ifname)
             self._release(handle)
             with contextlib.suppress(NotFoundError):
                 self.resources.store.delete(key)

@@ -401,6 +401,48 @@ class IPAM:
             )
         return released
 
+    def release_handles(self, handles: Sequence[str]) -> list[list[str] | BaseException]:
+        """:meth:`release_handle` for each of ``handles``, in one transaction when this object
+        wrote them all and they sit in one block it wrote too (a burst of pods deleted on a node);
+        otherwise, or when that transaction loses a race, each on its own. Per handle: the
+        addresses released, or the exception it met."""
+        results: list[list[str] | BaseException | None] = [None] * len(handles)
+        if 1 < len(handles) <= MAX_BATCH and len(set(handles)) == len(handles):
+            self._release_batch(handles, results)
+        for i, handle in enumerate(handles):
+            if results[i] is not None:
+                continue
+            try:
+                results[i] = self.release_handle(handle)
+            except Exception as exc:
+                results[i] = exc
+        return results  # type: ignore[return-value]
+
+    def _release_batch(self, handles: Sequence[str], results: list) -> None:
+        """The one-transaction path of :meth:`release_handles` (leaves ``results`` None otherwise)."""
+        records = [self._written.get(self.layout.handle(h)) for h in handles]
+        if any(kv is None for kv in records):
+            return
+        parsed = [HandleRecord.from_json(kv.value) for kv in records]  # type: ignore[union-attr]
+        cidrs = {cidr for record in parsed for cidr in record.blocks}
+        if len(cidrs) != 1 or any(len(record.blocks) != 1 for record in parsed):
+            return
+        [cidr] = cidrs
+        bkv = self._written.get(self.layout.block(cidr))
+        if bkv is None:
+            return
+        block = Block.from_json(bkv.value)
+        released = [[block.address(o) for o in block.release_handle(h)] for h in handles]
+        writes = [Write(bkv.key, block.to_json(), bkv.mod_revision)]
+        writes += [Write(kv.key, None, kv.mod_revision) for kv in records]  # type: ignore[union-attr]
+        try:
+            self._commit(writes)
+        except (ConflictError, NotFoundError):
+            self.stats["conflicts"] += 1
+            return
+        self.stats["batched_releases"] += len(handles)
+        results[:] = released
+
     def release_ips(self, ips: Iterable[str | Release]) -> list[str]:
         """Release addresses; returns those that were allocated and are now free.
 

@@ -400,3 +400,28 @@ def test_a_burst_that_loses_a_race_falls_back_one_by_one(flaky, store: MemoryDat
     ips = [ip for r in results for ip in r]  # type: ignore[union-attr]
     assert len(set(ips)) == 2 and not set(ips) & set(rival.handle_ips("rival"))
     assert IPAM(store).check({"warm", "rival", "x", "y"}, {"n1"}).ok
+
+
+def test_a_burst_of_releases_is_one_transaction(store: MemoryDatastore) -> None:
+    pool = PoolSpec("p", "10.4.0.0/26", block_size=28)
+    counting = Counting(store)
+    ipam = IPAM(counting, backoff=0)  # type: ignore[arg-type]
+    held = ipam.auto_assign_many([(f"h{i}", None) for i in range(6)], "n1", [pool])
+    counting.calls.clear()
+    released = ipam.release_handles([f"h{i}" for i in range(4)] + ["unknown"])
+    # "unknown" is not one of ours: no one-transaction path; each on its own, so one commit each
+    assert counting.calls.get("commit", 0) == 4 and released[:4] == held[:4] and released[4] == []
+    counting.calls.clear()
+    assert ipam.release_handles(["h4", "h5"]) == held[4:]
+    assert counting.calls == {"commit": 1}  # both ours, one block: one transaction
+    assert IPAM(store).check(set(), {"n1"}).ok and IPAM(store).handle_ips("h4") == []
+
+
+def test_releases_built_on_stale_copies_fall_back_one_by_one(store: MemoryDatastore) -> None:
+    pool = PoolSpec("p", "10.4.0.0/26", block_size=28)
+    ipam = IPAM(store, backoff=0)
+    held = ipam.auto_assign_many([(f"h{i}", None) for i in range(3)], "n1", [pool])
+    IPAM(store, backoff=0).auto_assign("rival", "n1", [pool])  # the block moved under ipam's copy
+    released = ipam.release_handles(["h0", "h1"])
+    assert released == held[:2] and ipam.stats["batched_releases"] == 0
+    assert IPAM(store).check({"h2", "rival"}, {"n1"}).ok
