@@ -145,8 +145,9 @@ def rows_of(samples: dict) -> list[Row]:
                 Row(f"{size} nodes: {name}", None if values[size] is None else round(values[size], 3), unit)
             )
     exps = samples.get("growth", {}).get("exponents", {})
-    for name, b in exps.items():
-        out.append(Row(f"growth: {name}", b, "", note="exponent b of cost ∝ N^b over the sizes"))
+    for i, (name, b) in enumerate(exps.items()):
+        note = "exponent b of cost ∝ N^b over the sizes (0 flat, 1 linear)" if i == 0 else ""
+        out.append(Row(f"growth: {name}", b, "", note=note))
     if samples.get("growth", {}).get("dominates"):
         out.append(Row("what dominates", None, note=samples["growth"]["dominates"]))
     return out

@@ -2,7 +2,7 @@
 
     python -m podnet.bench.scale_nodes [--quick] [--sizes 10,100,1000] [--out DIR] [-o json]
 
-One private 3-node lab (Calico profile, VXLAN pool, BIRD; own prefix ``pnnodes<hex>-`` and
+One private 3-node lab (Calico profile, VXLAN pool, BIRD; own prefix ``pnnd<hex>-`` and
 underlay, removed at the end whatever happens). BGP with route reflectors: node-1 and node-2
 reflect (cluster id 244.0.0.1), node-3 and every simulated node are clients
 (:func:`podnet.bench.sim_nodes.bgp_docs`). A modest policy set: 20 NetworkPolicies of 4 rules
@@ -41,7 +41,7 @@ from podnet.bench.sim_nodes import PODS_PER_NODE, SIM_POOL, SimNode
 
 FULL_SIZES = (10, 100, 1000)
 QUICK_SIZES = (10, 100)
-BENCH_PREFIX = "pnnodes-"
+BENCH_PREFIX = "pnnd-"  # + 4 hex digits per run: pnnd1a2b-
 REFLECTORS = ("node-1", "node-2")
 POLICIES, RULES_PER_POLICY = 20, 4
 FENCE_NS = "nodes-fence"
