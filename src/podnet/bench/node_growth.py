@@ -52,7 +52,23 @@ SERIES: dict[str, tuple[str, str, Callable[[dict], float | None]]] = {
     ),
     "BIRD RSS, reflector": ("MiB", "memory", lambda s: (s["agents"][RR]["bird"] or {}).get("rss_mib")),
     "batch write → all agents applied": ("s", "seconds", lambda s: max(s["batch"]["applied_s"].values())),
+    "batch: the bench's etcd writes": ("s", "seconds", lambda s: s["batch"]["write_s"]),
+    "batch: agents done after the writes": (
+        "s",
+        "seconds",
+        lambda s: max(s["batch"]["applied_s"].values()) - s["batch"]["write_s"],
+    ),
     "join → route in every real kernel": ("s", "seconds", lambda s: max(s["join"]["route_s"].values())),
+    "join → every agent applied": (
+        "s",
+        "seconds",
+        lambda s: max(s["join"]["node_add"]["applied_s"].values()),
+    ),
+    "pod add → every agent applied": (
+        "s",
+        "seconds",
+        lambda s: max(s["join"]["pod_add"]["applied_s"].values()),
+    ),
     "watch bytes, node join": ("KiB", "watch", lambda s: s["join"]["node_add"]["bytes"] / 1024),
     "watch bytes, pod add": ("KiB", "watch", lambda s: s["join"]["pod_add"]["bytes"] / 1024),
     "snapshot (list) size": ("KiB", "watch", lambda s: s["compute"]["cache"]["bytes"] / 1024),
@@ -101,6 +117,15 @@ def dominant(samples: dict) -> str:
         f"{steps['routes']:,.1f}, BIRD {steps['bird']:,.1f} (reflector, {rr_bird['peerings']} sessions), "
         f"FDB {steps['fdb']:,.2f}); loading the cache from the snapshot costs "
         f"{cache['ms']:,.0f} ms and keeps {cache['retained_mib']:,.0f} MiB"
+    )
+    join = top["join"]
+    members = max(n["policy"].get("set_members", 0) for n in per_node.values())
+    text += (
+        f". In the real agents a change is a sync: one pod added is applied on every node after "
+        f"{max(join['pod_add']['applied_s'].values()):,.1f} s and a joining node after "
+        f"{max(join['node_add']['applied_s'].values()):,.1f} s, its route in every kernel after "
+        f"{max(join['route_s'].values()):,.2f} s (routes go before policy); each sync recompiles the "
+        f"node's policy, whose address sets hold {members:,} pod addresses"
     )
     return text + "."
 

@@ -1,6 +1,7 @@
 """Scale section ``nodes``: 10, 100 and 1,000 nodes, simulated, against the 3 real agents of a lab.
 
     python -m podnet.bench.scale_nodes [--quick] [--sizes 10,100,1000] [--out DIR] [-o json]
+    python -m podnet.bench.scale_nodes --from DIR/bench.json [--out DIR2]   # figures again, no lab
 
 One private 3-node lab (Calico profile, VXLAN pool, BIRD; own prefix ``pnnd<hex>-`` and
 underlay, removed at the end whatever happens). BGP with route reflectors: node-1 and node-2
@@ -302,6 +303,16 @@ def run(quick: bool = False, step: Callable[[str], None] = lambda text: None, si
     return {"rows": rows_of(samples), "samples": samples}
 
 
+def from_json(path: str) -> dict:
+    """The section again (growth, rows) from the samples of a ``bench.json`` this module wrote."""
+    from podnet.bench.node_growth import growth, rows_of
+
+    with open(path) as f:
+        samples = json.load(f)["scale"]["nodes"]["samples"]
+    samples["growth"] = growth(samples)
+    return {"rows": rows_of(samples), "samples": samples}
+
+
 def write_files(section: dict, out: str) -> list[str]:
     """The growth plot of a section result (``podnet.bench.scale.write``)."""
     from podnet.bench.node_growth import write_plot
@@ -321,9 +332,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default=None, help="comma-separated, growing: 10,100,1000")
     ap.add_argument("--out", default=None, help="directory for nodes_growth.png and bench.json")
     ap.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    ap.add_argument(
+        "--from", dest="source", help="no lab: the figures again from an earlier run's bench.json"
+    )
     args = ap.parse_args(argv)
     sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else None
-    result = run(args.quick, step=lambda text: print(text, flush=True), sizes=sizes)
+    if args.source:
+        result = from_json(args.source)
+    else:
+        result = run(args.quick, step=lambda text: print(text, flush=True), sizes=sizes)
     doc = {
         "order": ["nodes"],
         "nodes": {"rows": [r.to_dict() for r in result["rows"]], "samples": result["samples"]},

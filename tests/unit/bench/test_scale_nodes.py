@@ -146,19 +146,23 @@ def _size_sample(n: int) -> dict:
             "routes": {"ms": 0.01 * n * scale},
             "bird": {"ms": 0.02 * n * scale, "peak_mib": 0.001 * n, "peerings": n + 2, "accepted": True},
             "fdb": {"ms": 0.001 * n},
-            "policy": {"ms": 0.5 * n * scale, "peak_mib": 0.01 * n},
+            "policy": {"ms": 0.5 * n * scale, "peak_mib": 0.01 * n, "set_members": 55 * n},
         }
 
     conf = {"accepted": True, "peerings": 2}
     agent = {"kernel": {"routes": n, "fdb": n + 2}, "bird_conf": conf, "agent": {"rss_mib": 60 + n / 10}}
     return {
-        "batch": {"applied_s": {"node-1": 0.01 * n}},
+        "batch": {"applied_s": {"node-1": 0.01 * n}, "write_s": 0.005 * n},
         "agents": {"node-1": agent | {"bird": {"rss_mib": 5.0}}, "node-3": agent | {"bird": None}},
         "compute": {
             "cache": {"ms": 3.0 * n, "retained_mib": 0.3 * n, "bytes": 30_000 * n},
             "nodes": {"node-1": node(1), "node-3": node(2)},
         },
-        "join": {"route_s": {"node-1": 0.05}, "node_add": {"bytes": 4000}, "pod_add": {"bytes": 2800}},
+        "join": {
+            "route_s": {"node-1": 0.05},
+            "node_add": {"bytes": 4000, "applied_s": {"node-1": 0.2}},
+            "pod_add": {"bytes": 2800, "applied_s": {"node-1": 0.001 * n}},
+        },
     }
 
 
@@ -171,6 +175,10 @@ def test_growth_rows_table_and_what_dominates() -> None:
     assert exps["BIRD RSS, reflector"] == pytest.approx(0.0)
     assert "policy compile dominates" in samples["growth"]["dominates"]
     assert "At 1,000 nodes" in samples["growth"]["dominates"]
+    assert "one pod added is applied on every node after 1.0 s" in samples["growth"]["dominates"]
+    assert "hold 55,000 pod addresses" in samples["growth"]["dominates"]
+    assert exps["batch: agents done after the writes"] == pytest.approx(1.0)
+    assert exps["pod add → every agent applied"] == pytest.approx(1.0)
     rows = node_growth.rows_of(samples)
     accepted = [r for r in rows if "accepted by bird -p" in r.figure]
     assert [r.met for r in accepted] == [True, True, True]
