@@ -124,8 +124,8 @@ def dominant(samples: dict) -> str:
         f". In the real agents a change is a sync: one pod added is applied on every node after "
         f"{max(join['pod_add']['applied_s'].values()):,.1f} s and a joining node after "
         f"{max(join['node_add']['applied_s'].values()):,.1f} s, its route in every kernel after "
-        f"{max(join['route_s'].values()):,.2f} s (routes go before policy); each sync recompiles the "
-        f"node's policy, whose address sets hold {members:,} pod addresses"
+        f"{max(join['route_s'].values()):,.2f} s (routes go before policy); each pod change is a policy "
+        f"sync on every agent, whose address sets hold {members:,} pod addresses on one node"
     )
     return text + "."
 
