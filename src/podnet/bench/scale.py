@@ -6,6 +6,10 @@ Sections (each its own module, each runnable alone as ``python -m podnet.bench.s
 
 - ``cni``: CNI ADD/DEL through the node's real chain, 1, 10 and 50 at once, and the CPU each ADD
   costs per process (:mod:`podnet.bench.scale_cni`).
+- ``nodes``: 10, 100 and 1,000 simulated nodes (30 pods each) against a lab's 3 real agents: the
+  time and memory of routes, BIRD configuration (route reflectors, checked by ``bird -p``), VXLAN
+  FDB and policy, etcd watch bytes per change, route convergence after a join; a growth table and
+  ``nodes_growth.png`` (:mod:`podnet.bench.scale_nodes`).
 
 A section returns ``{"rows": [Row...], "samples": {...}}``; the rows make the table (figure, goal,
 measured, met), the samples go to ``bench.json`` raw. A section that fails is reported as such and
@@ -21,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-SECTIONS = ("cni",)
+SECTIONS = ("cni", "nodes")
 _OPS = {"<=": operator.le, ">=": operator.ge}
 
 
@@ -104,7 +108,16 @@ def run(sections: list[str], quick: bool, step: Callable[[str], None] = lambda t
 
 
 def write(results: dict, out: str) -> str:
+    """``<out>/bench.json``, and the files a section module writes itself (its ``write_files``,
+    e.g. a plot), for each section that succeeded."""
+    from importlib import import_module
+
     os.makedirs(out, exist_ok=True)
+    for name in results.get("order", []):
+        section = results.get(name) or {}
+        writer = getattr(import_module(f"podnet.bench.scale_{name}"), "write_files", None)
+        if writer is not None and "error" not in section:
+            section["files"] = writer(section, out)
     path = os.path.join(out, "bench.json")
     with open(path, "w") as f:
         json.dump({"scale": results}, f, indent=1)

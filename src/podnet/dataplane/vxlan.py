@@ -15,6 +15,7 @@ only what differs, so a restart with the same peers writes nothing.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from podnet.dataplane.netlink import Netlink
@@ -33,6 +34,14 @@ class VTEP:
     tunnel_ip: str  # the remote device's address
     mac: str
     node_ip: str  # the remote node's underlay address
+
+
+def vtep_tables(peers: Mapping[str, VTEP]) -> tuple[dict[str, str], dict[str, str]]:
+    """What the device must hold for ``peers`` (pure): FDB ``{VTEP MAC: node IP}`` and permanent
+    neighbours ``{tunnel IP: VTEP MAC}``, MACs lower-case."""
+    fdb = {p.mac.lower(): p.node_ip for p in peers.values()}
+    neigh = {p.tunnel_ip: p.mac.lower() for p in peers.values()}
+    return fdb, neigh
 
 
 class VXLANTunnel:
@@ -81,8 +90,7 @@ class VXLANTunnel:
         """Neighbours and FDB entries for exactly ``peers`` (keyed by remote node name)."""
         done = {"added": 0, "deleted": 0}
         with Netlink.open(self.netns) as nl:
-            want_neigh = {p.tunnel_ip: p.mac.lower() for p in peers.values()}
-            want_fdb = {p.mac.lower(): p.node_ip for p in peers.values()}
+            want_fdb, want_neigh = vtep_tables(peers)
             have_neigh = {
                 n.address: (n.lladdr or "").lower() for n in nl.neighs(self.name) if n.state == "permanent"
             }
