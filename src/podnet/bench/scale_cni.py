@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 
 from podnet.bench.scale import Row
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", choices=["table", "json"], default="table")
     args = ap.parse_args(argv)
     profiles = tuple(p for p in (args.profiles or "").split(",") if p) or None
-    out = run(args.quick, step=lambda text: print(text, flush=True), profiles=profiles)
+    out = run(args.quick, step=lambda text: print(text, file=sys.stderr, flush=True), profiles=profiles)
     doc = {"order": ["cni"], "cni": {"rows": [r.to_dict() for r in out["rows"]], "samples": out["samples"]}}
     print(json.dumps(doc, indent=1) if args.output == "json" else render(doc))
     return 0

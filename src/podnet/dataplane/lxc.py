@@ -175,7 +175,9 @@ class LxcDatapath:
                 endpoint_id = self._endpoint_id(ifindex)
                 value = cm.endpoint_value(endpoint_id, 0, ipv4, mac, True, True, host_mac, ready=False)
                 self._write(ENDPOINTS, key, value)
-        self.hook(ifname)
+        programs = {"ingress": self.progs[FROM_CONTAINER], "egress": self.progs[TO_CONTAINER]}
+        if not bpf.attach_tc_new_device(ifname, programs, pref=TC_PREF):
+            self.hook(ifname)  # it had a clsact already (a re-attach): program by program
 
     def hook(self, ifname: str) -> None:
         """This version's programs on both hooks of host veth ``ifname`` (an atomic replace)."""

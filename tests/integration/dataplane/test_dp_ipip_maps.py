@@ -272,3 +272,28 @@ def test_bpf_prog_list_shows_both_hooks(scratch: Scratch, monkeypatch, capsys) -
     table = capsys.readouterr().out
     assert table.splitlines()[0].split() == ["DEVICE", "DIRECTION", "PREF", "NAME", "ID", "TAG", "MAPS"]
     assert "ipip_encap" in table and "ipip_decap" in table
+
+
+def test_attach_to_a_new_device_in_one_batch_and_refuse_an_existing_clsact(
+    scratch: Scratch, tmp_path
+) -> None:
+    """``attach_tc_new_device``: qdisc and both hooks in one ``tc -batch`` on a device without a
+    clsact; on one that has a clsact it changes nothing and says so (the caller attaches per hook)."""
+    (tmp_path / "other.c").write_text(FOREIGN_PROGRAM)
+    obj = bpf.compile_program(str(tmp_path / "other.c"), str(tmp_path))
+    os.makedirs(scratch.pin_dir, exist_ok=True)
+    bpf.load_object(obj, f"{scratch.pin_dir}/prog", f"{scratch.pin_dir}/prog-maps")
+    pinned = f"{scratch.pin_dir}/prog/someone_else"
+    with Netlink.open(scratch.node) as nl:
+        nl.link_add_veth("lxcnew", "lxcnewp", up=True)
+    both = {"ingress": pinned, "egress": pinned}
+    assert bpf.attach_tc_new_device("lxcnew", both, pref=TC_PREF, netns=scratch.node) is True
+    for direction in ("ingress", "egress"):
+        [attached] = bpf.tc_filters("lxcnew", direction, scratch.node)
+        assert attached.prog_name == "someone_else" and attached.pref == TC_PREF
+    # a second time: the clsact exists, nothing is changed, the caller is told
+    bpf.detach_tc("lxcnew", "egress", pref=TC_PREF, netns=scratch.node)
+    assert bpf.attach_tc_new_device("lxcnew", both, pref=TC_PREF, netns=scratch.node) is False
+    assert bpf.tc_filters("lxcnew", "egress", scratch.node) == []
+    with pytest.raises(bpf.BpfError, match="tc -batch on nosuchdev failed"):
+        bpf.attach_tc_new_device("nosuchdev", both, pref=TC_PREF, netns=scratch.node)
