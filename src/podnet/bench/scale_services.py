@@ -26,9 +26,10 @@ no packet is ever sent to them. The agents compute a Service's backends from the
 Running, Ready): the Service ``s-00042`` selects ``svc=s-00042``, two pods carry that label.
 
 **Fences are the kernel**: the ClusterIPs in ``service-ips`` of ``table ip podnet_services`` in each
-node's netns (``nft -j list map``; one ``nft get element`` for a single service), or the keys of
-the socket load balancer's ``lb_services`` map pinned under the lab's bpffs (a lookup for one),
-polled, no fixed sleep.
+node's netns, read with nf_tables netlink requests for that map alone
+(:mod:`podnet.bench.nft_netlink`: ``nft get element`` loads nft's cache of the whole table and
+took seconds at 10,000 services), or the keys of the socket load balancer's ``lb_services`` map
+pinned under the lab's bpffs (a lookup for one service); polled, no fixed sleep.
 """
 
 from __future__ import annotations
@@ -137,20 +138,6 @@ def real_docs() -> list[dict]:
 # ------------------------------------------------------------------------------ kernel (parsers)
 
 
-def nft_map_keys(doc: dict) -> set[tuple[str, str, int]]:
-    """``(ip, proto, port)`` of every element of the verdict map in an ``nft -j list map`` document."""
-    out: set[tuple[str, str, int]] = set()
-    for item in doc.get("nftables", []):
-        for elem in (item.get("map") or {}).get("elem", []):
-            key = elem[0] if isinstance(elem, list) else elem
-            if isinstance(key, dict) and "elem" in key:  # {"elem": {"val": {...}, "timeout": ...}}
-                key = key["elem"].get("val")
-            parts = key.get("concat") if isinstance(key, dict) else None
-            if isinstance(parts, list) and len(parts) == 3:
-                out.add((str(parts[0]), str(parts[1]), int(parts[2])))
-    return out
-
-
 def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
     """``{n, median, max}`` of durations in milliseconds."""
     if not seconds:
@@ -191,17 +178,12 @@ class Kernel:
             with bpf.BpfMap(self._pin(node)) as m:
                 keys = [decode_service_key(k) for k in m.iter_keys()]
             return {ip for ip, port, proto in keys if (port, proto) == (80, "TCP")}
+        from podnet.bench.nft_netlink import decode_key, set_keys
         from podnet.dataplane.netns import run_in_netns
         from podnet.dataplane.services_nft import SERVICE_IPS, TABLE
 
-        proc = run_in_netns(
-            self.node_ns[node], ["nft", "-j", "list", "map", "ip", TABLE, SERVICE_IPS], timeout=60
-        )
-        if proc.returncode != 0:
-            return set()
-        return {
-            ip for ip, proto, port in nft_map_keys(json.loads(proc.stdout)) if (proto, port) == ("tcp", 80)
-        }
+        keys = run_in_netns(self.node_ns[node], lambda: set_keys(TABLE, SERVICE_IPS))
+        return {ip for ip, proto, port in map(decode_key, keys) if (proto, port) == ("tcp", 80)}
 
     def has(self, node: str, vip: str) -> bool:
         """Whether ``vip``:80/TCP is served on ``node`` (one lookup)."""
@@ -211,12 +193,12 @@ class Kernel:
 
             with bpf.BpfMap(self._pin(node)) as m:
                 return m.lookup(encode_service_key(vip, 80, "TCP")) is not None
+        from podnet.bench.nft_netlink import encode_key, has_key
         from podnet.dataplane.netns import run_in_netns
         from podnet.dataplane.services_nft import SERVICE_IPS, TABLE
 
-        element = f"{{ {vip} . tcp . 80 }}"
-        proc = run_in_netns(self.node_ns[node], ["nft", "get", "element", "ip", TABLE, SERVICE_IPS, element])
-        return proc.returncode == 0
+        key = encode_key(vip, "tcp", 80)
+        return bool(run_in_netns(self.node_ns[node], lambda: has_key(TABLE, SERVICE_IPS, key)))
 
     def until_all(self, started: float, want: set[str], present: bool, timeout: float) -> dict[str, float]:
         """Seconds from ``started`` until each node serves all of ``want`` (``present``) or none of
@@ -243,7 +225,7 @@ class Kernel:
                 if self.has(node, vip) == present:
                     done[node] = round(time.perf_counter() - started, 4)
                     return
-                time.sleep(0.002)
+                time.sleep(0.001)
 
         threads = [threading.Thread(target=poll, args=(n,)) for n in self.node_ns]
         for t in threads:
