@@ -6,6 +6,9 @@ Sections (each its own module, each runnable alone as ``python -m podnet.bench.s
 
 - ``cni``: CNI ADD/DEL through the node's real chain, 1, 10 and 50 at once, and the CPU each ADD
   costs per process (:mod:`podnet.bench.scale_cni`).
+- ``services``: 10,000 Services x 2 endpoints on a 3-node lab per profile: cold sync to the kernel,
+  one Service added, conn/s through a ClusterIP with N vs 1 Services, agent RSS
+  (:mod:`podnet.bench.scale_services`).
 
 A section returns ``{"rows": [Row...], "samples": {...}}``; the rows make the table (figure, goal,
 measured, met), the samples go to ``bench.json`` raw. A section that fails is reported as such and
@@ -21,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-SECTIONS = ("cni",)
+SECTIONS = ("cni", "services")
 _OPS = {"<=": operator.le, ">=": operator.ge}
 
 
