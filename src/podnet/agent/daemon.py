@@ -100,6 +100,8 @@ class Agent:
         # compiled policies kept between syncs (calc.policy.compile_policies): pods, host endpoints
         self._compiled: ObjectMemo[Any] = ObjectMemo()
         self._compiled_hosts: ObjectMemo[Any] = ObjectMemo()
+        self._service_memo: ObjectMemo[Any] = ObjectMemo()  # calc.services.service_plan's, per service
+        self._backends_memo: ObjectMemo[Any] = ObjectMemo()  # policy_inputs.service_backends', per service
         self.host_endpoints = HostEndpointManager()  # Calico HostEndpoints: default deny + failsafe
         self.services = ServiceProxy()
         self._services_on = False  # the services table exists (created with the first service)
@@ -324,7 +326,7 @@ class Agent:
                 else notrack_plan(
                     plan,
                     [p.spec.cidr for p in self.cache.pools.values()],
-                    service_backends(self.cache),
+                    service_backends(self.cache, self._backends_memo),
                     [a for n in self.cache.nodes.values() for a in (n.ip, n.vxlan_ip, n.router_ip)]
                     + [ip for ip, _protocol, _port in control.remote],
                     forward_policy=forward_policy_here(
@@ -632,6 +634,7 @@ class Agent:
                 list(self.cache.pods.values()),
                 [me.ip] if me and me.ip else [],
                 settings.service_cluster_ip_range,
+                memo=self._service_memo,
             )
             pod_cidrs = [p.spec.cidr for p in self.cache.pools.values()]
         for service, why in plan.errors.items():

@@ -6,6 +6,9 @@ Sections (each its own module, each runnable alone as ``python -m podnet.bench.s
 
 - ``cni``: CNI ADD/DEL through the node's real chain, 1, 10 and 50 at once, and the CPU each ADD
   costs per process (:mod:`podnet.bench.scale_cni`).
+- ``services``: 10,000 Services x 2 endpoints on a 3-node lab per profile: cold sync to the kernel,
+  one Service added, conn/s through a ClusterIP with N vs 1 Services, agent RSS
+  (:mod:`podnet.bench.scale_services`).
 - ``nodes``: 10, 100 and 1,000 simulated nodes (30 pods each) against a lab's 3 real agents: the
   time and memory of routes, BIRD configuration (route reflectors, checked by ``bird -p``), VXLAN
   FDB and policy, etcd watch bytes per change, route convergence after a join; a growth table and
@@ -25,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-SECTIONS = ("cni", "nodes")
+SECTIONS = ("cni", "services", "nodes")
 _OPS = {"<=": operator.le, ">=": operator.ge}
 
 

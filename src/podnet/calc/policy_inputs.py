@@ -32,7 +32,7 @@ from podnet.calc.policy_cilium import (
     policy_cidrs,
 )
 from podnet.calc.policy_cnp import rule_cidrs, uses_services
-from podnet.calc.services import service_endpoints
+from podnet.calc.services import ReadyPods, selected_endpoints
 from podnet.model.identity import RESERVED, LabelSet
 
 CALICO = "calico"
@@ -66,17 +66,28 @@ def service_targets(cache: Any) -> tuple[ServiceTarget, ...]:
     )
 
 
-def service_backends(cache: Any) -> dict[str, tuple[tuple[str, str, int], ...]]:
-    """``ns/name`` -> (address, protocol, target port) of every ready endpoint of each Service."""
-    pods = list(cache.pods.values())
+def service_backends(
+    cache: Any, memo: ObjectMemo[tuple[tuple[str, str, int], ...]] | None = None
+) -> dict[str, tuple[tuple[str, str, int], ...]]:
+    """``ns/name`` -> (address, protocol, target port) of every ready endpoint of each Service.
+    ``memo`` (kept between syncs): computed again only for a service whose object or selected
+    pods are not the same objects as last time."""
+    pods = ReadyPods(cache.pods.values())
     out: dict[str, tuple[tuple[str, str, int], ...]] = {}
     for key, service in cache.services.items():
-        found = {
-            (backend.ip, protocol, backend.port)
-            for (_, protocol), backends in service_endpoints(service, pods).items()
-            for backend in backends
-        }
-        out[key] = tuple(sorted(found))
+        chosen = tuple(pods.selected(service.metadata.namespace or "default", service.spec.selector))
+
+        def compute(service: Any = service, chosen: tuple = chosen) -> tuple[tuple[str, str, int], ...]:  # type: ignore[type-arg]
+            found = {
+                (backend.ip, protocol, backend.port)
+                for (_, protocol), backends in selected_endpoints(service, chosen).items()
+                for backend in backends
+            }
+            return tuple(sorted(found))
+
+        out[key] = compute() if memo is None else memo.get(key, service, chosen, compute)
+    if memo is not None:
+        memo.retain(set(out))
     return out
 
 

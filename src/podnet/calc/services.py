@@ -31,6 +31,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from podnet.calc.memo import ObjectMemo
+
 CLUSTER_IP = "ClusterIP"
 NODE_PORT = "NodePort"
 EXTERNAL_IP = "ExternalIP"
@@ -113,16 +115,39 @@ def _target(pod, target: int | str | None, protocol: str, default: int) -> int |
     return None
 
 
-def service_endpoints(service, pods: Iterable) -> dict[tuple[str, str], list[Backend]]:  # type: ignore[no-untyped-def]
-    """``{(port name, protocol): [Backend, ...]}`` for every port of ``service`` (EndpointSlice)."""
-    namespace = service.metadata.namespace or "default"
-    chosen = [
-        p
-        for p in pods
-        if (p.metadata.namespace or "default") == namespace
-        and _selects(service.spec.selector, p.metadata.labels)
-        and _ready(p)
-    ]
+class ReadyPods:
+    """The pods that can be endpoints (Running, Ready, ...), indexed by ``(namespace, label, value)``:
+    a selector is matched against the pods carrying its rarest pair, not against every pod (10,000
+    Services over 20,000 pods: 20,000 candidates in all instead of 200 million checks)."""
+
+    def __init__(self, pods: Iterable) -> None:  # type: ignore[type-arg]
+        self.by_label: dict[tuple[str, str, str], list] = {}  # type: ignore[type-arg]
+        for pod in pods:
+            if not _ready(pod):
+                continue
+            namespace = pod.metadata.namespace or "default"
+            for key, value in (pod.metadata.labels or {}).items():
+                self.by_label.setdefault((namespace, key, value), []).append(pod)
+
+    def selected(self, namespace: str, selector: Mapping[str, str] | None) -> list:  # type: ignore[type-arg]
+        """The ready pods of ``namespace`` that ``selector`` matches (none without a selector)."""
+        if not selector:
+            return []
+        candidates = min((self.by_label.get((namespace, k, v), []) for k, v in selector.items()), key=len)
+        return [p for p in candidates if _selects(selector, p.metadata.labels)]
+
+
+def service_endpoints(service, pods: Iterable | ReadyPods) -> dict[tuple[str, str], list[Backend]]:  # type: ignore[no-untyped-def, type-arg]
+    """``{(port name, protocol): [Backend, ...]}`` for every port of ``service`` (EndpointSlice).
+    ``pods``: every pod, or a :class:`ReadyPods` of them (built once for many services)."""
+    ready = pods if isinstance(pods, ReadyPods) else ReadyPods(pods)
+    return selected_endpoints(
+        service, ready.selected(service.metadata.namespace or "default", service.spec.selector)
+    )
+
+
+def selected_endpoints(service, chosen: Iterable) -> dict[tuple[str, str], list[Backend]]:  # type: ignore[no-untyped-def, type-arg]
+    """:func:`service_endpoints` of pods already selected and ready (``ReadyPods.selected``)."""
     out: dict[tuple[str, str], list[Backend]] = {}
     for port in service.spec.ports or []:
         backends = []
@@ -136,73 +161,93 @@ def service_endpoints(service, pods: Iterable) -> dict[tuple[str, str], list[Bac
     return out
 
 
+ServiceFrontends = tuple[tuple[Frontend, ...], str | None]  # a service's frontends, sorted; or why none
+
+
 def service_plan(
     node: str | None,
     services: Iterable,
-    pods: Iterable,
+    pods: Iterable | ReadyPods,
     node_ips: Iterable[str] = (),
     service_cidr: str = "10.96.0.0/12",
+    memo: ObjectMemo[ServiceFrontends] | None = None,
 ) -> ServicePlan:
-    """What ``node`` load-balances (see the module docstring); ``node=None`` ignores traffic policies."""
-    pods = list(pods)
+    """What ``node`` load-balances (see the module docstring); ``node=None`` ignores traffic policies.
+
+    ``memo`` (kept by the caller between syncs): a service's frontends are computed again only
+    when the service object or the pods it selects are not the same objects as last time, so a
+    sync at 10,000 services costs a selector lookup per service, not 10,000 recomputations; and an
+    unchanged service hands back the very same Frontend objects (the dataplanes memoize on them)."""
+    ready = pods if isinstance(pods, ReadyPods) else ReadyPods(pods)
+    keyed = sorted((f"{s.metadata.namespace or 'default'}/{s.metadata.name}", s) for s in services)
     frontends: list[Frontend] = []
     errors: dict[str, str] = {}
-    for service in sorted(services, key=lambda s: (s.metadata.namespace or "default", s.metadata.name)):
-        key = f"{service.metadata.namespace or 'default'}/{service.metadata.name}"
-        spec = service.spec
-        if spec.type == "ExternalName" or spec.is_headless():
-            continue  # DNS only: nothing to load-balance
-        if not spec.cluster_ip:
-            errors[key] = "no clusterIP allocated yet"
-            continue
-        try:
-            ipaddress.ip_address(spec.cluster_ip)
-        except ValueError:
-            errors[key] = f"clusterIP {spec.cluster_ip!r} is not an address"
-            continue
-        affinity = 0
-        if spec.session_affinity == "ClientIP":
-            config = spec.session_affinity_config.client_ip if spec.session_affinity_config else None
-            affinity = config.timeout_seconds if config else 10800
-        endpoints = service_endpoints(service, pods)
-        for port in spec.ports or []:
-            everyone = endpoints.get((port.name or "", port.protocol), [])
-            local = [b for b in everyone if b.node == node]
-            internal = local if node is not None and spec.internal_traffic_policy == "Local" else everyone
-            common = {
-                "service": key,
-                "port_name": port.name or "",
-                "protocol": port.protocol,
-                "affinity_seconds": affinity,
-            }
-            frontends.append(
-                Frontend(
-                    kind=CLUSTER_IP, ip=spec.cluster_ip, port=port.port, backends=tuple(internal), **common
-                )
-            )
-            for external in spec.external_ips or []:
-                frontends.append(
-                    Frontend(
-                        kind=EXTERNAL_IP, ip=external, port=port.port, backends=tuple(internal), **common
-                    )
-                )
-            if spec.type in ("NodePort", "LoadBalancer") and port.node_port:
-                local_only = spec.external_traffic_policy == "Local"
-                chosen = local if node is not None and local_only else everyone
-                frontends.append(
-                    Frontend(
-                        kind=NODE_PORT,
-                        ip=None,
-                        port=port.node_port,
-                        local_only=local_only,
-                        backends=tuple(chosen),
-                        **common,
-                    )
-                )
+    for key, service in keyed:
+        chosen = tuple(ready.selected(service.metadata.namespace or "default", service.spec.selector))
+
+        def compute(key: str = key, service=service, chosen: tuple = chosen) -> ServiceFrontends:  # type: ignore[no-untyped-def, type-arg]
+            return _service_frontends(node, key, service, chosen)
+
+        found, error = compute() if memo is None else memo.get(key, service, (node, chosen), compute)
+        frontends.extend(found)  # services in key order, each sorted: the plan is sorted
+        if error is not None:
+            errors[key] = error
+    if memo is not None:
+        memo.retain({key for key, _ in keyed})
     return ServicePlan(
         node=node,
-        frontends=tuple(sorted(frontends)),
+        frontends=tuple(frontends),
         node_ips=tuple(sorted(node_ips)),
         service_cidr=service_cidr,
         errors=errors,
     )
+
+
+def _service_frontends(node: str | None, key: str, service, chosen: tuple) -> ServiceFrontends:  # type: ignore[no-untyped-def, type-arg]
+    """The frontends of one service for ``node`` (sorted), backed by the ready pods ``chosen``."""
+    frontends: list[Frontend] = []
+    spec = service.spec
+    if spec.type == "ExternalName" or spec.is_headless():
+        return (), None  # DNS only: nothing to load-balance
+    if not spec.cluster_ip:
+        return (), "no clusterIP allocated yet"
+    try:
+        ipaddress.ip_address(spec.cluster_ip)
+    except ValueError:
+        return (), f"clusterIP {spec.cluster_ip!r} is not an address"
+    affinity = 0
+    if spec.session_affinity == "ClientIP":
+        config = spec.session_affinity_config.client_ip if spec.session_affinity_config else None
+        affinity = config.timeout_seconds if config else 10800
+    endpoints = selected_endpoints(service, chosen)
+    for port in spec.ports or []:
+        everyone = endpoints.get((port.name or "", port.protocol), [])
+        local = [b for b in everyone if b.node == node]
+        internal = local if node is not None and spec.internal_traffic_policy == "Local" else everyone
+        common = {
+            "service": key,
+            "port_name": port.name or "",
+            "protocol": port.protocol,
+            "affinity_seconds": affinity,
+        }
+        frontends.append(
+            Frontend(kind=CLUSTER_IP, ip=spec.cluster_ip, port=port.port, backends=tuple(internal), **common)
+        )
+        for external in spec.external_ips or []:
+            frontends.append(
+                Frontend(kind=EXTERNAL_IP, ip=external, port=port.port, backends=tuple(internal), **common)
+            )
+        if spec.type in ("NodePort", "LoadBalancer") and port.node_port:
+            local_only = spec.external_traffic_policy == "Local"
+            picked = local if node is not None and local_only else everyone
+            frontends.append(
+                Frontend(
+                    kind=NODE_PORT,
+                    ip=None,
+                    port=port.node_port,
+                    local_only=local_only,
+                    backends=tuple(picked),
+                    **common,
+                )
+            )
+    return tuple(sorted(frontends)), None

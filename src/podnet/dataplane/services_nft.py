@@ -106,6 +106,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from podnet.calc.memo import ObjectMemo
 from podnet.calc.services import CLUSTER_IP, EXTERNAL_IP, NODE_PORT, Backend, Frontend, ServicePlan
 from podnet.dataplane.ctnetlink import (
     CTA_TUPLE_ORIG,
@@ -279,10 +280,61 @@ def _endpoint_rules(frontend: Frontend, backend: Backend) -> tuple[str, ...]:
     return tuple(rules)
 
 
+@dataclass(frozen=True)
+class _Piece:
+    """What one frontend adds to the table (build_rendering merges the pieces)."""
+
+    skipped: str | None = None
+    map_name: str = ""
+    key: str = ""
+    verdict: str = ""
+    chains: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    affinity: tuple[tuple[str, int], ...] = ()
+    cluster_ip: str | None = None
+    udp: tuple[tuple[str | None, int], frozenset[tuple[str, int]]] | None = None
+
+
+def _piece(frontend: Frontend, has_cidrs: bool) -> _Piece:
+    if frontend.protocol not in _PROTOCOLS or (frontend.kind != NODE_PORT and not _ipv4(frontend.ip)):
+        return _Piece(
+            skipped=f"{frontend.service} {frontend.kind} {frontend.ip}:{frontend.port}/{frontend.protocol}"
+        )
+    proto = _PROTOCOLS[frontend.protocol]
+    key = (
+        f"{proto} . {frontend.port}"
+        if frontend.kind == NODE_PORT
+        else f"{frontend.ip} . {proto} . {frontend.port}"
+    )
+    cluster_ip = str(frontend.ip) if frontend.kind == CLUSTER_IP else None
+    backends = sorted({b for b in frontend.backends if _ipv4(b.ip)})
+    udp = None
+    if frontend.protocol == "UDP":
+        udp = ((frontend.ip, frontend.port), frozenset((b.ip, b.port) for b in backends))
+    if not backends:
+        target = NO_ENDPOINT_NODEPORTS if frontend.kind == NODE_PORT else NO_ENDPOINT_SERVICES
+        return _Piece(None, target, key, f"goto {REJECT_CHAIN}", cluster_ip=cluster_ip, udp=udp)
+    chain = service_chain(frontend)
+    chains = [(chain, _service_rules(frontend, backends, has_cidrs))]
+    chains += [(endpoint_chain(frontend, b), _endpoint_rules(frontend, b)) for b in backends]
+    affinity = tuple(
+        (affinity_set(frontend, b), frontend.affinity_seconds)
+        for b in backends
+        if frontend.affinity_seconds > 0
+    )
+    target = SERVICE_NODEPORTS if frontend.kind == NODE_PORT else SERVICE_IPS
+    return _Piece(None, target, key, f"goto {chain}", tuple(chains), affinity, cluster_ip, udp)
+
+
 def build_rendering(
-    plan: ServicePlan, cluster_cidrs: Iterable[str] = (), *, nodeport_only: bool = False
+    plan: ServicePlan,
+    cluster_cidrs: Iterable[str] = (),
+    *,
+    nodeport_only: bool = False,
+    memo: ObjectMemo[_Piece] | None = None,
 ) -> Rendering:
-    """The table for ``plan`` (pure). ``nodeport_only``: NodePort frontends only (Cilium profile)."""
+    """The table for ``plan`` (pure). ``nodeport_only``: NodePort frontends only (Cilium profile).
+    ``memo`` (kept between syncs): a frontend that is the same object as last time (calc.services
+    hands back unchanged services' frontends as they were) is not rendered again."""
     cidrs = tuple(
         str(n)
         for n in ipaddress.collapse_addresses(
@@ -301,36 +353,29 @@ def build_rendering(
     cluster_ips: set[str] = set()
     udp: dict[tuple[str | None, int], frozenset[tuple[str, int]]] = {}
     skipped: list[str] = []
+    has_cidrs = bool(cidrs)
+    names = set()
     for frontend in plan.frontends:
         if nodeport_only and frontend.kind != NODE_PORT:
             continue
-        if frontend.protocol not in _PROTOCOLS or (frontend.kind != NODE_PORT and not _ipv4(frontend.ip)):
-            skipped.append(
-                f"{frontend.service} {frontend.kind} {frontend.ip}:{frontend.port}/{frontend.protocol}"
-            )
+        if memo is None:
+            piece = _piece(frontend, has_cidrs)
+        else:
+            name = (frontend.service, frontend.kind, frontend.ip, frontend.port, frontend.protocol)
+            names.add(name)
+            piece = memo.get(name, frontend, has_cidrs, lambda f=frontend: _piece(f, has_cidrs))
+        if piece.skipped is not None:
+            skipped.append(piece.skipped)
             continue
-        proto = _PROTOCOLS[frontend.protocol]
-        key = (
-            f"{proto} . {frontend.port}"
-            if frontend.kind == NODE_PORT
-            else f"{frontend.ip} . {proto} . {frontend.port}"
-        )
-        if frontend.kind == CLUSTER_IP:
-            cluster_ips.add(str(frontend.ip))
-        backends = sorted({b for b in frontend.backends if _ipv4(b.ip)})
-        if frontend.protocol == "UDP":
-            udp[(frontend.ip, frontend.port)] = frozenset((b.ip, b.port) for b in backends)
-        if not backends:
-            target = NO_ENDPOINT_NODEPORTS if frontend.kind == NODE_PORT else NO_ENDPOINT_SERVICES
-            maps[target][key] = f"goto {REJECT_CHAIN}"
-            continue
-        chain = service_chain(frontend)
-        chains[chain] = _service_rules(frontend, backends, bool(cidrs))
-        maps[SERVICE_NODEPORTS if frontend.kind == NODE_PORT else SERVICE_IPS][key] = f"goto {chain}"
-        for backend in backends:
-            chains[endpoint_chain(frontend, backend)] = _endpoint_rules(frontend, backend)
-            if frontend.affinity_seconds > 0:
-                affinity.add((affinity_set(frontend, backend), frontend.affinity_seconds))
+        if piece.cluster_ip is not None:
+            cluster_ips.add(piece.cluster_ip)
+        if piece.udp is not None:
+            udp[piece.udp[0]] = piece.udp[1]
+        maps[piece.map_name][piece.key] = piece.verdict
+        chains.update(piece.chains)
+        affinity.update(piece.affinity)
+    if memo is not None:
+        memo.retain(names)
     return Rendering(
         base=tuple(sorted(base.items())) + tuple(sorted(base_hooks.items())),
         chains=chains,
@@ -405,10 +450,11 @@ def render_diff(old: Rendering, new: Rendering) -> str | None:
         out.append(f"add {_affinity_decl(name, secs).replace('set ', f'set {QUALIFIED} ', 1)}")
     added = sorted(new.chains.keys() - old.chains.keys())
     out += [f"add chain {QUALIFIED} {name}" for name in added]
-    # 2. chain bodies: new ones filled, changed ones flushed and refilled.
-    for name, rules in sorted(new.chains.items()):
-        if old.chains.get(name) == rules:
-            continue
+    # 2. chain bodies: new ones filled, changed ones flushed and refilled (only the changed ones
+    #    are sorted: at 10,000 services sorting every chain name costs more than the comparison).
+    changed = sorted(name for name, rules in new.chains.items() if old.chains.get(name) != rules)
+    for name in changed:
+        rules = new.chains[name]
         if name in old.chains:
             out.append(f"flush chain {QUALIFIED} {name}")
         out += [f"add rule {QUALIFIED} {name} {rule}" for rule in rules]
@@ -541,6 +587,7 @@ class ServiceProxy:
             hint="the previous service ruleset is still in force; the next sync is a full resync",
         )
         self._ever_applied: Rendering | None = None  # for conntrack: what the kernel last had
+        self._pieces: ObjectMemo[_Piece] = ObjectMemo()  # per frontend, between syncs
 
     @property
     def needs_full_resync(self) -> bool:
@@ -561,7 +608,7 @@ class ServiceProxy:
         started = time.perf_counter()
         if nodeport_only is not None:
             self.nodeport_only = nodeport_only
-        rendering = build_rendering(plan, cluster_cidrs, nodeport_only=self.nodeport_only)
+        rendering = build_rendering(plan, cluster_cidrs, nodeport_only=self.nodeport_only, memo=self._pieces)
         mode, statements = self.table.sync(rendering)
         nft_seconds = time.perf_counter() - started
         deleted = 0

@@ -75,7 +75,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from podnet.calc.services import NODE_PORT, ServicePlan
+from podnet.calc.memo import ObjectMemo
+from podnet.calc.services import NODE_PORT, Frontend, ServicePlan
 from podnet.dataplane import bpf
 
 log = logging.getLogger(__name__)
@@ -190,43 +191,68 @@ class DesiredService:
     name: str = ""  # "namespace/name:port name", for logs
 
 
-def desired_services(plan: ServicePlan) -> tuple[dict[SvcKey, DesiredService], dict[str, str]]:
+Entry = tuple[SvcKey, DesiredService] | tuple[None, str]  # one frontend: its entry, or why skipped
+
+
+def _entry(frontend: Frontend) -> Entry:
+    label = f"{frontend.service}:{frontend.port_name or frontend.port} {frontend.kind} {frontend.ip}"
+    if frontend.protocol not in PROTOCOLS:
+        return None, f"{label}\0protocol {frontend.protocol} is not load-balanced at the socket"
+    try:
+        vip = str(ipaddress.IPv4Address(frontend.ip or ""))
+    except ValueError:
+        return None, f"{label}\0{frontend.ip!r} is not an IPv4 address (no connect6 programs)"
+    backends: list[Addr] = []
+    for backend in frontend.backends:
+        try:
+            addr = (str(ipaddress.IPv4Address(backend.ip)), backend.port)
+        except ValueError:
+            continue
+        if addr not in backends:
+            backends.append(addr)
+    name = f"{frontend.service}:{frontend.port_name or frontend.port}"
+    return (vip, frontend.port, frontend.protocol), DesiredService(
+        tuple(backends), max(0, frontend.affinity_seconds), name
+    )
+
+
+def desired_services(
+    plan: ServicePlan, memo: ObjectMemo[Entry] | None = None
+) -> tuple[dict[SvcKey, DesiredService], dict[str, str]]:
     """What the maps must hold for ``plan``, and ``{frontend: why skipped}`` for what they cannot.
 
     ClusterIP and ExternalIP frontends over IPv4 TCP/UDP; NodePort is someone else's (skipped
     silently). Backends are deduplicated in plan order (a backend is an address, whatever pod).
+    ``memo`` (kept between syncs): a frontend that is the same object as last time is not
+    converted again (calc.services hands back unchanged services' frontends as they were).
     """
     out: dict[SvcKey, DesiredService] = {}
     skipped: dict[str, str] = {}
+    names = set()
     for frontend in plan.frontends:
         if frontend.kind == NODE_PORT:
             continue
+        if memo is None:
+            key, value = _entry(frontend)
+        else:
+            name = (frontend.service, frontend.kind, frontend.ip, frontend.port, frontend.protocol)
+            names.add(name)
+            key, value = memo.get(name, frontend, None, lambda f=frontend: _entry(f))
+        if key is None:
+            label, why = str(value).split("\0", 1)
+            skipped[label] = why
+            continue
+        assert isinstance(value, DesiredService)
         label = f"{frontend.service}:{frontend.port_name or frontend.port} {frontend.kind} {frontend.ip}"
-        if frontend.protocol not in PROTOCOLS:
-            skipped[label] = f"protocol {frontend.protocol} is not load-balanced at the socket"
-            continue
-        try:
-            vip = str(ipaddress.IPv4Address(frontend.ip or ""))
-        except ValueError:
-            skipped[label] = f"{frontend.ip!r} is not an IPv4 address (no connect6 programs)"
-            continue
-        key = (vip, frontend.port, frontend.protocol)
         if key in out:
             skipped[label] = f"{format_service(key)} is already {out[key].name}"
             continue
-        backends: list[Addr] = []
-        for backend in frontend.backends:
-            try:
-                addr = (str(ipaddress.IPv4Address(backend.ip)), backend.port)
-            except ValueError:
-                continue
-            if addr not in backends:
-                backends.append(addr)
-        if len(backends) > MAX_BACKENDS:
-            skipped[label] = f"{len(backends)} backends, only the first {MAX_BACKENDS} are used"
-            backends = backends[:MAX_BACKENDS]
-        name = f"{frontend.service}:{frontend.port_name or frontend.port}"
-        out[key] = DesiredService(tuple(backends), max(0, frontend.affinity_seconds), name)
+        if len(value.backends) > MAX_BACKENDS:
+            skipped[label] = f"{len(value.backends)} backends, only the first {MAX_BACKENDS} are used"
+            value = DesiredService(value.backends[:MAX_BACKENDS], value.affinity_seconds, value.name)
+        out[key] = value
+    if memo is not None:
+        memo.retain(names)
     return out, skipped
 
 
@@ -315,6 +341,13 @@ def plan_sync(current: MapState, desired: Mapping[SvcKey, DesiredService]) -> Sy
         else:
             ident, count, affinity = have
             present = current.backends.get(ident, {})
+            if (
+                (count, affinity) == (len(want.backends), want.affinity_seconds)
+                and len(present) == count
+                and set(present.values()) == set(want.backends)
+                and all(1 <= slot <= count for slot in present)
+            ):
+                continue  # unchanged: every backend in a slot of 1..count, nothing beyond
         live = {slot: addr for slot, addr in present.items() if 1 <= slot <= count}
         layout = assign_slots(live, want.backends)
         writes = [
@@ -488,6 +521,7 @@ class SocketLB:
         self.cache_dir = cache_dir
         self.source = source or bpf.source_path(SOURCE)
         self._state: MapState | None = None  # the maps as of the last good sync (None: read them)
+        self._entries: ObjectMemo[Entry] = ObjectMemo()  # desired_services' memo, per frontend
 
     def __repr__(self) -> str:
         return f"SocketLB(cgroup={self.cgroup!r}, pin_dir={self.pin_dir!r})"
@@ -583,7 +617,7 @@ class SocketLB:
         from the kernel instead (a full resync, as kube-proxy does after an error). Returns counts
         (services added/updated/deleted, backend slots written/deleted, frontends skipped).
         """
-        desired, skipped = desired_services(plan)
+        desired, skipped = desired_services(plan, self._entries)
         for label, why in sorted(skipped.items()):
             log.warning("socket LB skips %s: %s", label, why)
         current = None if full else self._state

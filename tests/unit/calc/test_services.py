@@ -105,3 +105,36 @@ def test_no_selector_means_no_managed_endpoints_and_plans_are_deterministic() ->
     assert service_plan("node-1", [bare], PODS).frontends[0].backends == ()
     services = [svc("a"), svc("b", clusterIP="10.96.0.11")]
     assert service_plan("node-1", services, PODS) == service_plan("node-1", services[::-1], PODS[::-1])
+
+
+# -- at scale: the label index and the per-service memo ------------------------------------
+
+
+def test_ready_pods_match_a_selector_through_its_rarest_label():
+    from podnet.calc.services import ReadyPods
+
+    tier = pod("web-9", "node-1", "10.244.1.9", {"app": "web", "tier": "gold"})
+    ready = ReadyPods([WEB1, WEB2, OTHER, PENDING, GOING, tier])
+    assert ready.selected("ns", {"app": "web"}) == [WEB1, WEB2, tier]
+    assert ready.selected("ns", {"app": "web", "tier": "gold"}) == [tier]
+    assert ready.selected("ns", {"app": "web", "tier": "none"}) == []
+    assert ready.selected("other-ns", {"app": "web"}) == []
+    assert ready.selected("ns", None) == [] and ready.selected("ns", {}) == []
+
+
+def test_memo_hands_back_the_same_frontends_until_the_service_or_its_pods_change():
+    from podnet.calc.memo import ObjectMemo
+
+    memo: ObjectMemo = ObjectMemo()
+    a, b = svc("a"), svc("b", clusterIP="10.96.0.11", selector={"app": "db"})
+    first = service_plan("node-1", [a, b], [WEB1, WEB2, OTHER], memo=memo)
+    again = service_plan("node-1", [b, a], [WEB1, WEB2, OTHER], memo=memo)
+    assert again == first and all(x is y for x, y in zip(again.frontends, first.frontends, strict=True))
+    moved = pod("web-2", "node-2", "10.244.2.9", {"app": "web"})  # a new object: a's backends change
+    changed = service_plan("node-1", [a, b], [WEB1, moved, OTHER], memo=memo)
+    assert changed == service_plan("node-1", [a, b], [WEB1, moved, OTHER])  # as without a memo
+    by = {f.service: f for f in changed.frontends}
+    assert {x.ip for x in by["ns/a"].backends} == {"10.244.1.2", "10.244.2.9"}
+    assert by["ns/b"] is {f.service: f for f in first.frontends}["ns/b"]  # b untouched
+    service_plan("node-1", [b], [WEB1, moved, OTHER], memo=memo)
+    assert len(memo) == 1  # a deleted: forgotten

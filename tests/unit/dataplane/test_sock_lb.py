@@ -305,3 +305,26 @@ def test_cli_parses_lb_list():
     cmd_bpf.add_arguments(parser)
     args = parser.parse_args(["lb", "list", "--node", "node-2", "-o", "json"])
     assert (args.bpf_object, args.bpf_verb, args.node, args.output) == ("lb", "list", "node-2", "json")
+
+
+def test_desired_services_memo_and_an_unchanged_service_costs_no_write():
+    from podnet.calc.memo import ObjectMemo
+    from podnet.calc.services import CLUSTER_IP, Backend, Frontend, ServicePlan
+    from podnet.dataplane.sock_lb import MapState, apply_ops, desired_services, plan_sync
+
+    def frontend(ip: str, *backends: str) -> Frontend:
+        return Frontend(
+            "ns/s", "", CLUSTER_IP, ip, 80, "TCP", tuple(Backend(b, 8080, "n", "ns/p") for b in backends)
+        )
+
+    memo: ObjectMemo = ObjectMemo()
+    one, two = frontend("10.96.0.1", "10.0.0.1", "10.0.0.2"), frontend("10.96.0.2", "10.0.0.3")
+    plan = ServicePlan(node="n", frontends=(one, two))
+    desired, _ = desired_services(plan, memo)
+    assert desired == desired_services(plan)[0]
+    state = apply_ops(MapState(), plan_sync(MapState(), desired).ops)
+    assert plan_sync(state, desired_services(plan, memo)[0]).ops == ()
+    grown = ServicePlan(node="n", frontends=(one, frontend("10.96.0.2", "10.0.0.3", "10.0.0.4")))
+    ops = plan_sync(state, desired_services(grown, memo)[0]).ops
+    assert [op.kind for op in ops] == ["put_backend", "put_service"]
+    assert len(memo) == 2

@@ -118,3 +118,69 @@ def test_delete(store):
     store.delete(lookup("ippools"), "pool-a")
     with pytest.raises(NotFoundError):
         store.delete(lookup("ippools"), "pool-a")
+
+
+# -- bulk: chunks by operation count, create_many, delete_many ----------------------------
+
+
+class CountingStore(MemoryDatastore):
+    """Records the number of operations of each commit (etcd refuses more than MAX_TXN_OPS)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commits: list[int] = []
+
+    def commit(self, writes):  # type: ignore[no-untyped-def]
+        self.commits.append(len(writes))
+        return super().commit(writes)
+
+
+def service(name: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"selector": {"app": name}, "ports": [{"port": 80}]},
+    }
+
+
+def test_txn_chunks_respects_the_limit_and_the_order():
+    from podnet.datastore.resources import txn_chunks
+
+    assert txn_chunks([1, 2, 3, 1, 1], lambda n: n, limit=3) == [[1, 2], [3], [1, 1]]
+    assert txn_chunks([5, 1], lambda n: n, limit=3) == [[5], [1]]  # alone over the limit
+    assert txn_chunks([], len) == []
+
+
+def test_apply_of_many_services_stays_within_max_txn_ops():
+    counting = CountingStore()
+    store = ResourceStore(counting)
+    store.apply([parse_resource(service(f"s{i}")) for i in range(100)])  # 100 services + 100 IPs
+    assert max(counting.commits) <= MAX_TXN_OPS
+    assert sum(counting.commits) == 200
+    ips = {s.spec.cluster_ip for s in store.list(lookup("services"), "default")}
+    assert len(ips) == 100
+
+
+def test_create_many_allocates_and_refuses_an_existing_object():
+    counting = CountingStore()
+    store = ResourceStore(counting)
+    results = store.create_many([parse_resource(service(f"s{i}")) for i in range(150)])
+    assert [r.action for r in results] == ["created"] * 150
+    assert max(counting.commits) <= MAX_TXN_OPS and sum(counting.commits) == 300
+    assert len({r.resource.spec.cluster_ip for r in results}) == 150
+    with pytest.raises(ConflictError):
+        store.create_many([parse_resource(service("s3"))])
+    with pytest.raises(PodnetError):
+        store.create_many([parse_resource(service("x")), parse_resource(service("x"))])
+
+
+def test_delete_many_releases_cluster_ips():
+    store = ResourceStore(CountingStore())
+    store.create_many([parse_resource(service(f"s{i}")) for i in range(70)])
+    assert store.delete_many(lookup("services"), [f"s{i}" for i in range(60)] + ["absent"], "default") == 60
+    assert sorted(s.metadata.name for s in store.list(lookup("services"), "default")) == [
+        f"s{i}" for i in range(60, 70)
+    ]
+    allocated, _ = store.store.list(f"{store.layout.root}services/clusterips/")
+    assert len(allocated) == 10
