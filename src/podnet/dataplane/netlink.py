@@ -271,14 +271,14 @@ class Netlink:
         """The pyroute2 ``IPRoute`` for reads (built on first use, on a dup of the socket)."""
         self._check()
         if self._ipr is None:
-            IPRoute = pyroute2_module("pyroute2.iproute.linux").IPRoute  # noqa: N806 - a class
+            IPRoute = pyroute2_module("pyroute2.iproute.linux").IPRoute
 
             self._ipr = IPRoute(fileno=os.dup(self._sock.fileno()), groups=0, strict_check=True)
         return self._ipr
 
     @contextmanager
     def _read(self, op: str) -> Iterator[Any]:
-        NetlinkError = pyroute2_module("pyroute2.netlink.exceptions").NetlinkError  # noqa: N806
+        NetlinkError = pyroute2_module("pyroute2.netlink.exceptions").NetlinkError
 
         ipr = self._iproute()
         try:
