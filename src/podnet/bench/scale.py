@@ -6,6 +6,8 @@ Sections (each its own module, each runnable alone as ``python -m podnet.bench.s
 
 - ``cni``: CNI ADD/DEL through the node's real chain, 1, 10 and 50 at once, and the CPU each ADD
   costs per process (:mod:`podnet.bench.scale_cni`).
+- ``memory``: agent RSS idle, with 100 pods and 1,000 policies, and per pod in the cluster up to
+  50,000 datastore-only pods, with tracemalloc's top allocation sites (:mod:`podnet.bench.scale_memory`).
 
 A section returns ``{"rows": [Row...], "samples": {...}}``; the rows make the table (figure, goal,
 measured, met), the samples go to ``bench.json`` raw. A section that fails is reported as such and
@@ -21,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-SECTIONS = ("cni",)
+SECTIONS = ("cni", "memory")
 _OPS = {"<=": operator.le, ">=": operator.ge}
 
 
