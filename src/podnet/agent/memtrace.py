@@ -54,9 +54,15 @@ def _short(path: str) -> str:
 
 
 def report() -> dict[str, Any]:
+    import sys
+    from collections import Counter
+
     current, peak = tracemalloc.get_traced_memory()
+    packages = Counter(name.split(".")[0] for name in list(sys.modules))
     return {
         "rss_mib": rss_mib(),
+        "modules": len(sys.modules),
+        "top_packages": dict(packages.most_common(12)),  # by modules imported
         "traced_mib": round(current / 2**20, 2),
         "traced_peak_mib": round(peak / 2**20, 2),
         "top": top_sites(tracemalloc.take_snapshot()),

@@ -32,6 +32,7 @@ import json
 import os
 import secrets
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("-o", "--output", choices=["table", "json"], default="table")
     args = ap.parse_args(argv)
-    out = run(args.quick, step=lambda text: print(text, flush=True))
+    out = run(args.quick, step=lambda text: print(text, file=sys.stderr, flush=True))
     doc = {
         "order": ["memory"],
         "memory": {"rows": [r.to_dict() for r in out["rows"]], "samples": out["samples"]},
