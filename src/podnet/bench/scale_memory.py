@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from podnet.bench.scale import Row
+from podnet.errors import PodnetError
 
 GOAL_IDLE_MIB = 45.0
 GOAL_LOADED_MIB = 60.0
@@ -195,6 +196,23 @@ def _traced(names, path: str, pid: int, timeout: float = 60.0) -> dict:  # type:
         return json.load(f)  # type: ignore[no-any-return]
 
 
+def _traced_series(
+    names, store, fence, sizes: Sequence[int], written: int, out: dict, timeout: float
+) -> None:  # type: ignore[no-untyped-def]
+    """The agent restarted with tracing (it re-reads every pod: slower), then a snapshot at each
+    of ``sizes``, deleting pods on the way down."""
+    from podnet.lab import cluster
+
+    path = os.path.join(names.state_dir, "tracemalloc.json")
+    cluster.restart_agent(names, NODE, signal.SIGTERM, ("--tracemalloc", path), timeout=timeout)
+    for size in sorted(sizes, reverse=True):
+        write_pods(store, size, written, delete=True)
+        written = min(written, size)
+        fence(timeout)
+        time.sleep(SETTLE_S)
+        out[str(size)] = _traced(names, path, cluster.agent_pids(names)[NODE])
+
+
 def pod_series(
     sizes: Sequence[int], traced: Sequence[int], step: Callable[[str], None], timeout: float = TIMEOUT_S
 ) -> dict:
@@ -228,15 +246,11 @@ def pod_series(
             time.sleep(SETTLE_S)
             out["rss_mib"][str(size)] = proc_memory(cluster.agent_pids(names)[NODE])["rss_mib"]
         if traced:
-            path = os.path.join(names.state_dir, "tracemalloc.json")
             step(f"memory: agent restarted with --tracemalloc, {written:,} pods")
-            cluster.restart_agent(names, NODE, signal.SIGTERM, ("--tracemalloc", path))
-            for size in sorted(traced, reverse=True):
-                write_pods(store, size, written, delete=True)
-                written = min(written, size)
-                fence(timeout)
-                time.sleep(SETTLE_S)
-                out["traced"][str(size)] = _traced(names, path, cluster.agent_pids(names)[NODE])
+            try:
+                _traced_series(names, store, fence, traced, written, out["traced"], timeout)
+            except (TimeoutError, OSError, PodnetError) as exc:  # the RSS series stands without it
+                out["traced_error"] = f"{type(exc).__name__}: {exc}"
     finally:
         step("memory: lab down")
         cluster.remove(names)
