@@ -51,7 +51,18 @@ def _imports_pyroute2(path: Path) -> bool:
             return True
         if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "pyroute2":
             return True
+        if isinstance(node, ast.Call) and _named(node.func) in _IMPORTERS and node.args:
+            arg = node.args[0]  # importlib.import_module("pyroute2...."), netlink.pyroute2_module(...)
+            if isinstance(arg, ast.Constant | ast.JoinedStr) and "pyroute2" in ast.unparse(arg):
+                return True
     return False
+
+
+_IMPORTERS = {"import_module", "find_spec", "pyroute2_module", "__import__"}
+
+
+def _named(func: ast.expr) -> str:
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
 
 
 def test_pyroute2_is_imported_only_where_the_netlink_docstring_says() -> None:

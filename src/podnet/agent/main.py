@@ -33,12 +33,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-file", default=None)
+    p.add_argument(
+        "--tracemalloc",
+        metavar="FILE",
+        default=None,
+        help="trace allocations; SIGUSR2 writes RSS and the top sites to FILE (default: $PODNET_TRACEMALLOC)",
+    )
     p.add_argument("--lab-prefix", default=None, help=argparse.SUPPRESS)  # marks lab processes
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from podnet.agent import memtrace
+
+    memtrace.install(args.tracemalloc)  # first: the imports below are traced too (when asked)
     from podnet.agent import log
     from podnet.agent.daemon import Agent, AgentConfig
     from podnet.errors import PodnetError

@@ -9,6 +9,8 @@ Sections (each its own module, each runnable alone as ``python -m podnet.bench.s
 - ``services``: 10,000 Services x 2 endpoints on a 3-node lab per profile: cold sync to the kernel,
   one Service added, conn/s through a ClusterIP with N vs 1 Services, agent RSS
   (:mod:`podnet.bench.scale_services`).
+- ``memory``: agent RSS idle, with 100 pods and 1,000 policies, and per pod in the cluster up to
+  50,000 datastore-only pods, with tracemalloc's top allocation sites (:mod:`podnet.bench.scale_memory`).
 - ``nodes``: 10, 100 and 1,000 simulated nodes (30 pods each) against a lab's 3 real agents: the
   time and memory of routes, BIRD configuration (route reflectors, checked by ``bird -p``), VXLAN
   FDB and policy, etcd watch bytes per change, route convergence after a join; a growth table and
@@ -28,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-SECTIONS = ("cni", "services", "nodes")
+SECTIONS = ("cni", "services", "memory", "nodes")
 _OPS = {"<=": operator.le, ">=": operator.ge}
 
 

@@ -4,6 +4,7 @@ No I/O here; everything is testable without root. Every module of the package, o
 (``tests/unit/test_package_docs.py`` checks the list is complete):
 
     cluster.py         the agent's view of the cluster: datastore keys decoded into what the rest needs
+    pod_record.py      what the agent keeps of a Pod: the fields calculation reads, labels and ports shared
     endpoints.py       an endpoint: one pod interface wired by a node's agent (WorkloadEndpoint)
     routes.py          which routes and tunnel entries a node needs (a RoutePlan)
     mtu.py             pod MTU: the underlay's minus the largest encapsulation overhead in use

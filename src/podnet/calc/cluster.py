@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from podnet.calc.endpoints import EndpointRecord
 from podnet.calc.memo import ObjectMemo
+from podnet.calc.pod_record import Interner, PodRecord
 from podnet.calc.policy import PodInfo
 from podnet.datastore.base import KeyValue
 from podnet.datastore.keys import KeyLayout, token_to_cidr
@@ -29,7 +30,6 @@ from podnet.model import (
     GlobalNetworkPolicy,
     IPPool,
     Node,
-    Pod,
     Tier,
     lookup,
     parse_resource,
@@ -119,7 +119,8 @@ class ClusterCache:
         self.node_annotations: dict[str, dict[str, str]] = {}  # BGP reads AS / RR cluster id from them
         self.bgp_config = None  # the BGPConfiguration named "default", if any
         self.bgp_peers: dict[str, object] = {}
-        self.pods: dict[str, object] = {}  # "namespace/name" -> Pod (NetworkPolicy needs labels, ports)
+        self.pods: dict[str, PodRecord] = {}  # "namespace/name" -> what policy, services, CNI read
+        self._shared = Interner()  # label mappings and port lists the pods have in common
         self.namespaces: dict[str, dict[str, str]] = {}  # name -> labels
         self.namespace_ipam: dict[str, dict[str, str]] = {}  # name -> its IPAM annotations (CNI ADD)
         self.netpols: dict[str, object] = {}  # "namespace/name" -> networking.k8s.io NetworkPolicy
@@ -213,7 +214,7 @@ class ClusterCache:
             if value is None:
                 self.pods.pop(key, None)
             else:
-                self.pods[key] = parse_resource(json.loads(value))
+                self.pods[key] = PodRecord.from_pod(parse_resource(json.loads(value)), self._shared)
             return "pods"
         if type_key == "namespaces":
             if value is None:
@@ -302,6 +303,7 @@ class ClusterCache:
             recorded = tuple(sorted(addresses.get(key, ())))
             out.append(self._pod_infos.get(key, pod, recorded, lambda p=pod, r=recorded: _pod_info(p, r)))
         self._pod_infos.retain({info.key for info in out})
+        self._shared.retain_used([v for p in self.pods.values() for v in (p.labels, p.ports)])
         self._pod_list = out
         return list(out)
 
@@ -309,19 +311,15 @@ class ClusterCache:
         return [e for e in self.endpoints.values() if e.node == node]
 
 
-def _pod_info(pod: Pod, recorded: tuple[str, ...]) -> PodInfo:
-    """``pod`` as NetworkPolicy sees it, at ``recorded`` addresses (else its status's)."""
-    status = (pod.status.pod_ips if pod.status else None) or []
-    ips = recorded or tuple(sorted({ip.ip for ip in status if getattr(ip, "ip", None)}))
-    ports = tuple(
-        (p.name, p.container_port, p.protocol) for c in pod.spec.containers for p in (c.ports or [])
-    )
+def _pod_info(pod: PodRecord, recorded: tuple[str, ...]) -> PodInfo:
+    """``pod`` as NetworkPolicy sees it, at ``recorded`` addresses (else its status's); its labels
+    and ports are the record's own (shared) objects."""
     return PodInfo(
-        pod.metadata.namespace,
-        pod.metadata.name,
-        dict(pod.metadata.labels or {}),
-        ips,
-        pod.spec.node_name or "",
-        ports,
-        pod.spec.effective_service_account(),
+        pod.namespace,
+        pod.name,
+        pod.labels,
+        recorded or pod.ips,
+        pod.node_name or "",
+        pod.ports,
+        pod.service_account,
     )

@@ -57,7 +57,10 @@ class PrefixSync:
                     items, rev = self.store.list(self.prefix)
                     self.revision = rev
                     need_list = False
-                    yield Snapshot(items, rev)
+                    snapshot = Snapshot(items, rev)
+                    del items  # this frame outlives the snapshot: it must not keep every value
+                    yield snapshot
+                    del snapshot
                 watch = self.store.watch(self.prefix, self.revision + 1)
                 with self._lock:
                     self._watch = watch

@@ -381,14 +381,19 @@ def held_agent(names: LabNames, node: str) -> Iterator[None]:
 
 
 def restart_agent(
-    names: LabNames, node: str, sig: int = signal.SIGKILL, extra_args: tuple[str, ...] = ()
+    names: LabNames,
+    node: str,
+    sig: int = signal.SIGKILL,
+    extra_args: tuple[str, ...] = (),
+    timeout: float = 30.0,
 ) -> float:
     """Kill a node's agent (``kill -9`` by default) and start it again with the same command line
-    (plus ``extra_args``: a changed configuration); returns the seconds until it answers STATUS."""
+    (plus ``extra_args``: a changed configuration); returns the seconds until it answers STATUS
+    (at most ``timeout``)."""
     record = stop_process(names, f"agent-{node}", sig)
     started = time.monotonic()
     start_process(names, record, [*record.cmd, *extra_args] if extra_args else None)
-    wait_agent(names, node)
+    wait_agent(names, node, timeout)
     return time.monotonic() - started
 
 
