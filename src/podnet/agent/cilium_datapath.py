@@ -76,6 +76,7 @@ class CiliumDatapath:
         with self._lock:
             self._links[host_ifname] = (ifindex, host_mac)
             self._hooked[host_ifname] = ifindex
+
         self.lxc.attach_endpoint(host_ifname, ifindex, _ipv4(addresses) or "0.0.0.0", mac, host_mac)
 
     def _attach_netdevs(self, netdevs: Iterable[str]) -> None:
@@ -129,11 +130,23 @@ class CiliumDatapath:
             self.lxc.hook(record.host_ifname)
             with self._lock:
                 self._hooked[record.host_ifname] = endpoint.ifindex
+        self._forget_gone(set(self._links) - {r.host_ifname for r in records} - set(self._netdevs))
+        return counts
+
+    def _forget_gone(self, names: set[str]) -> None:
+        """Forget the veths among ``names`` that the kernel no longer has (their pods were
+        deleted). One a CNI ADD hooked while this apply ran is not in its records yet, but it
+        exists: forgetting it would have the next apply hook it again."""
+        if not names:
+            return
+        from podnet.dataplane.netlink import Netlink
+
+        with Netlink.open() as nl:
+            present = {link.name for link in nl.links()}
         with self._lock:
-            for name in set(self._links) - {r.host_ifname for r in records} - set(self._netdevs):
+            for name in names - present:
                 self._links.pop(name, None)
                 self._hooked.pop(name, None)
-        return counts
 
     def maybe_gc(self, now: float, before: Callable[[], None] = lambda: None) -> int:
         """Expired conntrack entries removed, at most every :data:`GC_SECONDS` (``before``: the

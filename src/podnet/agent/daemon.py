@@ -127,7 +127,7 @@ class Agent:
             self.resources,
             self.ipam,
             self.endpoints,
-            self.syncer.trigger,
+            lambda: self.syncer.trigger("endpoints"),  # a pod wired or unwired: its policy
             pod_mtu=self._pod_mtu,
             scheme=self._scheme,
             ready=self._ready,
@@ -680,10 +680,11 @@ class Agent:
         return self.cache.config.effective() if self.cache.config else ClusterConfigurationSpec().effective()
 
     def _apply_partial(self, kinds: set[str]) -> dict:
-        """Only pods, namespaces, policies or services changed: no route, tunnel or BGP work. A
+        """Only pods, endpoint records, namespaces, policies or services changed: no route, tunnel
+        or BGP work. A
         Service change recompiles policy too: Calico ``services`` rules stand for its endpoints (a
         stale Deny would let its new endpoints through), and its backends stay tracked (notrack)."""
-        if kinds & {"pods", "namespaces", "policy", "services"} or (
+        if kinds & {"pods", "namespaces", "policy", "services", "endpoints"} or (
             "identities" in kinds and self._profile() == "cilium"
         ):
             self._apply_policy()  # identity numbers: the Cilium profile's ipcache and maps

@@ -37,8 +37,10 @@ from podnet.datastore.sync import PrefixSync, Snapshot
 log = logging.getLogger("podnet.agent.sync")
 
 FULL = "all"  # a dirty mark that means: apply everything
-# no route work needed ("identities": Cilium identity numbers, read by policy only)
-PARTIAL_KINDS = frozenset({"pods", "namespaces", "policy", "services", "identities"})
+# no route work needed ("identities": Cilium identity numbers, read by policy only; "endpoints":
+# the endpoint records, read by policy: the routes of this node's pods come from the CNI service's
+# own table, and a CNI ADD writes its pod's route itself, a DEL's veth takes its route with it)
+PARTIAL_KINDS = frozenset({"pods", "namespaces", "policy", "services", "identities", "endpoints"})
 
 
 class Syncer:
@@ -101,10 +103,11 @@ class Syncer:
         self._sync.close()
         self._trigger.set()
 
-    def trigger(self) -> None:
-        """Something outside the datastore changed (a pod wired or unwired): apply everything."""
+    def trigger(self, kind: str = FULL) -> None:
+        """Something outside the datastore changed: apply ``kind`` (default: everything; a pod
+        wired or unwired: ``endpoints``)."""
         with self.lock:
-            self._dirty.add(FULL)
+            self._dirty.add(kind)
         self._trigger.set()
 
     def apply_and_wait(self, kind: str, timeout: float) -> bool:

@@ -175,7 +175,11 @@ class ClusterCache:
                 borrowed = {
                     a.address: a.node for a in block.all_allocations() if a.node and a.node != block.node
                 }
-                self.blocks[cidr] = BlockInfo(block.cidr, block.node, borrowed)
+                info = BlockInfo(block.cidr, block.node, borrowed)
+                old = self.blocks.get(cidr)
+                if old is not None and (old.cidr, old.node, old.borrowed) == (info.cidr, info.node, borrowed):
+                    return None  # an address of the block's own node taken or freed: no route changes
+                self.blocks[cidr] = info
             return "blocks"
         if key.startswith(lay.endpoints_prefix()):
             if value is None:

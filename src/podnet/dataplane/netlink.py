@@ -385,11 +385,17 @@ class Netlink:
     # ------------------------------------------------------------------ links
 
     def link_get(self, dev: str | int) -> Link:
-        """The link named (or numbered) ``dev``; ``KernelNotFound`` when there is none."""
-        key = {"index": dev} if isinstance(dev, int) else {"ifname": dev}
-        with self._read(f"get link {dev}") as ipr:
-            msgs = ipr.link("get", **key)
-        return _link(msgs[0])
+        """The link named (or numbered) ``dev``; ``KernelNotFound`` when there is none. A raw
+        RTM_GETLINK decoded by ``rtnl_codec`` (a CNI ADD on the Cilium profile asks for each veth)."""
+        index = dev if isinstance(dev, int) else 0
+        body = codec.IFINFO.pack(0, 0, index, 0, 0)
+        if not isinstance(dev, int):
+            body += codec.string(codec.IFLA_IFNAME, dev)
+        reply = self._write(f"get link {dev}", codec.RTM_GETLINK, 0, body)
+        links = [_link_of(codec.parse_link(m)) for k, m in reply.echoed or [] if k == codec.RTM_NEWLINK]
+        if not links:
+            raise kernel_error(f"get link {dev}", errno.ENODEV, netns=self.netns)
+        return links[0]
 
     def link_find(self, dev: str | int) -> Link | None:
         """Like ``link_get`` but ``None`` when the link does not exist."""
@@ -402,26 +408,7 @@ class Netlink:
         """Every link of the namespace (a raw dump, decoded by ``rtnl_codec``: the agent lists
         links on every route apply, and pyroute2's decoder costs ~10x more)."""
         msgs = self._dump("dump links", codec.RTM_GETLINK, codec.link_dump_body())
-        out = []
-        for kind, body in msgs:
-            if kind != codec.RTM_NEWLINK:
-                continue
-            info = codec.parse_link(body)
-            out.append(
-                Link(
-                    index=info.index,
-                    name=info.name or "",
-                    kind=info.kind,
-                    mac=info.mac,
-                    mtu=info.mtu or 0,
-                    up=info.up,
-                    operstate=info.operstate,
-                    link_index=info.link_index,
-                    link_netnsid=info.link_netnsid,
-                    master=info.master,
-                )
-            )
-        return out
+        return [_link_of(codec.parse_link(body)) for kind, body in msgs if kind == codec.RTM_NEWLINK]
 
     def link_add_veth(
         self,
@@ -898,20 +885,18 @@ def _describe_route(dst: str, **spec: Any) -> str:
     return " ".join(parts)
 
 
-def _link(msg: Any) -> Link:
-    info = msg.get_attr("IFLA_LINKINFO")
-    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+def _link_of(info: codec.LinkInfo) -> Link:
     return Link(
-        index=msg["index"],
-        name=msg.get_attr("IFLA_IFNAME"),
-        kind=kind,
-        mac=msg.get_attr("IFLA_ADDRESS"),
-        mtu=msg.get_attr("IFLA_MTU"),
-        up=bool(msg["flags"] & IFF_UP),
-        operstate=msg.get_attr("IFLA_OPERSTATE") or "UNKNOWN",
-        link_index=msg.get_attr("IFLA_LINK"),
-        link_netnsid=msg.get_attr("IFLA_LINK_NETNSID"),
-        master=msg.get_attr("IFLA_MASTER"),
+        index=info.index,
+        name=info.name or "",
+        kind=info.kind,
+        mac=info.mac,
+        mtu=info.mtu or 0,
+        up=info.up,
+        operstate=info.operstate,
+        link_index=info.link_index,
+        link_netnsid=info.link_netnsid,
+        master=info.master,
     )
 
 
