@@ -11,6 +11,8 @@ Sections (each its own module, each runnable alone as ``python -m podnet.bench.s
   (:mod:`podnet.bench.scale_services`).
 - ``memory``: agent RSS idle, with 100 pods and 1,000 policies, and per pod in the cluster up to
   50,000 datastore-only pods, with tracemalloc's top allocation sites (:mod:`podnet.bench.scale_memory`).
+- ``etcd``: a 3-member etcd cluster, a follower killed, the leader killed, a member partitioned,
+  each under writes, a policy change and IPAM under fire (:mod:`podnet.bench.scale_etcd`).
 - ``nodes``: 10, 100 and 1,000 simulated nodes (30 pods each) against a lab's 3 real agents: the
   time and memory of routes, BIRD configuration (route reflectors, checked by ``bird -p``), VXLAN
   FDB and policy, etcd watch bytes per change, route convergence after a join; a growth table and
@@ -30,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-SECTIONS = ("cni", "services", "memory", "nodes")
+SECTIONS = ("cni", "services", "memory", "etcd", "nodes")
 _OPS = {"<=": operator.le, ">=": operator.ge}
 
 
@@ -58,6 +60,8 @@ class Row:
 def _number(value: float | None) -> str:
     if value is None:
         return "—"
+    if float(value).is_integer() and abs(value) < 1e15:
+        return f"{int(value):,}"
     if abs(value) >= 100:
         return f"{value:,.0f}"
     return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"

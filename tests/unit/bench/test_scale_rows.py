@@ -34,3 +34,26 @@ def test_cni_rows_carry_the_issue_goals() -> None:
     assert out["calico: ADD, 10 at once, p99"].goal == 250.0
     assert out["calico: ADD, 50 at once, p99"].goal == 500.0
     assert out["calico: CPU per ADD @10"].value == 28.0
+
+
+def test_etcd_rows_from_a_scenario_report() -> None:
+    from podnet.bench.scale_etcd import rows as etcd_rows
+
+    report = {
+        "members": 3,
+        "writes": {
+            "acknowledged": 100,
+            "unknown_outcome": 1,
+            "lost_per_member": {"etcd": [], "etcd-2": ["k7"]},
+        },
+        "policy_enforced_seconds": 0.4,
+        "ipam": {"duplicates": [], "leaks_before_gc": [], "pods_done": 30},
+        "leader_seconds_into_fault": 1.2,
+        "problems": ["etcd-2 lost 1 acknowledged write"],
+    }
+    out = {r.figure: r for r in etcd_rows({"etcd-leader-kill": report})}
+    lost = out["etcd-leader-kill: acknowledged writes lost"]
+    assert lost.value == 1 and lost.met is False  # one member missing one write is a loss
+    assert out["etcd-leader-kill: policy enforced after its write"].met is True
+    assert out["etcd-leader-kill: promises broken"].met is False
+    assert "etcd-leader-kill: member healthy again after the heal" not in out
