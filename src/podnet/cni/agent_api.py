@@ -36,7 +36,7 @@ import json
 import os
 import socket
 
-from podnet.cni.shim import DEFAULT_SOCKET, ENV_SOCKET, EXEC  # noqa: F401  (the fast path's verb)
+from podnet.cni.shim import DEFAULT_SOCKET, ENV_SOCKET, EXEC, read_line  # noqa: F401  (EXEC: re-exported)
 
 VERBS = ("ADD", "DEL", "CHECK", "GC", "STATUS")
 DROPS = "DROPS"  # the drop monitor's verb (not a CNI verb)
@@ -98,21 +98,13 @@ def call(path: str, request: dict, timeout: float = 30.0) -> dict:
     try:
         _connect(sock, path, timeout)
         sock.sendall(json.dumps(request, separators=(",", ":")).encode() + b"\n")
-        chunks = []
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-            if data.endswith(b"\n"):
-                break
+        raw = read_line(sock)
     except TimeoutError as exc:
         raise AgentUnavailable(f"podnet agent at {path} did not answer within {timeout:g}s") from exc
     except OSError as exc:
         raise AgentUnavailable(f"podnet agent at {path}: {exc}") from exc
     finally:
         sock.close()
-    raw = b"".join(chunks)
     if not raw:
         raise AgentUnavailable(f"podnet agent at {path} closed the connection without answering")
     return json.loads(raw)

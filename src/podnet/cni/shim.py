@@ -102,6 +102,19 @@ def _settings(stdin: str) -> tuple[str, float]:
     return path, float(timeout)
 
 
+def read_line(sock: _socket.socket) -> bytes:
+    """The agent's answer: bytes up to the newline that ends it, or to the end of the stream."""
+    chunks = []
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            break
+        chunks.append(data)
+        if data.endswith(b"\n"):
+            break
+    return b"".join(chunks)
+
+
 class NotSent(Exception):
     """The request never reached the agent (so the full plugin may send it)."""
 
@@ -120,19 +133,12 @@ def forward(env: dict[str, str], stdin: str, path: str, timeout: float) -> dict:
         except OSError as exc:  # missing, refused, or a full listen queue: the full plugin handles each
             raise NotSent(str(exc)) from None
         sock.sendall(request.encode("utf-8", "surrogateescape") + b"\n")
-        chunks = []
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-            if data.endswith(b"\n"):
-                break
+        answer = read_line(sock)
     finally:
         sock.close()
-    if not chunks:
+    if not answer:
         raise ConnectionResetError("closed the connection without answering")
-    response = loads(b"".join(chunks).decode("utf-8", "surrogateescape"))
+    response = loads(answer.decode("utf-8", "surrogateescape"))
     if not isinstance(response, dict):
         raise ValueError("the agent's answer is not an object")
     return response

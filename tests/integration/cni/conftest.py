@@ -12,7 +12,7 @@ import pytest
 # The executable runner lives with the unit tests (one harness for both).
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "unit", "cni"))
 
-from cni_harness import ACTIVE, PLUGIN, FakeAgent, Outcome, base_env, exec_plugin, plugin_variants
+from cni_harness import FakeAgent, Outcome, base_env, cni_plugins, exec_plugin, plugin_variant  # noqa: F401  (fixtures: every test on both plugins)
 
 
 @pytest.fixture
@@ -31,18 +31,3 @@ def run_plugin(agent: FakeAgent) -> Callable[..., Outcome]:
         return exec_plugin(base_env(command, env), json.dumps(config).encode())
 
     return run
-
-
-@pytest.fixture(scope="session")
-def _plugins(tmp_path_factory) -> dict[str, str]:
-    return plugin_variants(str(tmp_path_factory.mktemp("cni-bin")))
-
-
-@pytest.fixture(autouse=True, params=["python", "compiled"])
-def plugin_variant(request, _plugins) -> Iterator[str]:
-    """Every test here runs against the Python plugin and against the compiled front."""
-    if request.param not in _plugins:
-        pytest.skip("no C compiler: the compiled front is not built")
-    ACTIVE["plugin"] = _plugins[request.param]
-    yield request.param
-    ACTIVE["plugin"] = PLUGIN

@@ -277,3 +277,24 @@ class FakeAgent:
         self.sock.close()
         if os.path.exists(self.path):
             os.unlink(self.path)
+
+
+# ------------------------------------------------------------------- fixtures (both conftests)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cni_plugins(tmp_path_factory) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return plugin_variants(str(tmp_path_factory.mktemp("cni-bin")))
+
+
+@pytest.fixture(autouse=True, params=["python", "compiled"])
+def plugin_variant(request, cni_plugins):  # type: ignore[no-untyped-def]
+    """Every test of a conftest that imports this runs against the Python plugin and the
+    compiled front."""
+    if request.param not in cni_plugins:
+        pytest.skip("no C compiler: the compiled front is not built")
+    ACTIVE["plugin"] = cni_plugins[request.param]
+    yield request.param
+    ACTIVE["plugin"] = PLUGIN

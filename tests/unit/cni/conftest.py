@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
-from cni_harness import ACTIVE, PLUGIN, Outcome, base_env, exec_plugin, plugin_variants
+from cni_harness import Outcome, base_env, cni_plugins, exec_plugin, plugin_variant  # noqa: F401  (fixtures: every test on both plugins)
 
 
 @pytest.fixture
@@ -33,18 +33,3 @@ def run_plugin(agent_socket: str) -> Callable[..., Outcome]:
         return exec_plugin(base_env(command, env), stdin)
 
     return run
-
-
-@pytest.fixture(scope="session")
-def _plugins(tmp_path_factory) -> dict[str, str]:
-    return plugin_variants(str(tmp_path_factory.mktemp("cni-bin")))
-
-
-@pytest.fixture(autouse=True, params=["python", "compiled"])
-def plugin_variant(request, _plugins) -> Iterator[str]:
-    """Every test here runs against the Python plugin and against the compiled front."""
-    if request.param not in _plugins:
-        pytest.skip("no C compiler: the compiled front is not built")
-    ACTIVE["plugin"] = _plugins[request.param]
-    yield request.param
-    ACTIVE["plugin"] = PLUGIN
