@@ -260,7 +260,7 @@ class Fence:
         self.store, self.nodes, self.count = store, list(nodes), 0
 
     def __call__(self, timeout: float) -> float:
-        from podnet.calc.policy_status import PolicyReport
+        from podnet.bench.node_watch import applied_times
         from podnet.model import parse_resource
 
         self.count += 1
@@ -269,18 +269,7 @@ class Fence:
         started = time.perf_counter()
         [result] = self.store.apply([parse_resource(doc)])
         fence = int(result.resource.metadata.resource_version or 0)
-        layout, waiting = self.store.layout, set(self.nodes)
-        while waiting:
-            for node in sorted(waiting):
-                kv = self.store.store.get(layout.policy_status(node))
-                report = PolicyReport.from_json(kv.value) if kv else None
-                if report and report.error is None and report.applied_revision >= fence:
-                    waiting.discard(node)
-            if not waiting:
-                break
-            if time.perf_counter() - started > timeout:
-                raise TimeoutError(f"agents {sorted(waiting)} did not apply revision {fence} in {timeout:g}s")
-            time.sleep(0.1)
+        applied_times(self.store.store, self.store.layout, self.nodes, fence, started, timeout)
         return time.perf_counter() - started
 
 

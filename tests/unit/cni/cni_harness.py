@@ -18,6 +18,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
+
 PLUGIN = os.path.join(os.path.dirname(sys.executable), "podnet-cni")  # the console script (Python)
 # What exec_plugin runs: PLUGIN, or the lab's compiled front (see :func:`plugin_variants`).
 ACTIVE = {"plugin": PLUGIN}
@@ -280,8 +282,6 @@ class FakeAgent:
 
 
 # ------------------------------------------------------------------- fixtures (both conftests)
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
