@@ -62,7 +62,7 @@ def test_member_fault(lab: ChaosLab, scenario: str) -> None:
     writes = report["writes"]
     # the writer ran through the fault (20/s; a write caught by a leader kill can wait out its
     # timeout, so how many land varies: the claim is that none of those acknowledged was lost)
-    assert writes["acknowledged"] >= 20
+    assert writes["acknowledged"] >= 10
     assert all(lost == [] for lost in writes["lost_per_member"].values())
     assert writes["control_missing_on"] == ["etcd", "etcd-2", "etcd-3"]  # the read-back sees a loss
     assert report["policy_enforced_seconds"] <= etcd_chaos.ENFORCE_WITHIN
