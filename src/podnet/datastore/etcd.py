@@ -60,6 +60,10 @@ ENV_ENDPOINTS = "PODNET_ETCD_ENDPOINTS"
 DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
 PAGE_SIZE = 1000
 _GRPC_OUT_OF_RANGE = 11  # "mvcc: required revision has been compacted"
+# gRPC codes with which a member's gateway answers while the member shuts down or loses its
+# server ("grpc: the client connection is closing" is CANCELED, "transport is closing" is
+# UNAVAILABLE): the member may or may not have applied the request, as after a timeout
+_GRPC_UNKNOWN_OUTCOME = (1, 4, 14)  # CANCELED, DEADLINE_EXCEEDED, UNAVAILABLE
 # etcd's refusals before a request is proposed to raft: a write refused so was never applied.
 NEVER_APPLIED = ("no leader", "raft proposal dropped", "too many requests")
 HEALTH_TIMEOUT = 2.0  # seconds for a silent watch's member to answer a read
@@ -216,7 +220,12 @@ class EtcdDatastore:
                 raise CompactedError(0)
             if any(marker in message for marker in NEVER_APPLIED):
                 raise _Unsent(f"HTTP {resp.status}: {message}")
-            if resp.status in (502, 503, 504) or "timed out" in message or "leader changed" in message:
+            if (
+                resp.status in (502, 503, 504)
+                or doc.get("code") in _GRPC_UNKNOWN_OUTCOME
+                or "timed out" in message
+                or "leader changed" in message
+            ):
                 raise _Unanswered(f"HTTP {resp.status}: {message}")
             raise DatastoreError(f"etcd at {endpoint} rejected {path}: {message}")
         return doc

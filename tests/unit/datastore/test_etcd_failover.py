@@ -17,6 +17,7 @@ OK = (200, {"header": {"revision": "7"}, "kvs": []})
 TIMED_OUT = (503, {"code": 14, "message": "etcdserver: request timed out"})
 NO_LEADER = (503, {"code": 14, "message": "etcdserver: no leader"})
 DROPPED = (500, {"code": 2, "message": "raft proposal dropped"})
+SHUTTING_DOWN = (500, {"code": 1, "message": "grpc: the client connection is closing"})
 
 
 class FakeMember(ThreadingHTTPServer):
@@ -72,8 +73,9 @@ def _store(ms: list[FakeMember]) -> EtcdDatastore:
     return EtcdDatastore(",".join(m.endpoint for m in ms), timeout=2.0, retry_deadline=0.5)
 
 
-def test_a_write_that_timed_out_on_a_member_is_not_retried(members):
-    first, second = members(TIMED_OUT, OK)
+@pytest.mark.parametrize("answer", [TIMED_OUT, SHUTTING_DOWN], ids=["timed-out", "shutting-down"])
+def test_a_write_that_timed_out_on_a_member_is_not_retried(members, answer):
+    first, second = members(answer, OK)
     with pytest.raises(DatastoreUnavailable, match="outcome is unknown"):
         _store([first, second]).put("/k", b"v")
     assert len(first.requests) == 1 and second.requests == []  # never sent twice
@@ -89,8 +91,9 @@ def test_a_write_refused_before_proposal_goes_to_the_next_member(members, refusa
     assert len(first.requests) == 1 and len(second.requests) == 2
 
 
-def test_a_read_that_timed_out_is_retried_on_the_next_member(members):
-    first, second = members(TIMED_OUT, OK)
+@pytest.mark.parametrize("answer", [TIMED_OUT, SHUTTING_DOWN], ids=["timed-out", "shutting-down"])
+def test_a_read_that_timed_out_is_retried_on_the_next_member(members, answer):
+    first, second = members(answer, OK)
     assert _store([first, second]).get("/k") is None
     assert len(first.requests) == 1 and len(second.requests) == 1
 
