@@ -320,21 +320,22 @@ class Agent:
             control = self._control_plane()
             cilium_profile = self._profile() == "cilium"
             # the notrack sets are the nftables table's; the Cilium profile has no such table
+            forward_policy = forward_policy_here(
+                self.config.node, self.cache.host_endpoints.values(), self.cache.global_policies.values()
+            )
+            flows = self._settings().flows
             notrack = (
                 None
                 if cilium_profile
                 else notrack_plan(
                     plan,
                     [p.spec.cidr for p in self.cache.pools.values()],
-                    service_backends(self.cache, self._backends_memo),
+                    # read only when something may go untracked (not with flow records on)
+                    () if forward_policy or flows else service_backends(self.cache, self._backends_memo),
                     [a for n in self.cache.nodes.values() for a in (n.ip, n.vxlan_ip, n.router_ip)]
                     + [ip for ip, _protocol, _port in control.remote],
-                    forward_policy=forward_policy_here(
-                        self.config.node,
-                        self.cache.host_endpoints.values(),
-                        self.cache.global_policies.values(),
-                    ),
-                    flows=self._settings().flows,
+                    forward_policy=forward_policy,
+                    flows=flows,
                 )
             )
             revision = self.cache.revision
@@ -631,7 +632,7 @@ class Agent:
             plan = service_plan(
                 self.config.node,
                 list(self.cache.services.values()),
-                list(self.cache.pods.values()),
+                self.cache.ready_pods,
                 [me.ip] if me and me.ip else [],
                 settings.service_cluster_ip_range,
                 memo=self._service_memo,

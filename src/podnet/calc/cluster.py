@@ -16,6 +16,7 @@ from podnet.calc.endpoints import EndpointRecord
 from podnet.calc.memo import ObjectMemo
 from podnet.calc.pod_record import Interner, PodRecord
 from podnet.calc.policy import PodInfo
+from podnet.calc.services import ReadyPods
 from podnet.datastore.base import KeyValue
 from podnet.datastore.keys import KeyLayout, token_to_cidr
 from podnet.errors import PodnetError
@@ -121,6 +122,7 @@ class ClusterCache:
         self.bgp_peers: dict[str, object] = {}
         self.pods: dict[str, PodRecord] = {}  # "namespace/name" -> what policy, services, CNI read
         self._shared = Interner()  # label mappings and port lists the pods have in common
+        self.ready_pods = ReadyPods()  # the pods that can be Service endpoints, by label (kept current)
         self.namespaces: dict[str, dict[str, str]] = {}  # name -> labels
         self.namespace_ipam: dict[str, dict[str, str]] = {}  # name -> its IPAM annotations (CNI ADD)
         self.netpols: dict[str, object] = {}  # "namespace/name" -> networking.k8s.io NetworkPolicy
@@ -217,8 +219,11 @@ class ClusterCache:
             key = f"{_namespace}/{name}"
             if value is None:
                 self.pods.pop(key, None)
+                self.ready_pods.drop(key)
             else:
-                self.pods[key] = PodRecord.from_pod(parse_resource(json.loads(value)), self._shared)
+                record = PodRecord.from_pod(parse_resource(json.loads(value)), self._shared)
+                self.pods[key] = record
+                self.ready_pods.put(key, record)
             return "pods"
         if type_key == "namespaces":
             if value is None:

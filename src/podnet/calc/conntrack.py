@@ -70,6 +70,7 @@ dropped in forward — pod MTUs leave room for the encapsulation, so the nodes s
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -96,6 +97,7 @@ class NotrackPlan:
         return tuple(str(n) for n in pools_minus(pools, map(ipaddress.IPv4Address, self.tracked)))
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the same pod and backend addresses, sync after sync
 def _v4(text: str | None) -> ipaddress.IPv4Address | None:
     try:
         address = ipaddress.ip_address(text or "")

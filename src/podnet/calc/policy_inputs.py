@@ -67,14 +67,18 @@ def service_targets(cache: Any) -> tuple[ServiceTarget, ...]:
 
 
 def service_backends(
-    cache: Any, memo: ObjectMemo[tuple[tuple[str, str, int], ...]] | None = None
+    cache: Any,
+    memo: ObjectMemo[tuple[tuple[str, str, int], ...]] | None = None,
+    names: Iterable[str] | None = None,
 ) -> dict[str, tuple[tuple[str, str, int], ...]]:
-    """``ns/name`` -> (address, protocol, target port) of every ready endpoint of each Service.
-    ``memo`` (kept between syncs): computed again only for a service whose object or selected
+    """``ns/name`` -> (address, protocol, target port) of every ready endpoint of each Service
+    (``names``: of those only; a name without a Service is left out). ``memo`` (kept between
+    syncs, for one set of ``names``): computed again only for a service whose object or selected
     pods are not the same objects as last time."""
-    pods = ReadyPods(cache.pods.values())
+    pods = getattr(cache, "ready_pods", None) or ReadyPods(cache.pods.values())
+    wanted = cache.services.items() if names is None else _present(cache.services, names)
     out: dict[str, tuple[tuple[str, str, int], ...]] = {}
-    for key, service in cache.services.items():
+    for key, service in wanted:
         chosen = tuple(pods.selected(service.metadata.namespace or "default", service.spec.selector))
 
         def compute(service: Any = service, chosen: tuple = chosen) -> tuple[tuple[str, str, int], ...]:  # type: ignore[type-arg]
@@ -88,6 +92,26 @@ def service_backends(
         out[key] = compute() if memo is None else memo.get(key, service, chosen, compute)
     if memo is not None:
         memo.retain(set(out))
+    return out
+
+
+def _present(services: Mapping[str, Any], names: Iterable[str]) -> list[tuple[str, Any]]:
+    return [(name, services[name]) for name in sorted(set(names)) if name in services]
+
+
+def referenced_services(objects: Iterable[Any]) -> set[str]:
+    """``ns/name`` of every Service a Calico rule's ``services`` names (its namespace defaults
+    to the policy's, else ``default``), as :mod:`podnet.calc.policy_calico` resolves it: the only
+    Services whose endpoints a policy compile reads."""
+    out: set[str] = set()
+    for policy in objects:
+        spec = getattr(policy, "spec", None)
+        namespace = getattr(policy.metadata, "namespace", None)
+        for rule in [*(getattr(spec, "ingress", None) or ()), *(getattr(spec, "egress", None) or ())]:
+            for entity in (getattr(rule, "source", None), getattr(rule, "destination", None)):
+                service = getattr(entity, "services", None)
+                if service is not None and getattr(service, "name", None):
+                    out.add(f"{service.namespace or namespace or 'default'}/{service.name}")
     return out
 
 
@@ -117,7 +141,7 @@ def compile_cluster(
         objects,
         tiers=list(cache.tiers.values()),
         service_accounts=cache.service_accounts,
-        service_backends=service_backends(cache),
+        service_backends=service_backends(cache, names=referenced_services(objects)),
         nodes=nodes,
         host_endpoints=host_endpoints,
         hosts=hosts,

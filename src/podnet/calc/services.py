@@ -30,6 +30,7 @@ import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from podnet.calc.memo import ObjectMemo
 
@@ -118,23 +119,52 @@ def _target(pod, target: int | str | None, protocol: str, default: int) -> int |
 class ReadyPods:
     """The pods that can be endpoints (Running, Ready, ...), indexed by ``(namespace, label, value)``:
     a selector is matched against the pods carrying its rarest pair, not against every pod (10,000
-    Services over 20,000 pods: 20,000 candidates in all instead of 200 million checks)."""
+    Services over 20,000 pods: 20,000 candidates in all instead of 200 million checks).
 
-    def __init__(self, pods: Iterable) -> None:  # type: ignore[type-arg]
-        self.by_label: dict[tuple[str, str, str], list] = {}  # type: ignore[type-arg]
+    Built from a list of pods, or kept up to date pod by pod (:meth:`put`, :meth:`drop`: the
+    cluster cache's, so that a sync does not index 20,000 pods again for every Service change)."""
+
+    def __init__(self, pods: Iterable = ()) -> None:  # type: ignore[type-arg]
+        self.by_label: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._pairs: dict[str, tuple[tuple[str, str, str], ...]] = {}  # pod key -> its index entries
         for pod in pods:
-            if not _ready(pod):
-                continue
-            namespace = pod.metadata.namespace or "default"
-            for key, value in (pod.metadata.labels or {}).items():
-                self.by_label.setdefault((namespace, key, value), []).append(pod)
+            self.put(f"{pod.metadata.namespace or 'default'}/{pod.metadata.name}", pod)
+
+    def put(self, key: str, pod: Any) -> None:
+        """``pod`` (``namespace/name`` ``key``) as it is now: indexed if ready, else dropped. A pod
+        already indexed keeps its place in each entry it stays in."""
+        if not _ready(pod):
+            self.drop(key)
+            return
+        namespace = pod.metadata.namespace or "default"
+        pairs = tuple((namespace, k, v) for k, v in (pod.metadata.labels or {}).items())
+        for pair in set(self._pairs.get(key, ())) - set(pairs):
+            self._unindex(pair, key)
+        for pair in pairs:
+            self.by_label.setdefault(pair, {})[key] = pod
+        self._pairs[key] = pairs
+
+    def drop(self, key: str) -> None:
+        """Pod ``key`` is gone or not ready."""
+        for pair in self._pairs.pop(key, ()):
+            self._unindex(pair, key)
+
+    def _unindex(self, pair: tuple[str, str, str], key: str) -> None:
+        bucket = self.by_label.get(pair)
+        if bucket is not None:
+            bucket.pop(key, None)
+            if not bucket:
+                del self.by_label[pair]
 
     def selected(self, namespace: str, selector: Mapping[str, str] | None) -> list:  # type: ignore[type-arg]
         """The ready pods of ``namespace`` that ``selector`` matches (none without a selector)."""
         if not selector:
             return []
-        candidates = min((self.by_label.get((namespace, k, v), []) for k, v in selector.items()), key=len)
-        return [p for p in candidates if _selects(selector, p.metadata.labels)]
+        candidates = min((self.by_label.get((namespace, k, v), _EMPTY) for k, v in selector.items()), key=len)
+        return [p for p in candidates.values() if _selects(selector, p.metadata.labels)]
+
+
+_EMPTY: dict[str, Any] = {}
 
 
 def service_endpoints(service, pods: Iterable | ReadyPods) -> dict[tuple[str, str], list[Backend]]:  # type: ignore[no-untyped-def, type-arg]
