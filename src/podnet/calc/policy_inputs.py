@@ -79,7 +79,7 @@ def service_backends(
     wanted = cache.services.items() if names is None else _present(cache.services, names)
     out: dict[str, tuple[tuple[str, str, int], ...]] = {}
     for key, service in wanted:
-        chosen = tuple(pods.selected(service.metadata.namespace or "default", service.spec.selector))
+        chosen = pods.selected(service.metadata.namespace or "default", service.spec.selector)
 
         def compute(service: Any = service, chosen: tuple = chosen) -> tuple[tuple[str, str, int], ...]:  # type: ignore[type-arg]
             found = {

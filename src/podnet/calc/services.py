@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,6 +128,11 @@ class ReadyPods:
     def __init__(self, pods: Iterable = ()) -> None:  # type: ignore[type-arg]
         self.by_label: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._pairs: dict[str, tuple[tuple[str, str, str], ...]] = {}  # pod key -> its index entries
+        # each entry's version (from one counter: a removed and re-made entry never repeats one),
+        # and what a selector selected at the versions of its pairs' entries
+        self._versions: dict[tuple[str, str, str], int] = {}
+        self._counter = itertools.count(1)
+        self._answers: dict[tuple, tuple[tuple[int | None, ...], tuple]] = {}  # type: ignore[type-arg]
         for pod in pods:
             self.put(f"{pod.metadata.namespace or 'default'}/{pod.metadata.name}", pod)
 
@@ -142,6 +148,7 @@ class ReadyPods:
             self._unindex(pair, key)
         for pair in pairs:
             self.by_label.setdefault(pair, {})[key] = pod
+            self._versions[pair] = next(self._counter)
         self._pairs[key] = pairs
 
     def drop(self, key: str) -> None:
@@ -153,15 +160,28 @@ class ReadyPods:
         bucket = self.by_label.get(pair)
         if bucket is not None:
             bucket.pop(key, None)
+            self._versions[pair] = next(self._counter)
             if not bucket:
                 del self.by_label[pair]
+                del self._versions[pair]
 
-    def selected(self, namespace: str, selector: Mapping[str, str] | None) -> list:  # type: ignore[type-arg]
-        """The ready pods of ``namespace`` that ``selector`` matches (none without a selector)."""
+    def selected(self, namespace: str, selector: Mapping[str, str] | None) -> tuple:  # type: ignore[type-arg]
+        """The ready pods of ``namespace`` that ``selector`` matches (none without a selector). The
+        same tuple as last time while no entry of the selector's pairs changed (a sync at 10,000
+        Services asks each one again)."""
         if not selector:
-            return []
-        candidates = min((self.by_label.get((namespace, k, v), _EMPTY) for k, v in selector.items()), key=len)
-        return [p for p in candidates.values() if _selects(selector, p.metadata.labels)]
+            return ()
+        pairs = tuple((namespace, k, v) for k, v in selector.items())
+        versions = tuple(self._versions.get(pair) for pair in pairs)
+        found = self._answers.get(pairs)
+        if found is not None and found[0] == versions:
+            return found[1]
+        candidates = min((self.by_label.get(pair, _EMPTY) for pair in pairs), key=len)
+        answer = tuple(p for p in candidates.values() if _selects(selector, p.metadata.labels))
+        if len(self._answers) > 2 * len(self.by_label) + 1024:
+            self._answers.clear()  # selectors of Services long gone: bounded, asked again
+        self._answers[pairs] = (versions, answer)
+        return answer
 
 
 _EMPTY: dict[str, Any] = {}
@@ -213,7 +233,7 @@ def service_plan(
     frontends: list[Frontend] = []
     errors: dict[str, str] = {}
     for key, service in keyed:
-        chosen = tuple(ready.selected(service.metadata.namespace or "default", service.spec.selector))
+        chosen = ready.selected(service.metadata.namespace or "default", service.spec.selector)
 
         def compute(key: str = key, service=service, chosen: tuple = chosen) -> ServiceFrontends:  # type: ignore[no-untyped-def, type-arg]
             return _service_frontends(node, key, service, chosen)

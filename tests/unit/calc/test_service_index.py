@@ -116,8 +116,11 @@ def test_the_kept_index_equals_a_fresh_one_through_random_changes() -> None:
         for selector in selectors:
             kept = cluster.cache.ready_pods.selected("shop", selector)
             assert keys(kept) == keys(fresh.selected("shop", selector)), (step, selector)
-            assert cluster.cache.ready_pods.selected("other", selector) == []
+            assert cluster.cache.ready_pods.selected("other", selector) == ()
     assert alive and any(cluster.cache.ready_pods.selected("shop", s) for s in selectors)
+    # asked again with nothing changed: the very same answer (a sync asks every Service's)
+    index = cluster.cache.ready_pods
+    assert all(index.selected("shop", s) is index.selected("shop", s) for s in selectors)
 
 
 def test_a_pod_leaves_the_index_when_it_stops_being_ready_or_is_deleted() -> None:
@@ -128,10 +131,10 @@ def test_a_pod_leaves_the_index_when_it_stops_being_ready_or_is_deleted() -> Non
     cluster.write(pod("db-1", "10.0.0.1", {"app": "db"}, ready=False))
     assert keys(index.selected("shop", {"app": "db"})) == ["shop/db-2"]
     cluster.write(pod("db-2", "10.0.0.2", {"app": "web"}))  # relabelled: out of app=db
-    assert index.selected("shop", {"app": "db"}) == []
+    assert index.selected("shop", {"app": "db"}) == ()
     assert keys(index.selected("shop", {"app": "web"})) == ["shop/db-2"]
     cluster.delete_pod("db-2")
-    assert index.selected("shop", {"app": "web"}) == [] and index.by_label == {}
+    assert index.selected("shop", {"app": "web"}) == () and index.by_label == {}
 
 
 def test_referenced_services_resolves_namespaces_as_the_compile_does() -> None:

@@ -115,11 +115,11 @@ def test_ready_pods_match_a_selector_through_its_rarest_label():
 
     tier = pod("web-9", "node-1", "10.244.1.9", {"app": "web", "tier": "gold"})
     ready = ReadyPods([WEB1, WEB2, OTHER, PENDING, GOING, tier])
-    assert ready.selected("ns", {"app": "web"}) == [WEB1, WEB2, tier]
-    assert ready.selected("ns", {"app": "web", "tier": "gold"}) == [tier]
-    assert ready.selected("ns", {"app": "web", "tier": "none"}) == []
-    assert ready.selected("other-ns", {"app": "web"}) == []
-    assert ready.selected("ns", None) == [] and ready.selected("ns", {}) == []
+    assert ready.selected("ns", {"app": "web"}) == (WEB1, WEB2, tier)
+    assert ready.selected("ns", {"app": "web", "tier": "gold"}) == (tier,)
+    assert ready.selected("ns", {"app": "web", "tier": "none"}) == ()
+    assert ready.selected("other-ns", {"app": "web"}) == ()
+    assert ready.selected("ns", None) == () and ready.selected("ns", {}) == ()
 
 
 def test_memo_hands_back_the_same_frontends_until_the_service_or_its_pods_change():
