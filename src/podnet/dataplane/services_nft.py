@@ -26,8 +26,10 @@ still needs DNAT on the node). Input: :class:`podnet.calc.services.ServicePlan`.
             ip saddr != @cluster-cidrs jump mark-for-masquerade # ClusterIP, when cluster CIDRs given
             jump mark-for-masquerade                             # ExternalIP, NodePort (not local_only)
             ip saddr @affinity-<h1>-<secs> goto endpoint-<h1>-…  # affinity: one rule per backend
-            numgen random mod 3 vmap { 0 : goto endpoint-<h1>-…, 1 : goto endpoint-<h2>-…, 2 : … }
-        }
+            numgen random mod 3 0 goto endpoint-<h1>-…           # up to CASCADE_MAX backends: rule i
+            numgen random mod 2 0 goto endpoint-<h2>-…           # picks 1 in (n - i), the last the
+            goto endpoint-<h3>-…                                 # rest (uniform); above: one
+        }                                                        # numgen ... vmap { 0 : goto ... }
         chain endpoint-<h>-ns/name/tcp/http__10.244.1.5/8080 {   # one per backend of a service port
             ip saddr 10.244.1.5 jump mark-for-masquerade         # hairpin: the backend reaches itself
             update @affinity-<h>-<secs> { ip saddr }             # affinity only
@@ -59,8 +61,9 @@ still needs DNAT on the node). Input: :class:`podnet.calc.services.ServicePlan`.
 
 **Cost per packet** does not grow with the number of services: only the first packet of a
 connection meets the nat chains (conntrack remembers the translation), and it costs two verdict-map
-lookups (hashes), then its frontend's chain (a ``numgen`` and one anonymous-map lookup; with
-affinity one set lookup per backend of that service), then its endpoint chain (two or three rules).
+lookups (hashes), then its frontend's chain (up to one ``numgen`` per backend, at most
+:data:`CASCADE_MAX`; above that one ``numgen`` and an anonymous-map lookup; with affinity one set
+lookup per backend of that service), then its endpoint chain (two or three rules).
 The filter chains cost two map lookups for ``ct state new`` packets only.
 
 **Naming.** Service chains are ``service-<Frontend.id>-<ns>/<name>/<proto>/<port name>``; endpoint
@@ -254,6 +257,14 @@ _MAP_TYPES = {
 }
 
 
+#: Up to this many backends a service picks one with a cascade of ``numgen`` rules, above it with an
+#: anonymous verdict map (kube-proxy's way). The kernel names each anonymous set by scanning every
+#: set of the table, so one map per service made a cold load quadratic: 10,000 services took ~46 s
+#: of kernel time in one transaction, against ~1 s with cascades. A cascade costs the first packet
+#: of a connection (only it meets the nat chains) at most one ``numgen`` per backend.
+CASCADE_MAX = 16
+
+
 def _service_rules(frontend: Frontend, backends: list[Backend], has_cidrs: bool) -> tuple[str, ...]:
     rules: list[str] = []
     if frontend.kind == CLUSTER_IP:
@@ -266,8 +277,16 @@ def _service_rules(frontend: Frontend, backends: list[Backend], has_cidrs: bool)
             rules.append(
                 f"ip saddr @{affinity_set(frontend, backend)} goto {endpoint_chain(frontend, backend)}"
             )
-    choices = ", ".join(f"{i} : goto {endpoint_chain(frontend, b)}" for i, b in enumerate(backends))
-    rules.append(f"numgen random mod {len(backends)} vmap {{ {choices} }}")
+    if len(backends) <= CASCADE_MAX:  # rule i picks 1 in (n - i) of what reaches it: uniform
+        last = len(backends) - 1
+        rules += [
+            f"numgen random mod {len(backends) - i} 0 goto {endpoint_chain(frontend, b)}"
+            for i, b in enumerate(backends[:last])
+        ]
+        rules.append(f"goto {endpoint_chain(frontend, backends[last])}")
+    else:
+        choices = ", ".join(f"{i} : goto {endpoint_chain(frontend, b)}" for i, b in enumerate(backends))
+        rules.append(f"numgen random mod {len(backends)} vmap {{ {choices} }}")
     return tuple(rules)
 
 

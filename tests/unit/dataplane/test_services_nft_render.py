@@ -19,6 +19,7 @@ import pytest
 
 from podnet.calc.services import CLUSTER_IP, EXTERNAL_IP, NODE_PORT, Backend, Frontend, ServicePlan
 from podnet.dataplane.services_nft import (
+    CASCADE_MAX,
     CLUSTER_IPS,
     NO_ENDPOINT_NODEPORTS,
     NO_ENDPOINT_SERVICES,
@@ -98,7 +99,12 @@ def trace(
             masq = True
         elif rule.startswith("ip saddr != @cluster-cidrs"):
             masq = masq or not any(saddr.startswith(c.split(".0.0/")[0] + ".") for c in r.cluster_cidrs)
-    targets = _GOTO.findall(chain[-1])
+    targets = [
+        t
+        for rule in chain
+        if "goto " in rule and not rule.startswith("ip saddr @")
+        for t in _GOTO.findall(rule)
+    ]
     out = {"verdict": "dnat", "backends": set(), "masquerade": set()}
     for target in targets:
         rules = r.chains[target]
@@ -119,7 +125,11 @@ def test_cluster_ip_spreads_over_every_backend_through_one_map_entry() -> None:
     assert r.cluster_ips == frozenset({"10.96.0.10"})
     rules = r.chains[service_chain(f)]
     assert rules[0] == "ip saddr != @cluster-cidrs jump mark-for-masquerade"
-    assert rules[-1].startswith("numgen random mod 3 vmap { 0 : goto endpoint-")
+    assert rules[1:] == (  # the cascade: 1 in 3, then 1 in 2 of the rest, then the last
+        f"numgen random mod 3 0 goto {endpoint_chain(f, be(11))}",
+        f"numgen random mod 2 0 goto {endpoint_chain(f, be(12))}",
+        f"goto {endpoint_chain(f, be(13))}",
+    )
     for b in (be(11), be(12), be(13)):
         assert r.chains[endpoint_chain(f, b)] == (
             f"ip saddr {b.ip} jump mark-for-masquerade",
@@ -149,9 +159,7 @@ def test_cluster_ip_spreads_over_every_backend_through_one_map_entry() -> None:
 def test_without_cluster_cidrs_only_hairpin_and_external_traffic_is_masqueraded() -> None:
     f = web(be(11))
     r = build_rendering(plan(f))
-    assert r.chains[service_chain(f)] == (
-        f"numgen random mod 1 vmap {{ 0 : goto {endpoint_chain(f, be(11))} }}",
-    )
+    assert r.chains[service_chain(f)] == (f"goto {endpoint_chain(f, be(11))}",)
     assert trace(r, "192.168.50.1", "10.96.0.10", "TCP", 80)["masquerade"] == {False}
 
 
@@ -199,7 +207,10 @@ def test_session_affinity_checks_the_sets_first_and_updates_them_in_the_endpoint
     assert rules[1:3] == tuple(
         f"ip saddr @{affinity_set(f, b)} goto {endpoint_chain(f, b)}" for b in (be(11), be(12))
     )
-    assert rules[3].startswith("numgen random mod 2")
+    assert rules[3:] == (
+        f"numgen random mod 2 0 goto {endpoint_chain(f, be(11))}",
+        f"goto {endpoint_chain(f, be(12))}",
+    )
     assert r.chains[endpoint_chain(f, be(12))][1] == f"update @{affinity_set(f, be(12))} {{ ip saddr }}"
     text = render_full(r)
     for n in names:
@@ -233,8 +244,32 @@ def test_cost_per_packet_does_not_grow_with_the_number_of_services() -> None:
     small, big = build_rendering(many(3)), build_rendering(many(1000))
     assert small.base == big.base  # the hooks and dispatch chains are fixed
     assert len(big.maps[SERVICE_IPS]) == 1000
-    assert {len(rules) for name, rules in big.chains.items() if name.startswith("service-")} == {1}
+    assert {len(rules) for name, rules in big.chains.items() if name.startswith("service-")} == {3}
     assert {len(rules) for name, rules in big.chains.items() if name.startswith("endpoint-")} == {2}
+
+
+def test_the_pick_is_a_uniform_cascade_up_to_its_limit_and_one_map_above() -> None:
+    """Rule i of n matches 1 in (n - i) of what reaches it: each backend gets 1/n. Above
+    CASCADE_MAX backends, one numgen over an anonymous verdict map."""
+    from fractions import Fraction
+
+    for n in (2, 5, CASCADE_MAX):
+        f = web(*(be(10 + i) for i in range(n)))
+        rules = build_rendering(plan(f), CIDRS).chains[service_chain(f)][1:]
+        assert len(rules) == n and all(f"goto {endpoint_chain(f, be(10 + i))}" in rules[i] for i in range(n))
+        reaching, shares = Fraction(1), []
+        for rule in rules:
+            found = re.match(r"numgen random mod (\d+) 0 goto ", rule)
+            share = reaching / int(found.group(1)) if found else reaching
+            shares.append(share)
+            reaching -= share
+        assert shares == [Fraction(1, n)] * n and reaching == 0
+    f = web(*(be(10 + i) for i in range(CASCADE_MAX + 1)))
+    (pick,) = build_rendering(plan(f), CIDRS).chains[service_chain(f)][1:]
+    assert pick.startswith(f"numgen random mod {CASCADE_MAX + 1} vmap {{ 0 : goto ")
+    assert trace(build_rendering(plan(f), CIDRS), "10.244.1.50", "10.96.0.10", "TCP", 80)["backends"] == {
+        f"10.244.1.{10 + i}:8080" for i in range(CASCADE_MAX + 1)
+    }
 
 
 def test_nodeport_only_renders_node_ports_and_nothing_of_cluster_ips() -> None:
@@ -251,7 +286,7 @@ def test_non_ipv4_frontends_and_backends_are_skipped() -> None:
     mixed = web(be(11), Backend("fd00::11", 8080, "node-1", "default/x"))
     r = build_rendering(plan(v6, mixed))
     assert len(r.skipped) == 1 and "fd00::10" in r.skipped[0]
-    assert r.chains[service_chain(mixed)][-1].startswith("numgen random mod 1 ")
+    assert r.chains[service_chain(mixed)] == (f"goto {endpoint_chain(mixed, be(11))}",)
 
 
 # ---------------------------------------------------------------------------------------- diffs
