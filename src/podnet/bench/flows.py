@@ -30,6 +30,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from podnet.bench.agent_quiet import agent_cpu, wait_agents_quiet
 from podnet.bench.stats import rotate
 from podnet.lab.naming import LabNames
 
@@ -96,23 +97,6 @@ def _counts(nodes: list[str]) -> tuple[int, int]:
     return records, lost
 
 
-def agent_cpu(names: LabNames) -> float:
-    """CPU seconds the lab's agents have used (their threads, from /proc)."""
-    from podnet.lab.state import LabState, cpu_seconds
-
-    return sum(
-        cpu_seconds(p.pid) for p in LabState(names.state_dir).processes() if p.name.startswith("agent-")
-    )
-
-
-def _idle(names: LabNames, window: float = 0.5, busy: float = 0.05) -> bool:
-    """Did the agents use less than ``busy`` CPU seconds per second over ``window``? (The sync a
-    configuration change starts must not run into the measurement.)"""
-    before = agent_cpu(names)
-    time.sleep(window)
-    return (agent_cpu(names) - before) / window < busy
-
-
 def _settled(nodes: list[str], quiet: float = 1.0, timeout: float = 20.0) -> tuple[int, int]:
     """:func:`_counts` once the agents have taken in what the run made (no new record for
     ``quiet`` seconds): a loaded agent reads its events in batches, some after the run."""
@@ -175,7 +159,7 @@ def _profile(profile: str, opts: Options, step) -> dict[str, Any]:  # type: igno
                 f"flows {'on' if on else 'off'} on every node",
                 lambda: all(bool((health(n).get("flows") or {}).get("on")) == on for n in nodes),
             )
-            _wait("the agents idle after the switch", lambda: _idle(names))
+            wait_agents_quiet(names, READY_TIMEOUT)  # the sync the switch started
 
         for r in range(opts.repeats):
             for state in rotate(["on", "off"], r):
