@@ -347,6 +347,30 @@ class Scenario:
         removed = self.kernel.until_one(started, vip, False, self.opts.timeout)
         return {"add_s": max(added.values()), "delete_s": max(removed.values()), "quiet_wait_s": quiet}
 
+    def restart_cold(self, node: str) -> dict[str, float]:
+        """The Calico agent of ``node`` stopped, its services table deleted (the fence must then see
+        no ClusterIP: its positive control), started again: seconds until that kernel serves every
+        ClusterIP again. The cold sync with the objects already in the datastore (no bench write
+        in the figure), as an agent that starts on a node of a large cluster does."""
+        from podnet.dataplane.netns import run_in_netns
+        from podnet.dataplane.services_nft import QUALIFIED
+        from podnet.lab.cluster import held_agent, start_process, stop_process
+
+        want = set(self.vips.values())
+        with held_agent(self.names, node):
+            record = stop_process(self.names, f"agent-{node}")
+            proc = run_in_netns(self.nodes[node], ["nft", "delete", "table", *QUALIFIED.split()])
+            left = self.kernel.vips(node)
+            if proc.returncode != 0 or left:
+                raise RuntimeError(
+                    f"{node}: the services table not deleted ({proc.stderr.strip()}; {len(left)} left)"
+                )
+            started = time.perf_counter()
+            start_process(self.names, record)
+            kernel = Kernel(self.profile, self.names, {node: self.nodes[node]})
+            seconds = kernel.until_all(started, want, True, self.opts.timeout)[node]
+        return {"seconds": seconds, "services": len(want)}
+
     def quiet(self) -> float:
         """Seconds until the agents are idle (:mod:`podnet.bench.agent_quiet`)."""
         from podnet.bench.agent_quiet import wait_agents_quiet
@@ -447,6 +471,9 @@ def measure(profile: str, opts: Options, step: Callable[[str], None]) -> dict[st
         sc.store.create_many(extra_pods)  # the endpoints of the services added one at a time
         time.sleep(opts.settle)
         out["rss_loaded"] = sc.rss()
+        if profile == "calico":  # the socket LB's maps are pinned: an agent restart adopts them
+            step(f"services {profile}: one agent restarted with {n} services, its table deleted")
+            out["restart_cold"] = sc.restart_cold("node-1")
         step(f"services {profile}: {opts.adds} x one service added at {n}")
         out["one_added"] = [sc.one_service(i) for i in extra]
         step(f"services {profile}: round 1: conn/s with {n} services")
@@ -488,6 +515,17 @@ def rows(profile: str, r: dict[str, Any]) -> list[Row]:
                 "s",
                 COLD_GOAL_S,
                 note=f"each: {later}",
+            )
+        )
+    if "restart_cold" in r:
+        cold = r["restart_cold"]
+        out.append(
+            Row(
+                f"{profile}: cold sync, one agent restarted with {cold['services']:,} services in etcd",
+                cold["seconds"],
+                "s",
+                COLD_GOAL_S,
+                note="its table deleted first; no bench write in the figure",
             )
         )
     if r["deletes"]:

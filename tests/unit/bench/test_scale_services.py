@@ -98,3 +98,8 @@ def test_rows_carry_goals_and_say_whether_they_are_met():
     assert ratio.op == ">=" and ratio.value == pytest.approx((0.99 + 1000 / 1100) / 2, abs=1e-3)
     assert rows["calico: agent RSS node-1, 10,000 services"].value == 100.0
     assert ss.rows("cilium", _sample(45.0))[0].met is False
+    restarted = {**_sample(), "restart_cold": {"seconds": 3.5, "services": 10_000}}
+    row = {r.figure: r for r in ss.rows("calico", restarted)}[
+        "calico: cold sync, one agent restarted with 10,000 services in etcd"
+    ]
+    assert (row.value, row.goal, row.met) == (3.5, ss.COLD_GOAL_S, True)
