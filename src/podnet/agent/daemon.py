@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,7 @@ ROUTER_DEVICE = "cilium_host"
 # How long one datastore request retries unreachable endpoints: a CNI ADD while etcd is down must
 # fail (code 11, "try again later") within 5 s, as kubelet then retries.
 DATASTORE_RETRY_SECONDS = 3.0
+SLOW_APPLY_SECONDS = 0.1  # a partial apply at least this long is logged with its phases
 
 
 @dataclass
@@ -685,12 +687,24 @@ class Agent:
         or BGP work. A
         Service change recompiles policy too: Calico ``services`` rules stand for its endpoints (a
         stale Deny would let its new endpoints through), and its backends stay tracked (notrack)."""
+        started = time.perf_counter()
         if kinds & {"pods", "namespaces", "policy", "services", "endpoints"} or (
             "identities" in kinds and self._profile() == "cilium"
         ):
             self._apply_policy()  # identity numbers: the Cilium profile's ipcache and maps
+        policy_done = time.perf_counter()
         if kinds & {"pods", "services"}:
             self._apply_services()
+        done = time.perf_counter()
+        if done - started >= SLOW_APPLY_SECONDS:  # where a slow one went (the benches read it)
+            kv(
+                log,
+                logging.INFO,
+                "partial apply",
+                kinds=",".join(sorted(kinds)),
+                policy_ms=round((policy_done - started) * 1e3, 1),
+                services_ms=round((done - policy_done) * 1e3, 1),
+            )
         return {}
 
     def _apply_routes(self, plan: RoutePlan) -> dict:
