@@ -348,16 +348,15 @@ def _pythonpath(pid: int) -> str:
 def _etcd_outage(lab: ChaosLab, seconds: float) -> dict[str, Any]:
     agent_cpu = _cpu_meter(lab.names)
     sandbox = Sandbox(lab.names, lab.nodes[0])
-    record = cluster.stop_process(lab.names, "etcd")
-    started = time.monotonic()
     try:
-        time.sleep(min(1.0, seconds / 2))
-        add_seconds, add_code, add_message = sandbox.add()  # kubelet creating a pod meanwhile
-        time.sleep(max(0.0, seconds - (time.monotonic() - started)))
-        outage = time.monotonic() - started
-        cpu = agent_cpu()
+        with cluster.etcd_down(lab.names):
+            started = time.monotonic()
+            time.sleep(min(1.0, seconds / 2))
+            add_seconds, add_code, add_message = sandbox.add()  # kubelet creating a pod meanwhile
+            time.sleep(max(0.0, seconds - (time.monotonic() - started)))
+            outage = time.monotonic() - started
+            cpu = agent_cpu()
     finally:
-        cluster.start_process(lab.names, record)
         for node in lab.nodes:
             cluster.wait_agent(lab.names, node, timeout=60.0)
         sandbox.remove()

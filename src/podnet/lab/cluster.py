@@ -369,6 +369,18 @@ def _wait_started(names: LabNames, state: LabState, old: ProcessRecord, timeout:
 
 
 @contextlib.contextmanager
+def etcd_down(names: LabNames) -> Iterator[None]:
+    """The datastore out inside the block: every etcd member stopped (one member of three down
+    is no outage), all started again afterwards, whatever the block raised."""
+    records = [stop_process(names, member.name) for member in etcd_cluster.members(names)]
+    try:
+        yield
+    finally:
+        for record in records:
+            start_process(names, record)
+
+
+@contextlib.contextmanager
 def held_agent(names: LabNames, node: str) -> Iterator[None]:
     """The kubelet leaves ``node``'s agent alone inside the block (for a scenario that stops or
     changes it by other means than :func:`stop_process`); afterwards it starts it if it is down."""

@@ -256,20 +256,18 @@ def kill_agents(names: LabNames, nodes: Sequence[str]) -> float:
 
 
 def etcd_outage(names: LabNames, nodes: Sequence[str], seconds: float, kill: str | None = None) -> float:
-    """Stop etcd for ``seconds``, start it again; seconds until every agent answers STATUS again.
+    """Stop etcd (every member) for ``seconds``, start it again; seconds until every agent answers
+    STATUS again.
 
     ``kill``: that node's agent is also ``kill -9``ed and started while etcd is down (it cannot
     sync): the DELs the plugin queues meanwhile cannot be served when it drains its queue."""
-    record = cluster.stop_process(names, "etcd")
-    try:
+    with cluster.etcd_down(names):
         if kill is not None:
             agent = cluster.stop_process(names, f"agent-{kill}", signal.SIGKILL)
             time.sleep(min(0.5, seconds / 2))
             cluster.start_process(names, agent)
             seconds = max(0.0, seconds - 0.5)
         time.sleep(seconds)
-    finally:
-        cluster.start_process(names, record)
     started = time.monotonic()
     for node in nodes:
         cluster.wait_agent(names, node, timeout=60.0)

@@ -73,6 +73,23 @@ def test_member_fault(lab: ChaosLab, scenario: str) -> None:
         assert report["leader_during_fault"] not in (None, report["member"])
 
 
+def test_an_etcd_outage_stops_every_member(lab: ChaosLab) -> None:
+    """``etcd-outage`` on a cluster is the datastore out, not one member of three: a CNI ADD
+    meanwhile is told to try again later (with one member down it would succeed), traffic and
+    kernel state stay as they are, and the three members come back as one cluster."""
+    from podnet.lab.chaos import problems, render, run_scenario
+
+    report = run_scenario(lab, "etcd-outage", seconds=3.0)
+    print("\n" + render(report))
+    assert problems(report) == [], report
+    add = report["cni_add_during_outage"]
+    assert add["code"] == 11 and "datastore" in add["message"], add
+    assert report["witness"]["interrupted_flows"] == 0, report["flows"]
+    healthy = etcd_cluster.wait_healthy(lab.names, 20.0)
+    assert sorted(healthy) == ["etcd", "etcd-2", "etcd-3"]
+    assert sum(s.is_leader for s in healthy.values()) == 1
+
+
 def test_up_failing_after_the_members_started_leaves_nothing(monkeypatch) -> None:
     names = LabNames(f"pnt{secrets.token_hex(2)}-")
     started: list[int] = []
