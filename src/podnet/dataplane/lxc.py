@@ -175,15 +175,14 @@ class LxcDatapath:
                 endpoint_id = self._endpoint_id(ifindex)
                 value = cm.endpoint_value(endpoint_id, 0, ipv4, mac, True, True, host_mac, ready=False)
                 self._write(ENDPOINTS, key, value)
-        programs = {"ingress": self.progs[FROM_CONTAINER], "egress": self.progs[TO_CONTAINER]}
-        if not bpf.attach_tc_new_device(ifname, programs, pref=TC_PREF):
-            self.hook(ifname)  # it had a clsact already (a re-attach): program by program
+        self.hook(ifname)
 
     def hook(self, ifname: str) -> None:
-        """This version's programs on both hooks of host veth ``ifname`` (an atomic replace)."""
+        """This version's programs on both hooks of host veth ``ifname`` (clsact made if missing,
+        each program an atomic replace; one netlink write)."""
         self._require_loaded()
-        bpf.attach_tc(ifname, "ingress", self.progs[FROM_CONTAINER], pref=TC_PREF)
-        bpf.attach_tc(ifname, "egress", self.progs[TO_CONTAINER], pref=TC_PREF)
+        programs = {"ingress": self.progs[FROM_CONTAINER], "egress": self.progs[TO_CONTAINER]}
+        bpf.attach_tc_programs(ifname, programs, pref=TC_PREF)
 
     def attach_netdev(self, dev: str) -> None:
         """from_netdev on ``dev``'s ingress (the uplink, the VXLAN device)."""

@@ -736,6 +736,33 @@ class Netlink:
             out = [_neigh(m) for m in ipr.neigh("dump", family=family)]
         return [n for n in out if index is None or n.index == index]
 
+    # ------------------------------------------------------------------ tc: eBPF on clsact
+
+    def tc_attach_bpf(
+        self, dev: str | int, programs: Mapping[str, tuple[int, str]], *, pref: int, handle: int = 1
+    ) -> None:
+        """A clsact qdisc on ``dev`` (kept if it has one) and ``{direction: (program fd, name)}``
+        in direct-action mode at ``pref``/``handle``, each created or atomically replaced: one
+        netlink write, no ``tc`` process. ``name`` is tc's annotation (``file:[*fsobj]``)."""
+        index = self._index(dev)
+        requests = [
+            (
+                f"add clsact to {dev}",
+                codec.RTM_NEWQDISC,
+                codec.NLM_F_CREATE | codec.NLM_F_EXCL,
+                codec.clsact_body(index),
+            )
+        ]
+        for direction, (fd, name) in programs.items():
+            body = codec.bpf_filter_body(index, direction, fd, name, pref=pref, handle=handle)
+            flags = codec.NLM_F_CREATE | codec.NLM_F_REPLACE
+            requests.append((f"attach {name} to {dev} {direction}", codec.RTM_NEWTFILTER, flags, body))
+        replies = self._exchange(requests)
+        if replies[0].error not in (0, errno.EEXIST):  # a clsact there already is what we want
+            self._raise_for(requests[0][0], replies[0])
+        for (op, *_), reply in zip(requests[1:], replies[1:], strict=True):
+            self._raise_for(op, reply)
+
     # ------------------------------------------------------------------ forwarding database (VXLAN)
 
     def fdb_replace(self, dev: str | int, lladdr: str, dst: str) -> None:

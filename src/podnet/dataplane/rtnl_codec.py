@@ -17,6 +17,7 @@ Pure functions, no I/O: unit tested by decoding what they encode.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -42,6 +43,8 @@ RTM_NEWROUTE = 24
 RTM_DELROUTE = 25
 RTM_GETROUTE = 26
 RTM_NEWNEIGH = 28
+RTM_NEWQDISC = 36
+RTM_NEWTFILTER = 44
 
 IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
@@ -74,7 +77,19 @@ IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, chan
 IFADDR = struct.Struct("=BBBBi")  # ifaddrmsg: family, prefixlen, flags, scope, index
 RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg: family, dst_len, src_len, tos, table, proto, scope, type, flags
 NDMSG = struct.Struct("=BxxxiHBB")  # ndmsg: family, ifindex, state, flags, type
+TCMSG = struct.Struct("=BxxxiIII")  # tcmsg: family, ifindex, handle, parent, info
 RTA = struct.Struct("=HH")
+NLA_F_NESTED = 0x8000
+TCA_KIND = 1
+TCA_OPTIONS = 2
+TCA_BPF_FD = 6
+TCA_BPF_NAME = 7
+TCA_BPF_FLAGS = 8
+TCA_BPF_FLAG_ACT_DIRECT = 1
+TC_H_CLSACT = 0xFFFFFFF1  # the clsact qdisc's parent (TC_H_INGRESS); its handle is ffff:
+TC_H_CLSACT_HANDLE = 0xFFFF0000
+TC_H_MIN = {"ingress": 0xFFF2, "egress": 0xFFF3}  # TC_H_MIN_INGRESS / TC_H_MIN_EGRESS
+ETH_P_ALL = 0x0003
 
 
 def _align(n: int) -> int:
@@ -111,6 +126,25 @@ def family_of(address: str) -> int:
 
 
 # ---------------------------------------------------------------------- bodies
+
+
+def clsact_body(index: int) -> bytes:
+    """RTM_NEWQDISC: a clsact qdisc on link ``index`` (``tc qdisc add dev D clsact``)."""
+    return TCMSG.pack(0, index, TC_H_CLSACT_HANDLE, TC_H_CLSACT, 0) + string(TCA_KIND, "clsact")
+
+
+def bpf_filter_body(index: int, direction: str, fd: int, name: str, *, pref: int, handle: int) -> bytes:
+    """RTM_NEWTFILTER: the program ``fd`` (annotated ``name``) in direct-action mode on link
+    ``index``'s clsact hook ``direction``, at ``pref``/``handle``, every protocol (``tc filter
+    replace dev D DIR pref P handle H bpf direct-action object-pinned F`` with CREATE|REPLACE)."""
+    parent = TC_H_CLSACT_HANDLE | TC_H_MIN[direction]
+    info = (pref << 16) | socket.htons(ETH_P_ALL)
+    options = u32(TCA_BPF_FD, fd) + string(TCA_BPF_NAME, name) + u32(TCA_BPF_FLAGS, TCA_BPF_FLAG_ACT_DIRECT)
+    return (
+        TCMSG.pack(0, index, handle, parent, info)
+        + string(TCA_KIND, "bpf")
+        + attr(TCA_OPTIONS | NLA_F_NESTED, options)
+    )
 
 
 def veth_body(
