@@ -274,11 +274,10 @@ def test_bpf_prog_list_shows_both_hooks(scratch: Scratch, monkeypatch, capsys) -
     assert "ipip_encap" in table and "ipip_decap" in table
 
 
-def test_attach_to_a_new_device_in_one_batch_and_refuse_an_existing_clsact(
-    scratch: Scratch, tmp_path
-) -> None:
-    """``attach_tc_new_device``: qdisc and both hooks in one ``tc -batch`` on a device without a
-    clsact; on one that has a clsact it changes nothing and says so (the caller attaches per hook)."""
+def test_attach_programs_through_netlink_on_a_new_device_and_again(scratch: Scratch, tmp_path) -> None:
+    """``attach_tc_programs``: the clsact and both hooks in one rtnetlink write on a device without
+    a clsact, annotated as tc's ``object-pinned``; again on one that has it (a detached hook comes
+    back, an attached one is replaced in place); a missing device is a clear error."""
     (tmp_path / "other.c").write_text(FOREIGN_PROGRAM)
     obj = bpf.compile_program(str(tmp_path / "other.c"), str(tmp_path))
     os.makedirs(scratch.pin_dir, exist_ok=True)
@@ -287,13 +286,19 @@ def test_attach_to_a_new_device_in_one_batch_and_refuse_an_existing_clsact(
     with Netlink.open(scratch.node) as nl:
         nl.link_add_veth("lxcnew", "lxcnewp", up=True)
     both = {"ingress": pinned, "egress": pinned}
-    assert bpf.attach_tc_new_device("lxcnew", both, pref=TC_PREF, netns=scratch.node) is True
+    bpf.attach_tc_programs("lxcnew", both, pref=TC_PREF, netns=scratch.node)
+    first = {}
     for direction in ("ingress", "egress"):
         [attached] = bpf.tc_filters("lxcnew", direction, scratch.node)
-        assert attached.prog_name == "someone_else" and attached.pref == TC_PREF
-    # a second time: the clsact exists, nothing is changed, the caller is told
+        assert (attached.prog_name, attached.pref, attached.handle) == ("someone_else", TC_PREF, 1)
+        assert attached.bpf_name == "someone_else:[*fsobj]"
+        first[direction] = attached.prog_id
+    # a second time: the clsact is kept, the detached hook is back, the other replaced in place
     bpf.detach_tc("lxcnew", "egress", pref=TC_PREF, netns=scratch.node)
-    assert bpf.attach_tc_new_device("lxcnew", both, pref=TC_PREF, netns=scratch.node) is False
     assert bpf.tc_filters("lxcnew", "egress", scratch.node) == []
-    with pytest.raises(bpf.BpfError, match="tc -batch on nosuchdev failed"):
-        bpf.attach_tc_new_device("nosuchdev", both, pref=TC_PREF, netns=scratch.node)
+    bpf.attach_tc_programs("lxcnew", both, pref=TC_PREF, netns=scratch.node)
+    for direction in ("ingress", "egress"):
+        [attached] = bpf.tc_filters("lxcnew", direction, scratch.node)
+        assert attached.prog_id == first[direction] and attached.pref == TC_PREF
+    with pytest.raises(bpf.BpfError, match="nosuchdev"):
+        bpf.attach_tc_programs("nosuchdev", both, pref=TC_PREF, netns=scratch.node)
