@@ -6,9 +6,9 @@ complete):
     netns.py         THE netns helper module: netns targets (name, /run/netns/x, /proc/PID/ns/net);
                      run a function or a command inside one on a helper thread (setns is per
                      thread), never moving the process; in_netns/enter_netns move the current thread
-    netlink.py       THE rtnetlink adapter (links, addresses, routes, neighbours, sysctls, batches);
-                     the only importer of pyroute2 besides the lab's builder (lab/fabric.py)
-    rtnl_codec.py    the few rtnetlink write messages, encoded with struct (the fast path of netlink.py)
+    netlink.py       THE rtnetlink adapter (links, addresses, routes, neighbours, tc, sysctls, batches);
+                     no pyroute2 (only the lab's builder, lab/fabric.py, imports it)
+    rtnl_codec.py    the rtnetlink messages netlink.py sends and reads, encoded and decoded with struct
     sysctl.py        /proc/sys read/write as seen from a given netns
     routes.py        Route, plan_routes (pure diff), RouteManager (owns routes of protocol 112)
     endpoint.py      pod wiring for CNI ADD/DEL/CHECK (Calico and Cilium schemes), ensure_router_device
@@ -35,5 +35,5 @@ complete):
     errors.py        DataplaneError tree: KernelError keeps errno, operation and netns
 
 Submodules are imported explicitly (``from podnet.dataplane.endpoint import wire_endpoint``); this
-package imports nothing, so importing it does not pull in pyroute2.
+package imports nothing by itself.
 """

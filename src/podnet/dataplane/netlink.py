@@ -1,8 +1,9 @@
 """The one netlink adapter of podnet: a small verb-shaped API bound to one network namespace.
 
-Everything podnet's agent and CNI path do over rtnetlink goes through ``Netlink``; the only other
-importer of pyroute2 is the lab's builder (``podnet.lab.fabric``, which makes the lab's own
-namespaces, links and addresses before any podnet component runs; checked by
+Everything podnet's agent and CNI path do over rtnetlink goes through ``Netlink``, encoded and
+decoded by ``rtnl_codec``: the agent does not import pyroute2 (its 99 modules were ~17 MiB of an
+agent's RSS); the only importer of pyroute2 is the lab's builder (``podnet.lab.fabric``, which makes
+the lab's own namespaces, links and addresses before any podnet component runs; checked by
 ``tests/unit/test_package_docs.py``).
 Results come back as small frozen dataclasses (``Link``, ``Address``, ``KernelRoute``,
 ``Neighbour``), never as pyroute2 messages, and every failure is a ``KernelError`` that keeps the
@@ -17,7 +18,7 @@ errno, names the operation and the namespace, and carries the kernel's extended-
         with nl.batch() as b:                          # many writes, one write(2), one round trip
             b.route_add("10.244.2.0/24", gateway="10.0.0.2", dev=2, protocol=112)
 
-Design (pyroute2 0.9.7 on this machine's kernel 6.18; numbers from ``tests/integration/dataplane``):
+Design (kernel 6.18; pyroute2 0.9.7 for comparison; numbers from ``tests/integration/dataplane``):
 
 - **Opening a handle in another netns.** ``IPRoute(netns=...)`` in 0.9 forks a helper process
   that enters the namespace, creates the socket and passes it back: ~6-7 ms per handle, and with
@@ -25,22 +26,19 @@ Design (pyroute2 0.9.7 on this machine's kernel 6.18; numbers from ``tests/integ
   a short-lived thread that entered the namespace with ``setns`` (``netns.run_in_netns``; a socket
   stays bound to the namespace it was created in): ~0.1 ms. A missing namespace is a clean
   ``NetnsNotFound``.
-- **Writes (and route dumps) are encoded here, other reads decoded by pyroute2.** pyroute2 0.9
-  runs every request through an asyncio event loop (~0.25 ms of Python per request) and an
-  ``IPRoute`` costs ~0.3 ms to build. Writes are few fixed layouts, so ``rtnl_codec`` encodes them
-  and they go out on the raw socket, several per ``write(2)`` in a batch; route dumps, the one
-  read that grows with the cluster, are decoded there too (3.5x faster). Links, addresses,
-  neighbours and link kinds other than veth use an ``IPRoute`` built lazily on a ``dup`` of the
-  same socket. A pod ADD therefore never builds an ``IPRoute`` at all.
-- **One handle per thread.** pyroute2 0.9's sync ``IPRoute`` belongs to the thread that built it
-  (its event loop); used from another thread it silently builds a second socket and loop. So
-  ``Netlink`` refuses calls from any thread but its opener (``RuntimeError``). Open one per thread
-  or per request; they are cheap.
+- **Every request is encoded here, every reply decoded here** (``rtnl_codec``). pyroute2 0.9 runs
+  every request through an asyncio event loop (~0.25 ms of Python per request), an ``IPRoute``
+  costs ~0.3 ms to build and importing it ~17 MiB. Writes are few fixed layouts and go out on the
+  raw socket, several per ``write(2)`` in a batch; dumps (links, addresses, routes, neighbours,
+  forwarding entries) are decoded from the raw replies (route dumps 3.5x faster than pyroute2's).
+- **One handle per thread.** A handle's sequence numbers and replies are not shared between
+  threads: ``Netlink`` refuses calls from any thread but its opener (``RuntimeError``). Open one
+  per thread or per request; they are cheap.
 - **Do not cache handles to pod namespaces.** An open socket keeps its namespace alive: a cached
   handle to a deleted pod netns would keep the pod's veth (and its routes) in the kernel. A
   long-lived handle is fine for the agent's own (node) namespace.
 - **No multicast groups** (``groups=0``): a command handle never reads events, so it does not
-  subscribe to them (pyroute2's default does, and unread events pile up in the socket).
+  subscribe to them (unread events would pile up in the socket).
 - **Dumps are filtered in the kernel** (``NETLINK_GET_STRICT_CHK``): a route dump for one protocol
   and table returns only those routes, so many foreign routes on a node cost podnet nothing.
 - **Sysctls** (``sysctl_set``/``sysctl_get``) go through ``/proc/sys`` opened on a thread inside
@@ -57,8 +55,7 @@ import select
 import socket
 import struct
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,47 +185,15 @@ def _open_netns_fd(target: str) -> tuple[int, str]:
         raise NetnsNotFound(path) from None
 
 
-def pyroute2_module(name: str) -> Any:
-    """pyroute2's submodule ``name``, imported without running the package's ``__init__`` first.
-
-    ``import pyroute2`` imports all of it (NDB, IPDB, wireless, WireGuard, 9p, ...: 163 modules,
-    24 MiB of RSS; the IPRoute reads here need 99 of them, 17 MiB). So the package is entered as
-    a module that has not run its ``__init__``; the first attribute asked of it that is not a
-    submodule (``from pyroute2 import IPRoute`` elsewhere in the process) runs that ``__init__``
-    then, so the package still behaves as usual for everyone else.
-    """
-    import importlib
-    import importlib.util
-    import sys
-
-    if "pyroute2" not in sys.modules:
-        spec = importlib.util.find_spec("pyroute2")
-        if spec is not None and spec.loader is not None:
-            package = importlib.util.module_from_spec(spec)
-            loader = spec.loader
-
-            def complete(attribute: str) -> Any:
-                if importlib.util.find_spec(f"pyroute2.{attribute}") is not None:
-                    return importlib.import_module(f"pyroute2.{attribute}")  # a submodule
-                del package.__getattr__  # once: __init__ defines the other attributes
-                loader.exec_module(package)
-                return getattr(package, attribute)
-
-            package.__getattr__ = complete  # type: ignore[method-assign]
-            sys.modules["pyroute2"] = package
-    return importlib.import_module(name)
-
-
 class Netlink:
     """An rtnetlink handle bound to one network namespace and to the thread that opened it."""
 
     def __init__(self, sock: socket.socket, netns: str | None) -> None:
         self._sock = sock
-        self._ipr: Any = None  # pyroute2 IPRoute, built on first read
         self.netns = netns  # the namespace path, None for the opener's own
         self._owner = threading.get_ident()
         self._closed = False
-        self._seq = 0x40000000  # far from pyroute2's sequence numbers on the dup'ed socket
+        self._seq = 0x40000000
 
     @classmethod
     def open(cls, netns: str | None = None) -> Netlink:
@@ -243,8 +208,6 @@ class Netlink:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            if self._ipr is not None:
-                self._ipr.close()
             self._sock.close()
 
     def __enter__(self) -> Netlink:
@@ -263,30 +226,9 @@ class Netlink:
             raise RuntimeError(f"{self!r} is closed")
         if threading.get_ident() != self._owner:
             raise RuntimeError(
-                f"{self!r} was opened on another thread; pyroute2 handles are bound to their thread's "
-                "event loop, so open one Netlink per thread"
+                f"{self!r} was opened on another thread; a handle's replies are bound to its opener "
+                "thread, so open one Netlink per thread"
             )
-
-    def _iproute(self) -> Any:
-        """The pyroute2 ``IPRoute`` for reads (built on first use, on a dup of the socket)."""
-        self._check()
-        if self._ipr is None:
-            IPRoute = pyroute2_module("pyroute2.iproute.linux").IPRoute
-
-            self._ipr = IPRoute(fileno=os.dup(self._sock.fileno()), groups=0, strict_check=True)
-        return self._ipr
-
-    @contextmanager
-    def _read(self, op: str) -> Iterator[Any]:
-        NetlinkError = pyroute2_module("pyroute2.netlink.exceptions").NetlinkError
-
-        ipr = self._iproute()
-        try:
-            yield ipr
-        except NetlinkError as exc:
-            raise kernel_error(op, exc.code, netns=self.netns) from exc
-        except OSError as exc:
-            raise kernel_error(op, exc.errno or errno.EIO, netns=self.netns) from exc
 
     def _exchange(self, requests: list[tuple[str, int, int, bytes]]) -> list[codec.Reply]:
         """Send ``(op, type, flags, body)`` requests, ``BATCH_CHUNK`` per write; one reply each."""
@@ -459,10 +401,14 @@ class Netlink:
         link = self.link_get(name)  # kernels without NLM_F_ECHO for links (< 6.1)
         return VethPair(link.index, link.link_index or 0)
 
-    def link_add(self, name: str, kind: str, **attrs: Any) -> None:
-        """Create a link of any kind pyroute2 knows (``vxlan``, ``bridge``, ...) from its keywords."""
-        with self._read(f"add {kind} link {name}") as ipr:
-            ipr.link("add", ifname=name, kind=kind, **attrs)
+    def link_add(
+        self, name: str, kind: str, *, mtu: int | None = None, address: str | None = None, **data: Any
+    ) -> None:
+        """Create a link of ``kind`` (``dummy``, ``bridge``, ``ifb``, ``ipip``; ``vxlan`` with
+        ``vxlan_id``, ``vxlan_port``, ``vxlan_local``, ``vxlan_learning``, ``vxlan_link``: pyroute2's
+        keywords), encoded here (``rtnl_codec.link_add_body``)."""
+        body = codec.link_add_body(name, kind, mtu=mtu, mac_address=address, **data)
+        self._write(f"add {kind} link {name}", codec.RTM_NEWLINK, codec.NLM_F_CREATE | codec.NLM_F_EXCL, body)
 
     def link_set(
         self,
@@ -541,9 +487,9 @@ class Netlink:
 
     def addrs(self, dev: str | int | None = None, *, family: int | None = None) -> list[Address]:
         index = None if dev is None else self._index(dev)
-        with self._read(f"dump addresses{'' if dev is None else f' of {dev}'}") as ipr:
-            msgs = ipr.addr("dump", family=family) if family else ipr.addr("dump")
-            out = [_address(m) for m in msgs]
+        op = f"dump addresses{'' if dev is None else f' of {dev}'}"
+        msgs = self._dump(op, codec.RTM_GETADDR, codec.addr_dump_body(family or 0))
+        out = [_address(codec.parse_addr(body)) for kind, body in msgs if kind == codec.RTM_NEWADDR]
         return [a for a in out if index is None or a.index == index]
 
     # ------------------------------------------------------------------ routes
@@ -732,9 +678,9 @@ class Netlink:
 
     def neighs(self, dev: str | int | None = None, *, family: int = socket.AF_INET) -> list[Neighbour]:
         index = None if dev is None else self._index(dev)
-        with self._read("dump neighbours") as ipr:
-            out = [_neigh(m) for m in ipr.neigh("dump", family=family)]
-        return [n for n in out if index is None or n.index == index]
+        msgs = self._dump("dump neighbours", codec.RTM_GETNEIGH, codec.neigh_dump_body(family))
+        out = [_neigh(codec.parse_neigh(body)) for kind, body in msgs if kind == codec.RTM_NEWNEIGH]
+        return [n for n in out if (index is None or n.index == index) and n.address]
 
     # ------------------------------------------------------------------ tc: eBPF on clsact
 
@@ -787,13 +733,9 @@ class Netlink:
     def fdbs(self, dev: str | int) -> list[FdbEntry]:
         """The permanent entries of a VXLAN device's forwarding database."""
         index = self._index(dev)
-        with self._read("dump fdb") as ipr:
-            out = [
-                FdbEntry(m.get_attr("NDA_LLADDR"), m.get_attr("NDA_DST"))
-                for m in ipr.neigh("dump", family=codec.AF_BRIDGE)
-                if m["ifindex"] == index
-            ]
-        return [e for e in out if e.lladdr and e.dst]
+        msgs = self._dump("dump fdb", codec.RTM_GETNEIGH, codec.neigh_dump_body(codec.AF_BRIDGE))
+        entries = [codec.parse_neigh(body) for kind, body in msgs if kind == codec.RTM_NEWNEIGH]
+        return [FdbEntry(e.lladdr, e.dst) for e in entries if e.index == index and e.lladdr and e.dst]
 
     # ------------------------------------------------------------------ sysctls (same netns as the handle)
 
@@ -927,12 +869,12 @@ def _link_of(info: codec.LinkInfo) -> Link:
     )
 
 
-def _address(msg: Any) -> Address:
+def _address(info: codec.AddrInfo) -> Address:
     return Address(
-        index=msg["index"],
-        address=msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"),
-        prefixlen=msg["prefixlen"],
-        scope=SCOPE_NAMES.get(msg["scope"], str(msg["scope"])),
+        index=info.index,
+        address=info.address,
+        prefixlen=info.prefixlen,
+        scope=SCOPE_NAMES.get(info.scope, str(info.scope)),
     )
 
 
@@ -951,10 +893,10 @@ def _route(info: codec.RouteInfo) -> KernelRoute:
     )
 
 
-def _neigh(msg: Any) -> Neighbour:
+def _neigh(info: codec.NeighInfo) -> Neighbour:
     return Neighbour(
-        index=msg["ifindex"],
-        address=msg.get_attr("NDA_DST"),
-        lladdr=msg.get_attr("NDA_LLADDR"),
-        state=NUD_NAMES.get(msg["state"], str(msg["state"])),
+        index=info.index,
+        address=info.dst or "",
+        lladdr=info.lladdr,
+        state=NUD_NAMES.get(info.state, str(info.state)),
     )

@@ -20,6 +20,7 @@ import ipaddress
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 # netlink header flags and types
 NLM_F_REQUEST = 0x1
@@ -403,4 +404,96 @@ def parse_route(body: bytes) -> RouteInfo:
         flags=flags,
         metric=struct.unpack("=I", values[RTA_PRIORITY])[0] if RTA_PRIORITY in values else 0,
         prefsrc=_ip_str(values[RTA_PREFSRC]) if RTA_PREFSRC in values else None,
+    )
+
+
+# ---------------------------------------------------------------------- links of other kinds
+
+RTM_GETADDR = 22
+RTM_GETNEIGH = 30
+# IFLA_INFO_DATA of a vxlan link: pyroute2's keyword -> (attribute, encoding)
+VXLAN_DATA = {
+    "vxlan_id": (1, "=I"),  # IFLA_VXLAN_ID
+    "vxlan_link": (3, "=I"),  # IFLA_VXLAN_LINK: the lower device
+    "vxlan_local": (4, "ip"),  # IFLA_VXLAN_LOCAL
+    "vxlan_learning": (7, "=B"),  # IFLA_VXLAN_LEARNING
+    "vxlan_port": (15, ">H"),  # IFLA_VXLAN_PORT, network order
+}
+
+
+def link_add_body(
+    name: str, kind: str, *, mtu: int | None = None, mac_address: str | None = None, **data: Any
+) -> bytes:
+    """RTM_NEWLINK body creating link ``name`` of ``kind`` (``dummy``, ``bridge``, ``ifb``, ``ipip``
+    without data; ``vxlan`` with :data:`VXLAN_DATA`'s keywords). Another keyword is a TypeError."""
+    table = VXLAN_DATA if kind == "vxlan" else {}
+    unknown = sorted(set(data) - set(table))
+    if unknown:
+        raise TypeError(f"link kind {kind!r} takes no {', '.join(unknown)}")
+    info_data = b""
+    for key, value in data.items():
+        number, encoding = table[key]
+        info_data += ip(number, value) if encoding == "ip" else attr(number, struct.pack(encoding, value))
+    linkinfo = string(IFLA_INFO_KIND, kind) + (attr(IFLA_INFO_DATA, info_data) if info_data else b"")
+    body = IFINFO.pack(0, 0, 0, 0, 0) + string(IFLA_IFNAME, name)
+    if mtu is not None:
+        body += u32(IFLA_MTU, mtu)
+    if mac_address is not None:
+        body += mac(IFLA_ADDRESS, mac_address)
+    return body + attr(IFLA_LINKINFO, linkinfo)
+
+
+# ---------------------------------------------------------------------- addresses and neighbours
+
+
+@dataclass(frozen=True)
+class AddrInfo:
+    """An RTM_NEWADDR message, decoded."""
+
+    family: int
+    index: int
+    address: str  # IFA_LOCAL (the interface's own address), else IFA_ADDRESS
+    prefixlen: int
+    scope: int
+
+
+def addr_dump_body(family: int = 0) -> bytes:
+    """RTM_GETADDR dump request (family 0: every family)."""
+    return IFADDR.pack(family, 0, 0, 0, 0)
+
+
+def parse_addr(body: bytes) -> AddrInfo:
+    family, prefixlen, _flags, scope, index = IFADDR.unpack_from(body)
+    values = dict(attrs(body[IFADDR.size :]))
+    raw = values.get(IFA_LOCAL) or values.get(IFA_ADDRESS) or b""
+    return AddrInfo(family, index, _ip_str(raw) if raw else "", prefixlen, scope)
+
+
+@dataclass(frozen=True)
+class NeighInfo:
+    """An RTM_NEWNEIGH message (a neighbour, or a bridge/VXLAN forwarding entry), decoded."""
+
+    family: int
+    index: int
+    state: int
+    dst: str | None  # NDA_DST: the neighbour's address, or a VXLAN entry's remote VTEP
+    lladdr: str | None  # NDA_LLADDR, "aa:bb:cc:dd:ee:ff"
+
+
+def neigh_dump_body(family: int) -> bytes:
+    """RTM_GETNEIGH dump request for ``family`` (AF_BRIDGE: forwarding databases)."""
+    return NDMSG.pack(family, 0, 0, 0, 0)
+
+
+def parse_neigh(body: bytes) -> NeighInfo:
+    family, index, state, _flags, _type = NDMSG.unpack_from(body)
+    values = dict(attrs(body[NDMSG.size :]))
+    dst = values.get(NDA_DST)
+    lladdr = values.get(NDA_LLADDR)
+    return NeighInfo(
+        family,
+        index,
+        state,
+        _ip_str(dst) if dst and len(dst) in (4, 16) else None,
+        ":".join(f"{b:02x}" for b in lladdr) if lladdr else None,
     )
