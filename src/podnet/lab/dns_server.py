@@ -14,6 +14,7 @@ thread each, until :meth:`DnsServer.stop`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 import struct
 import threading
@@ -101,6 +102,27 @@ def zone_resolver(names: Mapping[str, tuple[tuple[str, ...], int]]) -> Resolver:
     return resolve
 
 
+PICK_ATTEMPTS = 20  # port 0: the UDP port picked may be taken for TCP by someone else; pick again
+
+
+def _bind_pair(host: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """A UDP and a TCP socket bound to the same ``port`` (0: a free one for both)."""
+    for attempt in range(PICK_ATTEMPTS if port == 0 else 1):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            udp.bind((host, port))
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp.bind((host, udp.getsockname()[1]))
+            return udp, tcp
+        except OSError as exc:
+            udp.close()
+            tcp.close()
+            if port != 0 or exc.errno != errno.EADDRINUSE or attempt == PICK_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 class DnsServer:
     """``resolver`` served on ``host``:``port`` (UDP and TCP); ``port`` 0 picks one (:attr:`port`)."""
 
@@ -109,12 +131,8 @@ class DnsServer:
     ) -> None:
         self.resolver, self.netns = resolver, netns
         with in_netns(netns):  # the sockets stay in that namespace; so do the threads (forwards)
-            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.udp.bind((host, port))
+            self.udp, self.tcp = _bind_pair(host, port)
             self.port = self.udp.getsockname()[1]
-            self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.tcp.bind((host, self.port))
             self.tcp.listen(64)
         self.udp.settimeout(0.5)
         self.tcp.settimeout(0.5)

@@ -4,6 +4,7 @@ upstream is SERVFAIL; what is not DNS gets no answer."""
 
 from __future__ import annotations
 
+import errno
 import socket
 
 import dns.message
@@ -71,3 +72,34 @@ def test_zone_records_from_the_command_line() -> None:
         (("10.0.0.3", "10.0.0.4"), 3),
     )
     assert parse_record("a.example.test=10.0.0.3") == ("a.example.test", (("10.0.0.3",), 30))
+
+
+def test_a_picked_port_taken_for_tcp_is_picked_again(monkeypatch) -> None:
+    """Port 0: the UDP port the kernel picks may be in use for TCP (CI saw EADDRINUSE): the pair is
+    picked again; an explicit port in use is an error at once."""
+    from podnet.lab import dns_server
+
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    held.bind(("127.0.0.1", 0))
+    held.listen(1)
+    taken = held.getsockname()[1]
+    real, first = socket.socket, []
+
+    class PicksTheTakenPortFirst(real):  # type: ignore[misc, valid-type]
+        def bind(self, address):  # type: ignore[no-untyped-def]
+            if self.type == socket.SOCK_DGRAM and address[1] == 0 and not first:
+                first.append(True)
+                address = (address[0], taken)
+            return super().bind(address)
+
+    monkeypatch.setattr(dns_server.socket, "socket", PicksTheTakenPortFirst)
+    try:
+        udp, tcp = dns_server._bind_pair("127.0.0.1", 0)
+        assert first and udp.getsockname()[1] == tcp.getsockname()[1] != taken
+        udp.close()
+        tcp.close()
+        with pytest.raises(OSError) as info:
+            dns_server._bind_pair("127.0.0.1", taken)
+        assert info.value.errno == errno.EADDRINUSE
+    finally:
+        held.close()
