@@ -25,8 +25,9 @@ Scenarios:
   the last commit of the previous release :data:`PREVIOUS_VERSION`; its ``src`` exported under the
   lab's state dir and put first on ``PYTHONPATH``; a shallow clone fetches that commit from its
   origin), then back to this checkout the same way. No flow interrupted; routes, neighbour and
-  FDB entries and BPF maps untouched; the two versions render the policy table differently, so
-  each replaces it (in one transaction): those nft events are reported as ``policy_changes``.
+  FDB entries and BPF maps untouched; the two versions render the policy table and the services
+  table differently, so each replaces them (in one transaction each): those nft events are
+  reported as ``policy_changes`` and ``services_table_changes``.
 - ``etcd-outage``: stop etcd for ``seconds`` (default 10; the issue's figure is 60), then start it;
   reports the agents' CPU use meanwhile.
 - ``etcd-blackhole``: etcd black-holed for the agents for ``seconds`` (their packets to it
@@ -91,6 +92,10 @@ SCENARIOS = (
 PREVIOUS_VERSION = "afc4f76e6023f1bf9118017383cf0bf28af68e08"
 POLICY_SCENARIOS = ("etcd-blackhole", "kill-agent-mid-policy-sync")
 REWRITES_POLICY_TABLE = (*POLICY_SCENARIOS, "agent-downgrade-upgrade")
+# the previous release picks a service's backend with a verdict map, this one with a numgen
+# cascade: a version change replaces the services table too (one transaction, conntrack keeps
+# every established translation: the witness's flows through the Service say whether it held)
+REWRITES_SERVICES_TABLE = ("agent-downgrade-upgrade",)
 GUARDED = "guarded"
 ENFORCE_WITHIN = 5.0  # seconds from etcd's return to a policy written meanwhile being enforced
 POLICY_TABLE = "podnet_policy"
@@ -111,6 +116,7 @@ FIGURES = (
     "batch_to_kernel_seconds",
     "rounds",
     "policy_changes",
+    "services_table_changes",
     "bird_back_seconds",
     "sessions_up_seconds",
     "routes_deleted",
@@ -688,6 +694,11 @@ def run_scenario(
             for r in figures.get("rounds", [])
             if lab.profile == "cilium"
         )
+    if scenario in REWRITES_SERVICES_TABLE:  # the versions render the services table differently too
+        figures["services_table_changes"] = sum(
+            1 for lines in events.values() for line in lines if _services(line)
+        )
+        events = {ns: [line for line in lines if not _services(line)] for ns, lines in events.items()}
     if scenario == "bird-restart":  # re-announced routes are expected; deleted ones are not
         figures["routes_deleted"] = sum(
             1 for lines in events.values() for line in lines if line.startswith("route: Deleted")
@@ -713,6 +724,13 @@ def run_scenario(
 def _policy(event: str) -> bool:
     """Is this kernel event about podnet's policy table?"""
     return event.startswith("nft:") and POLICY_TABLE in event.split()
+
+
+def _services(event: str) -> bool:
+    """Is this kernel event about podnet's services table?"""
+    from podnet.dataplane.services_nft import TABLE
+
+    return event.startswith("nft:") and TABLE in event.split()
 
 
 def problems(report: dict[str, Any]) -> list[str]:

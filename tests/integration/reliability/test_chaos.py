@@ -113,8 +113,9 @@ def test_every_monitor_killed_before_the_fault_fails_the_scenario(lab: ChaosLab)
 
 def test_agent_downgrade_then_upgrade_interrupts_no_flow(lab: ChaosLab) -> None:
     """Every agent rolled to the previous release and back, one by one with SIGTERM, under the
-    witness: no flow interrupted, routes, neighbours, FDB and BPF maps untouched; only the policy
-    table, which the two versions render differently, is replaced (in one transaction each time).
+    witness: no flow interrupted (flows through a Service too), routes, neighbours, FDB and BPF
+    maps untouched; only the policy and services tables, which the two versions render
+    differently, are replaced (in one transaction each time).
     The previous release comes from this checkout's history, or, a shallow clone, from its origin;
     only a shallow clone whose origin cannot give it skips (loudly), as the README says."""
     previous_release_or_skip(lab.names.state_dir)  # exported once; the scenario reuses it
@@ -123,6 +124,9 @@ def test_agent_downgrade_then_upgrade_interrupts_no_flow(lab: ChaosLab) -> None:
     assert problems(report) == [], report
     assert not any(report["kernel_changes"].values()) and report["bpf_maps_changed"] == []
     assert report["policy_changes"] > 0  # the two rewrites, seen (the monitors listened: problems)
+    if lab.profile == "calico":  # (the Cilium profile's table holds only NodePorts: none here)
+        assert report["services_table_changes"] > 0  # map → numgen cascade and back, seen too
+    assert any("svc/" in label for label in report["flows"])  # a witness flow went through it
     assert report["witness"]["flows"] >= 4 and report["witness"]["replies"] > 0
     assert report["witness"]["max_gap_ms"] < GAP_BOUND_MS, report["flows"]
     ran = report["agents_ran_from"]
