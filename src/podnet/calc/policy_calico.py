@@ -201,7 +201,7 @@ class _Rules:
     def _service_side(self, entity: EntityRule, side: Side, role: str) -> Side:
         service = entity.services
         assert service is not None
-        ref = f"{service.namespace or self.namespace or 'default'}/{service.name}"
+        ref = service_ref(service, self.namespace)
         backends = self.context.service_backends.get(ref)
         if backends is None:
             return Side(never=True)  # no such Service (yet): it stands for no endpoint
@@ -302,6 +302,12 @@ def calico_host_selection(policy: GlobalNetworkPolicy) -> HostSelection:
         return selector.matches(subject.labels)
 
     return selects
+
+
+def service_ref(service: Any, namespace: str | None) -> str:
+    """``ns/name`` of the Service a rule's ``services`` names, in a policy of ``namespace`` (None:
+    a GlobalNetworkPolicy, whose rules must name one); the one place this is resolved."""
+    return f"{service.namespace or namespace or 'default'}/{service.name}"
 
 
 def compile_calico_policy(

@@ -100,9 +100,11 @@ def _present(services: Mapping[str, Any], names: Iterable[str]) -> list[tuple[st
 
 
 def referenced_services(objects: Iterable[Any]) -> set[str]:
-    """``ns/name`` of every Service a Calico rule's ``services`` names (its namespace defaults
-    to the policy's, else ``default``), as :mod:`podnet.calc.policy_calico` resolves it: the only
-    Services whose endpoints a policy compile reads."""
+    """``ns/name`` of every Service a Calico rule's ``services`` names, resolved by the compiler's
+    own :func:`~podnet.calc.policy_calico.service_ref`: the only Services whose endpoints a policy
+    compile reads (a name missed here would leave a Deny on that Service matching nothing)."""
+    from podnet.calc.policy_calico import service_ref
+
     out: set[str] = set()
     for policy in objects:
         spec = getattr(policy, "spec", None)
@@ -111,7 +113,7 @@ def referenced_services(objects: Iterable[Any]) -> set[str]:
             for entity in (getattr(rule, "source", None), getattr(rule, "destination", None)):
                 service = getattr(entity, "services", None)
                 if service is not None and getattr(service, "name", None):
-                    out.add(f"{service.namespace or namespace or 'default'}/{service.name}")
+                    out.add(service_ref(service, namespace))
     return out
 
 
